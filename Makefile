@@ -1,0 +1,54 @@
+# rkms developer commands. `make test` is what CI runs (.ci/run) on a clean
+# checkout, so every tool it needs is installed here, idempotently.
+
+CARGO       ?= cargo
+PYTHON      ?= python3
+VENV        := .venv-moto
+MOTO_REQS   := tests/moto/requirements.txt
+MOTO_STAMP  := $(VENV)/.installed
+
+export AWS_EC2_METADATA_DISABLED := true
+export RKMS_MOTO_PYTHON := $(CURDIR)/$(VENV)/bin/python
+
+.PHONY: run test lint fmt unit bench moto-venv tools clean
+
+run:
+	$(CARGO) run --release --locked
+
+# The moto venv is rebuilt only when the pinned, hash-locked requirements change.
+$(MOTO_STAMP): $(MOTO_REQS)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --no-deps --require-hashes -r $(MOTO_REQS)
+	touch $@
+
+moto-venv: $(MOTO_STAMP)
+
+# Debian tools used by tests and benchmarks: promtool checks /metrics output,
+# wrk drives the benchmark. Installed only when missing.
+tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing promtool (Debian package prometheus)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
+	  || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null); }
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+test: moto-venv tools lint
+	$(CARGO) test --locked --all-targets
+
+bench: moto-venv
+	@command -v wrk >/dev/null 2>&1 || { \
+	  echo "installing wrk"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null) \
+	  || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null); }
+	$(CARGO) build --release --locked --bin rkms
+	$(CARGO) bench --locked --bench load
+
+clean:
+	rm -rf $(VENV) target data

@@ -1,0 +1,248 @@
+//! Domain types: validated key ids, data keys that cannot leak, regions and
+//! the stored record. Nothing here does I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use zeroize::{Zeroize, Zeroizing};
+
+/// Longest id accepted, in bytes of UTF-8.
+pub const MAX_ID_BYTES: usize = 512;
+
+/// Record format written by rkms: ciphertexts bound to `{"rkms:id": id}`.
+pub const RECORD_VERSION: u32 = 2;
+
+/// The encryption-context key that binds a ciphertext to its id.
+pub const CONTEXT_KEY: &str = "rkms:id";
+
+/// A key id as the client names it. Parsing is the only way to build one.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyIdError {
+    #[error("id is empty")]
+    Empty,
+    #[error("id is {0} bytes long; the limit is {MAX_ID_BYTES}")]
+    TooLong(usize),
+    #[error("id contains a control character at byte {0}")]
+    ControlCharacter(usize),
+}
+
+impl KeyId {
+    pub fn parse(raw: &str) -> Result<Self, KeyIdError> {
+        if raw.is_empty() {
+            return Err(KeyIdError::Empty);
+        }
+        if raw.len() > MAX_ID_BYTES {
+            return Err(KeyIdError::TooLong(raw.len()));
+        }
+        if let Some((at, _)) = raw.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(KeyIdError::ControlCharacter(at));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({:?})", self.0)
+    }
+}
+
+/// A KMS region name (or a local keyring's region label).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Region(String);
+
+impl Region {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Region({})", self.0)
+    }
+}
+
+/// Plaintext data key. The bytes are wiped when the value drops, and neither
+/// `Debug` nor any error ever prints them.
+pub struct DataKey {
+    bytes: Zeroizing<Vec<u8>>,
+}
+
+impl DataKey {
+    pub fn from_bytes(bytes: Zeroizing<Vec<u8>>) -> Self {
+        Self { bytes }
+    }
+
+    /// `len` fresh bytes from the operating system's CSPRNG.
+    pub fn random(len: usize) -> Self {
+        use rand::RngCore;
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self { bytes }
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Base64 (standard, padded) of the key, in a buffer wiped on drop.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        use base64::Engine;
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.expose()))
+    }
+}
+
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+        #[cfg(test)]
+        test_support::record_drop(&self.bytes);
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataKey([REDACTED; {} bytes])", self.bytes.len())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    static WIPED_DROPS: AtomicUsize = AtomicUsize::new(0);
+
+    /// Called from `DataKey::drop` after wiping: counts drops whose buffer
+    /// really is all zeros, so tests can observe eviction without reading
+    /// freed memory.
+    pub(crate) fn record_drop(bytes: &[u8]) {
+        if bytes.iter().all(|b| *b == 0) {
+            WIPED_DROPS.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn wiped_drops() -> usize {
+        WIPED_DROPS.load(Ordering::SeqCst)
+    }
+}
+
+/// The stored form of one data key: one KMS ciphertext per region.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    /// Region -> raw KMS ciphertext of the data key.
+    pub keys: BTreeMap<Region, Vec<u8>>,
+    /// `Some(2)`: ciphertexts bound to `{"rkms:id": id}`. `None`: a record
+    /// written by RKMS (Go), whose ciphertexts carry no encryption context.
+    pub version: Option<u32>,
+    /// Region -> ARN of the KMS key that wrapped the data key.
+    pub key_ids: BTreeMap<Region, String>,
+    /// RFC 3339 creation time; RKMS (Go) records have none.
+    pub created_at: Option<String>,
+}
+
+impl KeyRecord {
+    /// Whether decrypts must pass the id's encryption context.
+    pub fn bound_to_id(&self) -> bool {
+        self.version.is_some()
+    }
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("regions", &self.keys.keys().collect::<Vec<_>>())
+            .field("version", &self.version)
+            .field("key_ids", &self.key_ids)
+            .field("created_at", &self.created_at)
+            .finish()
+    }
+}
+
+/// The current time as RFC 3339, for `created_at`.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_id_accepts_utf8_up_to_the_limit() {
+        assert!(KeyId::parse("a").is_ok());
+        assert!(KeyId::parse("tenant/öß/日本").is_ok());
+        assert!(KeyId::parse(&"x".repeat(MAX_ID_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn key_id_rejects_bad_input() {
+        assert_eq!(KeyId::parse(""), Err(KeyIdError::Empty));
+        assert_eq!(
+            KeyId::parse(&"x".repeat(MAX_ID_BYTES + 1)),
+            Err(KeyIdError::TooLong(MAX_ID_BYTES + 1))
+        );
+        // Multi-byte characters count in bytes, not characters.
+        assert!(matches!(
+            KeyId::parse(&"é".repeat(257)),
+            Err(KeyIdError::TooLong(514))
+        ));
+        assert_eq!(
+            KeyId::parse("ab\ncd"),
+            Err(KeyIdError::ControlCharacter(2))
+        );
+        assert!(KeyId::parse("\u{7f}").is_err());
+        assert!(KeyId::parse("a\u{0085}").is_err());
+    }
+
+    #[test]
+    fn data_key_debug_hides_bytes() {
+        let key = DataKey::from_bytes(Zeroizing::new(vec![0xAB; 32]));
+        let shown = format!("{key:?}");
+        assert!(!shown.contains("171") && !shown.to_lowercase().contains("ab, "));
+        assert!(shown.contains("REDACTED"));
+    }
+
+    #[test]
+    fn random_keys_differ_and_have_the_requested_length() {
+        let a = DataKey::random(32);
+        let b = DataKey::random(32);
+        assert_eq!(a.len(), 32);
+        assert_ne!(a.expose(), b.expose());
+    }
+}

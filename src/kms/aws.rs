@@ -1,0 +1,235 @@
+//! AWS KMS: one SDK client per configured region, each with connect,
+//! attempt and operation timeouts so a region that accepts connections but
+//! never answers cannot hang a request. One SDK call per method; failures
+//! are classified into [`KmsErrorKind`]s for the broker.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kms::primitives::Blob;
+use aws_sdk_kms::Client;
+use zeroize::Zeroizing;
+
+use super::{Context, Kms, KmsError, KmsErrorKind, Wrapped};
+use crate::config::KmsSettings;
+use crate::domain::{DataKey, Region, CONTEXT_KEY};
+
+struct RegionClient {
+    client: Client,
+    key_id: String,
+}
+
+pub struct AwsKms {
+    clients: HashMap<Region, RegionClient>,
+}
+
+impl std::fmt::Debug for AwsKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsKms")
+            .field("regions", &self.clients.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Timeouts shared by the AWS adapters: the whole call (retries included)
+/// fits in `call`; each attempt gets an equal share.
+pub(crate) fn sdk_timeouts(call: Duration, connect: Duration, max_attempts: u32) -> (TimeoutConfig, RetryConfig) {
+    let attempts = max_attempts.max(1);
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(connect.min(call))
+        .operation_attempt_timeout(call / attempts)
+        .operation_timeout(call)
+        .build();
+    (timeouts, RetryConfig::standard().with_max_attempts(attempts))
+}
+
+impl AwsKms {
+    pub async fn new(settings: &KmsSettings) -> Self {
+        let (timeouts, retry) = sdk_timeouts(
+            Duration::from_millis(settings.call_timeout_ms),
+            Duration::from_millis(settings.aws.connect_timeout_ms),
+            settings.aws.max_attempts,
+        );
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .retry_config(retry)
+            .load()
+            .await;
+        let clients = settings
+            .regions
+            .iter()
+            .map(|name| {
+                let mut conf = aws_sdk_kms::config::Builder::from(&shared)
+                    .region(aws_sdk_kms::config::Region::new(name.clone()));
+                if let Some(url) = settings.aws.endpoints.get(name) {
+                    conf = conf.endpoint_url(url);
+                }
+                let client = RegionClient {
+                    client: Client::from_conf(conf.build()),
+                    key_id: settings.aws.key_ids.get(name).cloned().unwrap_or_default(),
+                };
+                (Region::new(name.clone()), client)
+            })
+            .collect();
+        Self { clients }
+    }
+
+    fn region(&self, region: &Region, op: &'static str) -> Result<&RegionClient, KmsError> {
+        self.clients.get(region).ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Misconfigured,
+                region,
+                op,
+                format!("region {region} is not configured"),
+            )
+        })
+    }
+}
+
+fn classify_code(code: Option<&str>, status: u16) -> KmsErrorKind {
+    match code {
+        Some("ThrottlingException" | "LimitExceededException" | "TooManyRequestsException" | "RequestLimitExceeded") => {
+            KmsErrorKind::Throttled
+        }
+        Some("InvalidCiphertextException" | "IncorrectKeyException") => KmsErrorKind::Integrity,
+        Some(
+            "AccessDeniedException"
+            | "NotFoundException"
+            | "DisabledException"
+            | "KMSInvalidStateException"
+            | "InvalidKeyUsageException"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "InvalidSignatureException"
+            | "ExpiredTokenException"
+            | "IncompleteSignature"
+            | "MissingAuthenticationToken",
+        ) => KmsErrorKind::Misconfigured,
+        Some("KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException" | "InternalFailure" | "ServiceUnavailable") => {
+            KmsErrorKind::Unavailable
+        }
+        _ if status == 429 => KmsErrorKind::Throttled,
+        _ if status >= 500 => KmsErrorKind::Unavailable,
+        _ if status == 401 || status == 403 => KmsErrorKind::Misconfigured,
+        _ => KmsErrorKind::Other,
+    }
+}
+
+fn map_err<E>(err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>, region: &Region, op: &'static str) -> KmsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let kind = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => KmsErrorKind::Unavailable,
+        SdkError::ServiceError(se) => classify_code(se.err().code(), se.raw().status().as_u16()),
+        _ => KmsErrorKind::Other,
+    };
+    KmsError::new(kind, region, op, err)
+}
+
+fn with_context<'a>(pairs: &mut HashMap<String, String>, context: Context<'a>) {
+    if let Context::Bound(id) = context {
+        pairs.insert(CONTEXT_KEY.to_owned(), id.as_str().to_owned());
+    }
+}
+
+fn context_map(context: Context<'_>) -> Option<HashMap<String, String>> {
+    let mut map = HashMap::new();
+    with_context(&mut map, context);
+    (!map.is_empty()).then_some(map)
+}
+
+#[async_trait]
+impl Kms for AwsKms {
+    async fn generate_data_key(&self, region: &Region, bytes: usize, context: Context<'_>) -> Result<(DataKey, Wrapped), KmsError> {
+        const OP: &str = "generate_data_key";
+        let rc = self.region(region, OP)?;
+        let bytes = i32::try_from(bytes).map_err(|_| KmsError::new(KmsErrorKind::Other, region, OP, "key size too large"))?;
+        let out = rc
+            .client
+            .generate_data_key()
+            .key_id(&rc.key_id)
+            .number_of_bytes(bytes)
+            .set_encryption_context(context_map(context))
+            .send()
+            .await
+            .map_err(|e| map_err(e, region, OP))?;
+        let plaintext = out
+            .plaintext
+            .map(|b| Zeroizing::new(b.into_inner()))
+            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, region, OP, "response has no plaintext"))?;
+        let ciphertext = out
+            .ciphertext_blob
+            .map(Blob::into_inner)
+            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, region, OP, "response has no ciphertext"))?;
+        Ok((
+            DataKey::from_bytes(plaintext),
+            Wrapped {
+                ciphertext,
+                key_arn: out.key_id.unwrap_or_else(|| rc.key_id.clone()),
+            },
+        ))
+    }
+
+    async fn encrypt(&self, region: &Region, key: &DataKey, context: Context<'_>) -> Result<Wrapped, KmsError> {
+        const OP: &str = "encrypt";
+        let rc = self.region(region, OP)?;
+        let out = rc
+            .client
+            .encrypt()
+            .key_id(&rc.key_id)
+            .plaintext(Blob::new(key.expose().to_vec()))
+            .set_encryption_context(context_map(context))
+            .send()
+            .await
+            .map_err(|e| map_err(e, region, OP))?;
+        let ciphertext = out
+            .ciphertext_blob
+            .map(Blob::into_inner)
+            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, region, OP, "response has no ciphertext"))?;
+        Ok(Wrapped {
+            ciphertext,
+            key_arn: out.key_id.unwrap_or_else(|| rc.key_id.clone()),
+        })
+    }
+
+    async fn decrypt(&self, region: &Region, ciphertext: &[u8], context: Context<'_>) -> Result<DataKey, KmsError> {
+        const OP: &str = "decrypt";
+        let rc = self.region(region, OP)?;
+        let out = rc
+            .client
+            .decrypt()
+            .ciphertext_blob(Blob::new(ciphertext.to_vec()))
+            .set_encryption_context(context_map(context))
+            .send()
+            .await
+            .map_err(|e| map_err(e, region, OP))?;
+        let plaintext = out
+            .plaintext
+            .map(|b| Zeroizing::new(b.into_inner()))
+            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, region, OP, "response has no plaintext"))?;
+        Ok(DataKey::from_bytes(plaintext))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_map_to_kinds_the_broker_acts_on() {
+        assert_eq!(classify_code(Some("ThrottlingException"), 400), KmsErrorKind::Throttled);
+        assert_eq!(classify_code(Some("InvalidCiphertextException"), 400), KmsErrorKind::Integrity);
+        assert_eq!(classify_code(Some("AccessDeniedException"), 400), KmsErrorKind::Misconfigured);
+        assert_eq!(classify_code(Some("DisabledException"), 400), KmsErrorKind::Misconfigured);
+        assert_eq!(classify_code(Some("KMSInternalException"), 500), KmsErrorKind::Unavailable);
+        assert_eq!(classify_code(None, 503), KmsErrorKind::Unavailable);
+        assert_eq!(classify_code(None, 429), KmsErrorKind::Throttled);
+        assert_eq!(classify_code(Some("Weird"), 400), KmsErrorKind::Other);
+    }
+}

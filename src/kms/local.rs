@@ -1,0 +1,336 @@
+//! Development KMS: one random 256-bit master key per region, kept in a local
+//! keyring file, AES-256-GCM with the encryption context as associated data.
+//! It exists so `cargo run` works with no cloud account; it is not a KMS
+//! (the master keys sit on the same disk as the data), and says so at start.
+//!
+//! Ciphertext format, version 1:
+//! `0x01 | region length (u8) | region | nonce (12) | AES-GCM ciphertext+tag`.
+//! The region is in the associated data too, so a ciphertext decrypts only
+//! in the region that made it, as with a real KMS.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use async_trait::async_trait;
+use base64::Engine;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{Context, Kms, KmsError, KmsErrorKind, Wrapped};
+use crate::domain::{DataKey, Region, CONTEXT_KEY};
+
+const FORMAT_VERSION: u8 = 1;
+const KEYRING_FORMAT: u32 = 1;
+const NONCE_LEN: usize = 12;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("keyring {path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("keyring {path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("keyring {path}: mode is {mode:o}, must not be readable by group or others (chmod 600 {path})")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("keyring {path}: corrupt: {reason}; it was left untouched")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    format: u32,
+    note: String,
+    /// Region -> base64 master key.
+    master_keys: BTreeMap<String, String>,
+}
+
+pub struct LocalKms {
+    keys: BTreeMap<Region, Aes256Gcm>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for LocalKms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalKms")
+            .field("path", &self.path)
+            .field("regions", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl LocalKms {
+    /// Open the keyring at `path`, creating it if missing and adding a master
+    /// key for every region it lacks. Existing keys are never changed; an
+    /// unreadable, corrupt or group/world-readable keyring is an error.
+    pub fn open(path: &Path, regions: &[Region]) -> Result<Self, KeyringError> {
+        let mut file = match fs::metadata(path) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(KeyringError::Permissions {
+                        path: path.to_path_buf(),
+                        mode,
+                    });
+                }
+                let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyringError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?);
+                let parsed: KeyringFile = serde_json::from_str(&text).map_err(|e| KeyringError::Corrupt {
+                    path: path.to_path_buf(),
+                    reason: format!("not a keyring document ({e})"),
+                })?;
+                if parsed.format != KEYRING_FORMAT {
+                    return Err(KeyringError::Corrupt {
+                        path: path.to_path_buf(),
+                        reason: format!("unknown format {}", parsed.format),
+                    });
+                }
+                parsed
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyringFile {
+                format: KEYRING_FORMAT,
+                note: "rkms development keyring: master keys for the local KMS. Not for production. Losing this file loses every key it wraps.".into(),
+                master_keys: BTreeMap::new(),
+            },
+            Err(source) => {
+                return Err(KeyringError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+
+        let mut added = false;
+        for region in regions {
+            if !file.master_keys.contains_key(region.as_str()) {
+                let mut key = Zeroizing::new([0u8; 32]);
+                rand::rngs::OsRng.fill_bytes(key.as_mut());
+                file.master_keys.insert(region.to_string(), B64.encode(key.as_ref()));
+                added = true;
+            }
+        }
+
+        let mut keys = BTreeMap::new();
+        for (region, encoded) in &file.master_keys {
+            let raw = Zeroizing::new(B64.decode(encoded).map_err(|_| KeyringError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("master key for {region} is not base64"),
+            })?);
+            let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| KeyringError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("master key for {region} is {} bytes, not 32", raw.len()),
+            })?;
+            keys.insert(Region::new(region.clone()), cipher);
+        }
+
+        if added {
+            write_atomically(path, &file)?;
+        }
+        for encoded in file.master_keys.values_mut() {
+            zeroize::Zeroize::zeroize(encoded);
+        }
+        tracing::warn!(
+            keyring = %path.display(),
+            "kms provider \"local\" keeps master keys in a local file: for development only, not for production"
+        );
+        Ok(Self {
+            keys,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn cipher(&self, region: &Region, op: &'static str) -> Result<&Aes256Gcm, KmsError> {
+        self.keys.get(region).ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Misconfigured,
+                region,
+                op,
+                format!("no master key for region {region} in the keyring"),
+            )
+        })
+    }
+
+    fn seal(&self, region: &Region, key: &[u8], context: Context<'_>, op: &'static str) -> Result<Wrapped, KmsError> {
+        let cipher = self.cipher(region, op)?;
+        let region_bytes = region.as_str().as_bytes();
+        let region_len = u8::try_from(region_bytes.len())
+            .map_err(|_| KmsError::new(KmsErrorKind::Misconfigured, region, op, "region name longer than 255 bytes"))?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let aad = associated_data(region, context);
+        let sealed = cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: key, aad: &aad })
+            .map_err(|_| KmsError::new(KmsErrorKind::Other, region, op, "AES-GCM encryption failed"))?;
+        let mut out = Vec::with_capacity(2 + region_bytes.len() + NONCE_LEN + sealed.len());
+        out.push(FORMAT_VERSION);
+        out.push(region_len);
+        out.extend_from_slice(region_bytes);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(Wrapped {
+            ciphertext: out,
+            key_arn: format!("local:{region}"),
+        })
+    }
+}
+
+/// The associated data binds region and context; `Legacy` binds the region only.
+fn associated_data(region: &Region, context: Context<'_>) -> Vec<u8> {
+    let mut aad = Vec::new();
+    aad.extend_from_slice(region.as_str().as_bytes());
+    aad.push(0);
+    if let Context::Bound(id) = context {
+        let map: BTreeMap<&str, &str> = [(CONTEXT_KEY, id.as_str())].into();
+        aad.extend_from_slice(serde_json::to_string(&map).unwrap_or_default().as_bytes());
+    }
+    aad
+}
+
+fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    let err = |source| KeyringError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&dir).map_err(err)?;
+    let body = Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("keyring"),
+        std::process::id()
+    ));
+    {
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        out.write_all(&body).map_err(err)?;
+        out.sync_all().map_err(err)?;
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        err(e)
+    })?;
+    // The rename is durable only once the directory entry is.
+    fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl Kms for LocalKms {
+    async fn generate_data_key(&self, region: &Region, bytes: usize, context: Context<'_>) -> Result<(DataKey, Wrapped), KmsError> {
+        let key = DataKey::random(bytes);
+        let wrapped = self.seal(region, key.expose(), context, "generate_data_key")?;
+        Ok((key, wrapped))
+    }
+
+    async fn encrypt(&self, region: &Region, key: &DataKey, context: Context<'_>) -> Result<Wrapped, KmsError> {
+        self.seal(region, key.expose(), context, "encrypt")
+    }
+
+    async fn decrypt(&self, region: &Region, ciphertext: &[u8], context: Context<'_>) -> Result<DataKey, KmsError> {
+        const OP: &str = "decrypt";
+        let cipher = self.cipher(region, OP)?;
+        let invalid = |why: &str| KmsError::new(KmsErrorKind::Integrity, region, OP, why.to_string());
+        let (&version, rest) = ciphertext.split_first().ok_or_else(|| invalid("empty ciphertext"))?;
+        if version != FORMAT_VERSION {
+            return Err(invalid("unknown ciphertext format"));
+        }
+        let (&region_len, rest) = rest.split_first().ok_or_else(|| invalid("truncated ciphertext"))?;
+        let region_len = usize::from(region_len);
+        if rest.len() < region_len + NONCE_LEN {
+            return Err(invalid("truncated ciphertext"));
+        }
+        let (made_in, rest) = rest.split_at(region_len);
+        if made_in != region.as_str().as_bytes() {
+            return Err(invalid("ciphertext was made in another region"));
+        }
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let aad = associated_data(region, context);
+        let plain = cipher
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
+            .map_err(|_| invalid("ciphertext does not authenticate under this key and encryption context"))?;
+        Ok(DataKey::from_bytes(Zeroizing::new(plain)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::KeyId;
+
+    fn regions(names: &[&str]) -> Vec<Region> {
+        names.iter().map(|n| Region::new(*n)).collect()
+    }
+
+    #[tokio::test]
+    async fn round_trip_is_bound_to_region_and_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k/keyring.json");
+        let kms = LocalKms::open(&path, &regions(&["a", "b"])).unwrap();
+        let id = KeyId::parse("x").unwrap();
+        let other = KeyId::parse("y").unwrap();
+        let (key, wrapped) = kms.generate_data_key(&Region::new("a"), 32, Context::Bound(&id)).await.unwrap();
+        let back = kms.decrypt(&Region::new("a"), &wrapped.ciphertext, Context::Bound(&id)).await.unwrap();
+        assert_eq!(back.expose(), key.expose());
+        for (region, ctx) in [("a", Context::Bound(&other)), ("a", Context::Legacy), ("b", Context::Bound(&id))] {
+            let err = kms.decrypt(&Region::new(region), &wrapped.ciphertext, ctx).await.unwrap_err();
+            assert_eq!(err.kind, KmsErrorKind::Integrity);
+        }
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_keys_and_adding_a_region_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let id = KeyId::parse("x").unwrap();
+        let kms = LocalKms::open(&path, &regions(&["a"])).unwrap();
+        let (key, wrapped) = kms.generate_data_key(&Region::new("a"), 32, Context::Bound(&id)).await.unwrap();
+        drop(kms);
+        let kms = LocalKms::open(&path, &regions(&["a", "b"])).unwrap();
+        let back = kms.decrypt(&Region::new("a"), &wrapped.ciphertext, Context::Bound(&id)).await.unwrap();
+        assert_eq!(back.expose(), key.expose());
+        assert!(kms.encrypt(&Region::new("b"), &key, Context::Bound(&id)).await.is_ok());
+    }
+
+    #[test]
+    fn corrupt_or_exposed_keyrings_are_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        fs::write(&path, b"{not json").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = LocalKms::open(&path, &regions(&["a"])).unwrap_err();
+        assert!(matches!(err, KeyringError::Corrupt { .. }), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"{not json");
+
+        LocalKms::open(&dir.path().join("ok.json"), &regions(&["a"])).unwrap();
+        let ok = dir.path().join("ok.json");
+        fs::set_permissions(&ok, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = LocalKms::open(&ok, &regions(&["a"])).unwrap_err();
+        assert!(matches!(err, KeyringError::Permissions { mode: 0o644, .. }), "{err}");
+        assert!(!err.to_string().contains('\n'));
+    }
+}

@@ -1,0 +1,109 @@
+//! The KMS port: wrap and unwrap data keys under a master key in one region.
+//! Adapters make exactly one remote call per method and map failures to a
+//! [`KmsError`] kind the broker can act on; retry and failover policy lives
+//! in `broker`, never here.
+
+pub mod aws;
+pub mod faulty;
+pub mod local;
+
+use async_trait::async_trait;
+
+use crate::domain::{DataKey, KeyId, Region};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A data key wrapped under one region's master key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Wrapped {
+    pub ciphertext: Vec<u8>,
+    /// The master key's ARN (or local label) as KMS reports it.
+    pub key_arn: String,
+}
+
+impl std::fmt::Debug for Wrapped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wrapped({} bytes under {})", self.ciphertext.len(), self.key_arn)
+    }
+}
+
+/// Encryption context of a call: `Bound(id)` is `{"rkms:id": id}`; `Legacy`
+/// is no context at all, only for decrypting records written by RKMS (Go).
+#[derive(Debug, Clone, Copy)]
+pub enum Context<'a> {
+    Bound(&'a KeyId),
+    Legacy,
+}
+
+/// What went wrong, in the terms the broker decides by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsErrorKind {
+    /// Timeout, connection failure, 5xx: the region may work again soon.
+    Unavailable,
+    /// KMS refused for rate: another region may take the call.
+    Throttled,
+    /// The ciphertext is invalid or bound to another context. Never retried
+    /// into a success elsewhere as if nothing happened: it is reported.
+    Integrity,
+    /// Access denied, key not found, key disabled: the region is
+    /// misconfigured and an operator must look.
+    Misconfigured,
+    /// Anything else.
+    Other,
+}
+
+impl KmsErrorKind {
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Throttled => "throttled",
+            Self::Integrity => "integrity",
+            Self::Misconfigured => "misconfigured",
+            Self::Other => "error",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("KMS {op} in region {region} failed ({})", kind.as_str())]
+pub struct KmsError {
+    pub kind: KmsErrorKind,
+    pub region: Region,
+    pub op: &'static str,
+    #[source]
+    pub source: BoxError,
+}
+
+impl KmsError {
+    pub fn new(kind: KmsErrorKind, region: &Region, op: &'static str, source: impl Into<BoxError>) -> Self {
+        Self {
+            kind,
+            region: region.clone(),
+            op,
+            source: source.into(),
+        }
+    }
+}
+
+/// Per-region master-key operations. Implementations are `Send + Sync` and
+/// shared as `Arc<dyn Kms>`.
+#[async_trait]
+pub trait Kms: Send + Sync {
+    /// New random data key of `bytes` bytes, wrapped under `region`'s master
+    /// key with `context`. Not idempotent: every call yields a new key.
+    async fn generate_data_key(
+        &self,
+        region: &Region,
+        bytes: usize,
+        context: Context<'_>,
+    ) -> Result<(DataKey, Wrapped), KmsError>;
+
+    /// Wrap an existing data key under `region`'s master key with `context`.
+    /// Idempotent in effect (the ciphertext differs, the key does not).
+    async fn encrypt(&self, region: &Region, key: &DataKey, context: Context<'_>) -> Result<Wrapped, KmsError>;
+
+    /// Unwrap `ciphertext` in `region`. Fails with `Integrity` when the
+    /// ciphertext was not made in this region or under another context.
+    async fn decrypt(&self, region: &Region, ciphertext: &[u8], context: Context<'_>) -> Result<DataKey, KmsError>;
+}

@@ -1,0 +1,29 @@
+//! rkms: a stateless multi-region key broker. `GET /key?id=ID` returns the
+//! same data key for an id every time, creating it on first use; at rest the
+//! key exists only wrapped by a KMS master key in each of several regions.
+//!
+//! - [`config`]: the TOML schema, env overrides and validation.
+//! - [`startup`]: builds the app from config (the one `match` on backends),
+//!   binds, serves, shuts down gracefully.
+//! - [`routes`]: HTTP handlers and layers; [`error`]: the one `ApiError`.
+//! - [`auth`]: bearer-token clients and per-prefix authorization.
+//! - [`domain`]: `KeyId`, `DataKey` (wiped on drop), `KeyRecord`, `Region`.
+//! - [`broker`]: all policy: cache, single-flight, hedging, breakers,
+//!   quorum creates, create races, repair.
+//! - [`kms`]: `trait Kms` with the `aws` and `local` adapters.
+//! - [`store`]: `trait Store` with `dynamodb`, `sqlite` and `memory`.
+//! - [`metrics`], [`telemetry`]: Prometheus registry, tracing subscriber.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod kms;
+pub mod metrics;
+pub mod routes;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

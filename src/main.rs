@@ -1,0 +1,73 @@
+//! The `rkms` binary: parse the command line, load config, start logging,
+//! run. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rkms::config::{Settings, Source};
+use rkms::startup::{shutdown_signal, Application};
+
+#[derive(Parser)]
+#[command(name = "rkms", version, about = "Multi-region key broker: GET /key?id=ID")]
+struct Cli {
+    /// Config file (default: ./config.toml if present, else built-in defaults).
+    #[arg(long, global = true, env = "RKMS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Load and validate the config, print the effective settings (secrets redacted).
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::locate(cli.config.as_deref()).and_then(|source| Settings::load(&source)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("rkms: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            let source = Settings::locate(cli.config.as_deref()).unwrap_or(Source::Defaults);
+            match source {
+                Source::File(p) => println!("# effective settings (from {} and the environment)", p.display()),
+                Source::Defaults => println!("# effective settings (built-in defaults and the environment)"),
+            }
+            print!("{}", settings.redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve => serve(settings),
+    }
+}
+
+fn serve(settings: Settings) -> ExitCode {
+    rkms::telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rkms: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "rkms stopped with an error");
+            eprintln!("rkms: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! HTTP surface: the router, its layers and the shared state. Handlers
+//! parse, authorize and shape JSON; key decisions belong to the broker.
+
+mod health;
+mod key;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Authenticator;
+use crate::broker::KeyBroker;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Requests are GETs; anything with a body bigger than this is refused.
+const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: KeyBroker,
+    pub metrics: Arc<Metrics>,
+    pub auth: Arc<Authenticator>,
+    /// Set when shutdown starts: readiness fails so load balancers drain us.
+    pub draining: Arc<AtomicBool>,
+    pub request_timeout: Duration,
+}
+
+pub fn router(state: AppState) -> Router {
+    let key_route = get(key::get_key).fallback(method_not_allowed);
+    // The backstop timeout sits a little above the handler's own, which
+    // answers with the JSON error shape first.
+    let backstop = state.request_timeout + Duration::from_millis(500);
+    Router::new()
+        .route("/key", key_route.clone())
+        .route("/api/v1/key", key_route)
+        .route("/healthz", get(health::healthz).fallback(method_not_allowed))
+        .route("/readyz", get(health::readyz).fallback(method_not_allowed))
+        .route("/metrics", get(metrics_text).fallback(method_not_allowed))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &Request| {
+                            let route = req
+                                .extensions()
+                                .get::<MatchedPath>()
+                                .map_or("unmatched", |m| m.as_str())
+                                .to_owned();
+                            let request_id = req
+                                .headers()
+                                .get(REQUEST_ID)
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            tracing::info_span!(
+                                "request",
+                                method = %req.method(),
+                                route = %route,
+                                request_id = %request_id,
+                                status = tracing::field::Empty,
+                                latency_ms = tracing::field::Empty,
+                            )
+                        })
+                        .on_request(())
+                        .on_response(|res: &axum::http::Response<_>, latency: Duration, span: &tracing::Span| {
+                            span.record("status", res.status().as_u16());
+                            span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+                            tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "request done");
+                        }),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
+                .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, backstop)),
+        )
+        .with_state(state)
+}
+
+/// A router serving only /metrics, for `server.metrics_listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[route.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    match state.metrics.render() {
+        Ok(text) => ([(axum::http::header::CONTENT_TYPE, Metrics::content_type())], text).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot render metrics");
+            ApiError::Internal(None).into_response()
+        }
+    }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}

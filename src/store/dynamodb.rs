@@ -1,0 +1,239 @@
+//! DynamoDB store: the DESIGN item on a table with hash key `id` (S).
+//! Reads are strongly consistent; creates are conditional puts; repairs
+//! are updates that set a region only where it does not exist yet. Items
+//! written by RKMS (Go) (`id` and `keys`, no `v`) read unchanged.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::Client;
+
+use super::{decode_header, decode_keys, encode_keys, region_map, PutOutcome, Store, StoreError};
+use crate::config::{DynamoSettings, StoreSettings};
+use crate::domain::{KeyId, KeyRecord, Region};
+use crate::kms::aws::sdk_timeouts;
+
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+impl std::fmt::Debug for DynamoStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DynamoStore").field("table", &self.table).finish()
+    }
+}
+
+fn map_err<E>(err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>, op: &'static str) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let transient = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(se) => {
+            matches!(
+                se.err().code(),
+                Some(
+                    "ProvisionedThroughputExceededException"
+                        | "RequestLimitExceeded"
+                        | "ThrottlingException"
+                        | "InternalServerError"
+                        | "ServiceUnavailable"
+                )
+            ) || se.raw().status().as_u16() >= 500
+        }
+        _ => false,
+    };
+    if transient {
+        StoreError::Unavailable { op, source: Box::new(err) }
+    } else {
+        StoreError::Other { op, source: Box::new(err) }
+    }
+}
+
+impl DynamoStore {
+    pub async fn new(settings: &DynamoSettings, store: &StoreSettings) -> Self {
+        let call = Duration::from_millis(store.call_timeout_ms);
+        let (timeouts, retry) = sdk_timeouts(call, Duration::from_millis(500), 2);
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(aws_config::Region::new(settings.region.clone()))
+            .timeout_config(timeouts)
+            .retry_config(retry)
+            .load()
+            .await;
+        let mut conf = aws_sdk_dynamodb::config::Builder::from(&shared);
+        if !settings.endpoint.is_empty() {
+            conf = conf.endpoint_url(&settings.endpoint);
+        }
+        Self {
+            client: Client::from_conf(conf.build()),
+            table: settings.table.clone(),
+        }
+    }
+
+    async fn read(&self, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("id", AttributeValue::S(id.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| map_err(e, op))?;
+        out.item.map(|item| decode_item(id, item)).transpose()
+    }
+}
+
+fn string_map(id: &str, item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: id.to_owned(),
+        reason,
+    };
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(AttributeValue::M(map)) => map
+            .iter()
+            .map(|(k, v)| match v {
+                AttributeValue::S(s) => Ok((k.clone(), s.clone())),
+                _ => Err(corrupt(format!("{name}.{k} is not a string"))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Some),
+        Some(_) => Err(corrupt(format!("{name} is not a map"))),
+    }
+}
+
+fn decode_item(requested: &str, item: HashMap<String, AttributeValue>) -> Result<KeyRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: requested.to_owned(),
+        reason,
+    };
+    let raw_id = match item.get("id") {
+        Some(AttributeValue::S(s)) => s.clone(),
+        _ => return Err(corrupt("id is missing or not a string".into())),
+    };
+    let version = match item.get("v") {
+        None => None,
+        Some(AttributeValue::N(n)) => Some(n.parse::<i64>().map_err(|_| corrupt(format!("v {n:?} is not an integer")))?),
+        Some(_) => return Err(corrupt("v is not a number".into())),
+    };
+    let (id, version) = decode_header(&raw_id, version)?;
+    let keys = string_map(requested, &item, "keys")?.ok_or_else(|| corrupt("keys is missing".into()))?;
+    let key_ids = string_map(requested, &item, "key_ids")?.unwrap_or_default();
+    let created_at = match item.get("created_at") {
+        Some(AttributeValue::S(s)) => Some(s.clone()),
+        None => None,
+        Some(_) => return Err(corrupt("created_at is not a string".into())),
+    };
+    Ok(KeyRecord {
+        keys: decode_keys(requested, keys)?,
+        id,
+        version,
+        key_ids: key_ids.into_iter().map(|(r, a)| (Region::new(r), a)).collect(),
+        created_at,
+    })
+}
+
+fn s_map(map: BTreeMap<String, String>) -> AttributeValue {
+    AttributeValue::M(map.into_iter().map(|(k, v)| (k, AttributeValue::S(v))).collect())
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    #[tracing::instrument(level = "debug", skip(self), fields(id = %id))]
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.read(id.as_str(), "get").await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, record), fields(id = %record.id))]
+    async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError> {
+        const OP: &str = "put_if_absent";
+        let mut put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("id", AttributeValue::S(record.id.as_str().to_owned()))
+            .item("keys", s_map(encode_keys(&record.keys)))
+            .item("key_ids", s_map(region_map(&record.key_ids)))
+            .condition_expression("attribute_not_exists(id)");
+        if let Some(v) = record.version {
+            put = put.item("v", AttributeValue::N(v.to_string()));
+        }
+        if let Some(created) = &record.created_at {
+            put = put.item("created_at", AttributeValue::S(created.clone()));
+        }
+        match put.send().await {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+                match self.read(record.id.as_str(), OP).await? {
+                    Some(winner) => Ok(PutOutcome::Exists(winner)),
+                    None => Err(StoreError::Other {
+                        op: OP,
+                        source: "conditional put failed but no item is readable".into(),
+                    }),
+                }
+            }
+            Err(e) => Err(map_err(e, OP)),
+        }
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, keys, key_ids), fields(id = %id))]
+    async fn add_missing_regions(
+        &self,
+        id: &KeyId,
+        keys: &BTreeMap<Region, Vec<u8>>,
+        key_ids: &BTreeMap<Region, String>,
+    ) -> Result<usize, StoreError> {
+        const OP: &str = "add_missing_regions";
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let encoded = encode_keys(keys);
+        let mut sets = Vec::new();
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("id", AttributeValue::S(id.as_str().to_owned()))
+            .condition_expression("attribute_exists(id) AND attribute_exists(#keys) AND attribute_exists(#key_ids)")
+            .expression_attribute_names("#keys", "keys")
+            .expression_attribute_names("#key_ids", "key_ids")
+            .return_values(ReturnValue::AllOld);
+        for (i, (region, ciphertext)) in encoded.iter().enumerate() {
+            // if_not_exists keeps whatever ciphertext is already there.
+            sets.push(format!("#keys.#r{i} = if_not_exists(#keys.#r{i}, :c{i})"));
+            update = update
+                .expression_attribute_names(format!("#r{i}"), region)
+                .expression_attribute_values(format!(":c{i}"), AttributeValue::S(ciphertext.clone()));
+            if let Some(arn) = key_ids.get(&Region::new(region.clone())) {
+                sets.push(format!("#key_ids.#r{i} = if_not_exists(#key_ids.#r{i}, :a{i})"));
+                update = update.expression_attribute_values(format!(":a{i}"), AttributeValue::S(arn.clone()));
+            }
+        }
+        let result = update.update_expression(format!("SET {}", sets.join(", "))).send().await;
+        match result {
+            Ok(out) => {
+                let before = out.attributes.unwrap_or_default();
+                let existing = string_map(id.as_str(), &before, "keys")?.unwrap_or_default();
+                Ok(encoded.keys().filter(|r| !existing.contains_key(*r)).count())
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(0),
+            Err(e) => Err(map_err(e, OP)),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err(e, "ping"))
+    }
+}

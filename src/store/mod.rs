@@ -1,0 +1,123 @@
+//! The store port: durable key records. Adapters make one call per method,
+//! do no caching and no retries, and keep the same fields as the DynamoDB
+//! item in DESIGN (`id`, `keys`, `v`, `key_ids`, `created_at`).
+
+pub mod dynamodb;
+pub mod memory;
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use base64::Engine;
+
+use crate::domain::{KeyId, KeyRecord, Region};
+use crate::kms::BoxError;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer or refused for load: try again later.
+    #[error("store unavailable during {op}")]
+    Unavailable {
+        op: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// A stored record cannot be read as a key record. Never repaired or
+    /// replaced automatically: an operator must look.
+    #[error("stored record for id {id:?} is corrupt: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("store {op} failed")]
+    Other {
+        op: &'static str,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// Result of a conditional create.
+#[derive(Debug)]
+pub enum PutOutcome {
+    /// Our record is now stored.
+    Created,
+    /// A record already existed; it is returned and ours was not written.
+    Exists(KeyRecord),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Strongly consistent read. `Ok(None)`: no record for `id`.
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Store `record` only if no record for its id exists. Safe to retry: a
+    /// retry after an unseen success returns `Exists` with our own record.
+    async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError>;
+
+    /// Add the ciphertexts in `keys` (and their `key_ids`) for regions the
+    /// stored record lacks. Never replaces an existing region's ciphertext.
+    /// Returns how many regions were added. Idempotent.
+    async fn add_missing_regions(
+        &self,
+        id: &KeyId,
+        keys: &BTreeMap<Region, Vec<u8>>,
+        key_ids: &BTreeMap<Region, String>,
+    ) -> Result<usize, StoreError>;
+
+    /// A cheap call proving the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Region -> base64 ciphertext, the stored `keys` map.
+pub fn encode_keys(keys: &BTreeMap<Region, Vec<u8>>) -> BTreeMap<String, String> {
+    keys.iter().map(|(r, c)| (r.to_string(), B64.encode(c))).collect()
+}
+
+/// Parse a stored `keys` map; anything unreadable is `Corrupt`, never skipped.
+pub fn decode_keys(id: &str, keys: BTreeMap<String, String>) -> Result<BTreeMap<Region, Vec<u8>>, StoreError> {
+    if keys.is_empty() {
+        return Err(StoreError::Corrupt {
+            id: id.to_string(),
+            reason: "record has no ciphertexts".into(),
+        });
+    }
+    keys.into_iter()
+        .map(|(region, encoded)| {
+            let raw = B64.decode(encoded.trim()).map_err(|_| StoreError::Corrupt {
+                id: id.to_string(),
+                reason: format!("ciphertext for region {region} is not base64"),
+            })?;
+            if raw.is_empty() {
+                return Err(StoreError::Corrupt {
+                    id: id.to_string(),
+                    reason: format!("ciphertext for region {region} is empty"),
+                });
+            }
+            Ok((Region::new(region), raw))
+        })
+        .collect()
+}
+
+/// Check a stored id and version; shared by the adapters.
+pub fn decode_header(raw_id: &str, version: Option<i64>) -> Result<(KeyId, Option<u32>), StoreError> {
+    let id = KeyId::parse(raw_id).map_err(|e| StoreError::Corrupt {
+        id: raw_id.to_string(),
+        reason: format!("stored id is invalid: {e}"),
+    })?;
+    let version = match version {
+        None => None,
+        Some(v) if v == i64::from(crate::domain::RECORD_VERSION) => Some(crate::domain::RECORD_VERSION),
+        Some(v) => {
+            return Err(StoreError::Corrupt {
+                id: raw_id.to_string(),
+                reason: format!("unknown record version {v}"),
+            })
+        }
+    };
+    Ok((id, version))
+}
+
+pub fn region_map(map: &BTreeMap<Region, String>) -> BTreeMap<String, String> {
+    map.iter().map(|(r, v)| (r.to_string(), v.clone())).collect()
+}

@@ -1,0 +1,291 @@
+//! The embedded default store: one SQLite file in WAL mode. Calls run on the
+//! blocking pool, never on the async runtime, and keep their tracing span.
+//! Several rkms processes may share the file: creates and repairs run in
+//! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::{decode_header, decode_keys, encode_keys, region_map, PutOutcome, Store, StoreError};
+use crate::domain::{KeyId, KeyRecord, Region};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS rkms_keys (
+    id         TEXT PRIMARY KEY NOT NULL,
+    keys       TEXT NOT NULL,   -- JSON: region -> base64 ciphertext
+    v          INTEGER,         -- record format; NULL = RKMS (Go) record
+    key_ids    TEXT NOT NULL,   -- JSON: region -> KMS key ARN
+    created_at TEXT
+);";
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+    }
+}
+
+fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| match e {
+        rusqlite::Error::SqliteFailure(ref f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+        {
+            StoreError::Unavailable { op, source: Box::new(e) }
+        }
+        e => StoreError::Other { op, source: Box::new(e) },
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the database at `path` and its directory.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        const OP: &str = "open";
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Other { op: OP, source: Box::new(e) })?;
+        }
+        let conn = Connection::open(path).map_err(other(OP))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(other(OP))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(other(OP))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(other(OP))?;
+        conn.execute_batch(SCHEMA).map_err(other(OP))?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Run `f` with the connection on the blocking pool, inside the caller's span.
+    async fn with_conn<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Other { op, source: Box::new(e) })?
+    }
+}
+
+fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE id = ?1",
+            params![id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            },
+        )
+        .optional()
+        .map_err(other(op))?;
+    let Some((raw_id, keys, v, key_ids, created_at)) = row else {
+        return Ok(None);
+    };
+    let corrupt = |what: &str| StoreError::Corrupt {
+        id: raw_id.clone(),
+        reason: format!("{what} is not a JSON object of strings"),
+    };
+    let keys: BTreeMap<String, String> = serde_json::from_str(&keys).map_err(|_| corrupt("keys"))?;
+    let key_ids: BTreeMap<String, String> = serde_json::from_str(&key_ids).map_err(|_| corrupt("key_ids"))?;
+    let (id, version) = decode_header(&raw_id, v)?;
+    Ok(Some(KeyRecord {
+        keys: decode_keys(&raw_id, keys)?,
+        id,
+        version,
+        key_ids: key_ids.into_iter().map(|(r, a)| (Region::new(r), a)).collect(),
+        created_at,
+    }))
+}
+
+fn to_json(map: &BTreeMap<String, String>, op: &'static str) -> Result<String, StoreError> {
+    serde_json::to_string(map).map_err(|e| StoreError::Other { op, source: Box::new(e) })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    #[tracing::instrument(level = "debug", skip(self), fields(id = %id))]
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let id = id.as_str().to_owned();
+        self.with_conn("get", move |conn| read(conn, &id, "get")).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, record), fields(id = %record.id))]
+    async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError> {
+        const OP: &str = "put_if_absent";
+        let record = record.clone();
+        self.with_conn(OP, move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(other(OP))?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(id) DO NOTHING",
+                    params![
+                        record.id.as_str(),
+                        to_json(&encode_keys(&record.keys), OP)?,
+                        record.version.map(i64::from),
+                        to_json(&region_map(&record.key_ids), OP)?,
+                        record.created_at,
+                    ],
+                )
+                .map_err(other(OP))?;
+            let outcome = if inserted == 1 {
+                PutOutcome::Created
+            } else {
+                match read(&tx, record.id.as_str(), OP)? {
+                    Some(existing) => PutOutcome::Exists(existing),
+                    None => {
+                        return Err(StoreError::Other {
+                            op: OP,
+                            source: "insert ignored but no record found".into(),
+                        })
+                    }
+                }
+            };
+            tx.commit().map_err(other(OP))?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, keys, key_ids), fields(id = %id))]
+    async fn add_missing_regions(
+        &self,
+        id: &KeyId,
+        keys: &BTreeMap<Region, Vec<u8>>,
+        key_ids: &BTreeMap<Region, String>,
+    ) -> Result<usize, StoreError> {
+        const OP: &str = "add_missing_regions";
+        let id = id.as_str().to_owned();
+        let keys = keys.clone();
+        let key_ids = key_ids.clone();
+        self.with_conn(OP, move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(other(OP))?;
+            let Some(mut record) = read(&tx, &id, OP)? else {
+                return Ok(0);
+            };
+            let mut added = 0;
+            for (region, ciphertext) in keys {
+                if let std::collections::btree_map::Entry::Vacant(slot) = record.keys.entry(region.clone()) {
+                    slot.insert(ciphertext);
+                    if let Some(arn) = key_ids.get(&region) {
+                        record.key_ids.insert(region, arn.clone());
+                    }
+                    added += 1;
+                }
+            }
+            if added > 0 {
+                tx.execute(
+                    "UPDATE rkms_keys SET keys = ?2, key_ids = ?3 WHERE id = ?1",
+                    params![
+                        id,
+                        to_json(&encode_keys(&record.keys), OP)?,
+                        to_json(&region_map(&record.key_ids), OP)?
+                    ],
+                )
+                .map_err(other(OP))?;
+            }
+            tx.commit().map_err(other(OP))?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.with_conn("ping", |conn| {
+            conn.query_row("SELECT count(*) FROM (SELECT 1 FROM rkms_keys LIMIT 1)", [], |r| r.get::<_, i64>(0))
+                .map(|_| ())
+                .map_err(other("ping"))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, regions: &[&str]) -> KeyRecord {
+        KeyRecord {
+            id: KeyId::parse(id).unwrap(),
+            keys: regions.iter().map(|r| (Region::new(*r), vec![1, 2, 3])).collect(),
+            version: Some(2),
+            key_ids: regions.iter().map(|r| (Region::new(*r), format!("arn:{r}"))).collect(),
+            created_at: Some("2026-01-01T00:00:00Z".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_keeps_the_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("a/db.sqlite3")).unwrap();
+        let first = record("k", &["a"]);
+        assert!(matches!(store.put_if_absent(&first).await.unwrap(), PutOutcome::Created));
+        let mut second = record("k", &["a", "b"]);
+        second.keys.insert(Region::new("a"), vec![9]);
+        match store.put_if_absent(&second).await.unwrap() {
+            PutOutcome::Exists(winner) => assert_eq!(winner, first),
+            PutOutcome::Created => panic!("second create must lose"),
+        }
+        assert_eq!(store.get(&first.id).await.unwrap(), Some(first));
+        assert_eq!(store.get(&KeyId::parse("none").unwrap()).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn add_missing_regions_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite3")).unwrap();
+        let rec = record("k", &["a"]);
+        store.put_if_absent(&rec).await.unwrap();
+        let keys = BTreeMap::from([(Region::new("a"), vec![7]), (Region::new("b"), vec![8])]);
+        let arns = BTreeMap::from([(Region::new("b"), "arn:b".to_string())]);
+        assert_eq!(store.add_missing_regions(&rec.id, &keys, &arns).await.unwrap(), 1);
+        assert_eq!(store.add_missing_regions(&rec.id, &keys, &arns).await.unwrap(), 0);
+        let got = store.get(&rec.id).await.unwrap().unwrap();
+        assert_eq!(got.keys[&Region::new("a")], vec![1, 2, 3]);
+        assert_eq!(got.keys[&Region::new("b")], vec![8]);
+        assert_eq!(got.key_ids[&Region::new("b")], "arn:b");
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_errors_not_absences() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let store = SqliteStore::open(&path).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES ('bad', '{\"a\":\"***\"}', 2, '{}'), ('worse', 'nope', 2, '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        for id in ["bad", "worse"] {
+            let err = store.get(&KeyId::parse(id).unwrap()).await.unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        }
+    }
+}

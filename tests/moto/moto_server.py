@@ -1,0 +1,24 @@
+"""Start one moto server on 127.0.0.1, print its port, and live exactly as long
+as the parent keeps our stdin open. The test harness holds the pipe; when the
+test process exits (even by a crash) the pipe closes and this process ends, so
+no moto outlives its tests."""
+
+import sys
+
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+
+def main() -> None:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    print(port, flush=True)
+    try:
+        while sys.stdin.read(4096):
+            pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
