@@ -288,7 +288,10 @@ impl KeyBroker {
     /// Drop every cached key (they are wiped as their last reference goes).
     pub async fn clear_cache(&self) {
         if let Some(cache) = &self.inner.cache {
-            cache.invalidate_all();
+            let ids: Vec<Arc<KeyId>> = cache.iter().map(|(id, _)| id).collect();
+            for id in ids {
+                cache.invalidate(id.as_ref()).await;
+            }
             cache.run_pending_tasks().await;
         }
     }
