@@ -1,0 +1,221 @@
+//! GET /key over real HTTP: same key every time, create semantics, bad
+//! input, region failures and integrity.
+
+use std::collections::HashSet;
+
+use rkms::kms::faulty::Fault;
+use rkms::kms::KmsErrorKind;
+
+use crate::helpers::{decode_key, region, spawn_app, spawn_with, urlencode};
+
+#[tokio::test]
+async fn same_id_same_key_and_different_ids_differ() {
+    let app = spawn_app().await;
+    let a1 = app.key("tenant/a").await;
+    let a2 = app.key("tenant/a").await;
+    let b = app.key("tenant/b").await;
+    assert_eq!(a1, a2);
+    assert_ne!(a1, b);
+    assert_eq!(decode_key(&a1).len(), 32);
+    // The RKMS path serves the same key.
+    let (status, body) = app.get("/api/v1/key?id=tenant%2Fa").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["key"], a1.as_str());
+    assert_eq!(body["id"], "tenant/a");
+}
+
+#[tokio::test]
+async fn unicode_and_maximum_length_ids_work() {
+    let app = spawn_app().await;
+    let long = "é".repeat(256); // 512 bytes
+    let k = app.key(&long).await;
+    assert_eq!(k, app.key(&long).await);
+    let (status, body) = app.get(&format!("/key?id={}", urlencode(&format!("{long}x")))).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_requests_for_a_new_id_get_one_key() {
+    let app = spawn_with(|s| s.store.backend = rkms::config::StoreBackend::Memory).await;
+    let requests = (0..100).map(|_| app.get("/key?id=burst"));
+    let results = futures::future::join_all(requests).await;
+    let keys: HashSet<String> = results
+        .into_iter()
+        .map(|(status, body)| {
+            assert_eq!(status, 200, "{body}");
+            body["key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(keys.len(), 1);
+    let store = app.memory.as_ref().unwrap();
+    assert_eq!(store.len(), 1, "one record");
+    assert_eq!(app.kms.total_calls("generate_data_key"), 1);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_json_400_and_stores_nothing() {
+    let app = spawn_with(|s| s.store.backend = rkms::config::StoreBackend::Memory).await;
+    let long = "x".repeat(513);
+    for query in [
+        "/key",
+        "/key?id=",
+        "/key?id=a%00b",
+        "/key?id=a%0Ab",
+        "/key?id=a%7Fb",
+        &format!("/key?id={long}"),
+        "/key?id=a&create=maybe",
+        "/key?id=a&id=b",
+        "/key?id=a&colour=red",
+    ] {
+        let (status, body) = app.get(query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error_type"], "BadRequest", "{query}");
+        assert!(body["error_message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert!(app.memory.as_ref().unwrap().is_empty());
+    assert_eq!(app.kms.total_calls("generate_data_key"), 0);
+}
+
+#[tokio::test]
+async fn other_methods_are_405_and_never_create() {
+    let app = spawn_with(|s| s.store.backend = rkms::config::StoreBackend::Memory).await;
+    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let res = app
+            .client
+            .request(method.clone(), format!("{}/key?id=m", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 405, "{method}");
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert_eq!(body["error_type"], "MethodNotAllowed");
+    }
+    assert!(app.memory.as_ref().unwrap().is_empty());
+    let (status, body) = app.get("/nope").await;
+    assert_eq!((status, body["error_type"].as_str()), (404, Some("NotFound")));
+}
+
+#[tokio::test]
+async fn create_false_is_404_for_unknown_ids_and_stores_nothing() {
+    let app = spawn_with(|s| s.store.backend = rkms::config::StoreBackend::Memory).await;
+    let (status, body) = app.get("/key?id=ghost&create=false").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error_type"], "NotFound");
+    assert!(app.memory.as_ref().unwrap().is_empty());
+    let made = app.key("ghost").await;
+    let (status, body) = app.get("/key?id=ghost&create=false").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["key"], made.as_str());
+}
+
+#[tokio::test]
+async fn one_region_down_reads_and_creates_still_work_fewer_than_quorum_is_503() {
+    let app = spawn_with(|s| {
+        s.store.backend = rkms::config::StoreBackend::Memory;
+        s.cache.ttl_seconds = 0;
+    })
+    .await;
+    let existing = app.key("existing").await;
+    app.kms.set_fault(&region("local-1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    assert_eq!(app.key("existing").await, existing, "read served by another region");
+    let fresh = app.key("made-while-down").await;
+    assert_eq!(app.key("made-while-down").await, fresh);
+    let record = app.memory.as_ref().unwrap().snapshot(&rkms::domain::KeyId::parse("made-while-down").unwrap()).unwrap();
+    assert_eq!(record.keys.len(), 2);
+
+    app.kms.set_fault(&region("local-2"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    let res = app.client.get(format!("{}/key?id=too-few", app.base)).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert!(res.headers().get("retry-after").is_some());
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error_type"], "ServiceUnavailable");
+    let message = body["error_message"].as_str().unwrap();
+    assert!(!message.contains("local-"), "5xx bodies say nothing internal: {message}");
+    assert!(app
+        .memory
+        .as_ref()
+        .unwrap()
+        .snapshot(&rkms::domain::KeyId::parse("too-few").unwrap())
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_ciphertext_copied_from_another_id_is_refused() {
+    let app = spawn_with(|s| {
+        s.store.backend = rkms::config::StoreBackend::Memory;
+        s.cache.ttl_seconds = 0;
+    })
+    .await;
+    let victim_key = app.key("victim").await;
+    app.key("intruder").await;
+    let store = app.memory.as_ref().unwrap();
+    let mut forged = store.snapshot(&rkms::domain::KeyId::parse("victim").unwrap()).unwrap();
+    forged.id = rkms::domain::KeyId::parse("intruder").unwrap();
+    store.insert_raw(forged);
+    let (status, body) = app.get("/key?id=intruder").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error_type"], "InternalError");
+    assert_eq!(body["error_message"], "internal error");
+    assert!(!body.to_string().contains(&victim_key));
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_with(|s| s.store.backend = rkms::config::StoreBackend::Memory).await;
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200);
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    app.memory.as_ref().unwrap().set_unavailable(true);
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["store"], "failed");
+    assert_eq!(body["checks"]["kms"], "ok");
+    let (status, _) = app.get("/healthz").await;
+    assert_eq!(status, 200, "liveness has no dependencies");
+    app.memory.as_ref().unwrap().set_unavailable(false);
+    let (status, _) = app.get("/readyz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(format!("{}/key?id=r", app.base))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let res = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    assert_eq!(res.headers()["x-request-id"].len(), 36, "a generated UUID");
+}
+
+#[tokio::test]
+async fn auth_refuses_unknown_clients_and_foreign_prefixes() {
+    let token = "test-token-123";
+    let app = spawn_with(|s| {
+        s.auth.enabled = true;
+        s.auth.clients = vec![rkms::config::AuthClient {
+            name: "billing".into(),
+            token_sha256: rkms::auth::token_digest(token),
+            prefixes: vec!["billing/".into()],
+        }];
+    })
+    .await;
+    let (status, body) = app.get("/key?id=billing/1").await;
+    assert_eq!((status, body["error_type"].as_str()), (401, Some("Unauthorized")));
+    let get = |id: &str| {
+        app.client
+            .get(format!("{}/key?id={}", app.base, urlencode(id)))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(get("billing/1").await.unwrap().status().as_u16(), 200);
+    let res = get("payroll/1").await.unwrap();
+    assert_eq!(res.status().as_u16(), 403);
+    assert_eq!(app.kms.total_calls("generate_data_key"), 1);
+}

@@ -1,0 +1,297 @@
+//! The `rkms` binary as operators run it: persistence across restarts,
+//! startup errors, check-config, logs and the audit trail, and draining.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rkms::kms::faulty::Fault;
+use serde_json::Value;
+
+use crate::helpers::{spawn_with, urlencode};
+
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+fn command(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+    cmd.current_dir(dir)
+        .env_remove("RKMS_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
+        .env("RKMS__LOG__FORMAT", "json")
+        .env("RKMS__KMS__LOCAL__KEYRING", dir.join("keyring.json"))
+        .env("RKMS__STORE__SQLITE__PATH", dir.join("rkms.sqlite3"));
+    cmd
+}
+
+/// Start the binary and wait for its "rkms serving" line.
+pub fn start(mut cmd: Command) -> Proc {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "rkms serving" {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("rkms did not start: {:?}", logs.lock().unwrap()));
+    Proc {
+        child,
+        base: format!("http://{addr}"),
+        logs,
+    }
+}
+
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+pub fn stop(mut proc: Proc) -> (std::process::ExitStatus, Vec<String>) {
+    sigterm(&proc.child);
+    let status = proc.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let logs = proc.logs.lock().unwrap().clone();
+    (status, logs)
+}
+
+async fn fetch(client: &reqwest::Client, base: &str, id: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = client.get(format!("{base}/key?id={}", urlencode(id)));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn restart_on_the_same_data_directory_serves_the_same_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let first = start(command(dir.path()));
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        let (status, body) = fetch(&client, &first.base, &format!("persist/{i}"), None).await;
+        assert_eq!(status, 200);
+        keys.push(body["key"].as_str().unwrap().to_owned());
+    }
+    let (status, _) = stop(first);
+    assert!(status.success(), "exit {status:?}");
+
+    let second = start(command(dir.path()));
+    for (i, key) in keys.iter().enumerate() {
+        let res = client
+            .get(format!("{}/key?id=persist%2F{i}&create=false", second.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["key"].as_str().unwrap(), key);
+    }
+    let (status, _) = stop(second);
+    assert!(status.success());
+}
+
+fn run_to_exit(mut cmd: Command) -> (Option<i32>, String) {
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_corrupt_keyring_stops_startup_and_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keyring.json");
+    std::fs::write(&keyring, b"{\"format\": 1, \"master_keys\": ").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, stderr) = run_to_exit(command(dir.path()));
+    assert_ne!(code, Some(0));
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("keyring") && lines[0].contains("corrupt"), "{stderr}");
+    assert_eq!(std::fs::read(&keyring).unwrap(), b"{\"format\": 1, \"master_keys\": ");
+
+    std::fs::remove_file(&keyring).unwrap();
+    std::fs::write(&keyring, b"{}").unwrap();
+    std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stderr) = run_to_exit(command(dir.path()));
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}
+
+#[test]
+fn a_bad_config_stops_startup_with_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__KMS__MIN_REGIONS_ON_CREATE", "9");
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("kms.min_regions_on_create"), "{stderr}");
+
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[cache]\nttl = 5\n").unwrap();
+    let mut cmd = command(dir.path());
+    cmd.arg("--config").arg(&config);
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("cache.ttl"), "{stderr}");
+
+    let mut cmd = command(dir.path());
+    cmd.arg("--config").arg(dir.path().join("missing.toml"));
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("missing.toml"), "{stderr}");
+    assert!(!dir.path().join("keyring.json").exists(), "nothing created on a bad config");
+}
+
+#[test]
+fn check_config_prints_effective_settings_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let digest = rkms::auth::token_digest("hunter2");
+    std::fs::write(
+        &config,
+        format!("[auth]\nenabled = true\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{digest}\"\nprefixes = [\"\"]\n"),
+    )
+    .unwrap();
+    let out = command(dir.path())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .env("RKMS__CACHE__TTL_SECONDS", "42")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("ttl_seconds = 42"), "{text}");
+    assert!(text.contains("REDACTED") && !text.contains(&digest), "{text}");
+}
+
+#[tokio::test]
+async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = "audit-token";
+    let mut cmd = command(dir.path());
+    cmd.env("RUST_LOG", "trace,hyper=info,h2=info,tower=info")
+        .env("RKMS__AUTH__ENABLED", "true")
+        .env(
+            "RKMS__AUTH__CLIENTS",
+            format!(
+                "[{{name=\"app\", token_sha256=\"{}\", prefixes=[\"app/\"]}}]",
+                rkms::auth::token_digest(token)
+            ),
+        )
+        .env("RKMS__CACHE__TTL_SECONDS", "0");
+    let proc = start(cmd);
+    let client = reqwest::Client::new();
+    let mut keys = Vec::new();
+    for i in 0..10 {
+        let (status, body) = fetch(&client, &proc.base, &format!("app/{i}"), Some(token)).await;
+        assert_eq!(status, 200, "{body}");
+        keys.push(body["key"].as_str().unwrap().to_owned());
+        let (status, _) = fetch(&client, &proc.base, &format!("app/{i}"), Some(token)).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(fetch(&client, &proc.base, "other/1", Some(token)).await.0, 403);
+    assert_eq!(fetch(&client, &proc.base, "app/1", None).await.0, 401);
+    let res = client
+        .get(format!("{}/key?id=app%2Fmissing&create=false", proc.base))
+        .bearer_auth(token)
+        .header("x-request-id", "req-404")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    let (status, logs) = stop(proc);
+    assert!(status.success());
+
+    use base64::Engine;
+    for key in &keys {
+        let raw = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
+        let hex_lower: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+        let bytes_debug = format!("{:?}", &raw[..8]).trim_end_matches(']').to_owned();
+        for line in &logs {
+            for needle in [key.as_str(), key.trim_end_matches('='), &hex_lower, &hex_lower.to_uppercase(), &url_safe, &bytes_debug] {
+                assert!(!line.contains(needle), "key material in a log line: {line}");
+            }
+        }
+    }
+
+    let audit: Vec<Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect();
+    assert_eq!(audit.len(), 23, "one event per key decision: {audit:#?}");
+    for event in &audit {
+        for field in ["timestamp", "request_id", "client", "key_id", "action", "source", "outcome"] {
+            let value = event[field].as_str().unwrap_or_default();
+            assert!(!value.is_empty(), "audit event lacks {field}: {event}");
+        }
+    }
+    let count = |action: &str| audit.iter().filter(|e| e["action"] == action).count();
+    assert_eq!(count("create"), 10);
+    assert_eq!(count("read"), 10);
+    assert_eq!(count("denied"), 2);
+    assert_eq!(count("not_found"), 1);
+    let denied = audit.iter().find(|e| e["outcome"] == "forbidden").unwrap();
+    assert_eq!(denied["client"], "app");
+    assert_eq!(denied["key_id"], "other/1");
+    let not_found = audit.iter().find(|e| e["action"] == "not_found").unwrap();
+    assert_eq!(not_found["request_id"], "req-404");
+    let created = audit.iter().find(|e| e["action"] == "create").unwrap();
+    assert_eq!(created["source"], "local-1");
+    assert_eq!(created["client"], "app");
+}
+
+#[tokio::test]
+async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
+    let mut app = spawn_with(|s| {
+        s.store.backend = rkms::config::StoreBackend::Memory;
+        s.cache.ttl_seconds = 0;
+        s.kms.hedge_after_ms = 5000;
+    })
+    .await;
+    app.key("slow").await;
+    app.kms
+        .set_fault(&crate::helpers::region("local-1"), Some(Fault::Delay(Duration::from_millis(700))));
+    let in_flight: Vec<_> = (0..20)
+        .map(|_| {
+            let client = reqwest::Client::new();
+            let url = format!("{}/key?id=slow", app.base);
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = app.stop.take().unwrap().send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let refused = reqwest::Client::new().get(format!("{}/healthz", app.base)).send().await;
+    assert!(refused.is_err(), "new connections are refused while draining");
+    for r in futures::future::join_all(in_flight).await {
+        assert_eq!(r.unwrap().unwrap(), 200);
+    }
+    let done = app.done.take().unwrap().await.unwrap();
+    assert!(done.is_ok());
+}
