@@ -1,22 +1,15 @@
 //! The `rkms` binary as operators run it: persistence across restarts,
 //! startup errors, check-config, logs and the audit trail, and draining.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use rkms::kms::faulty::Fault;
 use serde_json::Value;
 
+use crate::common::{start, stop};
 use crate::helpers::{spawn_with, urlencode};
-
-pub struct Proc {
-    pub child: Child,
-    pub base: String,
-    pub logs: Arc<Mutex<Vec<String>>>,
-}
 
 fn command(dir: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
@@ -28,50 +21,6 @@ fn command(dir: &Path) -> Command {
         .env("RKMS__KMS__LOCAL__KEYRING", dir.join("keyring.json"))
         .env("RKMS__STORE__SQLITE__PATH", dir.join("rkms.sqlite3"));
     cmd
-}
-
-/// Start the binary and wait for its "rkms serving" line.
-pub fn start(mut cmd: Command) -> Proc {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let sink = logs.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "rkms serving" {
-                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("rkms did not start: {:?}", logs.lock().unwrap()));
-    Proc {
-        child,
-        base: format!("http://{addr}"),
-        logs,
-    }
-}
-
-pub fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
-pub fn stop(mut proc: Proc) -> (std::process::ExitStatus, Vec<String>) {
-    sigterm(&proc.child);
-    let status = proc.child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    let logs = proc.logs.lock().unwrap().clone();
-    (status, logs)
 }
 
 async fn fetch(client: &reqwest::Client, base: &str, id: &str, token: Option<&str>) -> (u16, Value) {

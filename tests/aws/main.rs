@@ -1,0 +1,406 @@
+//! The AWS path against moto: KMS in three regions and DynamoDB, driven
+//! through the real server over HTTP. Needs `make moto-venv` (make test).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod moto;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_kms::primitives::Blob;
+use base64::Engine;
+use rkms::config::Settings;
+use rkms::startup::Application;
+use serde_json::Value;
+
+use crate::moto::{dynamo_client, kms_client, Cloud, REGIONS, TABLE};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> Server {
+    let app = Application::build(settings).await.unwrap();
+    let base = format!("http://{}", app.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    Server {
+        base,
+        client: reqwest::Client::new(),
+        stop: Some(tx),
+    }
+}
+
+impl Server {
+    async fn get(&self, id: &str, create: bool) -> (u16, Value) {
+        let url = format!("{}/key?id={}&create={create}", self.base, urlencode(id));
+        let res = tokio::time::timeout(Duration::from_secs(20), self.client.get(url).send())
+            .await
+            .expect("a request must never hang")
+            .unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn key(&self, id: &str) -> String {
+        let (status, body) = self.get(id, true).await;
+        assert_eq!(status, 200, "{body}");
+        body["key"].as_str().unwrap().to_owned()
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    serde_urlencoded::to_string([("x", s)]).unwrap()[2..].to_owned()
+}
+
+async fn item(cloud: &Cloud, id: &str) -> Option<HashMap<String, AttributeValue>> {
+    dynamo_client(&cloud.dynamo.endpoint)
+        .await
+        .get_item()
+        .table_name(TABLE)
+        .key("id", AttributeValue::S(id.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+fn ciphertexts(item: &HashMap<String, AttributeValue>) -> HashMap<String, Vec<u8>> {
+    item["keys"]
+        .as_m()
+        .unwrap()
+        .iter()
+        .map(|(r, v)| (r.clone(), B64.decode(v.as_s().unwrap()).unwrap()))
+        .collect()
+}
+
+fn no_cache(cloud: &Cloud) -> Settings {
+    let mut s = cloud.settings();
+    s.cache.ttl_seconds = 0;
+    s
+}
+
+#[tokio::test]
+async fn get_or_create_wraps_in_three_regions_each_decryptable_with_the_id_context() {
+    let cloud = Cloud::start(false).await;
+    let server = serve(cloud.settings()).await;
+    let key = server.key("orders/42").await;
+    assert_eq!(server.key("orders/42").await, key);
+    assert_eq!(B64.decode(&key).unwrap().len(), 32);
+
+    let item = item(&cloud, "orders/42").await.expect("item stored");
+    assert_eq!(item["v"].as_n().unwrap(), "2");
+    assert!(item["created_at"].as_s().is_ok());
+    let arns = item["key_ids"].as_m().unwrap();
+    let wrapped = ciphertexts(&item);
+    assert_eq!(wrapped.len(), 3);
+    for region in REGIONS {
+        assert_eq!(arns[region].as_s().unwrap(), &cloud.key_arns[region], "key_ids records the ARN");
+        let kms = kms_client(cloud.endpoint(region), region).await;
+        let out = kms
+            .decrypt()
+            .ciphertext_blob(Blob::new(wrapped[region].clone()))
+            .encryption_context("rkms:id", "orders/42")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(B64.encode(out.plaintext.unwrap().as_ref()), key, "{region}");
+        // Without the id's context the ciphertext does not open.
+        let refused = kms.decrypt().ciphertext_blob(Blob::new(wrapped[region].clone())).send().await;
+        assert!(refused.is_err(), "{region}");
+    }
+}
+
+#[tokio::test]
+async fn a_dead_or_frozen_preferred_region_does_not_stop_reads() {
+    let mut cloud = Cloud::start(true).await;
+    let server = serve(no_cache(&cloud)).await;
+    let keys: Vec<String> = futures::future::join_all((0..3).map(|i| {
+        let server = &server;
+        async move { server.key(&format!("k{i}")).await }
+    }))
+    .await;
+
+    // Frozen (accepts connections, never answers): served within the timeouts.
+    cloud.moto(REGIONS[0]).freeze();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(&server.key(&format!("k{i}")).await, key);
+    }
+    cloud.moto(REGIONS[0]).thaw();
+
+    // Killed: still served, from another region.
+    std::rc::Rc::get_mut(cloud.kms.get_mut(REGIONS[0]).unwrap())
+        .expect("no other handle")
+        .kill();
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(&server.key(&format!("k{i}")).await, key);
+    }
+}
+
+#[tokio::test]
+async fn creates_with_a_region_down_need_the_quorum() {
+    let cloud = Cloud::start(true).await;
+    cloud.moto(REGIONS[2]).freeze();
+    let server = serve(no_cache(&cloud)).await;
+    let key = server.key("two-of-three").await;
+    let stored = ciphertexts(&item(&cloud, "two-of-three").await.unwrap());
+    let mut regions: Vec<&str> = stored.keys().map(String::as_str).collect();
+    regions.sort_unstable();
+    assert_eq!(regions, vec!["us-east-1", "us-west-2"]);
+
+    let mut strict = no_cache(&cloud);
+    strict.kms.min_regions_on_create = 3;
+    let strict = serve(strict).await;
+    let (status, body) = strict.get("needs-three", true).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(item(&cloud, "needs-three").await.is_none(), "no item below the quorum");
+
+    // The region comes back: a read repairs the record.
+    cloud.moto(REGIONS[2]).thaw();
+    assert_eq!(server.key("two-of-three").await, key);
+    let mut repaired = 0;
+    for _ in 0..100 {
+        repaired = ciphertexts(&item(&cloud, "two-of-three").await.unwrap()).len();
+        if repaired == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(repaired, 3, "the missing region was added");
+}
+
+#[tokio::test]
+async fn rkms_go_items_without_context_are_served_unchanged() {
+    let cloud = Cloud::start(false).await;
+    let plaintext = [7u8; 32];
+    let mut keys = HashMap::new();
+    for region in REGIONS {
+        let out = kms_client(cloud.endpoint(region), region)
+            .await
+            .encrypt()
+            .key_id(format!("alias/rkms-{region}"))
+            .plaintext(Blob::new(plaintext.to_vec()))
+            .send()
+            .await
+            .unwrap();
+        keys.insert(
+            region.to_string(),
+            AttributeValue::S(B64.encode(out.ciphertext_blob.unwrap().as_ref())),
+        );
+    }
+    dynamo_client(&cloud.dynamo.endpoint)
+        .await
+        .put_item()
+        .table_name(TABLE)
+        .item("id", AttributeValue::S("legacy-1".into()))
+        .item("keys", AttributeValue::M(keys.clone()))
+        .send()
+        .await
+        .unwrap();
+    let server = serve(no_cache(&cloud)).await;
+    assert_eq!(server.key("legacy-1").await, B64.encode(plaintext));
+    let after = item(&cloud, "legacy-1").await.unwrap();
+    assert_eq!(after["keys"].as_m().unwrap(), &keys, "the item is left as RKMS wrote it");
+    assert!(!after.contains_key("v"));
+}
+
+#[tokio::test]
+async fn a_ciphertext_copied_to_another_id_is_refused() {
+    let cloud = Cloud::start(false).await;
+    let server = serve(no_cache(&cloud)).await;
+    let victim = server.key("victim").await;
+    let mut stolen = item(&cloud, "victim").await.unwrap();
+    stolen.insert("id".into(), AttributeValue::S("thief".into()));
+    dynamo_client(&cloud.dynamo.endpoint)
+        .await
+        .put_item()
+        .table_name(TABLE)
+        .set_item(Some(stolen))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = server.get("thief", true).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error_type"], "InternalError");
+    assert!(!body.to_string().contains(&victim));
+}
+
+#[tokio::test]
+async fn two_processes_racing_on_new_ids_agree_on_every_key() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rkms"));
+        cmd.current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
+            .env("RKMS__LOG__FORMAT", "json")
+            .envs(cloud.env());
+        common::start(cmd)
+    };
+    let (a, b) = (spawn(), spawn());
+    let client = reqwest::Client::new();
+    let ids: Vec<String> = (0..20).map(|i| format!("race/{i}")).collect();
+    let mut requests = Vec::new();
+    for id in &ids {
+        for base in [&a.base, &b.base, &a.base, &b.base] {
+            let url = format!("{base}/key?id={}", urlencode(id));
+            let client = client.clone();
+            let id = id.clone();
+            requests.push(async move {
+                let res = client.get(url).send().await.unwrap();
+                assert_eq!(res.status().as_u16(), 200);
+                let body: Value = res.json().await.unwrap();
+                (id, body["key"].as_str().unwrap().to_owned())
+            });
+        }
+    }
+    let mut by_id: HashMap<String, HashSet<String>> = HashMap::new();
+    for (id, key) in futures::future::join_all(requests).await {
+        by_id.entry(id).or_default().insert(key);
+    }
+    for id in &ids {
+        assert_eq!(by_id[id].len(), 1, "{id} got several keys");
+    }
+    let (sa, logs_a) = common::stop(a);
+    let (sb, logs_b) = common::stop(b);
+    assert!(sa.success() && sb.success());
+    let all_keys: Vec<&String> = by_id.values().flatten().collect();
+    for line in logs_a.iter().chain(&logs_b) {
+        for key in &all_keys {
+            assert!(!line.contains(key.as_str()), "key material logged: {line}");
+        }
+    }
+}
+
+/// A KMS endpoint that refuses every call with the given AWS error code.
+async fn refusing_kms(code: &'static str) -> String {
+    use axum::response::IntoResponse;
+    let app = axum::Router::new().fallback(move || async move {
+        (
+            axum::http::StatusCode::BAD_REQUEST,
+            [("content-type", "application/x-amz-json-1.1")],
+            format!("{{\"__type\":\"{code}\",\"message\":\"refused by test\"}}"),
+        )
+            .into_response()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn throttling_or_access_denied_in_one_region_falls_back_and_is_logged() {
+    let cloud = Cloud::start(false).await;
+    let writer = serve(cloud.settings()).await;
+    let key = writer.key("fallback").await;
+    let dir = tempfile::tempdir().unwrap();
+    for (code, kind) in [("ThrottlingException", "throttled"), ("AccessDeniedException", "misconfigured")] {
+        let refusing = refusing_kms(code).await;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rkms"));
+        cmd.current_dir(dir.path())
+            .env_remove("RUST_LOG")
+            .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
+            .env("RKMS__LOG__FORMAT", "json")
+            .envs(cloud.env())
+            .env(
+                "RKMS__KMS__AWS__ENDPOINTS",
+                format!(
+                    "{{\"us-east-1\"=\"{refusing}\",\"us-west-2\"=\"{}\",\"eu-west-1\"=\"{}\"}}",
+                    cloud.endpoint("us-west-2"),
+                    cloud.endpoint("eu-west-1")
+                ),
+            );
+        let proc = common::start(cmd);
+        let res = reqwest::get(format!("{}/key?id=fallback", proc.base)).await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["key"].as_str().unwrap(), key);
+        let metrics = reqwest::get(format!("{}/metrics", proc.base)).await.unwrap().text().await.unwrap();
+        assert!(
+            metrics.contains(&format!("rkms_kms_requests_total{{op=\"decrypt\",outcome=\"{kind}\",region=\"us-east-1\"}}")),
+            "{metrics}"
+        );
+        let (status, logs) = common::stop(proc);
+        assert!(status.success());
+        let logged = logs.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| {
+            v["region"] == "us-east-1" && v["kind"] == kind && v["error"].as_str().is_some_and(|e| !e.is_empty())
+        });
+        assert!(logged, "the {code} from us-east-1 is in the logs: {logs:#?}");
+    }
+}
+
+#[tokio::test]
+async fn readiness_follows_the_store() {
+    let cloud = Cloud::start(true).await;
+    let server = serve(cloud.settings()).await;
+    let ready = || async {
+        let res = server.client.get(format!("{}/readyz", server.base)).send().await.unwrap();
+        (res.status().as_u16(), res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(ready().await.0, 200);
+    cloud.dynamo.freeze();
+    let (status, body) = ready().await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["store"], "failed", "{body}");
+    cloud.dynamo.thaw();
+    let (status, body) = ready().await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rkms"));
+    cmd.current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
+        .env("RKMS__LOG__FORMAT", "json")
+        .env("RKMS__CACHE__TTL_SECONDS", "0")
+        .env("RKMS__KMS__CALL_TIMEOUT_MS", "10000")
+        .env("RKMS__KMS__HEDGE_AFTER_MS", "10000")
+        .envs(cloud.env().into_iter().filter(|(k, _)| !k.contains("TIMEOUT") && !k.contains("HEDGE")));
+    let mut proc = common::start(cmd);
+    let client = reqwest::Client::new();
+    let url = format!("{}/key?id=drain", proc.base);
+    assert_eq!(client.get(&url).send().await.unwrap().status().as_u16(), 200);
+
+    // Freeze every region: the next requests wait inside KMS calls.
+    cloud.moto(REGIONS[0]).freeze();
+    let in_flight: Vec<_> = (0..10)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.clone());
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    common::sigterm(&proc.child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = reqwest::Client::new().get(format!("{}/healthz", proc.base)).send().await;
+    assert!(refused.is_err(), "no new connections while draining");
+    cloud.moto(REGIONS[0]).thaw();
+    for r in futures::future::join_all(in_flight).await {
+        assert_eq!(r.unwrap().unwrap(), 200);
+    }
+    let status = proc.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -1,0 +1,62 @@
+//! Helpers shared by the integration-test binaries: running the real
+//! `rkms` binary and reading its JSON logs.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// Start the binary and wait for its "rkms serving" line.
+pub fn start(mut cmd: Command) -> Proc {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = logs.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "rkms serving" {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("rkms did not start: {:?}", logs.lock().unwrap()));
+    Proc {
+        child,
+        base: format!("http://{addr}"),
+        logs,
+    }
+}
+
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+pub fn stop(mut proc: Proc) -> (std::process::ExitStatus, Vec<String>) {
+    sigterm(&proc.child);
+    let status = proc.child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let logs = proc.logs.lock().unwrap().clone();
+    (status, logs)
+}
+
