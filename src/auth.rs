@@ -81,7 +81,11 @@ impl Authenticator {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::Unauthorized("missing bearer token (Authorization: Bearer <token>)".into()))?;
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "missing bearer token (Authorization: Bearer <token>)".into(),
+                )
+            })?;
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         // Compare against every client so timing does not reveal which matched.
@@ -119,9 +123,15 @@ mod tests {
             }],
         });
         let mut headers = HeaderMap::new();
-        assert!(matches!(auth.authenticate(&headers), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(
+            auth.authenticate(&headers),
+            Err(ApiError::Unauthorized(_))
+        ));
         headers.insert(header::AUTHORIZATION, "Bearer wrong".parse().unwrap());
-        assert!(matches!(auth.authenticate(&headers), Err(ApiError::Unauthorized(_))));
+        assert!(matches!(
+            auth.authenticate(&headers),
+            Err(ApiError::Unauthorized(_))
+        ));
         headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
         let who = auth.authenticate(&headers).unwrap();
         assert_eq!(who.name, "billing");

@@ -342,7 +342,11 @@ impl Settings {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let path = rest.split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+            let path = rest
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect::<Vec<_>>()
+                .join(".");
             // Same value syntax as TOML scalars and arrays: 7, true, "x", [a, b].
             let value: figment::value::Value = raw.parse().unwrap_or_else(|_| raw.clone().into());
             figment = figment.merge((path, value));
@@ -383,7 +387,10 @@ impl Settings {
         if !(16..=64).contains(&self.keys.data_key_bytes) {
             return Err(ConfigError::new(
                 "keys.data_key_bytes",
-                format!("must be between 16 and 64, got {}", self.keys.data_key_bytes),
+                format!(
+                    "must be between 16 and 64, got {}",
+                    self.keys.data_key_bytes
+                ),
             ));
         }
         self.validate_kms()?;
@@ -400,18 +407,26 @@ impl Settings {
     fn validate_kms(&self) -> Result<(), ConfigError> {
         let kms = &self.kms;
         if kms.regions.is_empty() {
-            return Err(ConfigError::new("kms.regions", "must list at least one region"));
+            return Err(ConfigError::new(
+                "kms.regions",
+                "must list at least one region",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for region in &kms.regions {
-            if region.trim().is_empty() || region.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            if region.trim().is_empty()
+                || region.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
                 return Err(ConfigError::new(
                     "kms.regions",
                     format!("{region:?} is not a valid region name"),
                 ));
             }
             if !seen.insert(region) {
-                return Err(ConfigError::new("kms.regions", format!("{region:?} is listed twice")));
+                return Err(ConfigError::new(
+                    "kms.regions",
+                    format!("{region:?} is listed twice"),
+                ));
             }
         }
         if kms.min_regions_on_create == 0 || kms.min_regions_on_create > kms.regions.len() {
@@ -488,8 +503,7 @@ impl Settings {
                     return Err(ConfigError::new("store.dynamodb.region", "is required"));
                 }
                 let table_ok = (3..=255).contains(&d.table.len())
-                    && d
-                        .table
+                    && d.table
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
                 if !table_ok {
@@ -574,13 +588,17 @@ impl Settings {
         for client in &mut shown.auth.clients {
             client.token_sha256 = "[REDACTED]".into();
         }
-        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+        toml::to_string_pretty(&shown)
+            .unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
 }
 
 fn parse_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
-        ConfigError::new(key, format!("{value:?} is not an address like 127.0.0.1:8080"))
+        ConfigError::new(
+            key,
+            format!("{value:?} is not an address like 127.0.0.1:8080"),
+        )
     })
 }
 
@@ -596,7 +614,11 @@ fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"));
     match rest {
-        Some(host) if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) => Ok(()),
+        Some(host)
+            if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
         _ => Err(ConfigError::new(
             key,
             format!("{url:?} is not an http:// or https:// URL"),
@@ -612,7 +634,11 @@ fn figment_error(error: figment::Error) -> ConfigError {
         .cloned()
         .collect::<Vec<_>>()
         .join(".");
-    let key = if key.is_empty() { "config".to_string() } else { key };
+    let key = if key.is_empty() {
+        "config".to_string()
+    } else {
+        key
+    };
     let problem = match &error.kind {
         figment::error::Kind::Message(m) => m.replace('\n', " "),
         other => other.to_string().replace('\n', " "),
@@ -629,7 +655,10 @@ mod tests {
         let defaults = Settings::default();
         defaults.validate().unwrap();
         let shipped = Settings::from_toml(include_str!("../config.toml")).unwrap();
-        assert_eq!(shipped, defaults, "config.toml must document the built-in defaults");
+        assert_eq!(
+            shipped, defaults,
+            "config.toml must document the built-in defaults"
+        );
     }
 
     #[test]
@@ -671,9 +700,15 @@ mod tests {
     #[test]
     fn env_overrides_win_and_are_validated() {
         let env = vec![
-            ("RKMS__SERVER__LISTEN".to_string(), "0.0.0.0:9999".to_string()),
+            (
+                "RKMS__SERVER__LISTEN".to_string(),
+                "0.0.0.0:9999".to_string(),
+            ),
             ("RKMS__CACHE__TTL_SECONDS".to_string(), "7".to_string()),
-            ("RKMS__KMS__REGIONS".to_string(), "[\"a\", \"b\"]".to_string()),
+            (
+                "RKMS__KMS__REGIONS".to_string(),
+                "[\"a\", \"b\"]".to_string(),
+            ),
             ("UNRELATED".to_string(), "1".to_string()),
         ];
         let s = Settings::load_with_env(&Source::Defaults, &env).unwrap();

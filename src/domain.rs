@@ -222,10 +222,7 @@ mod tests {
             KeyId::parse(&"é".repeat(257)),
             Err(KeyIdError::TooLong(514))
         ));
-        assert_eq!(
-            KeyId::parse("ab\ncd"),
-            Err(KeyIdError::ControlCharacter(2))
-        );
+        assert_eq!(KeyId::parse("ab\ncd"), Err(KeyIdError::ControlCharacter(2)));
         assert!(KeyId::parse("\u{7f}").is_err());
         assert!(KeyId::parse("a\u{0085}").is_err());
     }

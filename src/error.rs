@@ -63,7 +63,9 @@ impl ApiError {
 
     fn public_message(&self) -> String {
         match self {
-            Self::ServiceUnavailable(_) => "the key service cannot serve this request right now; retry later".into(),
+            Self::ServiceUnavailable(_) => {
+                "the key service cannot serve this request right now; retry later".into()
+            }
             Self::Internal(_) => "internal error".into(),
             other => other.to_string(),
         }
@@ -74,7 +76,9 @@ impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         match &e {
             BrokerError::NotFound => Self::NotFound("no key exists for this id".into()),
-            BrokerError::Store { source } if !matches!(**source, StoreError::Unavailable { .. }) => {
+            BrokerError::Store { source }
+                if !matches!(**source, StoreError::Unavailable { .. }) =>
+            {
                 Self::Internal(Some(e))
             }
             _ if e.is_unavailable() => Self::ServiceUnavailable(Some(e)),
@@ -95,9 +99,10 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
         }
         response
     }

@@ -9,7 +9,11 @@ use rkms::config::{Settings, Source};
 use rkms::startup::{shutdown_signal, Application};
 
 #[derive(Parser)]
-#[command(name = "rkms", version, about = "Multi-region key broker: GET /key?id=ID")]
+#[command(
+    name = "rkms",
+    version,
+    about = "Multi-region key broker: GET /key?id=ID"
+)]
 struct Cli {
     /// Config file (default: ./config.toml if present, else built-in defaults).
     #[arg(long, global = true, env = "RKMS_CONFIG")]
@@ -28,19 +32,25 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::locate(cli.config.as_deref()).and_then(|source| Settings::load(&source)) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("rkms: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let settings =
+        match Settings::locate(cli.config.as_deref()).and_then(|source| Settings::load(&source)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("rkms: {e}");
+                return ExitCode::from(2);
+            }
+        };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             let source = Settings::locate(cli.config.as_deref()).unwrap_or(Source::Defaults);
             match source {
-                Source::File(p) => println!("# effective settings (from {} and the environment)", p.display()),
-                Source::Defaults => println!("# effective settings (built-in defaults and the environment)"),
+                Source::File(p) => println!(
+                    "# effective settings (from {} and the environment)",
+                    p.display()
+                ),
+                Source::Defaults => {
+                    println!("# effective settings (built-in defaults and the environment)")
+                }
             }
             print!("{}", settings.redacted_toml());
             ExitCode::SUCCESS

@@ -32,11 +32,17 @@ pub struct Application {
 impl Application {
     /// Build every backend named in `settings` and bind the listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let regions: Vec<crate::domain::Region> = settings.kms.regions.iter().map(crate::domain::Region::new).collect();
+        let regions: Vec<crate::domain::Region> = settings
+            .kms
+            .regions
+            .iter()
+            .map(crate::domain::Region::new)
+            .collect();
         let kms: Arc<dyn Kms> = match settings.kms.provider {
             KmsProvider::Local => {
                 let path = settings.kms.local.keyring.clone();
-                let local = tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
+                let local =
+                    tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
                 Arc::new(local)
             }
             KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
@@ -46,19 +52,35 @@ impl Application {
                 let path = settings.store.sqlite.path.clone();
                 let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
                     .await?
-                    .with_context(|| format!("cannot open store.sqlite.path {}", settings.store.sqlite.path.display()))?;
+                    .with_context(|| {
+                        format!(
+                            "cannot open store.sqlite.path {}",
+                            settings.store.sqlite.path.display()
+                        )
+                    })?;
                 Arc::new(store)
             }
-            StoreBackend::Dynamodb => Arc::new(DynamoStore::new(&settings.store.dynamodb, &settings.store).await),
+            StoreBackend::Dynamodb => {
+                Arc::new(DynamoStore::new(&settings.store.dynamodb, &settings.store).await)
+            }
             StoreBackend::Memory => Arc::new(MemoryStore::new()),
         };
         Self::build_with(settings, kms, store).await
     }
 
     /// Build around given backends (tests inject fault wrappers here).
-    pub async fn build_with(settings: Settings, kms: Arc<dyn Kms>, store: Arc<dyn Store>) -> anyhow::Result<Self> {
+    pub async fn build_with(
+        settings: Settings,
+        kms: Arc<dyn Kms>,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
-        let broker = KeyBroker::new(kms, store, BrokerSettings::from(&settings), Arc::clone(&metrics));
+        let broker = KeyBroker::new(
+            kms,
+            store,
+            BrokerSettings::from(&settings),
+            Arc::clone(&metrics),
+        );
         let state = AppState {
             broker,
             metrics,
@@ -68,7 +90,9 @@ impl Application {
         };
         let listener = TcpListener::bind(settings.listen_addr())
             .await
-            .with_context(|| format!("cannot listen on server.listen {}", settings.server.listen))?;
+            .with_context(|| {
+                format!("cannot listen on server.listen {}", settings.server.listen)
+            })?;
         let metrics_listener = match settings.metrics_addr() {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -90,7 +114,9 @@ impl Application {
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn broker(&self) -> KeyBroker {
@@ -99,14 +125,20 @@ impl Application {
 
     /// Serve until `shutdown` completes; then stop accepting, fail
     /// readiness, and give in-flight requests `server.shutdown_grace_ms`.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let grace = self.settings.shutdown_grace();
         let draining = Arc::clone(&self.state.draining);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
             draining.store(true, Ordering::SeqCst);
-            tracing::info!(grace_ms = grace.as_millis() as u64, "shutdown requested: draining in-flight requests");
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown requested: draining in-flight requests"
+            );
             let _ = stop_tx.send(true);
         });
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -117,7 +149,10 @@ impl Application {
             let app = routes::metrics_router(self.state.clone());
             let rx = stop_rx.clone();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped(rx)).await {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped(rx))
+                    .await
+                {
                     tracing::error!(error = %e, "metrics listener failed");
                 }
             });
@@ -126,7 +161,8 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "rkms serving");
         let app = routes::router(self.state.clone());
-        let server = axum::serve(self.listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let server =
+            axum::serve(self.listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
         let deadline = async {
             stopped(stop_rx).await;
             tokio::time::sleep(grace).await;

@@ -68,7 +68,9 @@ impl Breakers {
     /// holds the probe.
     pub fn acquire(&self, region: &Region) -> Option<Permit> {
         let mut states = self.lock();
-        let state = states.entry(region.clone()).or_insert(State::Closed { failures: 0 });
+        let state = states
+            .entry(region.clone())
+            .or_insert(State::Closed { failures: 0 });
         match *state {
             State::Closed { .. } => Some(Permit::Normal),
             State::Open { until } if Instant::now() >= until => {
@@ -88,7 +90,9 @@ impl Breakers {
     /// opened the breaker.
     pub fn record(&self, region: &Region, ok: bool) -> bool {
         let mut states = self.lock();
-        let state = states.entry(region.clone()).or_insert(State::Closed { failures: 0 });
+        let state = states
+            .entry(region.clone())
+            .or_insert(State::Closed { failures: 0 });
         let gauge = self.gauge.with_label_values(&[region.as_str()]);
         if ok {
             *state = State::Closed { failures: 0 };
@@ -98,7 +102,9 @@ impl Breakers {
         let open = match *state {
             State::Closed { failures } if failures + 1 >= self.threshold => true,
             State::Closed { failures } => {
-                *state = State::Closed { failures: failures + 1 };
+                *state = State::Closed {
+                    failures: failures + 1,
+                };
                 false
             }
             // A failed probe reopens at once; a late failure while open
@@ -145,7 +151,10 @@ mod tests {
     fn breakers() -> (Breakers, Region) {
         let gauge = IntGaugeVec::new(prometheus::Opts::new("t", "t"), &["region"]).unwrap();
         let r = Region::new("r");
-        (Breakers::new(std::slice::from_ref(&r), 3, Duration::from_secs(10), gauge), r)
+        (
+            Breakers::new(std::slice::from_ref(&r), 3, Duration::from_secs(10), gauge),
+            r,
+        )
     }
 
     #[tokio::test(start_paused = true)]

@@ -121,7 +121,9 @@ impl BrokerError {
     /// and a stale cached key may be served instead.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            Self::KmsUnavailable { .. } | Self::NotEnoughRegions { .. } | Self::StoreTimeout(_) => true,
+            Self::KmsUnavailable { .. } | Self::NotEnoughRegions { .. } | Self::StoreTimeout(_) => {
+                true
+            }
             Self::Store { source } => matches!(**source, StoreError::Unavailable { .. }),
             Self::NotFound | Self::Integrity { .. } | Self::Internal(_) => false,
         }
@@ -154,7 +156,12 @@ struct Inner {
 }
 
 impl KeyBroker {
-    pub fn new(kms: Arc<dyn Kms>, store: Arc<dyn Store>, settings: BrokerSettings, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        kms: Arc<dyn Kms>,
+        store: Arc<dyn Store>,
+        settings: BrokerSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let breakers = Breakers::new(
             &settings.regions,
             settings.breaker_failures,
@@ -187,7 +194,11 @@ impl KeyBroker {
     /// The data key for `id`: from the cache, else the store and KMS, else
     /// (when `allow_create`) a new key. Concurrent misses for one id share one
     /// resolution.
-    pub async fn get_or_create(&self, id: &KeyId, allow_create: bool) -> Result<Resolved, BrokerError> {
+    pub async fn get_or_create(
+        &self,
+        id: &KeyId,
+        allow_create: bool,
+    ) -> Result<Resolved, BrokerError> {
         let inner = &self.inner;
         let mut stale = None;
         if let Some(cache) = &inner.cache {
@@ -210,7 +221,8 @@ impl KeyBroker {
         match self.flight(id, allow_create).await {
             Ok(resolved) => Ok(resolved),
             Err(e) if e.is_unavailable() && stale.is_some() => {
-                let entry = stale.ok_or_else(|| BrokerError::Internal("stale entry vanished".into()))?;
+                let entry =
+                    stale.ok_or_else(|| BrokerError::Internal("stale entry vanished".into()))?;
                 inner.metrics.cache_stale_served.inc();
                 tracing::warn!(
                     key_id = %id,
@@ -256,8 +268,11 @@ impl KeyBroker {
             result
         });
         let flight = async move {
-            task.await
-                .unwrap_or_else(|e| Err(BrokerError::Internal(format!("key resolution task failed: {e}"))))
+            task.await.unwrap_or_else(|e| {
+                Err(BrokerError::Internal(format!(
+                    "key resolution task failed: {e}"
+                )))
+            })
         }
         .boxed()
         .shared();
@@ -275,8 +290,17 @@ impl KeyBroker {
             Err(_) => failed.push(("store", format!("no answer within {timeout:?}"))),
         }
         if !self.inner.breakers.any_usable() {
-            let open: Vec<String> = self.inner.breakers.open_regions().iter().map(Region::to_string).collect();
-            failed.push(("kms", format!("every region's breaker is open: {}", open.join(", "))));
+            let open: Vec<String> = self
+                .inner
+                .breakers
+                .open_regions()
+                .iter()
+                .map(Region::to_string)
+                .collect();
+            failed.push((
+                "kms",
+                format!("every region's breaker is open: {}", open.join(", ")),
+            ));
         }
         if failed.is_empty() {
             Ok(())
@@ -310,7 +334,13 @@ impl KeyBroker {
     /// Wait until queued repairs are done (tests, shutdown).
     pub async fn settle_repairs(&self) {
         for _ in 0..500 {
-            if self.inner.repairs.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            if self
+                .inner
+                .repairs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -318,10 +348,15 @@ impl KeyBroker {
     }
 }
 
-type Attempt<'a> = Pin<Box<dyn Future<Output = (Region, Permit, Result<DataKey, KmsError>)> + Send + 'a>>;
+type Attempt<'a> =
+    Pin<Box<dyn Future<Output = (Region, Permit, Result<DataKey, KmsError>)> + Send + 'a>>;
 
 impl Inner {
-    async fn resolve(self: Arc<Self>, id: &KeyId, allow_create: bool) -> Result<Resolved, BrokerError> {
+    async fn resolve(
+        self: Arc<Self>,
+        id: &KeyId,
+        allow_create: bool,
+    ) -> Result<Resolved, BrokerError> {
         match self.store_get(id).await? {
             Some(record) => self.decrypt_record(id, record).await,
             None if !allow_create => Err(BrokerError::NotFound),
@@ -346,10 +381,15 @@ impl Inner {
             Ok(Err(_)) => "error",
             Err(_) => "timeout",
         };
-        self.metrics.store_requests.with_label_values(&[op, outcome]).inc();
+        self.metrics
+            .store_requests
+            .with_label_values(&[op, outcome])
+            .inc();
         match result {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(BrokerError::Store { source: Arc::new(e) }),
+            Ok(Err(e)) => Err(BrokerError::Store {
+                source: Arc::new(e),
+            }),
             Err(_) => Err(BrokerError::StoreTimeout(self.settings.store_timeout)),
         }
     }
@@ -397,7 +437,9 @@ impl Inner {
                     self.metrics.integrity_failures.inc();
                     tracing::error!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS refused a stored ciphertext: invalid or bound to another id")
                 }
-                _ => tracing::warn!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS call failed; trying the next region"),
+                _ => {
+                    tracing::warn!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS call failed; trying the next region")
+                }
             }
         }
         result
@@ -420,9 +462,16 @@ impl Inner {
     /// order. When none is usable every one is tried: a stale breaker must
     /// not turn a recovered region into an outage.
     fn order(&self, available: impl Fn(&Region) -> bool) -> Vec<Region> {
-        let candidates: Vec<Region> = self.settings.regions.iter().filter(|r| available(r)).cloned().collect();
-        let (mut usable, rest): (Vec<Region>, Vec<Region>) =
-            candidates.into_iter().partition(|r| self.breakers.usable(r));
+        let candidates: Vec<Region> = self
+            .settings
+            .regions
+            .iter()
+            .filter(|r| available(r))
+            .cloned()
+            .collect();
+        let (mut usable, rest): (Vec<Region>, Vec<Region>) = candidates
+            .into_iter()
+            .partition(|r| self.breakers.usable(r));
         if usable.is_empty() {
             usable = rest;
         }
@@ -435,7 +484,11 @@ impl Inner {
             .or(last_resort.then_some(Permit::Normal))
     }
 
-    async fn decrypt_record(self: Arc<Self>, id: &KeyId, record: KeyRecord) -> Result<Resolved, BrokerError> {
+    async fn decrypt_record(
+        self: Arc<Self>,
+        id: &KeyId,
+        record: KeyRecord,
+    ) -> Result<Resolved, BrokerError> {
         let context = if record.bound_to_id() {
             Context::Bound(id)
         } else {
@@ -448,9 +501,17 @@ impl Inner {
             )));
         }
         let last_resort = !order.iter().any(|r| self.breakers.usable(r));
-        let (region, key) = self.hedged_decrypt(&record, &order, context, last_resort).await?;
+        let (region, key) = self
+            .hedged_decrypt(&record, &order, context, last_resort)
+            .await?;
         let key = Arc::new(key);
-        if record.bound_to_id() && self.settings.regions.iter().any(|r| !record.keys.contains_key(r)) {
+        if record.bound_to_id()
+            && self
+                .settings
+                .regions
+                .iter()
+                .any(|r| !record.keys.contains_key(r))
+        {
             Arc::clone(&self).queue_repair(record, Arc::clone(&key));
         }
         Ok(Resolved {
@@ -460,10 +521,20 @@ impl Inner {
         })
     }
 
-    fn attempt<'a>(&'a self, region: Region, permit: Permit, ciphertext: &'a [u8], context: Context<'a>) -> Attempt<'a> {
+    fn attempt<'a>(
+        &'a self,
+        region: Region,
+        permit: Permit,
+        ciphertext: &'a [u8],
+        context: Context<'a>,
+    ) -> Attempt<'a> {
         Box::pin(async move {
             let result = self
-                .kms_call(&region, "decrypt", self.kms.decrypt(&region, ciphertext, context))
+                .kms_call(
+                    &region,
+                    "decrypt",
+                    self.kms.decrypt(&region, ciphertext, context),
+                )
                 .await;
             (region, permit, result)
         })
@@ -482,8 +553,12 @@ impl Inner {
         started: &mut HashMap<Region, (Instant, Permit)>,
     ) -> bool {
         for region in queue.by_ref() {
-            let Some(ciphertext) = record.keys.get(region) else { continue };
-            let Some(permit) = self.permit(region, last_resort) else { continue };
+            let Some(ciphertext) = record.keys.get(region) else {
+                continue;
+            };
+            let Some(permit) = self.permit(region, last_resort) else {
+                continue;
+            };
             started.insert(region.clone(), (Instant::now(), permit));
             pending.push(self.attempt(region.clone(), permit, ciphertext, context));
             return true;
@@ -510,7 +585,14 @@ impl Inner {
         let mut last_error: Option<KmsError> = None;
         let mut integrity: Option<KmsError> = None;
 
-        let mut more = self.launch(&mut queue, record, context, last_resort, &mut pending, &mut started);
+        let mut more = self.launch(
+            &mut queue,
+            record,
+            context,
+            last_resort,
+            &mut pending,
+            &mut started,
+        );
         attempts += usize::from(more);
         loop {
             if pending.is_empty() {
@@ -556,7 +638,9 @@ impl Inner {
             }
         }
         match integrity {
-            Some(e) => Err(BrokerError::Integrity { source: Arc::new(e) }),
+            Some(e) => Err(BrokerError::Integrity {
+                source: Arc::new(e),
+            }),
             None => Err(BrokerError::KmsUnavailable {
                 attempts,
                 last: last_error.map(Arc::new),
@@ -574,9 +658,13 @@ impl Inner {
         // GenerateDataKey in the first region that answers.
         let mut generated = None;
         for region in &order {
-            let Some(_permit) = self.permit(region, last_resort) else { continue };
+            let Some(_permit) = self.permit(region, last_resort) else {
+                continue;
+            };
             attempts += 1;
-            let call = self.kms.generate_data_key(region, self.settings.data_key_bytes, context);
+            let call = self
+                .kms
+                .generate_data_key(region, self.settings.data_key_bytes, context);
             match self.kms_call(region, "generate_data_key", call).await {
                 Ok((key, wrapped)) => {
                     self.record_outcome(region, Ok(()));
@@ -622,13 +710,22 @@ impl Inner {
 
         let record = KeyRecord {
             id: id.clone(),
-            key_ids: wrapped_by_region.iter().map(|(r, w)| (r.clone(), w.key_arn.clone())).collect(),
-            keys: wrapped_by_region.into_iter().map(|(r, w)| (r, w.ciphertext)).collect(),
+            key_ids: wrapped_by_region
+                .iter()
+                .map(|(r, w)| (r.clone(), w.key_arn.clone()))
+                .collect(),
+            keys: wrapped_by_region
+                .into_iter()
+                .map(|(r, w)| (r, w.ciphertext))
+                .collect(),
             version: Some(RECORD_VERSION),
             created_at: Some(now_rfc3339()),
         };
         let missing = self.settings.regions.len() - record.keys.len();
-        match self.timed_store("put_if_absent", self.store.put_if_absent(&record)).await? {
+        match self
+            .timed_store("put_if_absent", self.store.put_if_absent(&record))
+            .await?
+        {
             PutOutcome::Created => {
                 self.metrics.keys_created.inc();
                 if missing > 0 {
@@ -664,7 +761,9 @@ impl Inner {
             .filter_map(|region| {
                 let permit = self.breakers.acquire(region)?;
                 Some(async move {
-                    let r = self.kms_call(region, "encrypt", self.kms.encrypt(region, key, context)).await;
+                    let r = self
+                        .kms_call(region, "encrypt", self.kms.encrypt(region, key, context))
+                        .await;
                     (region.clone(), permit, r)
                 })
             })
@@ -681,7 +780,9 @@ impl Inner {
                 },
                 None => calls.next().await,
             };
-            let Some((region, _permit, result)) = next else { break };
+            let Some((region, _permit, result)) = next else {
+                break;
+            };
             match result {
                 Ok(w) => {
                     self.record_outcome(&region, Ok(()));
@@ -717,14 +818,24 @@ impl Inner {
                 .filter(|r| !record.keys.contains_key(*r) && self.breakers.usable(r))
                 .cloned()
                 .collect();
-            let (added, _) = self.encrypt_under(&missing, &key, Context::Bound(&id)).await;
+            let (added, _) = self
+                .encrypt_under(&missing, &key, Context::Bound(&id))
+                .await;
             drop(key);
             if !added.is_empty() {
-                let keys: BTreeMap<Region, Vec<u8>> =
-                    added.iter().map(|(r, w)| (r.clone(), w.ciphertext.clone())).collect();
-                let arns: BTreeMap<Region, String> = added.iter().map(|(r, w)| (r.clone(), w.key_arn.clone())).collect();
+                let keys: BTreeMap<Region, Vec<u8>> = added
+                    .iter()
+                    .map(|(r, w)| (r.clone(), w.ciphertext.clone()))
+                    .collect();
+                let arns: BTreeMap<Region, String> = added
+                    .iter()
+                    .map(|(r, w)| (r.clone(), w.key_arn.clone()))
+                    .collect();
                 match self
-                    .timed_store("add_missing_regions", self.store.add_missing_regions(&id, &keys, &arns))
+                    .timed_store(
+                        "add_missing_regions",
+                        self.store.add_missing_regions(&id, &keys, &arns),
+                    )
                     .await
                 {
                     Ok(n) if n > 0 => {
@@ -732,10 +843,15 @@ impl Inner {
                         tracing::info!(key_id = %id, regions_added = n, "repaired record: added missing regions");
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(key_id = %id, error = %crate::error::chain(&e), "record repair failed; a later read retries"),
+                    Err(e) => {
+                        tracing::warn!(key_id = %id, error = %crate::error::chain(&e), "record repair failed; a later read retries")
+                    }
                 }
             }
-            self.repairs.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.repairs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
         });
     }
 }

@@ -90,7 +90,11 @@ async fn same_id_same_key_different_ids_different_keys() {
 #[tokio::test]
 async fn create_false_never_creates() {
     let rig = rig();
-    let err = rig.broker.get_or_create(&id("nope"), false).await.unwrap_err();
+    let err = rig
+        .broker
+        .get_or_create(&id("nope"), false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, BrokerError::NotFound));
     assert!(rig.store.is_empty());
     assert_eq!(rig.kms.total_calls("generate_data_key"), 0);
@@ -115,19 +119,27 @@ async fn warm_reads_make_no_kms_or_store_calls_and_ttl_expiry_refreshes_once() {
         let refreshed = rig.broker.get_or_create(&id("w"), true).await.unwrap();
         assert_eq!(refreshed.key.expose(), first.key.expose());
     }
-    assert_eq!(rig.store.get_calls(), gets + 1, "exactly one refresh after the TTL");
+    assert_eq!(
+        rig.store.get_calls(),
+        gets + 1,
+        "exactly one refresh after the TTL"
+    );
     assert_eq!(rig.kms.total_calls("decrypt"), decrypts + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_share_one_resolution() {
     let rig = rig();
-    rig.broker.get_or_create(&id("existing"), true).await.unwrap();
+    rig.broker
+        .get_or_create(&id("existing"), true)
+        .await
+        .unwrap();
     rig.broker.clear_cache().await;
     let gets_before = rig.store.get_calls();
     let decrypts_before = rig.kms.total_calls("decrypt");
     // Slow the preferred region a little so every request arrives mid-flight.
-    rig.kms.set_fault(&r("r1"), Some(Fault::Delay(Duration::from_millis(100))));
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Delay(Duration::from_millis(100))));
 
     let run = |name: &'static str| {
         let tasks: Vec<_> = (0..1000)
@@ -145,7 +157,11 @@ async fn concurrent_misses_share_one_resolution() {
         .collect();
     assert_eq!(keys.len(), 1);
     assert_eq!(rig.store.get_calls() - gets_before, 1, "one store read");
-    assert_eq!(rig.kms.total_calls("decrypt") - decrypts_before, 1, "one KMS call");
+    assert_eq!(
+        rig.kms.total_calls("decrypt") - decrypts_before,
+        1,
+        "one KMS call"
+    );
 
     let gets_before = rig.store.get_calls();
     let results = run("brand-new").await;
@@ -163,14 +179,17 @@ async fn concurrent_misses_share_one_resolution() {
 async fn reads_fall_back_when_a_region_fails() {
     let rig = rig_with(no_cache());
     let created = rig.broker.get_or_create(&id("f"), true).await.unwrap();
-    rig.kms.set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
     let read = rig.broker.get_or_create(&id("f"), true).await.unwrap();
     assert_eq!(read.key.expose(), created.key.expose());
     assert_eq!(read.source, KeySource::Region(r("r2")));
-    rig.kms.set_fault(&r("r2"), Some(Fault::Fail(KmsErrorKind::Throttled)));
+    rig.kms
+        .set_fault(&r("r2"), Some(Fault::Fail(KmsErrorKind::Throttled)));
     let read = rig.broker.get_or_create(&id("f"), true).await.unwrap();
     assert_eq!(read.source, KeySource::Region(r("r3")));
-    rig.kms.set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
     let err = rig.broker.get_or_create(&id("f"), true).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
 }
@@ -178,23 +197,46 @@ async fn reads_fall_back_when_a_region_fails() {
 #[tokio::test]
 async fn creates_need_min_regions_and_write_nothing_otherwise() {
     let rig = rig_with(no_cache());
-    rig.kms.set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
     let made = rig.broker.get_or_create(&id("two"), true).await.unwrap();
     assert!(made.created);
     assert_eq!(made.source, KeySource::Region(r("r2")));
     let rec = rig.store.snapshot(&id("two")).unwrap();
-    assert_eq!(rec.keys.keys().cloned().collect::<Vec<_>>(), vec![r("r2"), r("r3")]);
+    assert_eq!(
+        rec.keys.keys().cloned().collect::<Vec<_>>(),
+        vec![r("r2"), r("r3")]
+    );
 
-    rig.kms.set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Misconfigured)));
-    let err = rig.broker.get_or_create(&id("one"), true).await.unwrap_err();
-    assert!(matches!(err, BrokerError::NotEnoughRegions { got: 1, need: 2, .. }), "{err}");
-    assert!(rig.store.snapshot(&id("one")).is_none(), "no record below quorum");
+    rig.kms
+        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Misconfigured)));
+    let err = rig
+        .broker
+        .get_or_create(&id("one"), true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BrokerError::NotEnoughRegions {
+                got: 1,
+                need: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        rig.store.snapshot(&id("one")).is_none(),
+        "no record below quorum"
+    );
 }
 
 #[tokio::test]
 async fn a_record_missing_a_region_is_repaired_after_a_read() {
     let rig = rig_with(no_cache());
-    rig.kms.set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
     let made = rig.broker.get_or_create(&id("rep"), true).await.unwrap();
     assert_eq!(rig.store.snapshot(&id("rep")).unwrap().keys.len(), 2);
     rig.kms.set_fault(&r("r3"), None);
@@ -204,8 +246,10 @@ async fn a_record_missing_a_region_is_repaired_after_a_read() {
     assert_eq!(rec.keys.len(), 3);
     assert!(rec.key_ids.contains_key(&r("r3")));
     // The repaired region now serves the same key on its own.
-    rig.kms.set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
-    rig.kms.set_fault(&r("r2"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r2"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
     let read = rig.broker.get_or_create(&id("rep"), true).await.unwrap();
     assert_eq!(read.source, KeySource::Region(r("r3")));
     assert_eq!(read.key.expose(), made.key.expose());
@@ -215,11 +259,19 @@ async fn a_record_missing_a_region_is_repaired_after_a_read() {
 async fn a_ciphertext_of_another_id_is_refused() {
     let rig = rig_with(no_cache());
     rig.broker.get_or_create(&id("victim"), true).await.unwrap();
-    let attacker = rig.broker.get_or_create(&id("attacker"), true).await.unwrap();
+    let attacker = rig
+        .broker
+        .get_or_create(&id("attacker"), true)
+        .await
+        .unwrap();
     let mut forged = rig.store.snapshot(&id("victim")).unwrap();
     forged.id = id("attacker");
     rig.store.insert_raw(forged);
-    let err = rig.broker.get_or_create(&id("attacker"), true).await.unwrap_err();
+    let err = rig
+        .broker
+        .get_or_create(&id("attacker"), true)
+        .await
+        .unwrap_err();
     assert!(matches!(err, BrokerError::Integrity { .. }), "{err}");
     assert!(!err.is_unavailable());
     let _ = attacker;
@@ -228,15 +280,30 @@ async fn a_ciphertext_of_another_id_is_refused() {
 #[tokio::test]
 async fn losing_a_create_race_serves_the_winner() {
     let dir = tempfile::tempdir().unwrap();
-    let local: Arc<dyn Kms> = Arc::new(LocalKms::open(&dir.path().join("k.json"), &regions()).unwrap());
+    let local: Arc<dyn Kms> =
+        Arc::new(LocalKms::open(&dir.path().join("k.json"), &regions()).unwrap());
     let store = Arc::new(MemoryStore::new());
-    let a = KeyBroker::new(local.clone(), store.clone(), no_cache(), Arc::new(Metrics::new().unwrap()));
-    let b = KeyBroker::new(local, store.clone(), no_cache(), Arc::new(Metrics::new().unwrap()));
+    let a = KeyBroker::new(
+        local.clone(),
+        store.clone(),
+        no_cache(),
+        Arc::new(Metrics::new().unwrap()),
+    );
+    let b = KeyBroker::new(
+        local,
+        store.clone(),
+        no_cache(),
+        Arc::new(Metrics::new().unwrap()),
+    );
     let race = id("race");
     let (ra, rb) = tokio::join!(a.get_or_create(&race, true), b.get_or_create(&race, true));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(ra.key.expose(), rb.key.expose());
-    assert_eq!(u8::from(ra.created) + u8::from(rb.created), 1, "exactly one creator");
+    assert_eq!(
+        u8::from(ra.created) + u8::from(rb.created),
+        1,
+        "exactly one creator"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,7 +316,11 @@ async fn hedges_past_a_hung_region_then_its_breaker_opens_then_one_probe() {
         let started = Instant::now();
         let read = rig.broker.get_or_create(&id("h"), true).await.unwrap();
         assert_eq!(read.source, KeySource::Region(r("r2")));
-        assert_eq!(started.elapsed(), Duration::from_millis(250), "answer right after hedge_after");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(250),
+            "answer right after hedge_after"
+        );
         assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), round);
     }
     // Three lost hedges opened r1's breaker: it is not called while open.
@@ -258,16 +329,27 @@ async fn hedges_past_a_hung_region_then_its_breaker_opens_then_one_probe() {
         let started = Instant::now();
         let read = rig.broker.get_or_create(&id("h"), true).await.unwrap();
         assert_eq!(read.source, KeySource::Region(r("r2")));
-        assert_eq!(started.elapsed(), Duration::ZERO, "no hedge delay once the breaker is open");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "no hedge delay once the breaker is open"
+        );
     }
     assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), r1_calls);
 
     // After the window, exactly one request probes r1 (and, hung, loses again).
     tokio::time::advance(Duration::from_millis(10_000)).await;
     let h = id("h");
-    let (a, b) = tokio::join!(rig.broker.get_or_create(&h, true), rig.broker.get_or_create(&h, true));
+    let (a, b) = tokio::join!(
+        rig.broker.get_or_create(&h, true),
+        rig.broker.get_or_create(&h, true)
+    );
     assert!(a.is_ok() && b.is_ok());
-    assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), r1_calls + 1, "one probe");
+    assert_eq!(
+        rig.kms.calls(&r("r1"), "decrypt"),
+        r1_calls + 1,
+        "one probe"
+    );
 
     // Healthy again: the next probe succeeds and r1 serves once more.
     rig.kms.set_fault(&r("r1"), None);
@@ -282,7 +364,8 @@ async fn hedges_past_a_hung_region_then_its_breaker_opens_then_one_probe() {
 async fn a_healthy_preferred_region_gets_exactly_one_decrypt() {
     let rig = rig_with(no_cache());
     rig.broker.get_or_create(&id("one"), true).await.unwrap();
-    rig.kms.set_fault(&r("r1"), Some(Fault::Delay(Duration::from_millis(100))));
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Delay(Duration::from_millis(100))));
     for _ in 0..10 {
         rig.broker.get_or_create(&id("one"), true).await.unwrap();
     }
@@ -299,7 +382,8 @@ async fn stale_if_error_serves_within_the_grace_window_only() {
     });
     let made = rig.broker.get_or_create(&id("s"), true).await.unwrap();
     for region in regions() {
-        rig.kms.set_fault(&region, Some(Fault::Fail(KmsErrorKind::Unavailable)));
+        rig.kms
+            .set_fault(&region, Some(Fault::Fail(KmsErrorKind::Unavailable)));
     }
     tokio::time::advance(Duration::from_secs(70)).await;
     let stale = rig.broker.get_or_create(&id("s"), true).await.unwrap();
@@ -317,7 +401,8 @@ async fn failures_are_not_cached() {
     rig.broker.get_or_create(&id("nc"), true).await.unwrap();
     rig.broker.clear_cache().await;
     for region in regions() {
-        rig.kms.set_fault(&region, Some(Fault::Fail(KmsErrorKind::Unavailable)));
+        rig.kms
+            .set_fault(&region, Some(Fault::Fail(KmsErrorKind::Unavailable)));
     }
     assert!(rig.broker.get_or_create(&id("nc"), true).await.is_err());
     for region in regions() {
@@ -348,11 +433,20 @@ async fn evicted_keys_are_wiped() {
     }
     rig.broker.run_cache_maintenance().await;
     let alive = weak.iter().filter(|w| w.upgrade().is_some()).count();
-    assert_eq!(alive, 1, "a one-entry cache keeps one key; the evicted ones are dropped");
-    assert!(crate::domain::test_support::wiped_drops() >= wiped_before + 2, "and wiped on drop");
+    assert_eq!(
+        alive, 1,
+        "a one-entry cache keeps one key; the evicted ones are dropped"
+    );
+    assert!(
+        crate::domain::test_support::wiped_drops() >= wiped_before + 2,
+        "and wiped on drop"
+    );
 
     rig.broker.clear_cache().await;
-    assert!(weak.iter().all(|w| w.upgrade().is_none()), "clearing drops every cached key");
+    assert!(
+        weak.iter().all(|w| w.upgrade().is_none()),
+        "clearing drops every cached key"
+    );
     assert_eq!(rig.broker.cached_entries(), 0);
 }
 

@@ -38,14 +38,21 @@ impl std::fmt::Debug for AwsKms {
 
 /// Timeouts shared by the AWS adapters: the whole call (retries included)
 /// fits in `call`; each attempt gets an equal share.
-pub(crate) fn sdk_timeouts(call: Duration, connect: Duration, max_attempts: u32) -> (TimeoutConfig, RetryConfig) {
+pub(crate) fn sdk_timeouts(
+    call: Duration,
+    connect: Duration,
+    max_attempts: u32,
+) -> (TimeoutConfig, RetryConfig) {
     let attempts = max_attempts.max(1);
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(connect.min(call))
         .operation_attempt_timeout(call / attempts)
         .operation_timeout(call)
         .build();
-    (timeouts, RetryConfig::standard().with_max_attempts(attempts))
+    (
+        timeouts,
+        RetryConfig::standard().with_max_attempts(attempts),
+    )
 }
 
 impl AwsKms {
@@ -93,9 +100,12 @@ impl AwsKms {
 
 fn classify_code(code: Option<&str>, status: u16) -> KmsErrorKind {
     match code {
-        Some("ThrottlingException" | "LimitExceededException" | "TooManyRequestsException" | "RequestLimitExceeded") => {
-            KmsErrorKind::Throttled
-        }
+        Some(
+            "ThrottlingException"
+            | "LimitExceededException"
+            | "TooManyRequestsException"
+            | "RequestLimitExceeded",
+        ) => KmsErrorKind::Throttled,
         Some("InvalidCiphertextException" | "IncorrectKeyException") => KmsErrorKind::Integrity,
         Some(
             "AccessDeniedException"
@@ -110,9 +120,13 @@ fn classify_code(code: Option<&str>, status: u16) -> KmsErrorKind {
             | "IncompleteSignature"
             | "MissingAuthenticationToken",
         ) => KmsErrorKind::Misconfigured,
-        Some("KMSInternalException" | "DependencyTimeoutException" | "KeyUnavailableException" | "InternalFailure" | "ServiceUnavailable") => {
-            KmsErrorKind::Unavailable
-        }
+        Some(
+            "KMSInternalException"
+            | "DependencyTimeoutException"
+            | "KeyUnavailableException"
+            | "InternalFailure"
+            | "ServiceUnavailable",
+        ) => KmsErrorKind::Unavailable,
         _ if status == 429 => KmsErrorKind::Throttled,
         _ if status >= 500 => KmsErrorKind::Unavailable,
         _ if status == 401 || status == 403 => KmsErrorKind::Misconfigured,
@@ -120,12 +134,18 @@ fn classify_code(code: Option<&str>, status: u16) -> KmsErrorKind {
     }
 }
 
-fn map_err<E>(err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>, region: &Region, op: &'static str) -> KmsError
+fn map_err<E>(
+    err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
+    region: &Region,
+    op: &'static str,
+) -> KmsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let kind = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => KmsErrorKind::Unavailable,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            KmsErrorKind::Unavailable
+        }
         SdkError::ServiceError(se) => classify_code(se.err().code(), se.raw().status().as_u16()),
         _ => KmsErrorKind::Other,
     };
@@ -146,10 +166,16 @@ fn context_map(context: Context<'_>) -> Option<HashMap<String, String>> {
 
 #[async_trait]
 impl Kms for AwsKms {
-    async fn generate_data_key(&self, region: &Region, bytes: usize, context: Context<'_>) -> Result<(DataKey, Wrapped), KmsError> {
+    async fn generate_data_key(
+        &self,
+        region: &Region,
+        bytes: usize,
+        context: Context<'_>,
+    ) -> Result<(DataKey, Wrapped), KmsError> {
         const OP: &str = "generate_data_key";
         let rc = self.region(region, OP)?;
-        let bytes = i32::try_from(bytes).map_err(|_| KmsError::new(KmsErrorKind::Other, region, OP, "key size too large"))?;
+        let bytes = i32::try_from(bytes)
+            .map_err(|_| KmsError::new(KmsErrorKind::Other, region, OP, "key size too large"))?;
         let out = rc
             .client
             .generate_data_key()
@@ -162,11 +188,17 @@ impl Kms for AwsKms {
         let plaintext = out
             .plaintext
             .map(|b| Zeroizing::new(b.into_inner()))
-            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, region, OP, "response has no plaintext"))?;
-        let ciphertext = out
-            .ciphertext_blob
-            .map(Blob::into_inner)
-            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, region, OP, "response has no ciphertext"))?;
+            .ok_or_else(|| {
+                KmsError::new(KmsErrorKind::Other, region, OP, "response has no plaintext")
+            })?;
+        let ciphertext = out.ciphertext_blob.map(Blob::into_inner).ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                region,
+                OP,
+                "response has no ciphertext",
+            )
+        })?;
         Ok((
             DataKey::from_bytes(plaintext),
             Wrapped {
@@ -176,7 +208,12 @@ impl Kms for AwsKms {
         ))
     }
 
-    async fn encrypt(&self, region: &Region, key: &DataKey, context: Context<'_>) -> Result<Wrapped, KmsError> {
+    async fn encrypt(
+        &self,
+        region: &Region,
+        key: &DataKey,
+        context: Context<'_>,
+    ) -> Result<Wrapped, KmsError> {
         const OP: &str = "encrypt";
         let rc = self.region(region, OP)?;
         let out = rc
@@ -188,17 +225,26 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| map_err(e, region, OP))?;
-        let ciphertext = out
-            .ciphertext_blob
-            .map(Blob::into_inner)
-            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, region, OP, "response has no ciphertext"))?;
+        let ciphertext = out.ciphertext_blob.map(Blob::into_inner).ok_or_else(|| {
+            KmsError::new(
+                KmsErrorKind::Other,
+                region,
+                OP,
+                "response has no ciphertext",
+            )
+        })?;
         Ok(Wrapped {
             ciphertext,
             key_arn: out.key_id.unwrap_or_else(|| rc.key_id.clone()),
         })
     }
 
-    async fn decrypt(&self, region: &Region, ciphertext: &[u8], context: Context<'_>) -> Result<DataKey, KmsError> {
+    async fn decrypt(
+        &self,
+        region: &Region,
+        ciphertext: &[u8],
+        context: Context<'_>,
+    ) -> Result<DataKey, KmsError> {
         const OP: &str = "decrypt";
         let rc = self.region(region, OP)?;
         let out = rc
@@ -212,7 +258,9 @@ impl Kms for AwsKms {
         let plaintext = out
             .plaintext
             .map(|b| Zeroizing::new(b.into_inner()))
-            .ok_or_else(|| KmsError::new(KmsErrorKind::Other, region, OP, "response has no plaintext"))?;
+            .ok_or_else(|| {
+                KmsError::new(KmsErrorKind::Other, region, OP, "response has no plaintext")
+            })?;
         Ok(DataKey::from_bytes(plaintext))
     }
 }
@@ -223,11 +271,26 @@ mod tests {
 
     #[test]
     fn error_codes_map_to_kinds_the_broker_acts_on() {
-        assert_eq!(classify_code(Some("ThrottlingException"), 400), KmsErrorKind::Throttled);
-        assert_eq!(classify_code(Some("InvalidCiphertextException"), 400), KmsErrorKind::Integrity);
-        assert_eq!(classify_code(Some("AccessDeniedException"), 400), KmsErrorKind::Misconfigured);
-        assert_eq!(classify_code(Some("DisabledException"), 400), KmsErrorKind::Misconfigured);
-        assert_eq!(classify_code(Some("KMSInternalException"), 500), KmsErrorKind::Unavailable);
+        assert_eq!(
+            classify_code(Some("ThrottlingException"), 400),
+            KmsErrorKind::Throttled
+        );
+        assert_eq!(
+            classify_code(Some("InvalidCiphertextException"), 400),
+            KmsErrorKind::Integrity
+        );
+        assert_eq!(
+            classify_code(Some("AccessDeniedException"), 400),
+            KmsErrorKind::Misconfigured
+        );
+        assert_eq!(
+            classify_code(Some("DisabledException"), 400),
+            KmsErrorKind::Misconfigured
+        );
+        assert_eq!(
+            classify_code(Some("KMSInternalException"), 500),
+            KmsErrorKind::Unavailable
+        );
         assert_eq!(classify_code(None, 503), KmsErrorKind::Unavailable);
         assert_eq!(classify_code(None, 429), KmsErrorKind::Throttled);
         assert_eq!(classify_code(Some("Weird"), 400), KmsErrorKind::Other);

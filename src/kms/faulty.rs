@@ -63,7 +63,12 @@ impl FaultyKms {
     /// All calls of `op` across regions.
     pub fn total_calls(&self, op: &str) -> usize {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.calls.iter().filter(|((_, o), _)| *o == op).map(|(_, n)| *n).sum()
+        state
+            .calls
+            .iter()
+            .filter(|((_, o), _)| *o == op)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     async fn enter(&self, region: &Region, op: &'static str) -> Result<(), KmsError> {
@@ -89,17 +94,32 @@ impl FaultyKms {
 
 #[async_trait]
 impl Kms for FaultyKms {
-    async fn generate_data_key(&self, region: &Region, bytes: usize, context: Context<'_>) -> Result<(DataKey, Wrapped), KmsError> {
+    async fn generate_data_key(
+        &self,
+        region: &Region,
+        bytes: usize,
+        context: Context<'_>,
+    ) -> Result<(DataKey, Wrapped), KmsError> {
         self.enter(region, "generate_data_key").await?;
         self.inner.generate_data_key(region, bytes, context).await
     }
 
-    async fn encrypt(&self, region: &Region, key: &DataKey, context: Context<'_>) -> Result<Wrapped, KmsError> {
+    async fn encrypt(
+        &self,
+        region: &Region,
+        key: &DataKey,
+        context: Context<'_>,
+    ) -> Result<Wrapped, KmsError> {
         self.enter(region, "encrypt").await?;
         self.inner.encrypt(region, key, context).await
     }
 
-    async fn decrypt(&self, region: &Region, ciphertext: &[u8], context: Context<'_>) -> Result<DataKey, KmsError> {
+    async fn decrypt(
+        &self,
+        region: &Region,
+        ciphertext: &[u8],
+        context: Context<'_>,
+    ) -> Result<DataKey, KmsError> {
         self.enter(region, "decrypt").await?;
         self.inner.decrypt(region, ciphertext, context).await
     }

@@ -121,7 +121,8 @@ impl LocalKms {
             if !file.master_keys.contains_key(region.as_str()) {
                 let mut key = Zeroizing::new([0u8; 32]);
                 rand::rngs::OsRng.fill_bytes(key.as_mut());
-                file.master_keys.insert(region.to_string(), B64.encode(key.as_ref()));
+                file.master_keys
+                    .insert(region.to_string(), B64.encode(key.as_ref()));
                 added = true;
             }
         }
@@ -166,17 +167,37 @@ impl LocalKms {
         })
     }
 
-    fn seal(&self, region: &Region, key: &[u8], context: Context<'_>, op: &'static str) -> Result<Wrapped, KmsError> {
+    fn seal(
+        &self,
+        region: &Region,
+        key: &[u8],
+        context: Context<'_>,
+        op: &'static str,
+    ) -> Result<Wrapped, KmsError> {
         let cipher = self.cipher(region, op)?;
         let region_bytes = region.as_str().as_bytes();
-        let region_len = u8::try_from(region_bytes.len())
-            .map_err(|_| KmsError::new(KmsErrorKind::Misconfigured, region, op, "region name longer than 255 bytes"))?;
+        let region_len = u8::try_from(region_bytes.len()).map_err(|_| {
+            KmsError::new(
+                KmsErrorKind::Misconfigured,
+                region,
+                op,
+                "region name longer than 255 bytes",
+            )
+        })?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let aad = associated_data(region, context);
         let sealed = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: key, aad: &aad })
-            .map_err(|_| KmsError::new(KmsErrorKind::Other, region, op, "AES-GCM encryption failed"))?;
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: key,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| {
+                KmsError::new(KmsErrorKind::Other, region, op, "AES-GCM encryption failed")
+            })?;
         let mut out = Vec::with_capacity(2 + region_bytes.len() + NONCE_LEN + sealed.len());
         out.push(FORMAT_VERSION);
         out.push(region_len);
@@ -212,10 +233,13 @@ fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError>
         _ => PathBuf::from("."),
     };
     fs::create_dir_all(&dir).map_err(err)?;
-    let body = Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?);
+    let body =
+        Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("keyring"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("keyring"),
         std::process::id()
     ));
     {
@@ -233,31 +257,53 @@ fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError>
         err(e)
     })?;
     // The rename is durable only once the directory entry is.
-    fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(err)?;
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
     Ok(())
 }
 
 #[async_trait]
 impl Kms for LocalKms {
-    async fn generate_data_key(&self, region: &Region, bytes: usize, context: Context<'_>) -> Result<(DataKey, Wrapped), KmsError> {
+    async fn generate_data_key(
+        &self,
+        region: &Region,
+        bytes: usize,
+        context: Context<'_>,
+    ) -> Result<(DataKey, Wrapped), KmsError> {
         let key = DataKey::random(bytes);
         let wrapped = self.seal(region, key.expose(), context, "generate_data_key")?;
         Ok((key, wrapped))
     }
 
-    async fn encrypt(&self, region: &Region, key: &DataKey, context: Context<'_>) -> Result<Wrapped, KmsError> {
+    async fn encrypt(
+        &self,
+        region: &Region,
+        key: &DataKey,
+        context: Context<'_>,
+    ) -> Result<Wrapped, KmsError> {
         self.seal(region, key.expose(), context, "encrypt")
     }
 
-    async fn decrypt(&self, region: &Region, ciphertext: &[u8], context: Context<'_>) -> Result<DataKey, KmsError> {
+    async fn decrypt(
+        &self,
+        region: &Region,
+        ciphertext: &[u8],
+        context: Context<'_>,
+    ) -> Result<DataKey, KmsError> {
         const OP: &str = "decrypt";
         let cipher = self.cipher(region, OP)?;
-        let invalid = |why: &str| KmsError::new(KmsErrorKind::Integrity, region, OP, why.to_string());
-        let (&version, rest) = ciphertext.split_first().ok_or_else(|| invalid("empty ciphertext"))?;
+        let invalid =
+            |why: &str| KmsError::new(KmsErrorKind::Integrity, region, OP, why.to_string());
+        let (&version, rest) = ciphertext
+            .split_first()
+            .ok_or_else(|| invalid("empty ciphertext"))?;
         if version != FORMAT_VERSION {
             return Err(invalid("unknown ciphertext format"));
         }
-        let (&region_len, rest) = rest.split_first().ok_or_else(|| invalid("truncated ciphertext"))?;
+        let (&region_len, rest) = rest
+            .split_first()
+            .ok_or_else(|| invalid("truncated ciphertext"))?;
         let region_len = usize::from(region_len);
         if rest.len() < region_len + NONCE_LEN {
             return Err(invalid("truncated ciphertext"));
@@ -269,8 +315,16 @@ impl Kms for LocalKms {
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let aad = associated_data(region, context);
         let plain = cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: &aad })
-            .map_err(|_| invalid("ciphertext does not authenticate under this key and encryption context"))?;
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| {
+                invalid("ciphertext does not authenticate under this key and encryption context")
+            })?;
         Ok(DataKey::from_bytes(Zeroizing::new(plain)))
     }
 }
@@ -291,11 +345,24 @@ mod tests {
         let kms = LocalKms::open(&path, &regions(&["a", "b"])).unwrap();
         let id = KeyId::parse("x").unwrap();
         let other = KeyId::parse("y").unwrap();
-        let (key, wrapped) = kms.generate_data_key(&Region::new("a"), 32, Context::Bound(&id)).await.unwrap();
-        let back = kms.decrypt(&Region::new("a"), &wrapped.ciphertext, Context::Bound(&id)).await.unwrap();
+        let (key, wrapped) = kms
+            .generate_data_key(&Region::new("a"), 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        let back = kms
+            .decrypt(&Region::new("a"), &wrapped.ciphertext, Context::Bound(&id))
+            .await
+            .unwrap();
         assert_eq!(back.expose(), key.expose());
-        for (region, ctx) in [("a", Context::Bound(&other)), ("a", Context::Legacy), ("b", Context::Bound(&id))] {
-            let err = kms.decrypt(&Region::new(region), &wrapped.ciphertext, ctx).await.unwrap_err();
+        for (region, ctx) in [
+            ("a", Context::Bound(&other)),
+            ("a", Context::Legacy),
+            ("b", Context::Bound(&id)),
+        ] {
+            let err = kms
+                .decrypt(&Region::new(region), &wrapped.ciphertext, ctx)
+                .await
+                .unwrap_err();
             assert_eq!(err.kind, KmsErrorKind::Integrity);
         }
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -308,12 +375,21 @@ mod tests {
         let path = dir.path().join("keyring.json");
         let id = KeyId::parse("x").unwrap();
         let kms = LocalKms::open(&path, &regions(&["a"])).unwrap();
-        let (key, wrapped) = kms.generate_data_key(&Region::new("a"), 32, Context::Bound(&id)).await.unwrap();
+        let (key, wrapped) = kms
+            .generate_data_key(&Region::new("a"), 32, Context::Bound(&id))
+            .await
+            .unwrap();
         drop(kms);
         let kms = LocalKms::open(&path, &regions(&["a", "b"])).unwrap();
-        let back = kms.decrypt(&Region::new("a"), &wrapped.ciphertext, Context::Bound(&id)).await.unwrap();
+        let back = kms
+            .decrypt(&Region::new("a"), &wrapped.ciphertext, Context::Bound(&id))
+            .await
+            .unwrap();
         assert_eq!(back.expose(), key.expose());
-        assert!(kms.encrypt(&Region::new("b"), &key, Context::Bound(&id)).await.is_ok());
+        assert!(kms
+            .encrypt(&Region::new("b"), &key, Context::Bound(&id))
+            .await
+            .is_ok());
     }
 
     #[test]
@@ -330,7 +406,10 @@ mod tests {
         let ok = dir.path().join("ok.json");
         fs::set_permissions(&ok, fs::Permissions::from_mode(0o644)).unwrap();
         let err = LocalKms::open(&ok, &regions(&["a"])).unwrap_err();
-        assert!(matches!(err, KeyringError::Permissions { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, KeyringError::Permissions { mode: 0o644, .. }),
+            "{err}"
+        );
         assert!(!err.to_string().contains('\n'));
     }
 }

@@ -23,7 +23,12 @@ pub struct Wrapped {
 
 impl std::fmt::Debug for Wrapped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Wrapped({} bytes under {})", self.ciphertext.len(), self.key_arn)
+        write!(
+            f,
+            "Wrapped({} bytes under {})",
+            self.ciphertext.len(),
+            self.key_arn
+        )
     }
 }
 
@@ -76,7 +81,12 @@ pub struct KmsError {
 }
 
 impl KmsError {
-    pub fn new(kind: KmsErrorKind, region: &Region, op: &'static str, source: impl Into<BoxError>) -> Self {
+    pub fn new(
+        kind: KmsErrorKind,
+        region: &Region,
+        op: &'static str,
+        source: impl Into<BoxError>,
+    ) -> Self {
         Self {
             kind,
             region: region.clone(),
@@ -101,9 +111,19 @@ pub trait Kms: Send + Sync {
 
     /// Wrap an existing data key under `region`'s master key with `context`.
     /// Idempotent in effect (the ciphertext differs, the key does not).
-    async fn encrypt(&self, region: &Region, key: &DataKey, context: Context<'_>) -> Result<Wrapped, KmsError>;
+    async fn encrypt(
+        &self,
+        region: &Region,
+        key: &DataKey,
+        context: Context<'_>,
+    ) -> Result<Wrapped, KmsError>;
 
     /// Unwrap `ciphertext` in `region`. Fails with `Integrity` when the
     /// ciphertext was not made in this region or under another context.
-    async fn decrypt(&self, region: &Region, ciphertext: &[u8], context: Context<'_>) -> Result<DataKey, KmsError>;
+    async fn decrypt(
+        &self,
+        region: &Region,
+        ciphertext: &[u8],
+        context: Context<'_>,
+    ) -> Result<DataKey, KmsError>;
 }

@@ -27,7 +27,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     }
     let mut checks = BTreeMap::from([("store", "ok"), ("kms", "ok")]);
     match state.broker.readiness(READY_TIMEOUT).await {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ready", "checks": checks}))),
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "checks": checks})),
+        ),
         Err(failed) => {
             for (check, detail) in &failed {
                 tracing::warn!(check, detail = %detail, "readiness check failed");

@@ -34,7 +34,9 @@ fn parse_query(raw: Option<&str>) -> Result<KeyQuery, ApiError> {
             }
         };
         if slot.replace(value).is_some() {
-            return Err(ApiError::BadRequest(format!("parameter {name:?} given more than once")));
+            return Err(ApiError::BadRequest(format!(
+                "parameter {name:?} given more than once"
+            )));
         }
     }
     let id = id.ok_or_else(|| ApiError::BadRequest("missing required parameter \"id\"".into()))?;
@@ -85,7 +87,11 @@ impl Audit<'_> {
     }
 }
 
-pub async fn get_key(State(state): State<AppState>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
+pub async fn get_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Response {
     let request_id = headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
@@ -123,7 +129,11 @@ pub async fn get_key(State(state): State<AppState>, headers: HeaderMap, RawQuery
         Err(_) => Err(ApiError::ServiceUnavailable(None)),
     };
     match result {
-        Ok(Resolved { key, source, created }) => {
+        Ok(Resolved {
+            key,
+            source,
+            created,
+        }) => {
             let source_label = match &source {
                 KeySource::Cache => "cache".to_owned(),
                 KeySource::StaleCache => "stale_cache".to_owned(),
@@ -172,7 +182,10 @@ mod tests {
             Some("id=a&foo=1"),
             Some("id=a%0Ab"),
         ] {
-            assert!(matches!(parse_query(bad), Err(ApiError::BadRequest(_))), "{bad:?}");
+            assert!(
+                matches!(parse_query(bad), Err(ApiError::BadRequest(_))),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -48,11 +48,17 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/key", key_route.clone())
         .route("/api/v1/key", key_route)
-        .route("/healthz", get(health::healthz).fallback(method_not_allowed))
+        .route(
+            "/healthz",
+            get(health::healthz).fallback(method_not_allowed),
+        )
         .route("/readyz", get(health::readyz).fallback(method_not_allowed))
         .route("/metrics", get(metrics_text).fallback(method_not_allowed))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
@@ -80,15 +86,26 @@ pub fn router(state: AppState) -> Router {
                             )
                         })
                         .on_request(())
-                        .on_response(|res: &axum::http::Response<_>, latency: Duration, span: &tracing::Span| {
-                            span.record("status", res.status().as_u16());
-                            span.record("latency_ms", latency.as_secs_f64() * 1000.0);
-                            tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "request done");
-                        }),
+                        .on_response(
+                            |res: &axum::http::Response<_>,
+                             latency: Duration,
+                             span: &tracing::Span| {
+                                span.record("status", res.status().as_u16());
+                                span.record("latency_ms", latency.as_secs_f64() * 1000.0);
+                                tracing::info!(
+                                    status = res.status().as_u16(),
+                                    latency_ms = latency.as_secs_f64() * 1000.0,
+                                    "request done"
+                                );
+                            },
+                        ),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
-                .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, backstop)),
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    backstop,
+                )),
         )
         .with_state(state)
 }
@@ -123,7 +140,11 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
     match state.metrics.render() {
-        Ok(text) => ([(axum::http::header::CONTENT_TYPE, Metrics::content_type())], text).into_response(),
+        Ok(text) => (
+            [(axum::http::header::CONTENT_TYPE, Metrics::content_type())],
+            text,
+        )
+            .into_response(),
         Err(e) => {
             tracing::error!(error = %e, "cannot render metrics");
             ApiError::Internal(None).into_response()

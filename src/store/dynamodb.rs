@@ -24,16 +24,23 @@ pub struct DynamoStore {
 
 impl std::fmt::Debug for DynamoStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DynamoStore").field("table", &self.table).finish()
+        f.debug_struct("DynamoStore")
+            .field("table", &self.table)
+            .finish()
     }
 }
 
-fn map_err<E>(err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>, op: &'static str) -> StoreError
+fn map_err<E>(
+    err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+    op: &'static str,
+) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let transient = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
         SdkError::ServiceError(se) => {
             matches!(
                 se.err().code(),
@@ -49,9 +56,15 @@ where
         _ => false,
     };
     if transient {
-        StoreError::Unavailable { op, source: Box::new(err) }
+        StoreError::Unavailable {
+            op,
+            source: Box::new(err),
+        }
     } else {
-        StoreError::Other { op, source: Box::new(err) }
+        StoreError::Other {
+            op,
+            source: Box::new(err),
+        }
     }
 }
 
@@ -89,7 +102,11 @@ impl DynamoStore {
     }
 }
 
-fn string_map(id: &str, item: &HashMap<String, AttributeValue>, name: &str) -> Result<Option<BTreeMap<String, String>>, StoreError> {
+fn string_map(
+    id: &str,
+    item: &HashMap<String, AttributeValue>,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         id: id.to_owned(),
         reason,
@@ -108,7 +125,10 @@ fn string_map(id: &str, item: &HashMap<String, AttributeValue>, name: &str) -> R
     }
 }
 
-fn decode_item(requested: &str, item: HashMap<String, AttributeValue>) -> Result<KeyRecord, StoreError> {
+fn decode_item(
+    requested: &str,
+    item: HashMap<String, AttributeValue>,
+) -> Result<KeyRecord, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         id: requested.to_owned(),
         reason,
@@ -119,11 +139,15 @@ fn decode_item(requested: &str, item: HashMap<String, AttributeValue>) -> Result
     };
     let version = match item.get("v") {
         None => None,
-        Some(AttributeValue::N(n)) => Some(n.parse::<i64>().map_err(|_| corrupt(format!("v {n:?} is not an integer")))?),
+        Some(AttributeValue::N(n)) => Some(
+            n.parse::<i64>()
+                .map_err(|_| corrupt(format!("v {n:?} is not an integer")))?,
+        ),
         Some(_) => return Err(corrupt("v is not a number".into())),
     };
     let (id, version) = decode_header(&raw_id, version)?;
-    let keys = string_map(requested, &item, "keys")?.ok_or_else(|| corrupt("keys is missing".into()))?;
+    let keys =
+        string_map(requested, &item, "keys")?.ok_or_else(|| corrupt("keys is missing".into()))?;
     let key_ids = string_map(requested, &item, "key_ids")?.unwrap_or_default();
     let created_at = match item.get("created_at") {
         Some(AttributeValue::S(s)) => Some(s.clone()),
@@ -134,13 +158,20 @@ fn decode_item(requested: &str, item: HashMap<String, AttributeValue>) -> Result
         keys: decode_keys(requested, keys)?,
         id,
         version,
-        key_ids: key_ids.into_iter().map(|(r, a)| (Region::new(r), a)).collect(),
+        key_ids: key_ids
+            .into_iter()
+            .map(|(r, a)| (Region::new(r), a))
+            .collect(),
         created_at,
     })
 }
 
 fn s_map(map: BTreeMap<String, String>) -> AttributeValue {
-    AttributeValue::M(map.into_iter().map(|(k, v)| (k, AttributeValue::S(v))).collect())
+    AttributeValue::M(
+        map.into_iter()
+            .map(|(k, v)| (k, AttributeValue::S(v)))
+            .collect(),
+    )
 }
 
 #[async_trait]
@@ -169,7 +200,10 @@ impl Store for DynamoStore {
         }
         match put.send().await {
             Ok(_) => Ok(PutOutcome::Created),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
                 match self.read(record.id.as_str(), OP).await? {
                     Some(winner) => Ok(PutOutcome::Exists(winner)),
                     None => Err(StoreError::Other {
@@ -200,7 +234,9 @@ impl Store for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("id", AttributeValue::S(id.as_str().to_owned()))
-            .condition_expression("attribute_exists(id) AND attribute_exists(#keys) AND attribute_exists(#key_ids)")
+            .condition_expression(
+                "attribute_exists(id) AND attribute_exists(#keys) AND attribute_exists(#key_ids)",
+            )
             .expression_attribute_names("#keys", "keys")
             .expression_attribute_names("#key_ids", "key_ids")
             .return_values(ReturnValue::AllOld);
@@ -209,20 +245,37 @@ impl Store for DynamoStore {
             sets.push(format!("#keys.#r{i} = if_not_exists(#keys.#r{i}, :c{i})"));
             update = update
                 .expression_attribute_names(format!("#r{i}"), region)
-                .expression_attribute_values(format!(":c{i}"), AttributeValue::S(ciphertext.clone()));
+                .expression_attribute_values(
+                    format!(":c{i}"),
+                    AttributeValue::S(ciphertext.clone()),
+                );
             if let Some(arn) = key_ids.get(&Region::new(region.clone())) {
-                sets.push(format!("#key_ids.#r{i} = if_not_exists(#key_ids.#r{i}, :a{i})"));
-                update = update.expression_attribute_values(format!(":a{i}"), AttributeValue::S(arn.clone()));
+                sets.push(format!(
+                    "#key_ids.#r{i} = if_not_exists(#key_ids.#r{i}, :a{i})"
+                ));
+                update = update
+                    .expression_attribute_values(format!(":a{i}"), AttributeValue::S(arn.clone()));
             }
         }
-        let result = update.update_expression(format!("SET {}", sets.join(", "))).send().await;
+        let result = update
+            .update_expression(format!("SET {}", sets.join(", ")))
+            .send()
+            .await;
         match result {
             Ok(out) => {
                 let before = out.attributes.unwrap_or_default();
                 let existing = string_map(id.as_str(), &before, "keys")?.unwrap_or_default();
-                Ok(encoded.keys().filter(|r| !existing.contains_key(*r)).count())
+                Ok(encoded
+                    .keys()
+                    .filter(|r| !existing.contains_key(*r))
+                    .count())
             }
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(0),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(0)
+            }
             Err(e) => Err(map_err(e, OP)),
         }
     }

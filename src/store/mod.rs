@@ -71,11 +71,16 @@ pub trait Store: Send + Sync {
 
 /// Region -> base64 ciphertext, the stored `keys` map.
 pub fn encode_keys(keys: &BTreeMap<Region, Vec<u8>>) -> BTreeMap<String, String> {
-    keys.iter().map(|(r, c)| (r.to_string(), B64.encode(c))).collect()
+    keys.iter()
+        .map(|(r, c)| (r.to_string(), B64.encode(c)))
+        .collect()
 }
 
 /// Parse a stored `keys` map; anything unreadable is `Corrupt`, never skipped.
-pub fn decode_keys(id: &str, keys: BTreeMap<String, String>) -> Result<BTreeMap<Region, Vec<u8>>, StoreError> {
+pub fn decode_keys(
+    id: &str,
+    keys: BTreeMap<String, String>,
+) -> Result<BTreeMap<Region, Vec<u8>>, StoreError> {
     if keys.is_empty() {
         return Err(StoreError::Corrupt {
             id: id.to_string(),
@@ -84,10 +89,12 @@ pub fn decode_keys(id: &str, keys: BTreeMap<String, String>) -> Result<BTreeMap<
     }
     keys.into_iter()
         .map(|(region, encoded)| {
-            let raw = B64.decode(encoded.trim()).map_err(|_| StoreError::Corrupt {
-                id: id.to_string(),
-                reason: format!("ciphertext for region {region} is not base64"),
-            })?;
+            let raw = B64
+                .decode(encoded.trim())
+                .map_err(|_| StoreError::Corrupt {
+                    id: id.to_string(),
+                    reason: format!("ciphertext for region {region} is not base64"),
+                })?;
             if raw.is_empty() {
                 return Err(StoreError::Corrupt {
                     id: id.to_string(),
@@ -100,14 +107,19 @@ pub fn decode_keys(id: &str, keys: BTreeMap<String, String>) -> Result<BTreeMap<
 }
 
 /// Check a stored id and version; shared by the adapters.
-pub fn decode_header(raw_id: &str, version: Option<i64>) -> Result<(KeyId, Option<u32>), StoreError> {
+pub fn decode_header(
+    raw_id: &str,
+    version: Option<i64>,
+) -> Result<(KeyId, Option<u32>), StoreError> {
     let id = KeyId::parse(raw_id).map_err(|e| StoreError::Corrupt {
         id: raw_id.to_string(),
         reason: format!("stored id is invalid: {e}"),
     })?;
     let version = match version {
         None => None,
-        Some(v) if v == i64::from(crate::domain::RECORD_VERSION) => Some(crate::domain::RECORD_VERSION),
+        Some(v) if v == i64::from(crate::domain::RECORD_VERSION) => {
+            Some(crate::domain::RECORD_VERSION)
+        }
         Some(v) => {
             return Err(StoreError::Corrupt {
                 id: raw_id.to_string(),
@@ -119,5 +131,7 @@ pub fn decode_header(raw_id: &str, version: Option<i64>) -> Result<(KeyId, Optio
 }
 
 pub fn region_map(map: &BTreeMap<Region, String>) -> BTreeMap<String, String> {
-    map.iter().map(|(r, v)| (r.to_string(), v.clone())).collect()
+    map.iter()
+        .map(|(r, v)| (r.to_string(), v.clone()))
+        .collect()
 }

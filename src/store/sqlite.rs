@@ -30,18 +30,29 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
 fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| match e {
         rusqlite::Error::SqliteFailure(ref f, _)
-            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
         {
-            StoreError::Unavailable { op, source: Box::new(e) }
+            StoreError::Unavailable {
+                op,
+                source: Box::new(e),
+            }
         }
-        e => StoreError::Other { op, source: Box::new(e) },
+        e => StoreError::Other {
+            op,
+            source: Box::new(e),
+        },
     }
 }
 
@@ -50,12 +61,18 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         const OP: &str = "open";
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Other { op: OP, source: Box::new(e) })?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Other {
+                op: OP,
+                source: Box::new(e),
+            })?;
         }
         let conn = Connection::open(path).map_err(other(OP))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(other(OP))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(other(OP))?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(other(OP))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(other(OP))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(other(OP))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(other(OP))?;
         conn.execute_batch(SCHEMA).map_err(other(OP))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -77,7 +94,10 @@ impl SqliteStore {
             f(&mut guard)
         })
         .await
-        .map_err(|e| StoreError::Other { op, source: Box::new(e) })?
+        .map_err(|e| StoreError::Other {
+            op,
+            source: Box::new(e),
+        })?
     }
 }
 
@@ -105,20 +125,28 @@ fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecor
         id: raw_id.clone(),
         reason: format!("{what} is not a JSON object of strings"),
     };
-    let keys: BTreeMap<String, String> = serde_json::from_str(&keys).map_err(|_| corrupt("keys"))?;
-    let key_ids: BTreeMap<String, String> = serde_json::from_str(&key_ids).map_err(|_| corrupt("key_ids"))?;
+    let keys: BTreeMap<String, String> =
+        serde_json::from_str(&keys).map_err(|_| corrupt("keys"))?;
+    let key_ids: BTreeMap<String, String> =
+        serde_json::from_str(&key_ids).map_err(|_| corrupt("key_ids"))?;
     let (id, version) = decode_header(&raw_id, v)?;
     Ok(Some(KeyRecord {
         keys: decode_keys(&raw_id, keys)?,
         id,
         version,
-        key_ids: key_ids.into_iter().map(|(r, a)| (Region::new(r), a)).collect(),
+        key_ids: key_ids
+            .into_iter()
+            .map(|(r, a)| (Region::new(r), a))
+            .collect(),
         created_at,
     }))
 }
 
 fn to_json(map: &BTreeMap<String, String>, op: &'static str) -> Result<String, StoreError> {
-    serde_json::to_string(map).map_err(|e| StoreError::Other { op, source: Box::new(e) })
+    serde_json::to_string(map).map_err(|e| StoreError::Other {
+        op,
+        source: Box::new(e),
+    })
 }
 
 #[async_trait]
@@ -126,7 +154,8 @@ impl Store for SqliteStore {
     #[tracing::instrument(level = "debug", skip(self), fields(id = %id))]
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let id = id.as_str().to_owned();
-        self.with_conn("get", move |conn| read(conn, &id, "get")).await
+        self.with_conn("get", move |conn| read(conn, &id, "get"))
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip(self, record), fields(id = %record.id))]
@@ -189,7 +218,9 @@ impl Store for SqliteStore {
             };
             let mut added = 0;
             for (region, ciphertext) in keys {
-                if let std::collections::btree_map::Entry::Vacant(slot) = record.keys.entry(region.clone()) {
+                if let std::collections::btree_map::Entry::Vacant(slot) =
+                    record.keys.entry(region.clone())
+                {
                     slot.insert(ciphertext);
                     if let Some(arn) = key_ids.get(&region) {
                         record.key_ids.insert(region, arn.clone());
@@ -216,9 +247,13 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_conn("ping", |conn| {
-            conn.query_row("SELECT count(*) FROM (SELECT 1 FROM rkms_keys LIMIT 1)", [], |r| r.get::<_, i64>(0))
-                .map(|_| ())
-                .map_err(other("ping"))
+            conn.query_row(
+                "SELECT count(*) FROM (SELECT 1 FROM rkms_keys LIMIT 1)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|_| ())
+            .map_err(other("ping"))
         })
         .await
     }
@@ -231,9 +266,15 @@ mod tests {
     fn record(id: &str, regions: &[&str]) -> KeyRecord {
         KeyRecord {
             id: KeyId::parse(id).unwrap(),
-            keys: regions.iter().map(|r| (Region::new(*r), vec![1, 2, 3])).collect(),
+            keys: regions
+                .iter()
+                .map(|r| (Region::new(*r), vec![1, 2, 3]))
+                .collect(),
             version: Some(2),
-            key_ids: regions.iter().map(|r| (Region::new(*r), format!("arn:{r}"))).collect(),
+            key_ids: regions
+                .iter()
+                .map(|r| (Region::new(*r), format!("arn:{r}")))
+                .collect(),
             created_at: Some("2026-01-01T00:00:00Z".into()),
         }
     }
@@ -243,7 +284,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("a/db.sqlite3")).unwrap();
         let first = record("k", &["a"]);
-        assert!(matches!(store.put_if_absent(&first).await.unwrap(), PutOutcome::Created));
+        assert!(matches!(
+            store.put_if_absent(&first).await.unwrap(),
+            PutOutcome::Created
+        ));
         let mut second = record("k", &["a", "b"]);
         second.keys.insert(Region::new("a"), vec![9]);
         match store.put_if_absent(&second).await.unwrap() {
@@ -251,7 +295,10 @@ mod tests {
             PutOutcome::Created => panic!("second create must lose"),
         }
         assert_eq!(store.get(&first.id).await.unwrap(), Some(first));
-        assert_eq!(store.get(&KeyId::parse("none").unwrap()).await.unwrap(), None);
+        assert_eq!(
+            store.get(&KeyId::parse("none").unwrap()).await.unwrap(),
+            None
+        );
     }
 
     #[tokio::test]
@@ -262,8 +309,20 @@ mod tests {
         store.put_if_absent(&rec).await.unwrap();
         let keys = BTreeMap::from([(Region::new("a"), vec![7]), (Region::new("b"), vec![8])]);
         let arns = BTreeMap::from([(Region::new("b"), "arn:b".to_string())]);
-        assert_eq!(store.add_missing_regions(&rec.id, &keys, &arns).await.unwrap(), 1);
-        assert_eq!(store.add_missing_regions(&rec.id, &keys, &arns).await.unwrap(), 0);
+        assert_eq!(
+            store
+                .add_missing_regions(&rec.id, &keys, &arns)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .add_missing_regions(&rec.id, &keys, &arns)
+                .await
+                .unwrap(),
+            0
+        );
         let got = store.get(&rec.id).await.unwrap().unwrap();
         assert_eq!(got.keys[&Region::new("a")], vec![1, 2, 3]);
         assert_eq!(got.keys[&Region::new("b")], vec![8]);

@@ -44,16 +44,22 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = test_settings(dir.path());
     tweak(&mut settings);
     let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
-    let local: Arc<dyn Kms> = Arc::new(LocalKms::open(&settings.kms.local.keyring, &regions).unwrap());
+    let local: Arc<dyn Kms> =
+        Arc::new(LocalKms::open(&settings.kms.local.keyring, &regions).unwrap());
     let kms = Arc::new(FaultyKms::new(local));
     let (store, memory): (Arc<dyn Store>, Option<Arc<MemoryStore>>) = match settings.store.backend {
         StoreBackend::Memory => {
             let m = Arc::new(MemoryStore::new());
             (m.clone(), Some(m))
         }
-        _ => (Arc::new(SqliteStore::open(&settings.store.sqlite.path).unwrap()), None),
+        _ => (
+            Arc::new(SqliteStore::open(&settings.store.sqlite.path).unwrap()),
+            None,
+        ),
     };
-    let app = Application::build_with(settings, kms.clone(), store).await.unwrap();
+    let app = Application::build_with(settings, kms.clone(), store)
+        .await
+        .unwrap();
     let addr = app.local_addr().unwrap();
     let broker = app.broker();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -78,10 +84,18 @@ pub async fn spawn_app() -> TestApp {
 
 impl TestApp {
     pub async fn get(&self, path_and_query: &str) -> (u16, Value) {
-        let res = self.client.get(format!("{}{}", self.base, path_and_query)).send().await.unwrap();
+        let res = self
+            .client
+            .get(format!("{}{}", self.base, path_and_query))
+            .send()
+            .await
+            .unwrap();
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn key(&self, id: &str) -> String {
@@ -100,7 +114,6 @@ impl TestApp {
             .await
             .unwrap()
     }
-
 }
 
 pub fn urlencode(s: &str) -> String {
@@ -109,7 +122,9 @@ pub fn urlencode(s: &str) -> String {
 
 pub fn decode_key(b64: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 /// The value of one sample in Prometheus text, e.g.
@@ -136,6 +151,9 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 fn init_test_log() {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
     }
 }

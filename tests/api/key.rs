@@ -30,7 +30,9 @@ async fn unicode_and_maximum_length_ids_work() {
     let long = "é".repeat(256); // 512 bytes
     let k = app.key(&long).await;
     assert_eq!(k, app.key(&long).await);
-    let (status, body) = app.get(&format!("/key?id={}", urlencode(&format!("{long}x")))).await;
+    let (status, body) = app
+        .get(&format!("/key?id={}", urlencode(&format!("{long}x"))))
+        .await;
     assert_eq!(status, 400, "{body}");
 }
 
@@ -70,7 +72,9 @@ async fn bad_input_is_a_json_400_and_stores_nothing() {
         let (status, body) = app.get(query).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["error_type"], "BadRequest", "{query}");
-        assert!(body["error_message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(body["error_message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
     }
     assert!(app.memory.as_ref().unwrap().is_empty());
     assert_eq!(app.kms.total_calls("generate_data_key"), 0);
@@ -79,7 +83,11 @@ async fn bad_input_is_a_json_400_and_stores_nothing() {
 #[tokio::test]
 async fn other_methods_are_405_and_never_create() {
     let app = spawn_with(|s| s.store.backend = rkms::config::StoreBackend::Memory).await;
-    for method in [reqwest::Method::POST, reqwest::Method::PUT, reqwest::Method::DELETE] {
+    for method in [
+        reqwest::Method::POST,
+        reqwest::Method::PUT,
+        reqwest::Method::DELETE,
+    ] {
         let res = app
             .client
             .request(method.clone(), format!("{}/key?id=m", app.base))
@@ -92,7 +100,10 @@ async fn other_methods_are_405_and_never_create() {
     }
     assert!(app.memory.as_ref().unwrap().is_empty());
     let (status, body) = app.get("/nope").await;
-    assert_eq!((status, body["error_type"].as_str()), (404, Some("NotFound")));
+    assert_eq!(
+        (status, body["error_type"].as_str()),
+        (404, Some("NotFound"))
+    );
 }
 
 #[tokio::test]
@@ -116,21 +127,44 @@ async fn one_region_down_reads_and_creates_still_work_fewer_than_quorum_is_503()
     })
     .await;
     let existing = app.key("existing").await;
-    app.kms.set_fault(&region("local-1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
-    assert_eq!(app.key("existing").await, existing, "read served by another region");
+    app.kms.set_fault(
+        &region("local-1"),
+        Some(Fault::Fail(KmsErrorKind::Unavailable)),
+    );
+    assert_eq!(
+        app.key("existing").await,
+        existing,
+        "read served by another region"
+    );
     let fresh = app.key("made-while-down").await;
     assert_eq!(app.key("made-while-down").await, fresh);
-    let record = app.memory.as_ref().unwrap().snapshot(&rkms::domain::KeyId::parse("made-while-down").unwrap()).unwrap();
+    let record = app
+        .memory
+        .as_ref()
+        .unwrap()
+        .snapshot(&rkms::domain::KeyId::parse("made-while-down").unwrap())
+        .unwrap();
     assert_eq!(record.keys.len(), 2);
 
-    app.kms.set_fault(&region("local-2"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
-    let res = app.client.get(format!("{}/key?id=too-few", app.base)).send().await.unwrap();
+    app.kms.set_fault(
+        &region("local-2"),
+        Some(Fault::Fail(KmsErrorKind::Unavailable)),
+    );
+    let res = app
+        .client
+        .get(format!("{}/key?id=too-few", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status().as_u16(), 503);
     assert!(res.headers().get("retry-after").is_some());
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error_type"], "ServiceUnavailable");
     let message = body["error_message"].as_str().unwrap();
-    assert!(!message.contains("local-"), "5xx bodies say nothing internal: {message}");
+    assert!(
+        !message.contains("local-"),
+        "5xx bodies say nothing internal: {message}"
+    );
     assert!(app
         .memory
         .as_ref()
@@ -149,7 +183,9 @@ async fn a_ciphertext_copied_from_another_id_is_refused() {
     let victim_key = app.key("victim").await;
     app.key("intruder").await;
     let store = app.memory.as_ref().unwrap();
-    let mut forged = store.snapshot(&rkms::domain::KeyId::parse("victim").unwrap()).unwrap();
+    let mut forged = store
+        .snapshot(&rkms::domain::KeyId::parse("victim").unwrap())
+        .unwrap();
     forged.id = rkms::domain::KeyId::parse("intruder").unwrap();
     store.insert_raw(forged);
     let (status, body) = app.get("/key?id=intruder").await;
@@ -190,7 +226,12 @@ async fn request_ids_are_echoed_or_generated() {
         .unwrap();
     assert_eq!(res.headers()["x-request-id"], "abc-123");
     assert_eq!(res.headers()["cache-control"], "no-store");
-    let res = app.client.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    let res = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.headers()["x-request-id"].len(), 36, "a generated UUID");
 }
 
@@ -207,7 +248,10 @@ async fn auth_refuses_unknown_clients_and_foreign_prefixes() {
     })
     .await;
     let (status, body) = app.get("/key?id=billing/1").await;
-    assert_eq!((status, body["error_type"].as_str()), (401, Some("Unauthorized")));
+    assert_eq!(
+        (status, body["error_type"].as_str()),
+        (401, Some("Unauthorized"))
+    );
     let get = |id: &str| {
         app.client
             .get(format!("{}/key?id={}", app.base, urlencode(id)))

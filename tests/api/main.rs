@@ -1,6 +1,8 @@
 //! HTTP integration tests: the real server on port 0, driven over HTTP.
 //! One binary; helpers in `helpers.rs`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 #[path = "../common/mod.rs"]
 mod common;
 mod helpers;

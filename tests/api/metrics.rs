@@ -19,25 +19,82 @@ async fn counters_match_a_scripted_sequence_exactly() {
 
     let text = app.metrics().await;
     let v = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
-    assert_eq!(v("rkms_http_requests_total", &[("route", "/key"), ("status", "200")]), 3.0);
-    assert_eq!(v("rkms_http_requests_total", &[("route", "/key"), ("status", "400")]), 1.0);
-    assert_eq!(v("rkms_http_requests_total", &[("route", "/key"), ("status", "404")]), 1.0);
-    assert_eq!(v("rkms_http_request_duration_seconds_count", &[("route", "/key")]), 5.0);
+    assert_eq!(
+        v(
+            "rkms_http_requests_total",
+            &[("route", "/key"), ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        v(
+            "rkms_http_requests_total",
+            &[("route", "/key"), ("status", "400")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "rkms_http_requests_total",
+            &[("route", "/key"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "rkms_http_request_duration_seconds_count",
+            &[("route", "/key")]
+        ),
+        5.0
+    );
     assert_eq!(v("rkms_cache_hits_total", &[]), 1.0);
     assert_eq!(v("rkms_cache_misses_total", &[]), 3.0);
     assert_eq!(v("rkms_keys_created_total", &[]), 1.0);
     assert_eq!(v("rkms_create_conflicts_total", &[]), 0.0);
-    assert_eq!(v("rkms_kms_requests_total", &[("op", "generate_data_key"), ("outcome", "ok")]), 1.0);
-    assert_eq!(v("rkms_kms_requests_total", &[("op", "encrypt"), ("outcome", "ok")]), 2.0);
-    assert_eq!(v("rkms_kms_requests_total", &[("op", "decrypt"), ("outcome", "ok")]), 1.0);
     assert_eq!(
-        v("rkms_kms_requests_total", &[("region", "local-1"), ("op", "decrypt"), ("outcome", "ok")]),
+        v(
+            "rkms_kms_requests_total",
+            &[("op", "generate_data_key"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "rkms_kms_requests_total",
+            &[("op", "encrypt"), ("outcome", "ok")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        v(
+            "rkms_kms_requests_total",
+            &[("op", "decrypt"), ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        v(
+            "rkms_kms_requests_total",
+            &[("region", "local-1"), ("op", "decrypt"), ("outcome", "ok")]
+        ),
         1.0,
         "the preferred region decrypts"
     );
     assert_eq!(v("rkms_kms_request_duration_seconds_count", &[]), 4.0);
-    assert_eq!(v("rkms_store_requests_total", &[("op", "get"), ("outcome", "ok")]), 3.0);
-    assert_eq!(v("rkms_store_requests_total", &[("op", "put_if_absent"), ("outcome", "ok")]), 1.0);
+    assert_eq!(
+        v(
+            "rkms_store_requests_total",
+            &[("op", "get"), ("outcome", "ok")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        v(
+            "rkms_store_requests_total",
+            &[("op", "put_if_absent"), ("outcome", "ok")]
+        ),
+        1.0
+    );
     assert_eq!(v("rkms_store_request_duration_seconds_count", &[]), 4.0);
     assert_eq!(v("rkms_records_repaired_total", &[]), 0.0);
     for r in ["local-1", "local-2", "local-3"] {
@@ -56,9 +113,18 @@ fn promtool_check(text: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool is needed (make test installs Debian's prometheus package)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     // promtool exits 3 for lint warnings only; 1 means the text does not parse.
     assert_ne!(out.status.code(), Some(1), "promtool: {said}");
     assert!(!said.contains("error while linting"), "promtool: {said}");

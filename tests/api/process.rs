@@ -23,7 +23,12 @@ fn command(dir: &Path) -> Command {
     cmd
 }
 
-async fn fetch(client: &reqwest::Client, base: &str, id: &str, token: Option<&str>) -> (u16, Value) {
+async fn fetch(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    token: Option<&str>,
+) -> (u16, Value) {
     let mut req = client.get(format!("{base}/key?id={}", urlencode(id)));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -63,8 +68,15 @@ async fn restart_on_the_same_data_directory_serves_the_same_keys() {
 }
 
 fn run_to_exit(mut cmd: Command) -> (Option<i32>, String) {
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -78,8 +90,14 @@ fn a_corrupt_keyring_stops_startup_and_is_left_untouched() {
     assert_ne!(code, Some(0));
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
-    assert!(lines[0].contains("keyring") && lines[0].contains("corrupt"), "{stderr}");
-    assert_eq!(std::fs::read(&keyring).unwrap(), b"{\"format\": 1, \"master_keys\": ");
+    assert!(
+        lines[0].contains("keyring") && lines[0].contains("corrupt"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&keyring).unwrap(),
+        b"{\"format\": 1, \"master_keys\": "
+    );
 
     std::fs::remove_file(&keyring).unwrap();
     std::fs::write(&keyring, b"{}").unwrap();
@@ -112,7 +130,10 @@ fn a_bad_config_stops_startup_with_one_line_naming_the_key() {
     let (code, stderr) = run_to_exit(cmd);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("missing.toml"), "{stderr}");
-    assert!(!dir.path().join("keyring.json").exists(), "nothing created on a bad config");
+    assert!(
+        !dir.path().join("keyring.json").exists(),
+        "nothing created on a bad config"
+    );
 }
 
 #[test]
@@ -134,7 +155,10 @@ fn check_config_prints_effective_settings_without_secrets() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ttl_seconds = 42"), "{text}");
-    assert!(text.contains("REDACTED") && !text.contains(&digest), "{text}");
+    assert!(
+        text.contains("REDACTED") && !text.contains(&digest),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -162,7 +186,10 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
         let (status, _) = fetch(&client, &proc.base, &format!("app/{i}"), Some(token)).await;
         assert_eq!(status, 200);
     }
-    assert_eq!(fetch(&client, &proc.base, "other/1", Some(token)).await.0, 403);
+    assert_eq!(
+        fetch(&client, &proc.base, "other/1", Some(token)).await.0,
+        403
+    );
     assert_eq!(fetch(&client, &proc.base, "app/1", None).await.0, 401);
     let res = client
         .get(format!("{}/key?id=app%2Fmissing&create=false", proc.base))
@@ -177,12 +204,21 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
 
     use base64::Engine;
     for key in &keys {
-        let raw = base64::engine::general_purpose::STANDARD.decode(key).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .unwrap();
         let hex_lower: String = raw.iter().map(|b| format!("{b:02x}")).collect();
         let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
         let bytes_debug = format!("{:?}", &raw[..8]).trim_end_matches(']').to_owned();
         for line in &logs {
-            for needle in [key.as_str(), key.trim_end_matches('='), &hex_lower, &hex_lower.to_uppercase(), &url_safe, &bytes_debug] {
+            for needle in [
+                key.as_str(),
+                key.trim_end_matches('='),
+                &hex_lower,
+                &hex_lower.to_uppercase(),
+                &url_safe,
+                &bytes_debug,
+            ] {
                 assert!(!line.contains(needle), "key material in a log line: {line}");
             }
         }
@@ -195,7 +231,15 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
         .collect();
     assert_eq!(audit.len(), 23, "one event per key decision: {audit:#?}");
     for event in &audit {
-        for field in ["timestamp", "request_id", "client", "key_id", "action", "source", "outcome"] {
+        for field in [
+            "timestamp",
+            "request_id",
+            "client",
+            "key_id",
+            "action",
+            "source",
+            "outcome",
+        ] {
             let value = event[field].as_str().unwrap_or_default();
             assert!(!value.is_empty(), "audit event lacks {field}: {event}");
         }
@@ -224,8 +268,10 @@ async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
     })
     .await;
     app.key("slow").await;
-    app.kms
-        .set_fault(&crate::helpers::region("local-1"), Some(Fault::Delay(Duration::from_millis(700))));
+    app.kms.set_fault(
+        &crate::helpers::region("local-1"),
+        Some(Fault::Delay(Duration::from_millis(700))),
+    );
     let in_flight: Vec<_> = (0..20)
         .map(|_| {
             let client = reqwest::Client::new();
@@ -236,8 +282,14 @@ async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = app.stop.take().unwrap().send(());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let refused = reqwest::Client::new().get(format!("{}/healthz", app.base)).send().await;
-    assert!(refused.is_err(), "new connections are refused while draining");
+    let refused = reqwest::Client::new()
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "new connections are refused while draining"
+    );
     for r in futures::future::join_all(in_flight).await {
         assert_eq!(r.unwrap().unwrap(), 200);
     }

@@ -1,6 +1,8 @@
 //! The AWS path against moto: KMS in three regions and DynamoDB, driven
 //! through the real server over HTTP. Needs `make moto-venv` (make test).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 #[path = "../common/mod.rs"]
 mod common;
 mod moto;
@@ -112,7 +114,11 @@ async fn get_or_create_wraps_in_three_regions_each_decryptable_with_the_id_conte
     let wrapped = ciphertexts(&item);
     assert_eq!(wrapped.len(), 3);
     for region in REGIONS {
-        assert_eq!(arns[region].as_s().unwrap(), &cloud.key_arns[region], "key_ids records the ARN");
+        assert_eq!(
+            arns[region].as_s().unwrap(),
+            &cloud.key_arns[region],
+            "key_ids records the ARN"
+        );
         let kms = kms_client(cloud.endpoint(region), region).await;
         let out = kms
             .decrypt()
@@ -123,7 +129,11 @@ async fn get_or_create_wraps_in_three_regions_each_decryptable_with_the_id_conte
             .unwrap();
         assert_eq!(B64.encode(out.plaintext.unwrap().as_ref()), key, "{region}");
         // Without the id's context the ciphertext does not open.
-        let refused = kms.decrypt().ciphertext_blob(Blob::new(wrapped[region].clone())).send().await;
+        let refused = kms
+            .decrypt()
+            .ciphertext_blob(Blob::new(wrapped[region].clone()))
+            .send()
+            .await;
         assert!(refused.is_err(), "{region}");
     }
 }
@@ -170,7 +180,10 @@ async fn creates_with_a_region_down_need_the_quorum() {
     let strict = serve(strict).await;
     let (status, body) = strict.get("needs-three", true).await;
     assert_eq!(status, 503, "{body}");
-    assert!(item(&cloud, "needs-three").await.is_none(), "no item below the quorum");
+    assert!(
+        item(&cloud, "needs-three").await.is_none(),
+        "no item below the quorum"
+    );
 
     // The region comes back: a read repairs the record.
     cloud.moto(REGIONS[2]).thaw();
@@ -217,7 +230,11 @@ async fn rkms_go_items_without_context_are_served_unchanged() {
     let server = serve(no_cache(&cloud)).await;
     assert_eq!(server.key("legacy-1").await, B64.encode(plaintext));
     let after = item(&cloud, "legacy-1").await.unwrap();
-    assert_eq!(after["keys"].as_m().unwrap(), &keys, "the item is left as RKMS wrote it");
+    assert_eq!(
+        after["keys"].as_m().unwrap(),
+        &keys,
+        "the item is left as RKMS wrote it"
+    );
     assert!(!after.contains_key("v"));
 }
 
@@ -313,7 +330,10 @@ async fn throttling_or_access_denied_in_one_region_falls_back_and_is_logged() {
     let writer = serve(cloud.settings()).await;
     let key = writer.key("fallback").await;
     let dir = tempfile::tempdir().unwrap();
-    for (code, kind) in [("ThrottlingException", "throttled"), ("AccessDeniedException", "misconfigured")] {
+    for (code, kind) in [
+        ("ThrottlingException", "throttled"),
+        ("AccessDeniedException", "misconfigured"),
+    ] {
         let refusing = refusing_kms(code).await;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rkms"));
         cmd.current_dir(dir.path())
@@ -330,21 +350,38 @@ async fn throttling_or_access_denied_in_one_region_falls_back_and_is_logged() {
                 ),
             );
         let proc = common::start(cmd);
-        let res = reqwest::get(format!("{}/key?id=fallback", proc.base)).await.unwrap();
+        let res = reqwest::get(format!("{}/key?id=fallback", proc.base))
+            .await
+            .unwrap();
         assert_eq!(res.status().as_u16(), 200);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["key"].as_str().unwrap(), key);
-        let metrics = reqwest::get(format!("{}/metrics", proc.base)).await.unwrap().text().await.unwrap();
+        let metrics = reqwest::get(format!("{}/metrics", proc.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(
-            metrics.contains(&format!("rkms_kms_requests_total{{op=\"decrypt\",outcome=\"{kind}\",region=\"us-east-1\"}}")),
+            metrics.contains(&format!(
+                "rkms_kms_requests_total{{op=\"decrypt\",outcome=\"{kind}\",region=\"us-east-1\"}}"
+            )),
             "{metrics}"
         );
         let (status, logs) = common::stop(proc);
         assert!(status.success());
-        let logged = logs.iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).any(|v| {
-            v["region"] == "us-east-1" && v["kind"] == kind && v["error"].as_str().is_some_and(|e| !e.is_empty())
-        });
-        assert!(logged, "the {code} from us-east-1 is in the logs: {logs:#?}");
+        let logged = logs
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| {
+                v["region"] == "us-east-1"
+                    && v["kind"] == kind
+                    && v["error"].as_str().is_some_and(|e| !e.is_empty())
+            });
+        assert!(
+            logged,
+            "the {code} from us-east-1 is in the logs: {logs:#?}"
+        );
     }
 }
 
@@ -353,7 +390,12 @@ async fn readiness_follows_the_store() {
     let cloud = Cloud::start(true).await;
     let server = serve(cloud.settings()).await;
     let ready = || async {
-        let res = server.client.get(format!("{}/readyz", server.base)).send().await.unwrap();
+        let res = server
+            .client
+            .get(format!("{}/readyz", server.base))
+            .send()
+            .await
+            .unwrap();
         (res.status().as_u16(), res.json::<Value>().await.unwrap())
     };
     assert_eq!(ready().await.0, 200);
@@ -378,11 +420,19 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .env("RKMS__CACHE__TTL_SECONDS", "0")
         .env("RKMS__KMS__CALL_TIMEOUT_MS", "10000")
         .env("RKMS__KMS__HEDGE_AFTER_MS", "10000")
-        .envs(cloud.env().into_iter().filter(|(k, _)| !k.contains("TIMEOUT") && !k.contains("HEDGE")));
+        .envs(
+            cloud
+                .env()
+                .into_iter()
+                .filter(|(k, _)| !k.contains("TIMEOUT") && !k.contains("HEDGE")),
+        );
     let mut proc = common::start(cmd);
     let client = reqwest::Client::new();
     let url = format!("{}/key?id=drain", proc.base);
-    assert_eq!(client.get(&url).send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status().as_u16(),
+        200
+    );
 
     // Freeze every region: the next requests wait inside KMS calls.
     cloud.moto(REGIONS[0]).freeze();
@@ -395,7 +445,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     common::sigterm(&proc.child);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = reqwest::Client::new().get(format!("{}/healthz", proc.base)).send().await;
+    let refused = reqwest::Client::new()
+        .get(format!("{}/healthz", proc.base))
+        .send()
+        .await;
     assert!(refused.is_err(), "no new connections while draining");
     cloud.moto(REGIONS[0]).thaw();
     for r in futures::future::join_all(in_flight).await {

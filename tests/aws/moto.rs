@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Once;
 
-use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+};
 use rkms::config::{KmsProvider, Settings, StoreBackend};
 
 pub const REGIONS: [&str; 3] = ["us-east-1", "us-west-2", "eu-west-1"];
@@ -53,7 +55,11 @@ impl Moto {
     pub fn start() -> Self {
         init_env();
         let python = python();
-        assert!(python.exists(), "{} is missing: run `make moto-venv` (make test does)", python.display());
+        assert!(
+            python.exists(),
+            "{} is missing: run `make moto-venv` (make test does)",
+            python.display()
+        );
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/moto/moto_server.py");
         let mut child = Command::new(python)
             .arg(script)
@@ -65,8 +71,13 @@ impl Moto {
             .expect("start moto");
         let stdin = child.stdin.take().unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port: u16 = line.trim().parse().unwrap_or_else(|_| panic!("moto printed {line:?}"));
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("moto printed {line:?}"));
         Self {
             child,
             _stdin: stdin,
@@ -167,7 +178,12 @@ impl Cloud {
         let mut key_arns = HashMap::new();
         for (region, moto) in &kms {
             let client = kms_client(&moto.endpoint, region).await;
-            let key = client.create_key().description("rkms test").send().await.unwrap();
+            let key = client
+                .create_key()
+                .description("rkms test")
+                .send()
+                .await
+                .unwrap();
             let meta = key.key_metadata.unwrap();
             client
                 .create_alias()
@@ -189,12 +205,22 @@ impl Cloud {
                     .build()
                     .unwrap(),
             )
-            .key_schema(KeySchemaElement::builder().attribute_name("id").key_type(KeyType::Hash).build().unwrap())
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name("id")
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .unwrap(),
+            )
             .billing_mode(BillingMode::PayPerRequest)
             .send()
             .await
             .unwrap();
-        Self { kms, dynamo, key_arns }
+        Self {
+            kms,
+            dynamo,
+            key_arns,
+        }
     }
 
     pub fn moto(&self, region: &str) -> &Moto {
@@ -214,8 +240,14 @@ impl Cloud {
         s.kms.call_timeout_ms = 1500;
         s.kms.hedge_after_ms = 200;
         for region in REGIONS {
-            s.kms.aws.key_ids.insert(region.into(), format!("alias/rkms-{region}"));
-            s.kms.aws.endpoints.insert(region.into(), self.endpoint(region).to_owned());
+            s.kms
+                .aws
+                .key_ids
+                .insert(region.into(), format!("alias/rkms-{region}"));
+            s.kms
+                .aws
+                .endpoints
+                .insert(region.into(), self.endpoint(region).to_owned());
         }
         s.store.backend = StoreBackend::Dynamodb;
         s.store.dynamodb.endpoint = self.dynamo.endpoint.clone();
@@ -227,31 +259,58 @@ impl Cloud {
 
     /// The same settings as `RKMS__…` variables, for the binary.
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = aws_env().into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut env: Vec<(String, String)> = aws_env()
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
         let s = self.settings();
         env.push(("RKMS__KMS__PROVIDER".into(), "aws".into()));
         env.push((
             "RKMS__KMS__REGIONS".into(),
-            format!("[{}]", REGIONS.iter().map(|r| format!("\"{r}\"")).collect::<Vec<_>>().join(",")),
+            format!(
+                "[{}]",
+                REGIONS
+                    .iter()
+                    .map(|r| format!("\"{r}\""))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         ));
-        env.push(("RKMS__KMS__CALL_TIMEOUT_MS".into(), s.kms.call_timeout_ms.to_string()));
-        env.push(("RKMS__KMS__HEDGE_AFTER_MS".into(), s.kms.hedge_after_ms.to_string()));
+        env.push((
+            "RKMS__KMS__CALL_TIMEOUT_MS".into(),
+            s.kms.call_timeout_ms.to_string(),
+        ));
+        env.push((
+            "RKMS__KMS__HEDGE_AFTER_MS".into(),
+            s.kms.hedge_after_ms.to_string(),
+        ));
         env.push((
             "RKMS__KMS__AWS__KEY_IDS".into(),
             format!(
                 "{{{}}}",
-                REGIONS.iter().map(|r| format!("\"{r}\"=\"alias/rkms-{r}\"")).collect::<Vec<_>>().join(",")
+                REGIONS
+                    .iter()
+                    .map(|r| format!("\"{r}\"=\"alias/rkms-{r}\""))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         ));
         env.push((
             "RKMS__KMS__AWS__ENDPOINTS".into(),
             format!(
                 "{{{}}}",
-                REGIONS.iter().map(|r| format!("\"{r}\"=\"{}\"", self.endpoint(r))).collect::<Vec<_>>().join(",")
+                REGIONS
+                    .iter()
+                    .map(|r| format!("\"{r}\"=\"{}\"", self.endpoint(r)))
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         ));
         env.push(("RKMS__STORE__BACKEND".into(), "dynamodb".into()));
-        env.push(("RKMS__STORE__DYNAMODB__ENDPOINT".into(), self.dynamo.endpoint.clone()));
+        env.push((
+            "RKMS__STORE__DYNAMODB__ENDPOINT".into(),
+            self.dynamo.endpoint.clone(),
+        ));
         env
     }
 }

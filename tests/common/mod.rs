@@ -18,7 +18,11 @@ pub struct Proc {
 
 /// Start the binary and wait for its "rkms serving" line.
 pub fn start(mut cmd: Command) -> Proc {
-    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let stderr = child.stderr.take().unwrap();
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
@@ -59,4 +63,3 @@ pub fn stop(mut proc: Proc) -> (std::process::ExitStatus, Vec<String>) {
     let logs = proc.logs.lock().unwrap().clone();
     (status, logs)
 }
-
