@@ -40,7 +40,7 @@ fmt:
 	$(CARGO) fmt --all
 
 test: moto-venv tools lint
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked
 
 bench: moto-venv
 	@command -v wrk >/dev/null 2>&1 || { \

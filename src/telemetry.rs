@@ -1,16 +1,26 @@
 //! The tracing subscriber: text or JSON, level from `log.level` unless
 //! RUST_LOG is set. Audit events go to the `audit` target on the same
 //! output, so a log pipeline can route them by target.
+//!
+//! Lines are written by a background thread: formatting stays on the
+//! request path, but the write syscall does not. The writer is not lossy
+//! (audit events must not be dropped): when its buffer is full, logging
+//! callers wait.
 
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Install the global subscriber. Call once, from `main`.
-pub fn init(settings: &LogSettings) {
+/// Install the global subscriber. Call once, from `main`, and keep the
+/// guard until exit: dropping it flushes the lines still buffered.
+pub fn init(settings: &LogSettings) -> Option<WorkerGuard> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},audit=info", settings.level)));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
+    let builder = fmt().with_env_filter(filter).with_writer(writer);
     let result = match settings.format {
         LogFormat::Json => builder
             .json()
@@ -20,7 +30,11 @@ pub fn init(settings: &LogSettings) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    if let Err(e) = result {
-        eprintln!("rkms: logging was already initialised: {e}");
+    match result {
+        Ok(()) => Some(guard),
+        Err(e) => {
+            eprintln!("rkms: logging was already initialised: {e}");
+            None
+        }
     }
 }

@@ -9,7 +9,6 @@ local ids = tonumber(os.getenv("BENCH_IDS") or "1000")
 local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
 local threads = {}
 local counter = 0
-local tag = "t"
 
 function setup(thread)
   thread:set("tag", "t" .. #threads .. "-" .. tostring(math.random(1, 1000000000)))
@@ -17,7 +16,9 @@ function setup(thread)
 end
 
 function init(args)
-  math.randomseed(os.time() + tonumber(string.sub(tostring({}), 8) or "0", 16))
+  -- `tag` is set per thread by setup(); each thread creates its own ids.
+  tag = tag or "t"
+  math.randomseed(os.time())
 end
 
 function request()

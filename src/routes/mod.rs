@@ -92,7 +92,7 @@ pub fn router(state: AppState) -> Router {
                              span: &tracing::Span| {
                                 span.record("status", res.status().as_u16());
                                 span.record("latency_ms", latency.as_secs_f64() * 1000.0);
-                                tracing::info!(
+                                tracing::debug!(
                                     status = res.status().as_u16(),
                                     latency_ms = latency.as_secs_f64() * 1000.0,
                                     "request done"

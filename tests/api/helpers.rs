@@ -18,6 +18,7 @@ pub struct TestApp {
     pub kms: Arc<FaultyKms>,
     pub memory: Option<Arc<MemoryStore>>,
     pub broker: rkms::broker::KeyBroker,
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Holds the data directory for the app's lifetime.
     pub _dir: tempfile::TempDir,
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -62,6 +63,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         .unwrap();
     let addr = app.local_addr().unwrap();
     let broker = app.broker();
+    let metrics_addr = app.metrics_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let done = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -72,6 +74,7 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
         kms,
         memory,
         broker,
+        metrics_addr,
         _dir: dir,
         stop: Some(tx),
         done: Some(done),

@@ -263,3 +263,47 @@ async fn auth_refuses_unknown_clients_and_foreign_prefixes() {
     assert_eq!(res.status().as_u16(), 403);
     assert_eq!(app.kms.total_calls("generate_data_key"), 1);
 }
+
+#[tokio::test]
+async fn a_request_past_the_request_timeout_is_a_json_503() {
+    let app = spawn_with(|s| {
+        s.server.request_timeout_ms = 300;
+        s.kms.call_timeout_ms = 5000;
+    })
+    .await;
+    for r in ["local-1", "local-2", "local-3"] {
+        app.kms.set_fault(&region(r), Some(Fault::Hang));
+    }
+    let res = app
+        .client
+        .get(format!("{}/key?id=slow", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    assert!(res.headers().get("retry-after").is_some());
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error_type"], "ServiceUnavailable");
+}
+
+#[tokio::test]
+async fn metrics_can_be_served_on_a_separate_listener() {
+    let app = spawn_with(|s| s.server.metrics_listen = "127.0.0.1:0".into()).await;
+    app.key("sep").await;
+    let addr = app.metrics_addr.expect("metrics listener bound");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("rkms_keys_created_total 1"), "{text}");
+    let res = reqwest::get(format!("http://{addr}/key?id=sep"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status().as_u16(),
+        404,
+        "only /metrics on the metrics listener"
+    );
+}
