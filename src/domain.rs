@@ -243,3 +243,26 @@ mod tests {
         assert_ne!(a.expose(), b.expose());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Whatever parses satisfies every invariant; whatever satisfies
+        /// them parses, unchanged.
+        #[test]
+        fn key_id_parse_matches_its_rules(raw in "\\PC{0,200}|[\\x00-\\x7f]{0,20}|.{500,520}") {
+            let valid = !raw.is_empty() && raw.len() <= MAX_ID_BYTES && !raw.chars().any(char::is_control);
+            match KeyId::parse(&raw) {
+                Ok(id) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(id.as_str(), raw.as_str());
+                }
+                Err(_) => prop_assert!(!valid),
+            }
+        }
+    }
+}

@@ -756,10 +756,12 @@ impl Inner {
         key: &DataKey,
         context: Context<'_>,
     ) -> (BTreeMap<Region, Wrapped>, Option<KmsError>) {
+        let mut running: HashSet<Region> = HashSet::new();
         let mut calls: FuturesUnordered<_> = regions
             .iter()
             .filter_map(|region| {
                 let permit = self.breakers.acquire(region)?;
+                running.insert(region.clone());
                 Some(async move {
                     let r = self
                         .kms_call(region, "encrypt", self.kms.encrypt(region, key, context))
@@ -783,6 +785,7 @@ impl Inner {
             let Some((region, _permit, result)) = next else {
                 break;
             };
+            running.remove(&region);
             match result {
                 Ok(w) => {
                     self.record_outcome(&region, Ok(()));
@@ -796,6 +799,17 @@ impl Inner {
             if deadline.is_none() && out.len() >= need_others {
                 deadline = Some(Instant::now() + self.settings.hedge_after);
             }
+        }
+        // Calls still running are cancelled when `calls` drops. They were
+        // slower than the quorum plus `hedge_after`: a failure for their
+        // breaker, which also settles any probe among them.
+        drop(calls);
+        for region in running {
+            self.metrics
+                .kms_requests
+                .with_label_values(&[region.as_str(), "encrypt", "cancelled"])
+                .inc();
+            self.record_outcome(&region, Err(KmsErrorKind::Unavailable));
         }
         (out, last_error)
     }

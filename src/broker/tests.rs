@@ -462,3 +462,34 @@ async fn a_down_store_is_unavailable_not_a_new_key() {
     rig.store.set_unavailable(false);
     assert!(rig.broker.readiness(Duration::from_secs(1)).await.is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_region_does_not_hold_up_a_create_and_is_repaired_later() {
+    let rig = rig_with(no_cache());
+    rig.kms.set_fault(&r("r3"), Some(Fault::Hang));
+    let started = Instant::now();
+    let made = rig.broker.get_or_create(&id("c"), true).await.unwrap();
+    assert!(made.created);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(250),
+        "quorum, then hedge_after for the rest"
+    );
+    assert_eq!(rig.store.snapshot(&id("c")).unwrap().keys.len(), 2);
+
+    // Three slow creates open r3's breaker; later creates skip it at once.
+    rig.broker.get_or_create(&id("c2"), true).await.unwrap();
+    rig.broker.get_or_create(&id("c3"), true).await.unwrap();
+    let calls = rig.kms.calls(&r("r3"), "encrypt");
+    let started = Instant::now();
+    rig.broker.get_or_create(&id("c4"), true).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(rig.kms.calls(&r("r3"), "encrypt"), calls);
+
+    // After the window the region is back: one probe, then repair on read.
+    rig.kms.set_fault(&r("r3"), None);
+    tokio::time::advance(Duration::from_millis(10_000)).await;
+    rig.broker.get_or_create(&id("c"), true).await.unwrap();
+    rig.broker.settle_repairs().await;
+    assert_eq!(rig.store.snapshot(&id("c")).unwrap().keys.len(), 3);
+}

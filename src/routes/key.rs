@@ -72,10 +72,10 @@ struct Audit<'a> {
 
 impl Audit<'_> {
     /// One event per key decision on the `audit` target. Never key material.
+    /// The subscriber stamps the time (`timestamp` in JSON).
     fn emit(&self, action: &str, source: &str, outcome: &str) {
         tracing::info!(
             target: "audit",
-            timestamp = %crate::domain::now_rfc3339(),
             request_id = self.request_id,
             client = self.client,
             key_id = self.key_id,

@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, on, MethodFilter};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -41,7 +41,8 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    let key_route = get(key::get_key).fallback(method_not_allowed);
+    // GET only: HEAD would run the handler (and could create a key) too.
+    let key_route = on(MethodFilter::GET, key::get_key).fallback(method_not_allowed);
     // The backstop timeout sits a little above the handler's own, which
     // answers with the JSON error shape first.
     let backstop = state.request_timeout + Duration::from_millis(500);

@@ -457,3 +457,70 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let status = proc.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn corrupt_items_are_errors_and_never_overwritten() {
+    let cloud = Cloud::start(false).await;
+    let dynamo = dynamo_client(&cloud.dynamo.endpoint).await;
+    let bad_items: Vec<(&str, HashMap<String, AttributeValue>)> = vec![
+        (
+            "no-keys",
+            HashMap::from([("id".into(), AttributeValue::S("no-keys".into()))]),
+        ),
+        (
+            "keys-not-a-map",
+            HashMap::from([
+                ("id".into(), AttributeValue::S("keys-not-a-map".into())),
+                ("keys".into(), AttributeValue::S("oops".into())),
+            ]),
+        ),
+        (
+            "not-base64",
+            HashMap::from([
+                ("id".into(), AttributeValue::S("not-base64".into())),
+                (
+                    "keys".into(),
+                    AttributeValue::M(HashMap::from([(
+                        "us-east-1".into(),
+                        AttributeValue::S("***".into()),
+                    )])),
+                ),
+                ("v".into(), AttributeValue::N("2".into())),
+            ]),
+        ),
+        (
+            "future-version",
+            HashMap::from([
+                ("id".into(), AttributeValue::S("future-version".into())),
+                (
+                    "keys".into(),
+                    AttributeValue::M(HashMap::from([(
+                        "us-east-1".into(),
+                        AttributeValue::S("AAAA".into()),
+                    )])),
+                ),
+                ("v".into(), AttributeValue::N("9".into())),
+            ]),
+        ),
+    ];
+    for (_, item) in &bad_items {
+        dynamo
+            .put_item()
+            .table_name(TABLE)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let server = serve(no_cache(&cloud)).await;
+    for (id, original) in &bad_items {
+        let (status, body) = server.get(id, true).await;
+        assert_eq!(status, 500, "{id}: {body}");
+        assert_eq!(body["error_message"], "internal error");
+        assert_eq!(
+            &item(&cloud, id).await.unwrap(),
+            original,
+            "{id} left as it was"
+        );
+    }
+}
