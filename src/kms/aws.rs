@@ -152,6 +152,16 @@ where
     KmsError::new(kind, region, op, err)
 }
 
+/// KMS answered 200 without a field it must send.
+fn incomplete(region: &Region, op: &'static str, field: &str) -> KmsError {
+    KmsError::new(
+        KmsErrorKind::Other,
+        region,
+        op,
+        format!("response has no {field}"),
+    )
+}
+
 fn with_context<'a>(pairs: &mut HashMap<String, String>, context: Context<'a>) {
     if let Context::Bound(id) = context {
         pairs.insert(CONTEXT_KEY.to_owned(), id.as_str().to_owned());
@@ -188,17 +198,11 @@ impl Kms for AwsKms {
         let plaintext = out
             .plaintext
             .map(|b| Zeroizing::new(b.into_inner()))
-            .ok_or_else(|| {
-                KmsError::new(KmsErrorKind::Other, region, OP, "response has no plaintext")
-            })?;
-        let ciphertext = out.ciphertext_blob.map(Blob::into_inner).ok_or_else(|| {
-            KmsError::new(
-                KmsErrorKind::Other,
-                region,
-                OP,
-                "response has no ciphertext",
-            )
-        })?;
+            .ok_or_else(|| incomplete(region, OP, "plaintext"))?;
+        let ciphertext = out
+            .ciphertext_blob
+            .map(Blob::into_inner)
+            .ok_or_else(|| incomplete(region, OP, "ciphertext"))?;
         Ok((
             DataKey::from_bytes(plaintext),
             Wrapped {
@@ -225,14 +229,10 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| map_err(e, region, OP))?;
-        let ciphertext = out.ciphertext_blob.map(Blob::into_inner).ok_or_else(|| {
-            KmsError::new(
-                KmsErrorKind::Other,
-                region,
-                OP,
-                "response has no ciphertext",
-            )
-        })?;
+        let ciphertext = out
+            .ciphertext_blob
+            .map(Blob::into_inner)
+            .ok_or_else(|| incomplete(region, OP, "ciphertext"))?;
         Ok(Wrapped {
             ciphertext,
             key_arn: out.key_id.unwrap_or_else(|| rc.key_id.clone()),
@@ -258,9 +258,7 @@ impl Kms for AwsKms {
         let plaintext = out
             .plaintext
             .map(|b| Zeroizing::new(b.into_inner()))
-            .ok_or_else(|| {
-                KmsError::new(KmsErrorKind::Other, region, OP, "response has no plaintext")
-            })?;
+            .ok_or_else(|| incomplete(region, OP, "plaintext"))?;
         Ok(DataKey::from_bytes(plaintext))
     }
 }
@@ -271,28 +269,26 @@ mod tests {
 
     #[test]
     fn error_codes_map_to_kinds_the_broker_acts_on() {
-        assert_eq!(
-            classify_code(Some("ThrottlingException"), 400),
-            KmsErrorKind::Throttled
-        );
-        assert_eq!(
-            classify_code(Some("InvalidCiphertextException"), 400),
-            KmsErrorKind::Integrity
-        );
-        assert_eq!(
-            classify_code(Some("AccessDeniedException"), 400),
-            KmsErrorKind::Misconfigured
-        );
-        assert_eq!(
-            classify_code(Some("DisabledException"), 400),
-            KmsErrorKind::Misconfigured
-        );
-        assert_eq!(
-            classify_code(Some("KMSInternalException"), 500),
-            KmsErrorKind::Unavailable
-        );
-        assert_eq!(classify_code(None, 503), KmsErrorKind::Unavailable);
-        assert_eq!(classify_code(None, 429), KmsErrorKind::Throttled);
-        assert_eq!(classify_code(Some("Weird"), 400), KmsErrorKind::Other);
+        let cases = [
+            (Some("ThrottlingException"), 400, KmsErrorKind::Throttled),
+            (
+                Some("InvalidCiphertextException"),
+                400,
+                KmsErrorKind::Integrity,
+            ),
+            (
+                Some("AccessDeniedException"),
+                400,
+                KmsErrorKind::Misconfigured,
+            ),
+            (Some("DisabledException"), 400, KmsErrorKind::Misconfigured),
+            (Some("KMSInternalException"), 500, KmsErrorKind::Unavailable),
+            (None, 503, KmsErrorKind::Unavailable),
+            (None, 429, KmsErrorKind::Throttled),
+            (Some("Weird"), 400, KmsErrorKind::Other),
+        ];
+        for (code, status, kind) in cases {
+            assert_eq!(classify_code(code, status), kind, "{code:?} {status}");
+        }
     }
 }

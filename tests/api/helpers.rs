@@ -107,6 +107,25 @@ impl TestApp {
         body["key"].as_str().unwrap().to_owned()
     }
 
+    /// GET `path` and check it is a JSON 503 with `Retry-After`.
+    pub async fn expect_unavailable(&self, path: &str) {
+        let res = self
+            .client
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 503);
+        assert!(res.headers().get("retry-after").is_some());
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error_type"], "ServiceUnavailable");
+        let message = body["error_message"].as_str().unwrap();
+        assert!(
+            !message.contains("local-"),
+            "5xx bodies say nothing internal: {message}"
+        );
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(format!("{}/metrics", self.base))
