@@ -2,8 +2,8 @@
 //! RUST_LOG is set. Audit events go to the `audit` target on the same
 //! output, so a log pipeline can route them by target.
 //!
-//! Lines are written by a background thread: formatting stays on the
-//! request path, but the write syscall does not. The writer is not lossy
+//! Lines are written by a background thread, in batches: formatting stays
+//! on the request path, but the write syscalls do not. The writer is not lossy
 //! (audit events must not be dropped): when its buffer is full, logging
 //! callers wait.
 
@@ -17,9 +17,11 @@ use crate::config::{LogFormat, LogSettings};
 pub fn init(settings: &LogSettings) -> Option<WorkerGuard> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},audit=info", settings.level)));
+    // The worker flushes whenever its queue runs dry, so buffering only
+    // batches lines that were already waiting into one write.
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::stderr());
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let builder = fmt().with_env_filter(filter).with_writer(writer);
     let result = match settings.format {
         LogFormat::Json => builder
