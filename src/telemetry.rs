@@ -19,9 +19,8 @@ pub fn init(settings: &LogSettings) -> Option<WorkerGuard> {
         .unwrap_or_else(|_| EnvFilter::new(format!("{},audit=info", settings.level)));
     // The worker flushes whenever its queue runs dry, so buffering only
     // batches lines that were already waiting into one write.
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = NonBlockingBuilder::default().lossy(false).finish(stderr);
     let builder = fmt().with_env_filter(filter).with_writer(writer);
     let result = match settings.format {
         LogFormat::Json => builder
