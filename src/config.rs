@@ -111,7 +111,9 @@ pub struct AwsKmsSettings {
     pub endpoints: BTreeMap<String, String>,
     pub connect_timeout_ms: u64,
     /// Attempts per call including the first; the SDK's standard retry
-    /// (with backoff) runs inside `call_timeout_ms`.
+    /// (with backoff) runs inside `call_timeout_ms`. One by default: with
+    /// several regions, the broker's failover to the next region is the
+    /// retry, and it does not wait out a throttled region's backoff.
     pub max_attempts: u32,
 }
 
@@ -240,7 +242,7 @@ impl Default for AwsKmsSettings {
             key_ids: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             connect_timeout_ms: 500,
-            max_attempts: 2,
+            max_attempts: 1,
         }
     }
 }

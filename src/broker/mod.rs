@@ -601,7 +601,7 @@ impl Inner {
             let hedge = tokio::time::sleep(self.settings.hedge_after);
             tokio::select! {
                 biased;
-                Some((region, permit, result)) = pending.next() => {
+                Some((region, _permit, result)) = pending.next() => {
                     started.remove(&region);
                     match result {
                         Ok(key) => {
@@ -609,6 +609,12 @@ impl Inner {
                             for (loser, (since, loser_permit)) in started.drain() {
                                 self.metrics.kms_requests.with_label_values(&[loser.as_str(), "decrypt", "cancelled"]).inc();
                                 if since.elapsed() >= self.settings.hedge_after {
+                                    tracing::warn!(
+                                        region = %loser,
+                                        served_by = %region,
+                                        waited_ms = since.elapsed().as_millis() as u64,
+                                        "KMS region did not answer within hedge_after_ms; another region served the read"
+                                    );
                                     self.record_outcome(&loser, Err(KmsErrorKind::Unavailable));
                                 } else if loser_permit == Permit::Probe {
                                     self.breakers.release_probe(&loser);
@@ -617,7 +623,6 @@ impl Inner {
                             return Ok((region, key));
                         }
                         Err(e) => {
-                            let _ = permit;
                             self.record_outcome(&region, Err(e.kind));
                             if e.kind == KmsErrorKind::Integrity {
                                 integrity = Some(e);
