@@ -267,29 +267,38 @@ async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
         s.kms.hedge_after_ms = 5000;
     })
     .await;
-    app.key("slow").await;
-    app.kms.set_fault(
-        &crate::helpers::region("local-1"),
-        Some(Fault::Delay(Duration::from_millis(700))),
-    );
+    for i in 0..20 {
+        app.key(&format!("slow/{i}")).await;
+    }
+    let preferred = crate::helpers::region("local-1");
+    let before = app.kms.calls(&preferred, "decrypt");
+    app.kms
+        .set_fault(&preferred, Some(Fault::Delay(Duration::from_millis(1500))));
     let in_flight: Vec<_> = (0..20)
-        .map(|_| {
+        .map(|i| {
             let client = reqwest::Client::new();
-            let url = format!("{}/key?id=slow", app.base);
+            let url = format!("{}/key?id=slow%2F{i}", app.base);
             tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every request is inside its (slow) KMS call before shutdown starts.
+    while app.kms.calls(&preferred, "decrypt") < before + 20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let _ = app.stop.take().unwrap().send(());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let refused = reqwest::Client::new()
-        .get(format!("{}/healthz", app.base))
-        .send()
-        .await;
-    assert!(
-        refused.is_err(),
-        "new connections are refused while draining"
-    );
+    let mut refused = false;
+    for _ in 0..100 {
+        let probe = reqwest::Client::new()
+            .get(format!("{}/healthz", app.base))
+            .send()
+            .await;
+        if probe.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "new connections are refused while draining");
     for r in futures::future::join_all(in_flight).await {
         assert_eq!(r.unwrap().unwrap(), 200);
     }

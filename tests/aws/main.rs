@@ -434,7 +434,8 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         200
     );
 
-    // Freeze every region: the next requests wait inside KMS calls.
+    // Freeze the one moto behind the table and every region: the next
+    // requests wait inside their store and KMS calls.
     cloud.moto(REGIONS[0]).freeze();
     let in_flight: Vec<_> = (0..10)
         .map(|_| {
@@ -442,14 +443,22 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
             tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Generous: the requests only need to be connected and waiting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     common::sigterm(&proc.child);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = reqwest::Client::new()
-        .get(format!("{}/healthz", proc.base))
-        .send()
-        .await;
-    assert!(refused.is_err(), "no new connections while draining");
+    let mut refused = false;
+    for _ in 0..100 {
+        let probe = reqwest::Client::new()
+            .get(format!("{}/healthz", proc.base))
+            .send()
+            .await;
+        if probe.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "no new connections while draining");
     cloud.moto(REGIONS[0]).thaw();
     for r in futures::future::join_all(in_flight).await {
         assert_eq!(r.unwrap().unwrap(), 200);
