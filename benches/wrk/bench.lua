@@ -11,14 +11,17 @@ local threads = {}
 local counter = 0
 
 function setup(thread)
+  -- Each thread gets its own id prefix and random seed; with a shared seed
+  -- the threads would ask for the same ids in lockstep, and rkms's
+  -- single-flight would merge their requests.
   thread:set("tag", "t" .. #threads .. "-" .. tostring(math.random(1, 1000000000)))
+  thread:set("seed", #threads * 7919 + math.random(1, 1000000))
   table.insert(threads, thread)
 end
 
 function init(args)
-  -- `tag` is set per thread by setup(); each thread creates its own ids.
   tag = tag or "t"
-  math.randomseed(os.time())
+  math.randomseed(os.time() + (seed or 0))
 end
 
 function request()

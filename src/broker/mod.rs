@@ -218,11 +218,8 @@ impl KeyBroker {
             }
         }
         inner.metrics.cache_misses.inc();
-        match self.flight(id, allow_create).await {
-            Ok(resolved) => Ok(resolved),
-            Err(e) if e.is_unavailable() && stale.is_some() => {
-                let entry =
-                    stale.ok_or_else(|| BrokerError::Internal("stale entry vanished".into()))?;
+        match (self.flight(id, allow_create).await, stale) {
+            (Err(e), Some(entry)) if e.is_unavailable() => {
                 inner.metrics.cache_stale_served.inc();
                 tracing::warn!(
                     key_id = %id,
@@ -236,7 +233,7 @@ impl KeyBroker {
                     created: false,
                 })
             }
-            Err(e) => Err(e),
+            (result, _) => result,
         }
     }
 
