@@ -110,6 +110,8 @@ pub struct AwsKmsSettings {
     /// Region -> endpoint URL (VPC endpoints, tests).
     pub endpoints: BTreeMap<String, String>,
     pub connect_timeout_ms: u64,
+    /// Bound for one attempt; 0 = `call_timeout_ms / max_attempts`.
+    pub attempt_timeout_ms: u64,
     /// Attempts per call including the first; the SDK's standard retry
     /// (with backoff) runs inside `call_timeout_ms`. One by default: with
     /// several regions, the broker's failover to the next region is the
@@ -242,6 +244,7 @@ impl Default for AwsKmsSettings {
             key_ids: BTreeMap::new(),
             endpoints: BTreeMap::new(),
             connect_timeout_ms: 500,
+            attempt_timeout_ms: 0,
             max_attempts: 1,
         }
     }
@@ -480,6 +483,15 @@ impl Settings {
                     check_url(&format!("kms.aws.endpoints.{region}"), url)?;
                 }
                 positive("kms.aws.connect_timeout_ms", kms.aws.connect_timeout_ms)?;
+                if kms.aws.attempt_timeout_ms > kms.call_timeout_ms {
+                    return Err(ConfigError::new(
+                        "kms.aws.attempt_timeout_ms",
+                        format!(
+                            "must not exceed kms.call_timeout_ms ({}), got {}",
+                            kms.call_timeout_ms, kms.aws.attempt_timeout_ms
+                        ),
+                    ));
+                }
                 if !(1..=10).contains(&kms.aws.max_attempts) {
                     return Err(ConfigError::new(
                         "kms.aws.max_attempts",
@@ -683,6 +695,10 @@ mod tests {
             (
                 "[kms]\nprovider = \"aws\"\nregions = [\"r1\"]\nmin_regions_on_create = 1\n[kms.aws.key_ids]\nr1 = \"alias/x\"\n[kms.aws.endpoints]\nr1 = \"localhost:4566\"",
                 "kms.aws.endpoints.r1",
+            ),
+            (
+                "[kms]\nprovider = \"aws\"\nregions = [\"r1\"]\nmin_regions_on_create = 1\n[kms.aws]\nattempt_timeout_ms = 5000\n[kms.aws.key_ids]\nr1 = \"alias/x\"",
+                "kms.aws.attempt_timeout_ms",
             ),
             ("[store]\nbackend = \"dynamodb\"\n[store.dynamodb]\ntable = \"\"", "store.dynamodb.table"),
             ("[store]\nbackend = \"dynamodb\"\n[store.dynamodb]\nregion = \"\"", "store.dynamodb.region"),

@@ -37,16 +37,23 @@ impl std::fmt::Debug for AwsKms {
 }
 
 /// Timeouts shared by the AWS adapters: the whole call (retries included)
-/// fits in `call`; each attempt gets an equal share.
+/// fits in `call`; each attempt gets `attempt`, or an equal share of
+/// `call` when `attempt` is zero.
 pub(crate) fn sdk_timeouts(
     call: Duration,
+    attempt: Duration,
     connect: Duration,
     max_attempts: u32,
 ) -> (TimeoutConfig, RetryConfig) {
     let attempts = max_attempts.max(1);
+    let attempt = if attempt.is_zero() {
+        call / attempts
+    } else {
+        attempt.min(call)
+    };
     let timeouts = TimeoutConfig::builder()
-        .connect_timeout(connect.min(call))
-        .operation_attempt_timeout(call / attempts)
+        .connect_timeout(connect.min(attempt))
+        .operation_attempt_timeout(attempt)
         .operation_timeout(call)
         .build();
     (
@@ -59,6 +66,7 @@ impl AwsKms {
     pub async fn new(settings: &KmsSettings) -> Self {
         let (timeouts, retry) = sdk_timeouts(
             Duration::from_millis(settings.call_timeout_ms),
+            Duration::from_millis(settings.aws.attempt_timeout_ms),
             Duration::from_millis(settings.aws.connect_timeout_ms),
             settings.aws.max_attempts,
         );
@@ -266,6 +274,23 @@ impl Kms for AwsKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_call_is_bounded_by_the_call_timeout() {
+        let ms = Duration::from_millis;
+        let (t, r) = sdk_timeouts(ms(2000), Duration::ZERO, ms(500), 2);
+        assert_eq!(t.operation_timeout(), Some(ms(2000)));
+        assert_eq!(t.operation_attempt_timeout(), Some(ms(1000)));
+        assert_eq!(t.connect_timeout(), Some(ms(500)));
+        assert_eq!(r.max_attempts(), 2);
+        let (t, _) = sdk_timeouts(ms(2000), ms(300), ms(500), 1);
+        assert_eq!(t.operation_attempt_timeout(), Some(ms(300)));
+        assert_eq!(
+            t.connect_timeout(),
+            Some(ms(300)),
+            "connect fits in an attempt"
+        );
+    }
 
     #[test]
     fn error_codes_map_to_kinds_the_broker_acts_on() {

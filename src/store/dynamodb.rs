@@ -71,7 +71,7 @@ where
 impl DynamoStore {
     pub async fn new(settings: &DynamoSettings, store: &StoreSettings) -> Self {
         let call = Duration::from_millis(store.call_timeout_ms);
-        let (timeouts, retry) = sdk_timeouts(call, Duration::from_millis(500), 2);
+        let (timeouts, retry) = sdk_timeouts(call, Duration::ZERO, Duration::from_millis(500), 2);
         let shared = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new(settings.region.clone()))
             .timeout_config(timeouts)
