@@ -221,6 +221,18 @@ async fn request_ids_are_echoed_or_generated() {
         .await
         .unwrap();
     assert_eq!(res.headers()["x-request-id"].len(), 36, "a generated UUID");
+    for unusable in ["has spaces", "quote\"d", &"x".repeat(129)] {
+        let res = app
+            .client
+            .get(format!("{}/healthz", app.base))
+            .header("x-request-id", unusable)
+            .send()
+            .await
+            .unwrap();
+        let echoed = res.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(echoed, unusable);
+        assert_eq!(echoed.len(), 36, "replaced by a generated UUID");
+    }
 }
 
 #[tokio::test]
