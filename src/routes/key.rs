@@ -95,8 +95,7 @@ pub async fn get_key(
     let request_id = headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+        .unwrap_or("");
     let query = match parse_query(raw.as_deref()) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
@@ -105,7 +104,7 @@ pub async fn get_key(
         Ok(who) => who,
         Err(e) => {
             Audit {
-                request_id: &request_id,
+                request_id,
                 client: "unauthenticated",
                 key_id: query.id.as_str(),
             }
@@ -114,7 +113,7 @@ pub async fn get_key(
         }
     };
     let audit = Audit {
-        request_id: &request_id,
+        request_id,
         client: &identity.name,
         key_id: query.id.as_str(),
     };

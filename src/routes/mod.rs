@@ -67,22 +67,19 @@ pub fn router(state: AppState) -> Router {
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(|req: &Request| {
-                            let route = req
-                                .extensions()
-                                .get::<MatchedPath>()
-                                .map_or("unmatched", |m| m.as_str())
-                                .to_owned();
-                            let request_id = req
-                                .headers()
-                                .get(REQUEST_ID)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
+                            // Field values are only evaluated when the span is enabled.
                             tracing::info_span!(
                                 "request",
                                 method = %req.method(),
-                                route = %route,
-                                request_id = %request_id,
+                                route = req
+                                    .extensions()
+                                    .get::<MatchedPath>()
+                                    .map_or("unmatched", MatchedPath::as_str),
+                                request_id = req
+                                    .headers()
+                                    .get(REQUEST_ID)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or(""),
                                 status = tracing::field::Empty,
                                 latency_ms = tracing::field::Empty,
                             )
@@ -136,21 +133,20 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+    // MatchedPath is an Arc<str>: cloning it does not copy the route.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let started = Instant::now();
     let response = next.run(request).await;
     state
         .metrics
         .http_requests
-        .with_label_values(&[route.as_str(), response.status().as_str()])
+        .with_label_values(&[route, response.status().as_str()])
         .inc();
     state
         .metrics
         .http_duration
-        .with_label_values(&[route.as_str()])
+        .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     response
 }
