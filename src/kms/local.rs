@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -232,7 +232,14 @@ fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError>
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&dir).map_err(err)?;
+    if !dir.exists() {
+        // Only the owner needs the directory that holds master keys.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(err)?;
+    }
     let body =
         Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?);
     let tmp = dir.join(format!(
@@ -367,6 +374,15 @@ mod tests {
         }
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let dir_mode = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(
+            dir_mode, 0o700,
+            "a directory rkms creates for the keyring is owner-only"
+        );
     }
 
     #[tokio::test]

@@ -66,6 +66,21 @@ impl SqliteStore {
                 source: Box::new(e),
             })?;
         }
+        // Wrapped keys are not secrets on their own, but nobody else needs
+        // them: create the file owner-only (SQLite gives its -wal and -shm
+        // files the same mode).
+        if !path.exists() {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| StoreError::Other {
+                    op: OP,
+                    source: Box::new(e),
+                })?;
+        }
         let conn = Connection::open(path).map_err(other(OP))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(other(OP))?;
@@ -282,7 +297,13 @@ mod tests {
     #[tokio::test]
     async fn put_if_absent_keeps_the_first_record() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("a/db.sqlite3")).unwrap();
+        let path = dir.path().join("a/db.sqlite3");
+        let store = SqliteStore::open(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let first = record("k", &["a"]);
         assert!(matches!(
             store.put_if_absent(&first).await.unwrap(),
