@@ -305,3 +305,39 @@ async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
     let done = app.done.take().unwrap().await.unwrap();
     assert!(done.is_ok());
 }
+
+/// The config the Helm chart ships must pass the binary's own validation.
+#[test]
+fn the_helm_charts_config_is_valid() {
+    let values = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/helm/rkms/values.yaml"
+    ))
+    .unwrap();
+    let block: Vec<&str> = values
+        .lines()
+        .skip_while(|l| !l.starts_with("configToml: |"))
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("  "))
+        .map(|l| l.strip_prefix("  ").unwrap_or(l))
+        .collect();
+    assert!(block.len() > 5, "configToml block found in values.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("helm.toml");
+    std::fs::write(&config, block.join("\n")).unwrap();
+    let out = command(dir.path())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("provider = \"aws\"") && text.contains("backend = \"dynamodb\""),
+        "{text}"
+    );
+}
