@@ -345,8 +345,29 @@ impl KeyBroker {
     }
 }
 
-type Attempt<'a> =
-    Pin<Box<dyn Future<Output = (Region, Permit, Result<DataKey, KmsError>)> + Send + 'a>>;
+/// One region's call in flight, for [`Inner::hedged`].
+type Attempt<'a, T> = Pin<Box<dyn Future<Output = (Region, Result<T, KmsError>)> + Send + 'a>>;
+
+/// Why a hedged call got no answer: every region tried failed.
+struct NoAnswer {
+    attempts: usize,
+    last: Option<KmsError>,
+    integrity: Option<KmsError>,
+}
+
+impl From<NoAnswer> for BrokerError {
+    fn from(failed: NoAnswer) -> Self {
+        match failed.integrity {
+            Some(e) => BrokerError::Integrity {
+                source: Arc::new(e),
+            },
+            None => BrokerError::KmsUnavailable {
+                attempts: failed.attempts,
+                last: failed.last.map(Arc::new),
+            },
+        }
+    }
+}
 
 impl Inner {
     async fn resolve(
@@ -499,7 +520,10 @@ impl Inner {
         }
         let last_resort = !order.iter().any(|r| self.breakers.usable(r));
         let (region, key) = self
-            .hedged_decrypt(&record, &order, context, last_resort)
+            .hedged("decrypt", &order, last_resort, |region| {
+                let ciphertext = record.keys.get(region).map_or(&[][..], Vec::as_slice);
+                self.kms.decrypt(region, ciphertext, context)
+            })
             .await?;
         let key = Arc::new(key);
         if record.bound_to_id()
@@ -518,135 +542,104 @@ impl Inner {
         })
     }
 
-    fn attempt<'a>(
+    /// Call `call` in the first region of `order` whose breaker allows it;
+    /// when that fails or has not answered within `hedge_after`, call the
+    /// next one too. The first success wins and calls still running are
+    /// cancelled; one that outlived the hedge delay counts as a failure for
+    /// its breaker (a region that keeps losing hedges is effectively down).
+    async fn hedged<'a, T, F>(
         &'a self,
-        region: Region,
-        permit: Permit,
-        ciphertext: &'a [u8],
-        context: Context<'a>,
-    ) -> Attempt<'a> {
-        Box::pin(async move {
-            let result = self
-                .kms_call(
-                    &region,
-                    "decrypt",
-                    self.kms.decrypt(&region, ciphertext, context),
-                )
-                .await;
-            (region, permit, result)
-        })
-    }
-
-    /// Start a decrypt in the next region of `queue` that holds a ciphertext
-    /// and whose breaker allows a call. False when none is left.
-    #[allow(clippy::too_many_arguments)]
-    fn launch<'a>(
-        &'a self,
-        queue: &mut std::slice::Iter<'_, Region>,
-        record: &'a KeyRecord,
-        context: Context<'a>,
+        op: &'static str,
+        order: &'a [Region],
         last_resort: bool,
-        pending: &mut FuturesUnordered<Attempt<'a>>,
-        started: &mut HashMap<Region, (Instant, Permit)>,
-    ) -> bool {
-        for region in queue.by_ref() {
-            let Some(ciphertext) = record.keys.get(region) else {
-                continue;
-            };
-            let Some(permit) = self.permit(region, last_resort) else {
-                continue;
-            };
-            started.insert(region.clone(), (Instant::now(), permit));
-            pending.push(self.attempt(region.clone(), permit, ciphertext, context));
-            return true;
-        }
-        false
-    }
-
-    /// Ask the preferred region; when it fails or has not answered within
-    /// `hedge_after`, ask the next one too. First success wins; calls still
-    /// running are cancelled, and one that outlived the hedge delay counts
-    /// as a failure for its breaker (a region that keeps losing hedges is
-    /// effectively down).
-    async fn hedged_decrypt<'a>(
-        &'a self,
-        record: &'a KeyRecord,
-        order: &[Region],
-        context: Context<'a>,
-        last_resort: bool,
-    ) -> Result<(Region, DataKey), BrokerError> {
-        let mut pending: FuturesUnordered<Attempt<'a>> = FuturesUnordered::new();
+        call: F,
+    ) -> Result<(Region, T), NoAnswer>
+    where
+        T: Send + 'a,
+        F: Fn(&'a Region) -> BoxFuture<'a, Result<T, KmsError>>,
+    {
+        let mut pending: FuturesUnordered<Attempt<'a, T>> = FuturesUnordered::new();
         let mut started: HashMap<Region, (Instant, Permit)> = HashMap::new();
         let mut queue = order.iter();
-        let mut attempts = 0;
-        let mut last_error: Option<KmsError> = None;
-        let mut integrity: Option<KmsError> = None;
-
-        let mut more = self.launch(
-            &mut queue,
-            record,
-            context,
-            last_resort,
-            &mut pending,
-            &mut started,
-        );
-        attempts += usize::from(more);
-        loop {
-            if pending.is_empty() {
-                break;
+        let mut failed = NoAnswer {
+            attempts: 0,
+            last: None,
+            integrity: None,
+        };
+        // Start the next region whose breaker allows a call; false when none is left.
+        let mut launch = |pending: &mut FuturesUnordered<Attempt<'a, T>>,
+                          started: &mut HashMap<Region, (Instant, Permit)>|
+         -> bool {
+            for region in queue.by_ref() {
+                let Some(permit) = self.permit(region, last_resort) else {
+                    continue;
+                };
+                started.insert(region.clone(), (Instant::now(), permit));
+                let future = call(region);
+                pending.push(Box::pin(async move {
+                    (region.clone(), self.kms_call(region, op, future).await)
+                }));
+                return true;
             }
+            false
+        };
+
+        let mut more = launch(&mut pending, &mut started);
+        failed.attempts += usize::from(more);
+        while !pending.is_empty() {
             let hedge = tokio::time::sleep(self.settings.hedge_after);
             tokio::select! {
                 biased;
-                Some((region, _permit, result)) = pending.next() => {
+                Some((region, result)) = pending.next() => {
                     started.remove(&region);
                     match result {
-                        Ok(key) => {
+                        Ok(value) => {
                             self.record_outcome(&region, Ok(()));
-                            for (loser, (since, loser_permit)) in started.drain() {
-                                self.metrics.kms_requests.with_label_values(&[loser.as_str(), "decrypt", "cancelled"]).inc();
-                                if since.elapsed() >= self.settings.hedge_after {
-                                    tracing::warn!(
-                                        region = %loser,
-                                        served_by = %region,
-                                        waited_ms = since.elapsed().as_millis() as u64,
-                                        "KMS region did not answer within hedge_after_ms; another region served the read"
-                                    );
-                                    self.record_outcome(&loser, Err(KmsErrorKind::Unavailable));
-                                } else if loser_permit == Permit::Probe {
-                                    self.breakers.release_probe(&loser);
-                                }
-                            }
-                            return Ok((region, key));
+                            self.settle_losers(op, &region, started);
+                            return Ok((region, value));
                         }
                         Err(e) => {
                             self.record_outcome(&region, Err(e.kind));
                             if e.kind == KmsErrorKind::Integrity {
-                                integrity = Some(e);
+                                failed.integrity = Some(e);
                             } else {
-                                last_error = Some(e);
+                                failed.last = Some(e);
                             }
                             if more {
-                                more = self.launch(&mut queue, record, context, last_resort, &mut pending, &mut started);
-                                attempts += usize::from(more);
+                                more = launch(&mut pending, &mut started);
+                                failed.attempts += usize::from(more);
                             }
                         }
                     }
                 }
                 () = hedge, if more => {
-                    more = self.launch(&mut queue, record, context, last_resort, &mut pending, &mut started);
-                    attempts += usize::from(more);
+                    more = launch(&mut pending, &mut started);
+                    failed.attempts += usize::from(more);
                 }
             }
         }
-        match integrity {
-            Some(e) => Err(BrokerError::Integrity {
-                source: Arc::new(e),
-            }),
-            None => Err(BrokerError::KmsUnavailable {
-                attempts,
-                last: last_error.map(Arc::new),
-            }),
+        Err(failed)
+    }
+
+    /// Calls cancelled because another region answered first.
+    fn settle_losers(&self, op: &str, winner: &Region, losers: HashMap<Region, (Instant, Permit)>) {
+        for (loser, (since, permit)) in losers {
+            self.metrics
+                .kms_requests
+                .with_label_values(&[loser.as_str(), op, "cancelled"])
+                .inc();
+            if since.elapsed() >= self.settings.hedge_after {
+                tracing::warn!(
+                    region = %loser,
+                    served_by = %winner,
+                    op,
+                    waited_ms = since.elapsed().as_millis() as u64,
+                    "KMS region did not answer within hedge_after_ms; another region answered"
+                );
+                self.record_outcome(&loser, Err(KmsErrorKind::Unavailable));
+            } else if permit == Permit::Probe {
+                self.breakers.release_probe(&loser);
+            }
         }
     }
 
@@ -654,37 +647,15 @@ impl Inner {
         let context = Context::Bound(id);
         let order = self.order(|_| true);
         let last_resort = !order.iter().any(|r| self.breakers.usable(r));
+        // GenerateDataKey, hedged like a read: a hedge loser's key is
+        // cancelled with its call and never used.
+        let bytes = self.settings.data_key_bytes;
+        let (first, (key, wrapped)) = self
+            .hedged("generate_data_key", &order, last_resort, |region| {
+                self.kms.generate_data_key(region, bytes, context)
+            })
+            .await?;
         let mut last_error = None;
-        let mut attempts = 0;
-
-        // GenerateDataKey in the first region that answers.
-        let mut generated = None;
-        for region in &order {
-            let Some(_permit) = self.permit(region, last_resort) else {
-                continue;
-            };
-            attempts += 1;
-            let call = self
-                .kms
-                .generate_data_key(region, self.settings.data_key_bytes, context);
-            match self.kms_call(region, "generate_data_key", call).await {
-                Ok((key, wrapped)) => {
-                    self.record_outcome(region, Ok(()));
-                    generated = Some((region.clone(), key, wrapped));
-                    break;
-                }
-                Err(e) => {
-                    self.record_outcome(region, Err(e.kind));
-                    last_error = Some(e);
-                }
-            }
-        }
-        let Some((first, key, wrapped)) = generated else {
-            return Err(BrokerError::KmsUnavailable {
-                attempts,
-                last: last_error.map(Arc::new),
-            });
-        };
 
         let mut wrapped_by_region = BTreeMap::from([(first.clone(), wrapped)]);
         let others: Vec<Region> = self
