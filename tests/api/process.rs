@@ -8,7 +8,7 @@ use std::time::Duration;
 use rkms::kms::faulty::Fault;
 use serde_json::Value;
 
-use crate::common::{start, stop};
+use crate::common::{self, start, stop};
 use crate::helpers::{spawn_with, urlencode};
 
 fn command(dir: &Path) -> Command {
@@ -286,19 +286,10 @@ async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let _ = app.stop.take().unwrap().send(());
-    let mut refused = false;
-    for _ in 0..100 {
-        let probe = reqwest::Client::new()
-            .get(format!("{}/healthz", app.base))
-            .send()
-            .await;
-        if probe.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "new connections are refused while draining");
+    assert!(
+        common::refuses_connections(&app.base).await,
+        "new connections are refused while draining"
+    );
     for r in futures::future::join_all(in_flight).await {
         assert_eq!(r.unwrap().unwrap(), 200);
     }

@@ -446,19 +446,10 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
     // Generous: the requests only need to be connected and waiting.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     common::sigterm(&proc.child);
-    let mut refused = false;
-    for _ in 0..100 {
-        let probe = reqwest::Client::new()
-            .get(format!("{}/healthz", proc.base))
-            .send()
-            .await;
-        if probe.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(refused, "no new connections while draining");
+    assert!(
+        common::refuses_connections(&proc.base).await,
+        "no new connections while draining"
+    );
     cloud.moto(REGIONS[0]).thaw();
     for r in futures::future::join_all(in_flight).await {
         assert_eq!(r.unwrap().unwrap(), 200);

@@ -63,3 +63,15 @@ pub fn stop(mut proc: Proc) -> (std::process::ExitStatus, Vec<String>) {
     let logs = proc.logs.lock().unwrap().clone();
     (status, logs)
 }
+
+/// Whether `base` stops accepting connections within two seconds.
+pub async fn refuses_connections(base: &str) -> bool {
+    let client = reqwest::Client::new();
+    for _ in 0..100 {
+        if client.get(format!("{base}/healthz")).send().await.is_err() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
