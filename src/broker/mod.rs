@@ -21,6 +21,9 @@ use crate::kms::{Context, Kms, KmsError, KmsErrorKind, Wrapped};
 use crate::metrics::Metrics;
 use crate::store::{PutOutcome, Store, StoreError};
 
+/// Records repaired at the same time, at most.
+const MAX_CONCURRENT_REPAIRS: usize = 16;
+
 /// Broker tuning, taken from [`Settings`].
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
@@ -792,7 +795,10 @@ impl Inner {
     fn queue_repair(self: Arc<Self>, record: KeyRecord, key: Arc<DataKey>) {
         {
             let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
-            if !repairs.insert(record.id.clone()) {
+            // After an outage many records lack a region at once; a bounded
+            // number of repairs keeps the Encrypt burst under KMS quotas.
+            // The rest are repaired on a later read.
+            if repairs.len() >= MAX_CONCURRENT_REPAIRS || !repairs.insert(record.id.clone()) {
                 return;
             }
         }
