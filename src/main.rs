@@ -76,7 +76,7 @@ fn serve(settings: Settings) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "rkms stopped with an error");
-            // Flush the log writer first so the one-line reason comes last.
+            // Flush the buffered logs first so the one-line reason comes last.
             drop(_log_guard);
             eprintln!("rkms: {e:#}");
             ExitCode::FAILURE
