@@ -156,7 +156,7 @@ fn rkms(dir: &Path, env: &[(String, String)]) -> common::Proc {
         .env("RUST_LOG", "warn,audit=info,rkms::startup=info")
         .env("RKMS__KMS__HEDGE_AFTER_MS", HEDGE_AFTER_MS.to_string())
         .envs(env.iter().cloned());
-    common::start(cmd)
+    common::start_logging_to(cmd, &dir.join("rkms.log"))
 }
 
 async fn precreate(client: &reqwest::Client, base: &str, n: usize) {

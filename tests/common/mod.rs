@@ -75,3 +75,31 @@ pub async fn refuses_connections(base: &str) -> bool {
     }
     false
 }
+
+/// Start the binary with its log written to `log_file`, and wait for its
+/// "rkms serving" line. For load runs: nothing reads the log while it runs,
+/// so the harness does not compete with the server for CPU.
+pub fn start_logging_to(mut cmd: Command, log_file: &std::path::Path) -> Proc {
+    let file = std::fs::File::create(log_file).unwrap();
+    let mut child = cmd.stdout(Stdio::null()).stderr(file).spawn().unwrap();
+    for _ in 0..600 {
+        let text = std::fs::read_to_string(log_file).unwrap_or_default();
+        let addr = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "rkms serving")
+            .and_then(|v| v["addr"].as_str().map(str::to_owned));
+        if let Some(addr) = addr {
+            return Proc {
+                child,
+                base: format!("http://{addr}"),
+                logs: Arc::new(Mutex::new(Vec::new())),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "rkms did not start: {}",
+        std::fs::read_to_string(log_file).unwrap_or_default()
+    );
+}
