@@ -98,6 +98,8 @@ pub fn start_logging_to(mut cmd: Command, log_file: &std::path::Path) -> Proc {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!(
         "rkms did not start: {}",
         std::fs::read_to_string(log_file).unwrap_or_default()
