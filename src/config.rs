@@ -31,7 +31,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub server: ServerSettings,
@@ -285,21 +285,6 @@ impl Default for CacheSettings {
             ttl_seconds: 300,
             max_entries: 100_000,
             stale_if_error_seconds: 0,
-        }
-    }
-}
-
-#[allow(clippy::derivable_impls)]
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            server: ServerSettings::default(),
-            log: LogSettings::default(),
-            keys: KeySettings::default(),
-            kms: KmsSettings::default(),
-            store: StoreSettings::default(),
-            cache: CacheSettings::default(),
-            auth: AuthSettings::default(),
         }
     }
 }

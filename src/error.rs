@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use crate::broker::BrokerError;
-use crate::store::StoreError;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECS: &str = "1";
@@ -76,11 +75,7 @@ impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         match &e {
             BrokerError::NotFound => Self::NotFound("no key exists for this id".into()),
-            BrokerError::Store { source }
-                if !matches!(**source, StoreError::Unavailable { .. }) =>
-            {
-                Self::Internal(Some(e))
-            }
+            // Corrupt records, integrity failures and the like are 500s.
             _ if e.is_unavailable() => Self::ServiceUnavailable(Some(e)),
             _ => Self::Internal(Some(e)),
         }

@@ -32,17 +32,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let settings =
-        match Settings::locate(cli.config.as_deref()).and_then(|source| Settings::load(&source)) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("rkms: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let loaded = Settings::locate(cli.config.as_deref())
+        .and_then(|source| Settings::load(&source).map(|settings| (source, settings)));
+    let (source, settings) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("rkms: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
-            let source = Settings::locate(cli.config.as_deref()).unwrap_or(Source::Defaults);
             match source {
                 Source::File(p) => println!(
                     "# effective settings (from {} and the environment)",

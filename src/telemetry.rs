@@ -33,7 +33,7 @@ impl BufferedStderr {
 }
 
 /// One event's write: the formatter hands over a whole line at once.
-pub struct LineWriter<'a>(MutexGuard<'a, BufWriter<Stderr>>);
+struct LineWriter<'a>(MutexGuard<'a, BufWriter<Stderr>>);
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

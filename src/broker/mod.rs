@@ -69,13 +69,20 @@ pub enum KeySource {
     Region(Region),
 }
 
+impl KeySource {
+    /// Label for logs and the audit trail.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Cache => "cache",
+            Self::StaleCache => "stale_cache",
+            Self::Region(r) => r.as_str(),
+        }
+    }
+}
+
 impl std::fmt::Display for KeySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Cache => f.write_str("cache"),
-            Self::StaleCache => f.write_str("stale_cache"),
-            Self::Region(r) => write!(f, "{r}"),
-        }
+        f.write_str(self.as_str())
     }
 }
 

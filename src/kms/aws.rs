@@ -170,16 +170,15 @@ fn incomplete(region: &Region, op: &'static str, field: &str) -> KmsError {
     )
 }
 
-fn with_context<'a>(pairs: &mut HashMap<String, String>, context: Context<'a>) {
-    if let Context::Bound(id) = context {
-        pairs.insert(CONTEXT_KEY.to_owned(), id.as_str().to_owned());
-    }
-}
-
+/// The encryption context KMS receives: `{"rkms:id": id}`, or none for legacy records.
 fn context_map(context: Context<'_>) -> Option<HashMap<String, String>> {
-    let mut map = HashMap::new();
-    with_context(&mut map, context);
-    (!map.is_empty()).then_some(map)
+    match context {
+        Context::Bound(id) => Some(HashMap::from([(
+            CONTEXT_KEY.to_owned(),
+            id.as_str().to_owned(),
+        )])),
+        Context::Legacy => None,
+    }
 }
 
 #[async_trait]

@@ -5,7 +5,7 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::{AppState, REQUEST_ID};
-use crate::broker::{KeySource, Resolved};
+use crate::broker::Resolved;
 use crate::domain::KeyId;
 use crate::error::ApiError;
 
@@ -114,7 +114,7 @@ pub async fn get_key(
     };
     let audit = Audit {
         request_id,
-        client: &identity.name,
+        client: identity.name(),
         key_id: query.id.as_str(),
     };
     if !identity.may_use(&query.id) {
@@ -133,12 +133,11 @@ pub async fn get_key(
             source,
             created,
         }) => {
-            let source_label = match &source {
-                KeySource::Cache => "cache".to_owned(),
-                KeySource::StaleCache => "stale_cache".to_owned(),
-                KeySource::Region(r) => r.to_string(),
-            };
-            audit.emit(if created { "create" } else { "read" }, &source_label, "ok");
+            audit.emit(
+                if created { "create" } else { "read" },
+                source.as_str(),
+                "ok",
+            );
             let encoded = key.to_base64();
             let body = KeyBody {
                 id: query.id.as_str(),
