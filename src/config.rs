@@ -89,7 +89,15 @@ pub struct KmsSettings {
     pub regions: Vec<String>,
     pub min_regions_on_create: usize,
     pub call_timeout_ms: u64,
+    /// Ask the next region when the current one has not answered in this
+    /// long. 0: ask every region at once.
     pub hedge_after_ms: u64,
+    /// Hedges sent because a region is slow, as a share of KMS calls.
+    pub hedge_budget_percent: u32,
+    /// Hedges that may be sent in a burst before the share applies.
+    pub hedge_budget_burst: u32,
+    /// KMS calls in flight to one region, at most.
+    pub max_in_flight_per_region: u32,
     pub breaker_failures: u32,
     pub breaker_open_ms: u64,
     pub local: LocalKmsSettings,
@@ -134,6 +142,15 @@ pub struct StoreSettings {
     pub call_timeout_ms: u64,
     pub sqlite: SqliteSettings,
     pub dynamodb: DynamoSettings,
+    pub memory: MemorySettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySettings {
+    /// The memory store loses every key when the process stops; it is
+    /// refused unless this is set (or `rkms --dev` is used).
+    pub ephemeral_ok: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -222,6 +239,9 @@ impl Default for KmsSettings {
             min_regions_on_create: 2,
             call_timeout_ms: 2_000,
             hedge_after_ms: 250,
+            hedge_budget_percent: 10,
+            hedge_budget_burst: 10,
+            max_in_flight_per_region: 256,
             breaker_failures: 3,
             breaker_open_ms: 10_000,
             local: LocalKmsSettings::default(),
@@ -257,6 +277,7 @@ impl Default for StoreSettings {
             call_timeout_ms: 2_000,
             sqlite: SqliteSettings::default(),
             dynamodb: DynamoSettings::default(),
+            memory: MemorySettings::default(),
         }
     }
 }
@@ -430,6 +451,16 @@ impl Settings {
             ));
         }
         positive("kms.call_timeout_ms", kms.call_timeout_ms)?;
+        if kms.hedge_budget_percent > 100 {
+            return Err(ConfigError::new(
+                "kms.hedge_budget_percent",
+                format!("must be between 0 and 100, got {}", kms.hedge_budget_percent),
+            ));
+        }
+        positive(
+            "kms.max_in_flight_per_region",
+            u64::from(kms.max_in_flight_per_region),
+        )?;
         positive("kms.breaker_failures", u64::from(kms.breaker_failures))?;
         positive("kms.breaker_open_ms", kms.breaker_open_ms)?;
         match kms.provider {
@@ -517,6 +548,12 @@ impl Settings {
                 if !d.endpoint.is_empty() {
                     check_url("store.dynamodb.endpoint", &d.endpoint)?;
                 }
+            }
+            StoreBackend::Memory if !self.store.memory.ephemeral_ok => {
+                return Err(ConfigError::new(
+                    "store.backend",
+                    "\"memory\" loses every key when rkms stops; set store.memory.ephemeral_ok = true (tests, demos) or run `rkms --dev`",
+                ));
             }
             StoreBackend::Memory => {}
         }
@@ -692,6 +729,9 @@ mod tests {
             ("[kms]\ncall_timeout_ms = -1", "kms.call_timeout_ms"),
             ("[log]\nlevel = \"loud\"", "log.level"),
             ("[auth]\nenabled = true", "auth.clients"),
+            ("[store]\nbackend = \"memory\"", "store.backend"),
+            ("[kms]\nhedge_budget_percent = 101", "kms.hedge_budget_percent"),
+            ("[kms]\nmax_in_flight_per_region = 0", "kms.max_in_flight_per_region"),
         ];
         for (text, key) in cases {
             let err = Settings::from_toml(text).unwrap_err();

@@ -8,8 +8,7 @@ use serde::Serialize;
 
 use crate::broker::BrokerError;
 
-/// Seconds a client should wait before retrying a 503.
-const RETRY_AFTER_SECS: &str = "1";
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,7 +23,12 @@ pub enum ApiError {
     #[error("method not allowed; use GET")]
     MethodNotAllowed,
     #[error("service unavailable")]
-    ServiceUnavailable(#[source] Option<BrokerError>),
+    ServiceUnavailable {
+        /// When a retry can help; sent as `Retry-After` in whole seconds.
+        retry_after: Duration,
+        #[source]
+        source: Option<BrokerError>,
+    },
     #[error("internal error")]
     Internal(#[source] Option<BrokerError>),
 }
@@ -36,6 +40,14 @@ struct Body<'a> {
 }
 
 impl ApiError {
+    /// A 503 with the default retry hint.
+    pub fn unavailable() -> Self {
+        Self::ServiceUnavailable {
+            retry_after: crate::broker::error::DEFAULT_RETRY_AFTER,
+            source: None,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -43,7 +55,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -55,14 +67,14 @@ impl ApiError {
             Self::Forbidden(_) => "Forbidden",
             Self::NotFound(_) => "NotFound",
             Self::MethodNotAllowed => "MethodNotAllowed",
-            Self::ServiceUnavailable(_) => "ServiceUnavailable",
+            Self::ServiceUnavailable { .. } => "ServiceUnavailable",
             Self::Internal(_) => "InternalError",
         }
     }
 
     fn public_message(&self) -> String {
         match self {
-            Self::ServiceUnavailable(_) => {
+            Self::ServiceUnavailable { .. } => {
                 "the key service cannot serve this request right now; retry later".into()
             }
             Self::Internal(_) => "internal error".into(),
@@ -76,7 +88,10 @@ impl From<BrokerError> for ApiError {
         match &e {
             BrokerError::NotFound => Self::NotFound("no key exists for this id".into()),
             // Corrupt records, integrity failures and the like are 500s.
-            _ if e.is_unavailable() => Self::ServiceUnavailable(Some(e)),
+            _ if e.is_unavailable() => Self::ServiceUnavailable {
+                retry_after: e.retry_after(),
+                source: Some(e),
+            },
             _ => Self::Internal(Some(e)),
         }
     }
@@ -93,27 +108,23 @@ impl IntoResponse for ApiError {
             error_message: self.public_message(),
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
+        match &self {
+            Self::ServiceUnavailable { retry_after, .. } => {
+                // Whole seconds, rounded up: "0" would invite a retry storm.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            Self::MethodNotAllowed => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            }
+            _ => {}
         }
         response
     }
 }
 
-/// An error and all its sources on one line: `outer: inner: root`.
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
-}
+pub use crate::report::chain;

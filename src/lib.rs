@@ -17,12 +17,14 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod aws;
 pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod error;
 pub mod kms;
 pub mod metrics;
+pub mod report;
 pub mod routes;
 pub mod startup;
 pub mod store;

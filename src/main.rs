@@ -18,6 +18,9 @@ struct Cli {
     /// Config file (default: ./config.toml if present, else built-in defaults).
     #[arg(long, global = true, env = "RKMS_CONFIG")]
     config: Option<PathBuf>,
+    /// Development mode: allows store.backend = "memory" (keys are lost on exit).
+    #[arg(long, global = true)]
+    dev: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,8 +35,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let loaded = Settings::locate(cli.config.as_deref())
-        .and_then(|source| Settings::load(&source).map(|settings| (source, settings)));
+    let mut env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    if cli.dev {
+        env.push((
+            "RKMS__STORE__MEMORY__EPHEMERAL_OK".into(),
+            "true".into(),
+        ));
+    }
+    let loaded = Settings::locate(cli.config.as_deref()).and_then(|source| {
+        Settings::load_with_env(&source, &env).map(|settings| (source, settings))
+    });
     let (source, settings) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {

@@ -3,8 +3,8 @@
 //! bounded: routes are matched route templates, regions come from config.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// From a 100 µs cache hit through multi-second KMS timeouts.
@@ -27,8 +27,12 @@ pub struct Metrics {
     pub keys_created: IntCounter,
     pub create_conflicts: IntCounter,
     pub region_up: IntGaugeVec,
+    pub region_breaker: IntGaugeVec,
+    pub kms_hedges: IntCounterVec,
     pub records_repaired: IntCounter,
+    pub repairs_queued: IntGauge,
     pub integrity_failures: IntCounter,
+    pub log_dropped: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -41,6 +45,17 @@ fn counter(registry: &Registry, name: &str, help: &str) -> prometheus::Result<In
     let c = IntCounter::new(name, help)?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+fn gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn counter_vec(
@@ -71,15 +86,36 @@ fn histogram_vec(
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
         let r = Registry::new();
-        let region_up = IntGaugeVec::new(
-            Opts::new(
-                "rkms_region_up",
-                "1 while the region's breaker is closed or probing, 0 while open",
-            ),
-            &["region"],
+        let repairs_queued = IntGauge::new(
+            "rkms_repairs_queued",
+            "Records waiting for a missing region to be added",
         )?;
-        r.register(Box::new(region_up.clone()))?;
+        r.register(Box::new(repairs_queued.clone()))?;
         Ok(Self {
+            region_up: gauge_vec(
+                &r,
+                "rkms_region_up",
+                "1 while the region's breaker is closed or half-open, 0 while open",
+                &["region"],
+            )?,
+            region_breaker: gauge_vec(
+                &r,
+                "rkms_region_breaker",
+                "1 for the region breaker's current state (closed, half_open, open)",
+                &["region", "state"],
+            )?,
+            kms_hedges: counter_vec(
+                &r,
+                "rkms_kms_hedges_total",
+                "KMS calls sent to this region because the preferred one was slow",
+                &["region"],
+            )?,
+            repairs_queued,
+            log_dropped: counter(
+                &r,
+                "rkms_log_dropped_total",
+                "Log lines dropped because the log output could not keep up",
+            )?,
             http_requests: counter_vec(
                 &r,
                 "rkms_http_requests_total",
@@ -137,7 +173,6 @@ impl Metrics {
                 "rkms_create_conflicts_total",
                 "Creates that lost the conditional put to another writer",
             )?,
-            region_up,
             records_repaired: counter(
                 &r,
                 "rkms_records_repaired_total",
@@ -154,6 +189,13 @@ impl Metrics {
 
     /// The text exposition format (0.0.4).
     pub fn render(&self) -> Result<String, prometheus::Error> {
+        // The log writer counts its drops itself (it must not depend on
+        // metrics); bring the counter up to date at scrape time.
+        let dropped = crate::telemetry::dropped_lines();
+        let shown = self.log_dropped.get();
+        if dropped > shown {
+            self.log_dropped.inc_by(dropped - shown);
+        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))

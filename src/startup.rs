@@ -5,6 +5,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::auth::Authenticator;
 use crate::broker::{BrokerSettings, KeyBroker};
 use crate::config::{KmsProvider, Settings, StoreBackend};
+use crate::domain::Region;
 use crate::kms::aws::AwsKms;
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
@@ -50,7 +52,8 @@ impl Application {
         let store: Arc<dyn Store> = match settings.store.backend {
             StoreBackend::Sqlite => {
                 let path = settings.store.sqlite.path.clone();
-                let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                let timeout = Duration::from_millis(settings.store.call_timeout_ms);
+                let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, timeout))
                     .await?
                     .with_context(|| {
                         format!(
@@ -78,7 +81,7 @@ impl Application {
         let broker = KeyBroker::new(
             kms,
             store,
-            BrokerSettings::from(&settings),
+            broker_settings(&settings),
             Arc::clone(&metrics),
         );
         let state = AppState {
@@ -145,7 +148,7 @@ impl Application {
             let _ = rx.wait_for(|stop| *stop).await;
         };
 
-        if let Some(listener) = self.metrics_listener {
+        let metrics_server = self.metrics_listener.map(|listener| {
             let app = routes::metrics_router(self.state.clone());
             let rx = stop_rx.clone();
             tokio::spawn(async move {
@@ -155,24 +158,62 @@ impl Application {
                 {
                     tracing::error!(error = %e, "metrics listener failed");
                 }
-            });
-        }
+            })
+        });
 
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, "rkms serving");
         let app = routes::router(self.state.clone());
         let server =
             axum::serve(self.listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-        let deadline = async {
-            stopped(stop_rx).await;
-            tokio::time::sleep(grace).await;
+        let deadline = {
+            let rx = stop_rx.clone();
+            async move {
+                stopped(rx).await;
+                tokio::time::sleep(grace).await;
+            }
         };
+        tokio::pin!(deadline);
+        let served = tokio::select! {
+            result = server => result.context("server failed"),
+            () = &mut deadline => {
+                tracing::warn!("shutdown grace period over; exiting with requests still in flight");
+                Ok(())
+            }
+        };
+        // Background work (KMS calls finishing, repairs) gets what is left
+        // of the grace period.
         tokio::select! {
-            result = server => result.context("server failed")?,
-            () = deadline => tracing::warn!("shutdown grace period over; exiting with requests still in flight"),
+            () = self.state.broker.shutdown() => {}
+            () = &mut deadline => tracing::warn!("shutdown grace period over; background work abandoned"),
         }
+        if let Some(task) = metrics_server {
+            task.abort();
+            let _ = task.await;
+        }
+        served?;
         tracing::info!("rkms stopped");
         Ok(())
+    }
+}
+
+/// The broker's typed tuning, from the config file's fields.
+fn broker_settings(s: &Settings) -> BrokerSettings {
+    BrokerSettings {
+        regions: s.kms.regions.iter().map(Region::new).collect(),
+        min_regions_on_create: s.kms.min_regions_on_create,
+        data_key_bytes: s.keys.data_key_bytes,
+        call_timeout: Duration::from_millis(s.kms.call_timeout_ms),
+        hedge_after: Duration::from_millis(s.kms.hedge_after_ms),
+        hedge_budget_percent: s.kms.hedge_budget_percent,
+        hedge_budget_burst: s.kms.hedge_budget_burst,
+        max_in_flight_per_region: s.kms.max_in_flight_per_region as usize,
+        breaker_failures: s.kms.breaker_failures,
+        breaker_open: Duration::from_millis(s.kms.breaker_open_ms),
+        store_timeout: Duration::from_millis(s.store.call_timeout_ms),
+        cache_ttl: Duration::from_secs(s.cache.ttl_seconds),
+        cache_max_entries: s.cache.max_entries,
+        stale_if_error: Duration::from_secs(s.cache.stale_if_error_seconds),
     }
 }
 

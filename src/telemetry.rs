@@ -1,113 +1,242 @@
 //! The tracing subscriber: text or JSON, level from `log.level` unless
-//! RUST_LOG is set. Audit events go to the `audit` target on the same
-//! output, so a log pipeline can route them by target.
+//! RUST_LOG is set. Two layers share one output:
 //!
-//! Lines are appended to one in-memory buffer and written to stderr in
-//! batches: when the buffer fills, every [`FLUSH_EVERY`] from a background
-//! thread, and when the guard drops at exit. Writing each line with its own
-//! syscall (or waking a writer thread per line) cost a fifth of a warm read.
+//! - the application log, filtered by RUST_LOG or `log.level`;
+//! - the audit trail (target `audit`), always on at INFO whatever RUST_LOG
+//!   says: an operator silencing noisy logs must not silence the record of
+//!   who got which key.
+//!
+//! Lines go to an in-memory buffer that a background thread writes to
+//! stderr in batches (every [`FLUSH_EVERY`], or sooner when it fills up).
+//! A request thread never writes to stderr itself, so a stalled log
+//! pipeline can never hang request handling. When the buffer is full,
+//! application lines are dropped and counted (`rkms_log_dropped_total`).
+//! Audit lines get a larger share of the buffer ([`AUDIT_LIMIT_BYTES`])
+//! and are dropped and counted only past it: blocking would turn a stalled
+//! log reader into an outage of every application that needs its keys,
+//! and the counter tells the operator that the trail has a gap.
 
-use std::io::{self, BufWriter, Stderr, Write};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use tracing::Level;
+use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, LogSettings};
 
 /// Longest a log line waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-const BUFFER_BYTES: usize = 64 * 1024;
+/// Buffered bytes past which the flusher is woken early.
+const WAKE_BYTES: usize = 64 * 1024;
+/// Buffered bytes past which application lines are dropped.
+pub const APP_LIMIT_BYTES: usize = 4 * 1024 * 1024;
+/// Buffered bytes past which audit lines are dropped.
+pub const AUDIT_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+/// The target audit events are emitted on.
+pub const AUDIT_TARGET: &str = "audit";
 
+/// Lines dropped since start, across every buffer (there is one per process).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped because the output could not keep up.
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+struct Shared {
+    pending: Mutex<Vec<u8>>,
+    wake: Condvar,
+    stop: Mutex<bool>,
+}
+
+/// A handle on the buffer that drops lines past `limit` bytes.
 #[derive(Clone)]
-struct BufferedStderr(Arc<Mutex<BufWriter<Stderr>>>);
+struct Buffer {
+    shared: Arc<Shared>,
+    limit: usize,
+}
 
-impl BufferedStderr {
-    fn lock(&self) -> MutexGuard<'_, BufWriter<Stderr>> {
+impl Buffer {
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
         // A panic while holding the lock leaves whole lines at worst.
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// One event's write: the formatter hands over a whole line at once.
-struct LineWriter<'a>(MutexGuard<'a, BufWriter<Stderr>>);
+struct LineWriter<'a>(&'a Buffer);
 
 impl Write for LineWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        let mut pending = self.0.lock();
+        if pending.len() + line.len() > self.0.limit {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        } else {
+            pending.extend_from_slice(line);
+            if pending.len() >= WAKE_BYTES {
+                self.0.shared.wake.notify_one();
+            }
+        }
+        // Reported as written either way: the formatter must not retry.
+        Ok(line.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        Ok(())
     }
 }
 
-impl<'a> MakeWriter<'a> for BufferedStderr {
+impl<'a> MakeWriter<'a> for Buffer {
     type Writer = LineWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter(self.lock())
+        LineWriter(self)
     }
 }
 
-/// Keep until exit: dropping it stops the flusher and writes what is left.
+/// Keep until exit: dropping it stops the flusher after a last write.
 pub struct LogGuard {
-    buffer: BufferedStderr,
-    stop: Option<mpsc::Sender<()>>,
+    shared: Arc<Shared>,
     flusher: Option<JoinHandle<()>>,
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        *self.shared.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.shared.wake.notify_one();
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.join();
         }
-        let _ = self.buffer.lock().flush();
     }
 }
 
-/// Install the global subscriber. Call once, from `main`.
-pub fn init(settings: &LogSettings) -> Option<LogGuard> {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},audit=info", settings.level)));
-    let buffer = BufferedStderr(Arc::new(Mutex::new(BufWriter::with_capacity(
-        BUFFER_BYTES,
-        io::stderr(),
-    ))));
-    let builder = fmt().with_env_filter(filter).with_writer(buffer.clone());
-    let result = match settings.format {
+/// Write what is pending to `out`, outside the lock: appenders never wait
+/// on the output.
+fn flush_once(shared: &Shared, spare: &mut Vec<u8>, out: &mut impl Write) {
+    {
+        let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::swap(&mut *pending, spare);
+    }
+    if !spare.is_empty() {
+        let _ = out.write_all(spare);
+        let _ = out.flush();
+        spare.clear();
+    }
+}
+
+fn run_flusher(shared: Arc<Shared>, mut out: impl Write) {
+    let mut spare = Vec::new();
+    loop {
+        let stopping = {
+            let pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let (pending, _) = shared
+                .wake
+                .wait_timeout(pending, FLUSH_EVERY)
+                .unwrap_or_else(|p| p.into_inner());
+            drop(pending);
+            *shared.stop.lock().unwrap_or_else(|p| p.into_inner())
+        };
+        flush_once(&shared, &mut spare, &mut out);
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Whether text logs should carry colour codes: only on a terminal, and
+/// never when NO_COLOR is set (https://no-color.org).
+fn use_colour() -> bool {
+    io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
+
+fn format_layer(format: LogFormat, writer: Buffer) -> BoxedLayer {
+    let builder = fmt::layer().with_writer(writer).with_ansi(use_colour());
+    match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-    if let Err(e) = result {
+            .boxed(),
+        LogFormat::Text => builder.boxed(),
+    }
+}
+
+/// Install the global subscriber. Call once, from `main`.
+pub fn init(settings: &LogSettings) -> Option<LogGuard> {
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(Vec::with_capacity(WAKE_BYTES)),
+        wake: Condvar::new(),
+        stop: Mutex::new(false),
+    });
+    let app_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(&settings.level))
+        .and(filter_fn(|meta| meta.target() != AUDIT_TARGET));
+    let app = format_layer(
+        settings.format,
+        Buffer {
+            shared: Arc::clone(&shared),
+            limit: APP_LIMIT_BYTES,
+        },
+    )
+    .with_filter(app_filter)
+    .boxed();
+    let audit = format_layer(
+        settings.format,
+        Buffer {
+            shared: Arc::clone(&shared),
+            limit: AUDIT_LIMIT_BYTES,
+        },
+    )
+    .with_filter(Targets::new().with_target(AUDIT_TARGET, Level::INFO))
+    .boxed();
+    if let Err(e) = tracing_subscriber::registry()
+        .with(vec![app, audit])
+        .try_init()
+    {
         eprintln!("rkms: logging was already initialised: {e}");
         return None;
     }
-    let (stop, stopped) = mpsc::channel::<()>();
-    let flushing = buffer.clone();
+    let flushing = Arc::clone(&shared);
     let flusher = std::thread::Builder::new()
         .name("rkms-log-flush".into())
-        .spawn(move || loop {
-            match stopped.recv_timeout(FLUSH_EVERY) {
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = flushing.lock().flush();
-                }
-                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-            }
-        })
+        .spawn(move || run_flusher(flushing, io::stderr()))
         .ok();
-    Some(LogGuard {
-        buffer,
-        stop: Some(stop),
-        flusher,
-    })
+    Some(LogGuard { shared, flusher })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_buffer_drops_and_counts_instead_of_blocking() {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            stop: Mutex::new(false),
+        });
+        let small = Buffer {
+            shared: Arc::clone(&shared),
+            limit: 10,
+        };
+        let before = dropped_lines();
+        let mut w = small.make_writer();
+        assert_eq!(w.write(b"12345\n").unwrap(), 6);
+        assert_eq!(w.write(b"67890\n").unwrap(), 6, "dropped, reported as written");
+        assert!(dropped_lines() > before);
+        let mut out = Vec::new();
+        flush_once(&shared, &mut Vec::new(), &mut out);
+        assert_eq!(out, b"12345\n");
+        assert!(shared.pending.lock().unwrap().is_empty());
+    }
 }

@@ -19,40 +19,91 @@ enum State {
     HalfOpen { probing: bool },
 }
 
+impl State {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Closed { .. } => "closed",
+            Self::Open { .. } => "open",
+            Self::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+const STATES: [&str; 3] = ["closed", "half_open", "open"];
+
 /// Permission to call a region. A probe must be resolved with
-/// [`Breakers::record`] or handed back with [`Breakers::release_probe`].
+/// [`Breakers::record`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permit {
     Normal,
     Probe,
 }
 
+/// What a call's outcome says about its region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The region answered.
+    Up,
+    /// A region fault: timeout of the call itself, throttling, 5xx,
+    /// connection failure.
+    Fault,
+    /// Nothing about the region: a per-key error (disabled or missing key,
+    /// access denied, invalid ciphertext or context), or a call that never
+    /// reached the region.
+    Neutral,
+}
+
+/// The gauges a breaker keeps current: `rkms_region_up{region}` and
+/// `rkms_region_breaker{region,state}`.
+#[derive(Clone)]
+pub struct BreakerGauges {
+    pub up: IntGaugeVec,
+    pub state: IntGaugeVec,
+}
+
 pub struct Breakers {
     states: Mutex<HashMap<Region, State>>,
     threshold: u32,
     open_for: Duration,
-    gauge: IntGaugeVec,
+    gauges: BreakerGauges,
 }
 
 impl Breakers {
-    pub fn new(regions: &[Region], threshold: u32, open_for: Duration, gauge: IntGaugeVec) -> Self {
-        let states = regions
-            .iter()
-            .map(|r| {
-                gauge.with_label_values(&[r.as_str()]).set(1);
-                (r.clone(), State::Closed { failures: 0 })
-            })
-            .collect();
-        Self {
-            states: Mutex::new(states),
+    pub fn new(regions: &[Region], threshold: u32, open_for: Duration, gauges: BreakerGauges) -> Self {
+        let breakers = Self {
+            states: Mutex::new(HashMap::new()),
             threshold: threshold.max(1),
             open_for,
-            gauge,
+            gauges,
+        };
+        {
+            let mut states = breakers.lock();
+            for r in regions {
+                states.insert(r.clone(), State::Closed { failures: 0 });
+                breakers.publish(r, State::Closed { failures: 0 });
+            }
         }
+        breakers
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Region, State>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keep the gauges in step with a state change. Half-open is its own
+    /// state and counts as up: the region is being tried again.
+    fn publish(&self, region: &Region, state: State) {
+        let name = region.as_str();
+        for label in STATES {
+            self.gauges
+                .state
+                .with_label_values(&[name, label])
+                .set(i64::from(label == state.label()));
+        }
+        self.gauges
+            .up
+            .with_label_values(&[name])
+            .set(i64::from(!matches!(state, State::Open { .. })));
     }
 
     /// Whether a call to `region` could be made now (no state change).
@@ -75,6 +126,7 @@ impl Breakers {
             State::Closed { .. } => Some(Permit::Normal),
             State::Open { until } if Instant::now() >= until => {
                 *state = State::HalfOpen { probing: true };
+                self.publish(region, *state);
                 Some(Permit::Probe)
             }
             State::Open { .. } => None,
@@ -86,48 +138,45 @@ impl Breakers {
         }
     }
 
-    /// Outcome of a call made under a permit. Returns true when this call
+    /// Outcome of a call made under `permit`. Returns true when this call
     /// opened the breaker.
-    pub fn record(&self, region: &Region, ok: bool) -> bool {
+    pub fn record(&self, region: &Region, permit: Permit, health: Health) -> bool {
         let mut states = self.lock();
         let state = states
             .entry(region.clone())
             .or_insert(State::Closed { failures: 0 });
-        let gauge = self.gauge.with_label_values(&[region.as_str()]);
-        if ok {
-            *state = State::Closed { failures: 0 };
-            gauge.set(1);
-            return false;
-        }
-        let open = match *state {
-            State::Closed { failures } if failures + 1 >= self.threshold => true,
-            State::Closed { failures } => {
+        let before = *state;
+        let opened = match (health, before) {
+            (Health::Up, _) => {
+                *state = State::Closed { failures: 0 };
+                false
+            }
+            // A neutral probe proves nothing: let the next caller probe.
+            (Health::Neutral, State::HalfOpen { probing: true }) if permit == Permit::Probe => {
+                *state = State::HalfOpen { probing: false };
+                false
+            }
+            (Health::Neutral, _) => false,
+            (Health::Fault, State::Closed { failures }) if failures + 1 < self.threshold => {
                 *state = State::Closed {
                     failures: failures + 1,
                 };
                 false
             }
-            // A failed probe reopens at once; a late failure while open
-            // extends nothing.
-            State::HalfOpen { .. } => true,
-            State::Open { .. } => false,
+            // A failed probe reopens at once.
+            (Health::Fault, State::Closed { .. } | State::HalfOpen { .. }) => {
+                *state = State::Open {
+                    until: Instant::now() + self.open_for,
+                };
+                true
+            }
+            // A late failure while open extends nothing.
+            (Health::Fault, State::Open { .. }) => false,
         };
-        if open {
-            *state = State::Open {
-                until: Instant::now() + self.open_for,
-            };
-            gauge.set(0);
+        if state.label() != before.label() {
+            self.publish(region, *state);
         }
-        open
-    }
-
-    /// A probe that ended without an outcome (its call was cancelled): let
-    /// the next caller probe instead.
-    pub fn release_probe(&self, region: &Region) {
-        let mut states = self.lock();
-        if let Some(state @ State::HalfOpen { probing: true }) = states.get_mut(region) {
-            *state = State::HalfOpen { probing: false };
-        }
+        opened
     }
 
     pub fn any_usable(&self) -> bool {
@@ -142,50 +191,97 @@ impl Breakers {
         regions.sort();
         regions
     }
+
+    /// Time until the first of `regions` may be probed again; zero when one
+    /// is usable now.
+    pub fn next_probe_in(&self, regions: &[Region]) -> Duration {
+        let states = self.lock();
+        let now = Instant::now();
+        regions
+            .iter()
+            .map(|r| match states.get(r) {
+                Some(State::Open { until }) => until.saturating_duration_since(now),
+                _ => Duration::ZERO,
+            })
+            .min()
+            .unwrap_or(Duration::ZERO)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn breakers() -> (Breakers, Region) {
-        let gauge = IntGaugeVec::new(prometheus::Opts::new("t", "t"), &["region"]).unwrap();
+    fn breakers() -> (Breakers, Region, BreakerGauges) {
+        let gauges = BreakerGauges {
+            up: IntGaugeVec::new(prometheus::Opts::new("u", "u"), &["region"]).unwrap(),
+            state: IntGaugeVec::new(prometheus::Opts::new("s", "s"), &["region", "state"])
+                .unwrap(),
+        };
         let r = Region::new("r");
         (
-            Breakers::new(std::slice::from_ref(&r), 3, Duration::from_secs(10), gauge),
+            Breakers::new(
+                std::slice::from_ref(&r),
+                3,
+                Duration::from_secs(10),
+                gauges.clone(),
+            ),
             r,
+            gauges,
         )
+    }
+
+    fn state(g: &BreakerGauges) -> (&'static str, i64) {
+        let current = STATES
+            .into_iter()
+            .filter(|s| g.state.with_label_values(&["r", s]).get() == 1)
+            .collect::<Vec<_>>();
+        assert_eq!(current.len(), 1, "exactly one state is 1: {current:?}");
+        (current[0], g.up.with_label_values(&["r"]).get())
     }
 
     #[tokio::test(start_paused = true)]
     async fn opens_after_threshold_then_allows_one_probe() {
-        let (b, r) = breakers();
-        assert!(!b.record(&r, false));
-        assert!(!b.record(&r, false));
-        assert!(b.record(&r, false));
+        let (b, r, g) = breakers();
+        let n = Permit::Normal;
+        assert_eq!(state(&g), ("closed", 1));
+        assert!(!b.record(&r, n, Health::Fault));
+        assert!(!b.record(&r, n, Health::Fault));
+        assert!(b.record(&r, n, Health::Fault));
+        assert_eq!(state(&g), ("open", 0));
         assert_eq!(b.acquire(&r), None);
         assert!(!b.usable(&r));
-        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(b.next_probe_in(&[r.clone()]), Duration::from_secs(10));
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(b.next_probe_in(&[r.clone()]), Duration::from_secs(6));
+        tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(b.acquire(&r), Some(Permit::Probe));
+        assert_eq!(state(&g), ("half_open", 1), "half-open is not down");
         assert_eq!(b.acquire(&r), None, "only one probe at a time");
-        b.release_probe(&r);
-        assert_eq!(b.acquire(&r), Some(Permit::Probe));
-        assert!(b.record(&r, false), "a failed probe reopens");
+        b.record(&r, Permit::Probe, Health::Neutral);
+        assert_eq!(b.acquire(&r), Some(Permit::Probe), "a neutral probe hands over");
+        assert!(b.record(&r, Permit::Probe, Health::Fault), "a failed probe reopens");
+        assert_eq!(state(&g), ("open", 0));
         assert_eq!(b.acquire(&r), None);
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(b.acquire(&r), Some(Permit::Probe));
-        b.record(&r, true);
+        b.record(&r, Permit::Probe, Health::Up);
+        assert_eq!(state(&g), ("closed", 1));
         assert_eq!(b.acquire(&r), Some(Permit::Normal));
     }
 
     #[tokio::test]
-    async fn success_resets_the_count() {
-        let (b, r) = breakers();
-        b.record(&r, false);
-        b.record(&r, false);
-        b.record(&r, true);
-        b.record(&r, false);
-        b.record(&r, false);
+    async fn success_resets_the_count_and_per_key_errors_count_nothing() {
+        let (b, r, _) = breakers();
+        let n = Permit::Normal;
+        b.record(&r, n, Health::Fault);
+        b.record(&r, n, Health::Fault);
+        b.record(&r, n, Health::Up);
+        b.record(&r, n, Health::Fault);
+        b.record(&r, n, Health::Fault);
+        for _ in 0..100 {
+            assert!(!b.record(&r, n, Health::Neutral));
+        }
         assert_eq!(b.acquire(&r), Some(Permit::Normal));
     }
 }

@@ -7,21 +7,25 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::Client;
+use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 use super::{Context, Kms, KmsError, KmsErrorKind, Wrapped};
+use crate::aws::{inspect, is_throttling, sdk_timeouts};
 use crate::config::KmsSettings;
 use crate::domain::{DataKey, Region, CONTEXT_KEY};
 
 struct RegionClient {
     client: Client,
+    /// The configured key: id, ARN or alias.
     key_id: String,
+    /// Its key ARN, resolved once (DescribeKey) unless configured as one:
+    /// a decrypt is accepted only when KMS says this key unwrapped it.
+    arn: OnceCell<String>,
 }
 
 pub struct AwsKms {
@@ -36,30 +40,9 @@ impl std::fmt::Debug for AwsKms {
     }
 }
 
-/// Timeouts shared by the AWS adapters: the whole call (retries included)
-/// fits in `call`; each attempt gets `attempt`, or an equal share of
-/// `call` when `attempt` is zero.
-pub(crate) fn sdk_timeouts(
-    call: Duration,
-    attempt: Duration,
-    connect: Duration,
-    max_attempts: u32,
-) -> (TimeoutConfig, RetryConfig) {
-    let attempts = max_attempts.max(1);
-    let attempt = if attempt.is_zero() {
-        call / attempts
-    } else {
-        attempt.min(call)
-    };
-    let timeouts = TimeoutConfig::builder()
-        .connect_timeout(connect.min(attempt))
-        .operation_attempt_timeout(attempt)
-        .operation_timeout(call)
-        .build();
-    (
-        timeouts,
-        RetryConfig::standard().with_max_attempts(attempts),
-    )
+/// `arn:aws:kms:REGION:ACCOUNT:key/ID` (any partition): already a key ARN.
+fn is_key_arn(key_id: &str) -> bool {
+    key_id.starts_with("arn:") && key_id.contains(":kms:") && key_id.contains(":key/")
 }
 
 impl AwsKms {
@@ -84,9 +67,16 @@ impl AwsKms {
                 if let Some(url) = settings.aws.endpoints.get(name) {
                     conf = conf.endpoint_url(url);
                 }
+                let key_id = settings.aws.key_ids.get(name).cloned().unwrap_or_default();
+                let arn = if is_key_arn(&key_id) {
+                    OnceCell::new_with(Some(key_id.clone()))
+                } else {
+                    OnceCell::new()
+                };
                 let client = RegionClient {
                     client: Client::from_conf(conf.build()),
-                    key_id: settings.aws.key_ids.get(name).cloned().unwrap_or_default(),
+                    key_id,
+                    arn,
                 };
                 (Region::new(name.clone()), client)
             })
@@ -108,12 +98,7 @@ impl AwsKms {
 
 fn classify_code(code: Option<&str>, status: u16) -> KmsErrorKind {
     match code {
-        Some(
-            "ThrottlingException"
-            | "LimitExceededException"
-            | "TooManyRequestsException"
-            | "RequestLimitExceeded",
-        ) => KmsErrorKind::Throttled,
+        _ if is_throttling(code, Some(status)) => KmsErrorKind::Throttled,
         Some("InvalidCiphertextException" | "IncorrectKeyException") => KmsErrorKind::Integrity,
         Some(
             "AccessDeniedException"
@@ -135,7 +120,6 @@ fn classify_code(code: Option<&str>, status: u16) -> KmsErrorKind {
             | "InternalFailure"
             | "ServiceUnavailable",
         ) => KmsErrorKind::Unavailable,
-        _ if status == 429 => KmsErrorKind::Throttled,
         _ if status >= 500 => KmsErrorKind::Unavailable,
         _ if status == 401 || status == 403 => KmsErrorKind::Misconfigured,
         _ => KmsErrorKind::Other,
@@ -150,11 +134,14 @@ fn map_err<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let kind = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            KmsErrorKind::Unavailable
-        }
-        SdkError::ServiceError(se) => classify_code(se.err().code(), se.raw().status().as_u16()),
+    let failure = inspect(&err);
+    let kind = match failure {
+        f if f.transport => KmsErrorKind::Unavailable,
+        crate::aws::Failure {
+            code,
+            status: Some(status),
+            ..
+        } => classify_code(code, status),
         _ => KmsErrorKind::Other,
     };
     KmsError::new(kind, region, op, err)
@@ -254,9 +241,14 @@ impl Kms for AwsKms {
     ) -> Result<DataKey, KmsError> {
         const OP: &str = "decrypt";
         let rc = self.region(region, OP)?;
+        let expected = self.key_arn(region, rc).await?;
+        // KeyId pins the key: KMS refuses a ciphertext from any other key
+        // (it would otherwise use whichever key the ciphertext names, and a
+        // planted ciphertext under a key we may use would decrypt).
         let out = rc
             .client
             .decrypt()
+            .key_id(expected)
             .ciphertext_blob(Blob::new(ciphertext.to_vec()))
             .set_encryption_context(context_map(context))
             .send()
@@ -266,7 +258,44 @@ impl Kms for AwsKms {
             .plaintext
             .map(|b| Zeroizing::new(b.into_inner()))
             .ok_or_else(|| incomplete(region, OP, "plaintext"))?;
+        // And the answer must say so too.
+        if out.key_id.as_deref() != Some(expected.as_str()) {
+            return Err(KmsError::new(
+                KmsErrorKind::Integrity,
+                region,
+                OP,
+                format!(
+                    "the ciphertext was unwrapped by {}, not the configured key {expected}",
+                    out.key_id.as_deref().unwrap_or("an unnamed key")
+                ),
+            ));
+        }
         Ok(DataKey::from_bytes(plaintext))
+    }
+}
+
+impl AwsKms {
+    /// The configured key's ARN in `region`, looked up once.
+    async fn key_arn<'a>(
+        &self,
+        region: &Region,
+        rc: &'a RegionClient,
+    ) -> Result<&'a String, KmsError> {
+        const OP: &str = "describe_key";
+        rc.arn
+            .get_or_try_init(|| async {
+                let out = rc
+                    .client
+                    .describe_key()
+                    .key_id(&rc.key_id)
+                    .send()
+                    .await
+                    .map_err(|e| map_err(e, region, OP))?;
+                out.key_metadata
+                    .and_then(|m| m.arn)
+                    .ok_or_else(|| incomplete(region, OP, "key ARN"))
+            })
+            .await
     }
 }
 
@@ -275,20 +304,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_call_is_bounded_by_the_call_timeout() {
-        let ms = Duration::from_millis;
-        let (t, r) = sdk_timeouts(ms(2000), Duration::ZERO, ms(500), 2);
-        assert_eq!(t.operation_timeout(), Some(ms(2000)));
-        assert_eq!(t.operation_attempt_timeout(), Some(ms(1000)));
-        assert_eq!(t.connect_timeout(), Some(ms(500)));
-        assert_eq!(r.max_attempts(), 2);
-        let (t, _) = sdk_timeouts(ms(2000), ms(300), ms(500), 1);
-        assert_eq!(t.operation_attempt_timeout(), Some(ms(300)));
-        assert_eq!(
-            t.connect_timeout(),
-            Some(ms(300)),
-            "connect fits in an attempt"
-        );
+    fn key_arns_are_told_from_ids_and_aliases() {
+        assert!(is_key_arn(
+            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+        ));
+        assert!(is_key_arn("arn:aws-cn:kms:cn-north-1:1:key/x"));
+        assert!(!is_key_arn("arn:aws:kms:us-east-1:123456789012:alias/rkms"));
+        assert!(!is_key_arn("alias/rkms"));
+        assert!(!is_key_arn("1234abcd-12ab-34cd-56ef-1234567890ab"));
     }
 
     #[test]

@@ -32,13 +32,13 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
-    #[error("keyring {path}: cannot read: {source}")]
+    #[error("keyring {path}: cannot read")]
     Read {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("keyring {path}: cannot write: {source}")]
+    #[error("keyring {path}: cannot write")]
     Write {
         path: PathBuf,
         #[source]
@@ -77,7 +77,13 @@ impl LocalKms {
     /// Open the keyring at `path`, creating it if missing and adding a master
     /// key for every region it lacks. Existing keys are never changed; an
     /// unreadable, corrupt or group/world-readable keyring is an error.
+    ///
+    /// Several processes may open one keyring at once (two rkms sharing a
+    /// data directory): the read-modify-write runs under an exclusive lock
+    /// on `<keyring>.lock`, so a first start never writes over keys another
+    /// process has just created and is already using.
     pub fn open(path: &Path, regions: &[Region]) -> Result<Self, KeyringError> {
+        let _lock = lock_keyring(path)?;
         let mut file = match fs::metadata(path) {
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o777;
@@ -223,11 +229,8 @@ fn associated_data(region: &Region, context: Context<'_>) -> Vec<u8> {
     aad
 }
 
-fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
-    let err = |source| KeyringError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
+/// The keyring's directory, created owner-only when missing.
+fn keyring_dir(path: &Path) -> Result<PathBuf, KeyringError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -238,8 +241,41 @@ fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError>
             .recursive(true)
             .mode(0o700)
             .create(&dir)
-            .map_err(err)?;
+            .map_err(|source| KeyringError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
+    Ok(dir)
+}
+
+/// Hold an exclusive lock on `<keyring>.lock` until the file drops.
+fn lock_keyring(path: &Path) -> Result<fs::File, KeyringError> {
+    keyring_dir(path)?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let err = |source| KeyringError::Write {
+        path: PathBuf::from(&name),
+        source,
+    };
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&name)
+        .map_err(err)?;
+    lock.lock().map_err(err)?;
+    Ok(lock)
+}
+
+fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    let err = |source| KeyringError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = keyring_dir(path)?;
     let body =
         Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?);
     let tmp = dir.join(format!(
@@ -339,6 +375,36 @@ impl Kms for LocalKms {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many first starts at once on one keyring path (two rkms processes
+    /// sharing a data directory): every one ends up with the same master
+    /// keys, so a key wrapped by one unwraps in all the others.
+    #[tokio::test]
+    async fn concurrent_first_opens_agree_on_the_master_keys() {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("d{round}/keyring.json"));
+            let rs = regions(&["a", "b"]);
+            let opened: Vec<LocalKms> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| LocalKms::open(&path, &rs).unwrap()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let id = crate::domain::KeyId::parse("shared").unwrap();
+            let (key, wrapped) = opened[0]
+                .generate_data_key(&rs[0], 32, Context::Bound(&id))
+                .await
+                .unwrap();
+            for kms in &opened {
+                let back = kms
+                    .decrypt(&rs[0], &wrapped.ciphertext, Context::Bound(&id))
+                    .await
+                    .unwrap();
+                assert_eq!(back.expose(), key.expose());
+            }
+        }
+    }
     use crate::domain::KeyId;
 
     fn regions(names: &[&str]) -> Vec<Region> {

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::domain::{DataKey, KeyId, Region};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use crate::report::BoxError;
 
 /// A data key wrapped under one region's master key.
 #[derive(Clone, PartialEq, Eq)]
@@ -53,6 +53,9 @@ pub enum KmsErrorKind {
     /// Access denied, key not found, key disabled: the region is
     /// misconfigured and an operator must look.
     Misconfigured,
+    /// The call never left rkms: too many calls to the region were already
+    /// in flight (`kms.max_in_flight_per_region`) for the whole call timeout.
+    Saturated,
     /// Anything else.
     Other,
 }
@@ -65,6 +68,7 @@ impl KmsErrorKind {
             Self::Throttled => "throttled",
             Self::Integrity => "integrity",
             Self::Misconfigured => "misconfigured",
+            Self::Saturated => "saturated",
             Self::Other => "error",
         }
     }

@@ -18,11 +18,12 @@ struct KeyQuery {
 }
 
 fn parse_query(raw: Option<&str>) -> Result<KeyQuery, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
-        .map_err(|_| ApiError::BadRequest("query string is not valid URL encoding".into()))?;
     let mut id = None;
     let mut create = None;
-    for (name, value) in pairs {
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode_component(name)?;
+        let value = decode_component(value)?;
         let slot = match name.as_str() {
             "id" => &mut id,
             "create" => &mut create,
@@ -52,6 +53,33 @@ fn parse_query(raw: Option<&str>) -> Result<KeyQuery, ApiError> {
         }
     };
     Ok(KeyQuery { id, create })
+}
+
+/// Decode one form-encoded query component strictly: `+` is a space, `%XX`
+/// a byte, and the bytes must be UTF-8. A lenient decoder would turn
+/// `x%FF` and `x%FE` into the same U+FFFD id, so two ids would share a key.
+fn decode_component(raw: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::BadRequest(format!("query string is not valid: {why}"));
+    let input = raw.as_bytes();
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = input
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(|| bad("'%' must be followed by two hex digits"))?;
+                out.push(hex);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| bad("percent-decoded bytes are not UTF-8"))
 }
 
 fn truncate(s: &str) -> String {
@@ -125,7 +153,7 @@ pub async fn get_key(
     let lookup = state.broker.get_or_create(&query.id, query.create);
     let result = match tokio::time::timeout(state.request_timeout, lookup).await {
         Ok(r) => r.map_err(ApiError::from),
-        Err(_) => Err(ApiError::ServiceUnavailable(None)),
+        Err(_) => Err(ApiError::unavailable()),
     };
     match result {
         Ok(Resolved {
@@ -171,6 +199,10 @@ mod tests {
         assert_eq!(ok.id.as_str(), "a/b");
         assert!(!ok.create);
         assert!(parse_query(Some("id=x")).unwrap().create);
+        // U+FFFD sent as valid UTF-8 is an id of its own, and `+` is a space.
+        assert_eq!(parse_query(Some("id=%EF%BF%BD")).unwrap().id.as_str(), "\u{FFFD}");
+        assert_eq!(parse_query(Some("id=a+b%2B")).unwrap().id.as_str(), "a b+");
+        assert_eq!(parse_query(Some("id=a&&create=0")).unwrap().id.as_str(), "a");
         for bad in [
             None,
             Some(""),
@@ -179,6 +211,12 @@ mod tests {
             Some("id=a&create=maybe"),
             Some("id=a&foo=1"),
             Some("id=a%0Ab"),
+            Some("id=x%FF"),
+            Some("id=x%FE"),
+            Some("id=%C3"),
+            Some("id=a%2"),
+            Some("id=a%zz"),
+            Some("id=a&cre%FFate=1"),
         ] {
             assert!(
                 matches!(parse_query(bad), Err(ApiError::BadRequest(_))),

@@ -12,7 +12,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on, MethodFilter};
+use axum::routing::{on, MethodFilter};
 use axum::Router;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -41,20 +41,16 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    // GET only: HEAD would run the handler (and could create a key) too.
-    let key_route = on(MethodFilter::GET, key::get_key).fallback(method_not_allowed);
+    let key_route = get_only(key::get_key);
     // The backstop timeout sits a little above the handler's own, which
     // answers with the JSON error shape first.
     let backstop = state.request_timeout + Duration::from_millis(500);
     Router::new()
         .route("/key", key_route.clone())
         .route("/api/v1/key", key_route)
-        .route(
-            "/healthz",
-            get(health::healthz).fallback(method_not_allowed),
-        )
-        .route("/readyz", get(health::readyz).fallback(method_not_allowed))
-        .route("/metrics", get(metrics_text).fallback(method_not_allowed))
+        .route("/healthz", get_only(health::healthz))
+        .route("/readyz", get_only(health::readyz))
+        .route("/metrics", get_only(metrics_text))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -109,6 +105,19 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A route that answers GET and nothing else. Axum runs a GET handler for
+/// HEAD too, which on `/key` would create keys, so HEAD is refused
+/// explicitly; every other method falls through to the same 405.
+fn get_only<H, T>(handler: H) -> axum::routing::MethodRouter<AppState>
+where
+    H: axum::handler::Handler<T, AppState>,
+    T: 'static,
+{
+    on(MethodFilter::GET, handler)
+        .on(MethodFilter::HEAD, method_not_allowed)
+        .fallback(method_not_allowed)
+}
+
 /// A client's `x-request-id` goes into logs and the audit trail: keep it
 /// only when it is a short token, else replace it with a generated one.
 fn drop_unusable_request_id(mut request: Request) -> Request {
@@ -127,7 +136,7 @@ fn drop_unusable_request_id(mut request: Request) -> Request {
 /// A router serving only /metrics, for `server.metrics_listen`.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_text))
+        .route("/metrics", get_only(metrics_text))
         .fallback(not_found)
         .with_state(state)
 }

@@ -15,7 +15,7 @@ use aws_sdk_dynamodb::Client;
 use super::{decode_header, decode_keys, encode_keys, region_map, PutOutcome, Store, StoreError};
 use crate::config::{DynamoSettings, StoreSettings};
 use crate::domain::{KeyId, KeyRecord, Region};
-use crate::kms::aws::sdk_timeouts;
+use crate::aws::{inspect, is_throttling, sdk_timeouts};
 
 pub struct DynamoStore {
     client: Client,
@@ -37,24 +37,16 @@ fn map_err<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let transient = match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(se) => {
-            matches!(
-                se.err().code(),
-                Some(
-                    "ProvisionedThroughputExceededException"
-                        | "RequestLimitExceeded"
-                        | "ThrottlingException"
-                        | "InternalServerError"
-                        | "ServiceUnavailable"
-                )
-            ) || se.raw().status().as_u16() >= 500
-        }
-        _ => false,
-    };
+    let f = inspect(&err);
+    // A missing table is an outage of the store, not a bug in the request:
+    // answer 503 and say which table in the log.
+    let transient = f.transport
+        || is_throttling(f.code, f.status)
+        || matches!(
+            f.code,
+            Some("InternalServerError" | "ServiceUnavailable" | "ResourceNotFoundException")
+        )
+        || f.status.is_some_and(|s| s >= 500);
     if transient {
         StoreError::Unavailable {
             op,

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use base64::Engine;
 
 use crate::domain::{KeyId, KeyRecord, Region};
-use crate::kms::BoxError;
+use crate::report::BoxError;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 

@@ -1,11 +1,17 @@
 //! The embedded default store: one SQLite file in WAL mode. Calls run on the
 //! blocking pool, never on the async runtime, and keep their tracing span.
-//! Several rkms processes may share the file: creates and repairs run in
-//! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others.
+//! A small pool of connections lets reads proceed side by side (WAL allows
+//! many readers and one writer); a call waits for a free connection without
+//! holding a thread. Several rkms processes may share the file: creates and
+//! repairs run in `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits
+//! out the others, for less than the store call timeout, so a busy database
+//! answers `Unavailable` rather than leaving a thread behind a timed-out call.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,9 +29,14 @@ CREATE TABLE IF NOT EXISTS rkms_keys (
     created_at TEXT
 );";
 
+/// Connections in the pool.
+const POOL_SIZE: usize = 4;
+
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+    slots: Semaphore,
     path: PathBuf,
+    busy_timeout: Duration,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -58,7 +69,9 @@ fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and its directory.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// `call_timeout` is the store call timeout the broker applies; the
+    /// busy timeout is kept below it.
+    pub fn open(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
         const OP: &str = "open";
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Other {
@@ -81,32 +94,52 @@ impl SqliteStore {
                     source: Box::new(e),
                 })?;
         }
-        let conn = Connection::open(path).map_err(other(OP))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(other(OP))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(other(OP))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(other(OP))?;
-        conn.execute_batch(SCHEMA).map_err(other(OP))?;
+        let busy_timeout = (call_timeout * 3 / 4).max(Duration::from_millis(1));
+        let mut idle = Vec::with_capacity(POOL_SIZE);
+        for _ in 0..POOL_SIZE {
+            idle.push(connect(path, busy_timeout)?);
+        }
+        if let Some(first) = idle.first() {
+            first.execute_batch(SCHEMA).map_err(other(OP))?;
+        }
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            idle: Arc::new(Mutex::new(idle)),
+            slots: Semaphore::new(POOL_SIZE),
             path: path.to_path_buf(),
+            busy_timeout,
         })
     }
 
-    /// Run `f` with the connection on the blocking pool, inside the caller's span.
+    /// How long a call waits for another writer's lock.
+    pub fn busy_timeout(&self) -> Duration {
+        self.busy_timeout
+    }
+
+    /// Run `f` with a pooled connection on the blocking pool, inside the
+    /// caller's span. Waiting for a connection is async: no thread waits.
     async fn with_conn<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let _slot = self.slots.acquire().await.map_err(|e| StoreError::Other {
+            op,
+            source: Box::new(e),
+        })?;
+        let idle = Arc::clone(&self.idle);
+        let (path, busy) = (self.path.clone(), self.busy_timeout);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            // A connection lost to a panic is replaced here.
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => connect(&path, busy)?,
+            };
+            let result = f(&mut conn);
+            idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            result
         })
         .await
         .map_err(|e| StoreError::Other {
@@ -114,6 +147,17 @@ impl SqliteStore {
             source: Box::new(e),
         })?
     }
+}
+
+fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    const OP: &str = "open";
+    let conn = Connection::open(path).map_err(other(OP))?;
+    conn.busy_timeout(busy_timeout).map_err(other(OP))?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(other(OP))?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(other(OP))?;
+    Ok(conn)
 }
 
 fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
@@ -278,6 +322,8 @@ impl Store for SqliteStore {
 mod tests {
     use super::*;
 
+    const SECOND: Duration = Duration::from_secs(1);
+
     fn record(id: &str, regions: &[&str]) -> KeyRecord {
         KeyRecord {
             id: KeyId::parse(id).unwrap(),
@@ -298,7 +344,7 @@ mod tests {
     async fn put_if_absent_keeps_the_first_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/db.sqlite3");
-        let store = SqliteStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path, SECOND).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
@@ -325,7 +371,7 @@ mod tests {
     #[tokio::test]
     async fn add_missing_regions_never_replaces() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("db.sqlite3")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite3"), SECOND).unwrap();
         let rec = record("k", &["a"]);
         store.put_if_absent(&rec).await.unwrap();
         let keys = BTreeMap::from([(Region::new("a"), vec![7]), (Region::new("b"), vec![8])]);
@@ -354,7 +400,7 @@ mod tests {
     async fn corrupt_rows_are_errors_not_absences() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
-        let store = SqliteStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path, SECOND).unwrap();
         {
             let conn = Connection::open(&path).unwrap();
             conn.execute(
@@ -367,5 +413,70 @@ mod tests {
             let err = store.get(&KeyId::parse(id).unwrap()).await.unwrap_err();
             assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         }
+    }
+}
+
+#[cfg(test)]
+mod busy_tests {
+    use super::*;
+
+    /// Another writer holds the database: a create answers `Unavailable`
+    /// within its busy timeout, which is below the store call timeout, so
+    /// the broker sees a clear store error instead of its own timeout with
+    /// a thread still stuck behind the lock.
+    #[tokio::test]
+    async fn a_locked_database_is_unavailable_before_the_call_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let call_timeout = Duration::from_millis(400);
+        let store = SqliteStore::open(&path, call_timeout).unwrap();
+        assert!(store.busy_timeout() < call_timeout);
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let record = KeyRecord {
+            id: KeyId::parse("locked").unwrap(),
+            keys: [(Region::new("a"), vec![1])].into(),
+            version: Some(2),
+            key_ids: [(Region::new("a"), "arn:a".to_string())].into(),
+            created_at: None,
+        };
+        let outcome = tokio::time::timeout(call_timeout, store.put_if_absent(&record)).await;
+        match outcome {
+            Ok(Err(StoreError::Unavailable { .. })) => {}
+            Ok(other) => panic!("expected Unavailable, got {other:?}"),
+            Err(_) => panic!("the store did not answer within the call timeout"),
+        }
+        holder.execute_batch("ROLLBACK").unwrap();
+        assert!(matches!(
+            store.put_if_absent(&record).await.unwrap(),
+            PutOutcome::Created
+        ));
+    }
+
+    /// Reads run side by side on the pool while one connection is busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_do_not_queue_behind_a_slow_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite3"), Duration::from_secs(5)).unwrap());
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .with_conn("slow", move |_| {
+                        entered_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        entered_rx.recv().unwrap();
+        // With one shared connection this read would wait for `release`.
+        let read = store.get(&KeyId::parse("x").unwrap()).await.unwrap();
+        assert!(read.is_none());
+        release_tx.send(()).unwrap();
+        slow.await.unwrap().unwrap();
     }
 }

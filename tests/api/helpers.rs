@@ -54,7 +54,13 @@ pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
             (m.clone(), Some(m))
         }
         _ => (
-            Arc::new(SqliteStore::open(&settings.store.sqlite.path).unwrap()),
+            Arc::new(
+                SqliteStore::open(
+                    &settings.store.sqlite.path,
+                    std::time::Duration::from_millis(settings.store.call_timeout_ms),
+                )
+                .unwrap(),
+            ),
             None,
         ),
     };

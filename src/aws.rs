@@ -1,0 +1,108 @@
+//! What the AWS adapters share: SDK timeouts and retries, and a first look
+//! at an SDK error. A leaf module below `kms::aws` and `store::dynamodb`,
+//! so neither adapter imports the other. It knows nothing of policy.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_kms::config::http::HttpResponse;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
+
+/// Timeouts for one SDK client: the whole call (retries included) fits in
+/// `call`; each attempt gets `attempt`, or an equal share of `call` when
+/// `attempt` is zero; a connect never outlasts an attempt. Without these a
+/// region that accepts connections but never answers hangs a call forever.
+pub fn sdk_timeouts(
+    call: Duration,
+    attempt: Duration,
+    connect: Duration,
+    max_attempts: u32,
+) -> (TimeoutConfig, RetryConfig) {
+    let attempts = max_attempts.max(1);
+    let attempt = if attempt.is_zero() {
+        call / attempts
+    } else {
+        attempt.min(call)
+    };
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(connect.min(attempt))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(call)
+        .build();
+    (
+        timeouts,
+        RetryConfig::standard().with_max_attempts(attempts),
+    )
+}
+
+/// The facts about a failed SDK call that adapters classify by. Both SDK
+/// crates use the same response type, so one function serves both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure<'a> {
+    /// No usable answer arrived: timeout, connection failure, unreadable
+    /// response. The service may work again soon.
+    pub transport: bool,
+    /// The service's error code, e.g. `ThrottlingException`.
+    pub code: Option<&'a str>,
+    /// The HTTP status, when an answer arrived.
+    pub status: Option<u16>,
+}
+
+pub fn inspect<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Failure<'_> {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            Failure {
+                transport: true,
+                code: None,
+                status: None,
+            }
+        }
+        SdkError::ServiceError(se) => Failure {
+            transport: false,
+            code: se.err().code(),
+            status: Some(se.raw().status().as_u16()),
+        },
+        _ => Failure {
+            transport: false,
+            code: None,
+            status: None,
+        },
+    }
+}
+
+/// Codes every AWS service uses for "too many requests".
+pub fn is_throttling(code: Option<&str>, status: Option<u16>) -> bool {
+    matches!(
+        code,
+        Some(
+            "ThrottlingException"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "LimitExceededException"
+                | "ProvisionedThroughputExceededException"
+        )
+    ) || status == Some(429)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_is_bounded_by_the_call_timeout() {
+        let ms = Duration::from_millis;
+        let (t, r) = sdk_timeouts(ms(2000), Duration::ZERO, ms(500), 2);
+        assert_eq!(t.operation_timeout(), Some(ms(2000)));
+        assert_eq!(t.operation_attempt_timeout(), Some(ms(1000)));
+        assert_eq!(t.connect_timeout(), Some(ms(500)));
+        assert_eq!(r.max_attempts(), 2);
+        let (t, _) = sdk_timeouts(ms(2000), ms(300), ms(500), 1);
+        assert_eq!(t.operation_attempt_timeout(), Some(ms(300)));
+        assert_eq!(
+            t.connect_timeout(),
+            Some(ms(300)),
+            "connect fits in an attempt"
+        );
+    }
+}

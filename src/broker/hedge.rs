@@ -1,0 +1,313 @@
+//! KMS calls and the race between regions. Each call runs in its own task
+//! to its own end (bounded by `call_timeout`), so the breaker learns what
+//! really happened to it: a healthy region that merely lost a race counts
+//! as up, a frozen one times out and counts as a fault, and a per-key error
+//! counts as nothing. The caller stops waiting as soon as one region
+//! answers; the others' results are dropped (and their keys wiped).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{oneshot, Semaphore};
+use tokio::time::Instant;
+
+use super::breaker::{Health, Permit};
+use super::error::NoAnswer;
+use super::Inner;
+use crate::domain::Region;
+use crate::kms::{KmsError, KmsErrorKind};
+
+/// A call ready to start in one region.
+pub(super) type Call<T> = BoxFuture<'static, Result<T, KmsError>>;
+
+/// What a failed call says about its region (DESIGN "failure accounting").
+fn health(kind: KmsErrorKind) -> Health {
+    match kind {
+        KmsErrorKind::Unavailable | KmsErrorKind::Throttled => Health::Fault,
+        KmsErrorKind::Integrity
+        | KmsErrorKind::Misconfigured
+        | KmsErrorKind::Saturated
+        | KmsErrorKind::Other => Health::Neutral,
+    }
+}
+
+/// Caps hedges sent because the primary is slow to a share of primary
+/// calls: a token bucket that gains `share` per primary call, holds at most
+/// `burst`, and pays one per hedge. Failover after an error is free.
+pub(super) struct HedgeBudget {
+    tokens: Mutex<f64>,
+    share: f64,
+    burst: f64,
+}
+
+impl HedgeBudget {
+    pub fn new(percent: u32, burst: u32) -> Self {
+        Self {
+            tokens: Mutex::new(f64::from(burst)),
+            share: f64::from(percent) / 100.0,
+            burst: f64::from(burst),
+        }
+    }
+
+    fn deposit(&self) {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        *t = (*t + self.share).min(self.burst);
+    }
+
+    fn try_spend(&self) -> bool {
+        let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if *t >= 1.0 {
+            *t -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-region caps on KMS calls in flight, so one slow region cannot hold
+/// every task (or push the region into throttling).
+pub(super) struct InFlight {
+    slots: std::collections::HashMap<Region, Arc<Semaphore>>,
+}
+
+impl InFlight {
+    pub fn new(regions: &[Region], per_region: usize) -> Self {
+        Self {
+            slots: regions
+                .iter()
+                .map(|r| (r.clone(), Arc::new(Semaphore::new(per_region.max(1)))))
+                .collect(),
+        }
+    }
+}
+
+impl Inner {
+    /// Start `call` in `region` under `permit`, in a task of its own. The
+    /// receiver gets the outcome; dropping it does not cancel the call.
+    pub(super) fn start<T: Send + 'static>(
+        self: &Arc<Self>,
+        region: Region,
+        op: &'static str,
+        permit: Permit,
+        call: Call<T>,
+    ) -> oneshot::Receiver<Result<T, KmsError>> {
+        let (tx, rx) = oneshot::channel();
+        let inner = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let result = inner.run_call(&region, op, permit, call).await;
+            // The caller may have stopped waiting: then the result (a key
+            // included) is dropped here and wiped.
+            let _ = tx.send(result);
+        });
+        rx
+    }
+
+    /// One call: wait for a slot, call within `call_timeout` (slot wait
+    /// included), then metrics, a log line on failure and the breaker.
+    async fn run_call<T>(
+        &self,
+        region: &Region,
+        op: &'static str,
+        permit: Permit,
+        call: Call<T>,
+    ) -> Result<T, KmsError> {
+        let timeout = self.settings.call_timeout;
+        let deadline = Instant::now() + timeout;
+        let slot = match self.in_flight.slots.get(region) {
+            Some(sem) => match tokio::time::timeout_at(deadline, Arc::clone(sem).acquire_owned()).await {
+                Ok(Ok(slot)) => Some(slot),
+                _ => None,
+            },
+            None => None,
+        };
+        let started = std::time::Instant::now();
+        let result = if slot.is_none() && self.in_flight.slots.contains_key(region) {
+            Err(KmsError::new(
+                KmsErrorKind::Saturated,
+                region,
+                op,
+                format!(
+                    "{} calls already in flight to this region for {timeout:?}",
+                    self.settings.max_in_flight_per_region
+                ),
+            ))
+        } else {
+            match tokio::time::timeout_at(deadline, call).await {
+                Ok(r) => r,
+                Err(_) => Err(KmsError::new(
+                    KmsErrorKind::Unavailable,
+                    region,
+                    op,
+                    format!("no answer within {timeout:?}"),
+                )),
+            }
+        };
+        drop(slot);
+        self.observe(region, op, started.elapsed(), &result);
+        let health = match &result {
+            Ok(_) => Health::Up,
+            Err(e) => health(e.kind),
+        };
+        if self.breakers.record(region, permit, health) {
+            tracing::warn!(
+                region = %region,
+                open_for_ms = self.settings.breaker_open.as_millis() as u64,
+                "region breaker opened after consecutive failures; skipping the region"
+            );
+        }
+        result
+    }
+
+    fn observe<T>(
+        &self,
+        region: &Region,
+        op: &'static str,
+        took: Duration,
+        result: &Result<T, KmsError>,
+    ) {
+        self.metrics
+            .kms_duration
+            .with_label_values(&[region.as_str(), op])
+            .observe(took.as_secs_f64());
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(e) => e.kind.as_str(),
+        };
+        self.metrics
+            .kms_requests
+            .with_label_values(&[region.as_str(), op, outcome])
+            .inc();
+        let Err(e) = result else { return };
+        let chain = crate::report::chain(e);
+        match e.kind {
+            KmsErrorKind::Misconfigured => {
+                tracing::error!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS refused for this key or region (access denied, key missing or disabled); trying the next region")
+            }
+            KmsErrorKind::Integrity => {
+                self.metrics.integrity_failures.inc();
+                tracing::error!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS refused a stored ciphertext: invalid, bound to another id, or wrapped by a foreign key")
+            }
+            _ => {
+                tracing::warn!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS call failed")
+            }
+        }
+    }
+
+    /// Race `call` across `order`: start the first region whose breaker
+    /// allows it; when it fails, start the next at once; when it has not
+    /// answered within `hedge_after` and the hedge budget allows, start the
+    /// next as well. With `hedge_after` zero every region starts at once.
+    /// The first success wins.
+    pub(super) async fn hedged<T, F>(
+        self: &Arc<Self>,
+        op: &'static str,
+        order: &[Region],
+        call: F,
+    ) -> Result<(Region, T), NoAnswer>
+    where
+        T: Send + 'static,
+        F: Fn(&Region) -> Call<T>,
+    {
+        type Pending<T> = BoxFuture<'static, (Region, Result<Result<T, KmsError>, oneshot::error::RecvError>)>;
+        let mut pending: FuturesUnordered<Pending<T>> = FuturesUnordered::new();
+        let mut queue = order.iter();
+        let mut failed = NoAnswer::default();
+        let mut launch = |pending: &mut FuturesUnordered<Pending<T>>| -> Option<Region> {
+            for region in queue.by_ref() {
+                let Some(permit) = self.breakers.acquire(region) else {
+                    continue;
+                };
+                let rx = self.start(region.clone(), op, permit, call(region));
+                let r = region.clone();
+                pending.push(Box::pin(async move { (r, rx.await) }));
+                return Some(region.clone());
+            }
+            None
+        };
+
+        self.budget.deposit();
+        if launch(&mut pending).is_none() {
+            failed.all_open = Some(self.breakers.next_probe_in(order));
+            return Err(failed);
+        }
+        failed.attempts = 1;
+        let all_at_once = self.settings.hedge_after.is_zero();
+        let mut exhausted = false;
+        if all_at_once {
+            while launch(&mut pending).is_some() {
+                failed.attempts += 1;
+            }
+            exhausted = true;
+        }
+        let mut may_hedge = !all_at_once;
+        while !pending.is_empty() {
+            let hedge = tokio::time::sleep(self.settings.hedge_after);
+            tokio::select! {
+                biased;
+                Some((region, outcome)) = pending.next() => {
+                    let error = match outcome {
+                        Ok(Ok(value)) => return Ok((region, value)),
+                        Ok(Err(e)) => e,
+                        Err(_) => KmsError::new(KmsErrorKind::Other, &region, op, "the call's task ended without an answer"),
+                    };
+                    if error.kind == KmsErrorKind::Integrity {
+                        failed.integrity = Some(error);
+                    } else {
+                        failed.last = Some(error);
+                    }
+                    if !exhausted {
+                        match launch(&mut pending) {
+                            Some(_) => failed.attempts += 1,
+                            None => exhausted = true,
+                        }
+                    }
+                }
+                () = hedge, if may_hedge && !exhausted => {
+                    if self.budget.try_spend() {
+                        match launch(&mut pending) {
+                            Some(next) => {
+                                failed.attempts += 1;
+                                self.metrics.kms_hedges.with_label_values(&[next.as_str()]).inc();
+                            }
+                            None => exhausted = true,
+                        }
+                    } else {
+                        // Out of budget: wait for the primary to answer or fail.
+                        may_hedge = false;
+                        tracing::debug!(op, "hedge budget spent; waiting on the slow region");
+                    }
+                }
+            }
+        }
+        Err(failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_allows_a_share_of_primaries_after_its_burst() {
+        let b = HedgeBudget::new(10, 2);
+        assert!(b.try_spend());
+        assert!(b.try_spend());
+        assert!(!b.try_spend(), "burst spent");
+        for _ in 0..9 {
+            b.deposit();
+        }
+        assert!(!b.try_spend(), "0.9 of a token");
+        b.deposit();
+        assert!(b.try_spend(), "one hedge per ten primaries");
+        for _ in 0..1000 {
+            b.deposit();
+        }
+        assert!(b.try_spend() && b.try_spend() && !b.try_spend(), "capped at the burst");
+        let none = HedgeBudget::new(0, 0);
+        none.deposit();
+        assert!(!none.try_spend());
+    }
+}

@@ -1,0 +1,109 @@
+//! A cache miss: read the record, then decrypt it in the preferred region
+//! that can serve it. A record lacking a configured region is handed to
+//! repair.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::FutureExt;
+
+use super::error::BrokerError;
+use super::{Inner, KeySource, Resolved};
+use crate::domain::{KeyId, KeyRecord, Region};
+use crate::kms::Context;
+use crate::store::StoreError;
+
+impl Inner {
+    pub(super) async fn resolve(
+        self: &Arc<Self>,
+        id: &KeyId,
+        allow_create: bool,
+    ) -> Result<Resolved, BrokerError> {
+        match self.timed_store("get", self.store.get(id)).await? {
+            Some(record) => self.decrypt_record(id, Arc::new(record)).await,
+            None if !allow_create => Err(BrokerError::NotFound),
+            None => self.create(id).await,
+        }
+    }
+
+    /// A store call bounded by `store.call_timeout_ms`, with its metrics.
+    pub(super) async fn timed_store<T>(
+        &self,
+        op: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, BrokerError> {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.settings.store_timeout, call).await;
+        self.metrics
+            .store_duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(StoreError::Corrupt { .. })) => "corrupt",
+            Ok(Err(StoreError::Unavailable { .. })) => "unavailable",
+            Ok(Err(_)) => "error",
+            Err(_) => "timeout",
+        };
+        self.metrics
+            .store_requests
+            .with_label_values(&[op, outcome])
+            .inc();
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(BrokerError::Store {
+                source: Arc::new(e),
+            }),
+            Err(_) => Err(BrokerError::StoreTimeout(self.settings.store_timeout)),
+        }
+    }
+
+    pub(super) async fn decrypt_record(
+        self: &Arc<Self>,
+        id: &KeyId,
+        record: Arc<KeyRecord>,
+    ) -> Result<Resolved, BrokerError> {
+        // Preference order, among the regions this record can be read in.
+        let order: Vec<Region> = self
+            .settings
+            .regions
+            .iter()
+            .filter(|r| record.keys.contains_key(*r))
+            .cloned()
+            .collect();
+        if order.is_empty() {
+            return Err(BrokerError::NoConfiguredRegion {
+                stored: record.keys.keys().cloned().collect(),
+            });
+        }
+        let bound = record.bound_to_id();
+        let (region, key) = self
+            .hedged("decrypt", &order, |region| {
+                let kms = Arc::clone(&self.kms);
+                let record = Arc::clone(&record);
+                let region = region.clone();
+                async move {
+                    let ciphertext = record.keys.get(&region).map_or(&[][..], Vec::as_slice);
+                    let context = if bound {
+                        Context::Bound(&record.id)
+                    } else {
+                        Context::Legacy
+                    };
+                    kms.decrypt(&region, ciphertext, context).await
+                }
+                .boxed()
+            })
+            .await?;
+        let key = Arc::new(key);
+        // Records from RKMS (Go) are left as they are: one record, one format.
+        if bound {
+            let present = record.keys.keys().cloned().collect();
+            self.repairs.queue(id, &key, present);
+        }
+        Ok(Resolved {
+            key,
+            source: KeySource::Region(region),
+            created: false,
+        })
+    }
+}

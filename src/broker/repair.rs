@@ -1,0 +1,221 @@
+//! Repair: give a record the configured regions it lacks. A record is
+//! queued the moment it is seen short (created during an outage, or read
+//! after a region was added), and its repair retries with backoff until the
+//! missing regions answer: until then, losing one more region could lose
+//! the key. The queue is bounded and owned by the broker; at shutdown,
+//! unfinished repairs are logged by id and left for a later read, which
+//! queues them again.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use crate::domain::{DataKey, KeyId, Region};
+
+/// Records waiting for repair, at most. Past it a short record is left for
+/// its next read; the warning says so.
+pub(super) const QUEUE_CAPACITY: usize = 10_000;
+/// Repairs making KMS calls at the same time, at most: after an outage
+/// many records lack a region at once, and the Encrypt burst must stay
+/// under the KMS quota.
+const CONCURRENT_REPAIRS: usize = 16;
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+struct Job {
+    id: KeyId,
+    key: Arc<DataKey>,
+    present: BTreeSet<Region>,
+}
+
+pub(super) struct Repairs {
+    regions: Vec<Region>,
+    tx: mpsc::Sender<Job>,
+    rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    pending: Mutex<HashSet<KeyId>>,
+    idle: Notify,
+    gauge: IntGauge,
+    pub(super) cancel: CancellationToken,
+}
+
+impl Repairs {
+    pub fn new(regions: &[Region], gauge: IntGauge) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        gauge.set(0);
+        Self {
+            regions: regions.to_vec(),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            pending: Mutex::new(HashSet::new()),
+            idle: Notify::new(),
+            gauge,
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashSet<KeyId>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue a repair of `id` when `present` lacks a configured region. At
+    /// most one repair per id is pending.
+    pub fn queue(&self, id: &KeyId, key: &Arc<DataKey>, present: BTreeSet<Region>) {
+        if self.regions.iter().all(|r| present.contains(r)) || self.cancel.is_cancelled() {
+            return;
+        }
+        let mut pending = self.pending();
+        if !pending.insert(id.clone()) {
+            return;
+        }
+        let job = Job {
+            id: id.clone(),
+            key: Arc::clone(key),
+            present,
+        };
+        if self.tx.try_send(job).is_err() {
+            pending.remove(id);
+            tracing::warn!(key_id = %id, capacity = QUEUE_CAPACITY, "repair queue full; the record is repaired on a later read");
+        }
+        self.gauge.set(pending.len() as i64);
+    }
+
+    fn done(&self, id: &KeyId) {
+        let mut pending = self.pending();
+        pending.remove(id);
+        self.gauge.set(pending.len() as i64);
+        if pending.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Completes when no repair is pending.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.pending().is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Start the worker that takes jobs off the queue (once).
+    pub(super) fn start_worker(inner: &Arc<Inner>) {
+        let Some(mut rx) = inner
+            .repairs
+            .rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        // The worker holds the broker weakly: a broker nobody uses any more
+        // drops (and wipes its cache) even with repairs outstanding.
+        let weak = Arc::downgrade(inner);
+        let slots = Arc::new(Semaphore::new(CONCURRENT_REPAIRS));
+        let cancel = inner.repairs.cancel.clone();
+        let tasks = inner.tasks.clone();
+        inner.tasks.spawn(async move {
+            loop {
+                let job = tokio::select! {
+                    job = rx.recv() => job,
+                    () = cancel.cancelled() => None,
+                };
+                let Some(job) = job else { break };
+                tasks.spawn(repair(weak.clone(), job, Arc::clone(&slots), cancel.clone()));
+            }
+            // Jobs still queued at shutdown: say which records stay short.
+            rx.close();
+            while let Ok(job) = rx.try_recv() {
+                abandon(&weak, &job);
+            }
+        });
+    }
+}
+
+/// Retry one record until every configured region is present, with
+/// exponential backoff between attempts.
+async fn repair(inner: Weak<Inner>, mut job: Job, slots: Arc<Semaphore>, cancel: CancellationToken) {
+    let mut backoff = FIRST_BACKOFF;
+    let mut added_total = 0;
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let outcome = {
+            let Ok(_slot) = slots.acquire().await else { return };
+            attempt(&strong, &mut job).await
+        };
+        match outcome {
+            Ok(added) => added_total += added,
+            Err(e) => {
+                tracing::warn!(key_id = %job.id, error = %crate::report::chain(&e), "record repair failed; retrying")
+            }
+        }
+        let missing = strong.settings.regions.iter().filter(|r| !job.present.contains(*r)).count();
+        if missing == 0 {
+            if added_total > 0 {
+                strong.metrics.records_repaired.inc();
+                tracing::info!(key_id = %job.id, regions_added = added_total, "repaired record: every configured region is present");
+            }
+            strong.repairs.done(&job.id);
+            return;
+        }
+        drop(strong);
+        let wait = backoff.mul_f64(1.0 + rand::random::<f64>() * 0.2);
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = cancel.cancelled() => {
+                abandon(&inner, &job);
+                return;
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One pass: wrap the key under every missing region that answers and add
+/// those ciphertexts to the stored record. Returns how many were added.
+async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, super::BrokerError> {
+    let missing: Vec<Region> = inner
+        .settings
+        .regions
+        .iter()
+        .filter(|r| !job.present.contains(*r))
+        .cloned()
+        .collect();
+    let (wrapped, _) = inner
+        .encrypt_under(&job.id, &missing, &job.key, missing.len())
+        .await;
+    if wrapped.is_empty() {
+        return Ok(0);
+    }
+    let mut keys = BTreeMap::new();
+    let mut arns = BTreeMap::new();
+    for (region, w) in wrapped {
+        arns.insert(region.clone(), w.key_arn);
+        keys.insert(region, w.ciphertext);
+    }
+    let added = inner
+        .timed_store(
+            "add_missing_regions",
+            inner.store.add_missing_regions(&job.id, &keys, &arns),
+        )
+        .await?;
+    // Whether we or another writer set them, these regions are stored now:
+    // the update never replaces a ciphertext, only fills gaps.
+    job.present.extend(keys.into_keys());
+    Ok(added)
+}
+
+fn abandon(inner: &Weak<Inner>, job: &Job) {
+    let present: Vec<&str> = job.present.iter().map(Region::as_str).collect();
+    tracing::warn!(key_id = %job.id, present = %present.join(","), "record repair not finished at shutdown; the next read of this id queues it again");
+    if let Some(inner) = inner.upgrade() {
+        inner.repairs.done(&job.id);
+    }
+}

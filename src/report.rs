@@ -1,0 +1,38 @@
+//! Error plumbing every layer shares: the boxed source type adapters keep,
+//! and the one-line report of an error chain for logs. A leaf module, so
+//! the broker, the adapters and the HTTP edge can all use it without any
+//! of them depending on another.
+
+/// A boxed error source, as adapters keep them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error and all its sources on one line: `outer: inner: root`. A source
+/// whose text the outer message already ends with is not repeated.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn every_source_once_on_one_line() {
+        let e = Outer(std::io::Error::other("root cause"));
+        assert_eq!(chain(&e), "outer: root cause");
+    }
+}
