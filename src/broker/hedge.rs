@@ -37,17 +37,19 @@ fn health(kind: KmsErrorKind) -> Health {
 /// calls: a token bucket that gains `share` per primary call, holds at most
 /// `burst`, and pays one per hedge. Failover after an error is free.
 pub(super) struct HedgeBudget {
-    tokens: Mutex<f64>,
-    share: f64,
-    burst: f64,
+    /// In hundredths of a hedge, so shares add up exactly.
+    tokens: Mutex<u64>,
+    share: u64,
+    burst: u64,
 }
 
 impl HedgeBudget {
     pub fn new(percent: u32, burst: u32) -> Self {
+        let burst = u64::from(burst) * 100;
         Self {
-            tokens: Mutex::new(f64::from(burst)),
-            share: f64::from(percent) / 100.0,
-            burst: f64::from(burst),
+            tokens: Mutex::new(burst),
+            share: u64::from(percent),
+            burst,
         }
     }
 
@@ -58,8 +60,8 @@ impl HedgeBudget {
 
     fn try_spend(&self) -> bool {
         let mut t = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if *t >= 1.0 {
-            *t -= 1.0;
+        if *t >= 100 {
+            *t -= 100;
             true
         } else {
             false
@@ -118,7 +120,8 @@ impl Inner {
         let deadline = Instant::now() + timeout;
         let slot = match self.in_flight.slots.get(region) {
             Some(sem) => match tokio::time::timeout_at(deadline, Arc::clone(sem).acquire_owned()).await {
-                Ok(Ok(slot)) => Some(slot),
+                // A slot freed at the deadline leaves no time for the call.
+                Ok(Ok(slot)) if Instant::now() < deadline => Some(slot),
                 _ => None,
             },
             None => None,

@@ -5,8 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashSet;
+
+use tokio::time::Instant;
+
 use super::*;
+use crate::domain::RECORD_VERSION;
 use crate::kms::faulty::{Fault, FaultyKms};
+use crate::kms::KmsErrorKind;
 use crate::kms::local::LocalKms;
 use crate::store::memory::MemoryStore;
 
@@ -28,6 +34,9 @@ fn settings() -> BrokerSettings {
         data_key_bytes: 32,
         call_timeout: Duration::from_millis(2000),
         hedge_after: Duration::from_millis(250),
+        hedge_budget_percent: 10,
+        hedge_budget_burst: 10,
+        max_in_flight_per_region: 256,
         breaker_failures: 3,
         breaker_open: Duration::from_millis(10_000),
         store_timeout: Duration::from_millis(2000),
@@ -233,15 +242,18 @@ async fn creates_need_min_regions_and_write_nothing_otherwise() {
 }
 
 #[tokio::test]
-async fn a_record_missing_a_region_is_repaired_after_a_read() {
+async fn a_record_read_while_missing_a_region_is_repaired() {
     let rig = rig_with(no_cache());
-    rig.kms
-        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
     let made = rig.broker.get_or_create(&id("rep"), true).await.unwrap();
-    assert_eq!(rig.store.snapshot(&id("rep")).unwrap().keys.len(), 2);
-    rig.kms.set_fault(&r("r3"), None);
+    // A region added to the config after the record was written.
+    let mut short = rig.store.snapshot(&id("rep")).unwrap();
+    short.keys.remove(&r("r3"));
+    short.key_ids.remove(&r("r3"));
+    rig.store.insert_raw(short);
     rig.broker.get_or_create(&id("rep"), true).await.unwrap();
-    rig.broker.settle_repairs().await;
+    tokio::time::timeout(Duration::from_secs(10), rig.broker.repairs_idle())
+        .await
+        .unwrap();
     let rec = rig.store.snapshot(&id("rep")).unwrap();
     assert_eq!(rec.keys.len(), 3);
     assert!(rec.key_ids.contains_key(&r("r3")));
@@ -253,6 +265,61 @@ async fn a_record_missing_a_region_is_repaired_after_a_read() {
     let read = rig.broker.get_or_create(&id("rep"), true).await.unwrap();
     assert_eq!(read.source, KeySource::Region(r("r3")));
     assert_eq!(read.key.expose(), made.key.expose());
+}
+
+/// A key created while a region is down is repaired once the region is
+/// back, with no further request for it: until then, losing one more
+/// region would lose the key. The repair retries with backoff while the
+/// region stays down.
+#[tokio::test(start_paused = true)]
+async fn a_short_create_is_repaired_when_the_region_returns_without_any_read() {
+    let rig = rig();
+    rig.kms
+        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    let made = rig.broker.get_or_create(&id("outage"), true).await.unwrap();
+    assert!(made.created);
+    assert_eq!(rig.store.snapshot(&id("outage")).unwrap().keys.len(), 2);
+    assert_eq!(rig.broker.repairs_pending(), 1, "queued at create time");
+    let gets = rig.store.get_calls();
+
+    // Still down for a while: attempts fail and are retried.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(rig.kms.calls(&r("r3"), "encrypt") >= 2, "retried while down");
+    assert_eq!(rig.store.snapshot(&id("outage")).unwrap().keys.len(), 2);
+    assert_eq!(rig.broker.repairs_pending(), 1);
+
+    rig.kms.set_fault(&r("r3"), None);
+    tokio::time::timeout(Duration::from_secs(120), rig.broker.repairs_idle())
+        .await
+        .expect("repaired once the region is back");
+    let rec = rig.store.snapshot(&id("outage")).unwrap();
+    assert_eq!(rec.keys.len(), 3);
+    assert_eq!(rig.store.get_calls(), gets, "no read was needed");
+    assert_eq!(rig.broker.inner.metrics.records_repaired.get(), 1);
+    assert_eq!(rig.broker.repairs_pending(), 0);
+    // And r3's ciphertext alone gives back the same key.
+    rig.broker.clear_cache().await;
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r2"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    let read = rig.broker.get_or_create(&id("outage"), true).await.unwrap();
+    assert_eq!(read.source, KeySource::Region(r("r3")));
+    assert_eq!(read.key.expose(), made.key.expose());
+}
+
+/// Shutdown gives up on repairs still waiting for a region, and returns.
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_waiting_repairs() {
+    let rig = rig();
+    rig.kms
+        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.broker.get_or_create(&id("left"), true).await.unwrap();
+    assert_eq!(rig.broker.repairs_pending(), 1);
+    tokio::time::timeout(Duration::from_secs(10), rig.broker.shutdown())
+        .await
+        .expect("shutdown does not wait for the region");
+    assert_eq!(rig.broker.repairs_pending(), 0);
 }
 
 #[tokio::test]
@@ -323,7 +390,9 @@ async fn hedges_past_a_hung_region_then_its_breaker_opens_then_one_probe() {
         );
         assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), round);
     }
-    // Three lost hedges opened r1's breaker: it is not called while open.
+    // The three calls to r1 run on to their own timeout: three faults open
+    // the breaker, and r1 is not called while it is open.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let r1_calls = rig.kms.calls(&r("r1"), "decrypt");
     for _ in 0..5 {
         let started = Instant::now();
@@ -337,7 +406,7 @@ async fn hedges_past_a_hung_region_then_its_breaker_opens_then_one_probe() {
     }
     assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), r1_calls);
 
-    // After the window, exactly one request probes r1 (and, hung, loses again).
+    // After the window, exactly one request probes r1 (and, hung, fails).
     tokio::time::advance(Duration::from_millis(10_000)).await;
     let h = id("h");
     let (a, b) = tokio::join!(
@@ -351,13 +420,204 @@ async fn hedges_past_a_hung_region_then_its_breaker_opens_then_one_probe() {
         "one probe"
     );
 
-    // Healthy again: the next probe succeeds and r1 serves once more.
+    // Healthy again: once the failed probe's window is over, the next
+    // probe succeeds and r1 serves once more.
     rig.kms.set_fault(&r("r1"), None);
-    tokio::time::advance(Duration::from_millis(10_000)).await;
+    tokio::time::sleep(Duration::from_millis(2000 + 10_000)).await;
     let read = rig.broker.get_or_create(&id("h"), true).await.unwrap();
     assert_eq!(read.source, KeySource::Region(r("r1")));
     let read = rig.broker.get_or_create(&id("h"), true).await.unwrap();
     assert_eq!(read.source, KeySource::Region(r("r1")));
+}
+
+/// A healthy region that is merely slower than `hedge_after` loses every
+/// race, but its calls succeed: its breaker must stay closed.
+#[tokio::test(start_paused = true)]
+async fn a_slower_healthy_region_losing_hedges_keeps_its_breaker_closed() {
+    let rig = rig_with(BrokerSettings {
+        hedge_budget_percent: 100,
+        ..no_cache()
+    });
+    rig.broker.get_or_create(&id("slow"), true).await.unwrap();
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Delay(Duration::from_millis(400))));
+    for round in 1..=20 {
+        let read = rig.broker.get_or_create(&id("slow"), true).await.unwrap();
+        assert_eq!(read.source, KeySource::Region(r("r2")), "the hedge wins");
+        assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), round, "r1 is still asked first");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = &rig.broker.inner.metrics;
+    assert_eq!(m.region_breaker.with_label_values(&["r1", "closed"]).get(), 1);
+    assert_eq!(m.region_up.with_label_values(&["r1"]).get(), 1);
+    assert_eq!(m.kms_hedges.with_label_values(&["r2"]).get(), 20);
+}
+
+/// Per-key errors say nothing about the region: no breaker opens, and the
+/// read moves to the next region at once, without a hedge delay.
+#[tokio::test(start_paused = true)]
+async fn per_key_errors_move_on_at_once_and_open_no_breaker() {
+    for kind in [KmsErrorKind::Misconfigured, KmsErrorKind::Integrity, KmsErrorKind::Other] {
+        let rig = rig_with(no_cache());
+        rig.broker.get_or_create(&id("k"), true).await.unwrap();
+        rig.kms.set_fault(&r("r1"), Some(Fault::Fail(kind)));
+        for round in 1..=10 {
+            let started = Instant::now();
+            let read = rig.broker.get_or_create(&id("k"), true).await.unwrap();
+            assert_eq!(read.source, KeySource::Region(r("r2")), "{kind:?}");
+            assert_eq!(started.elapsed(), Duration::ZERO, "{kind:?}");
+            assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), round, "{kind:?}: r1 still tried");
+        }
+        let m = &rig.broker.inner.metrics;
+        assert_eq!(m.region_breaker.with_label_values(&["r1", "closed"]).get(), 1);
+    }
+}
+
+/// Throttling is a region fault: it opens the breaker.
+#[tokio::test(start_paused = true)]
+async fn throttling_opens_the_breaker() {
+    let rig = rig_with(no_cache());
+    rig.broker.get_or_create(&id("t"), true).await.unwrap();
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Throttled)));
+    for _ in 0..3 {
+        rig.broker.get_or_create(&id("t"), true).await.unwrap();
+    }
+    let m = &rig.broker.inner.metrics;
+    assert_eq!(m.region_breaker.with_label_values(&["r1", "open"]).get(), 1);
+    assert_eq!(m.region_up.with_label_values(&["r1"]).get(), 0);
+}
+
+/// Hedges sent because a region is slow are capped: the burst, then one
+/// per ten calls at the default 10%.
+#[tokio::test(start_paused = true)]
+async fn the_hedge_budget_caps_hedges_to_a_share_of_calls() {
+    let rig = rig_with(BrokerSettings {
+        hedge_budget_burst: 2,
+        ..no_cache()
+    });
+    rig.broker.get_or_create(&id("b"), true).await.unwrap();
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Delay(Duration::from_millis(1000))));
+    let r2_before = rig.kms.calls(&r("r2"), "decrypt");
+    let mut slow = 0;
+    for _ in 0..21 {
+        let started = Instant::now();
+        let read = rig.broker.get_or_create(&id("b"), true).await.unwrap();
+        if read.source == KeySource::Region(r("r1")) {
+            assert_eq!(started.elapsed(), Duration::from_millis(1000));
+            slow += 1;
+        }
+    }
+    let hedges = rig.kms.calls(&r("r2"), "decrypt") - r2_before;
+    // 2 from the burst (reads 1 and 2), then one each time ten calls have
+    // refilled a token (reads 11 and 21).
+    assert_eq!(hedges, 4);
+    assert_eq!(slow, 17, "without budget, reads wait for the slow region");
+    let m = &rig.broker.inner.metrics;
+    assert_eq!(m.kms_hedges.with_label_values(&["r2"]).get(), 4);
+}
+
+/// `hedge_after_ms = 0` asks every region at once; the first answer wins.
+#[tokio::test(start_paused = true)]
+async fn hedge_after_zero_asks_every_region_at_once() {
+    let rig = rig_with(BrokerSettings {
+        hedge_after: Duration::ZERO,
+        ..no_cache()
+    });
+    rig.broker.get_or_create(&id("z"), true).await.unwrap();
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Delay(Duration::from_millis(50))));
+    let before = rig.kms.total_calls("decrypt");
+    let started = Instant::now();
+    let read = rig.broker.get_or_create(&id("z"), true).await.unwrap();
+    assert_ne!(read.source, KeySource::Region(r("r1")), "a faster region wins");
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(rig.kms.total_calls("decrypt") - before, 3, "one call per region");
+}
+
+/// When every region's breaker is open, a request is answered at once
+/// (503 with the time of the next probe), not after trying each region.
+#[tokio::test(start_paused = true)]
+async fn a_full_outage_answers_at_once_with_the_next_probe_time() {
+    let rig = rig_with(BrokerSettings {
+        cache_ttl: Duration::from_secs(1),
+        stale_if_error: Duration::from_secs(600),
+        ..settings()
+    });
+    let made = rig.broker.get_or_create(&id("o"), true).await.unwrap();
+    for region in regions() {
+        rig.kms
+            .set_fault(&region, Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    }
+    // Past the TTL: three refreshes fail in every region (each serves the
+    // stale key) and open every breaker.
+    tokio::time::advance(Duration::from_secs(2)).await;
+    for _ in 0..3 {
+        let stale = rig.broker.get_or_create(&id("o"), true).await.unwrap();
+        assert_eq!(stale.source, KeySource::StaleCache);
+    }
+    let calls = rig.kms.total_calls("decrypt") + rig.kms.total_calls("generate_data_key");
+    tokio::time::advance(Duration::from_secs(4)).await;
+    let started = Instant::now();
+    let err = rig.broker.get_or_create(&id("new"), true).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    match err {
+        BrokerError::AllRegionsOpen { retry_after } => {
+            assert_eq!(retry_after, Duration::from_secs(6), "the breakers reopen in 6 s")
+        }
+        other => panic!("expected AllRegionsOpen, got {other}"),
+    }
+    // A cached key past its TTL is still served where stale_if_error allows.
+    let stale = rig.broker.get_or_create(&id("o"), true).await.unwrap();
+    assert_eq!(stale.source, KeySource::StaleCache);
+    assert_eq!(stale.key.expose(), made.key.expose());
+    assert_eq!(
+        rig.kms.total_calls("decrypt") + rig.kms.total_calls("generate_data_key"),
+        calls,
+        "no KMS call while every breaker is open"
+    );
+}
+
+/// A region that stops answering holds at most `max_in_flight_per_region`
+/// calls; the rest move on to the next region.
+#[tokio::test(start_paused = true)]
+async fn a_hung_region_holds_at_most_its_in_flight_cap() {
+    let rig = rig_with(BrokerSettings {
+        max_in_flight_per_region: 2,
+        hedge_budget_percent: 0,
+        hedge_budget_burst: 0,
+        ..no_cache()
+    });
+    let names: Vec<String> = (0..6).map(|i| format!("cap{i}")).collect();
+    for name in &names {
+        rig.broker.get_or_create(&id(name), true).await.unwrap();
+    }
+    let before = rig.kms.calls(&r("r1"), "decrypt");
+    rig.kms.set_fault(&r("r1"), Some(Fault::Hang));
+    let reads = names.iter().map(|name| {
+        let broker = rig.broker.clone();
+        let key = id(name);
+        tokio::spawn(async move { broker.get_or_create(&key, true).await })
+    });
+    for read in futures::future::join_all(reads).await {
+        assert_eq!(read.unwrap().unwrap().source, KeySource::Region(r("r2")));
+    }
+    assert_eq!(
+        rig.kms.calls(&r("r1"), "decrypt") - before,
+        2,
+        "two calls held r1's slots; the other four moved on"
+    );
+    let m = &rig.broker.inner.metrics;
+    assert_eq!(
+        m.kms_requests.with_label_values(&["r1", "decrypt", "saturated"]).get(),
+        4
+    );
+    assert_eq!(
+        m.region_breaker.with_label_values(&["r1", "closed"]).get(),
+        1,
+        "waiting for a slot is not a region fault"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -485,21 +745,25 @@ async fn a_hung_region_does_not_hold_up_a_create_and_is_repaired_later() {
     );
     assert_eq!(rig.store.snapshot(&id("c")).unwrap().keys.len(), 2);
 
-    // Three slow creates open r3's breaker; later creates skip it at once.
+    // Three creates whose r3 calls time out open r3's breaker; later
+    // creates skip it at once.
     rig.broker.get_or_create(&id("c2"), true).await.unwrap();
     rig.broker.get_or_create(&id("c3"), true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     let calls = rig.kms.calls(&r("r3"), "encrypt");
     let started = Instant::now();
     rig.broker.get_or_create(&id("c4"), true).await.unwrap();
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(rig.kms.calls(&r("r3"), "encrypt"), calls);
 
-    // After the window the region is back: one probe, then repair on read.
+    // The region comes back: the queued repairs complete on their own.
     rig.kms.set_fault(&r("r3"), None);
-    tokio::time::advance(Duration::from_millis(10_000)).await;
-    rig.broker.get_or_create(&id("c"), true).await.unwrap();
-    rig.broker.settle_repairs().await;
-    assert_eq!(rig.store.snapshot(&id("c")).unwrap().keys.len(), 3);
+    tokio::time::timeout(Duration::from_secs(300), rig.broker.repairs_idle())
+        .await
+        .unwrap();
+    for name in ["c", "c2", "c3"] {
+        assert_eq!(rig.store.snapshot(&id(name)).unwrap().keys.len(), 3, "{name}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
