@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use rkms::kms::faulty::Fault;
 use rkms::kms::KmsErrorKind;
 
-use crate::helpers::{decode_key, region, spawn_app, spawn_with, urlencode};
+use crate::helpers::{decode_key, metric_value, region, spawn_app, spawn_with, urlencode};
 
 #[tokio::test]
 async fn same_id_same_key_and_different_ids_differ() {
@@ -68,6 +68,10 @@ async fn bad_input_is_a_json_400_and_stores_nothing() {
         "/key?id=a&create=maybe",
         "/key?id=a&id=b",
         "/key?id=a&colour=red",
+        "/key?id=x%FF",
+        "/key?id=x%FE",
+        "/key?id=a%2",
+        "/key?id=a%ZZ",
     ] {
         let (status, body) = app.get(query).await;
         assert_eq!(status, 400, "{query}: {body}");
@@ -84,9 +88,12 @@ async fn bad_input_is_a_json_400_and_stores_nothing() {
 async fn other_methods_are_405_and_never_create() {
     let app = spawn_with(|s| s.store.backend = rkms::config::StoreBackend::Memory).await;
     for method in [
+        reqwest::Method::HEAD,
         reqwest::Method::POST,
         reqwest::Method::PUT,
         reqwest::Method::DELETE,
+        reqwest::Method::PATCH,
+        reqwest::Method::OPTIONS,
     ] {
         let res = app
             .client
@@ -95,12 +102,19 @@ async fn other_methods_are_405_and_never_create() {
             .await
             .unwrap();
         assert_eq!(res.status().as_u16(), 405, "{method}");
+        assert_eq!(
+            res.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some("GET"),
+            "{method}"
+        );
         if method != reqwest::Method::HEAD {
             let body: serde_json::Value = res.json().await.unwrap();
             assert_eq!(body["error_type"], "MethodNotAllowed");
         }
     }
     assert!(app.memory.as_ref().unwrap().is_empty());
+    assert_eq!(app.memory.as_ref().unwrap().get_calls(), 0, "no store call");
+    assert_eq!(app.kms.total_calls("generate_data_key"), 0, "no KMS call");
     let (status, body) = app.get("/nope").await;
     assert_eq!(
         (status, body["error_type"].as_str()),
@@ -297,4 +311,64 @@ async fn metrics_can_be_served_on_a_separate_listener() {
         404,
         "only /metrics on the metrics listener"
     );
+}
+
+/// Ids that look alike are different ids with different keys; a literal
+/// U+FFFD is an id of its own, not what an invalid byte decodes to.
+#[tokio::test]
+async fn look_alike_ids_get_distinct_keys() {
+    let app = spawn_app().await;
+    let ids = [
+        "t1", "t10", "T1", "t1 ", "t1/", " t1", "t1\u{FFFD}", "\u{FFFD}", "t1+", "t1%",
+    ];
+    let keys: HashSet<String> = futures::future::join_all(ids.iter().map(|id| app.key(id)))
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(keys.len(), ids.len(), "one key per id");
+    // `+` in a query is a space; `%2B` is a plus.
+    let (_, body) = app.get("/key?id=t1+").await;
+    assert_eq!(body["id"], "t1 ");
+    let (_, body) = app.get("/key?id=t1%2B").await;
+    assert_eq!(body["id"], "t1+");
+    let (status, body) = app.get("/key?id=%EF%BF%BD").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["id"], "\u{FFFD}");
+}
+
+/// With every region's breaker open, a request is a 503 at once, and
+/// Retry-After names when the next probe is due, not a constant.
+#[tokio::test]
+async fn a_full_outage_is_a_503_with_the_time_of_the_next_probe() {
+    let app = spawn_with(|s| {
+        s.cache.ttl_seconds = 0;
+        s.kms.breaker_open_ms = 30_000;
+    })
+    .await;
+    app.key("known").await;
+    for name in ["local-1", "local-2", "local-3"] {
+        app.kms
+            .set_fault(&region(name), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    }
+    for _ in 0..3 {
+        app.expect_unavailable("/key?id=known").await;
+    }
+    let calls = app.kms.total_calls("decrypt");
+    let res = app
+        .client
+        .get(format!("{}/key?id=known", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((25..=30).contains(&retry), "Retry-After {retry}");
+    assert_eq!(app.kms.total_calls("decrypt"), calls, "no KMS call");
+    let metrics = app.metrics().await;
+    for name in ["local-1", "local-2", "local-3"] {
+        assert_eq!(
+            metric_value(&metrics, "rkms_region_breaker", &[("region", name), ("state", "open")]),
+            1.0
+        );
+    }
 }

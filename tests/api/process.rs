@@ -332,3 +332,128 @@ fn the_helm_charts_config_is_valid() {
         "{text}"
     );
 }
+
+/// RUST_LOG can silence the application log, never the audit trail.
+#[tokio::test]
+async fn rust_log_off_does_not_silence_audit_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut cmd = command(dir.path());
+    cmd.env("RUST_LOG", "off");
+    let child = common::start_on_port(cmd, port, Stdio::piped());
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    assert_eq!(fetch(&client, &base, "silent/1", None).await.0, 200);
+    assert_eq!(fetch(&client, &base, "silent/1", None).await.0, 200);
+    common::sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let audit: Vec<&Value> = lines.iter().filter(|v| v["target"] == "audit").collect();
+    assert_eq!(audit.len(), 2, "{lines:#?}");
+    assert_eq!(audit[0]["action"], "create");
+    assert_eq!(audit[1]["action"], "read");
+    assert!(
+        lines.iter().all(|v| v["target"] == "audit"),
+        "nothing but audit with RUST_LOG=off: {lines:#?}"
+    );
+}
+
+/// Nobody reads the server's stderr (a stalled log pipeline): requests are
+/// still answered, and the dropped lines are counted.
+#[tokio::test]
+async fn a_stalled_log_reader_never_hangs_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut cmd = command(dir.path());
+    cmd.env("RUST_LOG", "trace");
+    // stderr is a pipe this test never reads: it fills after 64 KiB.
+    let mut child = common::start_on_port(cmd, port, Stdio::piped());
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    // Enough output (long ids make long audit lines) to fill the 4 MiB log
+    // buffer twice over, from 16 clients at once.
+    let pad = "x".repeat(400);
+    let workers = (0..16).map(|w| {
+        let (client, base, pad) = (client.clone(), base.clone(), pad.clone());
+        tokio::spawn(async move {
+            for i in 0..600 {
+                let id = format!("flood/{}/{pad}", (w * 600 + i) % 50);
+                let (status, _) = fetch(&client, &base, &id, None).await;
+                assert_eq!(status, 200, "worker {w} request {i}");
+            }
+        })
+    });
+    for worker in futures::future::join_all(workers).await {
+        worker.unwrap();
+    }
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dropped = crate::helpers::metric_value(&metrics, "rkms_log_dropped_total", &[]);
+    assert!(dropped > 0.0, "dropped lines are counted: {dropped}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Two rkms processes started at once on one data directory (keyring and
+/// SQLite file): both start, and they serve the same keys.
+#[tokio::test]
+async fn two_processes_share_one_data_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(command(dir.path())));
+        let b = s.spawn(|| start(command(dir.path())));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let client = reqwest::Client::new();
+    for i in 0..10 {
+        let id = format!("shared/{i}");
+        let (creator, reader) = if i % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        let (status, made) = fetch(&client, &creator.base, &id, None).await;
+        assert_eq!(status, 200, "{made}");
+        let res = client
+            .get(format!("{}/key?id={}&create=false", reader.base, urlencode(&id)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        let read: Value = res.json().await.unwrap();
+        assert_eq!(read["key"], made["key"], "{id}");
+    }
+    assert!(stop(a).0.success());
+    assert!(stop(b).0.success());
+}
+
+/// The memory store loses keys on exit: refused unless asked for.
+#[test]
+fn the_memory_store_needs_dev_or_an_explicit_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__STORE__BACKEND", "memory").arg("check-config");
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("store.backend") && stderr.contains("ephemeral_ok"), "{stderr}");
+
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__STORE__BACKEND", "memory")
+        .args(["--dev", "check-config"]);
+    assert_eq!(run_to_exit(cmd).0, Some(0));
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__STORE__BACKEND", "memory")
+        .env("RKMS__STORE__MEMORY__EPHEMERAL_OK", "true")
+        .arg("check-config");
+    assert_eq!(run_to_exit(cmd).0, Some(0));
+}

@@ -105,3 +105,35 @@ pub fn start_logging_to(mut cmd: Command, log_file: &std::path::Path) -> Proc {
         std::fs::read_to_string(log_file).unwrap_or_default()
     );
 }
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start the binary on `port` and wait until it accepts connections,
+/// without relying on its log (which the test may have silenced or left
+/// unread). `stderr` says what happens to the log.
+pub fn start_on_port(mut cmd: Command, port: u16, stderr: Stdio) -> Child {
+    let mut child = cmd
+        .env("RKMS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return child;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("rkms exited during startup: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("rkms did not start listening on {port}");
+}
