@@ -454,7 +454,10 @@ impl Settings {
         if kms.hedge_budget_percent > 100 {
             return Err(ConfigError::new(
                 "kms.hedge_budget_percent",
-                format!("must be between 0 and 100, got {}", kms.hedge_budget_percent),
+                format!(
+                    "must be between 0 and 100, got {}",
+                    kms.hedge_budget_percent
+                ),
             ));
         }
         positive(

@@ -39,10 +39,7 @@ fn main() -> ExitCode {
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
     if cli.dev {
-        env.push((
-            "RKMS__STORE__MEMORY__EPHEMERAL_OK".into(),
-            "true".into(),
-        ));
+        env.push(("RKMS__STORE__MEMORY__EPHEMERAL_OK".into(), "true".into()));
     }
     let loaded = Settings::locate(cli.config.as_deref()).and_then(|source| {
         Settings::load_with_env(&source, &env).map(|settings| (source, settings))

@@ -78,12 +78,7 @@ impl Application {
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
-        let broker = KeyBroker::new(
-            kms,
-            store,
-            broker_settings(&settings),
-            Arc::clone(&metrics),
-        );
+        let broker = KeyBroker::new(kms, store, broker_settings(&settings), Arc::clone(&metrics));
         let state = AppState {
             broker,
             metrics,

@@ -66,7 +66,10 @@ struct Buffer {
 impl Buffer {
     fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
         // A panic while holding the lock leaves whole lines at worst.
-        self.shared.pending.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -232,7 +235,11 @@ mod tests {
         let before = dropped_lines();
         let mut w = small.make_writer();
         assert_eq!(w.write(b"12345\n").unwrap(), 6);
-        assert_eq!(w.write(b"67890\n").unwrap(), 6, "dropped, reported as written");
+        assert_eq!(
+            w.write(b"67890\n").unwrap(),
+            6,
+            "dropped, reported as written"
+        );
         assert!(dropped_lines() > before);
         let mut out = Vec::new();
         flush_once(&shared, &mut Vec::new(), &mut out);

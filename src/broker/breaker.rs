@@ -69,7 +69,12 @@ pub struct Breakers {
 }
 
 impl Breakers {
-    pub fn new(regions: &[Region], threshold: u32, open_for: Duration, gauges: BreakerGauges) -> Self {
+    pub fn new(
+        regions: &[Region],
+        threshold: u32,
+        open_for: Duration,
+        gauges: BreakerGauges,
+    ) -> Self {
         let breakers = Self {
             states: Mutex::new(HashMap::new()),
             threshold: threshold.max(1),
@@ -215,8 +220,7 @@ mod tests {
     fn breakers() -> (Breakers, Region, BreakerGauges) {
         let gauges = BreakerGauges {
             up: IntGaugeVec::new(prometheus::Opts::new("u", "u"), &["region"]).unwrap(),
-            state: IntGaugeVec::new(prometheus::Opts::new("s", "s"), &["region", "state"])
-                .unwrap(),
+            state: IntGaugeVec::new(prometheus::Opts::new("s", "s"), &["region", "state"]).unwrap(),
         };
         let r = Region::new("r");
         (
@@ -251,16 +255,23 @@ mod tests {
         assert_eq!(state(&g), ("open", 0));
         assert_eq!(b.acquire(&r), None);
         assert!(!b.usable(&r));
-        assert_eq!(b.next_probe_in(&[r.clone()]), Duration::from_secs(10));
+        assert_eq!(b.next_probe_in(std::slice::from_ref(&r)), Duration::from_secs(10));
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(b.next_probe_in(&[r.clone()]), Duration::from_secs(6));
+        assert_eq!(b.next_probe_in(std::slice::from_ref(&r)), Duration::from_secs(6));
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(b.acquire(&r), Some(Permit::Probe));
         assert_eq!(state(&g), ("half_open", 1), "half-open is not down");
         assert_eq!(b.acquire(&r), None, "only one probe at a time");
         b.record(&r, Permit::Probe, Health::Neutral);
-        assert_eq!(b.acquire(&r), Some(Permit::Probe), "a neutral probe hands over");
-        assert!(b.record(&r, Permit::Probe, Health::Fault), "a failed probe reopens");
+        assert_eq!(
+            b.acquire(&r),
+            Some(Permit::Probe),
+            "a neutral probe hands over"
+        );
+        assert!(
+            b.record(&r, Permit::Probe, Health::Fault),
+            "a failed probe reopens"
+        );
         assert_eq!(state(&g), ("open", 0));
         assert_eq!(b.acquire(&r), None);
         tokio::time::advance(Duration::from_secs(10)).await;

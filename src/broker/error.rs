@@ -111,7 +111,9 @@ impl From<NoAnswer> for BrokerError {
             };
         }
         match failed.all_open {
-            Some(retry_after) if failed.attempts == 0 => BrokerError::AllRegionsOpen { retry_after },
+            Some(retry_after) if failed.attempts == 0 => {
+                BrokerError::AllRegionsOpen { retry_after }
+            }
             _ => BrokerError::KmsUnavailable {
                 attempts: failed.attempts,
                 last: failed.last.map(Arc::new),

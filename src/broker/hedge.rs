@@ -119,11 +119,13 @@ impl Inner {
         let timeout = self.settings.call_timeout;
         let deadline = Instant::now() + timeout;
         let slot = match self.in_flight.slots.get(region) {
-            Some(sem) => match tokio::time::timeout_at(deadline, Arc::clone(sem).acquire_owned()).await {
-                // A slot freed at the deadline leaves no time for the call.
-                Ok(Ok(slot)) if Instant::now() < deadline => Some(slot),
-                _ => None,
-            },
+            Some(sem) => {
+                match tokio::time::timeout_at(deadline, Arc::clone(sem).acquire_owned()).await {
+                    // A slot freed at the deadline leaves no time for the call.
+                    Ok(Ok(slot)) if Instant::now() < deadline => Some(slot),
+                    _ => None,
+                }
+            }
             None => None,
         };
         let started = std::time::Instant::now();
@@ -214,7 +216,13 @@ impl Inner {
         T: Send + 'static,
         F: Fn(&Region) -> Call<T>,
     {
-        type Pending<T> = BoxFuture<'static, (Region, Result<Result<T, KmsError>, oneshot::error::RecvError>)>;
+        type Pending<T> = BoxFuture<
+            'static,
+            (
+                Region,
+                Result<Result<T, KmsError>, oneshot::error::RecvError>,
+            ),
+        >;
         let mut pending: FuturesUnordered<Pending<T>> = FuturesUnordered::new();
         let mut queue = order.iter();
         let mut failed = NoAnswer::default();
@@ -308,7 +316,10 @@ mod tests {
         for _ in 0..1000 {
             b.deposit();
         }
-        assert!(b.try_spend() && b.try_spend() && !b.try_spend(), "capped at the burst");
+        assert!(
+            b.try_spend() && b.try_spend() && !b.try_spend(),
+            "capped at the burst"
+        );
         let none = HedgeBudget::new(0, 0);
         none.deposit();
         assert!(!none.try_spend());

@@ -128,7 +128,12 @@ impl Repairs {
                     () = cancel.cancelled() => None,
                 };
                 let Some(job) = job else { break };
-                tasks.spawn(repair(weak.clone(), job, Arc::clone(&slots), cancel.clone()));
+                tasks.spawn(repair(
+                    weak.clone(),
+                    job,
+                    Arc::clone(&slots),
+                    cancel.clone(),
+                ));
             }
             // Jobs still queued at shutdown: say which records stay short.
             rx.close();
@@ -141,13 +146,22 @@ impl Repairs {
 
 /// Retry one record until every configured region is present, with
 /// exponential backoff between attempts.
-async fn repair(inner: Weak<Inner>, mut job: Job, slots: Arc<Semaphore>, cancel: CancellationToken) {
+async fn repair(
+    inner: Weak<Inner>,
+    mut job: Job,
+    slots: Arc<Semaphore>,
+    cancel: CancellationToken,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut added_total = 0;
     loop {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         let outcome = {
-            let Ok(_slot) = slots.acquire().await else { return };
+            let Ok(_slot) = slots.acquire().await else {
+                return;
+            };
             attempt(&strong, &mut job).await
         };
         match outcome {
@@ -156,7 +170,12 @@ async fn repair(inner: Weak<Inner>, mut job: Job, slots: Arc<Semaphore>, cancel:
                 tracing::warn!(key_id = %job.id, error = %crate::report::chain(&e), "record repair failed; retrying")
             }
         }
-        let missing = strong.settings.regions.iter().filter(|r| !job.present.contains(*r)).count();
+        let missing = strong
+            .settings
+            .regions
+            .iter()
+            .filter(|r| !job.present.contains(*r))
+            .count();
         if missing == 0 {
             if added_total > 0 {
                 strong.metrics.records_repaired.inc();

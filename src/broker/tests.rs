@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use super::*;
 use crate::domain::RECORD_VERSION;
 use crate::kms::faulty::{Fault, FaultyKms};
-use crate::kms::KmsErrorKind;
 use crate::kms::local::LocalKms;
+use crate::kms::KmsErrorKind;
 use crate::store::memory::MemoryStore;
 
 struct Rig {
@@ -284,7 +284,10 @@ async fn a_short_create_is_repaired_when_the_region_returns_without_any_read() {
 
     // Still down for a while: attempts fail and are retried.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    assert!(rig.kms.calls(&r("r3"), "encrypt") >= 2, "retried while down");
+    assert!(
+        rig.kms.calls(&r("r3"), "encrypt") >= 2,
+        "retried while down"
+    );
     assert_eq!(rig.store.snapshot(&id("outage")).unwrap().keys.len(), 2);
     assert_eq!(rig.broker.repairs_pending(), 1);
 
@@ -444,11 +447,18 @@ async fn a_slower_healthy_region_losing_hedges_keeps_its_breaker_closed() {
     for round in 1..=20 {
         let read = rig.broker.get_or_create(&id("slow"), true).await.unwrap();
         assert_eq!(read.source, KeySource::Region(r("r2")), "the hedge wins");
-        assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), round, "r1 is still asked first");
+        assert_eq!(
+            rig.kms.calls(&r("r1"), "decrypt"),
+            round,
+            "r1 is still asked first"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let m = &rig.broker.inner.metrics;
-    assert_eq!(m.region_breaker.with_label_values(&["r1", "closed"]).get(), 1);
+    assert_eq!(
+        m.region_breaker.with_label_values(&["r1", "closed"]).get(),
+        1
+    );
     assert_eq!(m.region_up.with_label_values(&["r1"]).get(), 1);
     assert_eq!(m.kms_hedges.with_label_values(&["r2"]).get(), 20);
 }
@@ -457,7 +467,11 @@ async fn a_slower_healthy_region_losing_hedges_keeps_its_breaker_closed() {
 /// read moves to the next region at once, without a hedge delay.
 #[tokio::test(start_paused = true)]
 async fn per_key_errors_move_on_at_once_and_open_no_breaker() {
-    for kind in [KmsErrorKind::Misconfigured, KmsErrorKind::Integrity, KmsErrorKind::Other] {
+    for kind in [
+        KmsErrorKind::Misconfigured,
+        KmsErrorKind::Integrity,
+        KmsErrorKind::Other,
+    ] {
         let rig = rig_with(no_cache());
         rig.broker.get_or_create(&id("k"), true).await.unwrap();
         rig.kms.set_fault(&r("r1"), Some(Fault::Fail(kind)));
@@ -466,10 +480,17 @@ async fn per_key_errors_move_on_at_once_and_open_no_breaker() {
             let read = rig.broker.get_or_create(&id("k"), true).await.unwrap();
             assert_eq!(read.source, KeySource::Region(r("r2")), "{kind:?}");
             assert_eq!(started.elapsed(), Duration::ZERO, "{kind:?}");
-            assert_eq!(rig.kms.calls(&r("r1"), "decrypt"), round, "{kind:?}: r1 still tried");
+            assert_eq!(
+                rig.kms.calls(&r("r1"), "decrypt"),
+                round,
+                "{kind:?}: r1 still tried"
+            );
         }
         let m = &rig.broker.inner.metrics;
-        assert_eq!(m.region_breaker.with_label_values(&["r1", "closed"]).get(), 1);
+        assert_eq!(
+            m.region_breaker.with_label_values(&["r1", "closed"]).get(),
+            1
+        );
     }
 }
 
@@ -531,9 +552,17 @@ async fn hedge_after_zero_asks_every_region_at_once() {
     let before = rig.kms.total_calls("decrypt");
     let started = Instant::now();
     let read = rig.broker.get_or_create(&id("z"), true).await.unwrap();
-    assert_ne!(read.source, KeySource::Region(r("r1")), "a faster region wins");
+    assert_ne!(
+        read.source,
+        KeySource::Region(r("r1")),
+        "a faster region wins"
+    );
     assert_eq!(started.elapsed(), Duration::ZERO);
-    assert_eq!(rig.kms.total_calls("decrypt") - before, 3, "one call per region");
+    assert_eq!(
+        rig.kms.total_calls("decrypt") - before,
+        3,
+        "one call per region"
+    );
 }
 
 /// When every region's breaker is open, a request is answered at once
@@ -560,11 +589,19 @@ async fn a_full_outage_answers_at_once_with_the_next_probe_time() {
     let calls = rig.kms.total_calls("decrypt") + rig.kms.total_calls("generate_data_key");
     tokio::time::advance(Duration::from_secs(4)).await;
     let started = Instant::now();
-    let err = rig.broker.get_or_create(&id("new"), true).await.unwrap_err();
+    let err = rig
+        .broker
+        .get_or_create(&id("new"), true)
+        .await
+        .unwrap_err();
     assert_eq!(started.elapsed(), Duration::ZERO);
     match err {
         BrokerError::AllRegionsOpen { retry_after } => {
-            assert_eq!(retry_after, Duration::from_secs(6), "the breakers reopen in 6 s")
+            assert_eq!(
+                retry_after,
+                Duration::from_secs(6),
+                "the breakers reopen in 6 s"
+            )
         }
         other => panic!("expected AllRegionsOpen, got {other}"),
     }
@@ -610,7 +647,9 @@ async fn a_hung_region_holds_at_most_its_in_flight_cap() {
     );
     let m = &rig.broker.inner.metrics;
     assert_eq!(
-        m.kms_requests.with_label_values(&["r1", "decrypt", "saturated"]).get(),
+        m.kms_requests
+            .with_label_values(&["r1", "decrypt", "saturated"])
+            .get(),
         4
     );
     assert_eq!(
@@ -762,7 +801,11 @@ async fn a_hung_region_does_not_hold_up_a_create_and_is_repaired_later() {
         .await
         .unwrap();
     for name in ["c", "c2", "c3"] {
-        assert_eq!(rig.store.snapshot(&id(name)).unwrap().keys.len(), 3, "{name}");
+        assert_eq!(
+            rig.store.snapshot(&id(name)).unwrap().keys.len(),
+            3,
+            "{name}"
+        );
     }
 }
 

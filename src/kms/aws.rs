@@ -218,6 +218,11 @@ impl Kms for AwsKms {
             .client
             .encrypt()
             .key_id(&rc.key_id)
+            // Copies rkms cannot wipe: the SDK takes this Vec by value and
+            // serialises it (base64) into its request body; both are the
+            // SDK's to drop. Likewise the response bodies of Decrypt and
+            // GenerateDataKey, which the SDK parses before `plaintext`
+            // reaches us; from there on every copy is `Zeroizing`.
             .plaintext(Blob::new(key.expose().to_vec()))
             .set_encryption_context(context_map(context))
             .send()

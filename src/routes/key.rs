@@ -1,8 +1,11 @@
 //! `GET /key?id=ID[&create=false]` (and the RKMS path `/api/v1/key`).
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use zeroize::Zeroizing;
 
 use super::{AppState, REQUEST_ID};
 use crate::broker::Resolved;
@@ -115,6 +118,25 @@ impl Audit<'_> {
     }
 }
 
+/// The 200 body, in a buffer that is wiped when hyper has sent it and
+/// drops it. Copies rkms cannot wipe: hyper may copy a small body into its
+/// write buffer, and the kernel's socket buffers hold it until sent.
+fn key_response(id: &str, encoded: &str) -> Response {
+    let mut body = Zeroizing::new(Vec::with_capacity(id.len() + encoded.len() + 32));
+    if let Err(e) = serde_json::to_writer(&mut *body, &KeyBody { id, key: encoded }) {
+        tracing::error!(error = %e, "cannot encode the key response");
+        return ApiError::Internal(None).into_response();
+    }
+    let mut response = Response::new(Body::from(Bytes::from_owner(body)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 pub async fn get_key(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -166,16 +188,7 @@ pub async fn get_key(
                 source.as_str(),
                 "ok",
             );
-            let encoded = key.to_base64();
-            let body = KeyBody {
-                id: query.id.as_str(),
-                key: &encoded,
-            };
-            let mut response = axum::Json(body).into_response();
-            response
-                .headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            response
+            key_response(query.id.as_str(), &key.to_base64())
         }
         Err(ApiError::NotFound(msg)) => {
             audit.emit("not_found", "none", "not_found");
@@ -200,9 +213,15 @@ mod tests {
         assert!(!ok.create);
         assert!(parse_query(Some("id=x")).unwrap().create);
         // U+FFFD sent as valid UTF-8 is an id of its own, and `+` is a space.
-        assert_eq!(parse_query(Some("id=%EF%BF%BD")).unwrap().id.as_str(), "\u{FFFD}");
+        assert_eq!(
+            parse_query(Some("id=%EF%BF%BD")).unwrap().id.as_str(),
+            "\u{FFFD}"
+        );
         assert_eq!(parse_query(Some("id=a+b%2B")).unwrap().id.as_str(), "a b+");
-        assert_eq!(parse_query(Some("id=a&&create=0")).unwrap().id.as_str(), "a");
+        assert_eq!(
+            parse_query(Some("id=a&&create=0")).unwrap().id.as_str(),
+            "a"
+        );
         for bad in [
             None,
             Some(""),

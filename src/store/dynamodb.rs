@@ -13,9 +13,9 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
 use super::{decode_header, decode_keys, encode_keys, region_map, PutOutcome, Store, StoreError};
+use crate::aws::{inspect, is_throttling, sdk_timeouts};
 use crate::config::{DynamoSettings, StoreSettings};
 use crate::domain::{KeyId, KeyRecord, Region};
-use crate::aws::{inspect, is_throttling, sdk_timeouts};
 
 pub struct DynamoStore {
     client: Client,
