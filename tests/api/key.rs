@@ -319,7 +319,16 @@ async fn metrics_can_be_served_on_a_separate_listener() {
 async fn look_alike_ids_get_distinct_keys() {
     let app = spawn_app().await;
     let ids = [
-        "t1", "t10", "T1", "t1 ", "t1/", " t1", "t1\u{FFFD}", "\u{FFFD}", "t1+", "t1%",
+        "t1",
+        "t10",
+        "T1",
+        "t1 ",
+        "t1/",
+        " t1",
+        "t1\u{FFFD}",
+        "\u{FFFD}",
+        "t1+",
+        "t1%",
     ];
     let keys: HashSet<String> = futures::future::join_all(ids.iter().map(|id| app.key(id)))
         .await
@@ -361,13 +370,21 @@ async fn a_full_outage_is_a_503_with_the_time_of_the_next_probe() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 503);
-    let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((25..=30).contains(&retry), "Retry-After {retry}");
     assert_eq!(app.kms.total_calls("decrypt"), calls, "no KMS call");
     let metrics = app.metrics().await;
     for name in ["local-1", "local-2", "local-3"] {
         assert_eq!(
-            metric_value(&metrics, "rkms_region_breaker", &[("region", name), ("state", "open")]),
+            metric_value(
+                &metrics,
+                "rkms_region_breaker",
+                &[("region", name), ("state", "open")]
+            ),
             1.0
         );
     }

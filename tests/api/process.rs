@@ -424,7 +424,11 @@ async fn two_processes_share_one_data_directory() {
         let (status, made) = fetch(&client, &creator.base, &id, None).await;
         assert_eq!(status, 200, "{made}");
         let res = client
-            .get(format!("{}/key?id={}&create=false", reader.base, urlencode(&id)))
+            .get(format!(
+                "{}/key?id={}&create=false",
+                reader.base,
+                urlencode(&id)
+            ))
             .send()
             .await
             .unwrap();
@@ -441,11 +445,15 @@ async fn two_processes_share_one_data_directory() {
 fn the_memory_store_needs_dev_or_an_explicit_flag() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = command(dir.path());
-    cmd.env("RKMS__STORE__BACKEND", "memory").arg("check-config");
+    cmd.env("RKMS__STORE__BACKEND", "memory")
+        .arg("check-config");
     let (code, stderr) = run_to_exit(cmd);
     assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("store.backend") && stderr.contains("ephemeral_ok"), "{stderr}");
+    assert!(
+        stderr.contains("store.backend") && stderr.contains("ephemeral_ok"),
+        "{stderr}"
+    );
 
     let mut cmd = command(dir.path());
     cmd.env("RKMS__STORE__BACKEND", "memory")
