@@ -255,9 +255,15 @@ mod tests {
         assert_eq!(state(&g), ("open", 0));
         assert_eq!(b.acquire(&r), None);
         assert!(!b.usable(&r));
-        assert_eq!(b.next_probe_in(std::slice::from_ref(&r)), Duration::from_secs(10));
+        assert_eq!(
+            b.next_probe_in(std::slice::from_ref(&r)),
+            Duration::from_secs(10)
+        );
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert_eq!(b.next_probe_in(std::slice::from_ref(&r)), Duration::from_secs(6));
+        assert_eq!(
+            b.next_probe_in(std::slice::from_ref(&r)),
+            Duration::from_secs(6)
+        );
         tokio::time::advance(Duration::from_secs(6)).await;
         assert_eq!(b.acquire(&r), Some(Permit::Probe));
         assert_eq!(state(&g), ("half_open", 1), "half-open is not down");
