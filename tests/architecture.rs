@@ -5,6 +5,8 @@
 //! `error`, `auth`) or the config file format; nothing imports `routes`
 //! except `startup`, and nothing imports `startup`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
@@ -56,8 +58,8 @@ fn crate_paths(source: &str) -> BTreeSet<String> {
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                 .collect();
             // `crate::{a, b}` groups.
-            if after.starts_with('{') {
-                let group = after[1..].split('}').next().unwrap_or("");
+            if let Some(group) = after.strip_prefix('{') {
+                let group = group.split('}').next().unwrap_or("");
                 for item in group.split(',') {
                     let item = item.trim();
                     let head: String = item
