@@ -56,19 +56,10 @@ impl Authenticator {
         let clients = settings
             .clients
             .iter()
-            .map(|c| {
-                let mut digest = [0u8; 32];
-                // Validated as 64 hex digits when the config loaded.
-                if let Ok(bytes) = hex::decode(&c.token_sha256) {
-                    if bytes.len() == 32 {
-                        digest.copy_from_slice(&bytes);
-                    }
-                }
-                Client {
-                    name: c.name.clone(),
-                    digest,
-                    prefixes: c.prefixes.clone(),
-                }
+            .map(|c| Client {
+                name: c.name.clone(),
+                digest: c.token_sha256.0,
+                prefixes: c.prefixes.clone(),
             })
             .collect();
         Self {
@@ -106,9 +97,14 @@ impl Authenticator {
     }
 }
 
-/// Hex SHA-256 of a token, as `auth.clients[].token_sha256` expects.
+/// SHA-256 of a token, as `auth.clients[].token_sha256` holds it.
+pub fn token_hash(token: &str) -> crate::config::TokenHash {
+    crate::config::TokenHash(Sha256::digest(token.as_bytes()).into())
+}
+
+/// Hex SHA-256 of a token, as `auth.clients[].token_sha256` is written.
 pub fn token_digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hex::encode(token_hash(token).0)
 }
 
 #[cfg(test)]
@@ -122,7 +118,7 @@ mod tests {
             enabled: true,
             clients: vec![AuthClient {
                 name: "billing".into(),
-                token_sha256: token_digest("s3cret"),
+                token_sha256: token_hash("s3cret"),
                 prefixes: vec!["billing/".into()],
             }],
         });

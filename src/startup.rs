@@ -86,12 +86,12 @@ impl Application {
             draining: Arc::new(AtomicBool::new(false)),
             request_timeout: settings.request_timeout(),
         };
-        let listener = TcpListener::bind(settings.listen_addr())
+        let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| {
                 format!("cannot listen on server.listen {}", settings.server.listen)
             })?;
-        let metrics_listener = match settings.metrics_addr() {
+        let metrics_listener = match settings.server.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
                     .await

@@ -1,4 +1,4 @@
-//! A fault-injecting wrapper around any [`Kms`], for tests and drills: make a
+//! A fault-injecting wrapper around any [`Kms`], for tests: make a
 //! region fail, hang or slow down at will, and count the calls each region
 //! received. Production configs cannot select it.
 

@@ -4,6 +4,7 @@
 //! in `broker`, never here.
 
 pub mod aws;
+#[cfg(any(test, feature = "testing"))]
 pub mod faulty;
 pub mod local;
 

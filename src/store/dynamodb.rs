@@ -12,7 +12,10 @@ use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
-use super::{decode_header, decode_keys, encode_keys, region_map, PutOutcome, Store, StoreError};
+use super::{
+    decode_header, decode_keys, decode_region_map, encode_keys, region_map, PutOutcome, Store,
+    StoreError,
+};
 use crate::aws::{inspect, is_throttling, sdk_timeouts};
 use crate::config::{DynamoSettings, StoreSettings};
 use crate::domain::{KeyId, KeyRecord, Region};
@@ -150,10 +153,7 @@ fn decode_item(
         keys: decode_keys(requested, keys)?,
         id,
         version,
-        key_ids: key_ids
-            .into_iter()
-            .map(|(r, a)| (Region::new(r), a))
-            .collect(),
+        key_ids: decode_region_map(key_ids),
         created_at,
     })
 }

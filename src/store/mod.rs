@@ -130,6 +130,33 @@ pub fn decode_header(
     Ok((id, version))
 }
 
+/// Add to `record` the ciphertexts (and key ARNs) of regions it lacks;
+/// never replaces one it has. Returns how many regions were added. The one
+/// rule of repair, shared by the stores that merge in memory.
+pub fn merge_missing(
+    record: &mut KeyRecord,
+    keys: &BTreeMap<Region, Vec<u8>>,
+    key_ids: &BTreeMap<Region, String>,
+) -> usize {
+    let mut added = 0;
+    for (region, ciphertext) in keys {
+        if let std::collections::btree_map::Entry::Vacant(slot) = record.keys.entry(region.clone())
+        {
+            slot.insert(ciphertext.clone());
+            if let Some(arn) = key_ids.get(region) {
+                record.key_ids.insert(region.clone(), arn.clone());
+            }
+            added += 1;
+        }
+    }
+    added
+}
+
+/// Parse a stored `key_ids` map (region -> key ARN).
+pub fn decode_region_map(map: BTreeMap<String, String>) -> BTreeMap<Region, String> {
+    map.into_iter().map(|(r, v)| (Region::new(r), v)).collect()
+}
+
 pub fn region_map(map: &BTreeMap<Region, String>) -> BTreeMap<String, String> {
     map.iter()
         .map(|(r, v)| (r.to_string(), v.clone()))

@@ -17,7 +17,10 @@ use tokio::sync::Semaphore;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{decode_header, decode_keys, encode_keys, region_map, PutOutcome, Store, StoreError};
+use super::{
+    decode_header, decode_keys, decode_region_map, encode_keys, merge_missing, region_map,
+    PutOutcome, Store, StoreError,
+};
 use crate::domain::{KeyId, KeyRecord, Region};
 
 const SCHEMA: &str = "
@@ -193,10 +196,7 @@ fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecor
         keys: decode_keys(&raw_id, keys)?,
         id,
         version,
-        key_ids: key_ids
-            .into_iter()
-            .map(|(r, a)| (Region::new(r), a))
-            .collect(),
+        key_ids: decode_region_map(key_ids),
         created_at,
     }))
 }
@@ -275,18 +275,7 @@ impl Store for SqliteStore {
             let Some(mut record) = read(&tx, &id, OP)? else {
                 return Ok(0);
             };
-            let mut added = 0;
-            for (region, ciphertext) in keys {
-                if let std::collections::btree_map::Entry::Vacant(slot) =
-                    record.keys.entry(region.clone())
-                {
-                    slot.insert(ciphertext);
-                    if let Some(arn) = key_ids.get(&region) {
-                        record.key_ids.insert(region, arn.clone());
-                    }
-                    added += 1;
-                }
-            }
+            let added = merge_missing(&mut record, &keys, &key_ids);
             if added > 0 {
                 tx.execute(
                     "UPDATE rkms_keys SET keys = ?2, key_ids = ?3 WHERE id = ?1",

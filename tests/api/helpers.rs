@@ -27,7 +27,7 @@ pub struct TestApp {
 
 pub fn test_settings(dir: &Path) -> Settings {
     let mut s = Settings::default();
-    s.server.listen = "127.0.0.1:0".into();
+    s.server.listen = ([127, 0, 0, 1], 0).into();
     s.kms.local.keyring = dir.join("keyring.json");
     s.store.sqlite.path = dir.join("rkms.sqlite3");
     s

@@ -256,7 +256,7 @@ async fn auth_refuses_unknown_clients_and_foreign_prefixes() {
         s.auth.enabled = true;
         s.auth.clients = vec![rkms::config::AuthClient {
             name: "billing".into(),
-            token_sha256: rkms::auth::token_digest(token),
+            token_sha256: rkms::auth::token_hash(token),
             prefixes: vec!["billing/".into()],
         }];
     })
@@ -293,7 +293,7 @@ async fn a_request_past_the_request_timeout_is_a_json_503() {
 
 #[tokio::test]
 async fn metrics_can_be_served_on_a_separate_listener() {
-    let app = spawn_with(|s| s.server.metrics_listen = "127.0.0.1:0".into()).await;
+    let app = spawn_with(|s| s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into())).await;
     app.key("sep").await;
     let addr = app.metrics_addr.expect("metrics listener bound");
     let text = reqwest::get(format!("http://{addr}/metrics"))

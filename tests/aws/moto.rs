@@ -234,7 +234,7 @@ impl Cloud {
     /// Settings for an rkms against this cloud.
     pub fn settings(&self) -> Settings {
         let mut s = Settings::default();
-        s.server.listen = "127.0.0.1:0".into();
+        s.server.listen = ([127, 0, 0, 1], 0).into();
         s.kms.provider = KmsProvider::Aws;
         s.kms.regions = REGIONS.iter().map(|r| r.to_string()).collect();
         s.kms.call_timeout_ms = 1500;

@@ -1,0 +1,212 @@
+//! Checks of each field and of the whole, after parsing. Each failure is
+//! one `ConfigError` naming its key.
+
+use super::{ConfigError, KmsProvider, Settings, StoreBackend};
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
+        if !matches!(
+            self.log.level.to_ascii_lowercase().as_str(),
+            "trace" | "debug" | "info" | "warn" | "error" | "off"
+        ) {
+            return Err(ConfigError::new(
+                "log.level",
+                format!(
+                    "{:?} is not one of trace, debug, info, warn, error, off",
+                    self.log.level
+                ),
+            ));
+        }
+        if !(16..=64).contains(&self.keys.data_key_bytes) {
+            return Err(ConfigError::new(
+                "keys.data_key_bytes",
+                format!(
+                    "must be between 16 and 64, got {}",
+                    self.keys.data_key_bytes
+                ),
+            ));
+        }
+        self.validate_kms()?;
+        self.validate_store()?;
+        if self.cache.ttl_seconds > 0 && self.cache.max_entries == 0 {
+            return Err(ConfigError::new(
+                "cache.max_entries",
+                "must be at least 1 while cache.ttl_seconds > 0 (set ttl_seconds = 0 to disable the cache)",
+            ));
+        }
+        self.validate_auth()
+    }
+
+    fn validate_kms(&self) -> Result<(), ConfigError> {
+        let kms = &self.kms;
+        if kms.regions.is_empty() {
+            return Err(ConfigError::new(
+                "kms.regions",
+                "must list at least one region",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for region in &kms.regions {
+            if region.trim().is_empty()
+                || region.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::new(
+                    "kms.regions",
+                    format!("{region:?} is not a valid region name"),
+                ));
+            }
+            if !seen.insert(region) {
+                return Err(ConfigError::new(
+                    "kms.regions",
+                    format!("{region:?} is listed twice"),
+                ));
+            }
+        }
+        if kms.min_regions_on_create == 0 || kms.min_regions_on_create > kms.regions.len() {
+            return Err(ConfigError::new(
+                "kms.min_regions_on_create",
+                format!(
+                    "must be between 1 and the number of regions ({}), got {}",
+                    kms.regions.len(),
+                    kms.min_regions_on_create
+                ),
+            ));
+        }
+        positive("kms.call_timeout_ms", kms.call_timeout_ms)?;
+        if kms.hedge_budget_percent > 100 {
+            return Err(ConfigError::new(
+                "kms.hedge_budget_percent",
+                format!(
+                    "must be between 0 and 100, got {}",
+                    kms.hedge_budget_percent
+                ),
+            ));
+        }
+        positive(
+            "kms.max_in_flight_per_region",
+            u64::from(kms.max_in_flight_per_region),
+        )?;
+        positive("kms.breaker_failures", u64::from(kms.breaker_failures))?;
+        positive("kms.breaker_open_ms", kms.breaker_open_ms)?;
+        match kms.provider {
+            KmsProvider::Local => {
+                if kms.local.keyring.as_os_str().is_empty() {
+                    return Err(ConfigError::new("kms.local.keyring", "must be a file path"));
+                }
+            }
+            KmsProvider::Aws => {
+                for region in &kms.regions {
+                    match kms.aws.key_ids.get(region) {
+                        Some(id) if !id.trim().is_empty() => {}
+                        _ => {
+                            return Err(ConfigError::new(
+                                format!("kms.aws.key_ids.{region}"),
+                                "provider \"aws\" needs a KMS key id, ARN or alias for every region in kms.regions",
+                            ))
+                        }
+                    }
+                }
+                for region in kms.aws.key_ids.keys() {
+                    if !kms.regions.contains(region) {
+                        return Err(ConfigError::new(
+                            format!("kms.aws.key_ids.{region}"),
+                            "region is not listed in kms.regions",
+                        ));
+                    }
+                }
+                for (region, url) in &kms.aws.endpoints {
+                    if !kms.regions.contains(region) {
+                        return Err(ConfigError::new(
+                            format!("kms.aws.endpoints.{region}"),
+                            "region is not listed in kms.regions",
+                        ));
+                    }
+                    check_url(&format!("kms.aws.endpoints.{region}"), url)?;
+                }
+                positive("kms.aws.connect_timeout_ms", kms.aws.connect_timeout_ms)?;
+                if kms.aws.attempt_timeout_ms > kms.call_timeout_ms {
+                    return Err(ConfigError::new(
+                        "kms.aws.attempt_timeout_ms",
+                        format!(
+                            "must not exceed kms.call_timeout_ms ({}), got {}",
+                            kms.call_timeout_ms, kms.aws.attempt_timeout_ms
+                        ),
+                    ));
+                }
+                if !(1..=10).contains(&kms.aws.max_attempts) {
+                    return Err(ConfigError::new(
+                        "kms.aws.max_attempts",
+                        format!("must be between 1 and 10, got {}", kms.aws.max_attempts),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        positive("store.call_timeout_ms", self.store.call_timeout_ms)?;
+        match self.store.backend {
+            StoreBackend::Sqlite => {
+                if self.store.sqlite.path.as_os_str().is_empty() {
+                    return Err(ConfigError::new("store.sqlite.path", "must be a file path"));
+                }
+            }
+            StoreBackend::Dynamodb => {
+                let d = &self.store.dynamodb;
+                if d.region.trim().is_empty() {
+                    return Err(ConfigError::new("store.dynamodb.region", "is required"));
+                }
+                let table_ok = (3..=255).contains(&d.table.len())
+                    && d.table
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !table_ok {
+                    return Err(ConfigError::new(
+                        "store.dynamodb.table",
+                        format!(
+                            "{:?} is not a DynamoDB table name (3-255 of a-z A-Z 0-9 _ - .)",
+                            d.table
+                        ),
+                    ));
+                }
+                if !d.endpoint.is_empty() {
+                    check_url("store.dynamodb.endpoint", &d.endpoint)?;
+                }
+            }
+            StoreBackend::Memory if !self.store.memory.ephemeral_ok => {
+                return Err(ConfigError::new(
+                    "store.backend",
+                    "\"memory\" loses every key when rkms stops; set store.memory.ephemeral_ok = true (tests, demos) or run `rkms --dev`",
+                ));
+            }
+            StoreBackend::Memory => {}
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::new(key, "must be greater than 0"));
+    }
+    Ok(())
+}
+
+pub(super) fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        Some(host)
+            if !host.is_empty() && !host.starts_with('/') && !url.contains(char::is_whitespace) =>
+        {
+            Ok(())
+        }
+        _ => Err(ConfigError::new(
+            key,
+            format!("{url:?} is not an http:// or https:// URL"),
+        )),
+    }
+}
