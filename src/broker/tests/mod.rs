@@ -1,0 +1,85 @@
+//! Broker policy against in-process fakes: the local KMS behind a
+//! fault-injecting wrapper, and the memory store. Time-based behaviour runs
+//! under tokio's paused clock, so delays are exact rather than slept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use std::collections::HashSet;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::domain::RECORD_VERSION;
+use crate::kms::faulty::{Fault, FaultyKms};
+use crate::kms::local::LocalKms;
+use crate::kms::KmsErrorKind;
+use crate::store::memory::MemoryStore;
+
+struct Rig {
+    broker: KeyBroker,
+    kms: Arc<FaultyKms>,
+    store: Arc<MemoryStore>,
+    _dir: tempfile::TempDir,
+}
+
+fn regions() -> Vec<Region> {
+    ["r1", "r2", "r3"].into_iter().map(Region::new).collect()
+}
+
+fn settings() -> BrokerSettings {
+    BrokerSettings {
+        regions: regions(),
+        min_regions_on_create: 2,
+        data_key_bytes: 32,
+        call_timeout: Duration::from_millis(2000),
+        hedge_after: Duration::from_millis(250),
+        hedge_budget_percent: 10,
+        hedge_budget_burst: 10,
+        max_in_flight_per_region: 256,
+        breaker_failures: 3,
+        breaker_open: Duration::from_millis(10_000),
+        store_timeout: Duration::from_millis(2000),
+        cache_ttl: Duration::from_secs(300),
+        cache_max_entries: 1000,
+        stale_if_error: Duration::ZERO,
+    }
+}
+
+fn rig_with(settings: BrokerSettings) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalKms::open(&dir.path().join("keyring.json"), &settings.regions).unwrap();
+    let kms = Arc::new(FaultyKms::new(Arc::new(local)));
+    let store = Arc::new(MemoryStore::new());
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let broker = KeyBroker::new(kms.clone(), store.clone(), settings, metrics);
+    Rig {
+        broker,
+        kms,
+        store,
+        _dir: dir,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(settings())
+}
+
+fn no_cache() -> BrokerSettings {
+    BrokerSettings {
+        cache_ttl: Duration::ZERO,
+        ..settings()
+    }
+}
+
+fn id(s: &str) -> KeyId {
+    KeyId::parse(s).unwrap()
+}
+
+fn r(name: &str) -> Region {
+    Region::new(name)
+}
+
+mod hedging;
+mod reads;
+mod repair;

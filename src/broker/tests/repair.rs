@@ -1,0 +1,126 @@
+//! Repair of records that lack a configured region.
+
+use super::*;
+
+#[tokio::test]
+async fn a_record_read_while_missing_a_region_is_repaired() {
+    let rig = rig_with(no_cache());
+    let made = rig.broker.get_or_create(&id("rep"), true).await.unwrap();
+    // A region added to the config after the record was written.
+    let mut short = rig.store.snapshot(&id("rep")).unwrap();
+    short.keys.remove(&r("r3"));
+    short.key_ids.remove(&r("r3"));
+    rig.store.insert_raw(short);
+    rig.broker.get_or_create(&id("rep"), true).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), rig.broker.repairs_idle())
+        .await
+        .unwrap();
+    let rec = rig.store.snapshot(&id("rep")).unwrap();
+    assert_eq!(rec.keys.len(), 3);
+    assert!(rec.key_ids.contains_key(&r("r3")));
+    // The repaired region now serves the same key on its own.
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r2"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    let read = rig.broker.get_or_create(&id("rep"), true).await.unwrap();
+    assert_eq!(read.source, KeySource::Region(r("r3")));
+    assert_eq!(read.key.expose(), made.key.expose());
+}
+
+/// A key created while a region is down is repaired once the region is
+/// back, with no further request for it: until then, losing one more
+/// region would lose the key. The repair retries with backoff while the
+/// region stays down.
+#[tokio::test(start_paused = true)]
+async fn a_short_create_is_repaired_when_the_region_returns_without_any_read() {
+    let rig = rig();
+    rig.kms
+        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    let made = rig.broker.get_or_create(&id("outage"), true).await.unwrap();
+    assert!(made.created);
+    assert_eq!(rig.store.snapshot(&id("outage")).unwrap().keys.len(), 2);
+    assert_eq!(rig.broker.repairs_pending(), 1, "queued at create time");
+    let gets = rig.store.get_calls();
+
+    // Still down for a while: attempts fail and are retried.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(
+        rig.kms.calls(&r("r3"), "encrypt") >= 2,
+        "retried while down"
+    );
+    assert_eq!(rig.store.snapshot(&id("outage")).unwrap().keys.len(), 2);
+    assert_eq!(rig.broker.repairs_pending(), 1);
+
+    rig.kms.set_fault(&r("r3"), None);
+    tokio::time::timeout(Duration::from_secs(120), rig.broker.repairs_idle())
+        .await
+        .expect("repaired once the region is back");
+    let rec = rig.store.snapshot(&id("outage")).unwrap();
+    assert_eq!(rec.keys.len(), 3);
+    assert_eq!(rig.store.get_calls(), gets, "no read was needed");
+    assert_eq!(rig.broker.inner.metrics.records_repaired.get(), 1);
+    assert_eq!(rig.broker.repairs_pending(), 0);
+    // And r3's ciphertext alone gives back the same key.
+    rig.broker.clear_cache().await;
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.kms
+        .set_fault(&r("r2"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    let read = rig.broker.get_or_create(&id("outage"), true).await.unwrap();
+    assert_eq!(read.source, KeySource::Region(r("r3")));
+    assert_eq!(read.key.expose(), made.key.expose());
+}
+
+/// Shutdown gives up on repairs still waiting for a region, and returns.
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_waiting_repairs() {
+    let rig = rig();
+    rig.kms
+        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    rig.broker.get_or_create(&id("left"), true).await.unwrap();
+    assert_eq!(rig.broker.repairs_pending(), 1);
+    tokio::time::timeout(Duration::from_secs(10), rig.broker.shutdown())
+        .await
+        .expect("shutdown does not wait for the region");
+    assert_eq!(rig.broker.repairs_pending(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_region_does_not_hold_up_a_create_and_is_repaired_later() {
+    let rig = rig_with(no_cache());
+    rig.kms.set_fault(&r("r3"), Some(Fault::Hang));
+    let started = Instant::now();
+    let made = rig.broker.get_or_create(&id("c"), true).await.unwrap();
+    assert!(made.created);
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(250),
+        "quorum, then hedge_after for the rest"
+    );
+    assert_eq!(rig.store.snapshot(&id("c")).unwrap().keys.len(), 2);
+
+    // Three creates whose r3 calls time out open r3's breaker; later
+    // creates skip it at once.
+    rig.broker.get_or_create(&id("c2"), true).await.unwrap();
+    rig.broker.get_or_create(&id("c3"), true).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let calls = rig.kms.calls(&r("r3"), "encrypt");
+    let started = Instant::now();
+    rig.broker.get_or_create(&id("c4"), true).await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(rig.kms.calls(&r("r3"), "encrypt"), calls);
+
+    // The region comes back: the queued repairs complete on their own.
+    rig.kms.set_fault(&r("r3"), None);
+    tokio::time::timeout(Duration::from_secs(300), rig.broker.repairs_idle())
+        .await
+        .unwrap();
+    for name in ["c", "c2", "c3"] {
+        assert_eq!(
+            rig.store.snapshot(&id(name)).unwrap().keys.len(),
+            3,
+            "{name}"
+        );
+    }
+}
