@@ -1,0 +1,124 @@
+//! Tests of the adapter against real files in a temporary directory.
+
+mod unit {
+    use super::super::*;
+
+    /// Many first starts at once on one keyring path (two rkms processes
+    /// sharing a data directory): every one ends up with the same master
+    /// keys, so a key wrapped by one unwraps in all the others.
+    #[tokio::test]
+    async fn concurrent_first_opens_agree_on_the_master_keys() {
+        for round in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(format!("d{round}/keyring.json"));
+            let rs = regions(&["a", "b"]);
+            let opened: Vec<LocalKms> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| LocalKms::open(&path, &rs).unwrap()))
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let id = crate::domain::KeyId::parse("shared").unwrap();
+            let (key, wrapped) = opened[0]
+                .generate_data_key(&rs[0], 32, Context::Bound(&id))
+                .await
+                .unwrap();
+            for kms in &opened {
+                let back = kms
+                    .decrypt(&rs[0], &wrapped.ciphertext, Context::Bound(&id))
+                    .await
+                    .unwrap();
+                assert_eq!(back.expose(), key.expose());
+            }
+        }
+    }
+    use crate::domain::KeyId;
+
+    fn regions(names: &[&str]) -> Vec<Region> {
+        names.iter().map(|n| Region::new(*n)).collect()
+    }
+
+    #[tokio::test]
+    async fn round_trip_is_bound_to_region_and_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k/keyring.json");
+        let kms = LocalKms::open(&path, &regions(&["a", "b"])).unwrap();
+        let id = KeyId::parse("x").unwrap();
+        let other = KeyId::parse("y").unwrap();
+        let (key, wrapped) = kms
+            .generate_data_key(&Region::new("a"), 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        let back = kms
+            .decrypt(&Region::new("a"), &wrapped.ciphertext, Context::Bound(&id))
+            .await
+            .unwrap();
+        assert_eq!(back.expose(), key.expose());
+        for (region, ctx) in [
+            ("a", Context::Bound(&other)),
+            ("a", Context::Legacy),
+            ("b", Context::Bound(&id)),
+        ] {
+            let err = kms
+                .decrypt(&Region::new(region), &wrapped.ciphertext, ctx)
+                .await
+                .unwrap_err();
+            assert_eq!(err.kind, KmsErrorKind::Integrity);
+        }
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dir_mode = fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(
+            dir_mode, 0o700,
+            "a directory rkms creates for the keyring is owner-only"
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_keys_and_adding_a_region_keeps_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let id = KeyId::parse("x").unwrap();
+        let kms = LocalKms::open(&path, &regions(&["a"])).unwrap();
+        let (key, wrapped) = kms
+            .generate_data_key(&Region::new("a"), 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        drop(kms);
+        let kms = LocalKms::open(&path, &regions(&["a", "b"])).unwrap();
+        let back = kms
+            .decrypt(&Region::new("a"), &wrapped.ciphertext, Context::Bound(&id))
+            .await
+            .unwrap();
+        assert_eq!(back.expose(), key.expose());
+        assert!(kms
+            .encrypt(&Region::new("b"), &key, Context::Bound(&id))
+            .await
+            .is_ok());
+    }
+
+    #[test]
+    fn corrupt_or_exposed_keyrings_are_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        fs::write(&path, b"{not json").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        let err = LocalKms::open(&path, &regions(&["a"])).unwrap_err();
+        assert!(matches!(err, KeyringError::Corrupt { .. }), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), b"{not json");
+
+        LocalKms::open(&dir.path().join("ok.json"), &regions(&["a"])).unwrap();
+        let ok = dir.path().join("ok.json");
+        fs::set_permissions(&ok, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = LocalKms::open(&ok, &regions(&["a"])).unwrap_err();
+        assert!(
+            matches!(err, KeyringError::Permissions { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(!err.to_string().contains('\n'));
+    }
+}

@@ -1,0 +1,164 @@
+//! Tests of the adapter against real files in a temporary directory.
+
+mod unit {
+    use super::super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn record(id: &str, regions: &[&str]) -> KeyRecord {
+        KeyRecord {
+            id: KeyId::parse(id).unwrap(),
+            keys: regions
+                .iter()
+                .map(|r| (Region::new(*r), vec![1, 2, 3]))
+                .collect(),
+            version: Some(2),
+            key_ids: regions
+                .iter()
+                .map(|r| (Region::new(*r), format!("arn:{r}")))
+                .collect(),
+            created_at: Some("2026-01-01T00:00:00Z".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_keeps_the_first_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/db.sqlite3");
+        let store = SqliteStore::open(&path, SECOND).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let first = record("k", &["a"]);
+        assert!(matches!(
+            store.put_if_absent(&first).await.unwrap(),
+            PutOutcome::Created
+        ));
+        let mut second = record("k", &["a", "b"]);
+        second.keys.insert(Region::new("a"), vec![9]);
+        match store.put_if_absent(&second).await.unwrap() {
+            PutOutcome::Exists(winner) => assert_eq!(winner, first),
+            PutOutcome::Created => panic!("second create must lose"),
+        }
+        assert_eq!(store.get(&first.id).await.unwrap(), Some(first));
+        assert_eq!(
+            store.get(&KeyId::parse("none").unwrap()).await.unwrap(),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn add_missing_regions_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite3"), SECOND).unwrap();
+        let rec = record("k", &["a"]);
+        store.put_if_absent(&rec).await.unwrap();
+        let keys = BTreeMap::from([(Region::new("a"), vec![7]), (Region::new("b"), vec![8])]);
+        let arns = BTreeMap::from([(Region::new("b"), "arn:b".to_string())]);
+        assert_eq!(
+            store
+                .add_missing_regions(&rec.id, &keys, &arns)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store
+                .add_missing_regions(&rec.id, &keys, &arns)
+                .await
+                .unwrap(),
+            0
+        );
+        let got = store.get(&rec.id).await.unwrap().unwrap();
+        assert_eq!(got.keys[&Region::new("a")], vec![1, 2, 3]);
+        assert_eq!(got.keys[&Region::new("b")], vec![8]);
+        assert_eq!(got.key_ids[&Region::new("b")], "arn:b");
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_errors_not_absences() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let store = SqliteStore::open(&path, SECOND).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES ('bad', '{\"a\":\"***\"}', 2, '{}'), ('worse', 'nope', 2, '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        for id in ["bad", "worse"] {
+            let err = store.get(&KeyId::parse(id).unwrap()).await.unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        }
+    }
+}
+
+mod busy {
+    use super::super::*;
+
+    /// Another writer holds the database: a create answers `Unavailable`
+    /// within its busy timeout, which is below the store call timeout, so
+    /// the broker sees a clear store error instead of its own timeout with
+    /// a thread still stuck behind the lock.
+    #[tokio::test]
+    async fn a_locked_database_is_unavailable_before_the_call_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let call_timeout = Duration::from_millis(400);
+        let store = SqliteStore::open(&path, call_timeout).unwrap();
+        assert!(store.busy_timeout() < call_timeout);
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let record = KeyRecord {
+            id: KeyId::parse("locked").unwrap(),
+            keys: [(Region::new("a"), vec![1])].into(),
+            version: Some(2),
+            key_ids: [(Region::new("a"), "arn:a".to_string())].into(),
+            created_at: None,
+        };
+        let outcome = tokio::time::timeout(call_timeout, store.put_if_absent(&record)).await;
+        match outcome {
+            Ok(Err(StoreError::Unavailable { .. })) => {}
+            Ok(other) => panic!("expected Unavailable, got {other:?}"),
+            Err(_) => panic!("the store did not answer within the call timeout"),
+        }
+        holder.execute_batch("ROLLBACK").unwrap();
+        assert!(matches!(
+            store.put_if_absent(&record).await.unwrap(),
+            PutOutcome::Created
+        ));
+    }
+
+    /// Reads run side by side on the pool while one connection is busy.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_do_not_queue_behind_a_slow_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("db.sqlite3"), Duration::from_secs(5)).unwrap(),
+        );
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .with_conn("slow", move |_| {
+                        entered_tx.send(()).unwrap();
+                        release_rx.recv().unwrap();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        entered_rx.recv().unwrap();
+        // With one shared connection this read would wait for `release`.
+        let read = store.get(&KeyId::parse("x").unwrap()).await.unwrap();
+        assert!(read.is_none());
+        release_tx.send(()).unwrap();
+        slow.await.unwrap().unwrap();
+    }
+}
