@@ -5,6 +5,7 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+mod helpers;
 mod moto;
 
 use std::collections::{HashMap, HashSet};
@@ -13,91 +14,10 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_kms::primitives::Blob;
 use base64::Engine;
-use rkms::config::Settings;
-use rkms::startup::Application;
 use serde_json::Value;
 
+use crate::helpers::{ciphertexts, item, no_cache, serve, urlencode, B64};
 use crate::moto::{dynamo_client, kms_client, Cloud, REGIONS, TABLE};
-
-const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-struct Server {
-    base: String,
-    client: reqwest::Client,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-async fn serve(settings: Settings) -> Server {
-    let app = Application::build(settings).await.unwrap();
-    let base = format!("http://{}", app.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
-        let _ = rx.await;
-    }));
-    Server {
-        base,
-        client: reqwest::Client::new(),
-        stop: Some(tx),
-    }
-}
-
-impl Server {
-    async fn get(&self, id: &str, create: bool) -> (u16, Value) {
-        let url = format!("{}/key?id={}&create={create}", self.base, urlencode(id));
-        let res = tokio::time::timeout(Duration::from_secs(20), self.client.get(url).send())
-            .await
-            .expect("a request must never hang")
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn key(&self, id: &str) -> String {
-        let (status, body) = self.get(id, true).await;
-        assert_eq!(status, 200, "{body}");
-        body["key"].as_str().unwrap().to_owned()
-    }
-}
-
-fn urlencode(s: &str) -> String {
-    serde_urlencoded::to_string([("x", s)]).unwrap()[2..].to_owned()
-}
-
-async fn item(cloud: &Cloud, id: &str) -> Option<HashMap<String, AttributeValue>> {
-    dynamo_client(&cloud.dynamo.endpoint)
-        .await
-        .get_item()
-        .table_name(TABLE)
-        .key("id", AttributeValue::S(id.into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
-}
-
-fn ciphertexts(item: &HashMap<String, AttributeValue>) -> HashMap<String, Vec<u8>> {
-    item["keys"]
-        .as_m()
-        .unwrap()
-        .iter()
-        .map(|(r, v)| (r.clone(), B64.decode(v.as_s().unwrap()).unwrap()))
-        .collect()
-}
-
-fn no_cache(cloud: &Cloud) -> Settings {
-    let mut s = cloud.settings();
-    s.cache.ttl_seconds = 0;
-    s
-}
 
 #[tokio::test]
 async fn get_or_create_wraps_in_three_regions_each_decryptable_with_the_id_context() {
@@ -188,14 +108,10 @@ async fn creates_with_a_region_down_need_the_quorum() {
     // The region comes back: the record is repaired with no request for
     // it (the create queued the repair, which retries with backoff).
     cloud.moto(REGIONS[2]).thaw();
-    let mut repaired = 0;
-    for _ in 0..600 {
-        repaired = ciphertexts(&item(&cloud, "two-of-three").await.unwrap()).len();
-        if repaired == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tokio::time::timeout(Duration::from_secs(90), server.broker.repairs_idle())
+        .await
+        .expect("the queued repair finishes once the region answers");
+    let repaired = ciphertexts(&item(&cloud, "two-of-three").await.unwrap()).len();
     assert_eq!(repaired, 3, "the missing region was added without a read");
     // The added ciphertext alone gives back the same key.
     let mut only_third = no_cache(&cloud);

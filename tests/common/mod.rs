@@ -14,6 +14,8 @@ pub struct Proc {
     pub child: Child,
     pub base: String,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// The thread reading stderr; it ends when the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Start the binary and wait for its "rkms serving" line.
@@ -27,7 +29,7 @@ pub fn start(mut cmd: Command) -> Proc {
     let logs = Arc::new(Mutex::new(Vec::new()));
     let (tx, rx) = std::sync::mpsc::channel();
     let sink = logs.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["message"] == "rkms serving" {
@@ -44,6 +46,7 @@ pub fn start(mut cmd: Command) -> Proc {
         child,
         base: format!("http://{addr}"),
         logs,
+        reader: Some(reader),
     }
 }
 
@@ -59,7 +62,10 @@ pub fn sigterm(child: &Child) {
 pub fn stop(mut proc: Proc) -> (std::process::ExitStatus, Vec<String>) {
     sigterm(&proc.child);
     let status = proc.child.wait().unwrap();
-    std::thread::sleep(Duration::from_millis(50));
+    // Every line is read once the reader has seen the pipe close.
+    if let Some(reader) = proc.reader.take() {
+        let _ = reader.join();
+    }
     let logs = proc.logs.lock().unwrap().clone();
     (status, logs)
 }
@@ -94,6 +100,7 @@ pub fn start_logging_to(mut cmd: Command, log_file: &std::path::Path) -> Proc {
                 child,
                 base: format!("http://{addr}"),
                 logs: Arc::new(Mutex::new(Vec::new())),
+                reader: None,
             };
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -103,7 +103,9 @@ impl SqliteStore {
             idle.push(connect(path, busy_timeout)?);
         }
         if let Some(first) = idle.first() {
-            first.execute_batch(SCHEMA).map_err(other(OP))?;
+            until_not_busy(busy_timeout.max(OPEN_PATIENCE), || {
+                first.execute_batch(SCHEMA)
+            })?;
         }
         Ok(Self {
             idle: Arc::new(Mutex::new(idle)),
@@ -156,11 +158,40 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError
     const OP: &str = "open";
     let conn = Connection::open(path).map_err(other(OP))?;
     conn.busy_timeout(busy_timeout).map_err(other(OP))?;
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(other(OP))?;
+    // Switching to WAL needs a moment alone with the file and SQLite does
+    // not always wait for it: another process opening the file at the same
+    // instant answers "database is locked" at once. Wait it out.
+    until_not_busy(busy_timeout.max(OPEN_PATIENCE), || {
+        conn.pragma_update(None, "journal_mode", "WAL")
+    })?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(other(OP))?;
     Ok(conn)
+}
+
+/// How long opening waits for other processes opening the same file.
+const OPEN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Retry `step` while the database is busy or locked, up to `patience`.
+/// Used only while opening, on a blocking thread.
+fn until_not_busy(
+    patience: Duration,
+    mut step: impl FnMut() -> rusqlite::Result<()>,
+) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other_result => return other_result.map_err(other("open")),
+        }
+    }
 }
 
 fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
