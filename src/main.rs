@@ -31,10 +31,19 @@ enum Command {
     Serve,
     /// Load and validate the config, print the effective settings (secrets redacted).
     CheckConfig,
+    /// Exit 0 when the server answers /healthz with 200 (for container
+    /// health checks: the image has no curl).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Healthcheck { url }) = &cli.command {
+        return healthcheck(url);
+    }
     let mut env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
@@ -66,6 +75,40 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(settings),
+        Command::Healthcheck { .. } => ExitCode::FAILURE,
+    }
+}
+
+/// GET `url` (plain `http://host:port/path`) and report whether it is a 200.
+fn healthcheck(url: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("rkms: healthcheck: --url must start with http://");
+        return ExitCode::from(2);
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let timeout = std::time::Duration::from_secs(2);
+    let answer = std::net::ToSocketAddrs::to_socket_addrs(authority)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, timeout).ok())
+        .and_then(|mut stream| {
+            stream.set_read_timeout(Some(timeout)).ok()?;
+            let request =
+                format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).ok()?;
+            let mut head = [0u8; 12];
+            stream.read_exact(&mut head).ok()?;
+            Some(head)
+        });
+    match answer {
+        Some(head) if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") => {
+            ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("rkms: healthcheck: {url} did not answer 200");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -81,6 +81,9 @@ pub fn router(state: AppState) -> Router {
                             )
                         })
                         .on_request(())
+                        // A failed request is logged once, with its error
+                        // chain, where the error becomes a response.
+                        .on_failure(())
                         .on_response(
                             |res: &axum::http::Response<_>,
                              latency: Duration,

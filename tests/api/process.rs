@@ -465,3 +465,25 @@ fn the_memory_store_needs_dev_or_an_explicit_flag() {
         .arg("check-config");
     assert_eq!(run_to_exit(cmd).0, Some(0));
 }
+
+/// `rkms healthcheck` (the image has no curl) passes against a serving
+/// process and fails when nothing answers.
+#[test]
+fn healthcheck_reports_whether_the_server_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let mut child = common::start_on_port(command(dir.path()), port, Stdio::null());
+    let check = |port: u16| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+        cmd.args([
+            "healthcheck",
+            "--url",
+            &format!("http://127.0.0.1:{port}/healthz"),
+        ]);
+        run_to_exit(cmd).0
+    };
+    assert_eq!(check(port), Some(0));
+    common::sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(check(port), Some(1), "nothing listens any more");
+}
