@@ -1,6 +1,8 @@
 //! Client authentication (bearer tokens, compared by SHA-256 in constant
 //! time) and per-id-prefix authorization. With auth disabled every caller
 //! is `anonymous` and may use every id.
+//!
+//! Must not: know stores, KMS or the broker; print a token or its hash.
 
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};

@@ -1,6 +1,9 @@
 //! What the AWS adapters share: SDK timeouts and retries, and a first look
 //! at an SDK error. A leaf module below `kms::aws` and `store::dynamodb`,
 //! so neither adapter imports the other. It knows nothing of policy.
+//!
+//! Must not: decide what a failure means for a region or a request (the
+//! broker does), or hold clients.
 
 use std::time::Duration;
 

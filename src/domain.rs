@@ -1,5 +1,7 @@
 //! Domain types: validated key ids, data keys that cannot leak, regions and
 //! the stored record. Nothing here does I/O.
+//!
+//! Must not: do I/O, or print key bytes in any Debug or Display.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,6 +1,8 @@
 //! The one error type at the HTTP edge. Every failure becomes
 //! `{"error_type", "error_message"}` with the right status; 5xx bodies say
 //! nothing internal, and the detail (with its source chain) is logged once.
+//!
+//! Must not: put an error chain or any internal detail in a 5xx body.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

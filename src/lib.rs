@@ -12,7 +12,14 @@
 //!   quorum creates, create races, repair.
 //! - [`kms`]: `trait Kms` with the `aws` and `local` adapters.
 //! - [`store`]: `trait Store` with `dynamodb`, `sqlite` and `memory`.
-//! - [`metrics`], [`telemetry`]: Prometheus registry, tracing subscriber.
+//! - [`metrics`], [`telemetry`]: Prometheus registry, tracing subscriber
+//!   with its always-on audit layer and non-blocking writer.
+//! - [`aws`]: SDK timeouts and error inspection shared by the AWS adapters;
+//!   [`report`]: the boxed error type and one-line error chains.
+//!
+//! Imports run one way, from the edge down (`tests/architecture.rs` holds
+//! the allowed graph): `startup` → `routes` → `broker` → `kms`, `store` →
+//! `domain`; `kms` and `store` never import each other.
 
 #![forbid(unsafe_code)]
 

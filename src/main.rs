@@ -1,5 +1,7 @@
 //! The `rkms` binary: parse the command line, load config, start logging,
 //! run. Everything else lives in the library.
+//!
+//! Must not: hold logic the tests cannot reach through the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

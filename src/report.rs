@@ -2,6 +2,8 @@
 //! and the one-line report of an error chain for logs. A leaf module, so
 //! the broker, the adapters and the HTTP edge can all use it without any
 //! of them depending on another.
+//!
+//! Must not: depend on any other module of the crate.
 
 /// A boxed error source, as adapters keep them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,5 +1,7 @@
 //! Build the application from settings (the only `match` on backend kinds),
 //! bind its listeners, serve, and shut down gracefully.
+//!
+//! Must not: know request semantics (routes and the broker do).
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -2,6 +2,8 @@
 //! a region for `breaker_open_ms`; then exactly one probe may test it
 //! (half-open), and its outcome closes or reopens the breaker. Time is
 //! `tokio::time::Instant` so tests with paused time are exact.
+//!
+//! Must not: classify errors (the caller passes `Health`) or make calls.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

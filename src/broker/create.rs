@@ -2,6 +2,8 @@
 //! read), Encrypt under every other usable region in parallel, store the
 //! record only with at least `min_regions_on_create` ciphertexts, and hand
 //! the regions still missing to repair at once.
+//!
+//! Must not: overwrite a stored record, or store one below the quorum.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

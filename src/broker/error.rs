@@ -1,6 +1,8 @@
 //! What the broker reports when it cannot serve a key. Each variant keeps
 //! its source so the edge can log the whole chain once; none carries key
 //! material.
+//!
+//! Must not: know HTTP statuses (the edge maps them).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,6 +4,9 @@
 //! as up, a frozen one times out and counts as a fault, and a per-key error
 //! counts as nothing. The caller stops waiting as soon as one region
 //! answers; the others' results are dropped (and their keys wiped).
+//!
+//! Must not: retry inside a region (the SDK does) or cancel a call that
+//! has started.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

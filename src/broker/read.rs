@@ -1,6 +1,8 @@
 //! A cache miss: read the record, then decrypt it in the preferred region
 //! that can serve it. A record lacking a configured region is handed to
 //! repair.
+//!
+//! Must not: create a key for an id that has a record, readable or not.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -5,6 +5,9 @@
 //! the key. The queue is bounded and owned by the broker; at shutdown,
 //! unfinished repairs are logged by id and left for a later read, which
 //! queues them again.
+//!
+//! Must not: replace a stored ciphertext (the store only fills gaps), or
+//! repair records written by RKMS (Go).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, Weak};

@@ -1,5 +1,7 @@
 //! The `[auth]` section: the client list and its checks. A token hash is
 //! parsed once, from hex, into 32 bytes; a malformed one stops startup.
+//!
+//! Must not: authenticate requests (`auth` does, from these settings).
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

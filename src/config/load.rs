@@ -1,5 +1,7 @@
 //! Where settings come from: built-in defaults, then the TOML file, then
 //! `RKMS__SECTION__KEY` environment overrides; then validation.
+//!
+//! Must not: validate values one by one (`validate` does).
 
 use std::path::{Path, PathBuf};
 

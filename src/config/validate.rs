@@ -1,5 +1,7 @@
 //! Checks of each field and of the whole, after parsing. Each failure is
 //! one `ConfigError` naming its key.
+//!
+//! Must not: read files or the environment.
 
 use super::{ConfigError, KmsProvider, Settings, StoreBackend};
 

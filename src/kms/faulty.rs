@@ -1,6 +1,8 @@
 //! A fault-injecting wrapper around any [`Kms`], for tests: make a
 //! region fail, hang or slow down at will, and count the calls each region
 //! received. Production configs cannot select it.
+//!
+//! Must not: be built into a release binary (`testing` feature only).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

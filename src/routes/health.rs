@@ -1,4 +1,7 @@
 //! Liveness (no dependencies) and readiness (store and KMS regions).
+//!
+//! Must not: reveal secrets or ids; `/healthz` checks nothing outside
+//! the process.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

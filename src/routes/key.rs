@@ -1,4 +1,6 @@
 //! `GET /key?id=ID[&create=false]` (and the RKMS path `/api/v1/key`).
+//!
+//! Must not: call KMS or the store (the broker does), or log key material.
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};

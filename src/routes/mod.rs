@@ -1,5 +1,7 @@
 //! HTTP surface: the router, its layers and the shared state. Handlers
 //! parse, authorize and shape JSON; key decisions belong to the broker.
+//!
+//! Must not: talk to KMS or the store directly.
 
 mod health;
 mod key;

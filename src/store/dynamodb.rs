@@ -2,6 +2,8 @@
 //! Reads are strongly consistent; creates are conditional puts; repairs
 //! are updates that set a region only where it does not exist yet. Items
 //! written by RKMS (Go) (`id` and `keys`, no `v`) read unchanged.
+//!
+//! Must not: cache, retry beyond the SDK, or replace an existing item.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

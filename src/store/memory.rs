@@ -3,6 +3,8 @@
 //! Builds with the `testing` feature (and unit tests) add what tests need:
 //! call counters, a switch that makes the store unavailable, and direct
 //! access to records. A release build has none of that.
+//!
+//! Must not: be used where keys must survive a restart.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

@@ -1,6 +1,8 @@
 //! The store port: durable key records. Adapters make one call per method,
 //! do no caching and no retries, and keep the same fields as the DynamoDB
 //! item in DESIGN (`id`, `keys`, `v`, `key_ids`, `created_at`).
+//!
+//! Must not: import `kms` (shared needs live in `aws` and `report`).
 
 pub mod dynamodb;
 pub mod memory;

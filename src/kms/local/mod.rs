@@ -7,6 +7,8 @@
 //! `0x01 | region length (u8) | region | nonce (12) | AES-GCM ciphertext+tag`.
 //! The region is in the associated data too, so a ciphertext decrypts only
 //! in the region that made it, as with a real KMS.
+//!
+//! Must not: overwrite or regenerate an existing master key.
 
 use std::collections::BTreeMap;
 use std::fs;
