@@ -64,17 +64,24 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
-            match source {
-                Source::File(p) => println!(
-                    "# effective settings (from {} and the environment)",
-                    p.display()
-                ),
-                Source::Defaults => {
-                    println!("# effective settings (built-in defaults and the environment)")
+            let origin = match source {
+                Source::File(p) => format!("{} and the environment", p.display()),
+                Source::Defaults => "built-in defaults and the environment".into(),
+            };
+            let text = format!(
+                "# effective settings (from {origin})\n{}",
+                settings.redacted_toml()
+            );
+            // A reader that stops early (`| head -1`) is not an error, and
+            // must never turn into a panic.
+            use std::io::Write;
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("rkms: cannot write to stdout: {e}");
+                    ExitCode::FAILURE
                 }
+                _ => ExitCode::SUCCESS,
             }
-            print!("{}", settings.redacted_toml());
-            ExitCode::SUCCESS
         }
         Command::Serve => serve(settings),
         Command::Healthcheck { .. } => ExitCode::FAILURE,

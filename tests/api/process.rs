@@ -487,3 +487,27 @@ fn healthcheck_reports_whether_the_server_answers() {
     assert!(child.wait().unwrap().success());
     assert_eq!(check(port), Some(1), "nothing listens any more");
 }
+
+/// `rkms check-config | head -1`: a reader that goes away early is no
+/// error, and never a panic or a backtrace.
+#[test]
+fn check_config_into_a_closed_pipe_exits_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    let mut child = cmd
+        .arg("check-config")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before rkms writes: every write fails with EPIPE.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
