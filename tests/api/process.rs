@@ -511,3 +511,23 @@ fn check_config_into_a_closed_pipe_exits_quietly() {
         "{stderr}"
     );
 }
+
+/// Text logs written to a file (not a terminal) carry no colour codes.
+#[tokio::test]
+async fn text_logs_to_a_file_have_no_escape_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let log = dir.path().join("rkms.log");
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__LOG__FORMAT", "text").env_remove("NO_COLOR");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = common::start_on_port(cmd, port, Stdio::from(file));
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(fetch(&client, &base, "plain/1", None).await.0, 200);
+    common::sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("key decision"), "{text}");
+    assert!(!text.contains('\u{1b}'), "escape codes in a file: {text:?}");
+}
