@@ -1,0 +1,705 @@
+#!/usr/bin/env python3
+"""Offline checks of rkms's deployment artefacts: the container image
+(Dockerfile), the Helm chart (helm/rkms) and the Terraform modules
+(terraform/). No Docker engine, cluster or cloud account is needed.
+
+Run by `make deploy-check` inside the venv built from
+deploy/requirements.txt; checkov runs from its own venv (--checkov).
+Each check prints one PASS, FAIL or SKIP line (with details under a
+failure); the last line counts them. Exit status 1 when any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import hcl2
+import kubernetes_validate
+import yaml
+from helm_python.chart import Chart, lint
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+CHART = ROOT / "helm" / "rkms"
+TERRAFORM = ROOT / "terraform"
+RELEASE, NAMESPACE = "rkms", "rkms"
+
+# The chart's kubeVersion floor and the newest schema kubernetes-validate has.
+KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+# Prometheus Operator kinds: kubernetes-validate has no schema for them.
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# The mount prefix of the tokens and TLS Secrets in the pod.
+SECRETS_DIR = "/var/run/secrets/rkms"
+
+# The IAM grant of rkms, exactly (terraform/modules/access).
+KMS_ACTIONS = {"kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"}
+DYNAMODB_ACTIONS = {
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:Scan",
+    "dynamodb:DescribeTable",
+}
+
+
+class CheckFailed(Exception):
+    """A check found a problem; the message says which."""
+
+
+class Skipped(Exception):
+    """A check could not run here; the message says why."""
+
+
+def run(cmd: list[str], *, cwd: Path | None = None, env: dict | None = None,
+        ok_codes: tuple[int, ...] = (0,)) -> str:
+    """Run a command; its output, or CheckFailed with the output."""
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, check=False,
+    )
+    if proc.returncode not in ok_codes:
+        raise CheckFailed(f"`{' '.join(map(str, cmd))}` exited {proc.returncode}:\n{proc.stdout.strip()}")
+    return proc.stdout
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_values(name: str) -> dict:
+    return yaml.safe_load((DEPLOY / name).read_text()) or {}
+
+
+def render(values: dict) -> dict[str, str]:
+    """The chart rendered as for `helm install`: template path -> text."""
+    return Chart.load(str(CHART)).render(
+        values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+
+
+def documents(rendered: dict[str, str]) -> list[dict]:
+    docs = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs.append(doc)
+    return docs
+
+
+def find(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    hits = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    if len(hits) != 1:
+        raise CheckFailed(f"expected one {kind}{' ' + name if name else ''}, found {len(hits)}")
+    return hits[0]
+
+
+def server_deployment(docs: list[dict]) -> dict:
+    return find(docs, "Deployment")
+
+
+# Value sets the chart is checked with.
+VALUE_SETS = {
+    "defaults": {},
+    "all-on": load_values("values-all-on.yaml"),
+    "token-sources": load_values("values-token-sources.yaml"),
+}
+
+
+class Checker:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.results: list[tuple[str, str]] = []
+        self.work = Path(tempfile.mkdtemp(prefix="rkms-deploy-check-"))
+        self._rendered: dict[str, dict[str, str]] = {}
+
+    def rendered(self, value_set: str) -> dict[str, str]:
+        if value_set not in self._rendered:
+            self._rendered[value_set] = render(VALUE_SETS[value_set])
+        return self._rendered[value_set]
+
+    def check(self, name: str, fn, *a) -> None:
+        try:
+            detail = fn(*a)
+            status = "PASS"
+        except Skipped as e:
+            status, detail = "SKIP", str(e)
+        except CheckFailed as e:
+            status, detail = "FAIL", str(e)
+        except Exception:  # a crash in a check is a failure of that check
+            status, detail = "FAIL", "".join(traceback.format_exc(limit=-1).splitlines(True)[-4:])
+        self.results.append((status, name))
+        line = f"{status}  {name}"
+        if detail and status != "FAIL":
+            line += f": {detail}"
+        print(line, flush=True)
+        if status == "FAIL":
+            print("      " + str(detail).strip().replace("\n", "\n      "), flush=True)
+
+    # ----- image -----
+
+    def hadolint(self) -> str:
+        exe = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+        if not exe:
+            raise CheckFailed("hadolint not found in the venv")
+        run([exe, "--failure-threshold", "info", str(ROOT / "Dockerfile")])
+        return "no findings"
+
+    def dockerfile_contract(self) -> str:
+        text = (ROOT / "Dockerfile").read_text()
+        problems = []
+        required = {
+            r"cargo build --release --locked": "a --locked release build",
+            r"(?m)^FROM gcr\.io/distroless/cc-debian12:nonroot\s*$": "the distroless nonroot base",
+            r"(?m)^USER 65532:65532\s*$": "a non-root USER",
+            r"(?m)^EXPOSE 8080 9090\s*$": "EXPOSE 8080 9090",
+            r"(?m)^STOPSIGNAL SIGTERM\s*$": "STOPSIGNAL SIGTERM",
+            r'(?m)^HEALTHCHECK .*\n?.*"healthcheck"': "a HEALTHCHECK running `rkms healthcheck`",
+            r'(?m)^VOLUME \["/var/lib/rkms"\]': "the /var/lib/rkms volume",
+        }
+        for pattern, what in required.items():
+            if not re.search(pattern, text):
+                problems.append(f"missing {what}")
+        forbidden = {
+            r"(?m)^COPY\s+tests": "tests copied into the build",
+            r"RKMS__SERVER__LISTEN": "an ENV override of server.listen (it would silently override a mounted config)",
+        }
+        for pattern, what in forbidden.items():
+            if re.search(pattern, text):
+                problems.append(what)
+        # The dependency layer is built before the sources are copied.
+        stub = text.find("cargo build")
+        copy_src = text.find("COPY src")
+        if not (0 <= stub < copy_src):
+            problems.append("the dependency layer must be built before `COPY src`")
+        ignore = (ROOT / ".dockerignore").read_text().split()
+        if "*" not in ignore:
+            problems.append(".dockerignore must exclude everything not named")
+        if problems:
+            raise CheckFailed("; ".join(problems))
+        return "locked build, dependency layer, distroless nonroot, healthcheck"
+
+    def checkov_dockerfile(self) -> str:
+        return self.checkov(["-f", str(ROOT / "Dockerfile"), "--framework", "dockerfile"])
+
+    def image_config(self) -> str:
+        config = str(DEPLOY / "image-config.toml")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RKMS")}
+        env["RKMS_TOKEN"] = "demo-token-for-the-image-check"
+        run([self.args.rkms, "check-config", "--config", config], env=env)
+        del env["RKMS_TOKEN"]
+        proc = subprocess.run([self.args.rkms, "check-config", "--config", config], env=env,
+                              capture_output=True, text=True, check=False)
+        if proc.returncode == 0 or "RKMS_TOKEN" not in proc.stderr:
+            raise CheckFailed(f"without RKMS_TOKEN check-config must fail naming it; got {proc.returncode}: {proc.stderr.strip()}")
+        return f"accepted with RKMS_TOKEN; without it: {proc.stderr.strip()}"
+
+    # ----- Helm chart -----
+
+    def helm_lint(self, value_set: str) -> str:
+        result = lint(str(CHART), VALUE_SETS[value_set], strict=True, namespace=NAMESPACE)
+        findings = [m for m in result.get("messages", []) if m.get("severity", 0) >= 2]
+        if result.get("errors") or findings:
+            raise CheckFailed(json.dumps({"errors": result.get("errors"), "messages": findings}, indent=2))
+        infos = [m["error"] for m in result.get("messages", [])]
+        return f"{result.get('total_charts_linted')} chart, no warnings" + (f" (info: {'; '.join(infos)})" if infos else "")
+
+    def kube_validate(self, value_set: str) -> str:
+        docs = documents(self.rendered(value_set))
+        errors, crds = [], []
+        for doc in docs:
+            if doc["kind"] in CRD_KINDS:
+                crds.append(doc["kind"])
+                continue
+            for version in KUBE_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    errors.append(f"{doc['kind']}/{doc['metadata']['name']} @ {version}: {e.message} at {list(e.path)}")
+                except kubernetes_validate.SchemaNotFoundError as e:
+                    errors.append(f"{doc['kind']}/{doc['metadata']['name']} @ {version}: no schema ({e})")
+        if errors:
+            raise CheckFailed("\n".join(errors))
+        note = f" ({', '.join(sorted(set(crds)))}: CRDs, no bundled schema)" if crds else ""
+        return f"{len(docs) - len(crds)} objects valid against Kubernetes {' and '.join(KUBE_VERSIONS)}{note}"
+
+    def write_manifests(self, value_set: str) -> Path:
+        out = self.work / f"manifests-{value_set}"
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        for i, doc in enumerate(documents(self.rendered(value_set))):
+            (out / f"{i:02d}-{doc['kind'].lower()}.yaml").write_text(yaml.safe_dump(doc))
+        return out
+
+    def checkov(self, target_args: list[str]) -> str:
+        if not self.args.checkov or not Path(self.args.checkov).exists():
+            raise CheckFailed(f"checkov not found at {self.args.checkov}")
+        out = run([self.args.checkov, *target_args, "--skip-download", "--quiet", "--compact",
+                   "--config-file", str(DEPLOY / ".checkov.yaml"), "-o", "json"],
+                  cwd=self.work, ok_codes=(0, 1))
+        reports = json.loads(out[out.index("["):] if out.lstrip().startswith("[") else out[out.index("{"):])
+        reports = reports if isinstance(reports, list) else [reports]
+        failed, passed, skipped = [], 0, 0
+        for report in reports:
+            summary = report.get("summary", {})
+            passed += summary.get("passed", 0)
+            skipped += summary.get("skipped", 0)
+            for f in report.get("results", {}).get("failed_checks", []):
+                failed.append(f"{f['check_id']} {f['check_name']} ({f.get('resource')}, {f.get('file_path')})")
+        if failed:
+            raise CheckFailed("\n".join(failed))
+        return f"{passed} passed, {skipped} skipped with a reason in deploy/.checkov.yaml or the code"
+
+    def checkov_chart(self, value_set: str) -> str:
+        return self.checkov(["-d", str(self.write_manifests(value_set)), "--framework", "kubernetes"])
+
+    def schema_rejects(self) -> str:
+        bad = {
+            "replicaCount 0": {"replicaCount": 0},
+            "an unknown top-level value": {"replicas": 3},
+            "auth.mode none without allow_unauthenticated": {"auth": {"mode": "none", "clients": []}},
+            "a short client token": {"auth": {"clients": [{"name": "app", "ids": ["*"], "token": "short"}]}},
+            "a client without ids": {"auth": {"clients": [{"name": "app"}]}},
+            "server.listen in config (the chart owns it)": {"config": {"server": {"listen": "0.0.0.0:1"}}},
+            "[auth] in config (the chart owns it)": {"config": {"auth": {"mode": "none"}}},
+            "the sqlite store": {"config": {"store": {"backend": "sqlite"}}},
+            "the local KMS": {"config": {"kms": {"provider": "local"}}},
+            "maxUnavailable 0": {"podDisruptionBudget": {"maxUnavailable": 0}},
+            "a malformed IRSA role ARN": {"serviceAccount": {"irsaRoleArn": "rkms-role"}},
+            "a grace period shorter than the drain": {"terminationGracePeriodSeconds": 10},
+            "IRSA on a service account the chart does not create": {
+                "serviceAccount": {"create": False, "irsaRoleArn": "arn:aws:iam::123456789012:role/rkms"}},
+            "mtls without TLS": {"auth": {"mode": "mtls", "clients": [{"name": "a.example", "ids": ["*"]}]}},
+        }
+        accepted = []
+        for what, values in bad.items():
+            try:
+                render(values)
+                accepted.append(what)
+            except Exception:
+                pass
+        if accepted:
+            raise CheckFailed("rendered although invalid: " + "; ".join(accepted))
+        return f"{len(bad)} invalid value sets refused"
+
+    def pod_hardening(self, value_set: str) -> str:
+        docs = documents(self.rendered(value_set))
+        pods = []
+        for doc in docs:
+            spec = doc.get("spec", {})
+            if doc["kind"] == "Pod":
+                pods.append((f"Pod/{doc['metadata']['name']}", spec))
+            elif doc["kind"] in ("Deployment", "Job"):
+                pods.append((f"{doc['kind']}/{doc['metadata']['name']}", spec["template"]["spec"]))
+        problems = []
+        for name, pod in pods:
+            if pod.get("automountServiceAccountToken") is not False:
+                problems.append(f"{name}: automountServiceAccountToken is not false")
+            psc = pod.get("securityContext", {})
+            if psc.get("runAsNonRoot") is not True or psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                problems.append(f"{name}: pod securityContext needs runAsNonRoot and seccomp RuntimeDefault")
+            for c in pod["containers"]:
+                sc = c.get("securityContext", {})
+                want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+                for key, value in want.items():
+                    if sc.get(key) is not value:
+                        problems.append(f"{name}/{c['name']}: {key} is not {value}")
+                if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                    problems.append(f"{name}/{c['name']}: capabilities do not drop ALL")
+                if sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                    problems.append(f"{name}/{c['name']}: seccompProfile is not RuntimeDefault")
+                if "memory" not in c.get("resources", {}).get("limits", {}):
+                    problems.append(f"{name}/{c['name']}: no memory limit")
+        if problems:
+            raise CheckFailed("\n".join(problems))
+        return f"{len(pods)} pod specs non-root, read-only, no capabilities, seccomp, no API token"
+
+    def deployment_contract(self, value_set: str) -> str:
+        docs = documents(self.rendered(value_set))
+        values = deep_merge(yaml.safe_load((CHART / "values.yaml").read_text()), VALUE_SETS[value_set])
+        dep = server_deployment(docs)
+        pod = dep["spec"]["template"]
+        spec = pod["spec"]
+        container = spec["containers"][0]
+        problems = []
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        annotations = pod["metadata"].get("annotations", {})
+        if "checksum/config" not in annotations:
+            problems.append("no checksum/config annotation on the pod template")
+        if "prometheus.io/port" in annotations and int(annotations["prometheus.io/port"]) != ports.get("metrics"):
+            problems.append(f"prometheus.io/port {annotations['prometheus.io/port']} is not the metrics port {ports.get('metrics')}")
+        for probe, path in (("startupProbe", None), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            got = container.get(probe, {}).get("httpGet", {})
+            if not got or (path and got.get("path") != path):
+                problems.append(f"{probe} must GET {path or 'a health path'}")
+        sleep = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+        grace_ms = values["config"]["server"]["shutdown_grace_ms"]
+        if not spec["terminationGracePeriodSeconds"] > sleep + grace_ms / 1000:
+            problems.append(f"terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']} is not above preStop {sleep}s + shutdown_grace_ms {grace_ms}")
+        if sleep <= 0:
+            problems.append("no preStop sleep")
+        keys = {c["topologyKey"] for c in spec.get("topologySpreadConstraints", [])}
+        if not {"topology.kubernetes.io/zone", "kubernetes.io/hostname"} <= keys:
+            problems.append(f"topology spread must cover zones and nodes, has {sorted(keys)}")
+        sa = find(docs, "ServiceAccount")["metadata"]["name"] if values["serviceAccount"]["create"] else None
+        if sa and spec["serviceAccountName"] != sa:
+            problems.append(f"pods use service account {spec['serviceAccountName']}, the chart creates {sa}")
+        svc = find(docs, "Service")
+        svc_ports = {p["name"] for p in svc["spec"]["ports"]}
+        if not {"http", "metrics"} <= svc_ports:
+            problems.append(f"the Service must expose http and metrics, has {sorted(svc_ports)}")
+        policy = find(docs, "NetworkPolicy", dep["metadata"]["name"])
+        rule_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+        if rule_ports != {"http", "metrics"}:
+            problems.append(f"NetworkPolicy ingress must admit http and metrics, admits {sorted(rule_ports)}")
+        if problems:
+            raise CheckFailed("\n".join(problems))
+        return "probes, preStop and grace period, spread, checksum, metrics port, Service and NetworkPolicy"
+
+    def service_account_both_ways(self) -> str:
+        problems = []
+        cases = {
+            "create=true": ({}, "rkms", True),
+            "create=true, name=keys": ({"serviceAccount": {"name": "keys"}}, "keys", True),
+            "create=false, name=shared": ({"serviceAccount": {"create": False, "name": "shared"}}, "shared", False),
+            "create=false": ({"serviceAccount": {"create": False}}, "default", False),
+        }
+        for what, (values, want, created) in cases.items():
+            docs = documents(render(values))
+            got = server_deployment(docs)["spec"]["template"]["spec"]["serviceAccountName"]
+            accounts = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+            if got != want or accounts != ([want] if created else []):
+                problems.append(f"{what}: pods use {got!r}, chart creates {accounts}; want {want!r}, created={created}")
+        irsa = documents(render({"serviceAccount": {"irsaRoleArn": "arn:aws:iam::123456789012:role/rkms"}}))
+        if find(irsa, "ServiceAccount")["metadata"].get("annotations", {}).get("eks.amazonaws.com/role-arn") != "arn:aws:iam::123456789012:role/rkms":
+            problems.append("serviceAccount.irsaRoleArn does not annotate the ServiceAccount")
+        if problems:
+            raise CheckFailed("\n".join(problems))
+        return f"{len(cases)} ways named consistently; IRSA annotation set"
+
+    def pdb_allows_eviction(self) -> str:
+        docs = documents(render({"replicaCount": 1}))
+        replicas = server_deployment(docs)["spec"]["replicas"]
+        pdb = find(docs, "PodDisruptionBudget")["spec"]
+        if "maxUnavailable" in pdb:
+            ok = int(pdb["maxUnavailable"]) >= 1
+        else:
+            ok = int(pdb["minAvailable"]) < replicas
+        if not ok:
+            raise CheckFailed(f"replicas={replicas} with {pdb}: a drain could never evict the pod")
+        return f"replicas={replicas}, {dict((k, v) for k, v in pdb.items() if k != 'selector')}"
+
+    def secret_stable(self) -> str:
+        """Tokens given in values reach the Secret; generated ones are long and random."""
+        docs = documents(self.rendered("token-sources"))
+        secret = find(docs, "Secret")
+        import base64
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        if data != {"app": "example-token-for-the-check-0001"}:
+            raise CheckFailed(f"Secret holds {sorted(data)}; want only the file-token client app with its given token")
+        generated = base64.b64decode(find(documents(self.rendered("defaults")), "Secret")["data"]["app"]).decode()
+        if len(generated) < 32 or not generated.isalnum():
+            raise CheckFailed("a generated token must be at least 32 letters and digits")
+        return "given tokens kept; generated tokens are 40 random characters (kept on upgrade through lookup)"
+
+    def rendered_config(self, value_set: str) -> str:
+        """The config.toml from the rendered ConfigMap passes `rkms check-config`,
+        with the Secrets' files laid out as the pod sees them."""
+        docs = documents(self.rendered(value_set))
+        config = find(docs, "ConfigMap")["data"]["config.toml"]
+        root = self.work / f"secrets-{value_set}"
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "tokens").mkdir(parents=True)
+        (root / "tls").mkdir()
+        import base64
+        for secret in (d for d in docs if d["kind"] == "Secret"):
+            for key, value in secret.get("data", {}).items():
+                (root / "tokens" / key).write_bytes(base64.b64decode(value))
+        if "/tls/" in config:
+            make_tls_files(root / "tls")
+        path = self.work / f"config-{value_set}.toml"
+        path.write_text(config.replace(SECRETS_DIR, str(root)))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RKMS")}
+        for entry in server_deployment(docs)["spec"]["template"]["spec"]["containers"][0].get("env", []):
+            # Variables from Secrets get a stand-in token of the right shape.
+            env[entry["name"]] = entry.get("value", "stand-in-token-for-the-check")
+        out = run([self.args.rkms, "check-config", "--config", str(path)], env=env)
+        return f"accepted by {Path(self.args.rkms).name} check-config ({len(out.splitlines())} lines of effective settings)"
+
+    def prometheus_rules(self) -> str:
+        promtool = shutil.which("promtool")
+        rule = find(documents(self.rendered("all-on")), "PrometheusRule")
+        exprs = "\n".join(r.get("expr", "") for g in rule["spec"]["groups"] for r in g["rules"])
+        for needed in ('rkms_region_up', 'rkms_region_breaker', 'state="open"',
+                       'rkms_http_requests_total', 'status=~"5.."', 'rkms_kms_request_duration_seconds_bucket'):
+            if needed not in exprs:
+                raise CheckFailed(f"no alert uses {needed}")
+        if not promtool:
+            raise Skipped("alerts present; promtool not on PATH (`make tools` installs it), rule syntax not checked")
+        path = self.work / "rules.yaml"
+        path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+        run([promtool, "check", "rules", str(path)])
+        return f"promtool check rules: {sum(len(g['rules']) for g in rule['spec']['groups'])} rules"
+
+    # ----- Terraform -----
+
+    def terraform_env(self) -> dict:
+        """No user CLI config (provider mirrors, credentials), no update check."""
+        cli_config = self.work / "terraformrc"
+        cli_config.touch()
+        return dict(os.environ, TF_IN_AUTOMATION="1", TF_CLI_CONFIG_FILE=str(cli_config), CHECKPOINT_DISABLE="1")
+
+    def terraform_fmt(self) -> str:
+        terraform = shutil.which("terraform")
+        if not terraform:
+            raise CheckFailed("terraform is not on PATH")
+        out = run([terraform, "fmt", "-check", "-recursive", "-diff", str(TERRAFORM)], env=self.terraform_env())
+        return "formatted" if not out.strip() else out
+
+    def terraform_parse(self) -> str:
+        files = sorted(TERRAFORM.rglob("*.tf"))
+        files = [f for f in files if ".terraform" not in f.parts]
+        for f in files:
+            try:
+                load_hcl(f)
+            except Exception as e:
+                raise CheckFailed(f"{f.relative_to(ROOT)}: {e}")
+        for module in sorted((TERRAFORM / "modules").iterdir()):
+            for f in module.glob("*.tf"):
+                if re.search(r'(?m)^provider\s+"', f.read_text()):
+                    raise CheckFailed(f"{f.relative_to(ROOT)}: a reusable module must not configure providers")
+        return f"{len(files)} files parsed; no provider blocks in modules"
+
+    def iam_policy(self) -> str:
+        doc = policy_document(TERRAFORM / "modules" / "access" / "main.tf", "rkms")
+        actions = set()
+        kms_ok = False
+        for st in doc:
+            acts = set(st["actions"])
+            actions |= acts
+            if acts & KMS_ACTIONS and "kms:DescribeKey" not in acts:
+                if st.get("dynamic"):
+                    continue  # the opt-in legacy Decrypt, checked below
+                if acts != KMS_ACTIONS:
+                    raise CheckFailed(f"statement {st.get('sid')} mixes {sorted(acts)}")
+                kms_ok = has_id_context(st)
+                if not kms_ok:
+                    raise CheckFailed(f"statement {st.get('sid')} lacks ForAllValues:StringEquals kms:EncryptionContextKeys = rkms:id with a Null guard")
+            if "kms:DescribeKey" in acts and acts != {"kms:DescribeKey"}:
+                raise CheckFailed("kms:DescribeKey must stand alone (it carries no context)")
+            if any(r == "*" for r in st["resources"]):
+                raise CheckFailed(f"statement {st.get('sid')} grants on every resource")
+        want = KMS_ACTIONS | {"kms:DescribeKey"} | DYNAMODB_ACTIONS
+        if actions != want:
+            raise CheckFailed(f"actions {sorted(actions)}; want exactly {sorted(want)}")
+        legacy = [st for st in doc if st.get("dynamic")]
+        if any(set(st["actions"]) != {"kms:Decrypt"} for st in legacy):
+            raise CheckFailed("the optional context-free statement may only allow kms:Decrypt")
+        return f"exactly {len(want)} actions; {sorted(KMS_ACTIONS)} only with the rkms:id context"
+
+    def key_policy(self) -> str:
+        doc = policy_document(TERRAFORM / "modules" / "region-key" / "main.tf", "master_key")
+        use = {"kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:*"}
+        admin = next(st for st in doc if st.get("sid") == "KeyAdministration")
+        if set(admin["actions"]) & use or any(a.startswith(("kms:Encrypt", "kms:Decrypt", "kms:Generate", "kms:ReEncrypt")) for a in admin["actions"]):
+            raise CheckFailed("administrators may use the key")
+        rkms = [st for st in doc if st.get("sid", "").startswith("Rkms") and not st.get("dynamic")]
+        wrap = [st for st in rkms if set(st["actions"]) & KMS_ACTIONS]
+        if len(wrap) != 1 or set(wrap[0]["actions"]) != KMS_ACTIONS or not has_id_context(wrap[0]):
+            raise CheckFailed("rkms must get exactly GenerateDataKey, Encrypt, Decrypt, only with the rkms:id context")
+        if not any(st["actions"] == ["kms:DescribeKey"] and not st.get("condition") for st in rkms):
+            raise CheckFailed("rkms needs kms:DescribeKey without a context condition (preflight)")
+        text = (TERRAFORM / "modules" / "region-key" / "main.tf").read_text()
+        for needed in ("enable_key_rotation      = true", "prevent_destroy = true", 'customer_master_key_spec = "SYMMETRIC_DEFAULT"'):
+            if needed not in text:
+                raise CheckFailed(f"the master key needs {needed}")
+        if "default     = 30" not in (TERRAFORM / "modules" / "region-key" / "variables.tf").read_text():
+            raise CheckFailed("deletion_window_in_days must default to 30")
+        return "admins manage only; rkms wraps only with the rkms:id context, DescribeKey for preflight; rotation, 30-day window, prevent_destroy"
+
+    def table_and_trust(self) -> str:
+        table = load_hcl(TERRAFORM / "modules" / "table" / "main.tf")
+        t = table["resource"][0]["aws_dynamodb_table"]["keys"]
+        want = {"billing_mode": "PAY_PER_REQUEST", "hash_key": "id", "deletion_protection_enabled": True}
+        for key, value in want.items():
+            if t.get(key) != value:
+                raise CheckFailed(f"table {key} = {t.get(key)!r}, want {value!r}")
+        if t["attribute"][0] != {"name": "id", "type": "S"}:
+            raise CheckFailed("the hash key must be id of type S")
+        if t["point_in_time_recovery"][0].get("enabled") is not True:
+            raise CheckFailed("point-in-time recovery is off")
+        sse = t["server_side_encryption"][0]
+        if sse.get("enabled") is not True or "kms_key_arn" not in sse:
+            raise CheckFailed("encryption at rest must use a customer managed KMS key")
+        trust = policy_document(TERRAFORM / "modules" / "access" / "main.tf", "irsa_trust")[0]
+        variables = {c["variable"].rsplit(":", 1)[-1]: c for c in trust["condition"]}
+        if set(variables) != {"sub", "aud"} or variables["aud"]["values"] != ["sts.amazonaws.com"]:
+            raise CheckFailed("the IRSA trust policy must check <issuer>:sub and <issuer>:aud = sts.amazonaws.com")
+        return "table: id S, on demand, PITR, deletion protection, CMK; IRSA trust checks sub and aud"
+
+    def terraform_config(self) -> str:
+        """modules/config renders a config that `rkms check-config` accepts, and
+        chart values the chart renders."""
+        terraform = shutil.which("terraform")
+        if not terraform:
+            raise CheckFailed("terraform is not on PATH")
+        root = self.work / "tf-config"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        token = root / "app.token"
+        token.write_text("example-token-for-the-terraform-check\n")
+        (root / "main.tf").write_text(f'''
+module "config" {{
+  source       = "{TERRAFORM / 'modules' / 'config'}"
+  regions      = ["us-east-1", "us-west-2", "eu-west-1"]
+  key_ids      = {{ "us-east-1" = "alias/rkms", "us-west-2" = "alias/rkms", "eu-west-1" = "alias/rkms" }}
+  table_name   = "rkms_keys"
+  table_region = "us-east-1"
+  clients      = [{{ name = "app", token_file = "{token}", ids = ["*"], create = true }}]
+}}
+output "config_toml" {{ value = module.config.config_toml }}
+output "helm_values" {{ value = module.config.helm_values }}
+''')
+        env = self.terraform_env()
+        run([terraform, "init", "-input=false", "-backend=false", "-no-color"], cwd=root, env=env)
+        run([terraform, "validate", "-no-color"], cwd=root, env=env)
+        run([terraform, "apply", "-auto-approve", "-input=false", "-no-color", "-state=out.tfstate"], cwd=root, env=env)
+        config = run([terraform, "output", "-state=out.tfstate", "-raw", "config_toml"], cwd=root, env=env)
+        values = yaml.safe_load(run([terraform, "output", "-state=out.tfstate", "-raw", "helm_values"], cwd=root, env=env))
+        (root / "config.toml").write_text(config)
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("RKMS")}
+        run([self.args.rkms, "check-config", "--config", str(root / "config.toml")], env=clean)
+        got = find(documents(render(values)), "ConfigMap")["data"]["config.toml"]
+        if '"us-west-2" = "alias/rkms"' not in got or 'table = "rkms_keys"' not in got:
+            raise CheckFailed("the chart did not take the Terraform values")
+        return "config.toml accepted by check-config; helm_values render in the chart"
+
+    def checkov_terraform(self) -> str:
+        return self.checkov(["-d", str(TERRAFORM), "--framework", "terraform"])
+
+    # ----- driver -----
+
+    def run_all(self) -> int:
+        print(f"rkms deploy checks (work dir {self.work})", flush=True)
+        self.check("image: hadolint Dockerfile", self.hadolint)
+        self.check("image: Dockerfile contract", self.dockerfile_contract)
+        self.check("image: checkov Dockerfile", self.checkov_dockerfile)
+        self.check("image: deploy/image-config.toml passes check-config", self.image_config)
+        for value_set in VALUE_SETS:
+            self.check(f"chart[{value_set}]: helm lint --strict", self.helm_lint, value_set)
+            self.check(f"chart[{value_set}]: kubernetes-validate --strict", self.kube_validate, value_set)
+            self.check(f"chart[{value_set}]: pod hardening", self.pod_hardening, value_set)
+            self.check(f"chart[{value_set}]: Deployment contract", self.deployment_contract, value_set)
+            self.check(f"chart[{value_set}]: rendered config.toml passes check-config", self.rendered_config, value_set)
+        for value_set in ("defaults", "all-on"):
+            self.check(f"chart[{value_set}]: checkov kubernetes", self.checkov_chart, value_set)
+        self.check("chart: values.schema.json and template guards refuse bad values", self.schema_rejects)
+        self.check("chart: service account named the same both ways", self.service_account_both_ways)
+        self.check("chart: PDB allows an eviction at replicas=1", self.pdb_allows_eviction)
+        self.check("chart: client tokens Secret", self.secret_stable)
+        self.check("chart: PrometheusRule alerts", self.prometheus_rules)
+        self.check("terraform: fmt -check -recursive", self.terraform_fmt)
+        self.check("terraform: python-hcl2 parse", self.terraform_parse)
+        self.check("terraform: rkms IAM policy is least privilege", self.iam_policy)
+        self.check("terraform: master key policy", self.key_policy)
+        self.check("terraform: table and IRSA trust", self.table_and_trust)
+        self.check("terraform: modules/config renders a valid rkms config", self.terraform_config)
+        self.check("terraform: checkov terraform", self.checkov_terraform)
+        counts = {s: sum(1 for r, _ in self.results if r == s) for s in ("PASS", "FAIL", "SKIP")}
+        if counts["FAIL"] == 0:
+            shutil.rmtree(self.work, ignore_errors=True)
+        print(f"deploy-check: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped", flush=True)
+        return 1 if counts["FAIL"] else 0
+
+
+def load_hcl(path: Path):
+    """A .tf file parsed by python-hcl2, with the quotes it keeps around
+    labels and string literals removed and its bookkeeping keys dropped."""
+    with path.open() as fh:
+        return normalize(hcl2.load(fh))
+
+
+def normalize(node):
+    if isinstance(node, dict):
+        return {unquote(k): normalize(v) for k, v in node.items() if k not in ("__is_block__", "__comments__")}
+    if isinstance(node, list):
+        return [normalize(v) for v in node]
+    if isinstance(node, str):
+        return unquote(node)
+    return node
+
+
+def policy_document(path: Path, name: str) -> list[dict]:
+    """The statements of data.aws_iam_policy_document.<name> in a .tf file;
+    a statement from a `dynamic "statement"` block is marked dynamic."""
+    parsed = load_hcl(path)
+    for block in parsed.get("data", []):
+        doc = block.get("aws_iam_policy_document", {}).get(name)
+        if doc is None:
+            continue
+        statements = [dict(s) for s in doc.get("statement", [])]
+        for dyn in doc.get("dynamic", []):
+            for content in dyn.get("statement", {}).get("content", []):
+                statements.append(dict(content, dynamic=True))
+        for st in statements:
+            if not isinstance(st.get("resources"), list):
+                st["resources"] = [str(st.get("resources"))]
+        return statements
+    raise CheckFailed(f"{path.relative_to(ROOT)}: no aws_iam_policy_document.{name}")
+
+
+def unquote(text: str) -> str:
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
+def has_id_context(statement: dict) -> bool:
+    conds = {(c["test"], c["variable"]): c["values"] for c in statement.get("condition", [])}
+    return (conds.get(("ForAllValues:StringEquals", "kms:EncryptionContextKeys")) == ["rkms:id"]
+            and conds.get(("Null", "kms:EncryptionContextKeys")) == ["false"])
+
+
+def make_tls_files(directory: Path) -> None:
+    """A throwaway CA and server certificate, so a config naming
+    server.tls files can be checked."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise Skipped("openssl not found: cannot make test certificates")
+    d = str(directory)
+    run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.crt", "-days", "1", "-subj", "/CN=rkms-check-ca"])
+    run([openssl, "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", f"{d}/tls.key", "-out", f"{d}/tls.csr", "-subj", "/CN=rkms.rkms.svc",
+         "-addext", "subjectAltName=DNS:rkms.rkms.svc"])
+    run([openssl, "x509", "-req", "-in", f"{d}/tls.csr", "-CA", f"{d}/ca.crt", "-CAkey", f"{d}/ca.key",
+         "-CAcreateserial", "-out", f"{d}/tls.crt", "-days", "1", "-copy_extensions", "copyall"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rkms", required=True, help="the rkms binary (for check-config)")
+    parser.add_argument("--checkov", required=True, help="the checkov executable")
+    args = parser.parse_args()
+    args.rkms = str(Path(args.rkms).resolve())
+    args.checkov = str(Path(args.checkov).resolve())
+    return Checker(args).run_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
