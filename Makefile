@@ -10,6 +10,8 @@ MOTO_STAMP  := $(VENV)/.installed
 export AWS_EC2_METADATA_DISABLED := true
 export RKMS_MOTO_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
+include mk/deploy.mk
+
 .PHONY: run test lint fmt unit bench moto-venv tools clean
 
 run:
@@ -39,7 +41,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-test: moto-venv tools lint
+test: moto-venv tools lint deploy-check
 	$(CARGO) test --locked
 
 bench: moto-venv

@@ -13,6 +13,9 @@ CHECKOV_REQS        := deploy/requirements-checkov.txt
 CHECKOV_STAMP       := $(CHECKOV_VENV)/.installed
 IMAGE               ?= rkms:dev
 
+# Included near the top of the Makefile: keep its first target the default.
+_deploy_default_goal := $(.DEFAULT_GOAL)
+
 .PHONY: deploy-check deploy-venv image
 
 $(DEPLOY_STAMP): $(DEPLOY_REQS)
@@ -38,6 +41,9 @@ deploy-check: deploy-venv
 	$(DEPLOY_VENV)/bin/python deploy/check.py \
 	  --rkms target/debug/rkms --checkov $(CHECKOV_VENV)/bin/checkov
 
-# Needs a Docker engine (none is required by `make test`).
+# Needs a Docker engine; `make test` does not (it checks the Dockerfile
+# with hadolint and checkov instead).
 image:
 	docker build -t $(IMAGE) .
+
+.DEFAULT_GOAL := $(_deploy_default_goal)
