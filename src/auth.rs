@@ -1,33 +1,89 @@
-//! Client authentication (bearer tokens, compared by SHA-256 in constant
-//! time) and per-id-prefix authorization. With auth disabled every caller
-//! is `anonymous` and may use every id.
+//! Who is calling and what they may do: bearer tokens (compared by SHA-256
+//! in constant time) or TLS client certificates (their DNS or URI SANs,
+//! handed over by the listener), mapped to a configured client with its id
+//! patterns, its create permission and its rate limit.
 //!
 //! Must not: know stores, KMS or the broker; print a token or its hash.
 
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
 use axum::http::{header, HeaderMap};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::AuthSettings;
+use crate::config::{AuthMode, AuthSettings, IdPattern};
 use crate::domain::KeyId;
-use crate::error::ApiError;
+
+/// The names a verified TLS client certificate carries (DNS and URI SANs),
+/// put in each request's extensions by the listener.
+#[derive(Debug, Clone, Default)]
+pub struct PeerNames(pub Vec<String>);
 
 pub struct Client {
     name: String,
-    digest: [u8; 32],
-    prefixes: Vec<String>,
+    digest: Option<[u8; 32]>,
+    ids: Vec<IdPattern>,
+    create: bool,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("name", &self.name)
+            .field("ids", &self.ids)
+            .field("create", &self.create)
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct Authenticator {
-    enabled: bool,
+    mode: AuthMode,
     clients: Vec<Client>,
+    by_name: HashMap<String, usize>,
+}
+
+/// Why a caller was not identified: the `reason` label of
+/// `rkms_auth_failures_total`. The message is safe to show the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No `Authorization` header, or no client certificate.
+    Missing,
+    /// A header that is not `Bearer <token>`.
+    Malformed,
+    /// A token or certificate name no client has.
+    Unknown,
+}
+
+impl AuthFailure {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Malformed => "malformed",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub fn message(self, mode: AuthMode) -> &'static str {
+        match (self, mode) {
+            (Self::Missing, AuthMode::Mtls) => "a client certificate is required",
+            (Self::Unknown, AuthMode::Mtls) => "the client certificate names no known client",
+            (Self::Missing, _) => "missing bearer token (Authorization: Bearer <token>)",
+            (Self::Malformed, _) => "the Authorization header is not \"Bearer <token>\"",
+            (Self::Unknown, _) => "unknown bearer token",
+        }
+    }
 }
 
 /// Who is calling, borrowed from the configured clients (nothing is
 /// copied per request).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub enum Identity<'a> {
-    /// Auth is disabled: any id.
+    /// `auth.mode = "none"`: any id, may create.
     Anonymous,
     Client(&'a Client),
 }
@@ -41,62 +97,123 @@ impl Identity<'_> {
         }
     }
 
-    /// Whether this caller may read or create `id`.
-    pub fn may_use(&self, id: &KeyId) -> bool {
+    /// Whether this caller may read `id` (and learn whether it exists).
+    pub fn may_read(&self, id: &KeyId) -> bool {
         match self {
             Self::Anonymous => true,
-            Self::Client(c) => c
-                .prefixes
-                .iter()
-                .any(|p| id.as_str().starts_with(p.as_str())),
+            Self::Client(c) => c.ids.iter().any(|p| p.matches(id.as_str())),
         }
+    }
+
+    /// Whether this caller may create ids it may read.
+    pub fn may_create(&self) -> bool {
+        match self {
+            Self::Anonymous => true,
+            Self::Client(c) => c.create,
+        }
+    }
+
+    /// Take one request from the caller's rate limit; `Err` holds how long
+    /// until one is allowed.
+    pub fn check_rate(&self) -> Result<(), Duration> {
+        let Self::Client(Client {
+            limiter: Some(limiter),
+            ..
+        }) = self
+        else {
+            return Ok(());
+        };
+        limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 }
 
 impl Authenticator {
+    /// From validated settings (each client's token already resolved).
     pub fn new(settings: &AuthSettings) -> Self {
-        let clients = settings
+        let clients: Vec<Client> = settings
             .clients
             .iter()
             .map(|c| Client {
                 name: c.name.clone(),
-                digest: c.token_sha256.0,
-                prefixes: c.prefixes.clone(),
+                digest: c.resolved.map(|h| h.0),
+                ids: c.ids.clone(),
+                create: c.create,
+                limiter: NonZeroU32::new(c.requests_per_second).map(|rps| {
+                    let burst = NonZeroU32::new(c.burst).unwrap_or(rps);
+                    RateLimiter::direct(Quota::per_second(rps).allow_burst(burst))
+                }),
             })
             .collect();
+        let by_name = clients
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
         Self {
-            enabled: settings.enabled,
+            mode: settings.mode,
             clients,
+            by_name,
         }
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity<'_>, ApiError> {
-        if !self.enabled {
-            return Ok(Identity::Anonymous);
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// Identify the caller from its `Authorization` header (token mode) or
+    /// the names of its verified certificate (mtls mode).
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerNames>,
+    ) -> Result<Identity<'_>, AuthFailure> {
+        match self.mode {
+            AuthMode::None => Ok(Identity::Anonymous),
+            AuthMode::Token => self.by_token(headers),
+            AuthMode::Mtls => {
+                let names = peer
+                    .filter(|p| !p.0.is_empty())
+                    .ok_or(AuthFailure::Missing)?;
+                names
+                    .0
+                    .iter()
+                    .find_map(|n| self.by_name.get(n))
+                    .map(|&i| Identity::Client(&self.clients[i]))
+                    .ok_or(AuthFailure::Unknown)
+            }
         }
-        let token = headers
+    }
+
+    fn by_token(&self, headers: &HeaderMap) -> Result<Identity<'_>, AuthFailure> {
+        let value = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::Unauthorized(
-                    "missing bearer token (Authorization: Bearer <token>)".into(),
-                )
-            })?;
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            .ok_or(AuthFailure::Missing)?;
+        let token = bearer_token(value.as_bytes()).ok_or(AuthFailure::Malformed)?;
+        let presented: [u8; 32] = Sha256::digest(token).into();
         let mut found = None;
         // Compare against every client so timing does not reveal which matched.
         for client in &self.clients {
-            if bool::from(client.digest.ct_eq(&presented)) {
-                found = Some(client);
+            if let Some(digest) = &client.digest {
+                if bool::from(digest.ct_eq(&presented)) {
+                    found = Some(client);
+                }
             }
         }
-        found
-            .map(Identity::Client)
-            .ok_or_else(|| ApiError::Unauthorized("unknown bearer token".into()))
+        found.map(Identity::Client).ok_or(AuthFailure::Unknown)
     }
+}
+
+/// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    (!token.is_empty() && !token.contains(&b' ')).then_some(token)
 }
 
 /// SHA-256 of a token, as `auth.clients[].token_sha256` holds it.
@@ -113,32 +230,165 @@ pub fn token_digest(token: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::AuthClient;
+    use proptest::prelude::*;
+
+    fn client(name: &str, token: &str, ids: &[&str], create: bool) -> AuthClient {
+        AuthClient {
+            name: name.into(),
+            token_sha256: Some(token_hash(token)),
+            ids: ids.iter().map(|p| IdPattern::parse(p).unwrap()).collect(),
+            create,
+            resolved: Some(token_hash(token)),
+            ..AuthClient::default()
+        }
+    }
+
+    fn token_auth(clients: Vec<AuthClient>) -> Authenticator {
+        Authenticator::new(&AuthSettings {
+            mode: AuthMode::Token,
+            clients,
+            ..AuthSettings::default()
+        })
+    }
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, value.parse().unwrap());
+        headers
+    }
 
     #[test]
-    fn tokens_and_prefixes() {
+    fn tokens_identify_clients_and_patterns_bound_them() {
+        let auth = token_auth(vec![
+            client("billing", "s3cret-billing-token", &["billing/*"], true),
+            client(
+                "reader",
+                "s3cret-reader-token!",
+                &["shared", "team/*"],
+                false,
+            ),
+        ]);
+        assert_eq!(
+            auth.authenticate(&HeaderMap::new(), None).unwrap_err(),
+            AuthFailure::Missing
+        );
+        for bad in ["Bearer wrong", "Bearer s3cret-billing-tokem", "Bearer x"] {
+            assert_eq!(
+                auth.authenticate(&with_auth(bad), None).unwrap_err(),
+                AuthFailure::Unknown,
+                "{bad}"
+            );
+        }
+        for malformed in ["Basic abc", "Bearer", "Bearer a b", "s3cret-billing-token"] {
+            assert_eq!(
+                auth.authenticate(&with_auth(malformed), None).unwrap_err(),
+                AuthFailure::Malformed,
+                "{malformed}"
+            );
+        }
+        for scheme in ["Bearer", "bearer", "BEARER"] {
+            let who = auth
+                .authenticate(&with_auth(&format!("{scheme} s3cret-billing-token")), None)
+                .unwrap();
+            assert_eq!(who.name(), "billing");
+        }
+        let billing = auth
+            .authenticate(&with_auth("Bearer s3cret-billing-token"), None)
+            .unwrap();
+        assert!(billing.may_read(&KeyId::parse("billing/1").unwrap()));
+        assert!(!billing.may_read(&KeyId::parse("billing").unwrap()));
+        assert!(!billing.may_read(&KeyId::parse("payroll/1").unwrap()));
+        assert!(billing.may_create());
+        let reader = auth
+            .authenticate(&with_auth("Bearer s3cret-reader-token!"), None)
+            .unwrap();
+        assert!(reader.may_read(&KeyId::parse("shared").unwrap()));
+        assert!(!reader.may_read(&KeyId::parse("shared2").unwrap()));
+        assert!(reader.may_read(&KeyId::parse("team/x").unwrap()));
+        assert!(!reader.may_create());
+        assert!(format!("{billing:?}").contains("billing"));
+        assert!(!format!("{billing:?}").contains(&token_digest("s3cret-billing-token")));
+    }
+
+    #[test]
+    fn mtls_matches_any_certificate_name() {
         let auth = Authenticator::new(&AuthSettings {
-            enabled: true,
+            mode: AuthMode::Mtls,
             clients: vec![AuthClient {
-                name: "billing".into(),
-                token_sha256: token_hash("s3cret"),
-                prefixes: vec!["billing/".into()],
+                name: "spiffe://prod/ns/app/sa/web".into(),
+                ids: vec![IdPattern::Any],
+                ..AuthClient::default()
             }],
+            ..AuthSettings::default()
         });
-        let mut headers = HeaderMap::new();
-        assert!(matches!(
-            auth.authenticate(&headers),
-            Err(ApiError::Unauthorized(_))
-        ));
-        headers.insert(header::AUTHORIZATION, "Bearer wrong".parse().unwrap());
-        assert!(matches!(
-            auth.authenticate(&headers),
-            Err(ApiError::Unauthorized(_))
-        ));
-        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
-        let who = auth.authenticate(&headers).unwrap();
-        assert_eq!(who.name(), "billing");
-        assert!(who.may_use(&KeyId::parse("billing/1").unwrap()));
-        assert!(!who.may_use(&KeyId::parse("payroll/1").unwrap()));
-        assert!(Identity::Anonymous.may_use(&KeyId::parse("x").unwrap()));
+        let headers = with_auth("Bearer ignored-in-mtls-mode");
+        assert_eq!(
+            auth.authenticate(&headers, None).unwrap_err(),
+            AuthFailure::Missing
+        );
+        let other = PeerNames(vec!["web.example".into()]);
+        assert_eq!(
+            auth.authenticate(&headers, Some(&other)).unwrap_err(),
+            AuthFailure::Unknown
+        );
+        let good = PeerNames(vec![
+            "web.example".into(),
+            "spiffe://prod/ns/app/sa/web".into(),
+        ]);
+        let who = auth.authenticate(&headers, Some(&good)).unwrap();
+        assert_eq!(who.name(), "spiffe://prod/ns/app/sa/web");
+    }
+
+    #[test]
+    fn rate_limits_refuse_past_the_burst_with_a_wait() {
+        let mut c = client("slow", "s3cret-slow-token-1", &["*"], false);
+        c.requests_per_second = 1;
+        c.burst = 2;
+        let auth = token_auth(vec![c]);
+        let who = auth
+            .authenticate(&with_auth("Bearer s3cret-slow-token-1"), None)
+            .unwrap();
+        assert!(who.check_rate().is_ok());
+        assert!(who.check_rate().is_ok());
+        let wait = who.check_rate().unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(Identity::Anonymous.check_rate().is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn patterns_match_exactly_what_they_say(
+            prefix in "[a-z/]{1,8}",
+            rest in "[a-z0-9/]{0,8}",
+            other in "[a-z0-9/]{1,16}",
+        ) {
+            let id = format!("{prefix}{rest}");
+            let glob = IdPattern::parse(&format!("{prefix}*")).unwrap();
+            prop_assert!(glob.matches(&id));
+            prop_assert_eq!(glob.matches(&other), other.starts_with(&prefix));
+            let exact = IdPattern::parse(&prefix).unwrap();
+            prop_assert_eq!(exact.matches(&id), rest.is_empty());
+            prop_assert!(IdPattern::parse("*").unwrap().matches(&other));
+            // Round trip through the config text.
+            prop_assert_eq!(IdPattern::parse(&glob.to_string()).unwrap(), glob);
+        }
+
+        #[test]
+        fn a_star_inside_a_pattern_is_refused(a in "[a-z]{1,4}", b in "[a-z]{1,4}") {
+            let inner = format!("{a}*{b}");
+            prop_assert!(IdPattern::parse(&inner).is_err());
+            let double = format!("{a}**");
+            prop_assert!(IdPattern::parse(&double).is_err());
+        }
+
+        #[test]
+        fn no_token_but_the_right_one_authenticates(token in "[!-~]{16,64}", guess in "[!-~]{1,80}") {
+            let auth = token_auth(vec![client("c", &token, &["*"], false)]);
+            let result = auth.authenticate(&with_auth(&format!("Bearer {guess}")), None);
+            prop_assert_eq!(result.is_ok(), guess == token);
+        }
     }
 }

@@ -24,6 +24,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed; use GET")]
     MethodNotAllowed,
+    #[error("too many requests from this client; retry later")]
+    TooManyRequests { retry_after: Duration },
+    #[error("the request target is longer than {0} bytes")]
+    UriTooLong(u32),
+    #[error("the request headers are larger than {0} bytes")]
+    HeadersTooLarge(u32),
     #[error("service unavailable")]
     ServiceUnavailable {
         /// When a retry can help; sent as `Retry-After` in whole seconds.
@@ -57,6 +63,9 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::ServiceUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -69,6 +78,9 @@ impl ApiError {
             Self::Forbidden(_) => "Forbidden",
             Self::NotFound(_) => "NotFound",
             Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::TooManyRequests { .. } => "TooManyRequests",
+            Self::UriTooLong(_) => "UriTooLong",
+            Self::HeadersTooLarge(_) => "HeadersTooLarge",
             Self::ServiceUnavailable { .. } => "ServiceUnavailable",
             Self::Internal(_) => "InternalError",
         }
@@ -111,12 +123,19 @@ impl IntoResponse for ApiError {
         };
         let mut response = (status, axum::Json(body)).into_response();
         match &self {
-            Self::ServiceUnavailable { retry_after, .. } => {
+            Self::ServiceUnavailable { retry_after, .. }
+            | Self::TooManyRequests { retry_after } => {
                 // Whole seconds, rounded up: "0" would invite a retry storm.
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            Self::Unauthorized(_) => {
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"rkms\""),
+                );
             }
             Self::MethodNotAllowed => {
                 response

@@ -6,7 +6,12 @@
 //! - [`startup`]: builds the app from config (the one `match` on backends),
 //!   binds, serves, shuts down gracefully.
 //! - [`routes`]: HTTP handlers and layers; [`error`]: the one `ApiError`.
-//! - [`auth`]: bearer-token clients and per-prefix authorization.
+//! - [`auth`]: clients by bearer token or TLS certificate; per-id-pattern
+//!   authorization, the create permission and per-client rate limits.
+//! - [`preflight`]: checks of the store and every region's KMS key, at
+//!   start, by `check-config --connect`, and behind `/readyz`.
+//! - [`tls`]: the rustls server config, re-read when its files change.
+//! - [`hardening`]: process settings that keep keys out of core dumps.
 //! - [`domain`]: `KeyId`, `DataKey` (wiped on drop), `KeyRecord`, `Region`.
 //! - [`broker`]: all policy: cache, single-flight, hedging, breakers,
 //!   quorum creates, create races, repair.
@@ -29,10 +34,13 @@ pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod hardening;
 pub mod kms;
 pub mod metrics;
+pub mod preflight;
 pub mod report;
 pub mod routes;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -32,7 +32,15 @@ enum Command {
     /// Serve the HTTP API (the default).
     Serve,
     /// Load and validate the config, print the effective settings (secrets redacted).
-    CheckConfig,
+    CheckConfig {
+        /// Also check every dependency (the store, each region's KMS key)
+        /// as the server does at start; exit non-zero if one fails.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Print the SHA-256 (hex) of a token read from stdin, for
+    /// `auth.clients[].token_sha256`. One trailing newline is ignored.
+    HashToken,
     /// Exit 0 when the server answers /healthz with 200 (for container
     /// health checks: the image has no curl).
     Healthcheck {
@@ -43,8 +51,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Healthcheck { url }) = &cli.command {
-        return healthcheck(url);
+    match &cli.command {
+        Some(Command::Healthcheck { url }) => return healthcheck(url),
+        Some(Command::HashToken) => return hash_token(),
+        _ => {}
     }
     let mut env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
@@ -63,7 +73,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => {
+        Command::CheckConfig { connect } => {
             let origin = match source {
                 Source::File(p) => format!("{} and the environment", p.display()),
                 Source::Defaults => "built-in defaults and the environment".into(),
@@ -74,17 +84,99 @@ fn main() -> ExitCode {
             );
             // A reader that stops early (`| head -1`) is not an error, and
             // must never turn into a panic.
-            use std::io::Write;
-            match std::io::stdout().lock().write_all(text.as_bytes()) {
-                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                    eprintln!("rkms: cannot write to stdout: {e}");
-                    ExitCode::FAILURE
-                }
-                _ => ExitCode::SUCCESS,
+            if let Err(code) = print(&text) {
+                return code;
             }
+            if connect {
+                return check_connect(settings);
+            }
+            ExitCode::SUCCESS
         }
         Command::Serve => serve(settings),
-        Command::Healthcheck { .. } => ExitCode::FAILURE,
+        Command::Healthcheck { .. } | Command::HashToken => ExitCode::FAILURE,
+    }
+}
+
+/// Write to stdout; a reader that went away (`| head -1`) is not an error,
+/// and must never turn into a panic.
+fn print(text: &str) -> Result<(), ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("rkms: cannot write to stdout: {e}");
+            Err(ExitCode::FAILURE)
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
+/// `check-config --connect`: the server's preflight, one line per check.
+fn check_connect(settings: Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rkms: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let checks = runtime.block_on(async {
+        let (kms, store) = rkms::startup::backends(&settings).await?;
+        let deps = rkms::startup::dependencies(&settings, kms, store);
+        anyhow::Ok(rkms::preflight::run(&deps).await)
+    });
+    let checks = match checks {
+        Ok(checks) => checks,
+        Err(e) => {
+            eprintln!("rkms: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut text = String::from("# dependency checks\n");
+    for check in &checks {
+        text.push_str(&check.line());
+        text.push('\n');
+    }
+    if let Err(code) = print(&text) {
+        return code;
+    }
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    if failed > 0 {
+        eprintln!("rkms: {failed} dependency check(s) failed");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn hash_token() -> ExitCode {
+    use std::io::Read;
+    let mut input = zeroize::Zeroizing::new(Vec::new());
+    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
+        eprintln!("rkms: hash-token: cannot read stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let token = input
+        .strip_suffix(b"\r\n")
+        .or_else(|| input.strip_suffix(b"\n"))
+        .unwrap_or(&input);
+    let Ok(token) = std::str::from_utf8(token) else {
+        eprintln!("rkms: hash-token: the token is not UTF-8 text");
+        return ExitCode::from(2);
+    };
+    if token.is_empty() || token.chars().any(char::is_whitespace) {
+        eprintln!("rkms: hash-token: give one token with no whitespace on stdin");
+        return ExitCode::from(2);
+    }
+    if token.len() < rkms::config::MIN_TOKEN_LEN {
+        eprintln!(
+            "rkms: hash-token: warning: a token shorter than {} characters is easy to guess",
+            rkms::config::MIN_TOKEN_LEN
+        );
+    }
+    match print(&format!("{}\n", rkms::auth::token_digest(token))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
     }
 }
 
@@ -123,6 +215,9 @@ fn healthcheck(url: &str) -> ExitCode {
 
 fn serve(settings: Settings) -> ExitCode {
     let _log_guard = rkms::telemetry::init(&settings.log);
+    for failed in rkms::hardening::disable_core_dumps() {
+        tracing::warn!(setting = %failed, "cannot keep key material out of core dumps");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub repairs_queued: IntGauge,
     pub integrity_failures: IntCounter,
     pub log_dropped: IntCounter,
+    pub auth_failures: IntCounterVec,
+    pub requests_shed: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -115,6 +117,18 @@ impl Metrics {
                 &r,
                 "rkms_log_dropped_total",
                 "Log lines dropped because the log output could not keep up",
+            )?,
+            auth_failures: counter_vec(
+                &r,
+                "rkms_auth_failures_total",
+                "Requests refused 401 (missing, malformed, unknown) or 403 (forbidden, create_denied)",
+                &["reason"],
+            )?,
+            requests_shed: counter_vec(
+                &r,
+                "rkms_requests_shed_total",
+                "Requests refused before any work: overload (503) or rate_limit (429)",
+                &["reason"],
             )?,
             http_requests: counter_vec(
                 &r,

@@ -3,7 +3,7 @@
 //!
 //! Must not: know request semantics (routes and the broker do).
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,65 +11,127 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, PeerNames};
 use crate::broker::{BrokerSettings, KeyBroker};
-use crate::config::{KmsProvider, Settings, StoreBackend};
+use crate::config::{AuthMode, KmsProvider, Preflight, Settings, StoreBackend};
 use crate::domain::Region;
 use crate::kms::aws::AwsKms;
 use crate::kms::local::LocalKms;
 use crate::kms::Kms;
 use crate::metrics::Metrics;
-use crate::routes::{self, AppState};
+use crate::preflight::{self, Health};
+use crate::routes::{self, AppState, Limits};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::tls::Tls;
 
 pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     state: AppState,
     settings: Settings,
+    /// Re-runs the dependency checks for `/readyz`.
+    monitor: tokio::task::JoinHandle<()>,
+    /// HTTPS on `server.listen` when `[server.tls]` is set.
+    tls: Option<Tls>,
+}
+
+/// Build the KMS and the store the settings name (no listener, no check).
+pub async fn backends(settings: &Settings) -> anyhow::Result<(Arc<dyn Kms>, Arc<dyn Store>)> {
+    let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
+    let kms: Arc<dyn Kms> = match settings.kms.provider {
+        KmsProvider::Local => {
+            let path = settings.kms.local.keyring.clone();
+            let local =
+                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
+            Arc::new(local)
+        }
+        KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
+    };
+    let store: Arc<dyn Store> = match settings.store.backend {
+        StoreBackend::Sqlite => {
+            let path = settings.store.sqlite.path.clone();
+            let timeout = Duration::from_millis(settings.store.call_timeout_ms);
+            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, timeout))
+                .await?
+                .with_context(|| {
+                    format!(
+                        "cannot open store.sqlite.path {}",
+                        settings.store.sqlite.path.display()
+                    )
+                })?;
+            Arc::new(store)
+        }
+        StoreBackend::Dynamodb => {
+            Arc::new(DynamoStore::new(&settings.store.dynamodb, &settings.store).await)
+        }
+        StoreBackend::Memory => Arc::new(MemoryStore::new()),
+    };
+    Ok((kms, store))
+}
+
+/// What preflight checks, from the settings and the built backends.
+pub fn dependencies(
+    settings: &Settings,
+    kms: Arc<dyn Kms>,
+    store: Arc<dyn Store>,
+) -> preflight::Dependencies {
+    preflight::Dependencies {
+        kms,
+        store,
+        regions: settings.kms.regions.iter().map(Region::new).collect(),
+        store_name: store_name(settings),
+        kms_timeout: Duration::from_millis(settings.kms.call_timeout_ms),
+        store_timeout: Duration::from_millis(settings.store.call_timeout_ms),
+    }
+}
+
+fn store_name(settings: &Settings) -> String {
+    match settings.store.backend {
+        StoreBackend::Sqlite => format!("SQLite {}", settings.store.sqlite.path.display()),
+        StoreBackend::Dynamodb => format!(
+            "DynamoDB table {} in {}",
+            settings.store.dynamodb.table, settings.store.dynamodb.region
+        ),
+        StoreBackend::Memory => "memory (lost on exit)".into(),
+    }
+}
+
+/// One line naming what this process serves with.
+fn log_summary(settings: &Settings) {
+    let auth = &settings.auth;
+    let clients = auth.clients.len();
+    tracing::info!(
+        provider = ?settings.kms.provider,
+        regions = %settings.kms.regions.join(","),
+        min_regions_on_create = settings.kms.min_regions_on_create,
+        store = %store_name(settings),
+        cache = %if settings.cache.ttl_seconds == 0 {
+            "off".to_string()
+        } else {
+            format!("ttl {}s, {} entries", settings.cache.ttl_seconds, settings.cache.max_entries)
+        },
+        auth = %format!("{:?}, {clients} clients", auth.mode).to_ascii_lowercase(),
+        tls = settings.server.tls.cert.is_some(),
+        "rkms starting"
+    );
+    if auth.mode == AuthMode::None && !settings.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %settings.server.listen,
+            "auth.mode = \"none\" on a non-loopback address (auth.allow_unauthenticated = true): anyone who can reach rkms gets any key"
+        );
+    }
 }
 
 impl Application {
-    /// Build every backend named in `settings` and bind the listeners.
+    /// Build every backend named in `settings`, check them, and bind the
+    /// listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let regions: Vec<crate::domain::Region> = settings
-            .kms
-            .regions
-            .iter()
-            .map(crate::domain::Region::new)
-            .collect();
-        let kms: Arc<dyn Kms> = match settings.kms.provider {
-            KmsProvider::Local => {
-                let path = settings.kms.local.keyring.clone();
-                let local =
-                    tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
-                Arc::new(local)
-            }
-            KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
-        };
-        let store: Arc<dyn Store> = match settings.store.backend {
-            StoreBackend::Sqlite => {
-                let path = settings.store.sqlite.path.clone();
-                let timeout = Duration::from_millis(settings.store.call_timeout_ms);
-                let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, timeout))
-                    .await?
-                    .with_context(|| {
-                        format!(
-                            "cannot open store.sqlite.path {}",
-                            settings.store.sqlite.path.display()
-                        )
-                    })?;
-                Arc::new(store)
-            }
-            StoreBackend::Dynamodb => {
-                Arc::new(DynamoStore::new(&settings.store.dynamodb, &settings.store).await)
-            }
-            StoreBackend::Memory => Arc::new(MemoryStore::new()),
-        };
+        let (kms, store) = backends(&settings).await?;
         Self::build_with(settings, kms, store).await
     }
 
@@ -79,6 +141,36 @@ impl Application {
         kms: Arc<dyn Kms>,
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Self> {
+        log_summary(&settings);
+        let deps = dependencies(&settings, Arc::clone(&kms), Arc::clone(&store));
+        let checks = preflight::run(&deps).await;
+        for check in &checks {
+            if check.passed() {
+                tracing::info!(check = %check.name, result = %check.line(), "preflight");
+            } else {
+                tracing::error!(check = %check.name, result = %check.line(), "preflight");
+            }
+        }
+        let failed: Vec<String> = checks
+            .iter()
+            .filter_map(|c| c.result.as_ref().err().map(|p| format!("{}: {p}", c.name)))
+            .collect();
+        if !failed.is_empty() && settings.server.preflight == Preflight::Strict {
+            anyhow::bail!(
+                "preflight failed (server.preflight = \"strict\"): {}",
+                failed.join("; ")
+            );
+        }
+        if !failed.is_empty() {
+            tracing::warn!(
+                failed = failed.len(),
+                "starting with failed preflight checks (server.preflight = \"warn\"); /readyz fails until they pass"
+            );
+        }
+        let tls = Tls::from_settings(&settings.server.tls)?;
+        let health = Arc::new(Health::new(&checks));
+        let monitor = health.monitor(deps);
+
         let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
         let broker = KeyBroker::new(kms, store, broker_settings(&settings), Arc::clone(&metrics));
         let state = AppState {
@@ -87,6 +179,14 @@ impl Application {
             auth: Arc::new(Authenticator::new(&settings.auth)),
             draining: Arc::new(AtomicBool::new(false)),
             request_timeout: settings.request_timeout(),
+            health,
+            limits: Limits {
+                in_flight: Arc::new(Semaphore::new(
+                    settings.server.max_concurrent_requests as usize,
+                )),
+                max_uri_bytes: settings.server.max_uri_bytes,
+                max_header_bytes: settings.server.max_header_bytes,
+            },
         };
         let listener = TcpListener::bind(settings.server.listen)
             .await
@@ -106,6 +206,8 @@ impl Application {
             metrics_listener,
             state,
             settings,
+            monitor,
+            tls,
         })
     }
 
@@ -159,10 +261,24 @@ impl Application {
         });
 
         let addr = self.listener.local_addr()?;
-        tracing::info!(%addr, "rkms serving");
+        tracing::info!(%addr, tls = self.tls.is_some(), "rkms serving");
         let app = routes::router(self.state.clone());
-        let server =
-            axum::serve(self.listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+        let reloader = self.tls.as_ref().map(Tls::watch);
+        let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
+            match self.tls {
+                Some(tls) => Box::pin(serve_tls(
+                    self.listener,
+                    app,
+                    tls,
+                    Arc::clone(&self.state.metrics),
+                    stopped(stop_rx.clone()),
+                )),
+                None => Box::pin(
+                    axum::serve(self.listener, app)
+                        .with_graceful_shutdown(stopped(stop_rx.clone()))
+                        .into_future(),
+                ),
+            };
         let deadline = {
             let rx = stop_rx.clone();
             async move {
@@ -184,6 +300,10 @@ impl Application {
             () = self.state.broker.shutdown() => {}
             () = &mut deadline => tracing::warn!("shutdown grace period over; background work abandoned"),
         }
+        self.monitor.abort();
+        if let Some(task) = reloader {
+            task.abort();
+        }
         if let Some(task) = metrics_server {
             task.abort();
             let _ = task.await;
@@ -192,6 +312,84 @@ impl Application {
         tracing::info!("rkms stopped");
         Ok(())
     }
+}
+
+/// A TLS handshake that takes longer is dropped (a client holding the
+/// socket open without finishing it).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serve `app` over TLS until `stop` completes, then let open connections
+/// finish (the caller bounds that by the grace period). Each connection's
+/// verified client certificate names go into its requests' extensions.
+async fn serve_tls(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Tls,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, go on.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let acceptor = tls.acceptor();
+        let app = app.clone();
+        let metrics = Arc::clone(&metrics);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    metrics.auth_failures.with_label_values(&["tls"]).inc();
+                    tracing::info!(peer = %peer_addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %peer_addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let names = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(crate::tls::peer_names)
+                .unwrap_or_default();
+            let peer = PeerNames(names);
+            let service = tower::ServiceExt::map_request(
+                app,
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(peer.clone());
+                    request
+                },
+            );
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(
+                    hyper_util::rt::TokioIo::new(stream),
+                    hyper_util::service::TowerToHyperService::new(service),
+                );
+            if let Err(e) = watcher.watch(connection).await {
+                tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// The broker's typed tuning, from the config file's fields.

@@ -52,6 +52,9 @@ pub enum BrokerError {
     },
     #[error("store call timed out after {0:?}")]
     StoreTimeout(Duration),
+    /// The caller's deadline (`server.request_timeout_ms`) passed first.
+    #[error("the request timed out after {0:?}")]
+    Timeout(Duration),
     /// The task resolving the key panicked or was aborted.
     #[error("key resolution task failed")]
     TaskFailed {
@@ -76,7 +79,8 @@ impl BrokerError {
             Self::AllRegionsOpen { .. }
             | Self::KmsUnavailable { .. }
             | Self::NotEnoughRegions { .. }
-            | Self::StoreTimeout(_) => true,
+            | Self::StoreTimeout(_)
+            | Self::Timeout(_) => true,
             Self::Store { source } => matches!(**source, StoreError::Unavailable { .. }),
             Self::NotFound
             | Self::Integrity { .. }

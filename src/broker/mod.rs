@@ -18,6 +18,7 @@ mod read;
 mod repair;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,7 +98,31 @@ struct CacheEntry {
 }
 
 type FlightKey = (KeyId, bool);
-type Flight = Shared<BoxFuture<'static, Result<Resolved, BrokerError>>>;
+
+/// One resolution in progress, shared by every caller waiting on the id.
+#[derive(Clone)]
+struct Flight {
+    result: Shared<BoxFuture<'static, Result<Resolved, BrokerError>>>,
+    /// Set once the store said the id is absent and a create began.
+    creating: Arc<AtomicBool>,
+}
+
+/// What a request ended up doing, for the audit trail: reading an existing
+/// key, or creating one (whether or not it finished).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Read,
+    Create,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Create => "create",
+        }
+    }
+}
 
 /// The key broker. Cheap to clone; clones share cache, flights and breakers.
 #[derive(Clone)]
@@ -172,6 +197,18 @@ impl KeyBroker {
         id: &KeyId,
         allow_create: bool,
     ) -> Result<Resolved, BrokerError> {
+        self.get_or_create_within(id, allow_create, None).await.0
+    }
+
+    /// As [`KeyBroker::get_or_create`], giving up after `timeout` (the
+    /// resolution itself goes on for other callers and the cache), and
+    /// telling whether the id was read or a create was attempted.
+    pub async fn get_or_create_within(
+        &self,
+        id: &KeyId,
+        allow_create: bool,
+        timeout: Option<Duration>,
+    ) -> (Result<Resolved, BrokerError>, Action) {
         let inner = &self.inner;
         let mut stale = None;
         if let Some(cache) = &inner.cache {
@@ -179,11 +216,12 @@ impl KeyBroker {
                 let age = entry.fetched.elapsed();
                 if age < inner.settings.cache_ttl {
                     inner.metrics.cache_hits.inc();
-                    return Ok(Resolved {
+                    let resolved = Resolved {
                         key: Arc::clone(&entry.key),
                         source: KeySource::Cache,
                         created: false,
-                    });
+                    };
+                    return (Ok(resolved), Action::Read);
                 }
                 if age < inner.settings.cache_ttl + inner.settings.stale_if_error {
                     stale = Some(entry);
@@ -191,7 +229,19 @@ impl KeyBroker {
             }
         }
         inner.metrics.cache_misses.inc();
-        match (self.flight(id, allow_create).await, stale) {
+        let flight = self.flight(id, allow_create);
+        let result = match timeout {
+            Some(limit) => tokio::time::timeout(limit, flight.result)
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(limit))),
+            None => flight.result.await,
+        };
+        let action = if flight.creating.load(Ordering::Acquire) {
+            Action::Create
+        } else {
+            Action::Read
+        };
+        let result = match (result, stale) {
             (Err(e), Some(entry)) if e.is_unavailable() => {
                 inner.metrics.cache_stale_served.inc();
                 tracing::warn!(
@@ -207,7 +257,8 @@ impl KeyBroker {
                 })
             }
             (result, _) => result,
-        }
+        };
+        (result, action)
     }
 
     fn flight(&self, id: &KeyId, allow_create: bool) -> Flight {
@@ -219,10 +270,12 @@ impl KeyBroker {
         let inner = Arc::clone(&self.inner);
         let id = id.clone();
         let flight_key = key.clone();
+        let creating = Arc::new(AtomicBool::new(false));
+        let marker = Arc::clone(&creating);
         // A task of its own, so a client hanging up mid-create cannot cancel
         // the conditional put half-way; waiters share the outcome.
         let task = self.inner.tasks.spawn(async move {
-            let result = inner.resolve(&id, allow_create).await;
+            let result = inner.resolve(&id, allow_create, &marker).await;
             if let (Ok(resolved), Some(cache)) = (&result, &inner.cache) {
                 let entry = Arc::new(CacheEntry {
                     key: Arc::clone(&resolved.key),
@@ -246,6 +299,10 @@ impl KeyBroker {
         }
         .boxed()
         .shared();
+        let flight = Flight {
+            result: flight,
+            creating,
+        };
         flights.insert(key, flight.clone());
         flight
     }
@@ -277,6 +334,11 @@ impl KeyBroker {
         } else {
             Err(failed)
         }
+    }
+
+    /// Regions whose breaker is open now.
+    pub fn open_regions(&self) -> Vec<Region> {
+        self.inner.breakers.open_regions()
     }
 
     /// Drop every cached key (they are wiped as their last reference goes).

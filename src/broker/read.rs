@@ -5,6 +5,7 @@
 //! Must not: create a key for an id that has a record, readable or not.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures::FutureExt;
@@ -20,11 +21,15 @@ impl Inner {
         self: &Arc<Self>,
         id: &KeyId,
         allow_create: bool,
+        creating: &AtomicBool,
     ) -> Result<Resolved, BrokerError> {
         match self.timed_store("get", self.store.get(id)).await? {
             Some(record) => self.decrypt_record(id, Arc::new(record)).await,
             None if !allow_create => Err(BrokerError::NotFound),
-            None => self.create(id).await,
+            None => {
+                creating.store(true, Ordering::Release);
+                self.create(id).await
+            }
         }
     }
 

@@ -1,7 +1,12 @@
-//! The `[auth]` section: the client list and its checks. A token hash is
-//! parsed once, from hex, into 32 bytes; a malformed one stops startup.
+//! The `[auth]` section: the mode, the client list and its checks. Id
+//! patterns and token hashes are parsed once into typed values; a malformed
+//! one stops startup. Tokens named by `token_file` / `token_env` are read by
+//! `load` (this module reads no files) and kept only as their SHA-256.
 //!
-//! Must not: authenticate requests (`auth` does, from these settings).
+//! Must not: authenticate requests (`auth` does, from these settings);
+//! echo a token or its hash in an error.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -35,37 +40,196 @@ impl std::fmt::Debug for TokenHash {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthSettings {
-    /// When false, every caller is `anonymous` and may read any id.
-    pub enabled: bool,
-    pub clients: Vec<AuthClient>,
+/// `auth.mode`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every caller is `anonymous` and may read and create every id. Only on
+    /// a loopback `server.listen`, unless `allow_unauthenticated` is set.
+    None,
+    /// `Authorization: Bearer <token>`, matched to a client by its hash.
+    Token,
+    /// A TLS client certificate from `server.tls.client_ca`; its DNS or URI
+    /// SAN is the client's name.
+    Mtls,
+}
+
+/// One entry of `ids`: an exact id, `prefix*`, or `*` for every id. There
+/// is no implicit prefix matching: `tenant1` matches only `tenant1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdPattern {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+impl IdPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("an empty pattern matches nothing; use \"*\" for every id".into());
+        }
+        if text.chars().any(char::is_control) {
+            return Err("a pattern cannot hold control characters".into());
+        }
+        let (body, glob) = match text.strip_suffix('*') {
+            Some(body) => (body, true),
+            None => (text, false),
+        };
+        if body.contains('*') {
+            return Err(format!(
+                "{text:?}: '*' is allowed only at the end (\"prefix*\") or alone (\"*\")"
+            ));
+        }
+        Ok(match (body.is_empty(), glob) {
+            (true, _) => Self::Any,
+            (false, true) => Self::Prefix(body.to_string()),
+            (false, false) => Self::Exact(body.to_string()),
+        })
+    }
+
+    pub fn matches(&self, id: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::Prefix(p) => id.starts_with(p.as_str()),
+            Self::Exact(e) => id == e,
+        }
+    }
+}
+
+impl std::fmt::Display for IdPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Any => f.write_str("*"),
+            Self::Prefix(p) => write!(f, "{p}*"),
+            Self::Exact(e) => f.write_str(e),
+        }
+    }
+}
+
+impl Serialize for IdPattern {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for IdPattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    pub mode: AuthMode,
+    /// Allow `mode = "none"` on a listen address other than loopback.
+    pub allow_unauthenticated: bool,
+    pub clients: Vec<AuthClient>,
+    /// Replaced by `mode`; read only to say so.
+    #[serde(skip_serializing)]
+    pub enabled: Option<bool>,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            allow_unauthenticated: false,
+            clients: Vec::new(),
+            enabled: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AuthClient {
+    /// In the audit trail; for `mtls`, the certificate's DNS or URI SAN.
     pub name: String,
-    /// SHA-256 of the client's bearer token (64 hex digits in the file);
-    /// the token itself is never stored in config.
-    pub token_sha256: TokenHash,
-    /// Id prefixes this client may read and create. `""` allows every id.
-    pub prefixes: Vec<String>,
+    /// SHA-256 of the client's bearer token (64 hex digits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<TokenHash>,
+    /// A file holding the token itself (a mounted Kubernetes Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// An environment variable holding the token itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// Ids this client may read: exact ids, `prefix*`, or `*`.
+    #[serde(default)]
+    pub ids: Vec<IdPattern>,
+    /// May this client create ids it may read that do not exist yet.
+    #[serde(default)]
+    pub create: bool,
+    /// Sustained requests per second; 0 = unlimited.
+    #[serde(default)]
+    pub requests_per_second: u32,
+    /// Requests allowed at once above the rate; 0 = `requests_per_second`.
+    #[serde(default)]
+    pub burst: u32,
+    /// Replaced by `ids`; read only to say so.
+    #[serde(default, skip_serializing)]
+    pub prefixes: Option<Vec<String>>,
+    /// The token's hash, from whichever source the client names.
+    #[serde(skip)]
+    pub resolved: Option<TokenHash>,
 }
+
+/// Tokens read from files or the environment shorter than this are refused.
+pub const MIN_TOKEN_LEN: usize = 16;
 
 impl Settings {
     pub(super) fn validate_auth(&self) -> Result<(), ConfigError> {
-        if self.auth.enabled && self.auth.clients.is_empty() {
+        let auth = &self.auth;
+        if auth.enabled.is_some() {
             return Err(ConfigError::new(
-                "auth.clients",
-                "auth is enabled but no clients are configured; every request would be refused",
+                "auth.enabled",
+                "was replaced by auth.mode = \"none\" | \"token\" | \"mtls\" (see config.toml)",
             ));
         }
+        let listen = self.server.listen;
+        match auth.mode {
+            AuthMode::None if !listen.ip().is_loopback() && !auth.allow_unauthenticated => {
+                return Err(ConfigError::new(
+                    "auth.mode",
+                    format!("is \"none\" but server.listen {listen} is not a loopback address, so anyone who can reach it gets any key; set auth.mode = \"token\" or \"mtls\" with [[auth.clients]], or auth.allow_unauthenticated = true to accept that"),
+                ));
+            }
+            AuthMode::None if !auth.clients.is_empty() => {
+                return Err(ConfigError::new(
+                    "auth.clients",
+                    "are set but auth.mode = \"none\" would ignore them; set auth.mode = \"token\" or \"mtls\"",
+                ));
+            }
+            AuthMode::None => return Ok(()),
+            AuthMode::Token | AuthMode::Mtls if auth.clients.is_empty() => {
+                return Err(ConfigError::new(
+                    "auth.clients",
+                    "must list at least one client when auth.mode is \"token\" or \"mtls\"; every request would be refused",
+                ));
+            }
+            AuthMode::Mtls if self.server.tls.client_ca.is_none() => {
+                return Err(ConfigError::new(
+                    "server.tls.client_ca",
+                    "is required when auth.mode = \"mtls\" (with server.tls.cert and server.tls.key)",
+                ));
+            }
+            AuthMode::Token | AuthMode::Mtls => {}
+        }
         let mut names = std::collections::BTreeSet::new();
-        for (i, client) in self.auth.clients.iter().enumerate() {
+        for (i, client) in auth.clients.iter().enumerate() {
             let key = format!("auth.clients[{i}]");
-            if client.name.trim().is_empty() || client.name == "anonymous" {
+            if client.prefixes.is_some() {
+                return Err(ConfigError::new(
+                    format!("{key}.prefixes"),
+                    "was replaced by ids: exact ids and \"prefix*\" globs, e.g. ids = [\"billing/*\"]",
+                ));
+            }
+            if client.name.trim().is_empty()
+                || client.name == "anonymous"
+                || client.name.chars().any(char::is_control)
+            {
                 return Err(ConfigError::new(
                     format!("{key}.name"),
                     "must be a non-empty name other than \"anonymous\"",
@@ -77,19 +241,47 @@ impl Settings {
                     format!("{:?} is used twice", client.name),
                 ));
             }
-            if let Some(j) = self.auth.clients[..i]
-                .iter()
-                .position(|c| c.token_sha256 == client.token_sha256)
-            {
+            let sources = usize::from(client.token_sha256.is_some())
+                + usize::from(client.token_file.is_some())
+                + usize::from(client.token_env.is_some());
+            match auth.mode {
+                AuthMode::Token if sources != 1 => {
+                    return Err(ConfigError::new(
+                        format!("{key}.token_sha256"),
+                        "give exactly one of token_sha256, token_file, token_env",
+                    ));
+                }
+                AuthMode::Mtls if sources != 0 => {
+                    return Err(ConfigError::new(
+                        format!("{key}.token_sha256"),
+                        "auth.mode = \"mtls\" identifies clients by certificate; remove the token",
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(hash) = client.resolved {
+                if let Some(j) = auth.clients[..i]
+                    .iter()
+                    .position(|c| c.resolved == Some(hash))
+                {
+                    return Err(ConfigError::new(
+                        format!("{key}.token"),
+                        format!(
+                            "is the same token as auth.clients[{j}]; every client needs its own"
+                        ),
+                    ));
+                }
+            }
+            if client.ids.is_empty() {
                 return Err(ConfigError::new(
-                    format!("{key}.token_sha256"),
-                    format!("is the same token as auth.clients[{j}]; every client needs its own"),
+                    format!("{key}.ids"),
+                    "must list at least one id pattern (\"*\" allows every id)",
                 ));
             }
-            if client.prefixes.is_empty() {
+            if client.burst > 0 && client.requests_per_second == 0 {
                 return Err(ConfigError::new(
-                    format!("{key}.prefixes"),
-                    "must list at least one id prefix (\"\" allows every id)",
+                    format!("{key}.burst"),
+                    "needs requests_per_second > 0 (0 = unlimited)",
                 ));
             }
         }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
+use sha2::Digest as _;
 
 use super::{ConfigError, Settings};
 
@@ -53,8 +54,10 @@ impl Settings {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
             })?;
+            check_syntax(&path.display().to_string(), &text)?;
             figment = figment.merge(Toml::string(&text));
         }
+        let mut from_env = Vec::new();
         for (name, raw) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -64,23 +67,92 @@ impl Settings {
                 .map(str::to_ascii_lowercase)
                 .collect::<Vec<_>>()
                 .join(".");
-            // Same value syntax as TOML scalars and arrays: 7, true, "x", [a, b].
-            let value: figment::value::Value = raw.parse().unwrap_or_else(|_| raw.clone().into());
-            figment = figment.merge((path, value));
+            figment = figment.merge((path.as_str(), env_value(raw)));
+            from_env.push((path, name.clone()));
         }
-        let settings: Settings = figment.extract().map_err(figment_error)?;
-        settings.validate()?;
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(figment_error)
+            .map_err(|e| e.with_env_origin(&from_env))?;
+        settings
+            .resolve_tokens(env)
+            .map_err(|e| e.with_env_origin(&from_env))?;
+        settings
+            .validate()
+            .map_err(|e| e.with_env_origin(&from_env))?;
         Ok(settings)
     }
 
     /// Parse a TOML document on top of the defaults (no environment).
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+        check_syntax("config", text)?;
+        let mut settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::string(text))
             .extract()
             .map_err(figment_error)?;
+        settings.resolve_tokens(&[])?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Read each client's token from where it names (the hash, a file or an
+    /// environment variable) and keep only its SHA-256. Errors name the
+    /// source, never the token.
+    fn resolve_tokens(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        for (i, client) in self.auth.clients.iter_mut().enumerate() {
+            let key = format!("auth.clients[{i}]");
+            let token = if let Some(hash) = client.token_sha256 {
+                client.resolved = Some(hash);
+                continue;
+            } else if let Some(path) = &client.token_file {
+                let text = std::fs::read(path).map_err(|e| {
+                    ConfigError::new(
+                        format!("{key}.token_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let text = zeroize::Zeroizing::new(text);
+                match std::str::from_utf8(&text) {
+                    Ok(t) => zeroize::Zeroizing::new(t.trim_end().to_string()),
+                    Err(_) => {
+                        return Err(ConfigError::new(
+                            format!("{key}.token_file"),
+                            format!("{} is not UTF-8 text", path.display()),
+                        ))
+                    }
+                }
+            } else if let Some(var) = &client.token_env {
+                match env.iter().rev().find(|(k, _)| k == var) {
+                    Some((_, v)) => zeroize::Zeroizing::new(v.trim_end().to_string()),
+                    None => {
+                        return Err(ConfigError::new(
+                            format!("{key}.token_env"),
+                            format!("the environment variable {var} is not set"),
+                        ))
+                    }
+                }
+            } else {
+                continue;
+            };
+            if token.len() < super::MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+                let source = if client.token_file.is_some() {
+                    "token_file"
+                } else {
+                    "token_env"
+                };
+                return Err(ConfigError::new(
+                    format!("{key}.{source}"),
+                    format!(
+                        "the token must be at least {} characters with no whitespace",
+                        super::MIN_TOKEN_LEN
+                    ),
+                ));
+            }
+            client.resolved = Some(super::TokenHash(
+                sha2::Sha256::digest(token.as_bytes()).into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The effective settings as TOML, with secrets replaced.
@@ -103,6 +175,46 @@ impl Settings {
     }
 }
 
+/// An environment value: JSON for structured values (`[...]`, `{...}`),
+/// so tables, arrays of tables and maps keyed by region names with hyphens
+/// can be given; else the TOML-like scalar syntax (`7`, `true`, `"x"`,
+/// `[a, b]`); else the text as it is.
+fn env_value(raw: &str) -> figment::value::Value {
+    let trimmed = raw.trim_start();
+    if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(raw) {
+            if let Ok(value) = figment::value::Value::serialize(json) {
+                return value;
+            }
+        }
+    }
+    raw.parse().unwrap_or_else(|_| raw.to_string().into())
+}
+
+/// TOML syntax errors, reported with the file, line and column, and the
+/// offending line on lines of its own.
+fn check_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
+    let Err(e) = text.parse::<toml::Table>() else {
+        return Ok(());
+    };
+    let start = e.span().map_or(0, |s| s.start).min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..start].chars().count() + 1;
+    let source_line = text[line_start..].lines().next().unwrap_or("");
+    let gutter = line.to_string();
+    let message = e.message().trim_end().replace('\n', "; ");
+    Err(ConfigError::new(
+        format!("{file}:{line}:{column}"),
+        format!(
+            "TOML syntax error: {message}\n {gutter} | {source_line}\n {pad} | {caret:>column$}",
+            pad = " ".repeat(gutter.len()),
+            caret = "^",
+        ),
+    ))
+}
+
 fn figment_error(error: figment::Error) -> ConfigError {
     let key = error
         .path
@@ -116,8 +228,16 @@ fn figment_error(error: figment::Error) -> ConfigError {
     } else {
         key
     };
+    // Values under [auth] are never echoed back: they may be token hashes.
+    let secret = key.starts_with("auth");
     let problem = match &error.kind {
         figment::error::Kind::Message(m) => m.replace('\n', " "),
+        figment::error::Kind::InvalidType(_, expected)
+        | figment::error::Kind::InvalidValue(_, expected)
+            if secret =>
+        {
+            format!("invalid value: expected {expected}")
+        }
         other => other.to_string().replace('\n', " "),
     };
     ConfigError { key, problem }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::auth::{AuthClient, AuthSettings, TokenHash};
+pub use self::auth::{AuthClient, AuthMode, AuthSettings, IdPattern, TokenHash, MIN_TOKEN_LEN};
 pub use self::load::{Source, ENV_PREFIX};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -29,6 +29,20 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// Say which environment variable set the value this error is about.
+    fn with_env_origin(mut self, from_env: &[(String, String)]) -> Self {
+        let key = self.key.replace('[', ".").replace(']', "");
+        let origin = from_env.iter().rev().find(|(path, _)| {
+            key == *path
+                || key.starts_with(&format!("{path}."))
+                || path.starts_with(&format!("{key}."))
+        });
+        if let Some((_, var)) = origin {
+            self.problem = format!("{} (set by the environment variable {var})", self.problem);
+        }
+        self
+    }
+
     pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
             key: key.into(),
@@ -59,6 +73,39 @@ pub struct ServerSettings {
     pub metrics_listen: Option<SocketAddr>,
     pub request_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    /// What to do when a dependency fails its check at start.
+    pub preflight: Preflight,
+    /// Requests handled at once; more are shed with 503 and Retry-After.
+    pub max_concurrent_requests: u32,
+    /// Longest request target (path and query) accepted; longer is 414.
+    pub max_uri_bytes: u32,
+    /// Most bytes of request headers accepted; more is 431.
+    pub max_header_bytes: u32,
+    pub tls: TlsSettings,
+}
+
+/// `[server.tls]`: serve HTTPS with this certificate chain and key (PEM).
+/// `client_ca` asks clients for certificates signed by it (`auth.mode =
+/// "mtls"`). The files are re-read when they change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `server.preflight`: the store and every region's KMS key are checked at
+/// start. `Strict` refuses to start on a failure; `Warn` starts, and
+/// `/readyz` reports the failed check until it passes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Preflight {
+    Strict,
+    Warn,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -190,6 +237,11 @@ impl Default for ServerSettings {
             metrics_listen: None,
             request_timeout_ms: 10_000,
             shutdown_grace_ms: 10_000,
+            preflight: Preflight::Strict,
+            max_concurrent_requests: 1024,
+            max_uri_bytes: 8 * 1024,
+            max_header_bytes: 16 * 1024,
+            tls: TlsSettings::default(),
         }
     }
 }

@@ -45,15 +45,52 @@ fn bad_values_name_the_key() {
         ("[keys]\ndata_key_bytes = 8", "keys.data_key_bytes"),
         ("[kms]\ncall_timeout_ms = -1", "kms.call_timeout_ms"),
         ("[log]\nlevel = \"loud\"", "log.level"),
-        ("[auth]\nenabled = true", "auth.clients"),
+        ("[auth]\nenabled = true", "auth.enabled"),
+        ("[auth]\nmode = \"token\"", "auth.clients"),
+        ("[auth]\nmode = \"basic\"", "auth.mode"),
+        ("[server]\nlisten = \"0.0.0.0:8080\"", "auth.mode"),
         (
-            "[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"00zz\"\nprefixes = [\"a/\"]",
+            "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"00zz\"\nids = [\"a/*\"]",
             "auth.clients.0.token_sha256",
         ),
         (
-            &format!("[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{h}\"\nprefixes = [\"a/\"]\n[[auth.clients]]\nname = \"b\"\ntoken_sha256 = \"{h}\"\nprefixes = [\"b/\"]", h = "ab".repeat(32)),
-            "auth.clients[1].token_sha256",
+            &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{h}\"\nids = [\"a/*\"]\n[[auth.clients]]\nname = \"b\"\ntoken_sha256 = \"{h}\"\nids = [\"b/*\"]", h = "ab".repeat(32)),
+            "auth.clients[1].token",
         ),
+        (
+            &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nprefixes = [\"a/\"]", "ab".repeat(32)),
+            "auth.clients[0].prefixes",
+        ),
+        (
+            &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nids = [\"a*b\"]", "ab".repeat(32)),
+            "auth.clients.0.ids.0",
+        ),
+        (
+            &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"", "ab".repeat(32)),
+            "auth.clients[0].ids",
+        ),
+        (
+            &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\ntoken_env = \"X\"\nids = [\"*\"]", "ab".repeat(32)),
+            "auth.clients[0].token_sha256",
+        ),
+        (
+            "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_env = \"RKMS_TEST_UNSET_TOKEN\"\nids = [\"*\"]",
+            "auth.clients[0].token_env",
+        ),
+        (
+            "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_file = \"/nonexistent/token\"\nids = [\"*\"]",
+            "auth.clients[0].token_file",
+        ),
+        (
+            &format!("[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nids = [\"*\"]", "ab".repeat(32)),
+            "auth.clients",
+        ),
+        ("[auth]\nmode = \"mtls\"\n[[auth.clients]]\nname = \"a\"\nids = [\"*\"]", "server.tls.client_ca"),
+        ("[server.tls]\ncert = \"/c.pem\"", "server.tls.key"),
+        ("[server.tls]\nclient_ca = \"/ca.pem\"", "server.tls.cert"),
+        ("[server]\nmax_concurrent_requests = 0", "server.max_concurrent_requests"),
+        ("[server]\npreflight = \"maybe\"", "server.preflight"),
+        ("[kms.aws.key_ids]\nus_east_1 = \"alias/x\"", "kms.aws.key_ids.us_east_1"),
         ("[store]\nbackend = \"memory\"", "store.backend"),
         ("[kms]\nhedge_budget_percent = 101", "kms.hedge_budget_percent"),
         ("[kms]\nmax_in_flight_per_region = 0", "kms.max_in_flight_per_region"),
@@ -70,7 +107,7 @@ fn env_overrides_win_and_are_validated() {
     let env = vec![
         (
             "RKMS__SERVER__LISTEN".to_string(),
-            "0.0.0.0:9999".to_string(),
+            "127.0.0.2:9999".to_string(),
         ),
         ("RKMS__CACHE__TTL_SECONDS".to_string(), "7".to_string()),
         (
@@ -80,23 +117,169 @@ fn env_overrides_win_and_are_validated() {
         ("UNRELATED".to_string(), "1".to_string()),
     ];
     let s = Settings::load_with_env(&Source::Defaults, &env).unwrap();
-    assert_eq!(s.server.listen.to_string(), "0.0.0.0:9999");
+    assert_eq!(s.server.listen.to_string(), "127.0.0.2:9999");
     assert_eq!(s.cache.ttl_seconds, 7);
     assert_eq!(s.kms.regions, vec!["a", "b"]);
 
     let env = vec![("RKMS__CACHE__TTL_SECONDS".to_string(), "soon".to_string())];
     let err = Settings::load_with_env(&Source::Defaults, &env).unwrap_err();
     assert_eq!(err.key, "cache.ttl_seconds", "{err}");
+    assert!(
+        err.to_string()
+            .contains("set by the environment variable RKMS__CACHE__TTL_SECONDS"),
+        "{err}"
+    );
 
     let env = vec![("RKMS__SERVER__LISTN".to_string(), "x".to_string())];
     let err = Settings::load_with_env(&Source::Defaults, &env).unwrap_err();
     assert!(err.to_string().contains("listn"), "{err}");
 }
 
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn structured_values_come_from_the_environment_as_json() {
+    let vars = env(&[
+        ("RKMS__KMS__PROVIDER", "aws"),
+        ("RKMS__KMS__REGIONS", r#"["us-east-1","us-west-2"]"#),
+        (
+            "RKMS__KMS__AWS__KEY_IDS",
+            r#"{"us-east-1":"alias/rkms","us-west-2":"alias/rkms-west"}"#,
+        ),
+        ("RKMS__AUTH__MODE", "token"),
+        (
+            "RKMS__AUTH__CLIENTS",
+            r#"[{"name":"app","token_env":"APP_TOKEN","ids":["app/*"],"create":true,"requests_per_second":50}]"#,
+        ),
+        ("APP_TOKEN", "app-token-0123456789abcdef\n"),
+    ]);
+    let s = Settings::load_with_env(&Source::Defaults, &vars).unwrap();
+    assert_eq!(s.kms.aws.key_ids["us-west-2"], "alias/rkms-west");
+    let app = &s.auth.clients[0];
+    assert_eq!(app.name, "app");
+    assert!(app.create);
+    assert_eq!(app.requests_per_second, 50);
+    assert_eq!(app.ids, vec![IdPattern::parse("app/*").unwrap()]);
+    // The trailing newline of a Secret is not part of the token.
+    assert_eq!(
+        app.resolved,
+        Some(crate::auth::token_hash("app-token-0123456789abcdef"))
+    );
+}
+
+#[test]
+fn a_map_key_naming_no_configured_region_is_rejected_under_every_provider() {
+    for provider in ["local", "aws"] {
+        let vars = env(&[
+            ("RKMS__KMS__PROVIDER", provider),
+            ("RKMS__KMS__REGIONS", r#"["us-east-1"]"#),
+            ("RKMS__KMS__MIN_REGIONS_ON_CREATE", "1"),
+            ("RKMS__KMS__AWS__KEY_IDS__US_EAST_1", "alias/rkms"),
+        ]);
+        let err = Settings::load_with_env(&Source::Defaults, &vars).unwrap_err();
+        assert_eq!(err.key, "kms.aws.key_ids.us_east_1", "{provider}: {err}");
+        let text = err.to_string();
+        assert!(text.contains("did you mean \"us-east-1\""), "{text}");
+        assert!(text.contains("RKMS__KMS__AWS__KEY_IDS='{"), "{text}");
+        assert!(
+            text.contains("RKMS__KMS__AWS__KEY_IDS__US_EAST_1"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_client_list_in_the_environment_never_echoes_a_secret() {
+    let hash = "cd".repeat(32);
+    let cases = [
+        // A wrong type for a field next to the hash.
+        format!(r#"[{{"name":"app","token_sha256":"{hash}","ids":"app/*"}}]"#),
+        // An unknown field.
+        format!(r#"[{{"name":"app","token_sha256":"{hash}","ids":["*"],"tokn":1}}]"#),
+        // A hash of the wrong length.
+        format!(
+            r#"[{{"name":"app","token_sha256":"{}","ids":["*"]}}]"#,
+            &hash[..60]
+        ),
+        // Not JSON at all.
+        format!("[{{name = app, token_sha256 = {hash}"),
+    ];
+    for clients in cases {
+        let vars = env(&[
+            ("RKMS__AUTH__MODE", "token"),
+            ("RKMS__AUTH__CLIENTS", &clients),
+        ]);
+        let err = Settings::load_with_env(&Source::Defaults, &vars).unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("config error: auth"), "{text}");
+        assert!(!text.contains(&hash[..40]), "secret echoed: {text}");
+        assert!(text.contains("RKMS__AUTH__CLIENTS"), "{text}");
+    }
+}
+
+#[test]
+fn toml_syntax_errors_give_file_line_and_the_line_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rkms.toml");
+    std::fs::write(
+        &path,
+        "[server]\nlisten = \"127.0.0.1:8080\"\nrequest_timeout_ms = = 5\n",
+    )
+    .unwrap();
+    let err = Settings::load_with_env(&Source::File(path.clone()), &[]).unwrap_err();
+    assert_eq!(err.key, format!("{}:3:22", path.display()), "{err}");
+    let text = err.to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[0].contains("TOML syntax error"), "{text}");
+    assert_eq!(lines[1], " 3 | request_timeout_ms = = 5");
+    assert_eq!(lines[2], "   |                      ^");
+    assert!(!text.contains("``"), "{text}");
+}
+
+#[test]
+fn tokens_from_files_are_hashed_and_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "file-token-0123456789abcdef\n").unwrap();
+    let text = format!(
+        "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"app\"\ntoken_file = \"{}\"\nids = [\"*\"]\n",
+        token.display()
+    );
+    let s = Settings::from_toml(&text).unwrap();
+    assert_eq!(
+        s.auth.clients[0].resolved,
+        Some(crate::auth::token_hash("file-token-0123456789abcdef"))
+    );
+    let shown = s.redacted_toml();
+    assert!(!shown.contains("file-token-0123456789abcdef"), "{shown}");
+    assert!(!format!("{s:?}").contains("file-token"));
+    // Too short a token is refused, naming the source and not the token.
+    std::fs::write(&token, "short").unwrap();
+    let err = Settings::from_toml(&text).unwrap_err();
+    assert_eq!(err.key, "auth.clients[0].token_file");
+    assert!(!err.to_string().contains("short\""), "{err}");
+}
+
+#[test]
+fn unauthenticated_is_allowed_off_loopback_only_when_said_so() {
+    let text = "[server]\nlisten = \"0.0.0.0:8080\"\n[auth]\nallow_unauthenticated = true\n";
+    let s = Settings::from_toml(text).unwrap();
+    assert_eq!(s.auth.mode, AuthMode::None);
+    assert!(Settings::from_toml("[server]\nlisten = \"[::1]:8080\"\n").is_ok());
+    let err = Settings::from_toml("[server]\nlisten = \"[::]:8080\"\n").unwrap_err();
+    assert_eq!(err.key, "auth.mode");
+}
+
 #[test]
 fn redacted_output_hides_token_hashes() {
     let text = format!(
-        "[auth]\nenabled = true\n[[auth.clients]]\nname = \"app\"\ntoken_sha256 = \"{}\"\nprefixes = [\"app/\"]\n",
+        "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"app\"\ntoken_sha256 = \"{}\"\nids = [\"app/*\"]\n",
         "ab".repeat(32)
     );
     let s = Settings::from_toml(&text).unwrap();
@@ -104,4 +287,9 @@ fn redacted_output_hides_token_hashes() {
     assert!(!shown.contains(&"ab".repeat(32)));
     assert!(shown.contains("REDACTED"));
     assert!(!format!("{s:?}").contains(&"ab".repeat(32)));
+    // What check-config prints loads again as the same settings.
+    let reloaded =
+        Settings::from_toml(&shown.replace("\"[REDACTED]\"", &format!("\"{}\"", "ab".repeat(32))))
+            .unwrap();
+    assert_eq!(reloaded, s);
 }

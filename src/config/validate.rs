@@ -8,6 +8,47 @@ use super::{ConfigError, KmsProvider, Settings, StoreBackend};
 impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
+        positive(
+            "server.max_concurrent_requests",
+            u64::from(self.server.max_concurrent_requests),
+        )?;
+        if self.server.max_uri_bytes < 64 {
+            return Err(ConfigError::new(
+                "server.max_uri_bytes",
+                format!("must be at least 64, got {}", self.server.max_uri_bytes),
+            ));
+        }
+        if self.server.max_header_bytes < 1024 {
+            return Err(ConfigError::new(
+                "server.max_header_bytes",
+                format!(
+                    "must be at least 1024, got {}",
+                    self.server.max_header_bytes
+                ),
+            ));
+        }
+        let tls = &self.server.tls;
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "server.tls.key",
+                    "is required with server.tls.cert",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "server.tls.cert",
+                    "is required with server.tls.key",
+                ))
+            }
+            (None, None) if tls.client_ca.is_some() => {
+                return Err(ConfigError::new(
+                    "server.tls.cert",
+                    "and server.tls.key are required with server.tls.client_ca",
+                ))
+            }
+            _ => {}
+        }
         if !matches!(
             self.log.level.to_ascii_lowercase().as_str(),
             "trace" | "debug" | "info" | "warn" | "error" | "off"
@@ -91,6 +132,31 @@ impl Settings {
         )?;
         positive("kms.breaker_failures", u64::from(kms.breaker_failures))?;
         positive("kms.breaker_open_ms", kms.breaker_open_ms)?;
+        // Under every provider: a map key naming no configured region is a
+        // typo that would otherwise be ignored (or bite on a provider switch).
+        let maps = [
+            ("kms.aws.key_ids", &kms.aws.key_ids),
+            ("kms.aws.endpoints", &kms.aws.endpoints),
+        ];
+        for (map, entries) in maps {
+            if let Some(region) = entries.keys().find(|r| !kms.regions.contains(r)) {
+                let hint = kms
+                    .regions
+                    .iter()
+                    .find(|r| r.replace('-', "_") == *region)
+                    .map(|r| {
+                        format!(
+                            "; did you mean {r:?}? Environment variable names cannot hold '-': set the whole map as JSON, e.g. RKMS__{}='{{\"{r}\":\"...\"}}'",
+                            map.replace('.', "__").to_ascii_uppercase()
+                        )
+                    })
+                    .unwrap_or_default();
+                return Err(ConfigError::new(
+                    format!("{map}.{region}"),
+                    format!("{region:?} is not listed in kms.regions{hint}"),
+                ));
+            }
+        }
         match kms.provider {
             KmsProvider::Local => {
                 if kms.local.keyring.as_os_str().is_empty() {
@@ -109,21 +175,7 @@ impl Settings {
                         }
                     }
                 }
-                for region in kms.aws.key_ids.keys() {
-                    if !kms.regions.contains(region) {
-                        return Err(ConfigError::new(
-                            format!("kms.aws.key_ids.{region}"),
-                            "region is not listed in kms.regions",
-                        ));
-                    }
-                }
                 for (region, url) in &kms.aws.endpoints {
-                    if !kms.regions.contains(region) {
-                        return Err(ConfigError::new(
-                            format!("kms.aws.endpoints.{region}"),
-                            "region is not listed in kms.regions",
-                        ));
-                    }
                     check_url(&format!("kms.aws.endpoints.{region}"), url)?;
                 }
                 positive("kms.aws.connect_timeout_ms", kms.aws.connect_timeout_ms)?;

@@ -277,9 +277,66 @@ impl Kms for AwsKms {
         }
         Ok(DataKey::from_bytes(plaintext))
     }
+
+    async fn check_key(&self, region: &Region) -> Result<String, KmsError> {
+        self.describe(region).await
+    }
 }
 
 impl AwsKms {
+    /// DescribeKey, with what preflight requires of the key.
+    async fn describe(&self, region: &Region) -> Result<String, KmsError> {
+        const OP: &str = "describe_key";
+        let rc = self.region(region, OP)?;
+        let out = rc
+            .client
+            .describe_key()
+            .key_id(&rc.key_id)
+            .send()
+            .await
+            .map_err(|e| map_err(e, region, OP))?;
+        let meta = out
+            .key_metadata
+            .ok_or_else(|| incomplete(region, OP, "key metadata"))?;
+        let unusable = |why: String| {
+            KmsError::new(
+                KmsErrorKind::Misconfigured,
+                region,
+                OP,
+                format!("key {} {why}", rc.key_id),
+            )
+        };
+        if let Some(state) = meta.key_state.as_ref().filter(|s| s.as_str() != "Enabled") {
+            return Err(unusable(format!("is {} (must be Enabled)", state.as_str())));
+        }
+        if !meta.enabled {
+            return Err(unusable("is disabled".into()));
+        }
+        if let Some(spec) = meta
+            .key_spec
+            .as_ref()
+            .filter(|s| s.as_str() != "SYMMETRIC_DEFAULT")
+        {
+            return Err(unusable(format!(
+                "has key spec {} (must be SYMMETRIC_DEFAULT)",
+                spec.as_str()
+            )));
+        }
+        if let Some(usage) = meta
+            .key_usage
+            .as_ref()
+            .filter(|u| u.as_str() != "ENCRYPT_DECRYPT")
+        {
+            return Err(unusable(format!(
+                "has key usage {} (must be ENCRYPT_DECRYPT)",
+                usage.as_str()
+            )));
+        }
+        let arn = meta.arn.ok_or_else(|| incomplete(region, OP, "key ARN"))?;
+        let _ = rc.arn.set(arn.clone());
+        Ok(format!("{} is {arn}, enabled, symmetric", rc.key_id))
+    }
+
     /// The configured key's ARN in `region`, looked up once.
     async fn key_arn<'a>(
         &self,

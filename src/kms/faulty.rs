@@ -125,4 +125,9 @@ impl Kms for FaultyKms {
         self.enter(region, "decrypt").await?;
         self.inner.decrypt(region, ciphertext, context).await
     }
+
+    async fn check_key(&self, region: &Region) -> Result<String, KmsError> {
+        self.enter(region, "check_key").await?;
+        self.inner.check_key(region).await
+    }
 }

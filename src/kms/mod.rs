@@ -131,4 +131,9 @@ pub trait Kms: Send + Sync {
         ciphertext: &[u8],
         context: Context<'_>,
     ) -> Result<DataKey, KmsError>;
+
+    /// Preflight: `region`'s master key exists and can wrap data keys (for
+    /// AWS: enabled, symmetric, ENCRYPT_DECRYPT). Returns what was found,
+    /// for the startup log. Makes no cryptographic call.
+    async fn check_key(&self, region: &Region) -> Result<String, KmsError>;
 }

@@ -21,6 +21,10 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready when the store answers, a KMS region can serve, and every
+/// dependency check has passed since start. The body names each check
+/// (`store`, `kms`, `kms.<region>`) with `ok` or why not: `failed` (its
+/// check failed; the log says why) or `breaker_open`. Nothing secret.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.draining.load(Ordering::SeqCst) {
         return (
@@ -28,21 +32,40 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             Json(json!({"status": "draining", "checks": {"shutdown": "draining"}})),
         );
     }
-    let mut checks = BTreeMap::from([("store", "ok"), ("kms", "ok")]);
+    let mut checks: BTreeMap<String, &str> = BTreeMap::new();
+    let mut ready = true;
+    for (name, passed) in state.health.snapshot() {
+        checks.insert(name, if passed { "ok" } else { "failed" });
+    }
+    if !state.health.passed_once() {
+        ready = false;
+    }
+    for region in state.broker.open_regions() {
+        let name = format!("kms.{region}");
+        if checks.get(&name) == Some(&"ok") || !checks.contains_key(&name) {
+            checks.insert(name, "breaker_open");
+        }
+    }
+    checks.insert("kms".into(), "ok");
     match state.broker.readiness(READY_TIMEOUT).await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(json!({"status": "ready", "checks": checks})),
-        ),
+        Ok(()) => {}
         Err(failed) => {
+            ready = false;
             for (check, detail) in &failed {
                 tracing::warn!(check, detail = %detail, "readiness check failed");
-                checks.insert(check, "failed");
+                checks.insert((*check).to_string(), "failed");
             }
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "not_ready", "checks": checks})),
-            )
         }
+    }
+    if ready {
+        (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "checks": checks})),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "checks": checks})),
+        )
     }
 }

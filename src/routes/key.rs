@@ -6,11 +6,13 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use zeroize::Zeroizing;
 
 use super::{AppState, REQUEST_ID};
-use crate::broker::Resolved;
+use crate::auth::PeerNames;
+use crate::broker::{BrokerError, Resolved};
 use crate::domain::KeyId;
 use crate::error::ApiError;
 
@@ -142,6 +144,7 @@ fn key_response(id: &str, encoded: &str) -> Response {
 pub async fn get_key(
     State(state): State<AppState>,
     headers: HeaderMap,
+    peer: Option<Extension<PeerNames>>,
     RawQuery(raw): RawQuery,
 ) -> Response {
     let request_id = headers
@@ -152,16 +155,19 @@ pub async fn get_key(
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
-    let identity = match state.auth.authenticate(&headers) {
+    let identity = match state
+        .auth
+        .authenticate(&headers, peer.as_ref().map(|Extension(p)| p))
+    {
         Ok(who) => who,
-        Err(e) => {
+        Err(failure) => {
             Audit {
                 request_id,
                 client: "unauthenticated",
                 key_id: query.id.as_str(),
             }
-            .emit("denied", "none", "unauthenticated");
-            return e.into_response();
+            .emit("denied", "none", failure.reason());
+            return state.refuse(failure).into_response();
         }
     };
     let audit = Audit {
@@ -169,16 +175,30 @@ pub async fn get_key(
         client: identity.name(),
         key_id: query.id.as_str(),
     };
-    if !identity.may_use(&query.id) {
+    if let Err(wait) = identity.check_rate() {
+        audit.emit("denied", "none", "rate_limited");
+        state
+            .metrics
+            .requests_shed
+            .with_label_values(&["rate_limit"])
+            .inc();
+        return ApiError::TooManyRequests { retry_after: wait }.into_response();
+    }
+    // Whether the id exists is never revealed to a client that may not read it.
+    if !identity.may_read(&query.id) {
         audit.emit("denied", "none", "forbidden");
+        state
+            .metrics
+            .auth_failures
+            .with_label_values(&["forbidden"])
+            .inc();
         return ApiError::Forbidden("this client may not use this id".into()).into_response();
     }
-
-    let lookup = state.broker.get_or_create(&query.id, query.create);
-    let result = match tokio::time::timeout(state.request_timeout, lookup).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(_) => Err(ApiError::unavailable()),
-    };
+    let may_create = query.create && identity.may_create();
+    let (result, action) = state
+        .broker
+        .get_or_create_within(&query.id, may_create, Some(state.request_timeout))
+        .await;
     match result {
         Ok(Resolved {
             key,
@@ -192,13 +212,24 @@ pub async fn get_key(
             );
             key_response(query.id.as_str(), &key.to_base64())
         }
-        Err(ApiError::NotFound(msg)) => {
-            audit.emit("not_found", "none", "not_found");
-            ApiError::NotFound(msg).into_response()
+        // A client that may read but not create asked for an absent id
+        // without create=false: it asked to create.
+        Err(BrokerError::NotFound) if query.create => {
+            audit.emit("create", "none", "forbidden");
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&["create_denied"])
+                .inc();
+            ApiError::Forbidden("this client may not create new ids".into()).into_response()
+        }
+        Err(BrokerError::NotFound) => {
+            audit.emit("read", "none", "not_found");
+            ApiError::NotFound("no key exists for this id".into()).into_response()
         }
         Err(e) => {
-            let action = if query.create { "create" } else { "read" };
-            audit.emit(action, "none", e.error_type());
+            let e = ApiError::from(e);
+            audit.emit(action.as_str(), "none", e.error_type());
             e.into_response()
         }
     }

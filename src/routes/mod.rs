@@ -11,18 +11,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter};
-use axum::Router;
+use axum::{Extension, Router};
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthFailure, Authenticator, PeerNames};
 use crate::broker::KeyBroker;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -40,6 +41,33 @@ pub struct AppState {
     /// Set when shutdown starts: readiness fails so load balancers drain us.
     pub draining: Arc<AtomicBool>,
     pub request_timeout: Duration,
+    /// Preflight and key health, for `/readyz`.
+    pub health: Arc<crate::preflight::Health>,
+    pub limits: Limits,
+}
+
+/// Request limits from `[server]`.
+#[derive(Clone)]
+pub struct Limits {
+    /// Permits for requests doing work (`server.max_concurrent_requests`).
+    pub in_flight: Arc<Semaphore>,
+    pub max_uri_bytes: u32,
+    pub max_header_bytes: u32,
+}
+
+/// How long a shed client should wait: in-flight requests finish in
+/// milliseconds when KMS is healthy, so a short pause is enough.
+const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+impl AppState {
+    /// The 401 for a caller that was not identified, counted by reason.
+    pub(crate) fn refuse(&self, failure: AuthFailure) -> ApiError {
+        self.metrics
+            .auth_failures
+            .with_label_values(&[failure.reason()])
+            .inc();
+        ApiError::Unauthorized(failure.message(self.auth.mode()).into())
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -47,12 +75,17 @@ pub fn router(state: AppState) -> Router {
     // The backstop timeout sits a little above the handler's own, which
     // answers with the JSON error shape first.
     let backstop = state.request_timeout + Duration::from_millis(500);
-    Router::new()
+    // Work that can pile up (KMS, the store) is admitted by the limiter;
+    // probes are never shed.
+    let limited = Router::new()
         .route("/key", key_route.clone())
         .route("/api/v1/key", key_route)
+        .route("/metrics", get_only(authenticated_metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed_load));
+    Router::new()
+        .merge(limited)
         .route("/healthz", get_only(health::healthz))
         .route("/readyz", get_only(health::readyz))
-        .route("/metrics", get_only(metrics_text))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -101,6 +134,10 @@ pub fn router(state: AppState) -> Router {
                         ),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(middleware::from_fn_with_state(
+                    state.limits.clone(),
+                    check_sizes,
+                ))
                 .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -108,6 +145,53 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .with_state(state)
+}
+
+/// Refuse at once, with 503 and Retry-After, a request arriving while
+/// `server.max_concurrent_requests` are in flight: queueing it would only
+/// make every caller time out.
+async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match Arc::clone(&state.limits.in_flight).try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            drop(permit);
+            response
+        }
+        Err(_) => {
+            state
+                .metrics
+                .requests_shed
+                .with_label_values(&["overload"])
+                .inc();
+            tracing::warn!("overloaded: request shed");
+            ApiError::ServiceUnavailable {
+                retry_after: SHED_RETRY_AFTER,
+                source: None,
+            }
+            .into_response()
+        }
+    }
+}
+
+/// 414 for a request target over `server.max_uri_bytes`, 431 for headers
+/// over `server.max_header_bytes`.
+async fn check_sizes(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri_len > limits.max_uri_bytes as usize {
+        return ApiError::UriTooLong(limits.max_uri_bytes).into_response();
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes as usize {
+        return ApiError::HeadersTooLarge(limits.max_header_bytes).into_response();
+    }
+    next.run(request).await
 }
 
 /// A route that answers GET and nothing else. Axum runs a GET handler for
@@ -138,12 +222,39 @@ fn drop_unusable_request_id(mut request: Request) -> Request {
     request
 }
 
-/// A router serving only /metrics, for `server.metrics_listen`.
+/// A router serving only /metrics, unauthenticated, for
+/// `server.metrics_listen`: the same request ids and error shape as the API.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get_only(metrics_text))
         .fallback(not_found)
+        .layer(
+            ServiceBuilder::new()
+                .map_request(drop_unusable_request_id)
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(middleware::from_fn_with_state(
+                    state.limits.clone(),
+                    check_sizes,
+                ))
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES)),
+        )
         .with_state(state)
+}
+
+/// `/metrics` on the API listener: any authenticated client when auth is on.
+async fn authenticated_metrics(
+    State(state): State<AppState>,
+    peer: Option<Extension<PeerNames>>,
+    headers: HeaderMap,
+) -> Response {
+    match state
+        .auth
+        .authenticate(&headers, peer.as_ref().map(|Extension(p)| p))
+    {
+        Ok(_) => metrics_text(State(state)).await,
+        Err(failure) => state.refuse(failure).into_response(),
+    }
 }
 
 async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {

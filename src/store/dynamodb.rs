@@ -283,4 +283,54 @@ impl Store for DynamoStore {
             .map(|_| ())
             .map_err(|e| map_err(e, "ping"))
     }
+
+    async fn check(&self) -> Result<String, StoreError> {
+        const OP: &str = "describe_table";
+        let out = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| map_err(e, OP))?;
+        let wrong = |why: String| StoreError::Other {
+            op: OP,
+            source: format!("table {} {why}", self.table).into(),
+        };
+        let table = out
+            .table
+            .ok_or_else(|| wrong("is not described in the answer".into()))?;
+        let hash = table
+            .key_schema()
+            .iter()
+            .find(|k| k.key_type().as_str() == "HASH")
+            .map(|k| k.attribute_name().to_string());
+        if hash.as_deref() != Some("id") {
+            return Err(wrong(format!(
+                "has hash key {:?}; rkms needs hash key \"id\" of type S",
+                hash.unwrap_or_default()
+            )));
+        }
+        if table.key_schema().len() != 1 {
+            return Err(wrong(
+                "has a range key; rkms needs hash key \"id\" alone".into(),
+            ));
+        }
+        let id_type = table
+            .attribute_definitions()
+            .iter()
+            .find(|a| a.attribute_name() == "id")
+            .map(|a| a.attribute_type().as_str().to_string());
+        if id_type.as_deref() != Some("S") {
+            return Err(wrong(format!(
+                "has hash key \"id\" of type {}; rkms needs type S",
+                id_type.unwrap_or_default()
+            )));
+        }
+        let status = table
+            .table_status()
+            .map_or("UNKNOWN", |s| s.as_str())
+            .to_string();
+        Ok(format!("table {} ({status}), hash key id (S)", self.table))
+    }
 }

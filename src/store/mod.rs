@@ -69,6 +69,13 @@ pub trait Store: Send + Sync {
 
     /// A cheap call proving the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Preflight: the store is usable as configured (for DynamoDB: the
+    /// table exists with hash key `id` of type S). Returns what was found,
+    /// for the startup log.
+    async fn check(&self) -> Result<String, StoreError> {
+        self.ping().await.map(|()| "answers".to_string())
+    }
 }
 
 /// Region -> base64 ciphertext, the stored `keys` map.

@@ -107,6 +107,17 @@ impl TestApp {
         )
     }
 
+    /// `/metrics` on the API listener, with this Authorization header.
+    pub async fn metrics_text_as(&self, authorization: Option<&str>) -> String {
+        let mut req = self.client.get(format!("{}/metrics", self.base));
+        if let Some(a) = authorization {
+            req = req.header("authorization", a);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
     pub async fn key(&self, id: &str) -> String {
         let (status, body) = self.get(&format!("/key?id={}", urlencode(id))).await;
         assert_eq!(status, 200, "{body}");

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
 
+mod auth;
 #[path = "../common/mod.rs"]
 mod common;
 mod helpers;

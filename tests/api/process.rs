@@ -143,7 +143,7 @@ fn check_config_prints_effective_settings_without_secrets() {
     let digest = rkms::auth::token_digest("hunter2");
     std::fs::write(
         &config,
-        format!("[auth]\nenabled = true\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{digest}\"\nprefixes = [\"\"]\n"),
+        format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{digest}\"\nids = [\"*\"]\n"),
     )
     .unwrap();
     let out = command(dir.path())
@@ -164,17 +164,16 @@ fn check_config_prints_effective_settings_without_secrets() {
 #[tokio::test]
 async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
     let dir = tempfile::tempdir().unwrap();
-    let token = "audit-token";
+    let token = "audit-token-0123456789";
+    let wrong = "audit-token-0123456780";
     let mut cmd = command(dir.path());
     cmd.env("RUST_LOG", "trace,hyper=info,h2=info,tower=info")
-        .env("RKMS__AUTH__ENABLED", "true")
+        .env("RKMS__AUTH__MODE", "token")
         .env(
             "RKMS__AUTH__CLIENTS",
-            format!(
-                "[{{name=\"app\", token_sha256=\"{}\", prefixes=[\"app/\"]}}]",
-                rkms::auth::token_digest(token)
-            ),
+            r#"[{"name":"app","token_env":"APP_TOKEN","ids":["app/*"],"create":true}]"#,
         )
+        .env("APP_TOKEN", token)
         .env("RKMS__CACHE__TTL_SECONDS", "0");
     let proc = start(cmd);
     let client = reqwest::Client::new();
@@ -191,6 +190,10 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
         403
     );
     assert_eq!(fetch(&client, &proc.base, "app/1", None).await.0, 401);
+    assert_eq!(
+        fetch(&client, &proc.base, "app/1", Some(wrong)).await.0,
+        401
+    );
     let res = client
         .get(format!("{}/key?id=app%2Fmissing&create=false", proc.base))
         .bearer_auth(token)
@@ -202,6 +205,12 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
     let (status, logs) = stop(proc);
     assert!(status.success());
 
+    let digest = rkms::auth::token_digest(token);
+    for line in &logs {
+        for needle in [token, wrong, digest.as_str()] {
+            assert!(!line.contains(needle), "a token in a log line: {line}");
+        }
+    }
     use base64::Engine;
     for key in &keys {
         let raw = base64::engine::general_purpose::STANDARD
@@ -229,7 +238,7 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["target"] == "audit")
         .collect();
-    assert_eq!(audit.len(), 23, "one event per key decision: {audit:#?}");
+    assert_eq!(audit.len(), 24, "one event per key decision: {audit:#?}");
     for event in &audit {
         for field in [
             "timestamp",
@@ -246,13 +255,13 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
     }
     let count = |action: &str| audit.iter().filter(|e| e["action"] == action).count();
     assert_eq!(count("create"), 10);
-    assert_eq!(count("read"), 10);
-    assert_eq!(count("denied"), 2);
-    assert_eq!(count("not_found"), 1);
+    assert_eq!(count("read"), 11);
+    assert_eq!(count("denied"), 3);
     let denied = audit.iter().find(|e| e["outcome"] == "forbidden").unwrap();
     assert_eq!(denied["client"], "app");
     assert_eq!(denied["key_id"], "other/1");
-    let not_found = audit.iter().find(|e| e["action"] == "not_found").unwrap();
+    let not_found = audit.iter().find(|e| e["outcome"] == "not_found").unwrap();
+    assert_eq!(not_found["action"], "read");
     assert_eq!(not_found["request_id"], "req-404");
     let created = audit.iter().find(|e| e["action"] == "create").unwrap();
     assert_eq!(created["source"], "local-1");
@@ -297,28 +306,26 @@ async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
     assert!(done.is_ok());
 }
 
-/// The config the Helm chart ships must pass the binary's own validation.
+/// An unauthenticated server on a non-loopback address is refused at
+/// start, with one line saying what to set, unless explicitly allowed.
 #[test]
-fn the_helm_charts_config_is_valid() {
-    let values = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/helm/rkms/values.yaml"
-    ))
-    .unwrap();
-    let block: Vec<&str> = values
-        .lines()
-        .skip_while(|l| !l.starts_with("configToml: |"))
-        .skip(1)
-        .take_while(|l| l.is_empty() || l.starts_with("  "))
-        .map(|l| l.strip_prefix("  ").unwrap_or(l))
-        .collect();
-    assert!(block.len() > 5, "configToml block found in values.yaml");
+fn startup_refuses_no_auth_on_a_public_address() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("helm.toml");
-    std::fs::write(&config, block.join("\n")).unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__SERVER__LISTEN", "0.0.0.0:0");
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("auth.mode") && lines[0].contains("allow_unauthenticated"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("keyring.json").exists());
     let out = command(dir.path())
-        .args(["check-config", "--config"])
-        .arg(&config)
+        .arg("check-config")
+        .env("RKMS__SERVER__LISTEN", "0.0.0.0:0")
+        .env("RKMS__AUTH__ALLOW_UNAUTHENTICATED", "true")
         .output()
         .unwrap();
     assert!(
@@ -326,10 +333,29 @@ fn the_helm_charts_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("provider = \"aws\"") && text.contains("backend = \"dynamodb\""),
-        "{text}"
+}
+
+#[test]
+fn hash_token_prints_the_digest_the_config_expects() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path())
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a-long-enough-token-123\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("{}\n", rkms::auth::token_digest("a-long-enough-token-123"))
     );
 }
 

@@ -1,0 +1,42 @@
+//! Process hardening at start: plaintext keys live in this process's
+//! memory, so it must never be written to a core dump or read by another
+//! process of the same user through ptrace.
+//!
+//! Must not: fail startup on a platform without these controls.
+
+/// Turn core dumps off (RLIMIT_CORE = 0) and, on Linux, mark the process
+/// not dumpable (PR_SET_DUMPABLE 0: no core, no ptrace attach by
+/// same-user processes). Returns what could not be set, for the log.
+pub fn disable_core_dumps() -> Vec<String> {
+    let mut failed = Vec::new();
+    let zero = rustix::process::Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = rustix::process::setrlimit(rustix::process::Resource::Core, zero) {
+        failed.push(format!("RLIMIT_CORE: {e}"));
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        failed.push(format!("PR_SET_DUMPABLE: {e}"));
+    }
+    failed
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn core_dumps_are_off_after_hardening() {
+        assert!(super::disable_core_dumps().is_empty());
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Core);
+        assert_eq!(limit.current, Some(0));
+        assert_eq!(limit.maximum, Some(0));
+        #[cfg(target_os = "linux")]
+        assert_eq!(
+            rustix::process::dumpable_behavior().unwrap(),
+            rustix::process::DumpableBehavior::NotDumpable
+        );
+    }
+}

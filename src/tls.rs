@@ -1,0 +1,179 @@
+//! HTTPS for the API listener: the rustls server config built from
+//! `[server.tls]` (certificate chain, key, optional client CA), rebuilt when
+//! any of those files changes so rotated certificates (cert-manager) are
+//! served without a restart, and the names a client certificate carries.
+//!
+//! Must not: decide who may do what (`auth` maps names to clients); drop a
+//! working config for one that fails to load.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsSettings;
+
+/// How often the certificate files are looked at for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// The current server config, swapped when the files change.
+#[derive(Clone)]
+pub struct Tls {
+    current: Arc<RwLock<Arc<ServerConfig>>>,
+    files: Vec<PathBuf>,
+    settings: TlsSettings,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("files", &self.files).finish()
+    }
+}
+
+impl Tls {
+    /// `None` when `[server.tls]` names no certificate.
+    pub fn from_settings(settings: &TlsSettings) -> anyhow::Result<Option<Self>> {
+        if settings.cert.is_none() {
+            return Ok(None);
+        }
+        let config = build(settings)?;
+        let files = [&settings.cert, &settings.key, &settings.client_ca]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        Ok(Some(Self {
+            current: Arc::new(RwLock::new(config)),
+            files,
+            settings: settings.clone(),
+        }))
+    }
+
+    /// An acceptor with the config of this moment.
+    pub fn acceptor(&self) -> TlsAcceptor {
+        let config = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        TlsAcceptor::from(config)
+    }
+
+    /// Reload the config whenever a file's modification time changes. A
+    /// config that fails to load is logged and the previous one kept.
+    pub fn watch(&self) -> tokio::task::JoinHandle<()> {
+        let tls = self.clone();
+        tokio::spawn(async move {
+            let mut seen = tls.stamps();
+            loop {
+                tokio::time::sleep(RELOAD_EVERY).await;
+                let now = tls.stamps();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let settings = tls.settings.clone();
+                match tokio::task::spawn_blocking(move || build(&settings)).await {
+                    Ok(Ok(config)) => {
+                        *tls.current.write().unwrap_or_else(|p| p.into_inner()) = config;
+                        tracing::info!("TLS certificate files changed; reloaded");
+                    }
+                    Ok(Err(e)) => tracing::error!(
+                        error = %format!("{e:#}"),
+                        "TLS certificate files changed but cannot be loaded; still serving the previous ones"
+                    ),
+                    Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
+                }
+            }
+        })
+    }
+
+    fn stamps(&self) -> Vec<Option<SystemTime>> {
+        self.files
+            .iter()
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect()
+    }
+}
+
+fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
+    let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
+        anyhow::bail!("server.tls.cert and server.tls.key are both required");
+    };
+    let chain = certificates(cert, "server.tls.cert")?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+        format!(
+            "server.tls.key: cannot read a PEM private key from {}",
+            key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .context("server.tls: no TLS protocol version available")?;
+    let builder = match &settings.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for c in certificates(ca, "server.tls.client_ca")? {
+                roots.add(c).with_context(|| {
+                    format!(
+                        "server.tls.client_ca: {} holds an unusable CA certificate",
+                        ca.display()
+                    )
+                })?;
+            }
+            // A certificate is asked for, not required: /healthz and
+            // /readyz serve probes without one, and /key answers 401. A
+            // certificate that is presented must verify (CA, expiry).
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()
+                .context("server.tls.client_ca: cannot build the client certificate verifier")?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .context("server.tls: the certificate and key do not form a usable pair")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("{key}: cannot read {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{key}: {} is not PEM certificates", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{key}: {} holds no certificate", path.display());
+    }
+    Ok(certs)
+}
+
+/// The DNS and URI subject alternative names of a verified client
+/// certificate (URI SANs carry SPIFFE ids). Empty when it cannot be parsed.
+pub fn peer_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = parsed.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_string()),
+            GeneralName::URI(uri) => Some((*uri).to_string()),
+            _ => None,
+        })
+        .collect()
+}

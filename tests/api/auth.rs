@@ -1,0 +1,309 @@
+//! Token authentication, per-id authorization, the create permission and
+//! the limits, over HTTP. Existence of an id is never revealed to a client
+//! that may not read it.
+
+use rkms::config::{AuthClient, AuthMode, IdPattern};
+
+use crate::helpers::*;
+
+const WRITER: &str = "writer-token-0123456789";
+const READER: &str = "reader-token-0123456789";
+
+fn client(name: &str, token: &str, ids: &[&str], create: bool) -> AuthClient {
+    AuthClient {
+        name: name.into(),
+        token_sha256: Some(rkms::auth::token_hash(token)),
+        ids: ids.iter().map(|p| IdPattern::parse(p).unwrap()).collect(),
+        create,
+        ..AuthClient::default()
+    }
+}
+
+async fn token_app(tweak: impl FnOnce(&mut rkms::config::Settings)) -> TestApp {
+    spawn_with(|s| {
+        s.auth.mode = AuthMode::Token;
+        s.auth.clients = vec![
+            client("writer", WRITER, &["billing/*"], true),
+            client("reader", READER, &["billing/*", "shared"], false),
+        ];
+        // As the loader does for token_sha256.
+        for c in &mut s.auth.clients {
+            c.resolved = c.token_sha256;
+        }
+        tweak(s);
+    })
+    .await
+}
+
+impl TestApp {
+    async fn as_client(&self, token: Option<&str>, path: &str) -> reqwest::Response {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.header("authorization", t);
+        }
+        req.send().await.unwrap()
+    }
+}
+
+async fn status_and_type(res: reqwest::Response) -> (u16, String) {
+    let status = res.status().as_u16();
+    let body: serde_json::Value = res.json().await.unwrap();
+    (
+        status,
+        body["error_type"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+#[tokio::test]
+async fn missing_or_wrong_credentials_are_401_with_a_bearer_challenge() {
+    let app = token_app(|_| {}).await;
+    let wrong_same_length = format!("Bearer {}", "x".repeat(WRITER.len()));
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some(wrong_same_length.as_str()),
+        Some("Basic d3JpdGVyOnB3"),
+        Some("Bearer"),
+        Some(WRITER),
+    ] {
+        let res = app.as_client(auth, "/key?id=billing/1").await;
+        assert_eq!(
+            res.headers()["www-authenticate"].to_str().unwrap(),
+            "Bearer realm=\"rkms\"",
+            "{auth:?}"
+        );
+        assert_eq!(
+            status_and_type(res).await,
+            (401, "Unauthorized".to_string()),
+            "{auth:?}"
+        );
+    }
+    assert_eq!(app.kms.total_calls("generate_data_key"), 0);
+    let text = app.metrics_text_as(Some(&format!("Bearer {WRITER}"))).await;
+    assert!(
+        text.contains("rkms_auth_failures_total{reason=\"missing\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rkms_auth_failures_total{reason=\"unknown\"} 2"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let app = token_app(|_| {}).await;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let res = app
+            .as_client(Some(&format!("{scheme} {WRITER}")), "/key?id=billing/1")
+            .await;
+        assert_eq!(res.status().as_u16(), 200, "{scheme}");
+    }
+}
+
+#[tokio::test]
+async fn ids_outside_the_patterns_are_403_whether_or_not_they_exist() {
+    let app = token_app(|s| {
+        s.auth
+            .clients
+            .push(client("admin", "admin-token-0123456789", &["*"], true));
+        s.auth.clients[2].resolved = s.auth.clients[2].token_sha256;
+    })
+    .await;
+    let writer = format!("Bearer {WRITER}");
+    let admin = "Bearer admin-token-0123456789";
+    // "payroll/1" exists (the admin made it); "payroll/2" does not.
+    assert_eq!(
+        app.as_client(Some(admin), "/key?id=payroll/1")
+            .await
+            .status(),
+        200
+    );
+    for path in [
+        "/key?id=payroll/1",
+        "/key?id=payroll/2",
+        "/key?id=payroll/1&create=false",
+        "/key?id=payroll/2&create=false",
+        // No implicit prefix: "billing/*" does not match "billing".
+        "/key?id=billing",
+    ] {
+        let res = app.as_client(Some(&writer), path).await;
+        assert_eq!(
+            status_and_type(res).await,
+            (403, "Forbidden".to_string()),
+            "{path}"
+        );
+    }
+    assert_eq!(app.kms.total_calls("generate_data_key"), 1);
+}
+
+#[tokio::test]
+async fn a_reader_reads_but_cannot_create() {
+    let app = token_app(|_| {}).await;
+    let writer = format!("Bearer {WRITER}");
+    let reader = format!("Bearer {READER}");
+    // Absent, allowed to read: create=false is 404, a create is 403.
+    let res = app
+        .as_client(Some(&reader), "/key?id=billing/new&create=false")
+        .await;
+    assert_eq!(status_and_type(res).await, (404, "NotFound".to_string()));
+    let res = app.as_client(Some(&reader), "/key?id=billing/new").await;
+    assert_eq!(status_and_type(res).await, (403, "Forbidden".to_string()));
+    assert_eq!(app.kms.total_calls("generate_data_key"), 0);
+    // Once the writer made it, the reader gets the same key either way.
+    let made: serde_json::Value = app
+        .as_client(Some(&writer), "/key?id=billing/new")
+        .await
+        .json()
+        .await
+        .unwrap();
+    for path in ["/key?id=billing/new", "/key?id=billing/new&create=false"] {
+        let read: serde_json::Value = app
+            .as_client(Some(&reader), path)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(read["key"], made["key"], "{path}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_on_the_api_listener_need_a_client_and_probes_do_not() {
+    let app = token_app(|_| {}).await;
+    let res = app.as_client(None, "/metrics").await;
+    assert_eq!(
+        status_and_type(res).await,
+        (401, "Unauthorized".to_string())
+    );
+    let res = app
+        .as_client(Some(&format!("Bearer {READER}")), "/metrics")
+        .await;
+    assert_eq!(res.status(), 200);
+    for probe in ["/healthz", "/readyz"] {
+        let res = app.as_client(None, probe).await;
+        assert_eq!(res.status(), 200, "{probe}");
+        let text = res.text().await.unwrap();
+        assert!(
+            !text.contains("writer") && !text.contains("billing"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_gets_429_with_retry_after() {
+    let app = token_app(|s| {
+        s.auth.clients[0].requests_per_second = 1;
+        s.auth.clients[0].burst = 3;
+    })
+    .await;
+    let writer = format!("Bearer {WRITER}");
+    for _ in 0..3 {
+        assert_eq!(
+            app.as_client(Some(&writer), "/key?id=billing/r")
+                .await
+                .status(),
+            200
+        );
+    }
+    let res = app.as_client(Some(&writer), "/key?id=billing/r").await;
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_eq!(
+        status_and_type(res).await,
+        (429, "TooManyRequests".to_string())
+    );
+    // Another client is not slowed by it.
+    assert_eq!(
+        app.as_client(Some(&format!("Bearer {READER}")), "/key?id=billing/r")
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn oversized_targets_and_headers_are_414_and_431() {
+    let app = token_app(|s| {
+        s.server.max_uri_bytes = 256;
+        s.server.max_header_bytes = 2048;
+    })
+    .await;
+    let res = app
+        .as_client(None, &format!("/key?id={}", "a".repeat(300)))
+        .await;
+    assert_eq!(status_and_type(res).await, (414, "UriTooLong".to_string()));
+    let res = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .header("x-padding", "p".repeat(3000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        status_and_type(res).await,
+        (431, "HeadersTooLarge".to_string())
+    );
+}
+
+/// More requests than `server.max_concurrent_requests` at once: the excess
+/// is shed with 503 and Retry-After, probes still answer, and once the load
+/// is gone every request succeeds again.
+#[tokio::test]
+async fn overload_is_shed_with_503_and_the_server_recovers() {
+    let app = spawn_with(|s| {
+        s.server.max_concurrent_requests = 2;
+        s.kms.call_timeout_ms = 5_000;
+        s.server.request_timeout_ms = 5_000;
+    })
+    .await;
+    for r in ["local-1", "local-2", "local-3"] {
+        app.kms.set_fault(
+            &region(r),
+            Some(rkms::kms::faulty::Fault::Delay(
+                std::time::Duration::from_millis(400),
+            )),
+        );
+    }
+    let requests: Vec<_> = (0..8)
+        .map(|i| {
+            let client = app.client.clone();
+            let url = format!("{}/key?id=load-{i}", app.base);
+            tokio::spawn(async move { client.get(url).send().await.unwrap() })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(app.get("/healthz").await.0, 200, "probes are never shed");
+    let mut shed = 0;
+    let mut served = 0;
+    for r in requests {
+        let res = r.await.unwrap();
+        match res.status().as_u16() {
+            200 => served += 1,
+            503 => {
+                assert!(res.headers().contains_key("retry-after"));
+                shed += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(served, 2, "exactly the limit is admitted");
+    assert_eq!(shed, 6);
+    for r in ["local-1", "local-2", "local-3"] {
+        app.kms.set_fault(&region(r), None);
+    }
+    for i in 0..8 {
+        assert_eq!(app.get(&format!("/key?id=after-{i}")).await.0, 200);
+    }
+    let text = app.metrics_text_as(None).await;
+    assert!(
+        text.contains("rkms_requests_shed_total{reason=\"overload\"} 6"),
+        "{text}"
+    );
+}
