@@ -19,12 +19,13 @@ use crate::error::ApiError;
 /// Query parameters, parsed strictly: unknown names, repeats and unknown
 /// values are 400s rather than silently ignored.
 #[derive(Debug, PartialEq, Eq)]
-struct KeyQuery {
-    id: KeyId,
-    create: bool,
+pub struct KeyQuery {
+    pub id: KeyId,
+    pub create: bool,
 }
 
-fn parse_query(raw: Option<&str>) -> Result<KeyQuery, ApiError> {
+/// Parse the raw query string of `/key` (public for the fuzz targets).
+pub fn parse_query(raw: Option<&str>) -> Result<KeyQuery, ApiError> {
     let mut id = None;
     let mut create = None;
     for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {

@@ -6,6 +6,8 @@
 mod health;
 mod key;
 
+pub use self::key::{parse_query, KeyQuery};
+
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
