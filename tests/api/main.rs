@@ -10,3 +10,4 @@ mod helpers;
 mod key;
 mod metrics;
 mod process;
+mod tls;

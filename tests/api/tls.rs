@@ -1,0 +1,261 @@
+//! HTTPS on the API listener: mTLS client identities (certificate SANs),
+//! token auth over plain TLS, and certificates reloaded when their files
+//! change. Certificates are made at test time with rcgen.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SanType,
+};
+use rkms::config::{AuthClient, AuthMode, IdPattern, Settings};
+
+use crate::helpers::*;
+
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    /// A leaf certificate and its key, both PEM.
+    fn issue(
+        &self,
+        sans: Vec<SanType>,
+        usage: ExtendedKeyUsagePurpose,
+        expired: bool,
+    ) -> (String, String) {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![usage];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn server(&self) -> (String, String) {
+        self.issue(
+            vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            false,
+        )
+    }
+
+    fn client(&self, san: SanType, expired: bool) -> (String, String) {
+        self.issue(vec![san], ExtendedKeyUsagePurpose::ClientAuth, expired)
+    }
+}
+
+fn uri(text: &str) -> SanType {
+    SanType::URI(text.try_into().unwrap())
+}
+
+fn dns(text: &str) -> SanType {
+    SanType::DnsName(text.try_into().unwrap())
+}
+
+/// Write the server's files; returns (cert, key, client_ca) paths.
+fn write_server_files(dir: &Path, ca: &Ca) -> (PathBuf, PathBuf, PathBuf) {
+    let (cert, key) = ca.server();
+    let paths = (dir.join("tls.crt"), dir.join("tls.key"), dir.join("ca.crt"));
+    std::fs::write(&paths.0, cert).unwrap();
+    std::fs::write(&paths.1, key).unwrap();
+    std::fs::write(&paths.2, ca.cert.pem()).unwrap();
+    paths
+}
+
+/// A client trusting `ca`, presenting `identity` (cert + key PEM) if any.
+fn https_client(ca: &Ca, identity: Option<&(String, String)>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(5));
+    if let Some((cert, key)) = identity {
+        let pem = format!("{cert}{key}");
+        builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+fn https(app: &TestApp) -> String {
+    app.base.replace("http://", "https://")
+}
+
+fn mtls_settings(s: &mut Settings, files: &(PathBuf, PathBuf, PathBuf)) {
+    s.server.tls.cert = Some(files.0.clone());
+    s.server.tls.key = Some(files.1.clone());
+    s.server.tls.client_ca = Some(files.2.clone());
+    s.auth.mode = AuthMode::Mtls;
+    s.auth.clients = vec![AuthClient {
+        name: "spiffe://test/ns/billing/sa/app".into(),
+        ids: vec![IdPattern::parse("billing/*").unwrap()],
+        create: true,
+        ..AuthClient::default()
+    }];
+}
+
+#[tokio::test]
+async fn mtls_identifies_clients_by_certificate_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rkms test ca");
+    let files = write_server_files(dir.path(), &ca);
+    let app = spawn_with(|s| mtls_settings(s, &files)).await;
+    let base = https(&app);
+
+    // A good client: its URI SAN (a SPIFFE id) names a configured client.
+    let good = https_client(
+        &ca,
+        Some(&ca.client(uri("spiffe://test/ns/billing/sa/app"), false)),
+    );
+    let res = good
+        .get(format!("{base}/key?id=billing/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = good
+        .get(format!("{base}/key?id=payroll/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403, "outside the client's ids");
+
+    // No certificate: probes answer, /key is 401 with a challenge.
+    let anonymous = https_client(&ca, None);
+    let res = anonymous
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = anonymous
+        .get(format!("{base}/key?id=billing/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    assert!(res.headers().contains_key("www-authenticate"));
+
+    // A valid certificate naming no configured client.
+    let unknown = https_client(&ca, Some(&ca.client(dns("someone.example"), false)));
+    let res = unknown
+        .get(format!("{base}/key?id=billing/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+
+    // A certificate from another CA, and an expired one from the right CA,
+    // with the right name: the handshake is refused.
+    let other = Ca::new("another ca");
+    for (what, identity) in [
+        (
+            "another CA",
+            other.client(uri("spiffe://test/ns/billing/sa/app"), false),
+        ),
+        (
+            "expired",
+            ca.client(uri("spiffe://test/ns/billing/sa/app"), true),
+        ),
+    ] {
+        let client = https_client(&ca, Some(&identity));
+        let result = client.get(format!("{base}/key?id=billing/2")).send().await;
+        assert!(
+            result.is_err(),
+            "{what}: got {:?}",
+            result.map(|r| r.status())
+        );
+    }
+    assert_eq!(
+        app.kms.total_calls("generate_data_key"),
+        1,
+        "only the good client created a key"
+    );
+    // Plain HTTP to the TLS port gets no answer.
+    assert!(reqwest::get(format!("{}/healthz", app.base)).await.is_err());
+}
+
+#[tokio::test]
+async fn token_auth_works_over_plain_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rkms test ca");
+    let files = write_server_files(dir.path(), &ca);
+    let token = "tls-token-0123456789abc";
+    let app = spawn_with(|s| {
+        s.server.tls.cert = Some(files.0.clone());
+        s.server.tls.key = Some(files.1.clone());
+        s.auth.mode = AuthMode::Token;
+        s.auth.clients = vec![AuthClient {
+            name: "app".into(),
+            token_sha256: Some(rkms::auth::token_hash(token)),
+            resolved: Some(rkms::auth::token_hash(token)),
+            ids: vec![IdPattern::Any],
+            create: true,
+            ..AuthClient::default()
+        }];
+    })
+    .await;
+    let client = https_client(&ca, None);
+    let url = format!("{}/key?id=over-tls", https(&app));
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    let res = client.get(&url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+/// cert-manager rewrites the files in place: new connections get the new
+/// certificate without a restart, and a broken file keeps the old one.
+#[tokio::test]
+async fn certificates_are_reloaded_when_their_files_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Ca::new("first ca");
+    let files = write_server_files(dir.path(), &first);
+    let app = spawn_with(|s| {
+        s.server.tls.cert = Some(files.0.clone());
+        s.server.tls.key = Some(files.1.clone());
+    })
+    .await;
+    let url = format!("{}/healthz", https(&app));
+    // A fresh client each time: a pooled connection would keep the old session.
+    let fetch = |ca: &Ca| {
+        let client = https_client(ca, None);
+        let url = url.clone();
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(fetch(&first).await.unwrap(), 200);
+
+    // A half-written file is not loaded: the old certificate stays.
+    std::fs::write(&files.0, "-----BEGIN CERTIFICATE-----\ngarbage\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(fetch(&first).await.unwrap(), 200);
+
+    let second = Ca::new("second ca");
+    let (cert, key) = second.server();
+    std::fs::write(&files.1, key).unwrap();
+    std::fs::write(&files.0, cert).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if matches!(fetch(&second).await, Ok(200)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was not served"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(fetch(&first).await.is_err(), "the old certificate is gone");
+}
