@@ -27,11 +27,28 @@ pub struct Check {
     pub name: String,
     /// What was found, or the problem and what to fix.
     pub result: Result<String, String>,
+    /// The failure is the dependency being unreachable or overloaded (a
+    /// timeout, 5xx, throttling), not the configuration being wrong. It
+    /// never stops a start: a region outage must not keep rkms down.
+    pub transient: bool,
 }
 
 impl Check {
     pub fn passed(&self) -> bool {
         self.result.is_ok()
+    }
+
+    /// Failed because the configuration or the resource is wrong.
+    pub fn broken(&self) -> bool {
+        self.result.is_err() && !self.transient
+    }
+
+    fn state(&self) -> State {
+        match (&self.result, self.transient) {
+            (Ok(_), _) => State::Ok,
+            (Err(_), true) => State::Unreachable,
+            (Err(_), false) => State::Failed,
+        }
     }
 
     /// One line for the log or the terminal.
@@ -58,48 +75,71 @@ pub struct Dependencies {
 /// Run every check at once; each is bounded by its call timeout.
 pub async fn run(deps: &Dependencies) -> Vec<Check> {
     let store = async {
-        let result = match tokio::time::timeout(deps.store_timeout, deps.store.check()).await {
-            Ok(Ok(found)) => Ok(found),
-            Ok(Err(e)) => Err(store_problem(&deps.store_name, &e)),
-            Err(_) => Err(format!(
-                "{} did not answer within {:?} (store.call_timeout_ms)",
-                deps.store_name, deps.store_timeout
-            )),
-        };
+        let (result, transient) =
+            match tokio::time::timeout(deps.store_timeout, deps.store.check()).await {
+                Ok(Ok(found)) => (Ok(found), false),
+                Ok(Err(e)) => {
+                    let (problem, transient) = store_problem(&deps.store_name, &e);
+                    (Err(problem), transient)
+                }
+                Err(_) => (
+                    Err(format!(
+                        "{} did not answer within {:?} (store.call_timeout_ms)",
+                        deps.store_name, deps.store_timeout
+                    )),
+                    true,
+                ),
+            };
         Check {
             name: "store".into(),
             result,
+            transient,
         }
     };
     let keys = futures::future::join_all(deps.regions.iter().map(|region| async move {
-        let result = match tokio::time::timeout(deps.kms_timeout, deps.kms.check_key(region)).await
-        {
-            Ok(Ok(found)) => Ok(found),
-            Ok(Err(e)) => Err(kms_problem(region, &e)),
-            Err(_) => Err(format!(
-                "KMS in {region} did not answer within {:?} (kms.call_timeout_ms)",
-                deps.kms_timeout
-            )),
-        };
+        let (result, transient) =
+            match tokio::time::timeout(deps.kms_timeout, deps.kms.check_key(region)).await {
+                Ok(Ok(found)) => (Ok(found), false),
+                Ok(Err(e)) => (
+                    Err(kms_problem(region, &e)),
+                    matches!(
+                        e.kind,
+                        KmsErrorKind::Unavailable
+                            | KmsErrorKind::Throttled
+                            | KmsErrorKind::Saturated
+                    ),
+                ),
+                Err(_) => (
+                    Err(format!(
+                        "KMS in {region} did not answer within {:?} (kms.call_timeout_ms)",
+                        deps.kms_timeout
+                    )),
+                    true,
+                ),
+            };
         Check {
             name: format!("kms.{region}"),
             result,
+            transient,
         }
     }));
     let (store, keys) = futures::join!(store, keys);
     std::iter::once(store).chain(keys).collect()
 }
 
-fn store_problem(store: &str, e: &StoreError) -> String {
+/// The message, and whether the failure is transient.
+fn store_problem(store: &str, e: &StoreError) -> (String, bool) {
     let detail = chain(e);
-    let fix = if detail.contains("ResourceNotFoundException") {
-        "the table does not exist: create it (hash key id, type S) or fix store.dynamodb.table and store.dynamodb.region"
+    let (fix, transient) = if detail.contains("ResourceNotFoundException") {
+        ("the table does not exist: create it (hash key id, type S) or fix store.dynamodb.table and store.dynamodb.region", false)
     } else if detail.contains("AccessDenied") {
-        "access denied: the role needs dynamodb:DescribeTable, GetItem, PutItem and UpdateItem on the table"
+        ("access denied: the role needs dynamodb:DescribeTable, GetItem, PutItem and UpdateItem on the table", false)
+    } else if matches!(e, StoreError::Unavailable { .. }) {
+        ("the store is unreachable or failing", true)
     } else {
-        "check the store settings and that it is reachable"
+        ("check the store settings", false)
     };
-    format!("{store}: {fix} ({detail})")
+    (format!("{store}: {fix} ({detail})"), transient)
 }
 
 fn kms_problem(region: &Region, e: &KmsError) -> String {
@@ -128,8 +168,28 @@ fn kms_problem(region: &Region, e: &KmsError) -> String {
 /// every replica out of service.
 #[derive(Debug, Default)]
 pub struct Health {
-    checks: Mutex<BTreeMap<String, Result<(), String>>>,
+    checks: Mutex<BTreeMap<String, State>>,
     passed_once: AtomicBool,
+}
+
+/// A check's last outcome, as `/readyz` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Ok,
+    /// The configuration or resource is wrong.
+    Failed,
+    /// Unreachable, timing out or overloaded.
+    Unreachable,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Failed => "failed",
+            Self::Unreachable => "unreachable",
+        }
+    }
 }
 
 impl Health {
@@ -142,28 +202,27 @@ impl Health {
     pub fn record(&self, checks: &[Check]) {
         let mut map = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         for check in checks {
-            map.insert(
-                check.name.clone(),
-                check.result.as_ref().map(|_| ()).map_err(Clone::clone),
-            );
+            map.insert(check.name.clone(), check.state());
         }
-        if map.values().all(Result::is_ok) {
+        if map.values().all(|s| *s != State::Failed) {
             self.passed_once.store(true, Ordering::Release);
         }
     }
 
-    /// Whether every check has passed at least once since start.
+    /// Whether no check has been found broken since the last time they
+    /// all passed (an unreachable dependency does not count: the breakers
+    /// and the store's own readiness deal with outages).
     pub fn passed_once(&self) -> bool {
         self.passed_once.load(Ordering::Acquire)
     }
 
-    /// Each check's name and whether it passed last time.
-    pub fn snapshot(&self) -> Vec<(String, bool)> {
+    /// Each check's name and last outcome.
+    pub fn snapshot(&self) -> Vec<(String, State)> {
         self.checks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(name, r)| (name.clone(), r.is_ok()))
+            .map(|(name, state)| (name.clone(), *state))
             .collect()
     }
 
@@ -172,7 +231,7 @@ impl Health {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .any(Result::is_err)
+            .any(|s| *s != State::Ok)
     }
 
     /// Re-run the checks for as long as the returned task lives: every few
@@ -188,16 +247,17 @@ impl Health {
                 };
                 tokio::time::sleep(pause).await;
                 let checks = run(&deps).await;
-                let before: BTreeMap<String, bool> = health.snapshot().into_iter().collect();
+                let before: BTreeMap<String, State> = health.snapshot().into_iter().collect();
                 for check in &checks {
-                    match (before.get(&check.name), check.passed()) {
-                        (Some(false), true) => {
+                    let was = before.get(&check.name).copied();
+                    match (was, check.state()) {
+                        (Some(a), b) if a == b => {}
+                        (_, State::Ok) => {
                             tracing::info!(check = %check.name, "dependency check passes again")
                         }
-                        (Some(true) | None, false) => {
+                        (_, _) => {
                             tracing::error!(check = %check.name, result = %check.line(), "dependency check failed")
                         }
-                        _ => {}
                     }
                 }
                 health.record(&checks);
@@ -218,7 +278,21 @@ mod tests {
             } else {
                 Err("broken".into())
             },
+            transient: false,
         }
+    }
+
+    #[test]
+    fn an_unreachable_dependency_does_not_gate_readiness() {
+        let mut down = check("kms.r2", false);
+        down.transient = true;
+        assert!(!down.broken());
+        let health = Health::new(&[check("store", true), down]);
+        assert!(health.passed_once());
+        assert_eq!(
+            health.snapshot()[0],
+            ("kms.r2".to_string(), State::Unreachable)
+        );
     }
 
     #[test]
@@ -227,7 +301,10 @@ mod tests {
         assert!(!health.passed_once());
         assert_eq!(
             health.snapshot(),
-            vec![("kms.r1".to_string(), false), ("store".to_string(), true)]
+            vec![
+                ("kms.r1".to_string(), State::Failed),
+                ("store".to_string(), State::Ok)
+            ]
         );
         health.record(&[check("kms.r1", true)]);
         assert!(health.passed_once());

@@ -147,12 +147,16 @@ impl Application {
         for check in &checks {
             if check.passed() {
                 tracing::info!(check = %check.name, result = %check.line(), "preflight");
+            } else if check.transient {
+                tracing::warn!(check = %check.name, result = %check.line(), "preflight: unreachable now; starting anyway, rechecked in the background");
             } else {
                 tracing::error!(check = %check.name, result = %check.line(), "preflight");
             }
         }
+        // Only a wrong configuration stops a start; an outage does not.
         let failed: Vec<String> = checks
             .iter()
+            .filter(|c| c.broken())
             .filter_map(|c| c.result.as_ref().err().map(|p| format!("{}: {p}", c.name)))
             .collect();
         if !failed.is_empty() && settings.server.preflight == Preflight::Strict {

@@ -23,8 +23,9 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready when the store answers, a KMS region can serve, and every
 /// dependency check has passed since start. The body names each check
-/// (`store`, `kms`, `kms.<region>`) with `ok` or why not: `failed` (its
-/// check failed; the log says why) or `breaker_open`. Nothing secret.
+/// (`store`, `kms`, `kms.<region>`) with `ok` or why not: `failed` (the
+/// configuration or resource is wrong; the log says why), `unreachable`
+/// or `breaker_open`. Nothing secret.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.draining.load(Ordering::SeqCst) {
         return (
@@ -34,8 +35,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
     }
     let mut checks: BTreeMap<String, &str> = BTreeMap::new();
     let mut ready = true;
-    for (name, passed) in state.health.snapshot() {
-        checks.insert(name, if passed { "ok" } else { "failed" });
+    for (name, outcome) in state.health.snapshot() {
+        checks.insert(name, outcome.as_str());
     }
     if !state.health.passed_once() {
         ready = false;

@@ -7,6 +7,7 @@
 mod common;
 mod helpers;
 mod moto;
+mod preflight;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -156,6 +156,32 @@ pub async fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(conf)
 }
 
+/// The table rkms expects: hash key `id` of type S, on demand.
+pub async fn create_table(endpoint: &str, name: &str) {
+    dynamo_client(endpoint)
+        .await
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+}
+
 impl Cloud {
     /// `per_region`: one moto per region (so one can be killed or frozen)
     /// and a separate one for DynamoDB. Otherwise one moto serves all.
@@ -194,28 +220,7 @@ impl Cloud {
                 .unwrap();
             key_arns.insert(region.clone(), meta.arn.unwrap());
         }
-        dynamo_client(&dynamo.endpoint)
-            .await
-            .create_table()
-            .table_name(TABLE)
-            .attribute_definitions(
-                AttributeDefinition::builder()
-                    .attribute_name("id")
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .unwrap(),
-            )
-            .key_schema(
-                KeySchemaElement::builder()
-                    .attribute_name("id")
-                    .key_type(KeyType::Hash)
-                    .build()
-                    .unwrap(),
-            )
-            .billing_mode(BillingMode::PayPerRequest)
-            .send()
-            .await
-            .unwrap();
+        create_table(&dynamo.endpoint, TABLE).await;
         Self {
             kms,
             dynamo,
@@ -290,7 +295,7 @@ impl Cloud {
                 "{{{}}}",
                 REGIONS
                     .iter()
-                    .map(|r| format!("\"{r}\"=\"alias/rkms-{r}\""))
+                    .map(|r| format!("\"{r}\":\"alias/rkms-{r}\""))
                     .collect::<Vec<_>>()
                     .join(",")
             ),

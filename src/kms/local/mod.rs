@@ -61,6 +61,81 @@ struct KeyringFile {
     master_keys: BTreeMap<String, String>,
 }
 
+impl Drop for KeyringFile {
+    fn drop(&mut self) {
+        for encoded in self.master_keys.values_mut() {
+            zeroize::Zeroize::zeroize(encoded);
+        }
+    }
+}
+
+/// A keyring document, decoded and checked: every master key is the base64
+/// of 32 bytes. Only its region names can be seen from outside.
+pub struct Keyring {
+    file: KeyringFile,
+    keys: BTreeMap<Region, Aes256Gcm>,
+}
+
+impl Keyring {
+    /// The regions that have a master key, in order.
+    pub fn regions(&self) -> impl Iterator<Item = &Region> {
+        self.keys.keys()
+    }
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("regions", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Decode and check the text of a keyring file (no I/O; public for the fuzz
+/// targets). The error is one line and never holds key material: a JSON
+/// data error that would echo a string from the document is replaced by a
+/// generic one, and region names are escaped.
+pub fn decode_keyring(text: &str) -> Result<Keyring, String> {
+    let file: KeyringFile = serde_json::from_str(text).map_err(|e| describe_json_error(&e))?;
+    if file.format != KEYRING_FORMAT {
+        return Err(format!("unknown format {}", file.format));
+    }
+    let mut keys = BTreeMap::new();
+    for (region, encoded) in &file.master_keys {
+        let raw = Zeroizing::new(
+            B64.decode(encoded)
+                .map_err(|_| format!("master key for {region:?} is not base64"))?,
+        );
+        let cipher = Aes256Gcm::new_from_slice(&raw)
+            .map_err(|_| format!("master key for {region:?} is {} bytes, not 32", raw.len()))?;
+        keys.insert(Region::new(region.clone()), cipher);
+    }
+    Ok(Keyring { file, keys })
+}
+
+/// serde_json's message, unless it quotes a string from the document (a
+/// data error such as `invalid type: string "..."`, which could be a key).
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    if e.classify() == serde_json::error::Category::Data && message.contains('"') {
+        return format!(
+            "not a keyring document (a field has the wrong type at line {} column {}; \
+             want {{\"format\": 1, \"note\": string, \"master_keys\": {{region: base64 key}}}})",
+            e.line(),
+            e.column()
+        );
+    }
+    let mut one_line = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            one_line.extend(c.escape_default());
+        } else {
+            one_line.push(c);
+        }
+    }
+    format!("not a keyring document ({one_line})")
+}
+
 pub struct LocalKms {
     keys: BTreeMap<Region, Aes256Gcm>,
     path: PathBuf,
@@ -86,7 +161,7 @@ impl LocalKms {
     /// process has just created and is already using.
     pub fn open(path: &Path, regions: &[Region]) -> Result<Self, KeyringError> {
         let _lock = lock_keyring(path)?;
-        let mut file = match fs::metadata(path) {
+        let Keyring { mut file, mut keys } = match fs::metadata(path) {
             Ok(meta) => {
                 let mode = meta.permissions().mode() & 0o777;
                 if mode & 0o077 != 0 {
@@ -99,22 +174,18 @@ impl LocalKms {
                     path: path.to_path_buf(),
                     source,
                 })?);
-                let parsed: KeyringFile = serde_json::from_str(&text).map_err(|e| KeyringError::Corrupt {
+                decode_keyring(&text).map_err(|reason| KeyringError::Corrupt {
                     path: path.to_path_buf(),
-                    reason: format!("not a keyring document ({e})"),
-                })?;
-                if parsed.format != KEYRING_FORMAT {
-                    return Err(KeyringError::Corrupt {
-                        path: path.to_path_buf(),
-                        reason: format!("unknown format {}", parsed.format),
-                    });
-                }
-                parsed
+                    reason,
+                })?
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => KeyringFile {
-                format: KEYRING_FORMAT,
-                note: "rkms development keyring: master keys for the local KMS. Not for production. Losing this file loses every key it wraps.".into(),
-                master_keys: BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Keyring {
+                file: KeyringFile {
+                    format: KEYRING_FORMAT,
+                    note: "rkms development keyring: master keys for the local KMS. Not for production. Losing this file loses every key it wraps.".into(),
+                    master_keys: BTreeMap::new(),
+                },
+                keys: BTreeMap::new(),
             },
             Err(source) => {
                 return Err(KeyringError::Read {
@@ -131,28 +202,13 @@ impl LocalKms {
                 rand::rngs::OsRng.fill_bytes(key.as_mut());
                 file.master_keys
                     .insert(region.to_string(), B64.encode(key.as_ref()));
+                keys.insert(region.clone(), Aes256Gcm::new(key.as_ref().into()));
                 added = true;
             }
         }
 
-        let mut keys = BTreeMap::new();
-        for (region, encoded) in &file.master_keys {
-            let raw = Zeroizing::new(B64.decode(encoded).map_err(|_| KeyringError::Corrupt {
-                path: path.to_path_buf(),
-                reason: format!("master key for {region} is not base64"),
-            })?);
-            let cipher = Aes256Gcm::new_from_slice(&raw).map_err(|_| KeyringError::Corrupt {
-                path: path.to_path_buf(),
-                reason: format!("master key for {region} is {} bytes, not 32", raw.len()),
-            })?;
-            keys.insert(Region::new(region.clone()), cipher);
-        }
-
         if added {
             write_atomically(path, &file)?;
-        }
-        for encoded in file.master_keys.values_mut() {
-            zeroize::Zeroize::zeroize(encoded);
         }
         tracing::warn!(
             keyring = %path.display(),

@@ -1,0 +1,201 @@
+//! Preflight against moto: a missing table and a wrong KMS alias are found
+//! at start. Strict refuses to start with one line naming the check; warn
+//! starts with /readyz failing by name until the dependency is fixed;
+//! `check-config --connect` exits non-zero.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use rkms::config::Preflight;
+use serde_json::Value;
+
+use crate::helpers::serve;
+use crate::moto::{create_table, kms_client, Cloud, REGIONS};
+
+const BROKEN_REGION: &str = REGIONS[1];
+
+/// A broken deployment: the check that fails, the overrides that break
+/// it, and what the message must name.
+type Breakage = (&'static str, Vec<(String, String)>, String);
+
+/// The two ways to break a deployment, as environment overrides.
+fn breakages() -> Vec<Breakage> {
+    let key_ids = REGIONS
+        .iter()
+        .map(|r| {
+            let alias = if *r == BROKEN_REGION {
+                "alias/rkms-wrong".to_string()
+            } else {
+                format!("alias/rkms-{r}")
+            };
+            format!("\"{r}\":\"{alias}\"")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        (
+            "store",
+            vec![(
+                "RKMS__STORE__DYNAMODB__TABLE".to_string(),
+                "rkms_missing".to_string(),
+            )],
+            "rkms_missing".to_string(),
+        ),
+        (
+            "kms.us-west-2",
+            vec![(
+                "RKMS__KMS__AWS__KEY_IDS".to_string(),
+                format!("{{{key_ids}}}"),
+            )],
+            "alias/rkms-wrong".to_string(),
+        ),
+    ]
+}
+
+fn rkms(cloud: &Cloud, dir: &std::path::Path, extra: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+    cmd.current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("RKMS_CONFIG")
+        .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
+        .env("RKMS__LOG__FORMAT", "json")
+        .envs(cloud.env())
+        .envs(extra.iter().cloned())
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn a_strict_start_refuses_a_missing_table_or_a_wrong_alias_in_one_line() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (check, extra, named) in breakages() {
+        let out = rkms(&cloud, dir.path(), &extra)
+            .stdout(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{check}: started anyway");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("rkms: preflight failed"),
+            "{check}: {stderr}"
+        );
+        assert!(
+            last.contains(&format!("{check}: ")) && last.contains(&named),
+            "{check}: {last}"
+        );
+        let failing = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["message"] == "preflight" && v["level"] == "ERROR")
+            .count();
+        assert_eq!(failing, 1, "one failed check logged: {stderr}");
+    }
+    // The healthy configuration passes the same checks.
+    let out = rkms(&cloud, dir.path(), &[])
+        .args(["check-config", "--connect"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok   ")).count(),
+        4,
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn check_config_connect_names_the_failing_dependency_and_exits_non_zero() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    for (check, extra, named) in breakages() {
+        let out = rkms(&cloud, dir.path(), &extra)
+            .args(["check-config", "--connect"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{check}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+        assert_eq!(failed.len(), 1, "{stdout}");
+        assert!(
+            failed[0].starts_with(&format!("FAIL {check}: ")) && failed[0].contains(&named),
+            "{stdout}"
+        );
+    }
+}
+
+async fn readyz(base: &str) -> (u16, Value) {
+    let res = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+/// Wait (within the monitor's re-check period) for /readyz to say 200.
+async fn until_ready(base: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = readyz(base).await;
+        if status == 200 {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test]
+async fn under_warn_a_wrong_alias_fails_readiness_by_name_until_fixed() {
+    let cloud = Cloud::start(false).await;
+    let mut settings = cloud.settings();
+    settings.server.preflight = Preflight::Warn;
+    settings
+        .kms
+        .aws
+        .key_ids
+        .insert(BROKEN_REGION.into(), "alias/rkms-wrong".into());
+    let server = serve(settings).await;
+    let (status, body) = readyz(&server.base).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["kms.us-west-2"], "failed", "{body}");
+    assert_eq!(body["checks"]["kms.us-east-1"], "ok", "{body}");
+    assert_eq!(body["checks"]["store"], "ok", "{body}");
+    // Keys are still served from the regions that work.
+    server.key("warn/1").await;
+
+    // The operator creates the alias: readiness follows without a restart.
+    let client = kms_client(cloud.endpoint(BROKEN_REGION), BROKEN_REGION).await;
+    let arn = &cloud.key_arns[BROKEN_REGION];
+    client
+        .create_alias()
+        .alias_name("alias/rkms-wrong")
+        .target_key_id(arn)
+        .send()
+        .await
+        .unwrap();
+    let body = until_ready(&server.base).await;
+    assert_eq!(body["checks"]["kms.us-west-2"], "ok", "{body}");
+}
+
+#[tokio::test]
+async fn under_warn_a_missing_table_is_503_on_key_never_500() {
+    let cloud = Cloud::start(false).await;
+    let mut settings = cloud.settings();
+    settings.server.preflight = Preflight::Warn;
+    settings.store.dynamodb.table = "rkms_later".into();
+    let server = serve(settings).await;
+    let (status, body) = readyz(&server.base).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["store"], "failed", "{body}");
+    let (status, body) = server.get("table/1", true).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error_type"], "ServiceUnavailable");
+
+    create_table(&cloud.dynamo.endpoint, "rkms_later").await;
+    until_ready(&server.base).await;
+    server.key("table/1").await;
+}
