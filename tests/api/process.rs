@@ -557,3 +557,73 @@ async fn text_logs_to_a_file_have_no_escape_codes() {
     assert!(text.contains("key decision"), "{text}");
     assert!(!text.contains('\u{1b}'), "escape codes in a file: {text:?}");
 }
+
+/// A request that fails (here: a stored record readable only in a region
+/// this deployment no longer lists) is logged once at ERROR, with its
+/// cause; the client gets the opaque 500 and the metrics listener speaks
+/// the same JSON error shape with a request id.
+#[tokio::test]
+async fn a_failed_request_writes_exactly_one_error_line() {
+    use rkms::domain::{KeyId, KeyRecord, Region};
+    use rkms::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let store = rkms::store::sqlite::SqliteStore::open(
+        &dir.path().join("rkms.sqlite3"),
+        Duration::from_secs(2),
+    )
+    .unwrap();
+    let record = KeyRecord {
+        id: KeyId::parse("orphan").unwrap(),
+        keys: [(Region::new("gone-1"), vec![7u8; 60])].into(),
+        version: Some(2),
+        key_ids: [(Region::new("gone-1"), "arn:gone".to_string())].into(),
+        created_at: None,
+    };
+    store.put_if_absent(&record).await.unwrap();
+    drop(store);
+
+    let metrics_port = common::free_port();
+    let mut cmd = command(dir.path());
+    cmd.env(
+        "RKMS__SERVER__METRICS_LISTEN",
+        format!("127.0.0.1:{metrics_port}"),
+    );
+    let proc = start(cmd);
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("{}/key?id=orphan", proc.base))
+        .header("x-request-id", "req-fail-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 500);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"error_type": "InternalError", "error_message": "internal error"})
+    );
+
+    let res = client
+        .get(format!("http://127.0.0.1:{metrics_port}/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 404);
+    assert_eq!(res.headers()["x-request-id"].len(), 36);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error_type"], "NotFound");
+
+    let (status, logs) = stop(proc);
+    assert!(status.success());
+    let errors: Vec<Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["level"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let line = errors[0].to_string();
+    assert!(
+        line.contains("req-fail-1") && line.contains("gone-1"),
+        "the one line names the request and the cause: {line}"
+    );
+}

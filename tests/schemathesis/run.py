@@ -187,13 +187,17 @@ def main() -> int:
     )
     ap.add_argument("--workers", default="2")
     args = ap.parse_args()
+    # The server and Schemathesis run in the temporary directory.
+    args.rkms = args.rkms.resolve()
+    args.schemathesis = args.schemathesis.absolute()
+    args.spec = args.spec.resolve()
 
     # Stop the server however this script ends (ctrl-c, SIGTERM from make).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     token = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory(prefix="rkms-api-check-") as tmp:
         data = Path(tmp)
-        proc, base, log = start(args.rkms.resolve(), data, token)
+        proc, base, log = start(args.rkms, data, token)
         try:
             cmd = [
                 str(args.schemathesis),

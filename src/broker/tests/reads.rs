@@ -311,3 +311,28 @@ async fn a_down_store_is_unavailable_not_a_new_key() {
     rig.store.set_unavailable(false);
     assert!(rig.broker.readiness(Duration::from_secs(1)).await.is_ok());
 }
+
+/// The audit trail says what a timed-out request was doing: reading an
+/// existing key, or creating a new one.
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_request_says_whether_it_was_reading_or_creating() {
+    let mut s = settings();
+    s.cache_ttl = Duration::ZERO;
+    let rig = rig_with(s);
+    let existing = KeyId::parse("exists").unwrap();
+    rig.broker.get_or_create(&existing, true).await.unwrap();
+    for r in regions() {
+        rig.kms.set_fault(&r, Some(Fault::Hang));
+    }
+    let limit = Some(Duration::from_millis(500));
+    let (result, action) = rig
+        .broker
+        .get_or_create_within(&existing, true, limit)
+        .await;
+    assert!(matches!(result, Err(BrokerError::Timeout(_))), "{result:?}");
+    assert_eq!(action, Action::Read);
+    let fresh = KeyId::parse("fresh").unwrap();
+    let (result, action) = rig.broker.get_or_create_within(&fresh, true, limit).await;
+    assert!(matches!(result, Err(BrokerError::Timeout(_))), "{result:?}");
+    assert_eq!(action, Action::Create);
+}
