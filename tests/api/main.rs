@@ -10,4 +10,5 @@ mod helpers;
 mod key;
 mod metrics;
 mod process;
+mod readme;
 mod tls;
