@@ -224,11 +224,15 @@ fn drop_unusable_request_id(mut request: Request) -> Request {
     request
 }
 
-/// A router serving only /metrics, unauthenticated, for
-/// `server.metrics_listen`: the same request ids and error shape as the API.
+/// The router for `server.metrics_listen`: `/metrics` unauthenticated,
+/// and the probes (plain HTTP even when the API listener serves TLS, for
+/// `rkms healthcheck` and scrapers); the same request ids and error shape
+/// as the API.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get_only(metrics_text))
+        .route("/healthz", get_only(health::healthz))
+        .route("/readyz", get_only(health::readyz))
         .fallback(not_found)
         .layer(
             ServiceBuilder::new()

@@ -280,8 +280,12 @@ async fn metrics_can_be_served_on_a_separate_listener() {
     assert_eq!(
         res.status().as_u16(),
         404,
-        "only /metrics on the metrics listener"
+        "no keys on the metrics listener"
     );
+    for probe in ["/healthz", "/readyz"] {
+        let res = reqwest::get(format!("http://{addr}{probe}")).await.unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{probe}");
+    }
 }
 
 /// Ids that look alike are different ids with different keys; a literal
