@@ -11,6 +11,7 @@ export AWS_EC2_METADATA_DISABLED := true
 export RKMS_MOTO_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 include mk/deploy.mk
+include mk/audit.mk
 
 .PHONY: run test lint fmt unit bench moto-venv tools clean
 
