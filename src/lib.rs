@@ -10,6 +10,8 @@
 //!   authorization, the create permission and per-client rate limits.
 //! - [`preflight`]: checks of the store and every region's KMS key, at
 //!   start, by `check-config --connect`, and behind `/readyz`.
+//! - [`ops`]: maintenance over the whole store: backfill, verify, copy,
+//!   and converting an RKMS (Go) config.
 //! - [`tls`]: the rustls server config, re-read when its files change.
 //! - [`hardening`]: process settings that keep keys out of core dumps.
 //! - [`domain`]: `KeyId`, `DataKey` (wiped on drop), `KeyRecord`, `Region`.
@@ -37,6 +39,7 @@ pub mod error;
 pub mod hardening;
 pub mod kms;
 pub mod metrics;
+pub mod ops;
 pub mod preflight;
 pub mod report;
 pub mod routes;

@@ -38,6 +38,61 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Add every configured region a record lacks, for every record
+    /// (after adding a region, or creates made during an outage).
+    Backfill {
+        /// Resume from, and save progress to, this file.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// KMS calls per second, at most (0 = unlimited): leave quota for
+        /// production traffic.
+        #[arg(long, default_value_t = 100)]
+        max_rps: u32,
+        /// Count what would be done; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Parallel scan segments.
+        #[arg(long, default_value_t = 4)]
+        segments: u32,
+        /// Stop after this many records (resume with --checkpoint).
+        #[arg(long)]
+        max_records: Option<u64>,
+    },
+    /// Decrypt every record's ciphertext in each region separately; exit 0
+    /// only when every record is recoverable in every region.
+    Verify {
+        /// Verify a random sample of this many records.
+        #[arg(long)]
+        sample: Option<usize>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 100)]
+        max_rps: u32,
+        #[arg(long, default_value_t = 4)]
+        segments: u32,
+    },
+    /// Copy every record from one store to another without decrypting;
+    /// ids already in the target are left untouched.
+    Copy {
+        /// Config naming the source store (environment overrides ignored).
+        #[arg(long)]
+        from: PathBuf,
+        /// Config naming the target store (environment overrides ignored).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, default_value_t = 4)]
+        segments: u32,
+    },
+    /// Print the rkms config equivalent to an RKMS (Go) config.toml.
+    ConvertConfig {
+        /// The RKMS (Go) config file.
+        rkms_config: PathBuf,
+    },
     /// Print the SHA-256 (hex) of a token read from stdin, for
     /// `auth.clients[].token_sha256`. One trailing newline is ignored.
     HashToken,
@@ -54,6 +109,21 @@ fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Healthcheck { url }) => return healthcheck(url),
         Some(Command::HashToken) => return hash_token(),
+        Some(Command::ConvertConfig { rkms_config }) => return convert_config(rkms_config),
+        Some(Command::Copy {
+            from,
+            to,
+            checkpoint,
+            dry_run,
+            segments,
+        }) => {
+            let options = rkms::ops::copy::Options {
+                segments: *segments,
+                dry_run: *dry_run,
+                checkpoint: checkpoint.clone(),
+            };
+            return copy(from, to, options);
+        }
         _ => {}
     }
     let mut env: Vec<(String, String)> = std::env::vars_os()
@@ -93,7 +163,50 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve => serve(settings),
-        Command::Healthcheck { .. } | Command::HashToken => ExitCode::FAILURE,
+        Command::Backfill {
+            checkpoint,
+            max_rps,
+            dry_run,
+            segments,
+            max_records,
+        } => {
+            let options = rkms::ops::backfill::Options {
+                segments,
+                max_rps,
+                dry_run,
+                checkpoint,
+                max_records,
+            };
+            maintenance(settings, |kms, store, regions| async move {
+                let summary = rkms::ops::backfill::run(kms, store, regions, options).await?;
+                anyhow::Ok((summary.text(), summary.ok()))
+            })
+        }
+        Command::Verify {
+            sample,
+            json,
+            max_rps,
+            segments,
+        } => {
+            let options = rkms::ops::verify::Options {
+                segments,
+                max_rps,
+                sample,
+            };
+            maintenance(settings, |kms, store, regions| async move {
+                let report = rkms::ops::verify::run(kms, store, regions, options).await?;
+                let text = if json {
+                    format!("{}\n", serde_json::to_string_pretty(&report)?)
+                } else {
+                    report.text()
+                };
+                anyhow::Ok((text, report.recoverable))
+            })
+        }
+        Command::Healthcheck { .. }
+        | Command::HashToken
+        | Command::ConvertConfig { .. }
+        | Command::Copy { .. } => ExitCode::FAILURE,
     }
 }
 
@@ -109,6 +222,113 @@ fn print(text: &str) -> Result<(), ExitCode> {
             Err(ExitCode::FAILURE)
         }
         Ok(()) => Ok(()),
+    }
+}
+
+/// Run a maintenance command against the configured KMS and store; print
+/// its report; exit 1 when it found a problem.
+fn maintenance<F, Fut>(settings: Settings, command: F) -> ExitCode
+where
+    F: FnOnce(
+        std::sync::Arc<dyn rkms::kms::Kms>,
+        std::sync::Arc<dyn rkms::store::Store>,
+        Vec<rkms::domain::Region>,
+    ) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(String, bool)>>,
+{
+    let _log_guard = rkms::telemetry::init(&settings.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rkms: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let (kms, store) = rkms::startup::backends(&settings).await?;
+        let regions = settings
+            .kms
+            .regions
+            .iter()
+            .map(rkms::domain::Region::new)
+            .collect();
+        command(kms, store, regions).await
+    });
+    drop(_log_guard);
+    match result {
+        Ok((text, ok)) => match print(&text) {
+            Err(code) => code,
+            Ok(()) if ok => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::FAILURE,
+        },
+        Err(e) => {
+            eprintln!("rkms: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn copy(from: &std::path::Path, to: &std::path::Path, options: rkms::ops::copy::Options) -> ExitCode {
+    let load = |path: &std::path::Path| {
+        Settings::load_with_env(&Source::File(path.to_path_buf()), &[])
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let (source, target) = match (load(from), load(to)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("rkms: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let _log_guard = rkms::telemetry::init(&source.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rkms: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let (_, from) = rkms::startup::backends(&source).await?;
+        let (_, to) = rkms::startup::backends(&target).await?;
+        rkms::ops::copy::run(from, to, options).await
+    });
+    drop(_log_guard);
+    match result {
+        Ok(summary) => match print(&summary.text()) {
+            Err(code) => code,
+            Ok(()) if summary.ok() => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::FAILURE,
+        },
+        Err(e) => {
+            eprintln!("rkms: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn convert_config(path: &std::path::Path) -> ExitCode {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rkms: cannot read {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    match rkms::ops::convert::convert(&path.display().to_string(), &text) {
+        Ok(converted) => {
+            for note in &converted.notes {
+                eprintln!("rkms: note: {note}");
+            }
+            match print(&converted.toml) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(code) => code,
+            }
+        }
+        Err(e) => {
+            eprintln!("rkms: {e:#}");
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use aws_sdk_dynamodb::Client;
 
 use super::{
     decode_header, decode_keys, decode_region_map, encode_keys, region_map, PutOutcome, Store,
-    StoreError,
+    ScanPage, StoreError,
 };
 use crate::aws::{inspect, is_throttling, sdk_timeouts};
 use crate::config::{DynamoSettings, StoreSettings};
@@ -282,6 +282,51 @@ impl Store for DynamoStore {
             .await
             .map(|_| ())
             .map_err(|e| map_err(e, "ping"))
+    }
+
+    async fn scan(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        const OP: &str = "scan";
+        let limit_i32 = i32::try_from(limit.clamp(1, 1000)).unwrap_or(1000);
+        let mut request = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .limit(limit_i32);
+        if segments > 1 {
+            request = request
+                .segment(i32::try_from(segment).unwrap_or(0))
+                .total_segments(i32::try_from(segments).unwrap_or(1));
+        }
+        if let Some(after) = cursor {
+            request = request.exclusive_start_key("id", AttributeValue::S(after.to_owned()));
+        }
+        let out = request.send().await.map_err(|e| map_err(e, OP))?;
+        let next = out
+            .last_evaluated_key
+            .as_ref()
+            .and_then(|k| k.get("id"))
+            .and_then(|v| v.as_s().ok())
+            .cloned();
+        let records = out
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(|item| {
+                let id = match item.get("id") {
+                    Some(AttributeValue::S(s)) => s.clone(),
+                    _ => String::from("<no id>"),
+                };
+                decode_item(&id, item)
+            })
+            .collect();
+        Ok(ScanPage { records, next })
     }
 
     async fn check(&self) -> Result<String, StoreError> {

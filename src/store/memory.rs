@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{merge_missing, PutOutcome, Store, StoreError};
+use super::{merge_missing, PutOutcome, ScanPage, Store, StoreError};
 use crate::domain::{KeyId, KeyRecord, Region};
 
 #[derive(Default)]
@@ -130,5 +130,36 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.enter("ping")
+    }
+
+    /// In id order; the cursor is the last id returned. Segment `n` holds
+    /// the ids whose first byte is `n` modulo `segments`.
+    async fn scan(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        self.enter("scan")?;
+        let records = self.lock();
+        let mut page: Vec<KeyRecord> = records
+            .values()
+            .filter(|r| cursor.is_none_or(|c| r.id.as_str() > c))
+            .filter(|r| {
+                u32::from(r.id.as_str().as_bytes()[0]) % segments.max(1) == segment
+            })
+            .take(limit.saturating_add(1))
+            .cloned()
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        let next = more
+            .then(|| page.last().map(|r| r.id.as_str().to_string()))
+            .flatten();
+        Ok(ScanPage {
+            records: page.into_iter().map(Ok).collect(),
+            next,
+        })
     }
 }

@@ -48,6 +48,16 @@ pub enum PutOutcome {
     Exists(KeyRecord),
 }
 
+/// One page of a full scan, in one segment of the key space.
+#[derive(Debug, Default)]
+pub struct ScanPage {
+    /// Each record decoded on its own: a corrupt record is reported with
+    /// its id, and the scan goes on.
+    pub records: Vec<Result<KeyRecord, StoreError>>,
+    /// Where the next page of this segment starts; `None`: segment done.
+    pub next: Option<String>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Strongly consistent read. `Ok(None)`: no record for `id`.
@@ -69,6 +79,18 @@ pub trait Store: Send + Sync {
 
     /// A cheap call proving the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Up to `limit` records of segment `segment` of `segments` (which
+    /// together cover every record once), after the opaque `cursor` a
+    /// previous page returned. For maintenance tools (backfill, verify,
+    /// copy), never on a request path.
+    async fn scan(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError>;
 
     /// Preflight: the store is usable as configured (for DynamoDB: the
     /// table exists with hash key `id` of type S). Returns what was found,

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
+    ScanPage,
     decode_header, decode_keys, decode_region_map, encode_keys, merge_missing, region_map,
     PutOutcome, Store, StoreError,
 };
@@ -194,26 +195,69 @@ fn until_not_busy(
     }
 }
 
+/// A stored row as SQLite holds it.
+type Row = (String, String, Option<i64>, String, Option<String>);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
 fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
-    let row = conn
+    let found = conn
         .query_row(
             "SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE id = ?1",
             params![id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                ))
-            },
+            row,
         )
         .optional()
         .map_err(other(op))?;
-    let Some((raw_id, keys, v, key_ids, created_at)) = row else {
-        return Ok(None);
-    };
+    found.map(decode_row).transpose()
+}
+
+/// One page of a scan by rowid; segment `n` holds the rows whose rowid is
+/// `n` modulo `segments`. The cursor is the last rowid returned.
+fn scan_rows(
+    conn: &Connection,
+    segment: u32,
+    segments: u32,
+    after: i64,
+    limit: usize,
+) -> Result<ScanPage, StoreError> {
+    const OP: &str = "scan";
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT rowid, id, keys, v, key_ids, created_at FROM rkms_keys \
+             WHERE rowid > ?1 AND rowid % ?2 = ?3 ORDER BY rowid LIMIT ?4",
+        )
+        .map_err(other(OP))?;
+    let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let rows = stmt
+        .query_map(
+            params![after, i64::from(segments.max(1)), i64::from(segment), limit_sql],
+            |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+                ))
+            },
+        )
+        .map_err(other(OP))?
+        .collect::<Result<Vec<(i64, Row)>, _>>()
+        .map_err(other(OP))?;
+    let more = rows.len() > limit;
+    let rows = &rows[..rows.len().min(limit)];
+    Ok(ScanPage {
+        next: more
+            .then(|| rows.last().map(|(rowid, _)| rowid.to_string()))
+            .flatten(),
+        records: rows
+            .iter()
+            .map(|(_, stored)| decode_row(stored.clone()))
+            .collect(),
+    })
+}
+
+fn decode_row((raw_id, keys, v, key_ids, created_at): Row) -> Result<KeyRecord, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt {
         id: raw_id.clone(),
         reason: format!("{what} is not a JSON object of strings"),
@@ -223,13 +267,13 @@ fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecor
     let key_ids: BTreeMap<String, String> =
         serde_json::from_str(&key_ids).map_err(|_| corrupt("key_ids"))?;
     let (id, version) = decode_header(&raw_id, v)?;
-    Ok(Some(KeyRecord {
+    Ok(KeyRecord {
         keys: decode_keys(&raw_id, keys)?,
         id,
         version,
         key_ids: decode_region_map(key_ids),
         created_at,
-    }))
+    })
 }
 
 fn to_json(map: &BTreeMap<String, String>, op: &'static str) -> Result<String, StoreError> {
@@ -333,6 +377,26 @@ impl Store for SqliteStore {
             )
             .map(|_| ())
             .map_err(other("ping"))
+        })
+        .await
+    }
+
+    async fn scan(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let after = match cursor {
+            None => 0,
+            Some(c) => c.parse::<i64>().map_err(|_| StoreError::Other {
+                op: "scan",
+                source: format!("{c:?} is not an SQLite scan cursor").into(),
+            })?,
+        };
+        self.with_conn("scan", move |conn| {
+            scan_rows(conn, segment, segments, after, limit)
         })
         .await
     }

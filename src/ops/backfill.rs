@@ -1,0 +1,243 @@
+//! `rkms backfill`: give every record a ciphertext in every configured
+//! region. For each record lacking regions, the data key is decrypted in a
+//! region that has it and encrypted (bound to the id) in each missing
+//! region; the store adds only regions the record still lacks, so runs are
+//! idempotent and never replace a ciphertext. Records written by RKMS (Go)
+//! are left as they are.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::{list_id, next_page, progress, Checkpoint, KmsBudget};
+use crate::domain::{KeyRecord, Region};
+use crate::kms::{Context, Kms};
+use crate::report::chain;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Parallel scan segments (DynamoDB Scan segments; SQLite rowid classes).
+    pub segments: u32,
+    /// KMS calls per second, at most; 0 = unlimited.
+    pub max_rps: u32,
+    /// Count what would be done; write nothing.
+    pub dry_run: bool,
+    /// Resume from, and save progress to, this file.
+    pub checkpoint: Option<PathBuf>,
+    /// Stop after this many records (a partial run; resume with the checkpoint).
+    pub max_records: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Summary {
+    pub scanned: u64,
+    /// Records that already had every configured region.
+    pub complete: u64,
+    /// Records that gained at least one region (or would, in a dry run).
+    pub repaired: u64,
+    pub regions_added: u64,
+    /// RKMS (Go) records, left unchanged.
+    pub legacy_skipped: u64,
+    pub failed: u64,
+    pub failed_ids: Vec<String>,
+    /// Records the store cannot decode; never touched.
+    pub corrupt_ids: Vec<String>,
+    pub dry_run: bool,
+    /// Stopped by `max_records` before the scan finished.
+    pub partial: bool,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.corrupt_ids.is_empty()
+    }
+
+    pub fn text(&self) -> String {
+        let verb = if self.dry_run { "would gain" } else { "gained" };
+        let mut out = format!(
+            "backfill{}: {} records scanned: {} complete, {} {verb} {} region ciphertexts, {} RKMS (Go) records left unchanged, {} failed, {} corrupt{}\n",
+            if self.dry_run { " (dry run)" } else { "" },
+            self.scanned,
+            self.complete,
+            self.repaired,
+            self.regions_added,
+            self.legacy_skipped,
+            self.failed,
+            self.corrupt_ids.len(),
+            if self.partial { "; stopped early, run again to resume" } else { "" },
+        );
+        for id in &self.failed_ids {
+            out.push_str(&format!("failed: {id:?}\n"));
+        }
+        for id in &self.corrupt_ids {
+            out.push_str(&format!("corrupt: {id:?}\n"));
+        }
+        out
+    }
+}
+
+/// What one record needed.
+enum Outcome {
+    Complete,
+    Legacy,
+    Added(u64),
+    Failed(String),
+}
+
+pub async fn run(
+    kms: Arc<dyn Kms>,
+    store: Arc<dyn Store>,
+    regions: Vec<Region>,
+    options: Options,
+) -> anyhow::Result<Summary> {
+    let segments = options.segments.max(1);
+    let checkpoint = Checkpoint::load_or_new(options.checkpoint.as_deref(), "backfill", segments)?;
+    let checkpoint = Arc::new(Mutex::new(checkpoint));
+    let summary = Arc::new(Mutex::new(Summary {
+        dry_run: options.dry_run,
+        ..Summary::default()
+    }));
+    let budget = KmsBudget::per_second(options.max_rps);
+    let taken = Arc::new(AtomicU64::new(0));
+    let bar = progress("backfill");
+    let mut tasks = tokio::task::JoinSet::new();
+    for segment in 0..segments {
+        let (kms, store, regions) = (Arc::clone(&kms), Arc::clone(&store), regions.clone());
+        let (checkpoint, summary) = (Arc::clone(&checkpoint), Arc::clone(&summary));
+        let (budget, taken, bar, options) =
+            (budget.clone(), Arc::clone(&taken), bar.clone(), options.clone());
+        tasks.spawn(async move {
+            loop {
+                let state = checkpoint.lock().unwrap_or_else(|p| p.into_inner()).segments
+                    [segment as usize]
+                    .clone();
+                let Some(page) = next_page(&store, segment, segments, &state).await? else {
+                    return anyhow::Ok(());
+                };
+                for record in page.records {
+                    if options
+                        .max_records
+                        .is_some_and(|max| taken.fetch_add(1, Ordering::SeqCst) >= max)
+                    {
+                        summary.lock().unwrap_or_else(|p| p.into_inner()).partial = true;
+                        return Ok(());
+                    }
+                    bar.inc(1);
+                    let record = match record {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %chain(&e), "corrupt record skipped");
+                            let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
+                            s.scanned += 1;
+                            let id = match &e {
+                                crate::store::StoreError::Corrupt { id, .. } => id.clone(),
+                                _ => "<unknown>".into(),
+                            };
+                            list_id(&mut s.corrupt_ids, &id);
+                            continue;
+                        }
+                    };
+                    let outcome =
+                        fill(&kms, &store, &regions, &budget, &record, options.dry_run).await;
+                    let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
+                    s.scanned += 1;
+                    match outcome {
+                        Outcome::Complete => s.complete += 1,
+                        Outcome::Legacy => s.legacy_skipped += 1,
+                        Outcome::Added(n) => {
+                            s.repaired += 1;
+                            s.regions_added += n;
+                        }
+                        Outcome::Failed(why) => {
+                            tracing::error!(key_id = %record.id, reason = %why, "backfill failed for a record");
+                            s.failed += 1;
+                            list_id(&mut s.failed_ids, record.id.as_str());
+                        }
+                    }
+                }
+                let mut cp = checkpoint.lock().unwrap_or_else(|p| p.into_inner());
+                let seg = &mut cp.segments[segment as usize];
+                seg.done = page.next.is_none();
+                seg.cursor = page.next;
+                if let (Some(path), false) = (&options.checkpoint, options.dry_run) {
+                    cp.save(path)?;
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    bar.finish_and_clear();
+    let summary = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Ok(summary)
+}
+
+async fn fill(
+    kms: &Arc<dyn Kms>,
+    store: &Arc<dyn Store>,
+    regions: &[Region],
+    budget: &KmsBudget,
+    record: &KeyRecord,
+    dry_run: bool,
+) -> Outcome {
+    let missing: Vec<&Region> = regions
+        .iter()
+        .filter(|r| !record.keys.contains_key(*r))
+        .collect();
+    if missing.is_empty() {
+        return Outcome::Complete;
+    }
+    if !record.bound_to_id() {
+        return Outcome::Legacy;
+    }
+    if dry_run {
+        return Outcome::Added(missing.len() as u64);
+    }
+    let context = Context::Bound(&record.id);
+    let mut key = None;
+    let mut last_error = String::from("no configured region holds a ciphertext");
+    for region in regions.iter().filter(|r| record.keys.contains_key(*r)) {
+        budget.take().await;
+        match kms.decrypt(region, &record.keys[region], context).await {
+            Ok(k) => {
+                key = Some(k);
+                break;
+            }
+            Err(e) => last_error = chain(&e),
+        }
+    }
+    let Some(key) = key else {
+        return Outcome::Failed(format!("cannot decrypt in any region: {last_error}"));
+    };
+    let mut keys = BTreeMap::new();
+    let mut key_ids = BTreeMap::new();
+    let mut failures = Vec::new();
+    for region in missing {
+        budget.take().await;
+        match kms.encrypt(region, &key, context).await {
+            Ok(wrapped) => {
+                keys.insert(region.clone(), wrapped.ciphertext);
+                key_ids.insert(region.clone(), wrapped.key_arn);
+            }
+            Err(e) => failures.push(chain(&e)),
+        }
+    }
+    let added = if keys.is_empty() {
+        0
+    } else {
+        match store.add_missing_regions(&record.id, &keys, &key_ids).await {
+            Ok(n) => n as u64,
+            Err(e) => return Outcome::Failed(format!("store: {}", chain(&e))),
+        }
+    };
+    match (failures.is_empty(), added) {
+        (true, 0) => Outcome::Complete,
+        (true, n) => Outcome::Added(n),
+        (false, _) => Outcome::Failed(failures.join("; ")),
+    }
+}

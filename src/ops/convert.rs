@@ -1,0 +1,202 @@
+//! `rkms convert-config RKMS_CONFIG`: read an RKMS (Go) config.toml and
+//! write the rkms config that serves the same table with the same keys, so
+//! a deployment moves over with its table unchanged. Keys the converter
+//! does not know are reported, never dropped silently; the output is
+//! validated before it is printed.
+
+use std::collections::BTreeMap;
+
+use crate::config::Settings;
+
+/// The converted config and the notes for the operator.
+#[derive(Debug)]
+pub struct Converted {
+    pub toml: String,
+    pub notes: Vec<String>,
+}
+
+pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
+    let doc: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{source_name}: not TOML: {}", e.message()))?;
+    let mut used: Vec<String> = Vec::new();
+    let mut notes = Vec::new();
+    let get = |section: &str, key: &str, used: &mut Vec<String>| {
+        let value = doc.get(section)?.as_table()?.get(key)?.clone();
+        used.push(format!("{section}.{key}"));
+        Some(value)
+    };
+
+    let port = match get("server", "port", &mut used) {
+        Some(v) => Some(
+            v.as_integer()
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or_else(|| anyhow::anyhow!("{source_name}: server.port is not a port number"))?,
+        ),
+        None => None,
+    };
+    let regions: Vec<String> = get("kms", "regions", &mut used)
+        .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.regions is missing"))?
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .filter(|r: &Vec<String>| !r.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.regions is not a list of region names"))?;
+    let key_ids: BTreeMap<String, String> = match get("kms", "key_ids", &mut used) {
+        Some(toml::Value::Array(ids)) => {
+            if ids.len() != regions.len() {
+                anyhow::bail!(
+                    "{source_name}: kms.key_ids has {} entries for {} regions",
+                    ids.len(),
+                    regions.len()
+                );
+            }
+            regions
+                .iter()
+                .zip(ids)
+                .map(|(r, id)| {
+                    id.as_str()
+                        .map(|s| (r.clone(), s.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.key_ids holds a non-string"))
+                })
+                .collect::<anyhow::Result<_>>()?
+        }
+        Some(toml::Value::Table(ids)) => ids
+            .iter()
+            .map(|(r, id)| {
+                id.as_str()
+                    .map(|s| (r.clone(), s.to_string()))
+                    .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.key_ids.{r} is not a string"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        _ => anyhow::bail!("{source_name}: kms.key_ids is missing (a list parallel to kms.regions, or a table)"),
+    };
+    let data_key_bytes = match get("kms", "data_key_size_in_bytes", &mut used) {
+        Some(v) => Some(v.as_integer().ok_or_else(|| {
+            anyhow::anyhow!("{source_name}: kms.data_key_size_in_bytes is not a number")
+        })?),
+        None => None,
+    };
+    let table = get("dynamodb", "table_name", &mut used)
+        .and_then(|v| v.as_str().map(String::from))
+        .ok_or_else(|| anyhow::anyhow!("{source_name}: dynamodb.table_name is missing"))?;
+    let table_region = get("dynamodb", "region", &mut used)
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| regions[0].clone());
+    // The cache lifetime, in minutes, under whichever name it was given.
+    let mut cache_minutes = None;
+    for (section, value) in &doc {
+        if let Some(t) = value.as_table() {
+            for (key, v) in t {
+                let name = format!("{section}.{key}");
+                let about_cache = section.contains("cache") || key.contains("cache");
+                if about_cache && key.contains("minute") && !used.contains(&name) {
+                    cache_minutes = v.as_integer();
+                    used.push(name);
+                }
+            }
+        }
+    }
+    for (section, value) in &doc {
+        match value.as_table() {
+            Some(t) => {
+                for key in t.keys() {
+                    let name = format!("{section}.{key}");
+                    if !used.contains(&name) {
+                        notes.push(format!("{name} has no rkms equivalent and was not converted"));
+                    }
+                }
+            }
+            None => notes.push(format!("{section} has no rkms equivalent and was not converted")),
+        }
+    }
+
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut out = String::new();
+    out.push_str(&format!("# rkms config converted from the RKMS (Go) config {source_name}.\n"));
+    out.push_str("# Every key not written here takes its default (see rkms's config.toml).\n\n");
+    out.push_str("[server]\n");
+    let listen = format!("0.0.0.0:{}", port.unwrap_or(8080));
+    out.push_str(&format!("listen = {}\n\n", quoted(&listen)));
+    if let Some(bytes) = data_key_bytes {
+        out.push_str(&format!("[keys]\ndata_key_bytes = {bytes}\n\n"));
+    }
+    out.push_str("[kms]\nprovider = \"aws\"\n");
+    out.push_str(&format!(
+        "regions = [{}]\n",
+        regions.iter().map(|r| quoted(r)).collect::<Vec<_>>().join(", ")
+    ));
+    out.push_str(&format!(
+        "# A new key is stored once wrapped in this many regions; the rest are\n# repaired in the background.\nmin_regions_on_create = {}\n\n",
+        regions.len().min(2)
+    ));
+    out.push_str("[kms.aws.key_ids]\n");
+    for (region, id) in &key_ids {
+        out.push_str(&format!("{} = {}\n", quoted(region), quoted(id)));
+    }
+    out.push_str("\n[store]\nbackend = \"dynamodb\"\n\n[store.dynamodb]\n");
+    out.push_str(&format!("region = {}\ntable = {}\n", quoted(&table_region), quoted(&table)));
+    if let Some(minutes) = cache_minutes {
+        out.push_str(&format!("\n[cache]\nttl_seconds = {}\n", minutes.max(0) * 60));
+    }
+    out.push_str(
+        "\n[auth]\n# RKMS (Go) had no authentication. This keeps that behaviour so the\n# move changes nothing for clients; switch to mode = \"token\" or \"mtls\"\n# with [[auth.clients]] as soon as the clients can send credentials.\nmode = \"none\"\nallow_unauthenticated = true\n",
+    );
+    notes.push("RKMS (Go) had no authentication: the converted config sets auth.allow_unauthenticated = true; plan the move to auth.mode = \"token\"".into());
+    Settings::from_toml(&out)
+        .map_err(|e| anyhow::anyhow!("the converted config is not valid: {e}"))?;
+    Ok(Converted { toml: out, notes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rkms_go_config_becomes_an_equivalent_valid_rkms_config() {
+        let go = r#"
+[server]
+port = 9000
+
+[kms]
+regions = ["us-east-1", "us-west-2", "eu-west-1"]
+key_ids = ["alias/rkms", "alias/rkms-west", "arn:aws:kms:eu-west-1:1:key/abc"]
+data_key_size_in_bytes = 32
+
+[dynamodb]
+region = "us-east-1"
+table_name = "rkms-keys"
+
+[cache]
+expiration_minutes = 10
+
+[metrics]
+statsd = "localhost:8125"
+"#;
+        let converted = convert("go.toml", go).unwrap();
+        let s = Settings::from_toml(&converted.toml).unwrap();
+        assert_eq!(s.server.listen.port(), 9000);
+        assert_eq!(s.kms.regions, ["us-east-1", "us-west-2", "eu-west-1"]);
+        assert_eq!(s.kms.aws.key_ids["us-west-2"], "alias/rkms-west");
+        assert_eq!(s.kms.aws.key_ids["eu-west-1"], "arn:aws:kms:eu-west-1:1:key/abc");
+        assert_eq!(s.keys.data_key_bytes, 32);
+        assert_eq!(s.store.dynamodb.table, "rkms-keys");
+        assert_eq!(s.cache.ttl_seconds, 600);
+        assert!(
+            converted.notes.iter().any(|n| n.contains("metrics.statsd")),
+            "{:?}",
+            converted.notes
+        );
+    }
+
+    #[test]
+    fn a_config_it_cannot_convert_is_an_error_naming_the_key() {
+        let err = convert("go.toml", "[kms]\nregions = [\"a\"]\n").unwrap_err();
+        assert!(err.to_string().contains("kms.key_ids"), "{err}");
+        let err = convert(
+            "go.toml",
+            "[kms]\nregions = [\"a\", \"b\"]\nkey_ids = [\"x\"]\n[dynamodb]\ntable_name = \"t\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("2 regions"), "{err}");
+    }
+}

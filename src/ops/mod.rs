@@ -1,0 +1,159 @@
+//! Maintenance commands that walk the whole store: `backfill` (add every
+//! configured region a record lacks), `verify` (decrypt every ciphertext in
+//! its own region: the disaster-recovery drill), `copy` (records between
+//! stores, without decrypting) and `convert-config` (an RKMS (Go) config to
+//! an rkms one). Scans are paged and resumable through a checkpoint file.
+//!
+//! Must not: regenerate or replace a key or a ciphertext; print key
+//! material.
+
+pub mod backfill;
+pub mod convert;
+pub mod copy;
+pub mod verify;
+
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{ScanPage, Store, StoreError};
+
+/// Records asked for per scan page.
+pub const PAGE: usize = 100;
+
+/// Where each segment of a scan has got to, saved after every page so an
+/// interrupted run resumes where it stopped. Pages are processed before
+/// their cursor is saved, so a resumed run may see the last page again;
+/// every command is idempotent, so that costs a read, never a second write.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// What the checkpoint is for ("backfill", "copy"), so one command's
+    /// file is not taken for another's.
+    pub command: String,
+    /// Per segment: the cursor to continue after, and whether it is done.
+    pub segments: Vec<SegmentState>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SegmentState {
+    pub cursor: Option<String>,
+    pub done: bool,
+}
+
+impl Checkpoint {
+    /// Load `path` if it exists (it must be for `command` and `segments`),
+    /// else start fresh.
+    pub fn load_or_new(
+        path: Option<&Path>,
+        command: &str,
+        segments: u32,
+    ) -> anyhow::Result<Self> {
+        let fresh = Self {
+            command: command.into(),
+            segments: vec![SegmentState::default(); segments as usize],
+        };
+        let Some(path) = path else {
+            return Ok(fresh);
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let loaded: Self = serde_json::from_str(&text).map_err(|e| {
+                    anyhow::anyhow!("checkpoint {} is not readable: {e}", path.display())
+                })?;
+                if loaded.command != command || loaded.segments.len() != segments as usize {
+                    anyhow::bail!(
+                        "checkpoint {} is for `{}` with {} segments, not `{command}` with {segments}; remove it to start over",
+                        path.display(),
+                        loaded.command,
+                        loaded.segments.len()
+                    );
+                }
+                Ok(loaded)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(fresh),
+            Err(e) => Err(anyhow::anyhow!(
+                "cannot read checkpoint {}: {e}",
+                path.display()
+            )),
+        }
+    }
+
+    /// Write atomically: a temporary file renamed over the old one.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        let text = serde_json::to_vec_pretty(self)?;
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| anyhow::anyhow!("cannot write checkpoint {}: {e}", path.display()))
+    }
+
+    pub fn finished(&self) -> bool {
+        self.segments.iter().all(|s| s.done)
+    }
+}
+
+/// A shared limit on KMS calls per second (`--max-rps`), so a maintenance
+/// run cannot eat the quota production traffic needs.
+#[derive(Clone)]
+pub struct KmsBudget(Option<Arc<DefaultDirectRateLimiter>>);
+
+impl KmsBudget {
+    /// `0` = unlimited.
+    pub fn per_second(rps: u32) -> Self {
+        Self(NonZeroU32::new(rps).map(|r| Arc::new(RateLimiter::direct(Quota::per_second(r)))))
+    }
+
+    /// Wait for one call's worth of budget.
+    pub async fn take(&self) {
+        if let Some(limiter) = &self.0 {
+            limiter.until_ready().await;
+        }
+    }
+}
+
+/// A progress bar on a terminal (stderr), nothing otherwise.
+pub fn progress(what: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} records [{elapsed}] {per_sec}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+/// Read the next page of `segment`, or `None` when it is done.
+pub async fn next_page(
+    store: &Arc<dyn Store>,
+    segment: u32,
+    segments: u32,
+    state: &SegmentState,
+) -> Result<Option<ScanPage>, StoreError> {
+    if state.done {
+        return Ok(None);
+    }
+    store
+        .scan(segment, segments, state.cursor.as_deref(), PAGE)
+        .await
+        .map(Some)
+}
+
+/// Ids listed in a report, at most.
+pub const MAX_LISTED: usize = 1000;
+
+/// Keep up to [`MAX_LISTED`] ids.
+pub fn list_id(list: &mut Vec<String>, id: &str) {
+    if list.len() < MAX_LISTED {
+        list.push(id.to_string());
+    }
+}

@@ -1,0 +1,246 @@
+//! `rkms verify`: the disaster-recovery drill. For every record (or a
+//! random sample), decrypt the ciphertext of each configured region in that
+//! region alone, and check that every region yields the same data key. A
+//! record is recoverable in a region only when that decrypt succeeds.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use serde::Serialize;
+
+use super::{list_id, next_page, progress, KmsBudget, SegmentState};
+use crate::domain::{KeyRecord, Region};
+use crate::kms::{Context, Kms, KmsErrorKind};
+use crate::report::chain;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub segments: u32,
+    pub max_rps: u32,
+    /// Verify a uniform random sample of this many records.
+    pub sample: Option<usize>,
+}
+
+/// Per region: how its ciphertexts fared.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct RegionReport {
+    pub ok: u64,
+    /// The record has no ciphertext for this region.
+    pub missing: u64,
+    /// KMS refused the ciphertext (invalid, another id's, another key's,
+    /// key disabled or not allowed).
+    pub undecryptable: u64,
+    /// KMS could not be asked (timeout, throttling, 5xx): not verified.
+    pub unavailable: u64,
+    pub missing_ids: Vec<String>,
+    pub undecryptable_ids: Vec<String>,
+    pub unavailable_ids: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub records: u64,
+    /// Records decryptable in every configured region, to the same key.
+    pub complete: u64,
+    pub regions: BTreeMap<String, RegionReport>,
+    /// Records whose regions decrypt to different keys.
+    pub mismatched_ids: Vec<String>,
+    /// Records the store cannot decode.
+    pub corrupt_ids: Vec<String>,
+    /// Whether every record is recoverable in every region.
+    pub recoverable: bool,
+}
+
+impl Report {
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "verify: {} records, {} complete in every region; {}\n",
+            self.records,
+            self.complete,
+            if self.recoverable {
+                "every record is recoverable in every region"
+            } else {
+                "NOT every record is recoverable in every region"
+            }
+        );
+        for (region, r) in &self.regions {
+            out.push_str(&format!(
+                "  {region}: {} ok, {} missing, {} undecryptable, {} unavailable\n",
+                r.ok, r.missing, r.undecryptable, r.unavailable
+            ));
+            for (what, ids) in [
+                ("missing", &r.missing_ids),
+                ("undecryptable", &r.undecryptable_ids),
+                ("unavailable", &r.unavailable_ids),
+            ] {
+                for id in ids {
+                    out.push_str(&format!("    {what}: {id:?}\n"));
+                }
+            }
+        }
+        for id in &self.mismatched_ids {
+            out.push_str(&format!("  regions disagree on the key of {id:?}\n"));
+        }
+        for id in &self.corrupt_ids {
+            out.push_str(&format!("  corrupt record {id:?}\n"));
+        }
+        out
+    }
+}
+
+pub async fn run(
+    kms: Arc<dyn Kms>,
+    store: Arc<dyn Store>,
+    regions: Vec<Region>,
+    options: Options,
+) -> anyhow::Result<Report> {
+    let segments = options.segments.max(1);
+    let report = Arc::new(Mutex::new(Report {
+        regions: regions
+            .iter()
+            .map(|r| (r.to_string(), RegionReport::default()))
+            .collect(),
+        ..Report::default()
+    }));
+    let budget = KmsBudget::per_second(options.max_rps);
+    let bar = progress("verify");
+    // With a sample, the scan only collects (reservoir sampling, per
+    // segment in proportion), then the sample is verified.
+    let sampled: Arc<Mutex<(u64, Vec<KeyRecord>)>> = Arc::new(Mutex::new((0, Vec::new())));
+    let mut tasks = tokio::task::JoinSet::new();
+    for segment in 0..segments {
+        let (kms, store, regions) = (Arc::clone(&kms), Arc::clone(&store), regions.clone());
+        let (report, budget, bar, sampled) = (
+            Arc::clone(&report),
+            budget.clone(),
+            bar.clone(),
+            Arc::clone(&sampled),
+        );
+        let sample = options.sample;
+        tasks.spawn(async move {
+            let mut state = SegmentState::default();
+            while let Some(page) = next_page(&store, segment, segments, &state).await? {
+                for record in page.records {
+                    bar.inc(1);
+                    let record = match record {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let id = match &e {
+                                StoreError::Corrupt { id, .. } => id.clone(),
+                                _ => "<unknown>".into(),
+                            };
+                            let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                            r.records += 1;
+                            list_id(&mut r.corrupt_ids, &id);
+                            continue;
+                        }
+                    };
+                    match sample {
+                        Some(n) => reservoir(&sampled, n, record),
+                        None => check(&kms, &regions, &budget, &record, &report).await,
+                    }
+                }
+                state.done = page.next.is_none();
+                state.cursor = page.next;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let picked = std::mem::take(&mut sampled.lock().unwrap_or_else(|p| p.into_inner()).1);
+    for record in picked {
+        check(&kms, &regions, &budget, &record, &report).await;
+    }
+    bar.finish_and_clear();
+    let mut report = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    report.recoverable = report.complete == report.records;
+    Ok(report)
+}
+
+fn reservoir(sampled: &Mutex<(u64, Vec<KeyRecord>)>, n: usize, record: KeyRecord) {
+    let mut guard = sampled.lock().unwrap_or_else(|p| p.into_inner());
+    let (seen, kept) = &mut *guard;
+    *seen += 1;
+    if kept.len() < n {
+        kept.push(record);
+    } else {
+        let j = rand::thread_rng().gen_range(0..*seen);
+        if let Ok(j) = usize::try_from(j) {
+            if j < n {
+                kept[j] = record;
+            }
+        }
+    }
+}
+
+async fn check(
+    kms: &Arc<dyn Kms>,
+    regions: &[Region],
+    budget: &KmsBudget,
+    record: &KeyRecord,
+    report: &Mutex<Report>,
+) {
+    let context = if record.bound_to_id() {
+        Context::Bound(&record.id)
+    } else {
+        Context::Legacy
+    };
+    let mut outcomes = Vec::new();
+    let mut keys = Vec::new();
+    for region in regions {
+        let outcome = match record.keys.get(region) {
+            None => "missing",
+            Some(ciphertext) => {
+                budget.take().await;
+                match kms.decrypt(region, ciphertext, context).await {
+                    Ok(key) => {
+                        keys.push(key);
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::warn!(key_id = %record.id, %region, error = %chain(&e), "verify: decrypt failed");
+                        match e.kind {
+                            KmsErrorKind::Unavailable
+                            | KmsErrorKind::Throttled
+                            | KmsErrorKind::Saturated => "unavailable",
+                            _ => "undecryptable",
+                        }
+                    }
+                }
+            }
+        };
+        outcomes.push((region, outcome));
+    }
+    let agree = keys.windows(2).all(|w| w[0].expose() == w[1].expose());
+    let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+    r.records += 1;
+    let id = record.id.as_str();
+    for (region, outcome) in &outcomes {
+        let entry = r.regions.entry(region.to_string()).or_default();
+        match *outcome {
+            "ok" => entry.ok += 1,
+            "missing" => {
+                entry.missing += 1;
+                list_id(&mut entry.missing_ids, id);
+            }
+            "unavailable" => {
+                entry.unavailable += 1;
+                list_id(&mut entry.unavailable_ids, id);
+            }
+            _ => {
+                entry.undecryptable += 1;
+                list_id(&mut entry.undecryptable_ids, id);
+            }
+        }
+    }
+    if !agree {
+        list_id(&mut r.mismatched_ids, id);
+    }
+    if agree && outcomes.iter().all(|(_, o)| *o == "ok") {
+        r.complete += 1;
+    }
+}
