@@ -12,6 +12,7 @@ export RKMS_MOTO_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 include mk/deploy.mk
 include mk/audit.mk
+include mk/api.mk
 
 .PHONY: run test lint fmt unit bench moto-venv tools clean
 
@@ -42,7 +43,7 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-test: moto-venv tools lint deploy-check
+test: moto-venv tools lint deploy-check api-check
 	$(CARGO) test --locked
 
 bench: moto-venv

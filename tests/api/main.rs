@@ -9,6 +9,7 @@ mod common;
 mod helpers;
 mod key;
 mod metrics;
+mod openapi;
 mod process;
 mod readme;
 mod tls;
