@@ -24,6 +24,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("method not allowed; use GET")]
     MethodNotAllowed,
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
     #[error("too many requests from this client; retry later")]
     TooManyRequests { retry_after: Duration },
     #[error("the request target is longer than {0} bytes")]
@@ -63,6 +65,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -78,6 +81,7 @@ impl ApiError {
             Self::Forbidden(_) => "Forbidden",
             Self::NotFound(_) => "NotFound",
             Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::PayloadTooLarge(_) => "PayloadTooLarge",
             Self::TooManyRequests { .. } => "TooManyRequests",
             Self::UriTooLong(_) => "UriTooLong",
             Self::HeadersTooLarge(_) => "HeadersTooLarge",

@@ -268,7 +268,11 @@ where
     }
 }
 
-fn copy(from: &std::path::Path, to: &std::path::Path, options: rkms::ops::copy::Options) -> ExitCode {
+fn copy(
+    from: &std::path::Path,
+    to: &std::path::Path,
+    options: rkms::ops::copy::Options,
+) -> ExitCode {
     let load = |path: &std::path::Path| {
         Settings::load_with_env(&Source::File(path.to_path_buf()), &[])
             .map_err(|e| format!("{}: {e}", path.display()))

@@ -108,8 +108,12 @@ pub async fn run(
     for segment in 0..segments {
         let (kms, store, regions) = (Arc::clone(&kms), Arc::clone(&store), regions.clone());
         let (checkpoint, summary) = (Arc::clone(&checkpoint), Arc::clone(&summary));
-        let (budget, taken, bar, options) =
-            (budget.clone(), Arc::clone(&taken), bar.clone(), options.clone());
+        let (budget, taken, bar, options) = (
+            budget.clone(),
+            Arc::clone(&taken),
+            bar.clone(),
+            options.clone(),
+        );
         tasks.spawn(async move {
             loop {
                 let state = checkpoint.lock().unwrap_or_else(|p| p.into_inner()).segments

@@ -16,9 +16,9 @@ pub struct Converted {
 }
 
 pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
-    let doc: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| anyhow::anyhow!("{source_name}: not TOML: {}", e.message()))?;
+    let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("{source_name}: not TOML: {}", e.message())
+    })?;
     let mut used: Vec<String> = Vec::new();
     let mut notes = Vec::new();
     let get = |section: &str, key: &str, used: &mut Vec<String>| {
@@ -31,16 +31,24 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
         Some(v) => Some(
             v.as_integer()
                 .and_then(|p| u16::try_from(p).ok())
-                .ok_or_else(|| anyhow::anyhow!("{source_name}: server.port is not a port number"))?,
+                .ok_or_else(|| {
+                    anyhow::anyhow!("{source_name}: server.port is not a port number")
+                })?,
         ),
         None => None,
     };
     let regions: Vec<String> = get("kms", "regions", &mut used)
         .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.regions is missing"))?
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .filter(|r: &Vec<String>| !r.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.regions is not a list of region names"))?;
+        .ok_or_else(|| {
+            anyhow::anyhow!("{source_name}: kms.regions is not a list of region names")
+        })?;
     let key_ids: BTreeMap<String, String> = match get("kms", "key_ids", &mut used) {
         Some(toml::Value::Array(ids)) => {
             if ids.len() != regions.len() {
@@ -56,7 +64,9 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
                 .map(|(r, id)| {
                     id.as_str()
                         .map(|s| (r.clone(), s.to_string()))
-                        .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.key_ids holds a non-string"))
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("{source_name}: kms.key_ids holds a non-string")
+                        })
                 })
                 .collect::<anyhow::Result<_>>()?
         }
@@ -65,10 +75,14 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
             .map(|(r, id)| {
                 id.as_str()
                     .map(|s| (r.clone(), s.to_string()))
-                    .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.key_ids.{r} is not a string"))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("{source_name}: kms.key_ids.{r} is not a string")
+                    })
             })
             .collect::<anyhow::Result<_>>()?,
-        _ => anyhow::bail!("{source_name}: kms.key_ids is missing (a list parallel to kms.regions, or a table)"),
+        _ => anyhow::bail!(
+            "{source_name}: kms.key_ids is missing (a list parallel to kms.regions, or a table)"
+        ),
     };
     let data_key_bytes = match get("kms", "data_key_size_in_bytes", &mut used) {
         Some(v) => Some(v.as_integer().ok_or_else(|| {
@@ -102,17 +116,23 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
                 for key in t.keys() {
                     let name = format!("{section}.{key}");
                     if !used.contains(&name) {
-                        notes.push(format!("{name} has no rkms equivalent and was not converted"));
+                        notes.push(format!(
+                            "{name} has no rkms equivalent and was not converted"
+                        ));
                     }
                 }
             }
-            None => notes.push(format!("{section} has no rkms equivalent and was not converted")),
+            None => notes.push(format!(
+                "{section} has no rkms equivalent and was not converted"
+            )),
         }
     }
 
     let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
     let mut out = String::new();
-    out.push_str(&format!("# rkms config converted from the RKMS (Go) config {source_name}.\n"));
+    out.push_str(&format!(
+        "# rkms config converted from the RKMS (Go) config {source_name}.\n"
+    ));
     out.push_str("# Every key not written here takes its default (see rkms's config.toml).\n\n");
     out.push_str("[server]\n");
     let listen = format!("0.0.0.0:{}", port.unwrap_or(8080));
@@ -123,7 +143,11 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
     out.push_str("[kms]\nprovider = \"aws\"\n");
     out.push_str(&format!(
         "regions = [{}]\n",
-        regions.iter().map(|r| quoted(r)).collect::<Vec<_>>().join(", ")
+        regions
+            .iter()
+            .map(|r| quoted(r))
+            .collect::<Vec<_>>()
+            .join(", ")
     ));
     out.push_str(&format!(
         "# A new key is stored once wrapped in this many regions; the rest are\n# repaired in the background.\nmin_regions_on_create = {}\n\n",
@@ -134,9 +158,16 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
         out.push_str(&format!("{} = {}\n", quoted(region), quoted(id)));
     }
     out.push_str("\n[store]\nbackend = \"dynamodb\"\n\n[store.dynamodb]\n");
-    out.push_str(&format!("region = {}\ntable = {}\n", quoted(&table_region), quoted(&table)));
+    out.push_str(&format!(
+        "region = {}\ntable = {}\n",
+        quoted(&table_region),
+        quoted(&table)
+    ));
     if let Some(minutes) = cache_minutes {
-        out.push_str(&format!("\n[cache]\nttl_seconds = {}\n", minutes.max(0) * 60));
+        out.push_str(&format!(
+            "\n[cache]\nttl_seconds = {}\n",
+            minutes.max(0) * 60
+        ));
     }
     out.push_str(
         "\n[auth]\n# RKMS (Go) had no authentication. This keeps that behaviour so the\n# move changes nothing for clients; switch to mode = \"token\" or \"mtls\"\n# with [[auth.clients]] as soon as the clients can send credentials.\nmode = \"none\"\nallow_unauthenticated = true\n",
@@ -177,7 +208,10 @@ statsd = "localhost:8125"
         assert_eq!(s.server.listen.port(), 9000);
         assert_eq!(s.kms.regions, ["us-east-1", "us-west-2", "eu-west-1"]);
         assert_eq!(s.kms.aws.key_ids["us-west-2"], "alias/rkms-west");
-        assert_eq!(s.kms.aws.key_ids["eu-west-1"], "arn:aws:kms:eu-west-1:1:key/abc");
+        assert_eq!(
+            s.kms.aws.key_ids["eu-west-1"],
+            "arn:aws:kms:eu-west-1:1:key/abc"
+        );
         assert_eq!(s.keys.data_key_bytes, 32);
         assert_eq!(s.store.dynamodb.table, "rkms-keys");
         assert_eq!(s.cache.ttl_seconds, 600);

@@ -46,11 +46,7 @@ pub struct SegmentState {
 impl Checkpoint {
     /// Load `path` if it exists (it must be for `command` and `segments`),
     /// else start fresh.
-    pub fn load_or_new(
-        path: Option<&Path>,
-        command: &str,
-        segments: u32,
-    ) -> anyhow::Result<Self> {
+    pub fn load_or_new(path: Option<&Path>, command: &str, segments: u32) -> anyhow::Result<Self> {
         let fresh = Self {
             command: command.into(),
             segments: vec![SegmentState::default(); segments as usize],
@@ -122,9 +118,9 @@ pub fn progress(what: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new_spinner();
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos} records [{elapsed}] {per_sec}")
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg} {pos} records [{elapsed}] {per_sec}",
+    ) {
         bar.set_style(style);
     }
     bar.set_message(what.to_string());

@@ -176,7 +176,8 @@ async fn shed_load(State(state): State<AppState>, request: Request, next: Next) 
 }
 
 /// 414 for a request target over `server.max_uri_bytes`, 431 for headers
-/// over `server.max_header_bytes`.
+/// over `server.max_header_bytes`, 413 for a declared body over
+/// [`BODY_LIMIT_BYTES`] (no route reads a body; a chunked one is never read).
 async fn check_sizes(State(limits): State<Limits>, request: Request, next: Next) -> Response {
     let uri_len = request
         .uri()
@@ -192,6 +193,14 @@ async fn check_sizes(State(limits): State<Limits>, request: Request, next: Next)
         .sum();
     if header_bytes > limits.max_header_bytes as usize {
         return ApiError::HeadersTooLarge(limits.max_header_bytes).into_response();
+    }
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > BODY_LIMIT_BYTES as u64) {
+        return ApiError::PayloadTooLarge(BODY_LIMIT_BYTES).into_response();
     }
     next.run(request).await
 }

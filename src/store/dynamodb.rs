@@ -15,8 +15,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
 use super::{
-    decode_header, decode_keys, decode_region_map, encode_keys, region_map, PutOutcome, Store,
-    ScanPage, StoreError,
+    decode_header, decode_keys, decode_region_map, encode_keys, region_map, PutOutcome, ScanPage,
+    Store, StoreError,
 };
 use crate::aws::{inspect, is_throttling, sdk_timeouts};
 use crate::config::{DynamoSettings, StoreSettings};

@@ -146,9 +146,7 @@ impl Store for MemoryStore {
         let mut page: Vec<KeyRecord> = records
             .values()
             .filter(|r| cursor.is_none_or(|c| r.id.as_str() > c))
-            .filter(|r| {
-                u32::from(r.id.as_str().as_bytes()[0]) % segments.max(1) == segment
-            })
+            .filter(|r| u32::from(r.id.as_str().as_bytes()[0]) % segments.max(1) == segment)
             .take(limit.saturating_add(1))
             .cloned()
             .collect();

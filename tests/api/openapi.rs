@@ -441,6 +441,7 @@ fn every_api_error() -> Vec<ApiError> {
         ApiError::Forbidden("f".into()),
         ApiError::NotFound("n".into()),
         ApiError::MethodNotAllowed,
+        ApiError::PayloadTooLarge(16384),
         ApiError::TooManyRequests {
             retry_after: std::time::Duration::from_millis(1500),
         },

@@ -18,9 +18,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::{
-    ScanPage,
     decode_header, decode_keys, decode_region_map, encode_keys, merge_missing, region_map,
-    PutOutcome, Store, StoreError,
+    PutOutcome, ScanPage, Store, StoreError,
 };
 use crate::domain::{KeyId, KeyRecord, Region};
 
@@ -233,7 +232,12 @@ fn scan_rows(
     let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
     let rows = stmt
         .query_map(
-            params![after, i64::from(segments.max(1)), i64::from(segment), limit_sql],
+            params![
+                after,
+                i64::from(segments.max(1)),
+                i64::from(segment),
+                limit_sql
+            ],
             |r| {
                 Ok((
                     r.get::<_, i64>(0)?,
