@@ -10,6 +10,7 @@ mod helpers;
 mod key;
 mod metrics;
 mod openapi;
+mod ops;
 mod process;
 mod readme;
 mod tls;

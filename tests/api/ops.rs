@@ -1,0 +1,225 @@
+//! `rkms backfill`, `verify`, `copy` and `convert-config` against the
+//! embedded default (SQLite and the local KMS), run as the binary.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use crate::common::{start, stop};
+
+const FOUR_REGIONS: &str = r#"["local-1","local-2","local-3","local-4"]"#;
+
+fn rkms(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+    cmd.current_dir(dir)
+        .env_remove("RKMS_CONFIG")
+        .env_remove("RUST_LOG")
+        .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
+        .env("RKMS__LOG__FORMAT", "json")
+        .env("RKMS__KMS__LOCAL__KEYRING", dir.join("keyring.json"))
+        .env("RKMS__STORE__SQLITE__PATH", dir.join("rkms.sqlite3"))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Run a maintenance command; (exit code, stdout).
+fn run(mut cmd: Command, args: &[&str]) -> (i32, String) {
+    let out = cmd.args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code().unwrap_or(-1);
+    if code != 0 {
+        eprintln!("stderr: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    (code, stdout)
+}
+
+fn with_four_regions(dir: &Path) -> Command {
+    let mut cmd = rkms(dir);
+    cmd.env("RKMS__KMS__REGIONS", FOUR_REGIONS);
+    cmd
+}
+
+/// Serve with three regions and create `n` keys.
+async fn create_keys(dir: &Path, n: usize) -> Vec<String> {
+    let server = start(rkms(dir));
+    let client = reqwest::Client::new();
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let body: Value = client
+            .get(format!("{}/key?id=ops%2F{i:03}", server.base))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push(body["key"].as_str().unwrap().to_string());
+    }
+    assert!(stop(server).0.success());
+    keys
+}
+
+/// Every record's `keys` JSON, by id, straight from the file.
+fn stored(dir: &Path) -> std::collections::BTreeMap<String, Value> {
+    let conn = rusqlite::Connection::open(dir.join("rkms.sqlite3")).unwrap();
+    let mut stmt = conn.prepare("SELECT id, keys FROM rkms_keys").unwrap();
+    stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })
+    .unwrap()
+    .map(|row| {
+        let (id, keys) = row.unwrap();
+        (id, serde_json::from_str(&keys).unwrap())
+    })
+    .collect()
+}
+
+#[tokio::test]
+async fn a_new_region_is_backfilled_verified_and_a_second_backfill_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = create_keys(dir.path(), 30).await;
+
+    // Before: verify with the fourth region names every record missing it.
+    let (code, out) = run(with_four_regions(dir.path()), &["verify", "--json"]);
+    assert_eq!(code, 1, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["recoverable"], false);
+    assert_eq!(report["regions"]["local-4"]["missing"], 30);
+    assert_eq!(report["regions"]["local-1"]["ok"], 30);
+
+    let (code, out) = run(with_four_regions(dir.path()), &["backfill", "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("30 would gain 30"), "{out}");
+    assert!(stored(dir.path()).values().all(|k| k.get("local-4").is_none()));
+
+    let (code, out) = run(with_four_regions(dir.path()), &["backfill"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("30 records scanned: 0 complete, 30 gained 30"), "{out}");
+    let after = stored(dir.path());
+
+    let (code, out) = run(with_four_regions(dir.path()), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("every record is recoverable in every region"), "{out}");
+    assert!(out.contains("local-4: 30 ok, 0 missing"), "{out}");
+
+    let (code, out) = run(with_four_regions(dir.path()), &["backfill"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("30 complete, 0 gained 0"), "{out}");
+    assert_eq!(stored(dir.path()), after, "a second backfill writes nothing");
+
+    // The server on four regions serves the same keys, from the new region too.
+    let mut cmd = with_four_regions(dir.path());
+    cmd.env("RKMS__CACHE__TTL_SECONDS", "0");
+    let server = start(cmd);
+    let body: Value = reqwest::get(format!("{}/key?id=ops%2F007&create=false", server.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["key"].as_str().unwrap(), keys[7]);
+    assert!(stop(server).0.success());
+}
+
+#[tokio::test]
+async fn an_interrupted_backfill_resumes_without_rewriting_or_skipping() {
+    let dir = tempfile::tempdir().unwrap();
+    create_keys(dir.path(), 25).await;
+    let checkpoint = dir.path().join("backfill.json");
+    let cp = checkpoint.to_str().unwrap();
+    let (code, out) = run(
+        with_four_regions(dir.path()),
+        &["backfill", "--segments", "1", "--checkpoint", cp, "--max-records", "12"],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("12 records scanned") && out.contains("stopped early"), "{out}");
+    let halfway = stored(dir.path());
+    let done: Vec<&String> = halfway
+        .iter()
+        .filter(|(_, k)| k.get("local-4").is_some())
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(done.len(), 12, "{out}");
+
+    let (code, out) = run(
+        with_four_regions(dir.path()),
+        &["backfill", "--segments", "1", "--checkpoint", cp],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("gained 13"), "the rest, and only the rest: {out}");
+    let after = stored(dir.path());
+    for id in done {
+        assert_eq!(after[id], halfway[id], "{id} was written twice");
+    }
+    assert!(after.values().all(|k| k.get("local-4").is_some()), "none skipped");
+    let (code, out) = run(with_four_regions(dir.path()), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+
+    // A checkpoint of another command is refused, not misread.
+    let (code, _) = run(rkms(dir.path()), &["copy", "--from", "x.toml", "--to", "y.toml", "--checkpoint", cp]);
+    assert_ne!(code, 0);
+}
+
+#[tokio::test]
+async fn verify_names_a_broken_ciphertext_in_its_region() {
+    let dir = tempfile::tempdir().unwrap();
+    create_keys(dir.path(), 5).await;
+    let conn = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
+    let keys: String = conn
+        .query_row("SELECT keys FROM rkms_keys WHERE id = 'ops/003'", [], |r| r.get(0))
+        .unwrap();
+    let mut map: serde_json::Map<String, Value> = serde_json::from_str(&keys).unwrap();
+    let ciphertext = map["local-2"].as_str().unwrap().to_string();
+    // Another record's ciphertext: valid, but bound to another id.
+    let other: String = conn
+        .query_row("SELECT keys FROM rkms_keys WHERE id = 'ops/001'", [], |r| r.get(0))
+        .unwrap();
+    let other: Value = serde_json::from_str(&other).unwrap();
+    assert_ne!(other["local-2"].as_str().unwrap(), ciphertext);
+    map.insert("local-2".into(), other["local-2"].clone());
+    conn.execute(
+        "UPDATE rkms_keys SET keys = ?1 WHERE id = 'ops/003'",
+        [serde_json::to_string(&map).unwrap()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let (code, out) = run(rkms(dir.path()), &["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("local-2: 4 ok, 0 missing, 1 undecryptable"), "{out}");
+    assert!(out.contains("undecryptable: \"ops/003\""), "{out}");
+    let (code, out) = run(rkms(dir.path()), &["verify", "--json", "--sample", "5"]);
+    assert_eq!(code, 1);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["regions"]["local-2"]["undecryptable_ids"],
+        serde_json::json!(["ops/003"])
+    );
+    assert_eq!(report["regions"]["local-1"]["ok"], 5);
+}
+
+#[test]
+fn convert_config_prints_a_config_rkms_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("rkms-go.toml");
+    std::fs::write(
+        &go,
+        "[server]\nport = 8000\n[kms]\nregions = [\"us-east-1\", \"us-west-2\"]\nkey_ids = [\"alias/a\", \"alias/b\"]\ndata_key_size_in_bytes = 32\n[dynamodb]\nregion = \"us-east-1\"\ntable_name = \"keys\"\n",
+    )
+    .unwrap();
+    let out = rkms(dir.path()).args(["convert-config"]).arg(&go).output().unwrap();
+    assert!(out.status.success());
+    let converted = dir.path().join("rkms.toml");
+    std::fs::write(&converted, &out.stdout).unwrap();
+    let out = rkms(dir.path())
+        .env_remove("RKMS__SERVER__LISTEN")
+        .args(["check-config", "--config"])
+        .arg(&converted)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("table = \"keys\""), "{text}");
+    assert!(text.contains("listen = \"0.0.0.0:8000\""), "{text}");
+}
