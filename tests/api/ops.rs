@@ -64,15 +64,13 @@ async fn create_keys(dir: &Path, n: usize) -> Vec<String> {
 fn stored(dir: &Path) -> std::collections::BTreeMap<String, Value> {
     let conn = rusqlite::Connection::open(dir.join("rkms.sqlite3")).unwrap();
     let mut stmt = conn.prepare("SELECT id, keys FROM rkms_keys").unwrap();
-    stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-    })
-    .unwrap()
-    .map(|row| {
-        let (id, keys) = row.unwrap();
-        (id, serde_json::from_str(&keys).unwrap())
-    })
-    .collect()
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|row| {
+            let (id, keys) = row.unwrap();
+            (id, serde_json::from_str(&keys).unwrap())
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -91,22 +89,34 @@ async fn a_new_region_is_backfilled_verified_and_a_second_backfill_changes_nothi
     let (code, out) = run(with_four_regions(dir.path()), &["backfill", "--dry-run"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("30 would gain 30"), "{out}");
-    assert!(stored(dir.path()).values().all(|k| k.get("local-4").is_none()));
+    assert!(stored(dir.path())
+        .values()
+        .all(|k| k.get("local-4").is_none()));
 
     let (code, out) = run(with_four_regions(dir.path()), &["backfill"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("30 records scanned: 0 complete, 30 gained 30"), "{out}");
+    assert!(
+        out.contains("30 records scanned: 0 complete, 30 gained 30"),
+        "{out}"
+    );
     let after = stored(dir.path());
 
     let (code, out) = run(with_four_regions(dir.path()), &["verify"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("every record is recoverable in every region"), "{out}");
+    assert!(
+        out.contains("every record is recoverable in every region"),
+        "{out}"
+    );
     assert!(out.contains("local-4: 30 ok, 0 missing"), "{out}");
 
     let (code, out) = run(with_four_regions(dir.path()), &["backfill"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("30 complete, 0 gained 0"), "{out}");
-    assert_eq!(stored(dir.path()), after, "a second backfill writes nothing");
+    assert_eq!(
+        stored(dir.path()),
+        after,
+        "a second backfill writes nothing"
+    );
 
     // The server on four regions serves the same keys, from the new region too.
     let mut cmd = with_four_regions(dir.path());
@@ -130,10 +140,21 @@ async fn an_interrupted_backfill_resumes_without_rewriting_or_skipping() {
     let cp = checkpoint.to_str().unwrap();
     let (code, out) = run(
         with_four_regions(dir.path()),
-        &["backfill", "--segments", "1", "--checkpoint", cp, "--max-records", "12"],
+        &[
+            "backfill",
+            "--segments",
+            "1",
+            "--checkpoint",
+            cp,
+            "--max-records",
+            "12",
+        ],
     );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("12 records scanned") && out.contains("stopped early"), "{out}");
+    assert!(
+        out.contains("12 records scanned") && out.contains("stopped early"),
+        "{out}"
+    );
     let halfway = stored(dir.path());
     let done: Vec<&String> = halfway
         .iter()
@@ -147,17 +168,34 @@ async fn an_interrupted_backfill_resumes_without_rewriting_or_skipping() {
         &["backfill", "--segments", "1", "--checkpoint", cp],
     );
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("gained 13"), "the rest, and only the rest: {out}");
+    assert!(
+        out.contains("gained 13"),
+        "the rest, and only the rest: {out}"
+    );
     let after = stored(dir.path());
     for id in done {
         assert_eq!(after[id], halfway[id], "{id} was written twice");
     }
-    assert!(after.values().all(|k| k.get("local-4").is_some()), "none skipped");
+    assert!(
+        after.values().all(|k| k.get("local-4").is_some()),
+        "none skipped"
+    );
     let (code, out) = run(with_four_regions(dir.path()), &["verify"]);
     assert_eq!(code, 0, "{out}");
 
     // A checkpoint of another command is refused, not misread.
-    let (code, _) = run(rkms(dir.path()), &["copy", "--from", "x.toml", "--to", "y.toml", "--checkpoint", cp]);
+    let (code, _) = run(
+        rkms(dir.path()),
+        &[
+            "copy",
+            "--from",
+            "x.toml",
+            "--to",
+            "y.toml",
+            "--checkpoint",
+            cp,
+        ],
+    );
     assert_ne!(code, 0);
 }
 
@@ -167,13 +205,17 @@ async fn verify_names_a_broken_ciphertext_in_its_region() {
     create_keys(dir.path(), 5).await;
     let conn = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
     let keys: String = conn
-        .query_row("SELECT keys FROM rkms_keys WHERE id = 'ops/003'", [], |r| r.get(0))
+        .query_row("SELECT keys FROM rkms_keys WHERE id = 'ops/003'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let mut map: serde_json::Map<String, Value> = serde_json::from_str(&keys).unwrap();
     let ciphertext = map["local-2"].as_str().unwrap().to_string();
     // Another record's ciphertext: valid, but bound to another id.
     let other: String = conn
-        .query_row("SELECT keys FROM rkms_keys WHERE id = 'ops/001'", [], |r| r.get(0))
+        .query_row("SELECT keys FROM rkms_keys WHERE id = 'ops/001'", [], |r| {
+            r.get(0)
+        })
         .unwrap();
     let other: Value = serde_json::from_str(&other).unwrap();
     assert_ne!(other["local-2"].as_str().unwrap(), ciphertext);
@@ -187,7 +229,10 @@ async fn verify_names_a_broken_ciphertext_in_its_region() {
 
     let (code, out) = run(rkms(dir.path()), &["verify"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("local-2: 4 ok, 0 missing, 1 undecryptable"), "{out}");
+    assert!(
+        out.contains("local-2: 4 ok, 0 missing, 1 undecryptable"),
+        "{out}"
+    );
     assert!(out.contains("undecryptable: \"ops/003\""), "{out}");
     let (code, out) = run(rkms(dir.path()), &["verify", "--json", "--sample", "5"]);
     assert_eq!(code, 1);
@@ -208,7 +253,11 @@ fn convert_config_prints_a_config_rkms_accepts() {
         "[server]\nport = 8000\n[kms]\nregions = [\"us-east-1\", \"us-west-2\"]\nkey_ids = [\"alias/a\", \"alias/b\"]\ndata_key_size_in_bytes = 32\n[dynamodb]\nregion = \"us-east-1\"\ntable_name = \"keys\"\n",
     )
     .unwrap();
-    let out = rkms(dir.path()).args(["convert-config"]).arg(&go).output().unwrap();
+    let out = rkms(dir.path())
+        .args(["convert-config"])
+        .arg(&go)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let converted = dir.path().join("rkms.toml");
     std::fs::write(&converted, &out.stdout).unwrap();
@@ -218,7 +267,11 @@ fn convert_config_prints_a_config_rkms_accepts() {
         .arg(&converted)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("table = \"keys\""), "{text}");
     assert!(text.contains("listen = \"0.0.0.0:8000\""), "{text}");

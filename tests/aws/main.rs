@@ -7,6 +7,7 @@
 mod common;
 mod helpers;
 mod moto;
+mod ops;
 mod preflight;
 
 use std::collections::{HashMap, HashSet};
@@ -114,6 +115,14 @@ async fn creates_with_a_region_down_need_the_quorum() {
         .expect("the queued repair finishes once the region answers");
     let repaired = ciphertexts(&item(&cloud, "two-of-three").await.unwrap()).len();
     assert_eq!(repaired, 3, "the missing region was added without a read");
+    // The drill agrees: every record decrypts in every region, alone.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = ops::run(ops::rkms(dir.path(), &cloud), &["verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("every record is recoverable in every region"),
+        "{out}"
+    );
     // The added ciphertext alone gives back the same key.
     let mut only_third = no_cache(&cloud);
     only_third.kms.regions = vec![REGIONS[2].to_string()];
