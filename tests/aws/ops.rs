@@ -117,6 +117,35 @@ async fn a_fourth_region_is_backfilled_and_verified_against_moto() {
         stored,
         "nothing rewritten"
     );
+
+    // A ciphertext swapped for another id's: verify names it, in its region.
+    let other = item(&cloud, "bf/01").await.unwrap();
+    let mut broken = item(&cloud, "bf/07").await.unwrap();
+    let mut keys = broken["keys"].as_m().unwrap().clone();
+    keys.insert(
+        REGIONS[1].into(),
+        other["keys"].as_m().unwrap()[REGIONS[1]].clone(),
+    );
+    broken.insert(
+        "keys".into(),
+        aws_sdk_dynamodb::types::AttributeValue::M(keys),
+    );
+    crate::moto::dynamo_client(&cloud.dynamo.endpoint)
+        .await
+        .put_item()
+        .table_name(TABLE)
+        .set_item(Some(broken))
+        .send()
+        .await
+        .unwrap();
+    let (code, out) = run(four(), &["verify", "--json"]);
+    assert_eq!(code, 1, "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["regions"][REGIONS[1]]["undecryptable_ids"],
+        serde_json::json!(["bf/07"])
+    );
+    assert_eq!(report["regions"][REGIONS[0]]["ok"], 20);
 }
 
 fn write_config(path: &Path, store: &str) {
