@@ -239,6 +239,38 @@ pub async fn get_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any valid id, form-encoded as a client library would, parses
+        /// back to exactly itself.
+        #[test]
+        fn encoded_ids_round_trip(id in "[^\\p{Cc}]{1,64}", create in proptest::bool::ANY) {
+            prop_assume!(id.len() <= 512);
+            let query = serde_urlencoded::to_string([("id", id.as_str()), ("create", if create { "true" } else { "false" })]).unwrap();
+            let parsed = parse_query(Some(&query)).unwrap();
+            prop_assert_eq!(parsed.id.as_str(), id.as_str());
+            prop_assert_eq!(parsed.create, create);
+        }
+
+        /// Arbitrary query strings never panic, and whatever parses is a
+        /// valid id.
+        #[test]
+        fn any_query_is_parsed_or_refused(raw in "[a-z=&%+0-9A-F\\x00-\\x7f\\u{80}-\\u{10ffff}]{0,80}") {
+            if let Ok(q) = parse_query(Some(&raw)) {
+                prop_assert!(KeyId::parse(q.id.as_str()).is_ok());
+            }
+        }
+
+        /// Two different byte strings never decode to the same id.
+        #[test]
+        fn distinct_encodings_of_distinct_bytes_stay_distinct(a in proptest::collection::vec(any::<u8>(), 1..16), b in proptest::collection::vec(any::<u8>(), 1..16)) {
+            let enc = |bytes: &[u8]| format!("id={}", bytes.iter().map(|x| format!("%{x:02X}")).collect::<String>());
+            if let (Ok(x), Ok(y)) = (parse_query(Some(&enc(&a))), parse_query(Some(&enc(&b)))) {
+                prop_assert_eq!(a == b, x.id == y.id);
+            }
+        }
+    }
 
     #[test]
     fn query_parsing_is_strict() {
