@@ -113,17 +113,24 @@ pub fn decode_keyring(text: &str) -> Result<Keyring, String> {
     Ok(Keyring { file, keys })
 }
 
-/// serde_json's message, unless it quotes a string from the document (a
-/// data error such as `invalid type: string "..."`, which could be a key).
+/// serde_json's message, unless it is a data error that names anything but
+/// the three known fields: an invalid type quotes the value, an unknown
+/// field its name, and either may be a master key (a value left where a
+/// name should be, say). Those get a generic message.
 fn describe_json_error(e: &serde_json::Error) -> String {
     let message = e.to_string();
-    if e.classify() == serde_json::error::Category::Data && message.contains('"') {
-        return format!(
-            "not a keyring document (a field has the wrong type at line {} column {}; \
-             want {{\"format\": 1, \"note\": string, \"master_keys\": {{region: base64 key}}}})",
-            e.line(),
-            e.column()
-        );
+    if e.classify() == serde_json::error::Category::Data {
+        let rest = ["`format`", "`note`", "`master_keys`"]
+            .iter()
+            .fold(message.clone(), |rest, known| rest.replace(known, ""));
+        if rest.contains(['`', '"']) {
+            return format!(
+                "not a keyring document (an unknown field, or a field of the wrong type, at line {} column {}; \
+                 want {{\"format\": 1, \"note\": string, \"master_keys\": {{region: base64 key}}}})",
+                e.line(),
+                e.column()
+            );
+        }
     }
     let mut one_line = String::with_capacity(message.len());
     for c in message.chars() {
