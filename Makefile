@@ -13,6 +13,10 @@ export RKMS_MOTO_PYTHON := $(CURDIR)/$(VENV)/bin/python
 include mk/deploy.mk
 include mk/audit.mk
 include mk/api.mk
+include mk/fuzz.mk
+
+# `make` alone runs the server, whatever the included files define first.
+.DEFAULT_GOAL := run
 
 .PHONY: run test lint fmt unit bench moto-venv tools clean
 

@@ -75,8 +75,11 @@ fn decode_component(raw: &str) -> Result<String, ApiError> {
         match input[i] {
             b'+' => out.push(b' '),
             b'%' => {
+                // Two hex digits exactly: `from_str_radix` alone would also
+                // take a sign (`%+5`).
                 let hex = input
                     .get(i + 1..i + 3)
+                    .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                     .and_then(|h| std::str::from_utf8(h).ok())
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
                     .ok_or_else(|| bad("'%' must be followed by two hex digits"))?;
@@ -301,6 +304,8 @@ mod tests {
             Some("id=%C3"),
             Some("id=a%2"),
             Some("id=a%zz"),
+            Some("id=a%+5"),
+            Some("id=a%-1"),
             Some("id=a&cre%FFate=1"),
         ] {
             assert!(

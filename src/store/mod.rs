@@ -124,12 +124,12 @@ pub fn decode_keys(
                 .decode(encoded.trim())
                 .map_err(|_| StoreError::Corrupt {
                     id: id.to_string(),
-                    reason: format!("ciphertext for region {region} is not base64"),
+                    reason: format!("ciphertext for region {region:?} is not base64"),
                 })?;
             if raw.is_empty() {
                 return Err(StoreError::Corrupt {
                     id: id.to_string(),
-                    reason: format!("ciphertext for region {region} is empty"),
+                    reason: format!("ciphertext for region {region:?} is empty"),
                 });
             }
             Ok((Region::new(region), raw))
