@@ -3,7 +3,8 @@
 //! record only with at least `min_regions_on_create` ciphertexts, and hand
 //! the regions still missing to repair at once.
 //!
-//! Must not: overwrite a stored record, or store one below the quorum.
+//! Must not: overwrite a stored record, store one below the quorum, or
+//! serve a new key before the store has shown it holds that key.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -62,6 +63,20 @@ impl Inner {
             .await?
         {
             PutOutcome::Created => {
+                // Read it back: a store whose conditional put is not atomic
+                // (a test double, a misconfigured replica) could have let a
+                // concurrent create overwrite ours, and serving our key then
+                // would lose whatever the client encrypts with it. The
+                // stored record is the truth; an unreadable answer leaves
+                // ours, as the put said.
+                if let Ok(Some(stored)) = self.timed_store("get", self.store.get(id)).await {
+                    if stored.keys != record.keys {
+                        self.metrics.create_conflicts.inc();
+                        drop(key);
+                        tracing::warn!(key_id = %id, "the store holds another record than the one it just accepted (a non-atomic conditional put?); serving the stored one");
+                        return self.decrypt_record(id, Arc::new(stored)).await;
+                    }
+                }
                 self.metrics.keys_created.inc();
                 let present: BTreeSet<Region> = record.keys.keys().cloned().collect();
                 if present.len() < self.settings.regions.len() {

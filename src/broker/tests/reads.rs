@@ -1,6 +1,7 @@
 //! Reads, creates, the cache, single-flight and integrity.
 
 use super::*;
+use crate::domain::KeyRecord;
 
 #[tokio::test]
 async fn same_id_same_key_different_ids_different_keys() {
@@ -101,7 +102,11 @@ async fn concurrent_misses_share_one_resolution() {
         .map(|r| r.unwrap().unwrap().key.expose().to_vec())
         .collect();
     assert_eq!(keys.len(), 1);
-    assert_eq!(rig.store.get_calls() - gets_before, 1);
+    assert_eq!(
+        rig.store.get_calls() - gets_before,
+        2,
+        "one read, and one read-back of the new record"
+    );
     assert_eq!(rig.store.put_calls(), 2, "one create per new id");
     assert_eq!(rig.kms.total_calls("generate_data_key"), 2);
 }
@@ -335,4 +340,83 @@ async fn a_timed_out_request_says_whether_it_was_reading_or_creating() {
     let (result, action) = rig.broker.get_or_create_within(&fresh, true, limit).await;
     assert!(matches!(result, Err(BrokerError::Timeout(_))), "{result:?}");
     assert_eq!(action, Action::Create);
+}
+
+/// A store whose conditional put is not atomic: it accepts our record, but
+/// a concurrent writer's lands on top of it before anyone reads it.
+struct RacyStore {
+    inner: Arc<MemoryStore>,
+    rival: std::sync::Mutex<Option<KeyRecord>>,
+}
+
+#[async_trait::async_trait]
+impl Store for RacyStore {
+    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, crate::store::StoreError> {
+        self.inner.get(id).await
+    }
+
+    async fn put_if_absent(
+        &self,
+        record: &KeyRecord,
+    ) -> Result<crate::store::PutOutcome, crate::store::StoreError> {
+        let outcome = self.inner.put_if_absent(record).await;
+        if let Some(rival) = self.rival.lock().unwrap().take() {
+            self.inner.insert_raw(rival);
+        }
+        outcome
+    }
+
+    async fn add_missing_regions(
+        &self,
+        id: &KeyId,
+        keys: &std::collections::BTreeMap<Region, Vec<u8>>,
+        key_ids: &std::collections::BTreeMap<Region, String>,
+    ) -> Result<usize, crate::store::StoreError> {
+        self.inner.add_missing_regions(id, keys, key_ids).await
+    }
+
+    async fn ping(&self) -> Result<(), crate::store::StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn scan(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::ScanPage, crate::store::StoreError> {
+        self.inner.scan(segment, segments, cursor, limit).await
+    }
+}
+
+/// Never serve a new key the store does not hold: after an accepted put,
+/// the stored record is read back, and the stored key wins.
+#[tokio::test]
+async fn a_create_overwritten_behind_the_stores_back_serves_the_stored_key() {
+    let rival_rig = rig();
+    let id = KeyId::parse("raced").unwrap();
+    let rival_key = rival_rig.broker.get_or_create(&id, true).await.unwrap().key;
+    let rival = rival_rig.store.snapshot(&id).unwrap();
+
+    // The same master keys, so the rival's ciphertexts decrypt here too.
+    let local = LocalKms::open(&rival_rig._dir.path().join("keyring.json"), &regions()).unwrap();
+    let kms = Arc::new(FaultyKms::new(Arc::new(local)));
+    let store = Arc::new(RacyStore {
+        inner: Arc::new(MemoryStore::new()),
+        rival: std::sync::Mutex::new(Some(rival.clone())),
+    });
+    let broker = KeyBroker::new(
+        kms,
+        store.clone(),
+        settings(),
+        Arc::new(Metrics::new().unwrap()),
+    );
+    let served = broker.get_or_create(&id, true).await.unwrap();
+    assert_eq!(served.key.expose(), rival_key.expose());
+    assert!(!served.created, "ours lost; the stored key is served");
+    assert_eq!(store.inner.snapshot(&id).unwrap(), rival);
+    // And from the cache too.
+    let again = broker.get_or_create(&id, true).await.unwrap();
+    assert_eq!(again.key.expose(), rival_key.expose());
 }
