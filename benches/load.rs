@@ -1,12 +1,29 @@
 //! `make bench`: drive the release server with wrk over keep-alive
 //! connections and print every figure side by side, with a minimal axum
-//! server from this file as the machine's ceiling in the same run. The table
-//! also goes to BENCHMARKS.md with the date and `nproc`.
+//! server from this file (run as its own process) as the machine's ceiling
+//! in the same run. The tables also go to BENCHMARKS.md with the date,
+//! `nproc` and what was pinned.
 //!
-//! Scenarios: warm reads (embedded default), the same at about half of peak
-//! load, cold reads (cache off), creates, and the AWS provider against moto
+//! Every throughput scenario runs three times; the tables give the median
+//! and the range (min–max), and ratios are ratios of medians. The baseline,
+//! warm and token-auth runs are interleaved (B W A B W A B W A) so that a
+//! change in what else the machine is doing hits all three alike.
+//!
+//! On a machine with two or more cores the servers (rkms and the baseline)
+//! run pinned to core 0 and wrk (with this harness and moto) to core 1, so
+//! the ratio measures the server rather than the fight for cores. After
+//! every run the harness reads how busy core 0 was with anything but the
+//! server; a run where that passed 10% (a compile, say) is run again, twice
+//! at most, and flagged if it stays noisy.
+//!
+//! Scenarios: baseline; warm reads (embedded default); warm reads with
+//! token auth; warm reads at about half of peak load and the baseline at
+//! the same pacing; cold reads (cache off); creates; Zipf(1.1) over
+//! 1,000,000 ids with a 100,000-entry cache; the AWS provider against moto
 //! with the preferred region healthy, frozen before its breaker opens, and
-//! frozen after.
+//! frozen after. Then: herds (64 concurrent requests for one new id),
+//! memory (RSS per cached key), and two instances racing creates on one
+//! DynamoDB table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark run stops loudly
 
@@ -18,63 +35,274 @@ mod moto;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 const DURATION_S: u64 = 10;
+const RUNS: usize = 3;
 const PEAK_CONNECTIONS: u32 = 64;
 const EXISTING_IDS: usize = 1000;
 const AWS_IDS: usize = 100;
 const AWS_CONNECTIONS: u32 = 4;
 const HEDGE_AFTER_MS: u64 = 250;
+const ZIPF_IDS: usize = 1_000_000;
+const ZIPF_CACHE: usize = 100_000;
+const ZIPF_WARMUP_S: u64 = 20;
+const MEMORY_KEYS: usize = 100_000;
+const HERDS: usize = 10;
+const HERD_SIZE: usize = 64;
+const RACE_IDS: usize = 200;
+const RACE_PAIRS_IN_FLIGHT: usize = 8;
+/// A run where something else kept the server's core busier than this is
+/// run again.
+const NOISY_OTHER: f64 = 0.10;
+const RETRIES: usize = 2;
+/// How long requests still in flight when wrk stops get to finish.
+const SETTLE: Duration = Duration::from_secs(1);
+/// At least 16 characters, as rkms requires of a token.
+const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
+const BASELINE_ENV: &str = "RKMS_BENCH_BASELINE_SERVER";
 
+/// Whether servers are pinned to core 0 and wrk to core 1.
+static PINNED: OnceLock<bool> = OnceLock::new();
+
+fn pinned() -> bool {
+    *PINNED.get().unwrap_or(&false)
+}
+
+// ---------------------------------------------------------------- runs
+
+/// One wrk run.
 #[derive(Debug, Clone, Default)]
-struct Row {
-    name: String,
+struct Run {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
     errors: u64,
-
+    /// CPU time of the server process over the run, in cores.
+    server_cpu: f64,
+    /// Share of core 0 busy with anything but the server (pinned only).
+    other_on_core0: Option<f64>,
+    /// Share of core 1 busy with anything but wrk and the harness (pinned
+    /// only; moto runs there too in the moto scenarios).
+    other_on_core1: Option<f64>,
     kms_per_request: Option<f64>,
+    hit_ratio: Option<f64>,
+    /// Keys created per request.
+    creates_per_request: Option<f64>,
+    load1: f64,
+}
+
+/// A scenario's runs.
+#[derive(Debug, Clone, Default)]
+struct Scenario {
+    name: String,
+    runs: Vec<Run>,
+    /// Runs that were discarded as noisy and run again.
+    reruns: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+impl Scenario {
+    fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+    fn med(&self, f: impl Fn(&Run) -> f64) -> f64 {
+        median(self.runs.iter().map(f).collect())
+    }
+    fn min(&self, f: impl Fn(&Run) -> f64) -> f64 {
+        self.runs.iter().map(f).fold(f64::INFINITY, f64::min)
+    }
+    fn max(&self, f: impl Fn(&Run) -> f64) -> f64 {
+        self.runs.iter().map(f).fold(f64::NEG_INFINITY, f64::max)
+    }
+    fn rps(&self) -> f64 {
+        self.med(|r| r.rps)
+    }
+    fn p99(&self) -> f64 {
+        self.med(|r| r.p99_ms)
+    }
+    fn opt_med(&self, f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+        let v: Vec<f64> = self.runs.iter().filter_map(f).collect();
+        (!v.is_empty()).then(|| median(v))
+    }
+    fn noisy(&self) -> bool {
+        self.runs
+            .iter()
+            .any(|r| r.other_on_core0.is_some_and(|o| o > NOISY_OTHER))
+    }
+    fn max_opt(&self, f: impl Fn(&Run) -> Option<f64>) -> Option<f64> {
+        self.runs.iter().filter_map(f).reduce(f64::max)
+    }
+}
+
+// ---------------------------------------------------------------- /proc
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = text.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / clk_tck()
+}
+
+fn clk_tck() -> f64 {
+    static TCK: OnceLock<f64> = OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime + cutime + cstime of this harness, in seconds: its own
+/// threads and the children it has waited for (wrk, after each run).
+fn self_and_children_cpu_seconds() -> f64 {
+    let text = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let Some((_, rest)) = text.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = (11..=14)
+        .filter_map(|i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / clk_tck()
+}
+
+/// Busy seconds of core `n` so far (user+nice+system+irq+softirq+steal).
+fn core_busy(n: usize) -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let prefix = format!("cpu{n} ");
+    let Some(line) = text.lines().find(|l| l.starts_with(&prefix)) else {
+        return 0.0;
+    };
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| v.get(i)).sum();
+    busy / clk_tck()
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(f64::NAN)
+}
+
+/// VmRSS in bytes.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+// ---------------------------------------------------------------- wrk
+
+/// What wrk offers.
+#[derive(Clone)]
+struct Load {
+    mode: &'static str,
+    ids: usize,
+    connections: u32,
+    delay_ms: u32,
+    secs: u64,
+    token: Option<&'static str>,
+    /// Rerun when something else kept wrk's core busy (off for moto, which
+    /// runs on that core).
+    check_client_core: bool,
+}
+
+impl Load {
+    fn closed(mode: &'static str, ids: usize, connections: u32) -> Self {
+        Self {
+            mode,
+            ids,
+            connections,
+            delay_ms: 0,
+            secs: DURATION_S,
+            token: None,
+            check_client_core: true,
+        }
+    }
 }
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/wrk/bench.lua")
 }
 
-/// Run wrk against `base` for the standard duration.
-fn wrk(name: &str, base: &str, mode: &str, ids: usize, connections: u32, delay_ms: u32) -> Row {
-    wrk_for(name, base, mode, ids, connections, delay_ms, DURATION_S)
+/// Unique per wrk run: names the "new" ids and seeds the script's draws.
+fn run_tag() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() % 1_000_000_000_000);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("r{nanos}-{n}")
 }
 
-/// Run wrk against `base` and parse the script's RESULT line.
-fn wrk_for(
-    name: &str,
-    base: &str,
-    mode: &str,
-    ids: usize,
-    connections: u32,
-    delay_ms: u32,
-    secs: u64,
-) -> Row {
-    let threads = connections.clamp(1, 2);
-    let out = Command::new("wrk")
+/// Run wrk (pinned to core 1 when pinning) and parse the script's RESULT line.
+fn wrk(base: &str, load: &Load) -> Run {
+    let threads = if pinned() {
+        1
+    } else {
+        load.connections.clamp(1, 2)
+    };
+    let mut cmd = if pinned() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "1", "wrk"]);
+        c
+    } else {
+        Command::new("wrk")
+    };
+    let out = cmd
         .args([
             &format!("-t{threads}"),
-            &format!("-c{connections}"),
-            &format!("-d{secs}s"),
+            &format!("-c{}", load.connections),
+            &format!("-d{}s", load.secs),
             "--timeout",
             "10s",
             "-s",
         ])
         .arg(script())
         .arg(base)
-        .env("BENCH_MODE", mode)
-        .env("BENCH_IDS", ids.to_string())
-        .env("BENCH_DELAY_MS", delay_ms.to_string())
+        .env("BENCH_MODE", load.mode)
+        .env("BENCH_IDS", load.ids.to_string())
+        .env("BENCH_DELAY_MS", load.delay_ms.to_string())
+        .env("BENCH_TOKEN", load.token.unwrap_or(""))
+        .env("BENCH_TAG", run_tag())
         .output()
         .expect("wrk is needed: `make bench` installs it");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -90,16 +318,35 @@ fn wrk_for(
     let v: Value = serde_json::from_str(line).unwrap();
     let requests = v["requests"].as_u64().unwrap();
     let secs = v["duration_us"].as_f64().unwrap() / 1e6;
-    Row {
-        name: name.to_owned(),
+    Run {
         rps: requests as f64 / secs,
         p50_ms: v["p50_us"].as_f64().unwrap() / 1000.0,
         p99_ms: v["p99_us"].as_f64().unwrap() / 1000.0,
         p999_ms: v["p999_us"].as_f64().unwrap() / 1000.0,
         errors: v["errors"].as_u64().unwrap(),
-
-        kms_per_request: None,
+        ..Run::default()
     }
+}
+
+// ---------------------------------------------------------------- servers
+
+/// A server under test: rkms or the baseline.
+struct Target {
+    base: String,
+    pid: u32,
+    /// rkms: /metrics is read around each run.
+    metrics: bool,
+    token: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    kms: f64,
+    requests: f64,
+    hits: f64,
+    misses: f64,
+    created: f64,
+    conflicts: f64,
 }
 
 /// Sum of a metric over all its series.
@@ -112,42 +359,120 @@ fn metric_sum(text: &str, name: &str, must_contain: &str) -> f64 {
         .sum()
 }
 
-async fn counters(client: &reqwest::Client, base: &str) -> (f64, f64) {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    (
-        metric_sum(&text, "rkms_kms_requests_total", ""),
-        metric_sum(&text, "rkms_http_requests_total", "route=\"/key\""),
-    )
+async fn counters(client: &reqwest::Client, base: &str, token: Option<&str>) -> Counters {
+    let mut req = client.get(format!("{base}/metrics"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let text = req.send().await.unwrap().text().await.unwrap();
+    Counters {
+        kms: metric_sum(&text, "rkms_kms_requests_total", ""),
+        requests: metric_sum(&text, "rkms_http_requests_total", "route=\"/key\""),
+        hits: metric_sum(&text, "rkms_cache_hits_total", ""),
+        misses: metric_sum(&text, "rkms_cache_misses_total", ""),
+        created: metric_sum(&text, "rkms_keys_created_total", ""),
+        conflicts: metric_sum(&text, "rkms_create_conflicts_total", ""),
+    }
 }
 
-/// Run a scenario and attach KMS calls per request from /metrics.
-async fn measured(
-    client: &reqwest::Client,
-    name: &str,
-    base: &str,
-    mode: &str,
-    ids: usize,
-    conns: u32,
-    delay: u32,
-) -> Row {
-    let (kms0, req0) = counters(client, base).await;
-    let mut row = tokio::task::block_in_place(|| wrk(name, base, mode, ids, conns, delay));
-    let (kms1, req1) = counters(client, base).await;
-    if req1 > req0 {
-        row.kms_per_request = Some((kms1 - kms0) / (req1 - req0));
+/// One run of `load` against `target`, with the server's CPU, core 0's
+/// other work and, for rkms, KMS calls and cache hits from /metrics.
+async fn run_once(client: &reqwest::Client, target: &Target, load: &Load) -> Run {
+    let before = if target.metrics {
+        Some(counters(client, &target.base, target.token).await)
+    } else {
+        None
+    };
+    let load1 = load1();
+    let cpu0 = cpu_seconds(target.pid);
+    let core0 = core_busy(0);
+    let core1 = core_busy(1);
+    let own = self_and_children_cpu_seconds();
+    let started = Instant::now();
+    let mut run = tokio::task::block_in_place(|| wrk(&target.base, load));
+    let wall = started.elapsed().as_secs_f64();
+    let server = cpu_seconds(target.pid) - cpu0;
+    run.server_cpu = server / wall;
+    run.load1 = load1;
+    if pinned() {
+        run.other_on_core0 = Some(((core_busy(0) - core0 - server) / wall).max(0.0));
+        let own = self_and_children_cpu_seconds() - own;
+        run.other_on_core1 = Some(((core_busy(1) - core1 - own) / wall).max(0.0));
     }
-    row
+    if let Some(b) = before {
+        // Requests in flight when wrk stopped finish server-side (a create
+        // takes milliseconds): let them land before reading the counters.
+        tokio::time::sleep(SETTLE).await;
+        let a = counters(client, &target.base, target.token).await;
+        let requests = a.requests - b.requests;
+        if requests > 0.0 {
+            run.kms_per_request = Some((a.kms - b.kms) / requests);
+            run.creates_per_request = Some((a.created - b.created) / requests);
+        }
+        let lookups = (a.hits - b.hits) + (a.misses - b.misses);
+        if lookups > 0.0 {
+            run.hit_ratio = Some((a.hits - b.hits) / lookups);
+        }
+    }
+    run
+}
+
+/// A run, again while something else kept core 0 busy (twice at most).
+async fn run_quiet(client: &reqwest::Client, target: &Target, load: &Load, s: &mut Scenario) {
+    let noisy = |r: &Run| {
+        r.other_on_core0.is_some_and(|o| o > NOISY_OTHER)
+            || (load.check_client_core && r.other_on_core1.is_some_and(|o| o > NOISY_OTHER))
+    };
+    let mut run = run_once(client, target, load).await;
+    for _ in 0..RETRIES {
+        if !noisy(&run) {
+            break;
+        }
+        eprintln!(
+            "  {}: cores 0/1 were {:.0}%/{:.0}% busy with other work; running again",
+            s.name,
+            100.0 * run.other_on_core0.unwrap_or(0.0),
+            100.0 * run.other_on_core1.unwrap_or(0.0)
+        );
+        s.reruns += 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        run = run_once(client, target, load).await;
+    }
+    eprintln!(
+        "  {}: {:.0} req/s, p99 {:.3} ms, server CPU {:.2}, other on cores 0/1 {}/{}",
+        s.name,
+        run.rps,
+        run.p99_ms,
+        run.server_cpu,
+        run.other_on_core0
+            .map_or("–".into(), |o| format!("{:.0}%", 100.0 * o)),
+        run.other_on_core1
+            .map_or("–".into(), |o| format!("{:.0}%", 100.0 * o))
+    );
+    s.runs.push(run);
+}
+
+/// `RUNS` runs of one scenario.
+async fn scenario(client: &reqwest::Client, name: &str, target: &Target, load: &Load) -> Scenario {
+    let mut s = Scenario::new(name);
+    for _ in 0..RUNS {
+        run_quiet(client, target, load, &mut s).await;
+    }
+    s
+}
+
+fn pinned_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if pinned() {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
 }
 
 fn rkms(dir: &Path, env: &[(String, String)]) -> common::Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+    let mut cmd = pinned_command(env!("CARGO_BIN_EXE_rkms"));
     cmd.current_dir(dir)
         .env_remove("RKMS_CONFIG")
         .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
@@ -156,37 +481,107 @@ fn rkms(dir: &Path, env: &[(String, String)]) -> common::Proc {
         .env("RUST_LOG", "warn,audit=info,rkms::startup=info")
         .env("RKMS__KMS__HEDGE_AFTER_MS", HEDGE_AFTER_MS.to_string())
         .envs(env.iter().cloned());
+    // taskset execs rkms, so the child's pid is the server's.
     common::start_logging_to(cmd, &dir.join("rkms.log"))
 }
 
-async fn precreate(client: &reqwest::Client, base: &str, n: usize) {
-    use futures::StreamExt;
-    futures::stream::iter(0..n)
-        .for_each_concurrent(16, |i| async move {
-            let res = client
-                .get(format!("{base}/key?id=bench%2F{i}"))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status().as_u16(), 200, "precreate bench/{i}");
-        })
-        .await;
+fn target(p: &common::Proc) -> Target {
+    Target {
+        base: p.base.clone(),
+        pid: p.child.id(),
+        metrics: true,
+        token: None,
+    }
 }
 
-async fn baseline_server() -> String {
-    // Same size as an rkms answer for an id like "bench/123".
-    let body = format!(
-        "{{\"id\":\"bench/123\",\"key\":\"{}\"}}",
-        "A".repeat(43) + "="
-    );
-    let app = axum::Router::new().fallback(move || {
-        let body = body.clone();
-        async move { ([("content-type", "application/json")], body) }
+fn auth_env() -> Vec<(String, String)> {
+    env(&[
+        ("RKMS__AUTH__MODE", "token".into()),
+        (
+            "RKMS__AUTH__CLIENTS",
+            r#"[{"name":"bench","token_env":"BENCH_TOKEN","ids":["*"],"create":true}]"#.into(),
+        ),
+        ("BENCH_TOKEN", BENCH_TOKEN.into()),
+    ])
+}
+
+/// GET every id in `ids` (16 at a time), asserting 200s; returns the keys.
+async fn fetch_all(
+    client: &reqwest::Client,
+    base: &str,
+    token: Option<&str>,
+    ids: impl Iterator<Item = String>,
+    in_flight: usize,
+) -> Vec<(String, String)> {
+    use futures::StreamExt;
+    futures::stream::iter(ids)
+        .map(|id| async move {
+            let mut req = client
+                .get(format!("{base}/key"))
+                .query(&[("id", id.as_str())]);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status().as_u16(), 200, "GET {id}");
+            let v: Value = res.json().await.unwrap();
+            (id, v["key"].as_str().unwrap_or_default().to_owned())
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await
+}
+
+async fn precreate(client: &reqwest::Client, base: &str, token: Option<&str>, n: usize) {
+    fetch_all(
+        client,
+        base,
+        token,
+        (0..n).map(|i| format!("bench/{i}")),
+        16,
+    )
+    .await;
+}
+
+/// The baseline: a minimal axum server answering a fixed JSON body of the
+/// size of an rkms answer, from memory, in its own process with tokio's
+/// default runtime (as rkms has), so that it can be pinned like rkms.
+fn baseline_main() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let body = format!(
+            "{{\"id\":\"bench/123\",\"key\":\"{}\"}}",
+            "A".repeat(43) + "="
+        );
+        let app = axum::Router::new().fallback(move || {
+            let body = body.clone();
+            async move { ([("content-type", "application/json")], body) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        axum::serve(listener, app).await.unwrap();
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+}
+
+fn start_baseline() -> (Child, Target) {
+    use std::io::BufRead;
+    let mut child = pinned_command(std::env::current_exe().unwrap())
+        .env(BASELINE_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let target = Target {
+        base: format!("http://{}", line.trim()),
+        pid: child.id(),
+        metrics: false,
+        token: None,
+    };
+    (child, target)
 }
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
@@ -196,142 +591,355 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    if std::env::var_os(BASELINE_ENV).is_some() {
+        return baseline_main();
+    }
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let can_pin = nproc >= 2
+        && std::env::var_os("RKMS_BENCH_NO_PIN").is_none()
+        && Command::new("taskset")
+            .args(["-cp", "1", &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    // The harness (and so wrk and moto, which inherit its affinity) is on
+    // core 1 from here on; servers are started on core 0.
+    PINNED.set(can_pin).unwrap();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(bench(nproc));
+}
+
+struct Extras {
+    herd_creates: f64,
+    herd_kms: f64,
+    memory: Memory,
+    race: Race,
+    half_conns: u32,
+}
+
+#[derive(Default)]
+struct Memory {
+    empty: u64,
+    after_create_read: u64,
+    restart_empty: u64,
+    restart_after_read: u64,
+    create_secs: f64,
+}
+
+#[derive(Default)]
+struct Race {
+    ids: usize,
+    secs: f64,
+    divergent: usize,
+    /// Divergent ids that both instances logged as created by them.
+    both_created: usize,
+    created: f64,
+    conflicts: f64,
+}
+
+async fn bench(nproc: usize) {
     let client = reqwest::Client::new();
-    let mut rows = Vec::new();
+    let load_at_start = load1();
 
-    eprintln!("baseline ...");
-    let baseline_url = baseline_server().await;
-    let baseline = tokio::task::block_in_place(|| {
-        wrk(
-            "baseline: fixed JSON from memory",
-            &baseline_url,
-            "fixed",
-            1,
-            PEAK_CONNECTIONS,
-            0,
-        )
-    });
-    rows.push(baseline.clone());
-
-    eprintln!("embedded default: warm, half load, cold, creates ...");
+    eprintln!("baseline, warm, warm with token auth (interleaved) ...");
+    let (mut baseline_child, baseline_t) = start_baseline();
     let dir = tempfile::tempdir().unwrap();
-    let server = rkms(dir.path(), &[]);
-    precreate(&client, &server.base, EXISTING_IDS).await;
-    // One pass to warm the cache for every id.
-    precreate(&client, &server.base, EXISTING_IDS).await;
-    let warm = measured(
-        &client,
-        "warm reads, 1,000 ids (cache)",
-        &server.base,
-        "existing",
-        EXISTING_IDS,
-        PEAK_CONNECTIONS,
-        0,
-    )
-    .await;
+    let warm_dir = dir.path().join("warm");
+    let auth_dir = dir.path().join("auth");
+    std::fs::create_dir_all(&warm_dir).unwrap();
+    std::fs::create_dir_all(&auth_dir).unwrap();
+    let server = rkms(&warm_dir, &[]);
+    let auth_server = rkms(&auth_dir, &auth_env());
+    let warm_t = target(&server);
+    let auth_t = Target {
+        token: Some(BENCH_TOKEN),
+        ..target(&auth_server)
+    };
+    for t in [&warm_t, &auth_t] {
+        precreate(&client, &t.base, t.token, EXISTING_IDS).await;
+        // One pass to warm the cache for every id.
+        precreate(&client, &t.base, t.token, EXISTING_IDS).await;
+    }
+    let mut baseline = Scenario::new("baseline: fixed JSON from memory");
+    let mut warm = Scenario::new("warm reads, 1,000 ids (cache)");
+    let mut auth = Scenario::new("warm reads, token auth on");
+    let peak = Load::closed("existing", EXISTING_IDS, PEAK_CONNECTIONS);
+    let auth_load = Load {
+        token: Some(BENCH_TOKEN),
+        ..peak.clone()
+    };
+    for _ in 0..RUNS {
+        run_quiet(
+            &client,
+            &baseline_t,
+            &Load::closed("fixed", 1, PEAK_CONNECTIONS),
+            &mut baseline,
+        )
+        .await;
+        run_quiet(&client, &warm_t, &peak, &mut warm).await;
+        run_quiet(&client, &auth_t, &auth_load, &mut auth).await;
+    }
+    common::stop(auth_server);
+
+    eprintln!("half of peak ...");
     // wrk cannot fix a rate; paced connections (1 ms pause per request) can.
     // Calibrate what one paced connection offers, then open enough of them
     // for about half of the warm peak.
-    let probe = tokio::task::block_in_place(|| {
-        wrk_for("probe", &server.base, "existing", EXISTING_IDS, 4, 1, 3)
-    });
-    let per_conn = (probe.rps / 4.0).max(1.0);
-    let half_conns = ((warm.rps / 2.0) / per_conn).round().clamp(1.0, 512.0) as u32;
-    let half = measured(
+    let probe = run_once(
         &client,
-        &format!("warm reads at ~half peak ({half_conns} conns, 1 ms pause)"),
-        &server.base,
-        "existing",
-        EXISTING_IDS,
-        half_conns,
-        1,
+        &warm_t,
+        &Load {
+            connections: 4,
+            delay_ms: 1,
+            secs: 3,
+            ..peak.clone()
+        },
     )
     .await;
-    let baseline_half = tokio::task::block_in_place(|| {
-        wrk(
-            &format!("baseline at the same pacing ({half_conns} conns, 1 ms pause)"),
-            &baseline_url,
-            "fixed",
-            1,
-            half_conns,
-            1,
-        )
-    });
-    let creates = measured(
+    let per_conn = (probe.rps / 4.0).max(1.0);
+    let half_conns = ((warm.rps() / 2.0) / per_conn).round().clamp(1.0, 512.0) as u32;
+    let paced = |mode| Load {
+        mode,
+        connections: half_conns,
+        delay_ms: 1,
+        ..peak.clone()
+    };
+    let mut half = Scenario::new(format!(
+        "warm reads at ~half peak ({half_conns} conns, 1 ms pause)"
+    ));
+    let mut baseline_half = Scenario::new(format!(
+        "baseline at the same pacing ({half_conns} conns, 1 ms pause)"
+    ));
+    for _ in 0..RUNS {
+        run_quiet(&client, &warm_t, &paced("existing"), &mut half).await;
+        run_quiet(&client, &baseline_t, &paced("fixed"), &mut baseline_half).await;
+    }
+    let _ = baseline_child.kill();
+    let _ = baseline_child.wait();
+
+    eprintln!("creates, herds ...");
+    let creates = scenario(
         &client,
         "creates of new ids",
-        &server.base,
-        "new",
-        0,
-        PEAK_CONNECTIONS,
-        0,
+        &warm_t,
+        &Load::closed("new", 0, PEAK_CONNECTIONS),
     )
     .await;
+    // Herds: HERD_SIZE concurrent requests for one new id, HERDS times.
+    tokio::time::sleep(SETTLE).await;
+    let before = counters(&client, &warm_t.base, None).await;
+    for h in 0..HERDS {
+        let ids = std::iter::repeat_n(format!("herd/{h}"), HERD_SIZE);
+        fetch_all(&client, &warm_t.base, None, ids, HERD_SIZE).await;
+    }
+    let after = counters(&client, &warm_t.base, None).await;
+    let herd_creates = (after.created - before.created) / HERDS as f64;
+    let herd_kms = (after.kms - before.kms) / HERDS as f64;
     common::stop(server);
-    let cold_server = rkms(
-        dir.path(),
-        &env(&[("RKMS__CACHE__TTL_SECONDS", "0".into())]),
-    );
-    let cold = measured(
+
+    eprintln!("cold reads ...");
+    let cold_server = rkms(&warm_dir, &env(&[("RKMS__CACHE__TTL_SECONDS", "0".into())]));
+    let cold = scenario(
         &client,
         "cold reads, cache off",
-        &cold_server.base,
-        "existing",
-        EXISTING_IDS,
-        PEAK_CONNECTIONS,
-        0,
+        &target(&cold_server),
+        &peak,
     )
     .await;
     common::stop(cold_server);
-    rows.extend([
+
+    eprintln!("Zipf ...");
+    let zipf_dir = dir.path().join("zipf");
+    std::fs::create_dir_all(&zipf_dir).unwrap();
+    let zipf_server = rkms(
+        &zipf_dir,
+        &env(&[("RKMS__CACHE__MAX_ENTRIES", ZIPF_CACHE.to_string())]),
+    );
+    let zipf_t = target(&zipf_server);
+    let zipf_load = Load::closed("zipf", ZIPF_IDS, PEAK_CONNECTIONS);
+    // Warm-up, not measured: the most popular ids are created and cached.
+    let _ = run_once(
+        &client,
+        &zipf_t,
+        &Load {
+            secs: ZIPF_WARMUP_S,
+            ..zipf_load.clone()
+        },
+    )
+    .await;
+    let zipf = scenario(
+        &client,
+        "Zipf(1.1) over 1,000,000 ids, cache 100,000 entries",
+        &zipf_t,
+        &zipf_load,
+    )
+    .await;
+    common::stop(zipf_server);
+
+    eprintln!("memory ...");
+    let memory = memory(&client, dir.path()).await;
+
+    eprintln!("AWS provider against moto ...");
+    let Aws {
+        healthy,
+        before,
+        before_unbudgeted,
+        after,
+        race,
+    } = aws(&client).await;
+
+    let rows = vec![
+        baseline.clone(),
         warm.clone(),
+        auth.clone(),
         half.clone(),
         baseline_half.clone(),
         cold.clone(),
-        creates,
-    ]);
+        creates.clone(),
+        zipf.clone(),
+        healthy.clone(),
+        before.clone(),
+        before_unbudgeted.clone(),
+        after.clone(),
+    ];
+    let extras = Extras {
+        herd_creates,
+        herd_kms,
+        memory,
+        race,
+        half_conns,
+    };
+    let report = render(
+        nproc,
+        load_at_start,
+        &rows,
+        &[
+            &baseline,
+            &warm,
+            &auth,
+            &half,
+            &baseline_half,
+            &cold,
+            &zipf,
+            &healthy,
+            &before,
+            &before_unbudgeted,
+            &after,
+        ],
+        &extras,
+    );
+    println!("{report}");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
+    std::fs::write(&path, report).unwrap();
+    eprintln!("written to {}", path.display());
+}
 
-    eprintln!("AWS provider against moto ...");
+/// RSS of an empty server and of one holding MEMORY_KEYS cached keys:
+/// created then read; and again after a restart, read from the store only.
+async fn memory(client: &reqwest::Client, root: &Path) -> Memory {
+    let dir = root.join("memory");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Room for every key: the cache must hold all of them.
+    let cache = env(&[("RKMS__CACHE__MAX_ENTRIES", (2 * MEMORY_KEYS).to_string())]);
+    let ids = || (0..MEMORY_KEYS).map(|i| format!("mem/{i}"));
+    let settle = || tokio::time::sleep(Duration::from_secs(2));
+    let mut m = Memory::default();
+
+    let server = rkms(&dir, &cache);
+    let pid = server.child.id();
+    let _ = client.get(format!("{}/healthz", server.base)).send().await;
+    settle().await;
+    m.empty = rss_bytes(pid);
+    let started = Instant::now();
+    fetch_all(client, &server.base, None, ids(), 32).await;
+    m.create_secs = started.elapsed().as_secs_f64();
+    fetch_all(client, &server.base, None, ids(), 32).await;
+    settle().await;
+    m.after_create_read = rss_bytes(pid);
+    common::stop(server);
+
+    let server = rkms(&dir, &cache);
+    let pid = server.child.id();
+    let _ = client.get(format!("{}/healthz", server.base)).send().await;
+    settle().await;
+    m.restart_empty = rss_bytes(pid);
+    fetch_all(client, &server.base, None, ids(), 32).await;
+    fetch_all(client, &server.base, None, ids(), 32).await;
+    settle().await;
+    m.restart_after_read = rss_bytes(pid);
+    common::stop(server);
+    m
+}
+
+struct Aws {
+    healthy: Scenario,
+    before: Scenario,
+    before_unbudgeted: Scenario,
+    after: Scenario,
+    race: Race,
+}
+
+async fn aws(client: &reqwest::Client) -> Aws {
     let cloud = moto::Cloud::start(true).await;
     let aws_dir = tempfile::tempdir().unwrap();
     let mut aws_env = cloud.env();
-    aws_env.push(("RKMS__CACHE__TTL_SECONDS".into(), "0".into()));
     aws_env.retain(|(k, _)| k != "RKMS__KMS__HEDGE_AFTER_MS" && k != "RKMS__KMS__CALL_TIMEOUT_MS");
     aws_env.push(("RKMS__KMS__CALL_TIMEOUT_MS".into(), "2000".into()));
-    let healthy_server = rkms(aws_dir.path(), &aws_env);
-    precreate(&client, &healthy_server.base, AWS_IDS).await;
-    let healthy = measured(
-        &client,
+    let mut cold_env = aws_env.clone();
+    cold_env.push(("RKMS__CACHE__TTL_SECONDS".into(), "0".into()));
+    let moto_load = Load {
+        check_client_core: false,
+        ..Load::closed("existing", AWS_IDS, AWS_CONNECTIONS)
+    };
+
+    let healthy_server = rkms(aws_dir.path(), &cold_env);
+    precreate(client, &healthy_server.base, None, AWS_IDS).await;
+    let healthy = scenario(
+        client,
         "AWS/moto cold reads, preferred healthy",
-        &healthy_server.base,
-        "existing",
-        AWS_IDS,
-        AWS_CONNECTIONS,
-        0,
+        &target(&healthy_server),
+        &moto_load,
     )
     .await;
     common::stop(healthy_server);
 
-    let mut never_opens = aws_env.clone();
+    let mut never_opens = cold_env.clone();
     never_opens.push(("RKMS__KMS__BREAKER_FAILURES".into(), "1000000".into()));
     let before_server = rkms(aws_dir.path(), &never_opens);
     cloud.moto(moto::REGIONS[0]).freeze();
-    let before = measured(
-        &client,
+    let before = scenario(
+        client,
         "AWS/moto preferred frozen, breaker closed",
-        &before_server.base,
-        "existing",
-        AWS_IDS,
-        AWS_CONNECTIONS,
-        0,
+        &target(&before_server),
+        &moto_load,
     )
     .await;
     cloud.moto(moto::REGIONS[0]).thaw();
     common::stop(before_server);
 
-    let mut opens = aws_env.clone();
+    // The same with every slow call hedged: the hedge mechanism itself.
+    let mut unbudgeted = never_opens.clone();
+    unbudgeted.push(("RKMS__KMS__HEDGE_BUDGET_PERCENT".into(), "100".into()));
+    let unbudgeted_server = rkms(aws_dir.path(), &unbudgeted);
+    cloud.moto(moto::REGIONS[0]).freeze();
+    let before_unbudgeted = scenario(
+        client,
+        "AWS/moto preferred frozen, breaker closed, hedge budget 100%",
+        &target(&unbudgeted_server),
+        &moto_load,
+    )
+    .await;
+    cloud.moto(moto::REGIONS[0]).thaw();
+    common::stop(unbudgeted_server);
+
+    let mut opens = cold_env.clone();
     opens.push(("RKMS__KMS__BREAKER_FAILURES".into(), "3".into()));
     opens.push(("RKMS__KMS__BREAKER_OPEN_MS".into(), "600000".into()));
     let after_server = rkms(aws_dir.path(), &opens);
@@ -342,110 +950,357 @@ async fn main() {
             .send()
             .await;
     }
-    let after = measured(
-        &client,
+    // The frozen region's calls fail only at their timeout (2 s), after
+    // the hedges answered: wait until its breaker is open.
+    let open = format!("region=\"{}\",state=\"open\"", moto::REGIONS[0]);
+    for _ in 0..100 {
+        let text = client
+            .get(format!("{}/metrics", after_server.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric_sum(&text, "rkms_region_breaker", &open) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = scenario(
+        client,
         "AWS/moto preferred frozen, breaker open",
-        &after_server.base,
-        "existing",
-        AWS_IDS,
-        AWS_CONNECTIONS,
-        0,
+        &target(&after_server),
+        &moto_load,
     )
     .await;
     cloud.moto(moto::REGIONS[0]).thaw();
     common::stop(after_server);
-    rows.extend([healthy.clone(), before.clone(), after.clone()]);
 
-    let report = render(
-        &rows,
-        &baseline,
-        &warm,
-        &half,
-        &baseline_half,
-        &cold,
-        &healthy,
-        &before,
-        &after,
+    eprintln!("two instances racing creates on one DynamoDB table ...");
+    let race = race(client, &aws_env).await;
+    Aws {
+        healthy,
+        before,
+        before_unbudgeted,
+        after,
+        race,
+    }
+}
+
+/// Two rkms instances (cache on, as deployed) on one table; every new id
+/// is asked of both at once. Then a third instance with the cache off
+/// reads every id from the table: all three answers must agree.
+async fn race(client: &reqwest::Client, aws_env: &[(String, String)]) -> Race {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = rkms(dirs[0].path(), aws_env);
+    let b = rkms(dirs[1].path(), aws_env);
+    let ids: Vec<String> = (0..RACE_IDS).map(|i| format!("race/{i}")).collect();
+    let (ca, cb) = (
+        counters(client, &a.base, None).await,
+        counters(client, &b.base, None).await,
     );
-    println!("{report}");
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
-    std::fs::write(&path, report).unwrap();
-    eprintln!("written to {}", path.display());
+    let started = Instant::now();
+    use futures::StreamExt;
+    let answers: Vec<(String, String, String)> = futures::stream::iter(ids.iter().cloned())
+        .map(|id| {
+            let (a, b) = (a.base.clone(), b.base.clone());
+            async move {
+                let one = |base: String| {
+                    let id = id.clone();
+                    async move {
+                        fetch_all(client, &base, None, std::iter::once(id), 1)
+                            .await
+                            .remove(0)
+                            .1
+                    }
+                };
+                let (ka, kb) = tokio::join!(one(a), one(b));
+                (id, ka, kb)
+            }
+        })
+        .buffer_unordered(RACE_PAIRS_IN_FLIGHT)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let (ca2, cb2) = (
+        counters(client, &a.base, None).await,
+        counters(client, &b.base, None).await,
+    );
+    let mut no_cache = aws_env.to_vec();
+    no_cache.push(("RKMS__CACHE__TTL_SECONDS".into(), "0".into()));
+    let c = rkms(dirs[2].path(), &no_cache);
+    let stored: std::collections::HashMap<String, String> =
+        fetch_all(client, &c.base, None, ids.iter().cloned(), 8)
+            .await
+            .into_iter()
+            .collect();
+    let again_a: std::collections::HashMap<String, String> =
+        fetch_all(client, &a.base, None, ids.iter().cloned(), 8)
+            .await
+            .into_iter()
+            .collect();
+    let again_b: std::collections::HashMap<String, String> =
+        fetch_all(client, &b.base, None, ids.iter().cloned(), 8)
+            .await
+            .into_iter()
+            .collect();
+    let divergent = answers
+        .iter()
+        .filter(|(id, ka, kb)| {
+            let s = &stored[id];
+            ka != kb || ka != s || &again_a[id] != s || &again_b[id] != s || s.is_empty()
+        })
+        .count();
+    for p in [a, b, c] {
+        common::stop(p);
+    }
+    // For each divergent id: did both instances log a successful create
+    // (so the table accepted two conditional puts)?
+    let logs: Vec<String> = dirs[..2]
+        .iter()
+        .map(|d| std::fs::read_to_string(d.path().join("rkms.log")).unwrap_or_default())
+        .collect();
+    let created_by = |log: &str, id: &str| {
+        log.lines().any(|l| {
+            l.contains(&format!("\"key_id\":\"{id}\""))
+                && l.contains("\"action\":\"create\"")
+                && l.contains("\"outcome\":\"ok\"")
+        })
+    };
+    let mut both_created = 0;
+    for (id, ka, kb) in &answers {
+        let s = &stored[id];
+        if ka != kb || ka != s || &again_a[id] != s || &again_b[id] != s {
+            let (ca_, cb_) = (created_by(&logs[0], id), created_by(&logs[1], id));
+            both_created += usize::from(ca_ && cb_);
+            eprintln!(
+                "  divergent {id}: A {} B {} (A again {}, B again {}), table {}; A logged a create: {ca_}, B: {cb_}",
+                &ka[..6.min(ka.len())],
+                &kb[..6.min(kb.len())],
+                &again_a[id][..6.min(again_a[id].len())],
+                &again_b[id][..6.min(again_b[id].len())],
+                &s[..6.min(s.len())],
+            );
+        }
+    }
+    Race {
+        ids: RACE_IDS,
+        secs,
+        divergent,
+        both_created,
+        created: (ca2.created - ca.created) + (cb2.created - cb.created),
+        conflicts: (ca2.conflicts - ca.conflicts) + (cb2.conflicts - cb.conflicts),
+    }
+}
+
+// ---------------------------------------------------------------- report
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |x| format!("{x:.digits$}"))
 }
 
 #[allow(clippy::too_many_arguments)]
 fn render(
-    rows: &[Row],
-    baseline: &Row,
-    warm: &Row,
-    half: &Row,
-    baseline_half: &Row,
-    cold: &Row,
-    healthy: &Row,
-    before: &Row,
-    after: &Row,
+    nproc: usize,
+    load_at_start: f64,
+    rows: &[Scenario],
+    named: &[&Scenario; 11],
+    x: &Extras,
 ) -> String {
+    let [baseline, warm, auth, half, baseline_half, cold, zipf, healthy, before, before_unbudgeted, after] =
+        *named;
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
-    let nproc = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let pinning = if pinned() {
+        "rkms and the baseline server pinned to core 0 (`taskset -c 0`, so each runs one tokio worker), \
+         wrk (one thread), the harness and moto pinned to core 1"
+    } else {
+        "nothing pinned (fewer than 2 cores, or RKMS_BENCH_NO_PIN set)"
+    };
     let mut out = String::new();
     let _ = writeln!(out, "# rkms benchmarks\n");
     let _ = writeln!(
         out,
-        "Run by `make bench` on {date}, nproc = {nproc}. wrk over keep-alive connections, {DURATION_S} s per scenario; \
+        "Run by `make bench` on {date}, nproc = {nproc}, 1-minute load average at the start {load_at_start:.2}. \
+         {pinning}. wrk over keep-alive connections, {DURATION_S} s per run, {RUNS} runs per scenario: \
+         the tables give the median and the range (min–max) of req/s, and \"÷ baseline\" is the ratio of medians. \
          {PEAK_CONNECTIONS} connections at peak, {AWS_CONNECTIONS} against moto. Release build. \
-         The baseline is a minimal axum server answering a fixed JSON body of the same size from memory, \
-         measured in the same run. KMS calls per request come from rkms's own /metrics.\n"
+         The baseline is a minimal axum server (its own process, tokio's default runtime) answering a fixed JSON \
+         body of the same size from memory, measured in the same run; baseline, warm and token-auth runs are \
+         interleaved. KMS calls, keys created and cache hits per request come from rkms's own /metrics. \
+         \"server CPU\" is the server process's CPU time over the run in cores (1.00 = its core was saturated); \
+         \"other on core 0 / 1\" is how busy each core was with anything but the server (core 0) or wrk and the \
+         harness (core 1; moto runs there too in the moto scenarios), e.g. other builds on this shared machine: \
+         a run where either passed {:.0}% was run again, at most {RETRIES} times (moto scenarios: core 0 only).\n",
+        100.0 * NOISY_OTHER
     );
     let _ = writeln!(
         out,
-        "| scenario | req/s | ÷ baseline | p50 ms | p99 ms | p99.9 ms | errors | KMS calls/req |"
+        "| scenario | req/s (median) | range | ÷ baseline | p50 ms | p99 ms | p99 range | p99.9 ms | errors | server CPU | other on core 0 / 1 (max) | KMS calls/req | cache hit ratio |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
-    for r in rows {
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for s in rows {
+        let errors: u64 = s.runs.iter().map(|r| r.errors).sum();
+        let pct = |o: Option<f64>| o.map_or("–".into(), |o| format!("{:.0}%", 100.0 * o));
+        let other = format!(
+            "{} / {}",
+            pct(s.max_opt(|r| r.other_on_core0)),
+            pct(s.max_opt(|r| r.other_on_core1))
+        );
+        let flag = if s.noisy() { " (noisy)" } else { "" };
+        let reruns = if s.reruns > 0 {
+            format!(" ({} rerun)", s.reruns)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.2} | {:.3} | {:.3} | {:.3} | {} | {} |",
-            r.name,
-            r.rps,
-            r.rps / baseline.rps,
-            r.p50_ms,
-            r.p99_ms,
-            r.p999_ms,
-            r.errors,
-            r.kms_per_request.map_or("–".into(), |k| format!("{k:.2}"))
+            "| {}{} | {:.0} | {:.0}–{:.0} | {:.2} | {:.3} | {:.3} | {:.3}–{:.3} | {:.3} | {} | {:.2} | {}{} | {} | {} |",
+            s.name,
+            reruns,
+            s.rps(),
+            s.min(|r| r.rps),
+            s.max(|r| r.rps),
+            s.rps() / baseline.rps(),
+            s.med(|r| r.p50_ms),
+            s.p99(),
+            s.min(|r| r.p99_ms),
+            s.max(|r| r.p99_ms),
+            s.med(|r| r.p999_ms),
+            errors,
+            s.med(|r| r.server_cpu),
+            other,
+            flag,
+            fmt_opt(s.opt_med(|r| r.kms_per_request), 2),
+            fmt_opt(s.opt_med(|r| r.hit_ratio), 3),
         );
     }
+
+    let m = &x.memory;
+    let per_key = |empty: u64, full: u64| (full as f64 - empty as f64) / MEMORY_KEYS as f64;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let _ = writeln!(out, "\n## Memory (VmRSS from /proc/PID/status)\n");
+    let _ = writeln!(
+        out,
+        "| state | RSS MiB | bytes per cached key |\n|---|---:|---:|"
+    );
+    let _ = writeln!(
+        out,
+        "| empty server (started, one /healthz) | {:.1} | – |",
+        mib(m.empty)
+    );
+    let _ = writeln!(
+        out,
+        "| after creating {MEMORY_KEYS} keys then reading them (all cached) | {:.1} | {:.0} |",
+        mib(m.after_create_read),
+        per_key(m.empty, m.after_create_read)
+    );
+    let _ = writeln!(
+        out,
+        "| restarted on the same store, empty | {:.1} | – |",
+        mib(m.restart_empty)
+    );
+    let _ = writeln!(
+        out,
+        "| after reading the {MEMORY_KEYS} keys from the store (all cached, no creates) | {:.1} | {:.0} |",
+        mib(m.restart_after_read),
+        per_key(m.restart_empty, m.restart_after_read)
+    );
+    let _ = writeln!(
+        out,
+        "\nThe cache holds `cache.max_entries = {}` here so that every key stays cached. Creating the {MEMORY_KEYS} keys (32 at a time) took {:.1} s ({:.0} creates/s).",
+        2 * MEMORY_KEYS,
+        m.create_secs,
+        MEMORY_KEYS as f64 / m.create_secs
+    );
+
+    let r = &x.race;
+    let _ = writeln!(out, "\n## Two instances, one DynamoDB table (moto)\n");
+    let _ = writeln!(
+        out,
+        "Each of {} new ids asked of both instances at the same moment ({RACE_PAIRS_IN_FLIGHT} pairs in flight): \
+         {:.1} ids created per second ({:.1} s). Keys created: {:.0} (conflicts lost and re-read: {:.0}). \
+         Divergent keys: **{}** (every id fetched again from both instances and from a third instance with the \
+         cache off, reading the table; all answers compared); of those, both instances logged a successful create \
+         (the table accepted two conditional puts for one id) for {}.",
+        r.ids,
+        r.ids as f64 / r.secs,
+        r.secs,
+        r.created,
+        r.conflicts,
+        r.divergent,
+        r.both_created
+    );
+
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
-    let kms = |r: &Row| r.kms_per_request.unwrap_or(f64::NAN);
-    let normal_call = healthy.p50_ms;
-    let _ = writeln!(out, "\n## Targets\n");
+    let kms = |s: &Scenario| s.opt_med(|r| r.kms_per_request).unwrap_or(f64::NAN);
+    let normal_call = healthy.med(|r| r.p50_ms);
+    let ratio = warm.rps() / baseline.rps();
+    let auth_cost = 1.0 - auth.rps() / warm.rps();
+    let zipf_gap = 1.0 - zipf.rps() / warm.rps();
+    let bytes_per_key = per_key(m.empty, m.after_create_read);
+    let _ = writeln!(out, "\n## Targets (reported, not asserted)\n");
     let _ = writeln!(out, "| target | measured | |\n|---|---|---|");
     let _ = writeln!(
         out,
-        "| warm throughput >= 0.7 x baseline | {:.2} x | {} |",
-        warm.rps / baseline.rps,
-        verdict(warm.rps / baseline.rps >= 0.7)
+        "| warm throughput >= 0.80 x baseline (ratio of medians) | {ratio:.2} x ({:.0} / {:.0} req/s; per-round ratios {}) | {} |",
+        warm.rps(),
+        baseline.rps(),
+        warm.runs
+            .iter()
+            .zip(&baseline.runs)
+            .map(|(w, b)| format!("{:.2}", w.rps / b.rps))
+            .collect::<Vec<_>>()
+            .join(", "),
+        verdict(ratio >= 0.8)
     );
     let _ = writeln!(
         out,
-        "| warm p99 <= 1 ms at about half of peak load ({:.0} req/s) | {:.3} ms (baseline at the same pacing: {:.3} ms) | {} |",
-        half.rps,
-        half.p99_ms,
-        baseline_half.p99_ms,
-        verdict(half.p99_ms <= 1.0)
+        "| warm p99 <= 1 ms at about half of peak load ({:.0} req/s, {} conns) | {:.3} ms, range {:.3}–{:.3} (baseline at the same pacing: {:.3} ms) | {} |",
+        half.rps(),
+        x.half_conns,
+        half.p99(),
+        half.min(|r| r.p99_ms),
+        half.max(|r| r.p99_ms),
+        baseline_half.p99(),
+        verdict(half.p99() <= 1.0)
     );
     let _ = writeln!(
         out,
-        "| KMS calls per request 0.00 warm | {:.2} | {} |",
+        "| token auth costs < 5% of warm throughput | {:.1}% ({:.0} vs {:.0} req/s) | {} |",
+        100.0 * auth_cost,
+        auth.rps(),
+        warm.rps(),
+        verdict(auth_cost < 0.05)
+    );
+    let _ = writeln!(
+        out,
+        "| <= 300 bytes RSS per cached 32-byte key beyond the empty server | {bytes_per_key:.0} B (after a restart, read only: {:.0} B) | {} |",
+        per_key(m.restart_empty, m.restart_after_read),
+        verdict(bytes_per_key <= 300.0)
+    );
+    let _ = writeln!(
+        out,
+        "| Zipf within 10% of warm at its measured hit ratio | {:.1}% below warm at hit ratio {} ({} keys created per request) | {} |",
+        100.0 * zipf_gap,
+        fmt_opt(zipf.opt_med(|r| r.hit_ratio), 3),
+        fmt_opt(zipf.opt_med(|r| r.creates_per_request), 4),
+        verdict(zipf_gap <= 0.10)
+    );
+    let _ = writeln!(
+        out,
+        "| KMS calls per request 0.00 warm | {:.2} (token auth: {:.2}) | {} |",
         kms(warm),
-        verdict(kms(warm) == 0.0)
+        kms(auth),
+        verdict(kms(warm) == 0.0 && kms(auth) == 0.0)
     );
     let _ = writeln!(
         out,
@@ -459,15 +1314,42 @@ fn render(
         kms(healthy),
         verdict(kms(healthy) <= 1.0 && kms(healthy) >= 0.9)
     );
+    let _ = writeln!(
+        out,
+        "| one create per herd ({HERDS} herds of {HERD_SIZE} concurrent requests for one new id) | {:.2} creates, {:.2} KMS calls per herd | {} |",
+        x.herd_creates,
+        x.herd_kms,
+        verdict((x.herd_creates - 1.0).abs() < 1e-9)
+    );
+    let _ = writeln!(
+        out,
+        "| two instances racing creates on one table: 0 divergent keys | {} of {} | {} |",
+        r.divergent,
+        r.ids,
+        verdict(r.divergent == 0)
+    );
     let bound = HEDGE_AFTER_MS as f64 + 2.0 * normal_call;
-    let _ = writeln!(out, "| frozen preferred, breaker closed: p99 <= hedge_after ({HEDGE_AFTER_MS} ms) + 2 x a normal call ({normal_call:.1} ms) = {bound:.1} ms | {:.1} ms | {} |", before.p99_ms, verdict(before.p99_ms <= bound));
+    let _ = writeln!(out, "| frozen preferred, breaker closed: p99 <= hedge_after ({HEDGE_AFTER_MS} ms) + 2 x a normal call ({normal_call:.1} ms) = {bound:.1} ms | default hedge budget (10%, burst 10): {:.1} ms; budget 100%: {:.1} ms | {} (budget 100%) |", before.p99(), before_unbudgeted.p99(), verdict(before_unbudgeted.p99() <= bound));
     let _ = writeln!(
         out,
         "| frozen preferred, breaker open: p99 <= 1.2 x healthy p99 ({:.1} ms) | {:.1} ms | {} |",
-        1.2 * healthy.p99_ms,
-        after.p99_ms,
-        verdict(after.p99_ms <= 1.2 * healthy.p99_ms)
+        1.2 * healthy.p99(),
+        after.p99(),
+        verdict(after.p99() <= 1.2 * healthy.p99())
     );
-    let _ = writeln!(out, "\nA normal call is the healthy moto scenario's p50 (one DynamoDB read plus one KMS Decrypt). Cold reads can cost slightly under one KMS call per request: concurrent requests for the same id share one resolution (single-flight). Every scenario logs the audit trail (one JSON event per request), as production does. Figures from one run on a shared 2-core machine where wrk, the servers and moto compete for the same cores; compare the ratios, not the absolute numbers.");
+    let _ = writeln!(
+        out,
+        "\nNotes. A normal call is the healthy moto scenario's median p50 (one DynamoDB read plus one KMS Decrypt). \
+         Cold reads can cost slightly under one KMS call per request: concurrent requests for the same id share one \
+         resolution (single-flight). Every scenario logs the audit trail (one JSON event per request), as production \
+         does. The Zipf scenario draws ids from Zipf(1.1) over zipf/1 .. zipf/1000000 (benches/wrk/bench.lua: an exact \
+         table for the 65,536 most popular ids, the continuous power law for the tail); no id exists before the run, so \
+         a first touch creates its key through the local KMS (3 KMS calls) and a later miss of an evicted id is a \
+         cold read (1 call). A {ZIPF_WARMUP_S} s unmeasured warm-up pass runs first; the hit ratio is \
+         `rkms_cache_hits_total` / (hits + `rkms_cache_misses_total`) over each measured run (the best a \
+         100,000-entry cache can do on this distribution is 0.919, the mass of the top 100,000 ids). \
+         With the servers pinned to one core each, absolute req/s are lower than unpinned; compare the ratios. \
+         The default hedge budget (`kms.hedge_budget_percent = 10`, burst 10) is why the frozen-preferred scenario with the breaker held closed waits for the 2 s call timeout on most requests: only a tenth of slow calls may hedge; the row with `RKMS__KMS__HEDGE_BUDGET_PERCENT=100` measures the hedge itself. Before the breaker-open scenario the harness waits until `rkms_region_breaker{{state=\"open\"}}` reads 1 for the frozen region. Creates run at about 0.7 of a core: they wait on the store and the KMS calls, not on the server's CPU. Two instances racing on one moto table: where both instances logged a successful create for one id, the table accepted two conditional puts (`attribute_not_exists(id)`, src/store/dynamodb.rs), which real DynamoDB does not allow; moto's `Table.put_item` (moto/dynamodb/models/table.py in the moto venv) reads the current item, evaluates the condition and then assigns, with no lock, and its threaded server runs the two puts concurrently, so this row tests moto's atomicity as much as rkms's. The warm-path profile is in benches/PROFILE.md."
+    );
     out
 }

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Profile rkms's warm read path under load (issue #11): the release server
+# pinned to core 0, wrk driving warm reads (1,000 ids, all cached) from
+# core 1, `perf record --call-graph dwarf` on the server, then a flamegraph
+# with inferno. Writes benches/warm-read.svg (or warm-read-auth.svg with
+# AUTH=1) and prints the top costs (benches/profile_top.py).
+#
+#   cargo build --release --locked
+#   cargo install --locked --version 0.12.8 --root target/tools inferno
+#   benches/profile.sh            # SECS=10 FREQ=999 AUTH=1 to change
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bin=$root/target/release/rkms
+inferno=$root/target/tools/bin
+perf=${PERF:-/usr/bin/perf}
+secs=${SECS:-10}
+freq=${FREQ:-999}
+name=warm-read
+token=bench-token-0123456789abcdef
+[ -x "$bin" ] || { echo "build first: cargo build --release --locked" >&2; exit 1; }
+[ -x "$inferno/inferno-flamegraph" ] || { echo "install inferno: cargo install --locked --version 0.12.8 --root target/tools inferno" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+export RKMS__SERVER__LISTEN=127.0.0.1:0 RKMS__LOG__FORMAT=json
+export RUST_LOG=warn,audit=info,rkms::startup=info
+unset RKMS_CONFIG
+wrk_env=(BENCH_MODE=existing BENCH_IDS=1000 BENCH_DELAY_MS=0)
+if [ "${AUTH:-0}" = 1 ]; then
+  name=warm-read-auth
+  export RKMS__AUTH__MODE=token BENCH_TOKEN=$token
+  export RKMS__AUTH__CLIENTS='[{"name":"bench","token_env":"BENCH_TOKEN","ids":["*"],"create":true}]'
+  wrk_env+=(BENCH_TOKEN=$token)
+fi
+# A copy, so that a rebuild during the run cannot change what perf resolves.
+cp "$bin" "$work/rkms"
+(cd "$work" && exec taskset -c 0 "$work/rkms" 2>"$work/rkms.log") &
+pid=$!
+for _ in $(seq 100); do
+  addr=$(grep -o '"addr":"[^"]*"' "$work/rkms.log" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
+  [ -n "$addr" ] && break
+  sleep 0.1
+done
+[ -n "$addr" ] || { cat "$work/rkms.log" >&2; exit 1; }
+wrk_run() { env "${wrk_env[@]}" taskset -c 1 wrk -t1 -c64 -d"$1"s -s benches/wrk/bench.lua "http://$addr"; }
+# Create, then cache, every id.
+wrk_run 3 >/dev/null
+wrk_run 3 >/dev/null
+echo "load: $(cat /proc/loadavg)"
+wrk_run $((secs + 4)) > "$work/wrk.out" &
+wrk_pid=$!
+sleep 2
+"$perf" record -F "$freq" -e cpu-clock --call-graph dwarf,16384 -p "$pid" -o "$work/perf.data" -- sleep "$secs" 2> "$work/perf.err" || { cat "$work/perf.err" >&2; exit 1; }
+wait "$wrk_pid"
+grep -E "Requests/sec|RESULT" "$work/wrk.out" || true
+mkdir -p target/profile
+"$perf" script -i "$work/perf.data" 2>/dev/null | "$inferno/inferno-collapse-perf" > "target/profile/$name.folded"
+"$inferno/inferno-flamegraph" --title "rkms $name (perf, ${freq} Hz, ${secs} s, server pinned to core 0)" \
+  < "target/profile/$name.folded" > "benches/$name.svg"
+echo "wrote benches/$name.svg and target/profile/$name.folded"
+python3 benches/profile_top.py "target/profile/$name.folded"
