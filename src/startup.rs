@@ -22,7 +22,7 @@ use crate::kms::local::LocalKms;
 use crate::kms::Kms;
 use crate::metrics::Metrics;
 use crate::preflight::{self, Health};
-use crate::routes::{self, AppState, Limits};
+use crate::routes::{self, AppState, Limits, Shared};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
@@ -177,7 +177,7 @@ impl Application {
 
         let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
         let broker = KeyBroker::new(kms, store, broker_settings(&settings), Arc::clone(&metrics));
-        let state = AppState {
+        let state = AppState::new(Shared {
             broker,
             metrics,
             auth: Arc::new(Authenticator::new(&settings.auth)),
@@ -191,7 +191,7 @@ impl Application {
                 max_uri_bytes: settings.server.max_uri_bytes,
                 max_header_bytes: settings.server.max_header_bytes,
             },
-        };
+        });
         let listener = TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| {

@@ -138,7 +138,7 @@ struct Inner {
     breakers: Breakers,
     budget: HedgeBudget,
     in_flight: InFlight,
-    cache: Option<moka::future::Cache<KeyId, Arc<CacheEntry>>>,
+    cache: Option<moka::sync::Cache<KeyId, Arc<CacheEntry>>>,
     flights: Mutex<HashMap<FlightKey, Flight>>,
     repairs: Repairs,
     /// Every task the broker starts: resolutions, KMS calls, repairs.
@@ -167,7 +167,7 @@ impl KeyBroker {
             // moka's own TTL only bounds memory; freshness is judged against
             // `CacheEntry::fetched` so that stale-if-error can still see an
             // expired entry during its grace window.
-            moka::future::Cache::builder()
+            moka::sync::Cache::builder()
                 .max_capacity(settings.cache_max_entries)
                 .time_to_live(settings.cache_ttl + settings.stale_if_error)
                 .build()
@@ -212,7 +212,7 @@ impl KeyBroker {
         let inner = &self.inner;
         let mut stale = None;
         if let Some(cache) = &inner.cache {
-            if let Some(entry) = cache.get(id).await {
+            if let Some(entry) = cache.get(id) {
                 let age = entry.fetched.elapsed();
                 if age < inner.settings.cache_ttl {
                     inner.metrics.cache_hits.inc();
@@ -281,7 +281,7 @@ impl KeyBroker {
                     key: Arc::clone(&resolved.key),
                     fetched: Instant::now(),
                 });
-                cache.insert(id.clone(), entry).await;
+                cache.insert(id.clone(), entry);
             }
             inner
                 .flights
@@ -348,9 +348,9 @@ impl KeyBroker {
             // where `invalidate_all` only marks them for a later pass.
             let ids: Vec<Arc<KeyId>> = cache.iter().map(|(id, _)| id).collect();
             for id in ids {
-                cache.invalidate(id.as_ref()).await;
+                cache.invalidate(id.as_ref());
             }
-            cache.run_pending_tasks().await;
+            cache.run_pending_tasks();
         }
     }
 
@@ -361,7 +361,7 @@ impl KeyBroker {
     #[cfg(test)]
     async fn run_cache_maintenance(&self) {
         if let Some(cache) = &self.inner.cache {
-            cache.run_pending_tasks().await;
+            cache.run_pending_tasks();
         }
     }
 

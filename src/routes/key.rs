@@ -3,10 +3,9 @@
 //! Must not: call KMS or the store (the broker does), or log key material.
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use bytes::Bytes;
 use zeroize::Zeroizing;
 
@@ -145,23 +144,21 @@ fn key_response(id: &str, encoded: &str) -> Response {
     response
 }
 
-pub async fn get_key(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    peer: Option<Extension<PeerNames>>,
-    RawQuery(raw): RawQuery,
-) -> Response {
+/// Takes the request whole: the headers, query and peer names are read in
+/// place (a `HeaderMap` extractor would copy every header per request).
+pub async fn get_key(State(state): State<AppState>, request: Request) -> Response {
+    let headers = request.headers();
     let request_id = headers
         .get(REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let query = match parse_query(raw.as_deref()) {
+    let query = match parse_query(request.uri().query()) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
     let identity = match state
         .auth
-        .authenticate(&headers, peer.as_ref().map(|Extension(p)| p))
+        .authenticate(headers, request.extensions().get::<PeerNames>())
     {
         Ok(who) => who,
         Err(failure) => {

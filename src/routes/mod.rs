@@ -21,7 +21,7 @@ use axum::{Extension, Router};
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -35,8 +35,12 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Requests are GETs; anything with a body bigger than this is refused.
 const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
+/// What every handler shares; one `Arc`, so the per-request clones axum
+/// makes of the state cost one reference count, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub broker: KeyBroker,
     pub metrics: Arc<Metrics>,
     pub auth: Arc<Authenticator>,
@@ -46,6 +50,20 @@ pub struct AppState {
     /// Preflight and key health, for `/readyz`.
     pub health: Arc<crate::preflight::Health>,
     pub limits: Limits,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// Request limits from `[server]`.
@@ -89,14 +107,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get_only(health::healthz))
         .route("/readyz", get_only(health::readyz))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(
             ServiceBuilder::new()
                 .map_request(drop_unusable_request_id)
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new()))
                 .layer(
                     TraceLayer::new_for_http()
                         .make_span_with(|req: &Request| {
@@ -136,10 +151,6 @@ pub fn router(state: AppState) -> Router {
                         ),
                 )
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(middleware::from_fn_with_state(
-                    state.limits.clone(),
-                    check_sizes,
-                ))
                 .layer(RequestBodyLimitLayer::new(BODY_LIMIT_BYTES))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -178,13 +189,13 @@ async fn shed_load(State(state): State<AppState>, request: Request, next: Next) 
 /// 414 for a request target over `server.max_uri_bytes`, 431 for headers
 /// over `server.max_header_bytes`, 413 for a declared body over
 /// [`BODY_LIMIT_BYTES`] (no route reads a body; a chunked one is never read).
-async fn check_sizes(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+fn oversized(limits: &Limits, request: &Request) -> Option<ApiError> {
     let uri_len = request
         .uri()
         .path_and_query()
         .map_or(0, |pq| pq.as_str().len());
     if uri_len > limits.max_uri_bytes as usize {
-        return ApiError::UriTooLong(limits.max_uri_bytes).into_response();
+        return Some(ApiError::UriTooLong(limits.max_uri_bytes));
     }
     let header_bytes: usize = request
         .headers()
@@ -192,7 +203,7 @@ async fn check_sizes(State(limits): State<Limits>, request: Request, next: Next)
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
     if header_bytes > limits.max_header_bytes as usize {
-        return ApiError::HeadersTooLarge(limits.max_header_bytes).into_response();
+        return Some(ApiError::HeadersTooLarge(limits.max_header_bytes));
     }
     let declared = request
         .headers()
@@ -200,9 +211,72 @@ async fn check_sizes(State(limits): State<Limits>, request: Request, next: Next)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > BODY_LIMIT_BYTES as u64) {
-        return ApiError::PayloadTooLarge(BODY_LIMIT_BYTES).into_response();
+        return Some(ApiError::PayloadTooLarge(BODY_LIMIT_BYTES));
     }
-    next.run(request).await
+    None
+}
+
+/// The size limits alone, for the metrics listener.
+async fn check_sizes(State(limits): State<Limits>, request: Request, next: Next) -> Response {
+    match oversized(&limits, &request) {
+        Some(refused) => refused.into_response(),
+        None => next.run(request).await,
+    }
+}
+
+/// Every API request, after routing: the size limits, then the handler,
+/// then the request metrics (by matched route and status). One middleware
+/// rather than two: each costs a boxed future and a state clone per request.
+async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    // MatchedPath is an Arc<str>: cloning it does not copy the route.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let started = Instant::now();
+    let response = match oversized(&state.limits, &request) {
+        Some(refused) => refused.into_response(),
+        None => next.run(request).await,
+    };
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Request ids: a random per-process prefix and a counter. Unique within
+/// the process and across restarts, and far cheaper than a UUID per request.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        Self {
+            prefix: uuid::Uuid::new_v4().simple().to_string()[..12].into(),
+            next: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        }
+    }
+}
+
+impl tower_http::request_id::MakeRequestId for RequestIds {
+    fn make_request_id<B>(
+        &mut self,
+        _request: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-{n:012x}", self.prefix);
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
 }
 
 /// A route that answers GET and nothing else. Axum runs a GET handler for
@@ -246,7 +320,7 @@ pub fn metrics_router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .map_request(drop_unusable_request_id)
-                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::new()))
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID))
                 .layer(middleware::from_fn_with_state(
                     state.limits.clone(),
@@ -270,25 +344,6 @@ async fn authenticated_metrics(
         Ok(_) => metrics_text(State(state)).await,
         Err(failure) => state.refuse(failure).into_response(),
     }
-}
-
-async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    // MatchedPath is an Arc<str>: cloning it does not copy the route.
-    let matched = request.extensions().get::<MatchedPath>().cloned();
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let started = Instant::now();
-    let response = next.run(request).await;
-    state
-        .metrics
-        .http_requests
-        .with_label_values(&[route, response.status().as_str()])
-        .inc();
-    state
-        .metrics
-        .http_duration
-        .with_label_values(&[route])
-        .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {

@@ -234,7 +234,21 @@ async fn request_ids_are_echoed_or_generated() {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.headers()["x-request-id"].len(), 36, "a generated UUID");
+    let generated = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        generated.len(),
+        25,
+        "a process prefix and a counter: {generated}"
+    );
+    let res = app
+        .client
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    let next = res.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(next, generated, "every request gets its own id");
+    assert_eq!(next[..12], generated[..12], "one prefix per process");
     for unusable in ["has spaces", "quote\"d", &"x".repeat(129)] {
         let res = app
             .client
@@ -245,7 +259,7 @@ async fn request_ids_are_echoed_or_generated() {
             .unwrap();
         let echoed = res.headers()["x-request-id"].to_str().unwrap();
         assert_ne!(echoed, unusable);
-        assert_eq!(echoed.len(), 36, "replaced by a generated UUID");
+        assert_eq!(echoed.len(), 25, "replaced by a generated id");
     }
 }
 

@@ -609,7 +609,7 @@ async fn a_failed_request_writes_exactly_one_error_line() {
         .await
         .unwrap();
     assert_eq!(res.status().as_u16(), 404);
-    assert_eq!(res.headers()["x-request-id"].len(), 36);
+    assert_eq!(res.headers()["x-request-id"].len(), 25);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error_type"], "NotFound");
 
