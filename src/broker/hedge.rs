@@ -72,6 +72,41 @@ impl HedgeBudget {
     }
 }
 
+/// Regions whose last call took longer than `hedge_after`, until when.
+/// A slow region that still answers never trips its breaker, and with the
+/// hedge budget spent every request would wait on it; so it goes to the
+/// back of the order for `breaker_open`, then gets one more chance as the
+/// first choice. Regions that are all slow keep their order.
+#[derive(Default)]
+pub(super) struct SlowRegions {
+    until: Mutex<std::collections::HashMap<Region, Instant>>,
+}
+
+impl SlowRegions {
+    fn record(&self, region: &Region, took: Duration, limit: Duration, hold: Duration) {
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if took > limit {
+            until.insert(region.clone(), Instant::now() + hold);
+        } else {
+            until.remove(region);
+        }
+    }
+
+    /// `order` with the regions slow now moved behind the others, each
+    /// group in its configured order; unchanged when every region is slow.
+    fn reorder(&self, order: &[Region]) -> Vec<Region> {
+        let until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let is_slow = |r: &Region| until.get(r).is_some_and(|t| *t > now);
+        let (fast, slow): (Vec<Region>, Vec<Region>) =
+            order.iter().cloned().partition(|r| !is_slow(r));
+        if fast.is_empty() {
+            return order.to_vec();
+        }
+        fast.into_iter().chain(slow).collect()
+    }
+}
+
 /// Per-region caps on KMS calls in flight, so one slow region cannot hold
 /// every task (or push the region into throttling).
 pub(super) struct InFlight {
@@ -131,7 +166,9 @@ impl Inner {
             }
             None => None,
         };
-        let started = std::time::Instant::now();
+        // Tokio's clock: real time in production, and the paused clock in
+        // tests, so a simulated delay counts.
+        let started = Instant::now();
         let result = if slot.is_none() && self.in_flight.slots.contains_key(region) {
             Err(KmsError::new(
                 KmsErrorKind::Saturated,
@@ -154,7 +191,22 @@ impl Inner {
             }
         };
         drop(slot);
-        self.observe(region, op, started.elapsed(), &result);
+        let took = started.elapsed();
+        // A call refused at once (per-key error, saturation) says nothing
+        // about the region's speed.
+        let speaks_for_the_region = match &result {
+            Ok(_) => true,
+            Err(e) => e.kind == KmsErrorKind::Unavailable,
+        };
+        if speaks_for_the_region && !self.settings.hedge_after.is_zero() {
+            self.slow.record(
+                region,
+                took,
+                self.settings.hedge_after,
+                self.settings.breaker_open,
+            );
+        }
+        self.observe(region, op, took, &result);
         let health = match &result {
             Ok(_) => Health::Up,
             Err(e) => health(e.kind),
@@ -204,8 +256,8 @@ impl Inner {
         }
     }
 
-    /// Race `call` across `order`: start the first region whose breaker
-    /// allows it; when it fails, start the next at once; when it has not
+    /// Race `call` across `order` (regions slow of late moved to the back,
+    /// see [`SlowRegions`]): start the first region whose breaker allows it; when it fails, start the next at once; when it has not
     /// answered within `hedge_after` and the hedge budget allows, start the
     /// next as well. With `hedge_after` zero every region starts at once.
     /// The first success wins.
@@ -227,6 +279,7 @@ impl Inner {
             ),
         >;
         let mut pending: FuturesUnordered<Pending<T>> = FuturesUnordered::new();
+        let order = self.slow.reorder(order);
         let mut queue = order.iter();
         let mut failed = NoAnswer::default();
         let mut launch = |pending: &mut FuturesUnordered<Pending<T>>| -> Option<Region> {
@@ -244,7 +297,7 @@ impl Inner {
 
         self.budget.deposit();
         if launch(&mut pending).is_none() {
-            failed.all_open = Some(self.breakers.next_probe_in(order));
+            failed.all_open = Some(self.breakers.next_probe_in(&order));
             return Err(failed);
         }
         failed.attempts = 1;

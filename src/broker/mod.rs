@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 
 use self::breaker::{BreakerGauges, Breakers};
 pub use self::error::BrokerError;
-use self::hedge::{HedgeBudget, InFlight};
+use self::hedge::{HedgeBudget, InFlight, SlowRegions};
 use self::repair::Repairs;
 use crate::domain::{DataKey, KeyId, Region};
 use crate::kms::Kms;
@@ -138,6 +138,7 @@ struct Inner {
     breakers: Breakers,
     budget: HedgeBudget,
     in_flight: InFlight,
+    slow: SlowRegions,
     cache: Option<moka::sync::Cache<KeyId, Arc<CacheEntry>>>,
     flights: Mutex<HashMap<FlightKey, Flight>>,
     repairs: Repairs,
@@ -177,6 +178,7 @@ impl KeyBroker {
             store,
             budget: HedgeBudget::new(settings.hedge_budget_percent, settings.hedge_budget_burst),
             in_flight: InFlight::new(&settings.regions, settings.max_in_flight_per_region),
+            slow: SlowRegions::default(),
             repairs: Repairs::new(&settings.regions, metrics.repairs_queued.clone()),
             settings,
             metrics,
