@@ -85,7 +85,7 @@ pub(super) struct SlowRegions {
 impl SlowRegions {
     fn record(&self, region: &Region, took: Duration, limit: Duration, hold: Duration) {
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        if took > limit {
+        if took > limit && !hold.is_zero() {
             until.insert(region.clone(), Instant::now() + hold);
         } else {
             until.remove(region);
@@ -94,10 +94,24 @@ impl SlowRegions {
 
     /// `order` with the regions slow now moved behind the others, each
     /// group in its configured order; unchanged when every region is slow.
-    fn reorder(&self, order: &[Region]) -> Vec<Region> {
-        let until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+    /// The first caller to find a region's time served takes it as a probe
+    /// and holds it back from the others for `probe_for` (until the probe's
+    /// own call has told), so a still-slow region delays one request per
+    /// period, not every request of that moment.
+    fn reorder(&self, order: &[Region], probe_for: Duration) -> Vec<Region> {
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        let is_slow = |r: &Region| until.get(r).is_some_and(|t| *t > now);
+        let mut probing = None;
+        for r in order {
+            if let Some(t) = until.get_mut(r) {
+                if *t <= now && probing.is_none() {
+                    *t = now + probe_for;
+                    probing = Some(r.clone());
+                }
+            }
+        }
+        let is_slow =
+            |r: &Region| probing.as_ref() != Some(r) && until.get(r).is_some_and(|t| *t > now);
         let (fast, slow): (Vec<Region>, Vec<Region>) =
             order.iter().cloned().partition(|r| !is_slow(r));
         if fast.is_empty() {
@@ -279,7 +293,7 @@ impl Inner {
             ),
         >;
         let mut pending: FuturesUnordered<Pending<T>> = FuturesUnordered::new();
-        let order = self.slow.reorder(order);
+        let order = self.slow.reorder(order, self.settings.call_timeout);
         let mut queue = order.iter();
         let mut failed = NoAnswer::default();
         let mut launch = |pending: &mut FuturesUnordered<Pending<T>>| -> Option<Region> {

@@ -107,6 +107,45 @@ async fn a_slower_healthy_region_is_moved_back_and_keeps_its_breaker_closed() {
     assert_eq!(m.kms_hedges.with_label_values(&["r2"]).get(), 2);
 }
 
+/// When a slow region's time at the back is served, one request probes it;
+/// the others of that moment still go to the next region first.
+#[tokio::test(start_paused = true)]
+async fn one_request_probes_a_slow_region_when_its_time_is_served() {
+    let rig = rig_with(BrokerSettings {
+        hedge_budget_percent: 100,
+        ..no_cache()
+    });
+    for i in 0..5 {
+        rig.broker
+            .get_or_create(&id(&format!("p{i}")), true)
+            .await
+            .unwrap();
+    }
+    rig.kms
+        .set_fault(&r("r1"), Some(Fault::Delay(Duration::from_millis(400))));
+    rig.broker.get_or_create(&id("p0"), true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let before = rig.kms.calls(&r("r1"), "decrypt");
+    // Five different ids: five resolutions, not one shared flight.
+    let reads: Vec<_> = (0..5)
+        .map(|i| {
+            let broker = rig.broker.clone();
+            tokio::spawn(async move { broker.get_or_create(&id(&format!("p{i}")), true).await })
+        })
+        .collect();
+    for read in reads {
+        assert_eq!(
+            read.await.unwrap().unwrap().source,
+            KeySource::Region(r("r2"))
+        );
+    }
+    assert_eq!(
+        rig.kms.calls(&r("r1"), "decrypt") - before,
+        1,
+        "one probe, not five"
+    );
+}
+
 /// Per-key errors say nothing about the region: no breaker opens, and the
 /// read moves to the next region at once, without a hedge delay.
 #[tokio::test(start_paused = true)]
