@@ -6,7 +6,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod commands;
+
 use clap::{Parser, Subcommand};
+use commands::{
+    check_connect, convert_config, copy, hash_token, healthcheck, maintenance, print, runtime,
+};
 use rkms::config::{Settings, Source};
 use rkms::startup::{shutdown_signal, Application};
 
@@ -210,244 +215,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Write to stdout; a reader that went away (`| head -1`) is not an error,
-/// and must never turn into a panic.
-fn print(text: &str) -> Result<(), ExitCode> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ExitCode::SUCCESS),
-        Err(e) => {
-            eprintln!("rkms: cannot write to stdout: {e}");
-            Err(ExitCode::FAILURE)
-        }
-        Ok(()) => Ok(()),
-    }
-}
-
-/// Run a maintenance command against the configured KMS and store; print
-/// its report; exit 1 when it found a problem.
-fn maintenance<F, Fut>(settings: Settings, command: F) -> ExitCode
-where
-    F: FnOnce(
-        std::sync::Arc<dyn rkms::kms::Kms>,
-        std::sync::Arc<dyn rkms::store::Store>,
-        Vec<rkms::domain::Region>,
-    ) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<(String, bool)>>,
-{
-    let _log_guard = rkms::telemetry::init(&settings.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rkms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let (kms, store) = rkms::startup::backends(&settings).await?;
-        let regions = settings
-            .kms
-            .regions
-            .iter()
-            .map(rkms::domain::Region::new)
-            .collect();
-        command(kms, store, regions).await
-    });
-    drop(_log_guard);
-    match result {
-        Ok((text, ok)) => match print(&text) {
-            Err(code) => code,
-            Ok(()) if ok => ExitCode::SUCCESS,
-            Ok(()) => ExitCode::FAILURE,
-        },
-        Err(e) => {
-            eprintln!("rkms: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn copy(
-    from: &std::path::Path,
-    to: &std::path::Path,
-    options: rkms::ops::copy::Options,
-) -> ExitCode {
-    let load = |path: &std::path::Path| {
-        Settings::load_with_env(&Source::File(path.to_path_buf()), &[])
-            .map_err(|e| format!("{}: {e}", path.display()))
-    };
-    let (source, target) = match (load(from), load(to)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("rkms: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let _log_guard = rkms::telemetry::init(&source.log);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rkms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let (_, from) = rkms::startup::backends(&source).await?;
-        let (_, to) = rkms::startup::backends(&target).await?;
-        rkms::ops::copy::run(from, to, options).await
-    });
-    drop(_log_guard);
-    match result {
-        Ok(summary) => match print(&summary.text()) {
-            Err(code) => code,
-            Ok(()) if summary.ok() => ExitCode::SUCCESS,
-            Ok(()) => ExitCode::FAILURE,
-        },
-        Err(e) => {
-            eprintln!("rkms: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn convert_config(path: &std::path::Path) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("rkms: cannot read {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
-    match rkms::ops::convert::convert(&path.display().to_string(), &text) {
-        Ok(converted) => {
-            for note in &converted.notes {
-                eprintln!("rkms: note: {note}");
-            }
-            match print(&converted.toml) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(code) => code,
-            }
-        }
-        Err(e) => {
-            eprintln!("rkms: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// `check-config --connect`: the server's preflight, one line per check.
-fn check_connect(settings: Settings) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rkms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let checks = runtime.block_on(async {
-        let (kms, store) = rkms::startup::backends(&settings).await?;
-        let deps = rkms::startup::dependencies(&settings, kms, store);
-        anyhow::Ok(rkms::preflight::run(&deps).await)
-    });
-    let checks = match checks {
-        Ok(checks) => checks,
-        Err(e) => {
-            eprintln!("rkms: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut text = String::from("# dependency checks\n");
-    for check in &checks {
-        text.push_str(&check.line());
-        text.push('\n');
-    }
-    if let Err(code) = print(&text) {
-        return code;
-    }
-    let failed = checks.iter().filter(|c| !c.passed()).count();
-    if failed > 0 {
-        eprintln!("rkms: {failed} dependency check(s) failed");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
-}
-
-fn hash_token() -> ExitCode {
-    use std::io::Read;
-    let mut input = zeroize::Zeroizing::new(Vec::new());
-    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
-        eprintln!("rkms: hash-token: cannot read stdin: {e}");
-        return ExitCode::FAILURE;
-    }
-    let token = input
-        .strip_suffix(b"\r\n")
-        .or_else(|| input.strip_suffix(b"\n"))
-        .unwrap_or(&input);
-    let Ok(token) = std::str::from_utf8(token) else {
-        eprintln!("rkms: hash-token: the token is not UTF-8 text");
-        return ExitCode::from(2);
-    };
-    if token.is_empty() || token.chars().any(char::is_whitespace) {
-        eprintln!("rkms: hash-token: give one token with no whitespace on stdin");
-        return ExitCode::from(2);
-    }
-    if token.len() < rkms::config::MIN_TOKEN_LEN {
-        eprintln!(
-            "rkms: hash-token: warning: a token shorter than {} characters is easy to guess",
-            rkms::config::MIN_TOKEN_LEN
-        );
-    }
-    match print(&format!("{}\n", rkms::auth::token_digest(token))) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(code) => code,
-    }
-}
-
-/// GET `url` (plain `http://host:port/path`) and report whether it is a 200.
-fn healthcheck(url: &str) -> ExitCode {
-    use std::io::{Read, Write};
-    let Some(rest) = url.strip_prefix("http://") else {
-        eprintln!("rkms: healthcheck: --url must start with http://");
-        return ExitCode::from(2);
-    };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let timeout = std::time::Duration::from_secs(2);
-    let answer = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, timeout).ok())
-        .and_then(|mut stream| {
-            stream.set_read_timeout(Some(timeout)).ok()?;
-            let request =
-                format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).ok()?;
-            let mut head = [0u8; 12];
-            stream.read_exact(&mut head).ok()?;
-            Some(head)
-        });
-    match answer {
-        Some(head) if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") => {
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprintln!("rkms: healthcheck: {url} did not answer 200");
-            ExitCode::FAILURE
-        }
-    }
-}
-
 fn serve(settings: Settings) -> ExitCode {
     let _log_guard = rkms::telemetry::init(&settings.log);
     for failed in rkms::hardening::disable_core_dumps() {
         tracing::warn!(setting = %failed, "cannot keep key material out of core dumps");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rkms: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let app = Application::build(settings).await?;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{list_id, next_page, progress, Checkpoint, KmsBudget};
+use super::{failed_id, list_id, next_page, progress, Checkpoint, KmsBudget};
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms};
 use crate::report::chain;
@@ -137,10 +137,7 @@ pub async fn run(
                             tracing::error!(error = %chain(&e), "corrupt record skipped");
                             let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
                             s.scanned += 1;
-                            let id = match &e {
-                                crate::store::StoreError::Corrupt { id, .. } => id.clone(),
-                                _ => "<unknown>".into(),
-                            };
+                            let id = failed_id(&e);
                             list_id(&mut s.corrupt_ids, &id);
                             continue;
                         }
@@ -163,13 +160,11 @@ pub async fn run(
                         }
                     }
                 }
-                let mut cp = checkpoint.lock().unwrap_or_else(|p| p.into_inner());
-                let seg = &mut cp.segments[segment as usize];
-                seg.done = page.next.is_none();
-                seg.cursor = page.next;
-                if let (Some(path), false) = (&options.checkpoint, options.dry_run) {
-                    cp.save(path)?;
-                }
+                let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
+                checkpoint
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .advance(segment, page.next, save)?;
             }
         });
     }

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{list_id, next_page, progress, Checkpoint};
+use super::{failed_id, list_id, next_page, progress, Checkpoint};
 use crate::report::chain;
-use crate::store::{PutOutcome, Store, StoreError};
+use crate::store::{PutOutcome, Store};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -98,10 +98,7 @@ pub async fn run(
                     let record = match record {
                         Ok(r) => r,
                         Err(e) => {
-                            let id = match &e {
-                                StoreError::Corrupt { id, .. } => id.clone(),
-                                _ => "<unknown>".into(),
-                            };
+                            let id = failed_id(&e);
                             tracing::error!(error = %chain(&e), "corrupt record not copied");
                             let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
                             s.scanned += 1;
@@ -134,13 +131,11 @@ pub async fn run(
                         }
                     }
                 }
-                let mut cp = checkpoint.lock().unwrap_or_else(|p| p.into_inner());
-                let seg = &mut cp.segments[segment as usize];
-                seg.done = page.next.is_none();
-                seg.cursor = page.next;
-                if let (Some(path), false) = (&options.checkpoint, options.dry_run) {
-                    cp.save(path)?;
-                }
+                let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
+                checkpoint
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .advance(segment, page.next, save)?;
             }
         });
     }

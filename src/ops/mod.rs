@@ -90,6 +90,32 @@ impl Checkpoint {
     pub fn finished(&self) -> bool {
         self.segments.iter().all(|s| s.done)
     }
+
+    /// Record that `segment` has processed a page ending at `next`, and
+    /// save to `path` when given.
+    pub fn advance(
+        &mut self,
+        segment: u32,
+        next: Option<String>,
+        path: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        if let Some(seg) = self.segments.get_mut(segment as usize) {
+            seg.done = next.is_none();
+            seg.cursor = next;
+        }
+        match path {
+            Some(path) => self.save(path),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The id a failed record decode names, for reports.
+pub fn failed_id(error: &StoreError) -> String {
+    match error {
+        StoreError::Corrupt { id, .. } => id.clone(),
+        _ => "<unknown>".into(),
+    }
 }
 
 /// A shared limit on KMS calls per second (`--max-rps`), so a maintenance

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use serde::Serialize;
 
-use super::{list_id, next_page, progress, KmsBudget, SegmentState};
+use super::{failed_id, list_id, next_page, progress, KmsBudget, SegmentState};
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms, KmsErrorKind};
 use crate::report::chain;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -127,10 +127,7 @@ pub async fn run(
                     let record = match record {
                         Ok(r) => r,
                         Err(e) => {
-                            let id = match &e {
-                                StoreError::Corrupt { id, .. } => id.clone(),
-                                _ => "<unknown>".into(),
-                            };
+                            let id = failed_id(&e);
                             let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
                             r.records += 1;
                             list_id(&mut r.corrupt_ids, &id);
