@@ -255,7 +255,7 @@ impl Application {
             let app = routes::metrics_router(self.state.clone());
             let rx = stop_rx.clone();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app)
+                if let Err(e) = axum::serve(listener, app.into_make_service())
                     .with_graceful_shutdown(stopped(rx))
                     .await
                 {
@@ -278,7 +278,7 @@ impl Application {
                     stopped(stop_rx.clone()),
                 )),
                 None => Box::pin(
-                    axum::serve(self.listener, app)
+                    axum::serve(self.listener, app.into_make_service())
                         .with_graceful_shutdown(stopped(stop_rx.clone()))
                         .into_future(),
                 ),
@@ -327,7 +327,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// verified client certificate names go into its requests' extensions.
 async fn serve_tls(
     listener: TcpListener,
-    app: axum::Router,
+    app: routes::Edge,
     tls: Tls,
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()> + Send,

@@ -3,7 +3,7 @@
 //! Must not: call KMS or the store (the broker does), or log key material.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -146,7 +146,7 @@ fn key_response(id: &str, encoded: &str) -> Response {
 
 /// Takes the request whole: the headers, query and peer names are read in
 /// place (a `HeaderMap` extractor would copy every header per request).
-pub async fn get_key(State(state): State<AppState>, request: Request) -> Response {
+pub(super) async fn get_key(state: &AppState, request: Request) -> Response {
     let headers = request.headers();
     let request_id = headers
         .get(REQUEST_ID)

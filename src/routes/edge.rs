@@ -1,0 +1,432 @@
+//! The edge of each listener: what every request goes through around its
+//! handler, written as one service rather than a stack of layers. A layer
+//! on an axum router is boxed and cloned per request, and a stack of them
+//! cost more than the key lookup itself (benches/PROFILE.md).
+//!
+//! In order: the request id (the client's when usable, else a new one),
+//! the size limits, load shedding, the request span, the handler, then the
+//! request metrics and the `x-request-id` response header. `/key` is
+//! answered from here directly; every other path goes to an axum router.
+//!
+//! Must not: know what a handler does beyond its route.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::body::HttpBody;
+use axum::extract::Request;
+use axum::http::{header, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use bytes::Bytes;
+use prometheus::{Histogram, IntCounter};
+use tower::ServiceExt;
+use tracing::Instrument;
+
+use super::{key, AppState, Limits, REQUEST_ID};
+use crate::error::ApiError;
+
+/// No route reads a body; a declared one over this is refused.
+pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+
+/// How long a shed client should wait: in-flight requests finish in
+/// milliseconds when KMS is healthy, so a short pause is enough.
+const SHED_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Which listener an edge serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    /// `server.listen`: the key routes, `/metrics` (authenticated when auth
+    /// is on) and the probes; load shedding and request metrics.
+    Api,
+    /// `server.metrics_listen`: `/metrics` and the probes only.
+    Metrics,
+}
+
+/// A request's route, from its exact path (as axum matches it), for
+/// dispatch and the `route` label.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Key,
+    KeyV1,
+    Metrics,
+    Healthz,
+    Readyz,
+    Unmatched,
+}
+
+impl Route {
+    const ALL: [Route; 6] = [
+        Route::Key,
+        Route::KeyV1,
+        Route::Metrics,
+        Route::Healthz,
+        Route::Readyz,
+        Route::Unmatched,
+    ];
+
+    fn of(path: &str) -> Self {
+        match path {
+            "/key" => Self::Key,
+            "/api/v1/key" => Self::KeyV1,
+            "/metrics" => Self::Metrics,
+            "/healthz" => Self::Healthz,
+            "/readyz" => Self::Readyz,
+            _ => Self::Unmatched,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Key => "/key",
+            Self::KeyV1 => "/api/v1/key",
+            Self::Metrics => "/metrics",
+            Self::Healthz => "/healthz",
+            Self::Readyz => "/readyz",
+            Self::Unmatched => "unmatched",
+        }
+    }
+
+    /// Work that can pile up (KMS, the store, rendering metrics) is
+    /// admitted by the concurrency limit; probes are never shed.
+    fn limited(self) -> bool {
+        matches!(self, Self::Key | Self::KeyV1 | Self::Metrics)
+    }
+}
+
+/// The request metrics of one route, resolved once: a label lookup per
+/// request hashes the label values under a lock.
+struct RouteMetrics {
+    ok: IntCounter,
+    duration: Histogram,
+}
+
+/// The service a listener serves. Cheap to clone (one `Arc`), as hyper
+/// clones it per request.
+#[derive(Clone)]
+pub struct Edge(Arc<EdgeInner>);
+
+struct EdgeInner {
+    state: AppState,
+    router: Router,
+    listener: Listener,
+    ids: RequestIds,
+    /// Per route, in [`Route::ALL`] order; empty on the metrics listener.
+    metrics: Vec<RouteMetrics>,
+    /// Above the handlers' own bound on their work, which answers with
+    /// the JSON error shape first.
+    backstop: Duration,
+}
+
+impl Edge {
+    /// The API listener: `router` serves every path but the key routes.
+    pub(super) fn api(state: AppState, router: Router) -> Self {
+        let metrics = Route::ALL
+            .iter()
+            .map(|route| RouteMetrics {
+                ok: state
+                    .metrics
+                    .http_requests
+                    .with_label_values(&[route.label(), "200"]),
+                duration: state
+                    .metrics
+                    .http_duration
+                    .with_label_values(&[route.label()]),
+            })
+            .collect();
+        Self::new(state, router, Listener::Api, metrics)
+    }
+
+    /// The metrics listener: `router` serves every path.
+    pub(super) fn metrics(state: AppState, router: Router) -> Self {
+        Self::new(state, router, Listener::Metrics, Vec::new())
+    }
+
+    fn new(
+        state: AppState,
+        router: Router,
+        listener: Listener,
+        metrics: Vec<RouteMetrics>,
+    ) -> Self {
+        let backstop = state.request_timeout + Duration::from_millis(500);
+        Self(Arc::new(EdgeInner {
+            state,
+            router,
+            listener,
+            ids: RequestIds::new(),
+            metrics,
+            backstop,
+        }))
+    }
+
+    /// For `axum::serve`: every connection gets a clone.
+    pub fn into_make_service(self) -> MakeEdge {
+        MakeEdge(self)
+    }
+}
+
+/// Hands each connection a clone of the edge.
+#[derive(Clone)]
+pub struct MakeEdge(Edge);
+
+impl<T> tower::Service<T> for MakeEdge {
+    type Response = Edge;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Edge, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: T) -> Self::Future {
+        std::future::ready(Ok(self.0.clone()))
+    }
+}
+
+impl<B> tower::Service<axum::http::Request<B>> for Edge
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let edge = Arc::clone(&self.0);
+        Box::pin(async move { Ok(edge.handle(request.map(Body::new)).await) })
+    }
+}
+
+impl EdgeInner {
+    async fn handle(&self, mut request: Request) -> Response {
+        let started = Instant::now();
+        let request_id = self.ids.assign(&mut request);
+        let route = Route::of(request.uri().path());
+        // Field values are only evaluated when the span is enabled.
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            route = route.label(),
+            request_id = request_id.to_str().unwrap_or(""),
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        let mut response = if span.is_disabled() {
+            self.respond(route, request).await
+        } else {
+            let response = self.respond(route, request).instrument(span.clone()).await;
+            let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+            span.record("status", response.status().as_u16());
+            span.record("latency_ms", latency_ms);
+            span.in_scope(|| {
+                tracing::debug!(
+                    status = response.status().as_u16(),
+                    latency_ms,
+                    "request done"
+                );
+            });
+            response
+        };
+        response.headers_mut().insert(REQUEST_ID, request_id);
+        if let Some(metrics) = self.metrics.get(route as usize) {
+            if response.status() == axum::http::StatusCode::OK {
+                metrics.ok.inc();
+            } else {
+                self.state
+                    .metrics
+                    .http_requests
+                    .with_label_values(&[route.label(), response.status().as_str()])
+                    .inc();
+            }
+            metrics.duration.observe(started.elapsed().as_secs_f64());
+        }
+        response
+    }
+
+    async fn respond(&self, route: Route, request: Request) -> Response {
+        if let Some(refused) = oversized(&self.state.limits, &request) {
+            return refused.into_response();
+        }
+        let api = self.listener == Listener::Api;
+        let _permit = if api && route.limited() {
+            match self.state.limits.in_flight.try_acquire() {
+                Ok(permit) => Some(permit),
+                Err(_) => return self.shed(),
+            }
+        } else {
+            None
+        };
+        match route {
+            Route::Key | Route::KeyV1 if api => {
+                // Axum would run a GET handler for HEAD too, which here
+                // would create keys: GET alone.
+                if request.method() != Method::GET {
+                    return ApiError::MethodNotAllowed.into_response();
+                }
+                key::get_key(&self.state, request).await
+            }
+            _ => match tokio::time::timeout(self.backstop, self.router.clone().oneshot(request))
+                .await
+            {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => ApiError::ServiceUnavailable {
+                    retry_after: SHED_RETRY_AFTER,
+                    source: None,
+                }
+                .into_response(),
+            },
+        }
+    }
+
+    /// Refuse at once, with 503 and Retry-After, a request arriving while
+    /// `server.max_concurrent_requests` are in flight: queueing it would
+    /// only make every caller time out.
+    fn shed(&self) -> Response {
+        self.state
+            .metrics
+            .requests_shed
+            .with_label_values(&["overload"])
+            .inc();
+        tracing::warn!("overloaded: request shed");
+        ApiError::ServiceUnavailable {
+            retry_after: SHED_RETRY_AFTER,
+            source: None,
+        }
+        .into_response()
+    }
+}
+
+/// 414 for a request target over `server.max_uri_bytes`, 431 for headers
+/// over `server.max_header_bytes`, 413 for a declared body over
+/// [`BODY_LIMIT_BYTES`] (no route reads a body; a chunked one is never read).
+fn oversized(limits: &Limits, request: &Request) -> Option<ApiError> {
+    let uri_len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |pq| pq.as_str().len());
+    if uri_len > limits.max_uri_bytes as usize {
+        return Some(ApiError::UriTooLong(limits.max_uri_bytes));
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if header_bytes > limits.max_header_bytes as usize {
+        return Some(ApiError::HeadersTooLarge(limits.max_header_bytes));
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > BODY_LIMIT_BYTES as u64) {
+        return Some(ApiError::PayloadTooLarge(BODY_LIMIT_BYTES));
+    }
+    None
+}
+
+/// Request ids: a random per-process prefix and a counter. Unique within
+/// the process and across restarts, and far cheaper than a UUID per request.
+struct RequestIds {
+    prefix: [u8; 12],
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        let mut prefix = [0u8; 12];
+        prefix.copy_from_slice(&uuid::Uuid::new_v4().simple().to_string().as_bytes()[..12]);
+        Self {
+            prefix,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The request's id: the client's `x-request-id` when it is a short
+    /// token (it goes into logs and the audit trail), else a new one, put
+    /// in the request's headers for the handler.
+    fn assign(&self, request: &mut Request) -> HeaderValue {
+        if let Some(theirs) = request.headers().get(REQUEST_ID).filter(|v| usable(v)) {
+            return theirs.clone();
+        }
+        let ours = self.make();
+        request.headers_mut().insert(REQUEST_ID, ours.clone());
+        ours
+    }
+
+    fn make(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 25];
+        id[..12].copy_from_slice(&self.prefix);
+        id[12] = b'-';
+        for (i, slot) in id[13..].iter_mut().enumerate() {
+            *slot = HEX[((n >> (4 * (11 - i))) & 0xf) as usize];
+        }
+        // Hex digits and '-' are always a valid header value.
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
+}
+
+fn usable(value: &HeaderValue) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_hex_tokens_of_one_process() {
+        let ids = RequestIds::new();
+        let a = ids.make();
+        let b = ids.make();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let s = id.to_str().unwrap();
+            assert_eq!(s.len(), 25);
+            assert!(usable(id));
+            assert_eq!(&s[..13], &a.to_str().unwrap()[..13], "one prefix");
+        }
+        assert!(a.to_str().unwrap().ends_with("-000000000001"));
+        assert!(b.to_str().unwrap().ends_with("-000000000002"));
+    }
+
+    #[test]
+    fn only_short_token_request_ids_are_kept() {
+        assert!(usable(&HeaderValue::from_static("req-1:a.b_c")));
+        assert!(!usable(&HeaderValue::from_static("")));
+        assert!(!usable(&HeaderValue::from_static("has space")));
+        assert!(!usable(&HeaderValue::from_static("quote\"")));
+        assert!(!usable(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+    }
+
+    #[test]
+    fn routes_are_matched_exactly() {
+        assert!(Route::of("/key") == Route::Key);
+        assert!(Route::of("/api/v1/key") == Route::KeyV1);
+        for other in ["/key/", "/KEY", "/k%65y", "/key?id=a", "/", ""] {
+            assert!(Route::of(other) == Route::Unmatched, "{other}");
+        }
+        for (i, route) in Route::ALL.iter().enumerate() {
+            assert_eq!(*route as usize, i, "ALL is in declaration order");
+        }
+    }
+}
