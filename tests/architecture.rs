@@ -46,6 +46,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "metrics",
             "preflight",
             "report",
+            "telemetry",
         ],
     ),
     ("error", &["broker", "report"]),

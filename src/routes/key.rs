@@ -14,6 +14,7 @@ use crate::auth::PeerNames;
 use crate::broker::{BrokerError, Resolved};
 use crate::domain::KeyId;
 use crate::error::ApiError;
+use crate::telemetry::audit;
 
 /// Query parameters, parsed strictly: unknown names, repeats and unknown
 /// values are 400s rather than silently ignored.
@@ -109,19 +110,16 @@ struct Audit<'a> {
 }
 
 impl Audit<'_> {
-    /// One event per key decision on the `audit` target. Never key material.
-    /// The subscriber stamps the time (`timestamp` in JSON).
+    /// One line per key decision in the audit trail. Never key material.
     fn emit(&self, action: &str, source: &str, outcome: &str) {
-        tracing::info!(
-            target: "audit",
-            request_id = self.request_id,
-            client = self.client,
-            key_id = self.key_id,
+        audit::record(&audit::Event {
+            request_id: self.request_id,
+            client: self.client,
+            key_id: self.key_id,
             action,
             source,
             outcome,
-            "key decision"
-        );
+        });
     }
 }
 

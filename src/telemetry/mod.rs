@@ -1,10 +1,10 @@
 //! The tracing subscriber: text or JSON, level from `log.level` unless
-//! RUST_LOG is set. Two layers share one output:
+//! RUST_LOG is set. Two writers share one output:
 //!
 //! - the application log, filtered by RUST_LOG or `log.level`;
-//! - the audit trail (target `audit`), always on at INFO whatever RUST_LOG
-//!   says: an operator silencing noisy logs must not silence the record of
-//!   who got which key.
+//! - the audit trail ([`audit`], `"target":"audit"`), always written
+//!   whatever RUST_LOG says: an operator silencing noisy logs must not
+//!   silence the record of who got which key.
 //!
 //! Lines go to an in-memory buffer that a background thread writes to
 //! stderr in batches (every [`FLUSH_EVERY`], or sooner when it fills up).
@@ -18,18 +18,18 @@
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tracing::Level;
-use tracing_subscriber::filter::{filter_fn, FilterExt, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, LogSettings};
+
+pub mod audit;
 
 /// Longest a log line waits in the buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -39,8 +39,6 @@ const WAKE_BYTES: usize = 64 * 1024;
 pub const APP_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 /// Buffered bytes past which audit lines are dropped.
 pub const AUDIT_LIMIT_BYTES: usize = 16 * 1024 * 1024;
-/// The target audit events are emitted on.
-pub const AUDIT_TARGET: &str = "audit";
 
 /// Lines dropped since start, across every buffer (there is one per process).
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -71,6 +69,31 @@ impl Buffer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Append one whole line, or drop and count it past the limit.
+    fn append(&self, line: &[u8]) {
+        let mut pending = self.lock();
+        if pending.len() + line.len() > self.limit {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        } else {
+            pending.extend_from_slice(line);
+            if pending.len() >= WAKE_BYTES {
+                self.shared.wake.notify_one();
+            }
+        }
+    }
+}
+
+/// Where audit lines go once [`init`] ran.
+struct AuditSink {
+    buffer: Buffer,
+    format: LogFormat,
+}
+
+static AUDIT: OnceLock<AuditSink> = OnceLock::new();
+
+fn audit_sink() -> Option<&'static AuditSink> {
+    AUDIT.get()
 }
 
 /// One event's write: the formatter hands over a whole line at once.
@@ -78,15 +101,7 @@ struct LineWriter<'a>(&'a Buffer);
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let mut pending = self.0.lock();
-        if pending.len() + line.len() > self.0.limit {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-        } else {
-            pending.extend_from_slice(line);
-            if pending.len() >= WAKE_BYTES {
-                self.0.shared.wake.notify_one();
-            }
-        }
+        self.0.append(line);
         // Reported as written either way: the formatter must not retry.
         Ok(line.len())
     }
@@ -181,9 +196,8 @@ pub fn init(settings: &LogSettings) -> Option<LogGuard> {
         wake: Condvar::new(),
         stop: Mutex::new(false),
     });
-    let app_filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&settings.level))
-        .and(filter_fn(|meta| meta.target() != AUDIT_TARGET));
+    let app_filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let app = format_layer(
         settings.format,
         Buffer {
@@ -191,24 +205,19 @@ pub fn init(settings: &LogSettings) -> Option<LogGuard> {
             limit: APP_LIMIT_BYTES,
         },
     )
-    .with_filter(app_filter)
-    .boxed();
-    let audit = format_layer(
-        settings.format,
-        Buffer {
-            shared: Arc::clone(&shared),
-            limit: AUDIT_LIMIT_BYTES,
-        },
-    )
-    .with_filter(Targets::new().with_target(AUDIT_TARGET, Level::INFO))
-    .boxed();
-    if let Err(e) = tracing_subscriber::registry()
-        .with(vec![app, audit])
-        .try_init()
-    {
+    .with_filter(app_filter);
+    if let Err(e) = tracing_subscriber::registry().with(app).try_init() {
         eprintln!("rkms: logging was already initialised: {e}");
         return None;
     }
+    // The first `init` wins, as for the subscriber.
+    let _ = AUDIT.set(AuditSink {
+        buffer: Buffer {
+            shared: Arc::clone(&shared),
+            limit: AUDIT_LIMIT_BYTES,
+        },
+        format: settings.format,
+    });
     let flushing = Arc::clone(&shared);
     let flusher = std::thread::Builder::new()
         .name("rkms-log-flush".into())
