@@ -92,10 +92,19 @@ pub struct Resolved {
     pub created: bool,
 }
 
+#[derive(Clone)]
 struct CacheEntry {
     key: Arc<DataKey>,
     fetched: Instant,
 }
+
+/// Plaintext keys by id. quick_cache: S3-FIFO eviction with a few bytes
+/// of overhead per entry, and SipHash (the std hasher) because clients
+/// choose the ids.
+type KeyCache = quick_cache::sync::Cache<KeyId, CacheEntry>;
+
+/// Longest pause between sweeps of expired entries.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 type FlightKey = (KeyId, bool);
 
@@ -139,7 +148,7 @@ struct Inner {
     budget: HedgeBudget,
     in_flight: InFlight,
     slow: SlowRegions,
-    cache: Option<moka::sync::Cache<KeyId, Arc<CacheEntry>>>,
+    cache: Option<KeyCache>,
     flights: Mutex<HashMap<FlightKey, Flight>>,
     repairs: Repairs,
     /// Every task the broker starts: resolutions, KMS calls, repairs.
@@ -165,13 +174,7 @@ impl KeyBroker {
             },
         );
         let cache = (!settings.cache_ttl.is_zero()).then(|| {
-            // moka's own TTL only bounds memory; freshness is judged against
-            // `CacheEntry::fetched` so that stale-if-error can still see an
-            // expired entry during its grace window.
-            moka::sync::Cache::builder()
-                .max_capacity(settings.cache_max_entries)
-                .time_to_live(settings.cache_ttl + settings.stale_if_error)
-                .build()
+            KeyCache::new(usize::try_from(settings.cache_max_entries).unwrap_or(usize::MAX))
         });
         let inner = Arc::new(Inner {
             kms,
@@ -188,6 +191,7 @@ impl KeyBroker {
             tasks: TaskTracker::new(),
         });
         Repairs::start_worker(&inner);
+        Self::start_sweeper(&inner);
         Self { inner }
     }
 
@@ -279,10 +283,10 @@ impl KeyBroker {
         let task = self.inner.tasks.spawn(async move {
             let result = inner.resolve(&id, allow_create, &marker).await;
             if let (Ok(resolved), Some(cache)) = (&result, &inner.cache) {
-                let entry = Arc::new(CacheEntry {
+                let entry = CacheEntry {
                     key: Arc::clone(&resolved.key),
                     fetched: Instant::now(),
-                });
+                };
                 cache.insert(id.clone(), entry);
             }
             inner
@@ -346,25 +350,38 @@ impl KeyBroker {
     /// Drop every cached key (they are wiped as their last reference goes).
     pub async fn clear_cache(&self) {
         if let Some(cache) = &self.inner.cache {
-            // Invalidated one by one: each entry leaves the map at once,
-            // where `invalidate_all` only marks them for a later pass.
-            let ids: Vec<Arc<KeyId>> = cache.iter().map(|(id, _)| id).collect();
-            for id in ids {
-                cache.invalidate(id.as_ref());
-            }
-            cache.run_pending_tasks();
+            cache.clear();
         }
     }
 
     pub fn cached_entries(&self) -> u64 {
-        self.inner.cache.as_ref().map_or(0, |c| c.entry_count())
+        self.inner.cache.as_ref().map_or(0, |c| c.len() as u64)
     }
 
-    #[cfg(test)]
-    async fn run_cache_maintenance(&self) {
-        if let Some(cache) = &self.inner.cache {
-            cache.run_pending_tasks();
+    /// Entries are checked for freshness when read; this drops (and so
+    /// wipes) the ones past `cache_ttl + stale_if_error` that nobody reads,
+    /// at least every [`SWEEP_EVERY`], so that plaintext keys do not stay
+    /// in memory until the cache fills up.
+    fn start_sweeper(inner: &Arc<Inner>) {
+        if inner.cache.is_none() {
+            return;
         }
+        let keep_for = inner.settings.cache_ttl + inner.settings.stale_if_error;
+        let every = keep_for.clamp(Duration::from_secs(1), SWEEP_EVERY);
+        let weak = Arc::downgrade(inner);
+        let cancel = inner.repairs.cancel.clone();
+        inner.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    () = cancel.cancelled() => return,
+                }
+                let Some(inner) = weak.upgrade() else { return };
+                if let Some(cache) = &inner.cache {
+                    cache.retain(|_, entry| entry.fetched.elapsed() < keep_for);
+                }
+            }
+        });
     }
 
     /// Completes when no record repair is pending (tests, drills).

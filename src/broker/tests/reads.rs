@@ -275,18 +275,9 @@ async fn evicted_keys_are_wiped() {
         let resolved = rig.broker.get_or_create(&id(name), true).await.unwrap();
         weak.push(Arc::downgrade(&resolved.key));
         drop(resolved);
-        rig.broker.run_cache_maintenance().await;
     }
-    // moka applies evictions in its maintenance passes; give it a few.
-    let mut alive = weak.len();
-    for _ in 0..100 {
-        rig.broker.run_cache_maintenance().await;
-        alive = weak.iter().filter(|w| w.upgrade().is_some()).count();
-        if alive <= 1 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    // An eviction drops the entry at once, within the insert.
+    let alive = weak.iter().filter(|w| w.upgrade().is_some()).count();
     assert_eq!(
         alive, 1,
         "a one-entry cache keeps one key; the evicted ones are dropped"
@@ -302,6 +293,31 @@ async fn evicted_keys_are_wiped() {
         "clearing drops every cached key"
     );
     assert_eq!(rig.broker.cached_entries(), 0);
+}
+
+/// A key nobody reads again leaves memory once it is past its TTL and the
+/// stale-if-error window, without waiting for the cache to fill up.
+#[tokio::test(start_paused = true)]
+async fn expired_keys_are_swept_from_memory_without_a_read() {
+    let rig = rig_with(BrokerSettings {
+        cache_ttl: Duration::from_secs(2),
+        stale_if_error: Duration::from_secs(1),
+        ..settings()
+    });
+    let wiped_before = crate::domain::test_support::wiped_drops();
+    let resolved = rig.broker.get_or_create(&id("swept"), true).await.unwrap();
+    let weak = Arc::downgrade(&resolved.key);
+    drop(resolved);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        weak.upgrade().is_some(),
+        "kept through the stale-if-error window"
+    );
+    assert_eq!(rig.broker.cached_entries(), 1);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(weak.upgrade().is_none(), "swept once past it");
+    assert_eq!(rig.broker.cached_entries(), 0);
+    assert!(crate::domain::test_support::wiped_drops() > wiped_before);
 }
 
 #[tokio::test]
