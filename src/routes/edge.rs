@@ -103,7 +103,8 @@ impl Route {
 /// The request metrics of one route, resolved once: a label lookup per
 /// request hashes the label values under a lock.
 struct RouteMetrics {
-    ok: IntCounter,
+    /// `None` for unmatched paths, which never answer 200.
+    ok: Option<IntCounter>,
     duration: Histogram,
 }
 
@@ -130,10 +131,12 @@ impl Edge {
         let metrics = Route::ALL
             .iter()
             .map(|route| RouteMetrics {
-                ok: state
-                    .metrics
-                    .http_requests
-                    .with_label_values(&[route.label(), "200"]),
+                ok: (*route != Route::Unmatched).then(|| {
+                    state
+                        .metrics
+                        .http_requests
+                        .with_label_values(&[route.label(), "200"])
+                }),
                 duration: state
                     .metrics
                     .http_duration
@@ -240,14 +243,14 @@ impl EdgeInner {
         };
         response.headers_mut().insert(REQUEST_ID, request_id);
         if let Some(metrics) = self.metrics.get(route as usize) {
-            if response.status() == axum::http::StatusCode::OK {
-                metrics.ok.inc();
-            } else {
-                self.state
+            match &metrics.ok {
+                Some(ok) if response.status() == axum::http::StatusCode::OK => ok.inc(),
+                _ => self
+                    .state
                     .metrics
                     .http_requests
                     .with_label_values(&[route.label(), response.status().as_str()])
-                    .inc();
+                    .inc(),
             }
             metrics.duration.observe(started.elapsed().as_secs_f64());
         }
