@@ -5,7 +5,8 @@
 //! - [`config`]: the TOML schema, env overrides and validation.
 //! - [`startup`]: builds the app from config (the one `match` on backends),
 //!   binds, serves, shuts down gracefully.
-//! - [`routes`]: HTTP handlers and layers; [`error`]: the one `ApiError`.
+//! - [`routes`]: the edge service of each listener and the HTTP handlers;
+//!   [`error`]: the one `ApiError`.
 //! - [`auth`]: clients by bearer token or TLS certificate; per-id-pattern
 //!   authorization, the create permission and per-client rate limits.
 //! - [`preflight`]: checks of the store and every region's KMS key, at
@@ -19,8 +20,8 @@
 //!   quorum creates, create races, repair.
 //! - [`kms`]: `trait Kms` with the `aws` and `local` adapters.
 //! - [`store`]: `trait Store` with `dynamodb`, `sqlite` and `memory`.
-//! - [`metrics`], [`telemetry`]: Prometheus registry, tracing subscriber
-//!   with its always-on audit layer and non-blocking writer.
+//! - [`metrics`], [`telemetry`]: Prometheus registry, tracing subscriber,
+//!   the always-on audit trail and the non-blocking log writer.
 //! - [`aws`]: SDK timeouts and error inspection shared by the AWS adapters;
 //!   [`report`]: the boxed error type and one-line error chains.
 //!
