@@ -63,6 +63,12 @@ const RETRIES: usize = 2;
 /// How long requests still in flight when wrk stops get to finish.
 const SETTLE: Duration = Duration::from_secs(1);
 /// At least 16 characters, as rkms requires of a token.
+/// The allocator rkms's binary uses, so that the baseline server (this
+/// binary, started with [`BASELINE_ENV`]) differs from rkms only in what it
+/// does per request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
 const BASELINE_ENV: &str = "RKMS_BENCH_BASELINE_SERVER";
 
@@ -1344,7 +1350,7 @@ fn render(
         verdict(r.divergent == 0)
     );
     let bound = HEDGE_AFTER_MS as f64 + 2.0 * normal_call;
-    let _ = writeln!(out, "| frozen preferred, breaker closed: p99 <= hedge_after ({HEDGE_AFTER_MS} ms) + 2 x a normal call ({normal_call:.1} ms) = {bound:.1} ms | default hedge budget (10%, burst 10): {:.1} ms; budget 100%: {:.1} ms | {} (budget 100%) |", before.p99(), before_unbudgeted.p99(), verdict(before_unbudgeted.p99() <= bound));
+    let _ = writeln!(out, "| frozen preferred, breaker closed: p99 <= hedge_after ({HEDGE_AFTER_MS} ms) + 2 x a normal call ({normal_call:.1} ms) = {bound:.1} ms | default hedge budget (10%, burst 10): {:.1} ms (range {:.1}–{:.1}); budget 100%: {:.1} ms | {} with the default budget, {} with 100% |", before.p99(), before.min(|r| r.p99_ms), before.max(|r| r.p99_ms), before_unbudgeted.p99(), verdict(before.p99() <= bound), verdict(before_unbudgeted.p99() <= bound));
     let _ = writeln!(
         out,
         "| frozen preferred, breaker open: p99 <= 1.2 x healthy p99 ({:.1} ms) | {:.1} ms | {} |",
@@ -1357,14 +1363,14 @@ fn render(
         "\nNotes. A normal call is the healthy moto scenario's median p50 (one DynamoDB read plus one KMS Decrypt). \
          Cold reads can cost slightly under one KMS call per request: concurrent requests for the same id share one \
          resolution (single-flight). Every scenario logs the audit trail (one JSON event per request), as production \
-         does. The Zipf scenario draws ids from Zipf(1.1) over zipf/1 .. zipf/1000000 (benches/wrk/bench.lua: an exact \
+         does. rkms and the baseline server both use mimalloc, the allocator of rkms's binary. The Zipf scenario draws ids from Zipf(1.1) over zipf/1 .. zipf/1000000 (benches/wrk/bench.lua: an exact \
          table for the 65,536 most popular ids, the continuous power law for the tail); no id exists before the run, so \
          a first touch creates its key through the local KMS (3 KMS calls) and a later miss of an evicted id is a \
          cold read (1 call). A {ZIPF_WARMUP_S} s unmeasured warm-up pass runs first; the hit ratio is \
          `rkms_cache_hits_total` / (hits + `rkms_cache_misses_total`) over each measured run (the best a \
          100,000-entry cache can do on this distribution is 0.919, the mass of the top 100,000 ids). \
          With the servers pinned to one core each, absolute req/s are lower than unpinned; compare the ratios. \
-         The default hedge budget (`kms.hedge_budget_percent = 10`, burst 10) is why the frozen-preferred scenario with the breaker held closed waits for the 2 s call timeout on most requests: only a tenth of slow calls may hedge; the row with `RKMS__KMS__HEDGE_BUDGET_PERCENT=100` measures the hedge itself. Before the breaker-open scenario the harness waits until `rkms_region_breaker{{state=\"open\"}}` reads 1 for the frozen region. Creates run at about 0.7 of a core: they wait on the store and the KMS calls, not on the server's CPU. Two instances racing on one moto table: where both instances logged a successful create for one id, the table accepted two conditional puts (`attribute_not_exists(id)`, src/store/dynamodb.rs), which real DynamoDB does not allow; moto's `Table.put_item` (moto/dynamodb/models/table.py in the moto venv) reads the current item, evaluates the condition and then assigns, with no lock, and its threaded server runs the two puts concurrently, so this row tests moto's atomicity as much as rkms's. The warm-path profile is in benches/PROFILE.md."
+         Frozen preferred region with its breaker held closed: a region slower than `kms.hedge_after_ms` moves behind the others for `kms.breaker_open_ms`, then one request probes it, so after the first slow calls requests go to the next region; the first run of the scenario includes that discovery, when the hedge budget (`kms.hedge_budget_percent = 10`, burst 10) lets only a tenth of slow calls hedge and the rest wait for the 2 s call timeout. The row with `RKMS__KMS__HEDGE_BUDGET_PERCENT=100` measures the hedge itself. Before the breaker-open scenario the harness waits until `rkms_region_breaker{{state=\"open\"}}` reads 1 for the frozen region. Creates run at about 0.7 of a core: they wait on the store and the KMS calls, not on the server's CPU. Two instances racing on one moto table: where both instances logged a successful create for one id, the table accepted two conditional puts (`attribute_not_exists(id)`, src/store/dynamodb.rs), which real DynamoDB does not allow; moto's `Table.put_item` (moto/dynamodb/models/table.py in the moto venv) reads the current item, evaluates the condition and then assigns, with no lock, and its threaded server runs the two puts concurrently, so this row tests moto's atomicity as much as rkms's. The warm-path profile is in benches/PROFILE.md."
     );
     out
 }
