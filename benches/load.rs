@@ -63,12 +63,6 @@ const RETRIES: usize = 2;
 /// How long requests still in flight when wrk stops get to finish.
 const SETTLE: Duration = Duration::from_secs(1);
 /// At least 16 characters, as rkms requires of a token.
-/// The allocator rkms's binary uses, so that the baseline server (this
-/// binary, started with [`BASELINE_ENV`]) differs from rkms only in what it
-/// does per request.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
 const BASELINE_ENV: &str = "RKMS_BENCH_BASELINE_SERVER";
 
@@ -1363,7 +1357,7 @@ fn render(
         "\nNotes. A normal call is the healthy moto scenario's median p50 (one DynamoDB read plus one KMS Decrypt). \
          Cold reads can cost slightly under one KMS call per request: concurrent requests for the same id share one \
          resolution (single-flight). Every scenario logs the audit trail (one JSON event per request), as production \
-         does. rkms and the baseline server both use mimalloc, the allocator of rkms's binary. The Zipf scenario draws ids from Zipf(1.1) over zipf/1 .. zipf/1000000 (benches/wrk/bench.lua: an exact \
+         does. The Zipf scenario draws ids from Zipf(1.1) over zipf/1 .. zipf/1000000 (benches/wrk/bench.lua: an exact \
          table for the 65,536 most popular ids, the continuous power law for the tail); no id exists before the run, so \
          a first touch creates its key through the local KMS (3 KMS calls) and a later miss of an evicted id is a \
          cold read (1 call). A {ZIPF_WARMUP_S} s unmeasured warm-up pass runs first; the hit ratio is \

@@ -15,13 +15,6 @@ use commands::{
 use rkms::config::{Settings, Source};
 use rkms::startup::{shutdown_signal, Application};
 
-/// mimalloc rather than the system allocator: the warm path allocates a
-/// few small buffers per request, and mimalloc's size classes carry no
-/// per-chunk header, so each cached key costs less memory
-/// (benches/PROFILE.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "rkms",
