@@ -2,9 +2,9 @@
 //! blocking pool, never on the async runtime, and keep their tracing span.
 //! A small pool of connections lets reads proceed side by side (WAL allows
 //! many readers and one writer); a call waits for a free connection without
-//! holding a thread. Several rkms processes may share the file: creates and
-//! repairs run in `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits
-//! out the others, for less than the store call timeout, so a busy database
+//! holding a thread. Writes from one process take turns in arrival order.
+//! Several rkms processes may share the file: creates and repairs run in
+//! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others, for less than the store call timeout, so a busy database
 //! answers `Unavailable` rather than leaving a thread behind a timed-out call.
 
 use std::collections::BTreeMap;
@@ -35,8 +35,17 @@ CREATE TABLE IF NOT EXISTS rkms_keys (
 /// Connections in the pool.
 const POOL_SIZE: usize = 4;
 
+/// SQLite's page cache per connection (its default is 2 MiB).
+const PAGE_CACHE_KIB: i64 = 256;
+
 pub struct SqliteStore {
     idle: Arc<Mutex<Vec<Connection>>>,
+    /// One write at a time from this process, in arrival order. SQLite
+    /// lets one writer in and the others poll with growing sleeps, so under
+    /// a burst of creates a writer could sleep past `busy_timeout` and fail
+    /// with "database is locked" while the lock was free most of the time.
+    /// `busy_timeout` still waits out other processes.
+    writer: Arc<tokio::sync::Mutex<()>>,
     slots: Semaphore,
     path: PathBuf,
     busy_timeout: Duration,
@@ -109,6 +118,7 @@ impl SqliteStore {
         }
         Ok(Self {
             idle: Arc::new(Mutex::new(idle)),
+            writer: Arc::new(tokio::sync::Mutex::new(())),
             slots: Semaphore::new(POOL_SIZE),
             path: path.to_path_buf(),
             busy_timeout,
@@ -152,6 +162,23 @@ impl SqliteStore {
             source: Box::new(e),
         })?
     }
+
+    /// As [`Self::with_conn`], for a write: after the writes of this
+    /// process that came first. The turn is held until the write is done,
+    /// even if the caller stops waiting for it.
+    async fn with_writer<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let turn = Arc::clone(&self.writer).lock_owned().await;
+        self.with_conn(op, move |conn| {
+            let result = f(conn);
+            drop(turn);
+            result
+        })
+        .await
+    }
 }
 
 fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
@@ -165,6 +192,10 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError
         conn.pragma_update(None, "journal_mode", "WAL")
     })?;
     conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(other(OP))?;
+    // Negative: KiB. Records are read once per cache miss, so a page cache
+    // per connection buys little over the operating system's own.
+    conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
         .map_err(other(OP))?;
     Ok(conn)
 }
@@ -300,7 +331,7 @@ impl Store for SqliteStore {
     async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError> {
         const OP: &str = "put_if_absent";
         let record = record.clone();
-        self.with_conn(OP, move |conn| {
+        self.with_writer(OP, move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(other(OP))?;
@@ -347,7 +378,7 @@ impl Store for SqliteStore {
         let id = id.as_str().to_owned();
         let keys = keys.clone();
         let key_ids = key_ids.clone();
-        self.with_conn(OP, move |conn| {
+        self.with_writer(OP, move |conn| {
             let tx = conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(other(OP))?;

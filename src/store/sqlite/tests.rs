@@ -1,25 +1,28 @@
 //! Tests of the adapter against real files in a temporary directory.
 
+use super::*;
+
+fn record(id: &str, regions: &[&str]) -> KeyRecord {
+    KeyRecord {
+        id: KeyId::parse(id).unwrap(),
+        keys: regions
+            .iter()
+            .map(|r| (Region::new(*r), vec![1, 2, 3]))
+            .collect(),
+        version: Some(2),
+        key_ids: regions
+            .iter()
+            .map(|r| (Region::new(*r), format!("arn:{r}")))
+            .collect(),
+        created_at: Some("2026-01-01T00:00:00Z".into()),
+    }
+}
+
 mod unit {
     use super::super::*;
+    use super::record;
 
     const SECOND: Duration = Duration::from_secs(1);
-
-    fn record(id: &str, regions: &[&str]) -> KeyRecord {
-        KeyRecord {
-            id: KeyId::parse(id).unwrap(),
-            keys: regions
-                .iter()
-                .map(|r| (Region::new(*r), vec![1, 2, 3]))
-                .collect(),
-            version: Some(2),
-            key_ids: regions
-                .iter()
-                .map(|r| (Region::new(*r), format!("arn:{r}")))
-                .collect(),
-            created_at: Some("2026-01-01T00:00:00Z".into()),
-        }
-    }
 
     #[tokio::test]
     async fn put_if_absent_keeps_the_first_record() {
@@ -99,6 +102,7 @@ mod unit {
 
 mod busy {
     use super::super::*;
+    use super::record;
 
     /// Another writer holds the database: a create answers `Unavailable`
     /// within its busy timeout, which is below the store call timeout, so
@@ -131,6 +135,42 @@ mod busy {
             store.put_if_absent(&record).await.unwrap(),
             PutOutcome::Created
         ));
+    }
+
+    /// A write waits for this process's earlier write however long it
+    /// takes, instead of failing with "database is locked" once SQLite's
+    /// busy handler gives up (150 ms here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_of_one_process_take_turns_instead_of_failing_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("db.sqlite3"), Duration::from_millis(200)).unwrap(),
+        );
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let slow = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .with_writer("slow", move |conn| {
+                        let tx = conn
+                            .transaction_with_behavior(TransactionBehavior::Immediate)
+                            .unwrap();
+                        entered_tx.send(()).unwrap();
+                        std::thread::sleep(Duration::from_millis(400));
+                        tx.commit().unwrap();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        entered_rx.recv().unwrap();
+        let outcome = store.put_if_absent(&record("turn", &["a"])).await;
+        assert!(
+            matches!(outcome, Ok(PutOutcome::Created)),
+            "{:?}",
+            outcome.map(|_| ())
+        );
+        slow.await.unwrap().unwrap();
     }
 
     /// Reads run side by side on the pool while one connection is busy.
