@@ -19,7 +19,7 @@ pub const CONTEXT_KEY: &str = "rkms:id";
 
 /// A key id as the client names it. Parsing is the only way to build one.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(String);
+pub struct KeyId(Box<str>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyIdError {
@@ -42,7 +42,7 @@ impl KeyId {
         if let Some((at, _)) = raw.char_indices().find(|(_, c)| c.is_control()) {
             return Err(KeyIdError::ControlCharacter(at));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -91,32 +91,70 @@ impl fmt::Debug for Region {
 /// Plaintext data key. The bytes are wiped when the value drops, and neither
 /// `Debug` nor any error ever prints them.
 pub struct DataKey {
-    bytes: Zeroizing<Vec<u8>>,
+    bytes: Storage,
 }
+
+/// Keys of up to [`INLINE_BYTES`] (the default size is 32) sit inside the
+/// value: one allocation less per cached key, which is most of a cache
+/// entry's memory.
+enum Storage {
+    Inline { len: u8, buf: [u8; INLINE_BYTES] },
+    Heap(Zeroizing<Vec<u8>>),
+}
+
+const INLINE_BYTES: usize = 32;
 
 impl DataKey {
     pub fn from_bytes(bytes: Zeroizing<Vec<u8>>) -> Self {
-        Self { bytes }
+        match u8::try_from(bytes.len()) {
+            Ok(len) if bytes.len() <= INLINE_BYTES => {
+                let mut buf = [0u8; INLINE_BYTES];
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                // `bytes` is wiped as it drops here.
+                Self {
+                    bytes: Storage::Inline { len, buf },
+                }
+            }
+            _ => Self {
+                bytes: Storage::Heap(bytes),
+            },
+        }
     }
 
     /// `len` fresh bytes from the operating system's CSPRNG.
     pub fn random(len: usize) -> Self {
         use rand::RngCore;
-        let mut bytes = Zeroizing::new(vec![0u8; len]);
-        rand::rngs::OsRng.fill_bytes(&mut bytes);
-        Self { bytes }
+        match u8::try_from(len) {
+            Ok(short) if len <= INLINE_BYTES => {
+                let mut buf = [0u8; INLINE_BYTES];
+                rand::rngs::OsRng.fill_bytes(&mut buf[..len]);
+                Self {
+                    bytes: Storage::Inline { len: short, buf },
+                }
+            }
+            _ => {
+                let mut bytes = Zeroizing::new(vec![0u8; len]);
+                rand::rngs::OsRng.fill_bytes(&mut bytes);
+                Self {
+                    bytes: Storage::Heap(bytes),
+                }
+            }
+        }
     }
 
     pub fn expose(&self) -> &[u8] {
-        &self.bytes
+        match &self.bytes {
+            Storage::Inline { len, buf } => &buf[..usize::from(*len)],
+            Storage::Heap(bytes) => bytes,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.bytes.len()
+        self.expose().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.expose().is_empty()
     }
 
     /// Base64 (standard, padded) of the key, in a buffer wiped on drop.
@@ -128,15 +166,18 @@ impl DataKey {
 
 impl Drop for DataKey {
     fn drop(&mut self) {
-        self.bytes.zeroize();
+        match &mut self.bytes {
+            Storage::Inline { buf, .. } => buf.zeroize(),
+            Storage::Heap(bytes) => bytes.zeroize(),
+        }
         #[cfg(test)]
-        test_support::record_drop(&self.bytes);
+        test_support::record_drop(self.expose());
     }
 }
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DataKey([REDACTED; {} bytes])", self.bytes.len())
+        write!(f, "DataKey([REDACTED; {} bytes])", self.len())
     }
 }
 
@@ -235,6 +276,25 @@ mod tests {
         let shown = format!("{key:?}");
         assert!(!shown.contains("171") && !shown.to_lowercase().contains("ab, "));
         assert!(shown.contains("REDACTED"));
+    }
+
+    /// Short keys are stored inline, longer ones on the heap: every
+    /// allowed size (`keys.data_key_bytes`, 16 to 64) keeps its bytes.
+    #[test]
+    fn keys_of_every_allowed_size_keep_their_bytes() {
+        for len in [16, 31, 32, 33, 48, 64] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5A).collect();
+            let key = DataKey::from_bytes(Zeroizing::new(bytes.clone()));
+            assert_eq!(key.expose(), &bytes[..], "{len}");
+            assert_eq!(key.len(), len);
+            let random = DataKey::random(len);
+            assert_eq!(random.len(), len);
+            assert_ne!(random.expose(), &vec![0u8; len][..], "{len}");
+        }
+        assert_eq!(
+            format!("{:?}", DataKey::random(48)),
+            "DataKey([REDACTED; 48 bytes])"
+        );
     }
 
     #[test]
