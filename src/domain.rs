@@ -156,12 +156,6 @@ impl DataKey {
     pub fn is_empty(&self) -> bool {
         self.expose().is_empty()
     }
-
-    /// Base64 (standard, padded) of the key, in a buffer wiped on drop.
-    pub fn to_base64(&self) -> Zeroizing<String> {
-        use base64::Engine;
-        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.expose()))
-    }
 }
 
 impl Drop for DataKey {

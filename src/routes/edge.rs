@@ -212,9 +212,9 @@ where
 }
 
 impl EdgeInner {
-    async fn handle(&self, mut request: Request) -> Response {
+    async fn handle(&self, request: Request) -> Response {
         let started = Instant::now();
-        let request_id = self.ids.assign(&mut request);
+        let request_id = self.ids.assign(&request);
         let route = Route::of(request.uri().path());
         // Field values are only evaluated when the span is enabled.
         let span = tracing::info_span!(
@@ -226,9 +226,12 @@ impl EdgeInner {
             latency_ms = tracing::field::Empty,
         );
         let mut response = if span.is_disabled() {
-            self.respond(route, request).await
+            self.respond(route, request, &request_id).await
         } else {
-            let response = self.respond(route, request).instrument(span.clone()).await;
+            let response = self
+                .respond(route, request, &request_id)
+                .instrument(span.clone())
+                .await;
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
             span.record("status", response.status().as_u16());
             span.record("latency_ms", latency_ms);
@@ -257,7 +260,7 @@ impl EdgeInner {
         response
     }
 
-    async fn respond(&self, route: Route, request: Request) -> Response {
+    async fn respond(&self, route: Route, request: Request, request_id: &HeaderValue) -> Response {
         if let Some(refused) = oversized(&self.state.limits, &request) {
             return refused.into_response();
         }
@@ -277,7 +280,8 @@ impl EdgeInner {
                 if request.method() != Method::GET {
                     return ApiError::MethodNotAllowed.into_response();
                 }
-                key::get_key(&self.state, request).await
+                // Ours or checked by `usable`: always visible ASCII.
+                key::get_key(&self.state, request, request_id.to_str().unwrap_or("")).await
             }
             _ => match tokio::time::timeout(self.backstop, self.router.clone().oneshot(request))
                 .await
@@ -359,15 +363,12 @@ impl RequestIds {
     }
 
     /// The request's id: the client's `x-request-id` when it is a short
-    /// token (it goes into logs and the audit trail), else a new one, put
-    /// in the request's headers for the handler.
-    fn assign(&self, request: &mut Request) -> HeaderValue {
-        if let Some(theirs) = request.headers().get(REQUEST_ID).filter(|v| usable(v)) {
-            return theirs.clone();
+    /// token (it goes into logs and the audit trail), else a new one.
+    fn assign(&self, request: &Request) -> HeaderValue {
+        match request.headers().get(REQUEST_ID).filter(|v| usable(v)) {
+            Some(theirs) => theirs.clone(),
+            None => self.make(),
         }
-        let ours = self.make();
-        request.headers_mut().insert(REQUEST_ID, ours.clone());
-        ours
     }
 
     fn make(&self) -> HeaderValue {

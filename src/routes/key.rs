@@ -2,6 +2,8 @@
 //!
 //! Must not: call KMS or the store (the broker does), or log key material.
 
+use std::borrow::Cow;
+
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, HeaderValue};
@@ -9,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use zeroize::Zeroizing;
 
-use super::{AppState, REQUEST_ID};
+use super::AppState;
 use crate::auth::PeerNames;
 use crate::broker::{BrokerError, Resolved};
-use crate::domain::KeyId;
+use crate::domain::{DataKey, KeyId};
 use crate::error::ApiError;
 use crate::telemetry::audit;
 
@@ -32,7 +34,7 @@ pub fn parse_query(raw: Option<&str>) -> Result<KeyQuery, ApiError> {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let name = decode_component(name)?;
         let value = decode_component(value)?;
-        let slot = match name.as_str() {
+        let slot = match &*name {
             "id" => &mut id,
             "create" => &mut create,
             other => {
@@ -66,7 +68,11 @@ pub fn parse_query(raw: Option<&str>) -> Result<KeyQuery, ApiError> {
 /// Decode one form-encoded query component strictly: `+` is a space, `%XX`
 /// a byte, and the bytes must be UTF-8. A lenient decoder would turn
 /// `x%FF` and `x%FE` into the same U+FFFD id, so two ids would share a key.
-fn decode_component(raw: &str) -> Result<String, ApiError> {
+/// A component with nothing to decode is borrowed as it is.
+fn decode_component(raw: &str) -> Result<Cow<'_, str>, ApiError> {
+    if !raw.bytes().any(|b| b == b'+' || b == b'%') {
+        return Ok(Cow::Borrowed(raw));
+    }
     let bad = |why: &str| ApiError::BadRequest(format!("query string is not valid: {why}"));
     let input = raw.as_bytes();
     let mut out = Vec::with_capacity(input.len());
@@ -90,17 +96,13 @@ fn decode_component(raw: &str) -> Result<String, ApiError> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|_| bad("percent-decoded bytes are not UTF-8"))
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| bad("percent-decoded bytes are not UTF-8"))
 }
 
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
-}
-
-#[derive(serde::Serialize)]
-struct KeyBody<'a> {
-    id: &'a str,
-    key: &'a str,
 }
 
 struct Audit<'a> {
@@ -123,15 +125,33 @@ impl Audit<'_> {
     }
 }
 
-/// The 200 body, in a buffer that is wiped when hyper has sent it and
-/// drops it. Copies rkms cannot wipe: hyper may copy a small body into its
-/// write buffer, and the kernel's socket buffers hold it until sent.
-fn key_response(id: &str, encoded: &str) -> Response {
-    let mut body = Zeroizing::new(Vec::with_capacity(id.len() + encoded.len() + 32));
-    if let Err(e) = serde_json::to_writer(&mut *body, &KeyBody { id, key: encoded }) {
+/// The 200 body, `{"id":…,"key":…}`, in a buffer that is wiped when hyper
+/// has sent it and drops it. Copies rkms cannot wipe: hyper may copy a
+/// small body into its write buffer, and the kernel's socket buffers hold
+/// it until sent.
+fn key_response(id: &str, key: &DataKey) -> Response {
+    use base64::Engine;
+    let encoded_len = key.len().div_ceil(3) * 4;
+    let mut body = Zeroizing::new(Vec::with_capacity(id.len() + encoded_len + 24));
+    body.extend_from_slice(b"{\"id\":");
+    if let Err(e) = serde_json::to_writer(&mut *body, id) {
         tracing::error!(error = %e, "cannot encode the key response");
         return ApiError::Internal(None).into_response();
     }
+    body.extend_from_slice(b",\"key\":\"");
+    // Room for the rest first: a reallocation after the key is written
+    // would free a copy of it unwiped.
+    body.reserve(encoded_len + 2);
+    let start = body.len();
+    body.resize(start + encoded_len, 0);
+    if base64::engine::general_purpose::STANDARD
+        .encode_slice(key.expose(), &mut body[start..])
+        .is_err()
+    {
+        tracing::error!("cannot encode the key response: base64 buffer too small");
+        return ApiError::Internal(None).into_response();
+    }
+    body.extend_from_slice(b"\"}");
     let mut response = Response::new(Body::from(Bytes::from_owner(body)));
     let headers = response.headers_mut();
     headers.insert(
@@ -144,12 +164,8 @@ fn key_response(id: &str, encoded: &str) -> Response {
 
 /// Takes the request whole: the headers, query and peer names are read in
 /// place (a `HeaderMap` extractor would copy every header per request).
-pub(super) async fn get_key(state: &AppState, request: Request) -> Response {
+pub(super) async fn get_key(state: &AppState, request: Request, request_id: &str) -> Response {
     let headers = request.headers();
-    let request_id = headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     let query = match parse_query(request.uri().query()) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
@@ -209,7 +225,7 @@ pub(super) async fn get_key(state: &AppState, request: Request) -> Response {
                 source.as_str(),
                 "ok",
             );
-            key_response(query.id.as_str(), &key.to_base64())
+            key_response(query.id.as_str(), &key)
         }
         // A client that may read but not create asked for an absent id
         // without create=false: it asked to create.
@@ -267,6 +283,32 @@ mod tests {
             if let (Ok(x), Ok(y)) = (parse_query(Some(&enc(&a))), parse_query(Some(&enc(&b)))) {
                 prop_assert_eq!(a == b, x.id == y.id);
             }
+        }
+    }
+
+    /// The 200 body is written by hand: it must be JSON for any id, and
+    /// carry the key whole for every allowed key size.
+    #[tokio::test]
+    async fn key_bodies_are_json_for_any_id_and_key_size() {
+        use base64::Engine;
+        for (id, len) in [
+            ("a", 16),
+            ("quo\"te\\back/é ✓", 32),
+            ("tab\u{7f}", 33),
+            ("x", 64),
+        ] {
+            let key = DataKey::random(len);
+            let response = key_response(id, &key);
+            assert_eq!(response.status(), axum::http::StatusCode::OK);
+            let body = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["id"], id);
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(v["key"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(decoded, key.expose(), "{len}");
         }
     }
 

@@ -66,8 +66,7 @@ fn format(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, event: &Event<'
                 out.extend_from_slice(b",\"");
                 out.extend_from_slice(name.as_bytes());
                 out.extend_from_slice(b"\":");
-                // A `&str` always serializes; the writer is a `Vec`.
-                let _ = serde_json::to_writer(&mut *out, value);
+                json_string(out, value);
             }
             out.extend_from_slice(b",\"target\":\"audit\"}\n");
         }
@@ -80,6 +79,22 @@ fn format(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, event: &Event<'
             }
             out.push(b'\n');
         }
+    }
+}
+
+/// `value` as a JSON string. Most values need no escaping and are copied
+/// as they are.
+fn json_string(out: &mut Vec<u8>, value: &str) {
+    if value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        // A `&str` always serializes; the writer is a `Vec`.
+        let _ = serde_json::to_writer(&mut *out, value);
     }
 }
 
