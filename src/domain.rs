@@ -89,83 +89,44 @@ impl fmt::Debug for Region {
 }
 
 /// Plaintext data key. The bytes are wiped when the value drops, and neither
-/// `Debug` nor any error ever prints them.
+/// `Debug` nor any error ever prints them. They live on the heap, written
+/// in place: moving a `DataKey` (through results, channels and tasks)
+/// copies a pointer, never the key, so no unwiped copy is left behind.
 pub struct DataKey {
-    bytes: Storage,
+    bytes: Zeroizing<Vec<u8>>,
 }
-
-/// Keys of up to [`INLINE_BYTES`] (the default size is 32) sit inside the
-/// value: one allocation less per cached key, which is most of a cache
-/// entry's memory.
-enum Storage {
-    Inline { len: u8, buf: [u8; INLINE_BYTES] },
-    Heap(Zeroizing<Vec<u8>>),
-}
-
-const INLINE_BYTES: usize = 32;
 
 impl DataKey {
     pub fn from_bytes(bytes: Zeroizing<Vec<u8>>) -> Self {
-        match u8::try_from(bytes.len()) {
-            Ok(len) if bytes.len() <= INLINE_BYTES => {
-                let mut buf = [0u8; INLINE_BYTES];
-                buf[..bytes.len()].copy_from_slice(&bytes);
-                // `bytes` is wiped as it drops here.
-                Self {
-                    bytes: Storage::Inline { len, buf },
-                }
-            }
-            _ => Self {
-                bytes: Storage::Heap(bytes),
-            },
-        }
+        Self { bytes }
     }
 
     /// `len` fresh bytes from the operating system's CSPRNG.
     pub fn random(len: usize) -> Self {
         use rand::RngCore;
-        match u8::try_from(len) {
-            Ok(short) if len <= INLINE_BYTES => {
-                let mut buf = [0u8; INLINE_BYTES];
-                rand::rngs::OsRng.fill_bytes(&mut buf[..len]);
-                Self {
-                    bytes: Storage::Inline { len: short, buf },
-                }
-            }
-            _ => {
-                let mut bytes = Zeroizing::new(vec![0u8; len]);
-                rand::rngs::OsRng.fill_bytes(&mut bytes);
-                Self {
-                    bytes: Storage::Heap(bytes),
-                }
-            }
-        }
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self { bytes }
     }
 
     pub fn expose(&self) -> &[u8] {
-        match &self.bytes {
-            Storage::Inline { len, buf } => &buf[..usize::from(*len)],
-            Storage::Heap(bytes) => bytes,
-        }
+        &self.bytes
     }
 
     pub fn len(&self) -> usize {
-        self.expose().len()
+        self.bytes.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.expose().is_empty()
+        self.bytes.is_empty()
     }
 }
 
 impl Drop for DataKey {
     fn drop(&mut self) {
-        match &mut self.bytes {
-            Storage::Inline { buf, .. } => buf.zeroize(),
-            Storage::Heap(bytes) => bytes.zeroize(),
-        }
+        self.bytes.zeroize();
         #[cfg(test)]
-        test_support::record_drop(self.expose());
+        test_support::record_drop(&self.bytes);
     }
 }
 
@@ -272,8 +233,7 @@ mod tests {
         assert!(shown.contains("REDACTED"));
     }
 
-    /// Short keys are stored inline, longer ones on the heap: every
-    /// allowed size (`keys.data_key_bytes`, 16 to 64) keeps its bytes.
+    /// Every allowed size (`keys.data_key_bytes`, 16 to 64) keeps its bytes.
     #[test]
     fn keys_of_every_allowed_size_keep_their_bytes() {
         for len in [16, 31, 32, 33, 48, 64] {

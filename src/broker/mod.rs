@@ -378,7 +378,11 @@ impl KeyBroker {
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 if let Some(cache) = &inner.cache {
-                    cache.retain(|_, entry| entry.fetched.elapsed() < keep_for);
+                    // One clock read for the whole pass, which holds each
+                    // shard's lock in turn.
+                    let now = Instant::now();
+                    cache
+                        .retain(|_, entry| now.saturating_duration_since(entry.fetched) < keep_for);
                 }
             }
         });

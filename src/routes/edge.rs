@@ -52,7 +52,7 @@ enum Listener {
 /// A request's route, from its exact path (as axum matches it), for
 /// dispatch and the `route` label.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Route {
+pub(super) enum Route {
     Key,
     KeyV1,
     Metrics,
@@ -82,7 +82,9 @@ impl Route {
         }
     }
 
-    fn label(self) -> &'static str {
+    /// The path, or `unmatched`: the router's paths are named here too,
+    /// so each route has its label and its place in the shedding rules.
+    pub(super) fn label(self) -> &'static str {
         match self {
             Self::Key => "/key",
             Self::KeyV1 => "/api/v1/key",

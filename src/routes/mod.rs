@@ -9,6 +9,7 @@ mod health;
 mod key;
 
 pub use self::edge::Edge;
+use self::edge::Route;
 pub use self::key::{parse_query, KeyQuery};
 
 use std::sync::atomic::AtomicBool;
@@ -83,9 +84,9 @@ impl AppState {
 /// the edge itself, the rest by an axum router.
 pub fn router(state: AppState) -> Edge {
     let rest = Router::new()
-        .route("/metrics", get_only(authenticated_metrics))
-        .route("/healthz", get_only(health::healthz))
-        .route("/readyz", get_only(health::readyz))
+        .route(Route::Metrics.label(), get_only(authenticated_metrics))
+        .route(Route::Healthz.label(), get_only(health::healthz))
+        .route(Route::Readyz.label(), get_only(health::readyz))
         .fallback(not_found)
         .with_state(state.clone());
     Edge::api(state, rest)
@@ -109,9 +110,9 @@ where
 /// error shape as the API.
 pub fn metrics_router(state: AppState) -> Edge {
     let routes = Router::new()
-        .route("/metrics", get_only(metrics_text))
-        .route("/healthz", get_only(health::healthz))
-        .route("/readyz", get_only(health::readyz))
+        .route(Route::Metrics.label(), get_only(metrics_text))
+        .route(Route::Healthz.label(), get_only(health::healthz))
+        .route(Route::Readyz.label(), get_only(health::readyz))
         .fallback(not_found)
         .with_state(state.clone());
     Edge::metrics(state, routes)

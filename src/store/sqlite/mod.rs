@@ -4,8 +4,9 @@
 //! many readers and one writer); a call waits for a free connection without
 //! holding a thread. Writes from one process take turns in arrival order.
 //! Several rkms processes may share the file: creates and repairs run in
-//! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others, for less than the store call timeout, so a busy database
-//! answers `Unavailable` rather than leaving a thread behind a timed-out call.
+//! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others,
+//! for less than the store call timeout, so a busy database answers
+//! `Unavailable` rather than leaving a thread behind a timed-out call.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
