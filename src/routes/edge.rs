@@ -33,7 +33,7 @@ use super::{key, AppState, Limits, REQUEST_ID};
 use crate::error::ApiError;
 
 /// No route reads a body; a declared one over this is refused.
-pub const BODY_LIMIT_BYTES: usize = 16 * 1024;
+const BODY_LIMIT_BYTES: usize = 16 * 1024;
 
 /// How long a shed client should wait: in-flight requests finish in
 /// milliseconds when KMS is healthy, so a short pause is enough.

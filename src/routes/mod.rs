@@ -64,7 +64,7 @@ impl std::ops::Deref for AppState {
 /// Request limits from `[server]`.
 pub struct Limits {
     /// Permits for requests doing work (`server.max_concurrent_requests`).
-    pub in_flight: Arc<Semaphore>,
+    pub in_flight: Semaphore,
     pub max_uri_bytes: u32,
     pub max_header_bytes: u32,
 }
