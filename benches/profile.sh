@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Profile rkms's warm read path under load (issue #11): the release server
-# pinned to core 0, wrk driving warm reads (1,000 ids, all cached) from
-# core 1, `perf record --call-graph dwarf` on the server, then a flamegraph
-# with inferno. Writes benches/warm-read.svg (or warm-read-auth.svg with
-# AUTH=1) and prints the top costs (benches/profile_top.py).
+# Profile rkms under load (issue #11): the release server pinned to core 0,
+# wrk from core 1, `perf record --call-graph dwarf` on the server, then a
+# flamegraph with inferno. MODE picks the load:
+#   warm (default)  warm reads of 1,000 ids, all cached: benches/warm-read.svg
+#                   (warm-read-auth.svg with AUTH=1)
+#   create          creates of new ids: benches/create.svg
+#   zipf            Zipf(1.1) over 1,000,000 ids, cache 100,000, after a
+#                   20 s warm-up as in `make bench`: benches/zipf.svg
+# and prints the top costs (benches/profile_top.py).
 #
 #   cargo build --release --locked
 #   cargo install --locked --version 0.12.8 --root target/tools inferno
-#   benches/profile.sh            # SECS=10 FREQ=999 AUTH=1 to change
+#   benches/profile.sh            # SECS=10 FREQ=999 AUTH=1 MODE=zipf to change
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -26,9 +30,16 @@ trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 export RKMS__SERVER__LISTEN=127.0.0.1:0 RKMS__LOG__FORMAT=json
 export RUST_LOG=warn,audit=info,rkms::startup=info
 unset RKMS_CONFIG
-wrk_env=(BENCH_MODE=existing BENCH_IDS=1000 BENCH_DELAY_MS=0)
+mode=${MODE:-warm}
+case "$mode" in
+  warm) wrk_env=(BENCH_MODE=existing BENCH_IDS=1000 BENCH_DELAY_MS=0) ;;
+  create) name=create; wrk_env=(BENCH_MODE=new BENCH_DELAY_MS=0) ;;
+  zipf) name=zipf; wrk_env=(BENCH_MODE=zipf BENCH_IDS=1000000 BENCH_DELAY_MS=0)
+    export RKMS__CACHE__MAX_ENTRIES=100000 ;;
+  *) echo "MODE is warm, create or zipf, not $mode" >&2; exit 1 ;;
+esac
 if [ "${AUTH:-0}" = 1 ]; then
-  name=warm-read-auth
+  name=$name-auth
   export RKMS__AUTH__MODE=token BENCH_TOKEN=$token
   export RKMS__AUTH__CLIENTS='[{"name":"bench","token_env":"BENCH_TOKEN","ids":["*"],"create":true}]'
   wrk_env+=(BENCH_TOKEN=$token)
@@ -44,9 +55,11 @@ for _ in $(seq 100); do
 done
 [ -n "$addr" ] || { cat "$work/rkms.log" >&2; exit 1; }
 wrk_run() { env "${wrk_env[@]}" taskset -c 1 wrk -t1 -c64 -d"$1"s -s benches/wrk/bench.lua "http://$addr"; }
-# Create, then cache, every id.
-wrk_run 3 >/dev/null
-wrk_run 3 >/dev/null
+# warm: create, then cache, every id; zipf: the warm-up of `make bench`.
+case "$mode" in
+  warm) wrk_run 3 >/dev/null; wrk_run 3 >/dev/null ;;
+  zipf) wrk_run 20 >/dev/null ;;
+esac
 echo "load: $(cat /proc/loadavg)"
 wrk_run $((secs + 4)) > "$work/wrk.out" &
 wrk_pid=$!

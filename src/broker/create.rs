@@ -63,18 +63,21 @@ impl Inner {
             .await?
         {
             PutOutcome::Created => {
-                // Read it back: a store whose conditional put is not atomic
-                // (a test double, a misconfigured replica) could have let a
+                // Read it back unless the store's put is atomic by
+                // construction: a store whose conditional put is not (a
+                // misconfigured replica, a test double) could have let a
                 // concurrent create overwrite ours, and serving our key then
                 // would lose whatever the client encrypts with it. The
                 // stored record is the truth; an unreadable answer leaves
                 // ours, as the put said.
-                if let Ok(Some(stored)) = self.timed_store("get", self.store.get(id)).await {
-                    if stored.keys != record.keys {
-                        self.metrics.create_conflicts.inc();
-                        drop(key);
-                        tracing::warn!(key_id = %id, "the store holds another record than the one it just accepted (a non-atomic conditional put?); serving the stored one");
-                        return self.decrypt_record(id, Arc::new(stored)).await;
+                if !self.store.put_is_atomic() {
+                    if let Ok(Some(stored)) = self.timed_store("get", self.store.get(id)).await {
+                        if stored.keys != record.keys {
+                            self.metrics.create_conflicts.inc();
+                            drop(key);
+                            tracing::warn!(key_id = %id, "the store holds another record than the one it just accepted (a non-atomic conditional put?); serving the stored one");
+                            return self.decrypt_record(id, Arc::new(stored)).await;
+                        }
                     }
                 }
                 self.metrics.keys_created.inc();

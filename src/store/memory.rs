@@ -115,6 +115,11 @@ impl Store for MemoryStore {
         Ok(PutOutcome::Created)
     }
 
+    /// The check and the insert happen under one lock.
+    fn put_is_atomic(&self) -> bool {
+        true
+    }
+
     async fn add_missing_regions(
         &self,
         id: &KeyId,

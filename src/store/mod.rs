@@ -67,6 +67,15 @@ pub trait Store: Send + Sync {
     /// retry after an unseen success returns `Exists` with our own record.
     async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError>;
 
+    /// Whether `put_if_absent` is atomic by construction here (one
+    /// transaction, one lock), so that a record it reports `Created` is
+    /// the one stored. When not (the default: a DynamoDB table may be a
+    /// replica that accepts a conflicting put elsewhere), the broker reads
+    /// a created record back before serving its key.
+    fn put_is_atomic(&self) -> bool {
+        false
+    }
+
     /// Add the ciphertexts in `keys` (and their `key_ids`) for regions the
     /// stored record lacks. Never replaces an existing region's ciphertext.
     /// Returns how many regions were added. Idempotent.

@@ -104,8 +104,8 @@ async fn concurrent_misses_share_one_resolution() {
     assert_eq!(keys.len(), 1);
     assert_eq!(
         rig.store.get_calls() - gets_before,
-        2,
-        "one read, and one read-back of the new record"
+        1,
+        "one read (the memory store's put is atomic: no read-back)"
     );
     assert_eq!(rig.store.put_calls(), 2, "one create per new id");
     assert_eq!(rig.kms.total_calls("generate_data_key"), 2);
@@ -435,4 +435,30 @@ async fn a_create_overwritten_behind_the_stores_back_serves_the_stored_key() {
     // And from the cache too.
     let again = broker.get_or_create(&id, true).await.unwrap();
     assert_eq!(again.key.expose(), rival_key.expose());
+}
+
+/// On a store whose conditional put is atomic (SQLite: one transaction), a
+/// create is not read back: one store read (the miss) and one write. A
+/// store that does not say so is read back (the test above).
+#[tokio::test]
+async fn a_create_on_an_atomic_store_is_not_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalKms::open(&dir.path().join("keyring.json"), &regions()).unwrap();
+    let store = Arc::new(
+        crate::store::sqlite::SqliteStore::open(
+            &dir.path().join("db.sqlite3"),
+            Duration::from_secs(2),
+        )
+        .unwrap(),
+    );
+    let metrics = Arc::new(Metrics::new().unwrap());
+    let broker = KeyBroker::new(Arc::new(local), store, no_cache(), metrics.clone());
+    let id = KeyId::parse("atomic").unwrap();
+    let created = broker.get_or_create(&id, true).await.unwrap();
+    assert!(created.created);
+    let calls = |op: &str| metrics.store_requests.with_label_values(&[op, "ok"]).get();
+    assert_eq!((calls("get"), calls("put_if_absent")), (1, 1));
+    // The stored key is the one served.
+    let read = broker.get_or_create(&id, false).await.unwrap();
+    assert_eq!(read.key.expose(), created.key.expose());
 }

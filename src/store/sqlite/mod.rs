@@ -2,7 +2,9 @@
 //! blocking pool, never on the async runtime, and keep their tracing span.
 //! A small pool of connections lets reads proceed side by side (WAL allows
 //! many readers and one writer); a call waits for a free connection without
-//! holding a thread. Writes from one process take turns in arrival order.
+//! holding a thread. Writes from one process queue for one write connection
+//! and are committed in groups (see `writer`): a burst of creates costs one
+//! WAL sync per group, not one each.
 //! Several rkms processes may share the file: creates and repairs run in
 //! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others,
 //! for less than the store call timeout, so a busy database answers
@@ -16,13 +18,15 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    decode_header, decode_keys, decode_region_map, encode_keys, merge_missing, region_map,
-    PutOutcome, ScanPage, Store, StoreError,
+    decode_header, decode_keys, decode_region_map, PutOutcome, ScanPage, Store, StoreError,
 };
 use crate::domain::{KeyId, KeyRecord, Region};
+use writer::{Done, Write, Writer};
+
+mod writer;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS rkms_keys (
@@ -33,7 +37,7 @@ CREATE TABLE IF NOT EXISTS rkms_keys (
     created_at TEXT
 );";
 
-/// Connections in the pool.
+/// Connections in the read pool (writes have one of their own).
 const POOL_SIZE: usize = 4;
 
 /// SQLite's page cache per connection (its default is 2 MiB).
@@ -41,12 +45,13 @@ const PAGE_CACHE_KIB: i64 = 256;
 
 pub struct SqliteStore {
     idle: Arc<Mutex<Vec<Connection>>>,
-    /// One write at a time from this process, in arrival order. SQLite
-    /// lets one writer in and the others poll with growing sleeps, so under
-    /// a burst of creates a writer could sleep past `busy_timeout` and fail
-    /// with "database is locked" while the lock was free most of the time.
-    /// `busy_timeout` still waits out other processes.
-    writer: Arc<tokio::sync::Mutex<()>>,
+    /// All writes of this process, committed in groups by one task at a
+    /// time. Were each write its own writer, SQLite would let one in and
+    /// the others poll with growing sleeps, so under a burst of creates a
+    /// writer could sleep past `busy_timeout` and fail with "database is
+    /// locked" while the lock was free most of the time. `busy_timeout`
+    /// still waits out other processes.
+    writer: Writer,
     slots: Semaphore,
     path: PathBuf,
     busy_timeout: Duration,
@@ -119,7 +124,7 @@ impl SqliteStore {
         }
         Ok(Self {
             idle: Arc::new(Mutex::new(idle)),
-            writer: Arc::new(tokio::sync::Mutex::new(())),
+            writer: Writer::new(path, busy_timeout),
             slots: Semaphore::new(POOL_SIZE),
             path: path.to_path_buf(),
             busy_timeout,
@@ -162,23 +167,6 @@ impl SqliteStore {
             op,
             source: Box::new(e),
         })?
-    }
-
-    /// As [`Self::with_conn`], for a write: after the writes of this
-    /// process that came first. The turn is held until the write is done,
-    /// even if the caller stops waiting for it.
-    async fn with_writer<T, F>(&self, op: &'static str, f: F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let turn = Arc::clone(&self.writer).lock_owned().await;
-        self.with_conn(op, move |conn| {
-            let result = f(conn);
-            drop(turn);
-            result
-        })
-        .await
     }
 }
 
@@ -319,6 +307,15 @@ fn to_json(map: &BTreeMap<String, String>, op: &'static str) -> Result<String, S
     })
 }
 
+/// A write answered with another kind of write's outcome; cannot happen,
+/// and is an error rather than a panic.
+fn mismatch(op: &'static str) -> StoreError {
+    StoreError::Other {
+        op,
+        source: "the writer answered with another write's outcome".into(),
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     #[tracing::instrument(level = "debug", skip(self), fields(id = %id))]
@@ -330,42 +327,17 @@ impl Store for SqliteStore {
 
     #[tracing::instrument(level = "debug", skip(self, record), fields(id = %record.id))]
     async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError> {
-        const OP: &str = "put_if_absent";
-        let record = record.clone();
-        self.with_writer(OP, move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(other(OP))?;
-            let inserted = tx
-                .execute(
-                    "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(id) DO NOTHING",
-                    params![
-                        record.id.as_str(),
-                        to_json(&encode_keys(&record.keys), OP)?,
-                        record.version.map(i64::from),
-                        to_json(&region_map(&record.key_ids), OP)?,
-                        record.created_at,
-                    ],
-                )
-                .map_err(other(OP))?;
-            let outcome = if inserted == 1 {
-                PutOutcome::Created
-            } else {
-                match read(&tx, record.id.as_str(), OP)? {
-                    Some(existing) => PutOutcome::Exists(existing),
-                    None => {
-                        return Err(StoreError::Other {
-                            op: OP,
-                            source: "insert ignored but no record found".into(),
-                        })
-                    }
-                }
-            };
-            tx.commit().map_err(other(OP))?;
-            Ok(outcome)
-        })
-        .await
+        match self.writer.submit(Write::Put(record.clone())).await? {
+            Done::Put(outcome) => Ok(outcome),
+            Done::Added(_) => Err(mismatch("put_if_absent")),
+        }
+    }
+
+    /// The insert and the check for an existing row are one `BEGIN
+    /// IMMEDIATE` transaction, which holds the file's write lock against
+    /// every other process too.
+    fn put_is_atomic(&self) -> bool {
+        true
     }
 
     #[tracing::instrument(level = "debug", skip(self, keys, key_ids), fields(id = %id))]
@@ -375,33 +347,15 @@ impl Store for SqliteStore {
         keys: &BTreeMap<Region, Vec<u8>>,
         key_ids: &BTreeMap<Region, String>,
     ) -> Result<usize, StoreError> {
-        const OP: &str = "add_missing_regions";
-        let id = id.as_str().to_owned();
-        let keys = keys.clone();
-        let key_ids = key_ids.clone();
-        self.with_writer(OP, move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(other(OP))?;
-            let Some(mut record) = read(&tx, &id, OP)? else {
-                return Ok(0);
-            };
-            let added = merge_missing(&mut record, &keys, &key_ids);
-            if added > 0 {
-                tx.execute(
-                    "UPDATE rkms_keys SET keys = ?2, key_ids = ?3 WHERE id = ?1",
-                    params![
-                        id,
-                        to_json(&encode_keys(&record.keys), OP)?,
-                        to_json(&region_map(&record.key_ids), OP)?
-                    ],
-                )
-                .map_err(other(OP))?;
-            }
-            tx.commit().map_err(other(OP))?;
-            Ok(added)
-        })
-        .await
+        let write = Write::AddMissing {
+            id: id.clone(),
+            keys: keys.clone(),
+            key_ids: key_ids.clone(),
+        };
+        match self.writer.submit(write).await? {
+            Done::Added(added) => Ok(added),
+            Done::Put(_) => Err(mismatch("add_missing_regions")),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
