@@ -2,7 +2,9 @@
 //! blocking pool, never on the async runtime, and keep their tracing span.
 //! A small pool of connections lets reads proceed side by side (WAL allows
 //! many readers and one writer); a call waits for a free connection without
-//! holding a thread. Writes from one process queue for one write connection
+//! holding a thread. Point reads queue for a few tasks that keep reading
+//! while reads arrive (see `reader`), so a stream of cache misses does not
+//! wake a thread for each. Writes from one process queue for one write connection
 //! and are committed in groups (see `writer`): a burst of creates costs one
 //! WAL sync per group, not one each.
 //! Several rkms processes may share the file: creates and repairs run in
@@ -24,8 +26,10 @@ use super::{
     decode_header, decode_keys, decode_region_map, PutOutcome, ScanPage, Store, StoreError,
 };
 use crate::domain::{KeyId, KeyRecord, Region};
+use reader::Reader;
 use writer::{Done, Write, Writer};
 
+mod reader;
 mod writer;
 
 const SCHEMA: &str = "
@@ -52,6 +56,9 @@ pub struct SqliteStore {
     /// locked" while the lock was free most of the time. `busy_timeout`
     /// still waits out other processes.
     writer: Writer,
+    /// Point reads, answered by a few tasks that keep reading while reads
+    /// queue (see `reader`), on connections from `idle`.
+    reader: Reader,
     slots: Semaphore,
     path: PathBuf,
     busy_timeout: Duration,
@@ -122,8 +129,10 @@ impl SqliteStore {
                 first.execute_batch(SCHEMA)
             })?;
         }
+        let idle = Arc::new(Mutex::new(idle));
         Ok(Self {
-            idle: Arc::new(Mutex::new(idle)),
+            reader: Reader::new(Arc::clone(&idle), path, busy_timeout),
+            idle,
             writer: Writer::new(path, busy_timeout),
             slots: Semaphore::new(POOL_SIZE),
             path: path.to_path_buf(),
@@ -320,9 +329,7 @@ fn mismatch(op: &'static str) -> StoreError {
 impl Store for SqliteStore {
     #[tracing::instrument(level = "debug", skip(self), fields(id = %id))]
     async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let id = id.as_str().to_owned();
-        self.with_conn("get", move |conn| read(conn, &id, "get"))
-            .await
+        self.reader.get(id).await
     }
 
     #[tracing::instrument(level = "debug", skip(self, record), fields(id = %record.id))]

@@ -177,6 +177,43 @@ mod busy {
         }
     }
 
+    /// Many reads at once, queued for the reading tasks: each gets its own
+    /// record, or none for an id never stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_reads_each_get_their_own_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("db.sqlite3"), Duration::from_secs(5)).unwrap(),
+        );
+        let stored = |n: u8| {
+            let mut rec = record(&format!("r/{n}"), &["a"]);
+            rec.keys.insert(Region::new("a"), vec![n, n]);
+            rec
+        };
+        for n in 0..100 {
+            store.put_if_absent(&stored(n)).await.unwrap();
+        }
+        let reads: Vec<_> = (0..2000u32)
+            .map(|i| {
+                let store = Arc::clone(&store);
+                let n = u8::try_from(i % 150).unwrap();
+                tokio::spawn(async move {
+                    let got = store.get(&KeyId::parse(&format!("r/{n}")).unwrap()).await;
+                    (n, got)
+                })
+            })
+            .collect();
+        for read in reads {
+            let (n, got) = read.await.unwrap();
+            let got = got.unwrap();
+            if n < 100 {
+                assert_eq!(got, Some(stored(n)), "r/{n}");
+            } else {
+                assert_eq!(got, None, "r/{n}");
+            }
+        }
+    }
+
     /// Reads run side by side on the pool while one connection is busy.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_do_not_queue_behind_a_slow_call() {

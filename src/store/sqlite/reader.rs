@@ -1,0 +1,149 @@
+//! Point reads queue for a few blocking tasks, each of which answers reads
+//! one after the other until the queue is empty. Under a stream of cache
+//! misses a reading thread stays busy instead of being woken for each
+//! read, which costs more than a read from a warm page cache. A task is
+//! added while the queue is longer than twice the tasks reading (up to
+//! `POOL_SIZE`), so one slow read does not hold up the rest for long.
+//! Reads whose caller stopped waiting are skipped.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::{connect, read, POOL_SIZE};
+use crate::domain::{KeyId, KeyRecord};
+use crate::store::StoreError;
+
+const OP: &str = "get";
+
+struct Job {
+    id: KeyId,
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<Option<KeyRecord>, StoreError>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Tasks reading now.
+    active: usize,
+}
+
+pub(super) struct Reader {
+    queue: Arc<Mutex<Queue>>,
+    /// Idle connections, shared with the store's other calls.
+    idle: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Reader {
+    pub(super) fn new(
+        idle: Arc<Mutex<Vec<Connection>>>,
+        path: &Path,
+        busy_timeout: Duration,
+    ) -> Self {
+        Self {
+            queue: Arc::default(),
+            idle,
+            path: path.to_path_buf(),
+            busy_timeout,
+        }
+    }
+
+    pub(super) async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut queue = lock(&self.queue);
+            queue.jobs.push_back(Job {
+                id: id.clone(),
+                span: tracing::Span::current(),
+                reply,
+            });
+            let start = queue.active == 0
+                || (queue.jobs.len() > 2 * queue.active && queue.active < POOL_SIZE);
+            queue.active += usize::from(start);
+            start
+        };
+        if start {
+            let queue = Arc::clone(&self.queue);
+            let idle = Arc::clone(&self.idle);
+            let (path, busy) = (self.path.clone(), self.busy_timeout);
+            tokio::task::spawn_blocking(move || drain(&queue, &idle, &path, busy));
+        }
+        answer.await.map_err(|e| StoreError::Other {
+            op: OP,
+            source: Box::new(ReaderStopped(e)),
+        })?
+    }
+}
+
+/// The read was never answered: the task reading it panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("the read task stopped before answering")]
+struct ReaderStopped(#[source] oneshot::error::RecvError);
+
+/// A reading task that panicked is no longer counted; if it was the last,
+/// the reads still queued are dropped, which answers their callers with an
+/// error at once. (A task that ends normally stops counting itself under
+/// the lock with which it found the queue empty, so no read is left
+/// behind.)
+struct Unwinding<'a>(&'a Mutex<Queue>);
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queue = lock(self.0);
+            queue.active = queue.active.saturating_sub(1);
+            if queue.active == 0 {
+                queue.jobs.clear();
+            }
+        }
+    }
+}
+
+/// Answer queued reads until none is left.
+fn drain(queue: &Mutex<Queue>, idle: &Mutex<Vec<Connection>>, path: &Path, busy: Duration) {
+    let _unwinding = Unwinding(queue);
+    let mut conn: Option<Connection> = None;
+    loop {
+        let job = {
+            let mut queue = lock(queue);
+            match queue.jobs.pop_front() {
+                Some(job) => job,
+                None => {
+                    queue.active -= 1;
+                    drop(queue);
+                    if let Some(conn) = conn {
+                        lock(idle).push(conn);
+                    }
+                    return;
+                }
+            }
+        };
+        if job.reply.is_closed() {
+            continue;
+        }
+        let _entered = job.span.enter();
+        if conn.is_none() {
+            conn = match lock(idle).pop().map_or_else(|| connect(path, busy), Ok) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                    continue;
+                }
+            };
+        }
+        if let Some(c) = &conn {
+            let _ = job.reply.send(read(c, job.id.as_str(), OP));
+        }
+    }
+}
