@@ -838,8 +838,6 @@ async fn bench(nproc: usize) {
     eprintln!("written to {}", path.display());
 }
 
-/// RSS of an empty server and of one holding MEMORY_KEYS cached keys:
-/// created then read; and again after a restart, read from the store only.
 /// The Zipf load against a server started in `dir` with a 100,000-entry
 /// cache, after an unmeasured warm-up.
 async fn zipf_scenario(client: &reqwest::Client, dir: &Path, name: &str) -> Scenario {
@@ -897,6 +895,8 @@ async fn populate(dir: &Path, n: usize) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
+/// RSS of an empty server and of one holding MEMORY_KEYS cached keys:
+/// created then read; and again after a restart, read from the store only.
 async fn memory(client: &reqwest::Client, root: &Path) -> Memory {
     let dir = root.join("memory");
     std::fs::create_dir_all(&dir).unwrap();

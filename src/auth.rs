@@ -18,6 +18,44 @@ use subtle::ConstantTimeEq;
 use crate::config::{AuthMode, AuthSettings, IdPattern};
 use crate::domain::KeyId;
 
+/// The `Authorization` header one connection last authenticated with, and
+/// the client it named. A keep-alive client sends the same header with
+/// every request; when it comes again (compared in constant time, so a
+/// proxy's connection shared by several clients learns nothing from the
+/// timing) its token is not hashed again. Tokens are fixed for the life of
+/// the process, so a remembered match stays true. The header is wiped when
+/// replaced or dropped.
+#[derive(Default)]
+pub struct Remembered(std::sync::Mutex<Option<(zeroize::Zeroizing<Vec<u8>>, usize)>>);
+
+impl std::fmt::Debug for Remembered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Remembered(..)")
+    }
+}
+
+impl Remembered {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(zeroize::Zeroizing<Vec<u8>>, usize)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The client index remembered for exactly these header bytes.
+    fn recall(&self, header: &[u8]) -> Option<usize> {
+        match &*self.lock() {
+            Some((kept, client))
+                if kept.len() == header.len() && bool::from(kept.as_slice().ct_eq(header)) =>
+            {
+                Some(*client)
+            }
+            _ => None,
+        }
+    }
+
+    fn keep(&self, header: &[u8], client: usize) {
+        *self.lock() = Some((zeroize::Zeroizing::new(header.to_vec()), client));
+    }
+}
+
 /// The names a verified TLS client certificate carries (DNS and URI SANs),
 /// put in each request's extensions by the listener.
 #[derive(Debug, Clone, Default)]
@@ -169,9 +207,20 @@ impl Authenticator {
         headers: &HeaderMap,
         peer: Option<&PeerNames>,
     ) -> Result<Identity<'_>, AuthFailure> {
+        self.authenticate_on(headers, peer, None)
+    }
+
+    /// As [`Self::authenticate`], for a request of a connection that keeps
+    /// what it last authenticated with in `remembered`.
+    pub fn authenticate_on(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerNames>,
+        remembered: Option<&Remembered>,
+    ) -> Result<Identity<'_>, AuthFailure> {
         match self.mode {
             AuthMode::None => Ok(Identity::Anonymous),
-            AuthMode::Token => self.by_token(headers),
+            AuthMode::Token => self.by_token(headers, remembered),
             AuthMode::Mtls => {
                 let names = peer
                     .filter(|p| !p.0.is_empty())
@@ -186,22 +235,40 @@ impl Authenticator {
         }
     }
 
-    fn by_token(&self, headers: &HeaderMap) -> Result<Identity<'_>, AuthFailure> {
+    fn by_token(
+        &self,
+        headers: &HeaderMap,
+        remembered: Option<&Remembered>,
+    ) -> Result<Identity<'_>, AuthFailure> {
         let value = headers
             .get(header::AUTHORIZATION)
-            .ok_or(AuthFailure::Missing)?;
-        let token = bearer_token(value.as_bytes()).ok_or(AuthFailure::Malformed)?;
+            .ok_or(AuthFailure::Missing)?
+            .as_bytes();
+        if let Some(client) = remembered
+            .and_then(|r| r.recall(value))
+            .and_then(|i| self.clients.get(i))
+        {
+            return Ok(Identity::Client(client));
+        }
+        let token = bearer_token(value).ok_or(AuthFailure::Malformed)?;
         let presented: [u8; 32] = Sha256::digest(token).into();
         let mut found = None;
         // Compare against every client so timing does not reveal which matched.
-        for client in &self.clients {
+        for (i, client) in self.clients.iter().enumerate() {
             if let Some(digest) = &client.digest {
                 if bool::from(digest.ct_eq(&presented)) {
-                    found = Some(client);
+                    found = Some(i);
                 }
             }
         }
-        found.map(Identity::Client).ok_or(AuthFailure::Unknown)
+        let i = found.ok_or(AuthFailure::Unknown)?;
+        if let Some(remembered) = remembered {
+            remembered.keep(value, i);
+        }
+        self.clients
+            .get(i)
+            .map(Identity::Client)
+            .ok_or(AuthFailure::Unknown)
     }
 }
 
@@ -255,6 +322,52 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::AUTHORIZATION, value.parse().unwrap());
         headers
+    }
+
+    /// A connection's remembered header names its client again only for
+    /// the very same bytes: another token, a wrong one, a malformed one or
+    /// none are judged in full, and a failure leaves the last good header
+    /// remembered.
+    #[test]
+    fn a_connection_remembers_the_header_it_authenticated_with_and_nothing_else() {
+        let auth = token_auth(vec![
+            client("billing", "s3cret-billing-token", &["billing/*"], true),
+            client("reader", "s3cret-reader-token!", &["shared"], false),
+        ]);
+        let conn = Remembered::default();
+        let name = |header: Option<&str>| {
+            let headers = header.map_or_else(HeaderMap::new, with_auth);
+            auth.authenticate_on(&headers, None, Some(&conn))
+                .map(|who| who.name().to_string())
+        };
+        assert_eq!(conn.recall(b"Bearer s3cret-billing-token"), None);
+        assert_eq!(
+            name(Some("Bearer s3cret-billing-token")).unwrap(),
+            "billing"
+        );
+        assert_eq!(conn.recall(b"Bearer s3cret-billing-token"), Some(0));
+        assert_eq!(
+            name(Some("Bearer s3cret-billing-token")).unwrap(),
+            "billing"
+        );
+        for (header, failure) in [
+            (Some("Bearer s3cret-billing-tokem"), AuthFailure::Unknown),
+            (Some("Bearer s3cret-billing-token-"), AuthFailure::Unknown),
+            (Some("Bearer s3cret-billing"), AuthFailure::Unknown),
+            (Some("Basic s3cret-billing-token"), AuthFailure::Malformed),
+            (None, AuthFailure::Missing),
+        ] {
+            assert_eq!(name(header).unwrap_err(), failure, "{header:?}");
+            assert_eq!(conn.recall(b"Bearer s3cret-billing-token"), Some(0));
+        }
+        // Another client on the same connection (a proxy's) is itself.
+        assert_eq!(name(Some("Bearer s3cret-reader-token!")).unwrap(), "reader");
+        assert_eq!(conn.recall(b"Bearer s3cret-billing-token"), None);
+        assert_eq!(
+            name(Some("bearer s3cret-billing-token")).unwrap(),
+            "billing"
+        );
+        assert_eq!(format!("{conn:?}"), "Remembered(..)");
     }
 
     #[test]

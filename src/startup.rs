@@ -346,7 +346,7 @@ async fn serve_tls(
             () = &mut stop => break,
         };
         let acceptor = tls.acceptor();
-        let app = app.clone();
+        let app = app.for_connection();
         let metrics = Arc::clone(&metrics);
         let watcher = graceful.watcher();
         tokio::spawn(async move {

@@ -30,6 +30,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::{key, AppState, Limits, REQUEST_ID};
+use crate::auth::Remembered;
 use crate::error::ApiError;
 
 /// No route reads a body; a declared one over this is refused.
@@ -110,10 +111,18 @@ struct RouteMetrics {
     duration: Histogram,
 }
 
-/// The service a listener serves. Cheap to clone (one `Arc`), as hyper
-/// clones it per request.
+/// The service a listener serves, one per connection
+/// ([`Edge::for_connection`]). Cheap to clone (one `Arc`), as hyper clones
+/// it per request; the clones share the connection's state.
 #[derive(Clone)]
-pub struct Edge(Arc<EdgeInner>);
+pub struct Edge(Arc<Conn>);
+
+/// One connection's view of the edge.
+struct Conn {
+    edge: Arc<EdgeInner>,
+    /// The `Authorization` header this connection last authenticated with.
+    auth: Remembered,
+}
 
 struct EdgeInner {
     state: AppState,
@@ -160,7 +169,7 @@ impl Edge {
         metrics: Vec<RouteMetrics>,
     ) -> Self {
         let backstop = state.request_timeout + Duration::from_millis(500);
-        Self(Arc::new(EdgeInner {
+        Self::on(Arc::new(EdgeInner {
             state,
             router,
             listener,
@@ -170,13 +179,25 @@ impl Edge {
         }))
     }
 
-    /// For `axum::serve`: every connection gets a clone.
+    fn on(edge: Arc<EdgeInner>) -> Self {
+        Self(Arc::new(Conn {
+            edge,
+            auth: Remembered::default(),
+        }))
+    }
+
+    /// The same edge with a new connection's state.
+    pub fn for_connection(&self) -> Self {
+        Self::on(Arc::clone(&self.0.edge))
+    }
+
+    /// For `axum::serve`: every connection gets its own.
     pub fn into_make_service(self) -> MakeEdge {
         MakeEdge(self)
     }
 }
 
-/// Hands each connection a clone of the edge.
+/// Hands each connection its own edge ([`Edge::for_connection`]).
 #[derive(Clone)]
 pub struct MakeEdge(Edge);
 
@@ -190,7 +211,7 @@ impl<T> tower::Service<T> for MakeEdge {
     }
 
     fn call(&mut self, _: T) -> Self::Future {
-        std::future::ready(Ok(self.0.clone()))
+        std::future::ready(Ok(self.0.for_connection()))
     }
 }
 
@@ -208,13 +229,13 @@ where
     }
 
     fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        let edge = Arc::clone(&self.0);
-        Box::pin(async move { Ok(edge.handle(request.map(Body::new)).await) })
+        let conn = Arc::clone(&self.0);
+        Box::pin(async move { Ok(conn.edge.handle(request.map(Body::new), &conn.auth).await) })
     }
 }
 
 impl EdgeInner {
-    async fn handle(&self, request: Request) -> Response {
+    async fn handle(&self, request: Request, remembered: &Remembered) -> Response {
         let started = Instant::now();
         let request_id = self.ids.assign(&request);
         let route = Route::of(request.uri().path());
@@ -228,10 +249,10 @@ impl EdgeInner {
             latency_ms = tracing::field::Empty,
         );
         let mut response = if span.is_disabled() {
-            self.respond(route, request, &request_id).await
+            self.respond(route, request, &request_id, remembered).await
         } else {
             let response = self
-                .respond(route, request, &request_id)
+                .respond(route, request, &request_id, remembered)
                 .instrument(span.clone())
                 .await;
             let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -262,7 +283,13 @@ impl EdgeInner {
         response
     }
 
-    async fn respond(&self, route: Route, request: Request, request_id: &HeaderValue) -> Response {
+    async fn respond(
+        &self,
+        route: Route,
+        request: Request,
+        request_id: &HeaderValue,
+        remembered: &Remembered,
+    ) -> Response {
         if let Some(refused) = oversized(&self.state.limits, &request) {
             return refused.into_response();
         }
@@ -283,7 +310,8 @@ impl EdgeInner {
                     return ApiError::MethodNotAllowed.into_response();
                 }
                 // Ours or checked by `usable`: always visible ASCII.
-                key::get_key(&self.state, request, request_id.to_str().unwrap_or("")).await
+                let request_id = request_id.to_str().unwrap_or("");
+                key::get_key(&self.state, request, request_id, remembered).await
             }
             _ => match tokio::time::timeout(self.backstop, self.router.clone().oneshot(request))
                 .await

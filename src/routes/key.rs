@@ -12,7 +12,7 @@ use bytes::Bytes;
 use zeroize::Zeroizing;
 
 use super::AppState;
-use crate::auth::PeerNames;
+use crate::auth::{PeerNames, Remembered};
 use crate::broker::{BrokerError, Resolved};
 use crate::domain::{DataKey, KeyId};
 use crate::error::ApiError;
@@ -164,16 +164,19 @@ fn key_response(id: &str, key: &DataKey) -> Response {
 
 /// Takes the request whole: the headers, query and peer names are read in
 /// place (a `HeaderMap` extractor would copy every header per request).
-pub(super) async fn get_key(state: &AppState, request: Request, request_id: &str) -> Response {
+pub(super) async fn get_key(
+    state: &AppState,
+    request: Request,
+    request_id: &str,
+    remembered: &Remembered,
+) -> Response {
     let headers = request.headers();
     let query = match parse_query(request.uri().query()) {
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
-    let identity = match state
-        .auth
-        .authenticate(headers, request.extensions().get::<PeerNames>())
-    {
+    let peer = request.extensions().get::<PeerNames>();
+    let identity = match state.auth.authenticate_on(headers, peer, Some(remembered)) {
         Ok(who) => who,
         Err(failure) => {
             Audit {

@@ -1,10 +1,10 @@
 //! The embedded default store: one SQLite file in WAL mode. Calls run on the
 //! blocking pool, never on the async runtime, and keep their tracing span.
-//! A small pool of connections lets reads proceed side by side (WAL allows
-//! many readers and one writer); a call waits for a free connection without
-//! holding a thread. Point reads queue for a few tasks that keep reading
-//! while reads arrive (see `reader`), so a stream of cache misses does not
-//! wake a thread for each. Writes from one process queue for one write connection
+//! Point reads queue for up to four tasks that keep reading while reads
+//! arrive (see `reader`), so a stream of cache misses does not wake a
+//! thread for each; WAL lets them read beside the writer. Checks and scans
+//! take one of four pooled calls and wait for it without holding a thread.
+//! Idle connections are shared between reads and these calls. Writes from one process queue for one write connection
 //! and are committed in groups (see `writer`): a burst of creates costs one
 //! WAL sync per group, not one each.
 //! Several rkms processes may share the file: creates and repairs run in

@@ -2,9 +2,10 @@
 //! one after the other until the queue is empty. Under a stream of cache
 //! misses a reading thread stays busy instead of being woken for each
 //! read, which costs more than a read from a warm page cache. A task is
-//! added while the queue is longer than twice the tasks reading (up to
-//! `POOL_SIZE`), so one slow read does not hold up the rest for long.
-//! Reads whose caller stopped waiting are skipped.
+//! added when more reads wait than tasks read (up to `POOL_SIZE`), so a
+//! read waits for at most the read in progress of a task. Reads whose
+//! caller stopped waiting are skipped. The tasks take their connections
+//! from the store's idle ones and open one if none is idle.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -68,16 +69,22 @@ impl Reader {
                 span: tracing::Span::current(),
                 reply,
             });
-            let start = queue.active == 0
-                || (queue.jobs.len() > 2 * queue.active && queue.active < POOL_SIZE);
+            let start = queue.jobs.len() > queue.active && queue.active < POOL_SIZE;
             queue.active += usize::from(start);
             start
         };
         if start {
-            let queue = Arc::clone(&self.queue);
+            let stop = Stop {
+                queue: Arc::clone(&self.queue),
+                armed: true,
+            };
             let idle = Arc::clone(&self.idle);
             let (path, busy) = (self.path.clone(), self.busy_timeout);
-            tokio::task::spawn_blocking(move || drain(&queue, &idle, &path, busy));
+            tokio::task::spawn_blocking(move || {
+                let mut stop = stop;
+                drain(&stop.queue, &idle, &path, busy);
+                stop.armed = false;
+            });
         }
         answer.await.map_err(|e| StoreError::Other {
             op: OP,
@@ -91,17 +98,21 @@ impl Reader {
 #[error("the read task stopped before answering")]
 struct ReaderStopped(#[source] oneshot::error::RecvError);
 
-/// A reading task that panicked is no longer counted; if it was the last,
-/// the reads still queued are dropped, which answers their callers with an
-/// error at once. (A task that ends normally stops counting itself under
-/// the lock with which it found the queue empty, so no read is left
-/// behind.)
-struct Unwinding<'a>(&'a Mutex<Queue>);
+/// Stops counting a reading task that ends without doing so itself: it
+/// panicked, or the runtime dropped it unrun while shutting down. If it
+/// was the last, the reads still queued are dropped, which answers their
+/// callers with an error at once. (A task that ends normally stops
+/// counting itself under the lock with which it found the queue empty, so
+/// no read is left behind.)
+struct Stop {
+    queue: Arc<Mutex<Queue>>,
+    armed: bool,
+}
 
-impl Drop for Unwinding<'_> {
+impl Drop for Stop {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut queue = lock(self.0);
+        if self.armed {
+            let mut queue = lock(&self.queue);
             queue.active = queue.active.saturating_sub(1);
             if queue.active == 0 {
                 queue.jobs.clear();
@@ -112,7 +123,6 @@ impl Drop for Unwinding<'_> {
 
 /// Answer queued reads until none is left.
 fn drain(queue: &Mutex<Queue>, idle: &Mutex<Vec<Connection>>, path: &Path, busy: Duration) {
-    let _unwinding = Unwinding(queue);
     let mut conn: Option<Connection> = None;
     loop {
         let job = {

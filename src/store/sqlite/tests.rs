@@ -153,7 +153,7 @@ mod busy {
                     if n % 3 == 0 {
                         let keys = BTreeMap::from([(Region::new("b"), vec![4])]);
                         let arns = BTreeMap::from([(Region::new("b"), "arn:b".to_string())]);
-                        let id = KeyId::parse(&format!("burst/{}", n - 3)).unwrap();
+                        let id = KeyId::parse(&format!("burst/{}", n + 1)).unwrap();
                         store
                             .add_missing_regions(&id, &keys, &arns)
                             .await
@@ -204,7 +204,10 @@ mod busy {
             })
             .collect();
         for read in reads {
-            let (n, got) = read.await.unwrap();
+            let (n, got) = tokio::time::timeout(Duration::from_secs(30), read)
+                .await
+                .expect("a read was never answered")
+                .unwrap();
             let got = got.unwrap();
             if n < 100 {
                 assert_eq!(got, Some(stored(n)), "r/{n}");
@@ -214,7 +217,8 @@ mod busy {
         }
     }
 
-    /// Reads run side by side on the pool while one connection is busy.
+    /// Point reads do not wait for a slow call on the pool (a check, a
+    /// page of a maintenance scan).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_do_not_queue_behind_a_slow_call() {
         let dir = tempfile::tempdir().unwrap();
@@ -413,7 +417,8 @@ mod group_commit {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_batch_that_cannot_start_answers_each_of_its_writes_unavailable() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, path) = open(&dir, Duration::from_millis(400));
+        // A busy timeout of 1.5 s: time enough to queue the five.
+        let (store, path) = open(&dir, Duration::from_secs(2));
         let holder = hold_lock(&path);
         let first = spawn_put(&store, record("first", &["a"]));
         until_begun(&store).await;

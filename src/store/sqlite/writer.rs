@@ -164,10 +164,17 @@ impl Writer {
             !std::mem::replace(&mut queue.draining, true)
         };
         if start {
-            let queue = Arc::clone(&self.queue);
+            let stop = Stop {
+                queue: Arc::clone(&self.queue),
+                armed: true,
+            };
             let (path, busy) = (self.path.clone(), self.busy_timeout);
             let batches = Arc::clone(&self.batches);
-            tokio::task::spawn_blocking(move || drain(&queue, &path, busy, &batches));
+            tokio::task::spawn_blocking(move || {
+                let mut stop = stop;
+                drain(&stop.queue, &path, busy, &batches);
+                stop.armed = false;
+            });
         }
         answer.await.map_err(|e| StoreError::Other {
             op,
@@ -193,17 +200,22 @@ impl Writer {
 #[error("the write task stopped before answering")]
 struct WriterStopped(#[source] oneshot::error::RecvError);
 
-/// Ends a drain that panicked: the queue is marked idle, so the next write
-/// starts a new task, and the jobs still queued are dropped, which answers
-/// their callers with an error at once instead of leaving them to their
-/// timeout. (A drain that ends normally marks the queue idle under the
-/// lock with which it found the queue empty, so no write is left behind.)
-struct Unwinding<'a>(&'a Mutex<Queue>);
+/// Marks the queue idle when a drain ends without doing so itself: it
+/// panicked, or the runtime dropped it unrun while shutting down. The
+/// writes still queued are dropped, which answers their callers with an
+/// error at once instead of leaving them to their timeout, and the next
+/// write starts a new task. (A drain that ends normally marks the queue
+/// idle under the lock with which it found the queue empty, so no write is
+/// left behind.)
+struct Stop {
+    queue: Arc<Mutex<Queue>>,
+    armed: bool,
+}
 
-impl Drop for Unwinding<'_> {
+impl Drop for Stop {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut queue = lock(self.0);
+        if self.armed {
+            let mut queue = lock(&self.queue);
             queue.draining = false;
             queue.jobs.clear();
         }
@@ -212,7 +224,6 @@ impl Drop for Unwinding<'_> {
 
 /// Commit queued writes, a batch at a time, until none is left.
 fn drain(queue: &Mutex<Queue>, path: &Path, busy: Duration, batches: &AtomicU64) {
-    let _unwinding = Unwinding(queue);
     loop {
         let (batch, conn) = {
             let mut queue = lock(queue);
@@ -241,7 +252,15 @@ fn drain(queue: &Mutex<Queue>, path: &Path, busy: Duration, batches: &AtomicU64)
         };
         batches.fetch_add(1, Ordering::Relaxed);
         commit(&mut conn, batch);
-        lock(queue).conn = Some(conn);
+        // A transaction left open (its rollback failed, the file went
+        // away) would fail every later BEGIN: open a new connection next.
+        if conn.is_autocommit() {
+            lock(queue).conn = Some(conn);
+        } else {
+            tracing::warn!(
+                "the SQLite write connection is left inside a transaction; reconnecting"
+            );
+        }
     }
 }
 
@@ -267,7 +286,7 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
         match job.write.apply(&tx) {
             Ok(d) => done.push(d),
             Err(e) => {
-                tracing::debug!(error = %e, "a write of a batch failed; committing each alone");
+                tracing::debug!(error = %crate::report::chain(&e), "a write of a batch failed; committing each alone");
                 break;
             }
         }
@@ -275,7 +294,7 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
     let committed = if done.len() == batch.len() {
         // A failed commit rolls back as the transaction drops.
         tx.commit()
-            .map_err(|e| tracing::debug!(error = %e, "a batch failed to commit; committing each write alone"))
+            .map_err(|e| tracing::debug!(error = %crate::report::chain(&e), "a batch failed to commit; committing each write alone"))
             .is_ok()
     } else {
         drop(tx); // rolls back
@@ -287,7 +306,7 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
         }
         return;
     }
-    for job in batch {
+    for job in batch.into_iter().filter(|job| !job.reply.is_closed()) {
         alone(conn, job);
     }
 }
