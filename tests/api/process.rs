@@ -67,6 +67,72 @@ async fn restart_on_the_same_data_directory_serves_the_same_keys() {
     assert!(status.success());
 }
 
+/// SIGKILL in the middle of a burst of creates, which SQLite commits in
+/// groups: after a restart every key that was served is served again,
+/// unchanged. A create is answered only after its group is on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_burst_of_creates_loses_no_served_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut first = start(command(dir.path()));
+    let served = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..32)
+        .map(|w| {
+            let (client, base, served) = (client.clone(), first.base.clone(), served.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let id = format!("burst/{w}/{i}");
+                    let url = format!("{base}/key?id={}", urlencode(&id));
+                    // After the kill: refused or cut off, and the worker stops.
+                    let Ok(res) = client.get(url).send().await else {
+                        return;
+                    };
+                    if res.status().as_u16() != 200 {
+                        return;
+                    }
+                    let Ok(body) = res.json::<Value>().await else {
+                        return;
+                    };
+                    let key = body["key"].as_str().unwrap().to_owned();
+                    served.lock().unwrap().push((id, key));
+                }
+            })
+        })
+        .collect();
+    // Kill while creates are in flight, once a good number were served.
+    while served.lock().unwrap().len() < 400 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let served = std::mem::take(&mut *served.lock().unwrap());
+    assert!(served.len() >= 400);
+
+    let second = start(command(dir.path()));
+    for (id, key) in &served {
+        let res = client
+            .get(format!(
+                "{}/key?id={}&create=false",
+                second.base,
+                urlencode(id)
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{id} was served, then lost");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["key"].as_str().unwrap(), key, "{id} changed");
+    }
+    let (status, _) = stop(second);
+    assert!(status.success());
+}
+
 fn run_to_exit(mut cmd: Command) -> (Option<i32>, String) {
     let out = cmd
         .stdout(Stdio::null())
