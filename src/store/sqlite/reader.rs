@@ -93,7 +93,8 @@ impl Reader {
     }
 }
 
-/// The read was never answered: the task reading it panicked.
+/// The read was never answered: the task reading it panicked, or the
+/// runtime shut down before it ran.
 #[derive(Debug, thiserror::Error)]
 #[error("the read task stopped before answering")]
 struct ReaderStopped(#[source] oneshot::error::RecvError);

@@ -195,7 +195,8 @@ impl Writer {
     }
 }
 
-/// The write was never answered: the task committing it panicked.
+/// The write was never answered: the task committing it panicked, or the
+/// runtime shut down before it ran.
 #[derive(Debug, thiserror::Error)]
 #[error("the write task stopped before answering")]
 struct WriterStopped(#[source] oneshot::error::RecvError);
