@@ -368,6 +368,19 @@ mod tests {
             "billing"
         );
         assert_eq!(format!("{conn:?}"), "Remembered(..)");
+        // A remembered header is answered without the digests: one that
+        // never authenticated (put there by hand) names the client it was
+        // filed under. Only a full match ever files one.
+        let planted = Remembered::default();
+        planted.keep(b"Bearer not-a-configured-token", 1);
+        let who = auth
+            .authenticate_on(
+                &with_auth("Bearer not-a-configured-token"),
+                None,
+                Some(&planted),
+            )
+            .unwrap();
+        assert_eq!(who.name(), "reader");
     }
 
     #[test]
