@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -161,14 +161,14 @@ impl SqliteStore {
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
-            let pooled = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let pooled = lock(&idle).pop();
             // A connection lost to a panic is replaced here.
             let mut conn = match pooled {
                 Some(c) => c,
                 None => connect(&path, busy)?,
             };
             let result = f(&mut conn);
-            idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            lock(&idle).push(conn);
             result
         })
         .await
@@ -177,6 +177,36 @@ impl SqliteStore {
             source: Box::new(e),
         })?
     }
+}
+
+/// Lock a mutex even if a holder panicked: every section under these locks
+/// is a push, a pop or a flag, so the data is whole either way.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Run a queue's `task` on the blocking pool. If the task panics, or the
+/// runtime drops it unrun while shutting down, `abandoned` runs instead of
+/// leaving the queue marked as served, so its callers get an error at
+/// once rather than waiting for their timeout.
+fn spawn_queue_task(
+    task: impl FnOnce() + Send + 'static,
+    abandoned: impl FnOnce() + Send + 'static,
+) {
+    struct OnAbandon<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for OnAbandon<F> {
+        fn drop(&mut self) {
+            if let Some(abandoned) = self.0.take() {
+                abandoned();
+            }
+        }
+    }
+    let guard = OnAbandon(Some(abandoned));
+    tokio::task::spawn_blocking(move || {
+        let mut guard = guard;
+        task();
+        guard.0 = None;
+    });
 }
 
 fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {

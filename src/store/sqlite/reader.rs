@@ -9,13 +9,13 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{connect, read, POOL_SIZE};
+use super::{connect, lock, read, spawn_queue_task, POOL_SIZE};
 use crate::domain::{KeyId, KeyRecord};
 use crate::store::StoreError;
 
@@ -40,10 +40,6 @@ pub(super) struct Reader {
     idle: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     busy_timeout: Duration,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Reader {
@@ -74,17 +70,23 @@ impl Reader {
             start
         };
         if start {
-            let stop = Stop {
-                queue: Arc::clone(&self.queue),
-                armed: true,
-            };
+            let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
             let idle = Arc::clone(&self.idle);
             let (path, busy) = (self.path.clone(), self.busy_timeout);
-            tokio::task::spawn_blocking(move || {
-                let mut stop = stop;
-                drain(&stop.queue, &idle, &path, busy);
-                stop.armed = false;
-            });
+            // A task that ends normally stops counting itself under the
+            // lock with which it found the queue empty, so no read is left
+            // behind. One that does not end so stops being counted, and if
+            // it was the last, the reads still queued are dropped.
+            spawn_queue_task(
+                move || drain(&queue, &idle, &path, busy),
+                move || {
+                    let mut queue = lock(&abandoned);
+                    queue.active = queue.active.saturating_sub(1);
+                    if queue.active == 0 {
+                        queue.jobs.clear();
+                    }
+                },
+            );
         }
         answer.await.map_err(|e| StoreError::Other {
             op: OP,
@@ -98,29 +100,6 @@ impl Reader {
 #[derive(Debug, thiserror::Error)]
 #[error("the read task stopped before answering")]
 struct ReaderStopped(#[source] oneshot::error::RecvError);
-
-/// Stops counting a reading task that ends without doing so itself: it
-/// panicked, or the runtime dropped it unrun while shutting down. If it
-/// was the last, the reads still queued are dropped, which answers their
-/// callers with an error at once. (A task that ends normally stops
-/// counting itself under the lock with which it found the queue empty, so
-/// no read is left behind.)
-struct Stop {
-    queue: Arc<Mutex<Queue>>,
-    armed: bool,
-}
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut queue = lock(&self.queue);
-            queue.active = queue.active.saturating_sub(1);
-            if queue.active == 0 {
-                queue.jobs.clear();
-            }
-        }
-    }
-}
 
 /// Answer queued reads until none is left.
 fn drain(queue: &Mutex<Queue>, idle: &Mutex<Vec<Connection>>, path: &Path, busy: Duration) {

@@ -17,13 +17,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{connect, other, read, to_json};
+use super::{connect, lock, other, read, spawn_queue_task, to_json};
 use crate::domain::{KeyId, KeyRecord, Region};
 use crate::store::{encode_keys, merge_missing, region_map, PutOutcome, StoreError};
 
@@ -134,10 +134,6 @@ pub(super) struct Writer {
     batches: Arc<AtomicU64>,
 }
 
-fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
-    queue.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Writer {
     pub(super) fn new(path: &Path, busy_timeout: Duration) -> Self {
         Self {
@@ -164,17 +160,20 @@ impl Writer {
             !std::mem::replace(&mut queue.draining, true)
         };
         if start {
-            let stop = Stop {
-                queue: Arc::clone(&self.queue),
-                armed: true,
-            };
+            let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
             let (path, busy) = (self.path.clone(), self.busy_timeout);
             let batches = Arc::clone(&self.batches);
-            tokio::task::spawn_blocking(move || {
-                let mut stop = stop;
-                drain(&stop.queue, &path, busy, &batches);
-                stop.armed = false;
-            });
+            // A drain that ends normally marks the queue idle under the
+            // lock with which it found the queue empty, so no write is
+            // left behind. One that does not end so drops what is queued.
+            spawn_queue_task(
+                move || drain(&queue, &path, busy, &batches),
+                move || {
+                    let mut queue = lock(&abandoned);
+                    queue.draining = false;
+                    queue.jobs.clear();
+                },
+            );
         }
         answer.await.map_err(|e| StoreError::Other {
             op,
@@ -200,28 +199,6 @@ impl Writer {
 #[derive(Debug, thiserror::Error)]
 #[error("the write task stopped before answering")]
 struct WriterStopped(#[source] oneshot::error::RecvError);
-
-/// Marks the queue idle when a drain ends without doing so itself: it
-/// panicked, or the runtime dropped it unrun while shutting down. The
-/// writes still queued are dropped, which answers their callers with an
-/// error at once instead of leaving them to their timeout, and the next
-/// write starts a new task. (A drain that ends normally marks the queue
-/// idle under the lock with which it found the queue empty, so no write is
-/// left behind.)
-struct Stop {
-    queue: Arc<Mutex<Queue>>,
-    armed: bool,
-}
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut queue = lock(&self.queue);
-            queue.draining = false;
-            queue.jobs.clear();
-        }
-    }
-}
 
 /// Commit queued writes, a batch at a time, until none is left.
 fn drain(queue: &Mutex<Queue>, path: &Path, busy: Duration, batches: &AtomicU64) {
