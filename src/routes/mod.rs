@@ -7,6 +7,7 @@
 mod edge;
 mod health;
 mod key;
+mod request_id;
 
 pub use self::edge::Edge;
 use self::edge::Route;

@@ -80,6 +80,7 @@ fn r(name: &str) -> Region {
     Region::new(name)
 }
 
+mod creates;
 mod hedging;
 mod reads;
 mod repair;

@@ -1,0 +1,87 @@
+//! Request ids: the client's `x-request-id` when it is a short token,
+//! else a new one from a per-process prefix and a counter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::Request;
+use axum::http::HeaderValue;
+
+use super::REQUEST_ID;
+
+/// Request ids: a random per-process prefix and a counter. Unique within
+/// the process and across restarts, and far cheaper than a UUID per request.
+pub(super) struct RequestIds {
+    prefix: [u8; 12],
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub(super) fn new() -> Self {
+        let mut prefix = [0u8; 12];
+        prefix.copy_from_slice(&uuid::Uuid::new_v4().simple().to_string().as_bytes()[..12]);
+        Self {
+            prefix,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The request's id: the client's `x-request-id` when it is a short
+    /// token (it goes into logs and the audit trail), else a new one.
+    pub(super) fn assign(&self, request: &Request) -> HeaderValue {
+        match request.headers().get(REQUEST_ID).filter(|v| usable(v)) {
+            Some(theirs) => theirs.clone(),
+            None => self.make(),
+        }
+    }
+
+    fn make(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut id = [0u8; 25];
+        id[..12].copy_from_slice(&self.prefix);
+        id[12] = b'-';
+        for (i, slot) in id[13..].iter_mut().enumerate() {
+            *slot = HEX[((n >> (4 * (11 - i))) & 0xf) as usize];
+        }
+        // Hex digits and '-' are always a valid header value.
+        HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    }
+}
+
+fn usable(value: &HeaderValue) -> bool {
+    (1..=128).contains(&value.len())
+        && value
+            .as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_hex_tokens_of_one_process() {
+        let ids = RequestIds::new();
+        let a = ids.make();
+        let b = ids.make();
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let s = id.to_str().unwrap();
+            assert_eq!(s.len(), 25);
+            assert!(usable(id));
+            assert_eq!(&s[..13], &a.to_str().unwrap()[..13], "one prefix");
+        }
+        assert!(a.to_str().unwrap().ends_with("-000000000001"));
+        assert!(b.to_str().unwrap().ends_with("-000000000002"));
+    }
+
+    #[test]
+    fn only_short_token_request_ids_are_kept() {
+        assert!(usable(&HeaderValue::from_static("req-1:a.b_c")));
+        assert!(!usable(&HeaderValue::from_static("")));
+        assert!(!usable(&HeaderValue::from_static("has space")));
+        assert!(!usable(&HeaderValue::from_static("quote\"")));
+        assert!(!usable(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+    }
+}
