@@ -66,6 +66,8 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// At least 16 characters, as rkms requires of a token.
 const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
 const BASELINE_ENV: &str = "RKMS_BENCH_BASELINE_SERVER";
+/// Set to a directory: store a key for every Zipf id there, then exit.
+const FILL_ENV: &str = "RKMS_BENCH_FILL";
 
 /// Whether servers are pinned to core 0 and wrk to core 1.
 static PINNED: OnceLock<bool> = OnceLock::new();
@@ -595,6 +597,14 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
 fn main() {
     if std::env::var_os(BASELINE_ENV).is_some() {
         return baseline_main();
+    }
+    // `benches/profile.sh MODE=zipf-existing` fills a store once with this.
+    if let Some(dir) = std::env::var_os(FILL_ENV) {
+        let secs = tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(populate(Path::new(&dir), ZIPF_IDS));
+        eprintln!("stored a key for each of {ZIPF_IDS} Zipf ids in {secs:.1} s");
+        return;
     }
     let nproc = std::thread::available_parallelism()
         .map(|n| n.get())

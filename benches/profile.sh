@@ -7,6 +7,9 @@
 #   create          creates of new ids: benches/create.svg
 #   zipf            Zipf(1.1) over 1,000,000 ids, cache 100,000, after a
 #                   20 s warm-up as in `make bench`: benches/zipf.svg
+#   zipf-existing   the same on a store holding a key for every id (filled
+#                   once into target/profile/zipf-store by the load bench,
+#                   then reused): benches/zipf-existing.svg
 # and prints the top costs (benches/profile_top.py).
 #
 #   cargo build --release --locked
@@ -15,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-bin=$root/target/release/rkms
+bin=${BIN:-$root/target/release/rkms}
 inferno=$root/target/tools/bin
 perf=${PERF:-/usr/bin/perf}
 secs=${SECS:-10}
@@ -36,7 +39,15 @@ case "$mode" in
   create) name=create; wrk_env=(BENCH_MODE=new BENCH_DELAY_MS=0) ;;
   zipf) name=zipf; wrk_env=(BENCH_MODE=zipf BENCH_IDS=1000000 BENCH_DELAY_MS=0)
     export RKMS__CACHE__MAX_ENTRIES=100000 ;;
-  *) echo "MODE is warm, create or zipf, not $mode" >&2; exit 1 ;;
+  zipf-existing) name=zipf-existing; wrk_env=(BENCH_MODE=zipf BENCH_IDS=1000000 BENCH_DELAY_MS=0)
+    export RKMS__CACHE__MAX_ENTRIES=100000
+    store=$root/target/profile/zipf-store
+    if [ ! -e "$store/filled" ]; then
+      rm -rf "$store"; mkdir -p "$store"
+      RKMS_BENCH_FILL=$store cargo bench --locked --bench load
+      touch "$store/filled"
+    fi ;;
+  *) echo "MODE is warm, create, zipf or zipf-existing, not $mode" >&2; exit 1 ;;
 esac
 if [ "${AUTH:-0}" = 1 ]; then
   name=$name-auth
@@ -46,7 +57,8 @@ if [ "${AUTH:-0}" = 1 ]; then
 fi
 # A copy, so that a rebuild during the run cannot change what perf resolves.
 cp "$bin" "$work/rkms"
-(cd "$work" && exec taskset -c 0 "$work/rkms" 2>"$work/rkms.log") &
+run_dir=${store:-$work}
+(cd "$run_dir" && exec taskset -c 0 "$work/rkms" 2>"$work/rkms.log") &
 pid=$!
 for _ in $(seq 100); do
   addr=$(grep -o '"addr":"[^"]*"' "$work/rkms.log" 2>/dev/null | head -1 | cut -d'"' -f4 || true)
@@ -58,7 +70,7 @@ wrk_run() { env "${wrk_env[@]}" taskset -c 1 wrk -t1 -c64 -d"$1"s -s benches/wrk
 # warm: create, then cache, every id; zipf: the warm-up of `make bench`.
 case "$mode" in
   warm) wrk_run 3 >/dev/null; wrk_run 3 >/dev/null ;;
-  zipf) wrk_run 20 >/dev/null ;;
+  zipf|zipf-existing) wrk_run 20 >/dev/null ;;
 esac
 echo "load: $(cat /proc/loadavg)"
 wrk_run $((secs + 4)) > "$work/wrk.out" &

@@ -261,13 +261,10 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 }
 
 fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
+    // Cached: parsing the statement costs about as much as running it.
     let found = conn
-        .query_row(
-            "SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE id = ?1",
-            params![id],
-            row,
-        )
-        .optional()
+        .prepare_cached("SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE id = ?1")
+        .and_then(|mut stmt| stmt.query_row(params![id], row).optional())
         .map_err(other(op))?;
     found.map(decode_row).transpose()
 }

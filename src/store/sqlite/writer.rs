@@ -95,14 +95,12 @@ impl Write {
                 };
                 let added = merge_missing(&mut record, keys, key_ids);
                 if added > 0 {
-                    conn.execute(
+                    let keys = to_json(&encode_keys(&record.keys), op)?;
+                    let key_ids = to_json(&region_map(&record.key_ids), op)?;
+                    conn.prepare_cached(
                         "UPDATE rkms_keys SET keys = ?2, key_ids = ?3 WHERE id = ?1",
-                        params![
-                            id.as_str(),
-                            to_json(&encode_keys(&record.keys), op)?,
-                            to_json(&region_map(&record.key_ids), op)?
-                        ],
                     )
+                    .and_then(|mut stmt| stmt.execute(params![id.as_str(), keys, key_ids]))
                     .map_err(other(op))?;
                 }
                 Ok(Done::Added(added))
