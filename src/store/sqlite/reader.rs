@@ -58,13 +58,23 @@ impl Reader {
 
     pub(super) async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let start = {
+        let none_reading = {
             let mut queue = lock(&self.queue);
             queue.jobs.push_back(Job {
                 id: id.clone(),
                 span: tracing::Span::current(),
                 reply,
             });
+            queue.active == 0
+        };
+        if none_reading {
+            // Waking a thread costs more than a read from a warm page
+            // cache. Let the other requests this worker has ready queue
+            // their reads first, so that one wake-up answers all of them.
+            tokio::task::yield_now().await;
+        }
+        let start = {
+            let mut queue = lock(&self.queue);
             let start = queue.jobs.len() > queue.active && queue.active < POOL_SIZE;
             queue.active += usize::from(start);
             start
