@@ -1,8 +1,9 @@
 -- wrk script for rkms benchmarks. Environment:
---   BENCH_MODE = "fixed" | "existing" | "new" | "zipf"
+--   BENCH_MODE = "fixed" | "existing" | "new" | "zipf" | "uniform"
 --   BENCH_IDS  = how many ids to pick from ("existing": uniform over
 --                bench/0 .. bench/N-1; "zipf": Zipf over zipf/1 .. zipf/N,
---                zipf/1 the most popular)
+--                zipf/1 the most popular; "uniform": uniform over the
+--                same zipf/1 .. zipf/N)
 --   BENCH_ZIPF_S = the Zipf exponent (default 1.1)
 --   BENCH_DELAY_MS = pause per request per connection (0 = closed loop)
 --   BENCH_TAG = unique per run: names the "new" ids and seeds the draws
@@ -102,6 +103,8 @@ function request()
     return wrk.format("GET", "/key?id=bench%2F" .. math.random(0, ids - 1))
   elseif mode == "zipf" then
     return wrk.format("GET", "/key?id=zipf%2F" .. zipf_draw())
+  elseif mode == "uniform" then
+    return wrk.format("GET", "/key?id=zipf%2F" .. math.random(1, ids))
   elseif mode == "new" then
     -- A random number first spreads the new ids over the key space, as
     -- real ids (UUIDs, order numbers) and Zipf's first touches are: in the

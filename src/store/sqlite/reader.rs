@@ -1,7 +1,10 @@
 //! Point reads queue for a few blocking tasks, each of which answers reads
 //! one after the other until the queue is empty. Under a stream of cache
 //! misses a reading thread stays busy instead of being woken for each
-//! read, which costs more than a read from a warm page cache. A task is
+//! read, which costs more than a read from a warm page cache. A read that
+//! finds no task reading first yields to the other requests its worker
+//! has ready, so that the misses of one turn of the worker share one
+//! thread wake-up rather than paying one each. A task is
 //! added when more reads wait than tasks read (up to `POOL_SIZE`), so a
 //! read waits for at most the read in progress of a task. Reads whose
 //! caller stopped waiting are skipped. The tasks take their connections
