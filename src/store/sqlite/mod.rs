@@ -4,9 +4,10 @@
 //! arrive (see `reader`), so a stream of cache misses does not wake a
 //! thread for each; WAL lets them read beside the writer. Checks and scans
 //! take one of four pooled calls and wait for it without holding a thread.
-//! Idle connections are shared between reads and these calls. Writes from one process queue for one write connection
-//! and are committed in groups (see `writer`): a burst of creates costs one
-//! WAL sync per group, not one each.
+//! Idle connections are shared between reads and these calls. Writes from
+//! one process queue for one write connection and are committed in groups
+//! (see `writer`): a burst of creates costs one WAL sync per group, not
+//! one each. Statements are prepared once per connection.
 //! Several rkms processes may share the file: creates and repairs run in
 //! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others,
 //! for less than the store call timeout, so a busy database answers

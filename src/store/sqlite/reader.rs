@@ -1,14 +1,20 @@
 //! Point reads queue for a few blocking tasks, each of which answers reads
 //! one after the other until the queue is empty. Under a stream of cache
 //! misses a reading thread stays busy instead of being woken for each
-//! read, which costs more than a read from a warm page cache. A read that
-//! finds no task reading first yields to the other requests its worker
-//! has ready, so that the misses of one turn of the worker share one
-//! thread wake-up rather than paying one each. A task is
-//! added when more reads wait than tasks read (up to `POOL_SIZE`), so a
-//! read waits for at most the read in progress of a task. Reads whose
-//! caller stopped waiting are skipped. The tasks take their connections
-//! from the store's idle ones and open one if none is idle.
+//! read, which costs more than a read from a warm page cache.
+//!
+//! A read that finds no task reading first yields to the other requests
+//! its worker has ready. The first of them back starts one task, which
+//! answers them all: the misses of one turn of the worker share one thread
+//! wake-up. Such a read waits for that turn to end (tokio resumes a
+//! yielded task when its worker next checks for I/O: when it has nothing
+//! else to run, or periodically). While a task reads, another is added
+//! when more reads wait than tasks read (up to `POOL_SIZE`), so a read that
+//! comes then waits for at most the read in progress of a task.
+//!
+//! Reads whose caller stopped waiting are skipped, and those left queued
+//! with no task coming for them are dropped. The tasks take their
+//! connections from the store's idle ones and open one if none is idle.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -35,6 +41,8 @@ struct Queue {
     jobs: VecDeque<Job>,
     /// Tasks reading now.
     active: usize,
+    /// Tasks started so far.
+    started: u64,
 }
 
 pub(super) struct Reader {
@@ -70,18 +78,30 @@ impl Reader {
             });
             queue.active == 0
         };
-        if none_reading {
+        let mut pending = Unstarted {
+            queue: &self.queue,
+            answer,
+            armed: true,
+        };
+        let start = if none_reading {
             // Waking a thread costs more than a read from a warm page
             // cache. Let the other requests this worker has ready queue
-            // their reads first, so that one wake-up answers all of them.
+            // their reads first; the first of them back starts one task,
+            // which answers them all.
             tokio::task::yield_now().await;
-        }
-        let start = {
+            let mut queue = lock(&self.queue);
+            let start = queue.active == 0 && !queue.jobs.is_empty();
+            queue.active += usize::from(start);
+            queue.started += u64::from(start);
+            start
+        } else {
             let mut queue = lock(&self.queue);
             let start = queue.jobs.len() > queue.active && queue.active < POOL_SIZE;
             queue.active += usize::from(start);
+            queue.started += u64::from(start);
             start
         };
+        pending.armed = false;
         if start {
             let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
             let idle = Arc::clone(&self.idle);
@@ -101,10 +121,47 @@ impl Reader {
                 },
             );
         }
-        answer.await.map_err(|e| StoreError::Other {
+        (&mut pending.answer).await.map_err(|e| StoreError::Other {
             op: OP,
             source: Box::new(ReaderStopped(e)),
         })?
+    }
+}
+
+/// A read queued before a task was chosen to answer it. If the caller
+/// stops waiting in between (a timeout, a client gone), no task may come
+/// for the queue: reads left without a reader are dropped rather than
+/// kept until the next read.
+struct Unstarted<'a> {
+    queue: &'a Mutex<Queue>,
+    answer: oneshot::Receiver<Result<Option<KeyRecord>, StoreError>>,
+    /// Until a task is started for the read or found reading.
+    armed: bool,
+}
+
+impl Drop for Unstarted<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            // Closed first, so this read counts as abandoned below.
+            self.answer.close();
+            let mut queue = lock(self.queue);
+            if queue.active == 0 {
+                queue.jobs.retain(|job| !job.reply.is_closed());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Reader {
+    /// Reading tasks started so far.
+    pub(super) fn tasks_started(&self) -> u64 {
+        lock(&self.queue).started
+    }
+
+    /// Reads waiting for a task.
+    pub(super) fn queued(&self) -> usize {
+        lock(&self.queue).jobs.len()
     }
 }
 

@@ -217,6 +217,52 @@ mod busy {
         }
     }
 
+    /// Misses that come in one turn of a worker share one reading task,
+    /// and so one thread wake-up, and each still gets its own answer.
+    #[tokio::test]
+    async fn reads_queued_in_one_turn_share_one_reading_task() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("db.sqlite3"), Duration::from_secs(5)).unwrap();
+        for n in 0..20 {
+            store
+                .put_if_absent(&record(&format!("r/{n}"), &["a"]))
+                .await
+                .unwrap();
+        }
+        let ids: Vec<KeyId> = (0..24)
+            .map(|n| KeyId::parse(&format!("r/{n}")).unwrap())
+            .collect();
+        let got = futures::future::join_all(ids.iter().map(|id| store.get(id))).await;
+        for (n, got) in got.into_iter().enumerate() {
+            let got = got.unwrap();
+            if n < 20 {
+                assert_eq!(got, Some(record(&format!("r/{n}"), &["a"])), "r/{n}");
+            } else {
+                assert_eq!(got, None, "r/{n}");
+            }
+        }
+        assert_eq!(store.reader.tasks_started(), 1);
+    }
+
+    /// A read whose caller gives up before any task was started for it
+    /// (a timeout, a client gone) is not left in the queue, and the next
+    /// read is answered.
+    #[tokio::test]
+    async fn a_read_abandoned_before_its_task_started_is_not_left_queued() {
+        use futures::FutureExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SqliteStore::open(&dir.path().join("db.sqlite3"), Duration::from_secs(5)).unwrap();
+        store.put_if_absent(&record("kept", &["a"])).await.unwrap();
+        let id = KeyId::parse("kept").unwrap();
+        // Polled once: queued, then yielding before a task is chosen.
+        assert!(store.get(&id).now_or_never().is_none());
+        assert_eq!(store.reader.queued(), 0);
+        assert_eq!(store.reader.tasks_started(), 0);
+        assert_eq!(store.get(&id).await.unwrap(), Some(record("kept", &["a"])));
+    }
+
     /// Point reads do not wait for a slow call on the pool (a check, a
     /// page of a maintenance scan).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
