@@ -8,9 +8,11 @@
 //! answers them all: the misses of one turn of the worker share one thread
 //! wake-up. Such a read waits for that turn to end (tokio resumes a
 //! yielded task when its worker next checks for I/O: when it has nothing
-//! else to run, or periodically). While a task reads, another is added
-//! when more reads wait than tasks read (up to `POOL_SIZE`), so a read that
-//! comes then waits for at most the read in progress of a task.
+//! else to run, or periodically), then for the reads queued before it.
+//! While a task reads, a read that comes adds another task if more reads
+//! wait than tasks read (up to `POOL_SIZE`), so a backlog, or a read that
+//! is slow (a stalled disk, another process's lock), is shared out rather
+//! than holding up every read behind it.
 //!
 //! Reads whose caller stopped waiting are skipped, and those left queued
 //! with no task coming for them are dropped. The tasks take their
@@ -69,19 +71,29 @@ impl Reader {
 
     pub(super) async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        let none_reading = {
+        // Whether this read must wait for a task to be started, and if a
+        // task is reading already, whether to add one: decided under the
+        // lock that queues the read.
+        let (none_reading, start) = {
             let mut queue = lock(&self.queue);
             queue.jobs.push_back(Job {
                 id: id.clone(),
                 span: tracing::Span::current(),
                 reply,
             });
-            queue.active == 0
+            if queue.active == 0 {
+                (true, false)
+            } else {
+                let start = queue.jobs.len() > queue.active && queue.active < POOL_SIZE;
+                queue.active += usize::from(start);
+                queue.started += u64::from(start);
+                (false, start)
+            }
         };
         let mut pending = Unstarted {
             queue: &self.queue,
             answer,
-            armed: true,
+            armed: none_reading,
         };
         let start = if none_reading {
             // Waking a thread costs more than a read from a warm page
@@ -95,10 +107,6 @@ impl Reader {
             queue.started += u64::from(start);
             start
         } else {
-            let mut queue = lock(&self.queue);
-            let start = queue.jobs.len() > queue.active && queue.active < POOL_SIZE;
-            queue.active += usize::from(start);
-            queue.started += u64::from(start);
             start
         };
         pending.armed = false;
@@ -165,8 +173,8 @@ impl Reader {
     }
 }
 
-/// The read was never answered: the task reading it panicked, or the
-/// runtime shut down before it ran.
+/// The read was never answered: a reading task panicked, or the runtime
+/// shut down before one ran, and the reads still queued were dropped.
 #[derive(Debug, thiserror::Error)]
 #[error("the read task stopped before answering")]
 struct ReaderStopped(#[source] oneshot::error::RecvError);
