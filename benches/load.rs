@@ -763,15 +763,7 @@ async fn bench(nproc: usize) {
     common::stop(server);
 
     eprintln!("cold reads ...");
-    let cold_server = rkms(&warm_dir, &env(&[("RKMS__CACHE__TTL_SECONDS", "0".into())]));
-    let cold = scenario(
-        &client,
-        "cold reads, cache off",
-        &target(&cold_server),
-        &peak,
-    )
-    .await;
-    common::stop(cold_server);
+    let cold = cold_reads(&client, &warm_dir, "cold reads, cache off", &peak).await;
 
     eprintln!("Zipf, empty store ...");
     let zipf_new = zipf_scenario(
@@ -791,7 +783,15 @@ async fn bench(nproc: usize) {
     )
     .await;
     eprintln!("cold reads over the Zipf store ...");
-    let cold_large = cold_large(&client, &zipf_dir).await;
+    // What a miss costs on a store of that size, where most of the rows a
+    // miss reads are not in SQLite's page cache.
+    let cold_large = cold_reads(
+        &client,
+        &zipf_dir,
+        "cold reads over 1,000,000 existing ids (the Zipf store), cache off",
+        &Load::closed("uniform", ZIPF_IDS, PEAK_CONNECTIONS),
+    )
+    .await;
 
     eprintln!("memory, then warm reads of its 100,000 cached ids ...");
     let (memory, warm_large) = memory(&client, dir.path()).await;
@@ -885,18 +885,11 @@ async fn zipf_scenario(client: &reqwest::Client, dir: &Path, name: &str) -> Scen
     measured
 }
 
-/// Cold reads (cache off) of ids drawn evenly from the Zipf store's: what
-/// a miss costs on a store of that size, where most of the rows a miss
-/// reads are not in SQLite's page cache.
-async fn cold_large(client: &reqwest::Client, dir: &Path) -> Scenario {
+/// `load` against a server started in `dir` with its cache off, so that
+/// every request reads the store and decrypts.
+async fn cold_reads(client: &reqwest::Client, dir: &Path, name: &str, load: &Load) -> Scenario {
     let server = rkms(dir, &env(&[("RKMS__CACHE__TTL_SECONDS", "0".into())]));
-    let measured = scenario(
-        client,
-        "cold reads over 1,000,000 existing ids (the Zipf store), cache off",
-        &target(&server),
-        &Load::closed("uniform", ZIPF_IDS, PEAK_CONNECTIONS),
-    )
-    .await;
+    let measured = scenario(client, name, &target(&server), load).await;
     common::stop(server);
     measured
 }
