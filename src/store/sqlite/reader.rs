@@ -47,6 +47,15 @@ struct Queue {
     started: u64,
 }
 
+impl Queue {
+    /// Count a task about to be started when `start`; returns `start`.
+    fn count_start(&mut self, start: bool) -> bool {
+        self.active += usize::from(start);
+        self.started += u64::from(start);
+        start
+    }
+}
+
 pub(super) struct Reader {
     queue: Arc<Mutex<Queue>>,
     /// Idle connections, shared with the store's other calls.
@@ -85,9 +94,7 @@ impl Reader {
                 (true, false)
             } else {
                 let start = queue.jobs.len() > queue.active && queue.active < POOL_SIZE;
-                queue.active += usize::from(start);
-                queue.started += u64::from(start);
-                (false, start)
+                (false, queue.count_start(start))
             }
         };
         let mut pending = Unstarted {
@@ -103,9 +110,7 @@ impl Reader {
             tokio::task::yield_now().await;
             let mut queue = lock(&self.queue);
             let start = queue.active == 0 && !queue.jobs.is_empty();
-            queue.active += usize::from(start);
-            queue.started += u64::from(start);
-            start
+            queue.count_start(start)
         } else {
             start
         };
