@@ -190,29 +190,6 @@ impl Edge {
     pub fn for_connection(&self) -> Self {
         Self::on(Arc::clone(&self.0.edge))
     }
-
-    /// For `axum::serve`: every connection gets its own.
-    pub fn into_make_service(self) -> MakeEdge {
-        MakeEdge(self)
-    }
-}
-
-/// Hands each connection its own edge ([`Edge::for_connection`]).
-#[derive(Clone)]
-pub struct MakeEdge(Edge);
-
-impl<T> tower::Service<T> for MakeEdge {
-    type Response = Edge;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Edge, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: T) -> Self::Future {
-        std::future::ready(Ok(self.0.for_connection()))
-    }
 }
 
 impl<B> tower::Service<axum::http::Request<B>> for Edge

@@ -307,3 +307,127 @@ async fn overload_is_shed_with_503_and_the_server_recovers() {
         "{text}"
     );
 }
+
+/// A client cannot hold connections open without sending requests. On the
+/// API listener and on the metrics listener:
+/// - a connection that sends nothing is closed (the head timeout, 10 s);
+/// - so is one that sends its request head a byte a second;
+/// - a keep-alive connection stays open while idle for longer than that
+///   (load balancers keep idle connections for 60 s), serves its next
+///   request, and is closed once that next head comes too slowly.
+#[tokio::test]
+async fn connections_that_do_not_send_a_request_are_closed() {
+    let app = token_app(|s| s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into())).await;
+    let api = app.base.trim_start_matches("http://").to_string();
+    let metrics = app.metrics_addr.unwrap().to_string();
+    let within = std::time::Duration::from_secs(30);
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: rkms\r\n\r\n";
+
+    let mut clients = Vec::new();
+    for addr in [api, metrics] {
+        let silent = tokio::spawn({
+            let addr = addr.clone();
+            async move {
+                let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                read_until_closed(&mut silent, within).await
+            }
+        });
+        let slow = tokio::spawn({
+            let addr = addr.clone();
+            async move {
+                let slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+                trickle_head_until_closed(slow, within).await
+            }
+        });
+        let kept = tokio::spawn(async move {
+            let mut kept = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let first = exchange(&mut kept, HEALTHZ).await;
+            // Idle past the head timeout, then a second request.
+            tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+            let second = exchange(&mut kept, HEALTHZ).await;
+            let closed = trickle_head_until_closed(kept, within).await;
+            (first, second, closed)
+        });
+        clients.push((addr_label(clients.len()), silent, slow, kept));
+    }
+    for (listener, silent, slow, kept) in clients {
+        let silent = silent.await.unwrap();
+        assert_eq!(silent.as_deref(), Some(""), "{listener}: silent connection");
+        let slow = slow.await.unwrap();
+        let slow = slow.unwrap_or_else(|| panic!("{listener}: slow head still open"));
+        assert!(
+            slow.is_empty() || slow.starts_with("HTTP/1.1 408"),
+            "{listener}: slow head got {slow:?}"
+        );
+        let (first, second, closed) = kept.await.unwrap();
+        assert!(first.starts_with("HTTP/1.1 200"), "{listener}: {first:?}");
+        assert!(second.starts_with("HTTP/1.1 200"), "{listener}: {second:?}");
+        let closed = closed.unwrap_or_else(|| panic!("{listener}: slow second head still open"));
+        assert!(
+            !closed.contains("HTTP/1.1 200"),
+            "{listener}: a slow head was served: {closed:?}"
+        );
+    }
+}
+
+fn addr_label(i: usize) -> &'static str {
+    if i == 0 {
+        "API"
+    } else {
+        "metrics"
+    }
+}
+
+/// Send `request` and read one whole response (head and Content-Length body).
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "closed mid-response: {text:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Send a request head a byte a second, never finishing it; what was read
+/// once the server closed the connection, `None` if still open after `within`.
+async fn trickle_head_until_closed(
+    stream: tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncWriteExt;
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: rkms\r\nX-Slow: "
+            .iter()
+            .chain([b'a'; 64].iter())
+        {
+            if writer.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    });
+    let closed = read_until_closed(&mut reader, within).await;
+    trickle.abort();
+    closed
+}

@@ -216,6 +216,32 @@ async fn token_auth_works_over_plain_tls() {
     assert_eq!(res.status(), 200);
 }
 
+/// A client that connects and never finishes the TLS handshake is
+/// disconnected (after 10 s), not kept forever.
+#[tokio::test]
+async fn a_connection_that_never_handshakes_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rkms test ca");
+    let files = write_server_files(dir.path(), &ca);
+    let app = spawn_with(|s| {
+        s.server.tls.cert = Some(files.0.clone());
+        s.server.tls.key = Some(files.1.clone());
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://");
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let within = Duration::from_secs(30);
+    let got = read_until_closed(&mut silent, within).await;
+    assert_eq!(got.as_deref(), Some(""), "still open after {within:?}");
+    // The listener still serves TLS.
+    let res = https_client(&ca, None)
+        .get(format!("{}/healthz", https(&app)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
 /// cert-manager rewrites the files in place: new connections get the new
 /// certificate without a restart, and a broken file keeps the old one.
 #[tokio::test]

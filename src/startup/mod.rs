@@ -3,7 +3,7 @@
 //!
 //! Must not: know request semantics (routes and the broker do).
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::auth::{Authenticator, PeerNames};
+use crate::auth::Authenticator;
 use crate::broker::{BrokerSettings, KeyBroker};
 use crate::config::{AuthMode, KmsProvider, Preflight, Settings, StoreBackend};
 use crate::domain::Region;
@@ -28,6 +28,9 @@ use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::tls::Tls;
+
+mod serve;
+use serve::serve;
 
 pub struct Application {
     listener: TcpListener,
@@ -252,11 +255,9 @@ impl Application {
         let metrics_server = self.metrics_listener.map(|listener| {
             let app = routes::metrics_router(self.state.clone());
             let rx = stop_rx.clone();
+            let metrics = Arc::clone(&self.state.metrics);
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app.into_make_service())
-                    .with_graceful_shutdown(stopped(rx))
-                    .await
-                {
+                if let Err(e) = serve(listener, app, None, metrics, stopped(rx)).await {
                     tracing::error!(error = %e, "metrics listener failed");
                 }
             })
@@ -266,21 +267,13 @@ impl Application {
         tracing::info!(%addr, tls = self.tls.is_some(), "rkms serving");
         let app = routes::router(self.state.clone());
         let reloader = self.tls.as_ref().map(Tls::watch);
-        let server: std::pin::Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> =
-            match self.tls {
-                Some(tls) => Box::pin(serve_tls(
-                    self.listener,
-                    app,
-                    tls,
-                    Arc::clone(&self.state.metrics),
-                    stopped(stop_rx.clone()),
-                )),
-                None => Box::pin(
-                    axum::serve(self.listener, app.into_make_service())
-                        .with_graceful_shutdown(stopped(stop_rx.clone()))
-                        .into_future(),
-                ),
-            };
+        let server = serve(
+            self.listener,
+            app,
+            self.tls,
+            Arc::clone(&self.state.metrics),
+            stopped(stop_rx.clone()),
+        );
         let deadline = {
             let rx = stop_rx.clone();
             async move {
@@ -314,84 +307,6 @@ impl Application {
         tracing::info!("rkms stopped");
         Ok(())
     }
-}
-
-/// A TLS handshake that takes longer is dropped (a client holding the
-/// socket open without finishing it).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serve `app` over TLS until `stop` completes, then let open connections
-/// finish (the caller bounds that by the grace period). Each connection's
-/// verified client certificate names go into its requests' extensions.
-async fn serve_tls(
-    listener: TcpListener,
-    app: routes::Edge,
-    tls: Tls,
-    metrics: Arc<Metrics>,
-    stop: impl Future<Output = ()> + Send,
-) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    tokio::pin!(stop);
-    loop {
-        let (tcp, peer_addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause, go on.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut stop => break,
-        };
-        let acceptor = tls.acceptor();
-        let app = app.for_connection();
-        let metrics = Arc::clone(&metrics);
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    metrics.auth_failures.with_label_values(&["tls"]).inc();
-                    tracing::info!(peer = %peer_addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::info!(peer = %peer_addr, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let names = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .map(crate::tls::peer_names)
-                .unwrap_or_default();
-            let peer = PeerNames(names);
-            let service = tower::ServiceExt::map_request(
-                app,
-                move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(peer.clone());
-                    request
-                },
-            );
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(
-                    hyper_util::rt::TokioIo::new(stream),
-                    hyper_util::service::TowerToHyperService::new(service),
-                );
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
 }
 
 /// The broker's typed tuning, from the config file's fields.

@@ -1,0 +1,428 @@
+//! The listeners: accept connections and serve HTTP/1.1 on each, over TLS
+//! when it is configured, with the timeouts that keep a client from holding
+//! connections it does not use.
+//!
+//! Every connection is in one of three phases, kept in one atomic word that
+//! its reads and its requests update:
+//! - **head**: a request head is arriving (from the first byte, or from the
+//!   accept for a new connection). It must be complete within
+//!   [`HEAD_TIMEOUT`], however slowly its bytes come.
+//! - **busy**: a request is being handled; `server.request_timeout_ms`
+//!   bounds that.
+//! - **idle**: the last response is done and no byte of the next request
+//!   has come. After [`IDLE_TIMEOUT`] the connection is closed.
+//!
+//! A watchdog per connection looks at the phase when it could have expired,
+//! and at least every [`HEAD_TIMEOUT`] (a head may begin at any moment), so
+//! a request costs two clock reads, not a timer of its own.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use crate::auth::PeerNames;
+use crate::metrics::Metrics;
+use crate::routes;
+use crate::tls::Tls;
+
+/// A TLS handshake that takes longer is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request head must be complete this long after its first byte (after
+/// the accept, for a connection's first request).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A keep-alive connection with no request for this long is closed. Longer
+/// than the 60 s idle timeout of common load balancers: the balancer must
+/// be the side that closes an idle connection, or it may send a request
+/// on one being closed and answer its client 502.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Pause before accepting again after the listener failed (out of file
+/// descriptors and the like), so the log is not flooded while it lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Serve `app` on `listener` (over TLS when `tls` is set) until `stop`
+/// completes, then let open connections finish (the caller bounds that by
+/// the grace period). Over TLS, each connection's verified client
+/// certificate names go into its requests' extensions.
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: routes::Edge,
+    tls: Option<Tls>,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                // The client gave up before it was accepted: nothing wrong here.
+                Err(e) if is_connection_error(&e) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot accept a connection; pausing");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let app = app.for_connection();
+        let watcher = graceful.watcher();
+        let Some(tls) = &tls else {
+            tokio::spawn(serve_connection(tcp, app, watcher, peer_addr));
+            continue;
+        };
+        let acceptor = tls.acceptor();
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    metrics.auth_failures.with_label_values(&["tls"]).inc();
+                    tracing::info!(peer = %peer_addr, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(peer = %peer_addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let names = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .map(crate::tls::peer_names)
+                .unwrap_or_default();
+            let peer = PeerNames(names);
+            let service = tower::ServiceExt::map_request(
+                app,
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(peer.clone());
+                    request
+                },
+            );
+            serve_connection(stream, service, watcher, peer_addr).await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// HTTP/1.1 on one accepted connection until the client or the server
+/// ends it, or a phase outlives its timeout.
+async fn serve_connection<I, S>(
+    stream: I,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer_addr: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity::new());
+    let io = hyper_util::rt::TokioIo::new(Watched {
+        inner: stream,
+        activity: Arc::clone(&activity),
+    });
+    let service = Tracked {
+        inner: service,
+        activity: Arc::clone(&activity),
+    };
+    let connection = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
+    tokio::select! {
+        served = watcher.watch(connection) => {
+            if let Err(e) = served {
+                tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
+            }
+        }
+        phase = activity.expired() => {
+            tracing::debug!(peer = %peer_addr, phase = phase.as_str(), "closing a connection that outlived its timeout");
+        }
+    }
+}
+
+/// Accept failures that concern one client (it reset or gave up before
+/// the accept), not the listener.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Head = 0,
+    Busy = 1,
+    Idle = 2,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Head => "head",
+            Self::Busy => "busy",
+            Self::Idle => "idle",
+        }
+    }
+}
+
+/// One connection's phase and when it began: the phase in the top two bits
+/// of the word, milliseconds since `opened` in the rest.
+struct Activity {
+    opened: Instant,
+    word: AtomicU64,
+}
+
+const PHASE_SHIFT: u32 = 62;
+const SINCE_MASK: u64 = (1 << PHASE_SHIFT) - 1;
+
+impl Activity {
+    /// A new connection waits for its first request head.
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            word: AtomicU64::new(pack(Phase::Head, 0)),
+        }
+    }
+
+    fn enter(&self, phase: Phase) {
+        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(SINCE_MASK);
+        self.word.store(pack(phase, since), Ordering::Relaxed);
+    }
+
+    /// Busy needs no start: its deadline is the request timeout's.
+    fn enter_busy(&self) {
+        self.word.store(pack(Phase::Busy, 0), Ordering::Relaxed);
+    }
+
+    fn phase(&self) -> Phase {
+        unpack(self.word.load(Ordering::Relaxed)).0
+    }
+
+    /// Completes when the connection has stayed in the head or idle phase
+    /// past that phase's timeout; returns that phase.
+    async fn expired(&self) -> Phase {
+        let sleep = tokio::time::sleep(HEAD_TIMEOUT);
+        tokio::pin!(sleep);
+        loop {
+            sleep.as_mut().await;
+            let now = Instant::now();
+            let (phase, since) = unpack(self.word.load(Ordering::Relaxed));
+            let began = self.opened + Duration::from_millis(since);
+            let next = match phase {
+                Phase::Head if began + HEAD_TIMEOUT <= now => return phase,
+                Phase::Idle if began + IDLE_TIMEOUT <= now => return phase,
+                Phase::Head => began + HEAD_TIMEOUT,
+                // A head may begin at any moment: look again before one
+                // that begins now could expire. The request timeout ends
+                // a busy phase.
+                Phase::Idle => (began + IDLE_TIMEOUT).min(now + HEAD_TIMEOUT),
+                Phase::Busy => now + HEAD_TIMEOUT,
+            };
+            sleep.as_mut().reset(next);
+        }
+    }
+}
+
+fn pack(phase: Phase, since_ms: u64) -> u64 {
+    ((phase as u64) << PHASE_SHIFT) | (since_ms & SINCE_MASK)
+}
+
+fn unpack(word: u64) -> (Phase, u64) {
+    let phase = match word >> PHASE_SHIFT {
+        0 => Phase::Head,
+        1 => Phase::Busy,
+        _ => Phase::Idle,
+    };
+    (phase, word & SINCE_MASK)
+}
+
+/// The connection's stream: the first byte read while idle starts a head.
+struct Watched<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before && self.activity.phase() == Phase::Idle {
+            self.activity.enter(Phase::Head);
+        }
+        polled
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection's service: a request makes it busy, its response idle.
+#[derive(Clone)]
+struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, R> tower::Service<R> for Tracked<S>
+where
+    S: tower::Service<R>,
+    S::Future: Unpin,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.activity.enter_busy();
+        TrackedFuture {
+            inner: self.inner.call(request),
+            activity: Arc::clone(&self.activity),
+        }
+    }
+}
+
+struct TrackedFuture<F> {
+    inner: F,
+    activity: Arc<Activity>,
+}
+
+impl<F: Future + Unpin> Future for TrackedFuture<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let polled = Pin::new(&mut self.inner).poll(cx);
+        if polled.is_ready() {
+            self.activity.enter(Phase::Idle);
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_phase_and_its_start_survive_packing() {
+        for phase in [Phase::Head, Phase::Busy, Phase::Idle] {
+            for since in [0, 1, 75_000, SINCE_MASK] {
+                assert_eq!(unpack(pack(phase, since)), (phase, since));
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_phase_expires_after_its_own_timeout() {
+        // A new connection that sends nothing: its head timeout.
+        let activity = Activity::new();
+        let started = Instant::now();
+        assert_eq!(activity.expired().await, Phase::Head);
+        assert_eq!(started.elapsed(), HEAD_TIMEOUT);
+
+        // Idle after a response: the idle timeout, counted from the response.
+        let activity = Arc::new(Activity::new());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        activity.enter(Phase::Idle);
+        let idle_from = Instant::now();
+        assert_eq!(activity.expired().await, Phase::Idle);
+        assert_eq!(idle_from.elapsed(), IDLE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_begins_early_in_an_idle_phase_gets_the_head_timeout() {
+        let activity = Arc::new(Activity::new());
+        activity.enter(Phase::Idle);
+        let watchdog = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.expired().await }
+        });
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        activity.enter(Phase::Head);
+        let head_from = Instant::now();
+        assert_eq!(watchdog.await.unwrap(), Phase::Head);
+        assert_eq!(head_from.elapsed(), HEAD_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_never_expires_and_a_new_head_restarts_the_clock() {
+        let activity = Arc::new(Activity::new());
+        activity.enter_busy();
+        let watchdog = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { activity.expired().await }
+        });
+        // Busy for far longer than either timeout: still open.
+        tokio::time::sleep(IDLE_TIMEOUT * 3).await;
+        assert!(!watchdog.is_finished());
+        // The response is done; 70 s idle, then a head starts arriving.
+        activity.enter(Phase::Idle);
+        tokio::time::sleep(IDLE_TIMEOUT - Duration::from_secs(5)).await;
+        assert!(!watchdog.is_finished());
+        activity.enter(Phase::Head);
+        let head_from = Instant::now();
+        assert_eq!(watchdog.await.unwrap(), Phase::Head);
+        assert!(head_from.elapsed() >= HEAD_TIMEOUT);
+        assert!(head_from.elapsed() < HEAD_TIMEOUT + Duration::from_secs(1));
+    }
+}
