@@ -256,11 +256,7 @@ impl Application {
             let app = routes::metrics_router(self.state.clone());
             let rx = stop_rx.clone();
             let metrics = Arc::clone(&self.state.metrics);
-            tokio::spawn(async move {
-                if let Err(e) = serve(listener, app, None, metrics, stopped(rx)).await {
-                    tracing::error!(error = %e, "metrics listener failed");
-                }
-            })
+            tokio::spawn(serve(listener, app, None, metrics, stopped(rx)))
         });
 
         let addr = self.listener.local_addr()?;
@@ -282,13 +278,12 @@ impl Application {
             }
         };
         tokio::pin!(deadline);
-        let served = tokio::select! {
-            result = server => result.context("server failed"),
+        tokio::select! {
+            () = server => {}
             () = &mut deadline => {
                 tracing::warn!("shutdown grace period over; exiting with requests still in flight");
-                Ok(())
             }
-        };
+        }
         // Background work (KMS calls finishing, repairs) gets what is left
         // of the grace period.
         tokio::select! {
@@ -303,7 +298,6 @@ impl Application {
             task.abort();
             let _ = task.await;
         }
-        served?;
         tracing::info!("rkms stopped");
         Ok(())
     }

@@ -7,10 +7,15 @@
 //! - **head**: a request head is arriving (from the first byte, or from the
 //!   accept for a new connection). It must be complete within
 //!   [`HEAD_TIMEOUT`], however slowly its bytes come.
-//! - **busy**: a request is being handled; `server.request_timeout_ms`
-//!   bounds that.
+//! - **busy**: hyper is polling a request's handler; the edge's
+//!   `server.request_timeout_ms` bounds that. hyper polls a request only
+//!   when it can write the response, so a client that does not read its
+//!   responses stays idle, not busy.
 //! - **idle**: the last response is done and no byte of the next request
-//!   has come. After [`IDLE_TIMEOUT`] the connection is closed.
+//!   has come. After [`IDLE_TIMEOUT`] the connection is closed. Bytes read
+//!   while busy start a head when the response is done; bytes of a next
+//!   head read together with the current one cannot be told apart, and
+//!   count as idle until more come.
 //!
 //! A watchdog per connection looks at the phase when it could have expired,
 //! and at least every [`HEAD_TIMEOUT`] (a head may begin at any moment), so
@@ -20,7 +25,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -61,7 +66,7 @@ pub(super) async fn serve(
     tls: Option<Tls>,
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()> + Send,
-) -> io::Result<()> {
+) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(stop);
     loop {
@@ -72,8 +77,10 @@ pub(super) async fn serve(
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot accept a connection; pausing");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        () = &mut stop => break,
+                    }
                 }
             },
             () = &mut stop => break,
@@ -119,7 +126,6 @@ pub(super) async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-    Ok(())
 }
 
 /// HTTP/1.1 on one accepted connection until the client or the server
@@ -150,6 +156,9 @@ async fn serve_connection<I, S>(
         activity: Arc::clone(&activity),
     };
     let connection = hyper::server::conn::http1::Builder::new()
+        // The watchdog times heads; hyper's own timeout would arm a timer
+        // per request.
+        .header_read_timeout(None)
         .serve_connection(io, hyper_util::service::TowerToHyperService::new(service));
     tokio::select! {
         served = watcher.watch(connection) => {
@@ -164,15 +173,22 @@ async fn serve_connection<I, S>(
 }
 
 /// Accept failures that concern one client (it reset or gave up before
-/// the accept), not the listener.
+/// the accept, or the network to it failed), not the listener.
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionRefused
             | io::ErrorKind::ConnectionAborted
             | io::ErrorKind::ConnectionReset
-    )
+            | io::ErrorKind::NetworkDown
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::PermissionDenied
+    ) || e.raw_os_error() == Some(EPROTO)
 }
+
+/// Linux's errno for a protocol error on one incoming connection.
+const EPROTO: i32 = 71;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -196,6 +212,8 @@ impl Phase {
 struct Activity {
     opened: Instant,
     word: AtomicU64,
+    /// Bytes came while busy: the next request's head has begun.
+    read_while_busy: AtomicBool,
 }
 
 const PHASE_SHIFT: u32 = 62;
@@ -207,6 +225,7 @@ impl Activity {
         Self {
             opened: Instant::now(),
             word: AtomicU64::new(pack(Phase::Head, 0)),
+            read_while_busy: AtomicBool::new(false),
         }
     }
 
@@ -222,6 +241,25 @@ impl Activity {
 
     fn phase(&self) -> Phase {
         unpack(self.word.load(Ordering::Relaxed)).0
+    }
+
+    /// Bytes were read: the first while idle start a head; any while busy
+    /// start one when the response is done.
+    fn on_read(&self) {
+        match self.phase() {
+            Phase::Idle => self.enter(Phase::Head),
+            Phase::Busy => self.read_while_busy.store(true, Ordering::Relaxed),
+            Phase::Head => {}
+        }
+    }
+
+    /// The response is done: idle, or a head already begun.
+    fn on_response(&self) {
+        if self.read_while_busy.swap(false, Ordering::Relaxed) {
+            self.enter(Phase::Head);
+        } else {
+            self.enter(Phase::Idle);
+        }
     }
 
     /// Completes when the connection has stayed in the head or idle phase
@@ -276,8 +314,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before && self.activity.phase() == Phase::Idle {
-            self.activity.enter(Phase::Head);
+        if buf.filled().len() > before {
+            self.activity.on_read();
         }
         polled
     }
@@ -313,17 +351,21 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
     }
 }
 
-/// The connection's service: a request makes it busy, its response idle.
+/// The connection's service: a request being handled makes it busy, its
+/// response idle. A request that carries a body is answered with
+/// `Connection: close`: no route reads one, and the rest of it arriving
+/// after the response would look like the next request's head.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
     activity: Arc<Activity>,
 }
 
-impl<S, R> tower::Service<R> for Tracked<S>
+impl<S, B, R> tower::Service<axum::http::Request<B>> for Tracked<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
     S::Future: Unpin,
+    B: hyper::body::Body,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -333,11 +375,13 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: R) -> Self::Future {
-        self.activity.enter_busy();
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let has_body = !request.body().is_end_stream();
         TrackedFuture {
             inner: self.inner.call(request),
             activity: Arc::clone(&self.activity),
+            polled: false,
+            has_body,
         }
     }
 }
@@ -345,17 +389,37 @@ where
 struct TrackedFuture<F> {
     inner: F,
     activity: Arc<Activity>,
+    polled: bool,
+    has_body: bool,
 }
 
-impl<F: Future + Unpin> Future for TrackedFuture<F> {
+impl<F, R, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<axum::http::Response<R>, E>> + Unpin,
+{
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let polled = Pin::new(&mut self.inner).poll(cx);
-        if polled.is_ready() {
-            self.activity.enter(Phase::Idle);
+        // Busy from the first poll, not from the call: hyper polls a request
+        // only once it can write its response, and a client that does not
+        // read its responses must stay subject to the idle timeout.
+        if !self.polled {
+            self.polled = true;
+            self.activity.enter_busy();
         }
-        polled
+        let Poll::Ready(mut output) = Pin::new(&mut self.inner).poll(cx) else {
+            return Poll::Pending;
+        };
+        if self.has_body {
+            if let Ok(response) = &mut output {
+                response.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+        }
+        self.activity.on_response();
+        Poll::Ready(output)
     }
 }
 
@@ -424,5 +488,127 @@ mod tests {
         assert_eq!(watchdog.await.unwrap(), Phase::Head);
         assert!(head_from.elapsed() >= HEAD_TIMEOUT);
         assert!(head_from.elapsed() < HEAD_TIMEOUT + Duration::from_secs(1));
+    }
+
+    type Boxed = Pin<
+        Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
+    >;
+
+    /// A connection served by `serve_connection` over an in-memory pipe;
+    /// every request is answered "ok" after `handling`.
+    /// The shutdown handle is returned because dropping it would shut the
+    /// connection down.
+    fn connect(
+        handling: Duration,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<()>,
+        hyper_util::server::graceful::GracefulShutdown,
+    ) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let service = tower::service_fn(
+            move |_request: axum::http::Request<hyper::body::Incoming>| {
+                Box::pin(async move {
+                    tokio::time::sleep(handling).await;
+                    Ok(axum::response::Response::new(axum::body::Body::from("ok")))
+                }) as Boxed
+            },
+        );
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let served = tokio::spawn(serve_connection(
+            server,
+            service,
+            graceful.watcher(),
+            ([127, 0, 0, 1], 1).into(),
+        ));
+        (client, served, graceful)
+    }
+
+    /// Read until `until` is in what was read (or the end): what was read.
+    async fn read_until(client: &mut tokio::io::DuplexStream, until: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = client.read(&mut buf).await.unwrap_or(0);
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if n == 0 || text.contains(until) {
+                return text;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_is_not_cut_and_its_connection_then_idles() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, served, _graceful) = connect(Duration::from_secs(25));
+        let start = Instant::now();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let response = read_until(&mut client, "ok").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        assert!(!response.to_ascii_lowercase().contains("connection: close"));
+        let answered = start.elapsed();
+        assert!(answered >= Duration::from_secs(25));
+        // Nothing more: closed when the idle timeout is over.
+        assert_eq!(read_until(&mut client, "\0").await, "");
+        let idled = start.elapsed() - answered;
+        assert!(
+            idled >= IDLE_TIMEOUT && idled < IDLE_TIMEOUT + Duration::from_secs(1),
+            "{idled:?}"
+        );
+        served.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_while_a_request_is_handled_gets_the_head_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, served, _graceful) = connect(Duration::from_secs(5));
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The next head begins before the response and never ends.
+        client
+            .write_all(b"GET / HTTP/1.1\r\nX-Slow: a")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let response = read_until(&mut client, "ok").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        let answered = start.elapsed();
+        let rest = read_until(&mut client, "\0").await;
+        assert!(!rest.contains("200"), "{rest:?}");
+        let waited = start.elapsed() - answered;
+        assert!(
+            waited >= HEAD_TIMEOUT && waited < HEAD_TIMEOUT + Duration::from_secs(1),
+            "{waited:?}"
+        );
+        served.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_with_a_body_is_answered_and_its_connection_closed() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, served, _graceful) = connect(Duration::ZERO);
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let response = read_until(&mut client, "ok").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        assert!(
+            response.to_ascii_lowercase().contains("connection: close"),
+            "{response:?}"
+        );
+        // The rest of the body is not waited for: closed at once.
+        assert_eq!(read_until(&mut client, "\0").await, "");
+        assert!(start.elapsed() < Duration::from_secs(1));
+        served.await.unwrap();
     }
 }
