@@ -12,7 +12,19 @@ use crate::common::{self, start, stop};
 use crate::helpers::{spawn_with, urlencode};
 
 fn command(dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+    with_test_env(Command::new(env!("CARGO_BIN_EXE_rkms")), dir)
+}
+
+/// `rkms` started by `sh` with at most `limit` open file descriptors.
+fn command_with_fd_limit(dir: &Path, limit: u32) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {limit} && exec \"$0\""))
+        .arg(env!("CARGO_BIN_EXE_rkms"));
+    with_test_env(cmd, dir)
+}
+
+fn with_test_env(mut cmd: Command, dir: &Path) -> Command {
     cmd.current_dir(dir)
         .env_remove("RKMS_CONFIG")
         .env_remove("RUST_LOG")
@@ -692,4 +704,61 @@ async fn a_failed_request_writes_exactly_one_error_line() {
         line.contains("req-fail-1") && line.contains("gone-1"),
         "the one line names the request and the cause: {line}"
     );
+}
+
+/// Clients that open connections and send nothing cannot take the server
+/// down by using up its file descriptors: once it is out of them, the
+/// listener logs why and pauses, the silent connections are closed by the
+/// request-head timeout (10 s), and a real request is then served. Without
+/// that timeout they held the descriptors for good and nobody was served.
+#[tokio::test]
+async fn silent_connections_cannot_exhaust_the_servers_file_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc = start(command_with_fd_limit(dir.path(), 64));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (status, created) = fetch(&client, &proc.base, "before-exhaustion", None).await;
+    assert_eq!(status, 200, "{created}");
+
+    let addr = proc.base.trim_start_matches("http://").to_string();
+    let out_of_descriptors = |logs: &std::sync::Mutex<Vec<String>>| {
+        logs.lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains("cannot accept a connection"))
+    };
+    let mut silent = Vec::new();
+    while !out_of_descriptors(&proc.logs) {
+        assert!(
+            silent.len() < 1000,
+            "still accepting after {} silent connections",
+            silent.len()
+        );
+        for _ in 0..4 {
+            silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Served, on a new connection, once the silent ones have timed out.
+    let fresh = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let res = fresh
+        .get(format!(
+            "{}/key?id=before-exhaustion&create=false",
+            proc.base
+        ))
+        .send()
+        .await
+        .expect("a request served after the silent connections timed out");
+    assert_eq!(res.status().as_u16(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["key"], created["key"]);
+    drop(silent);
+    let (status, _) = stop(proc);
+    assert!(status.success(), "exit {status:?}");
 }
