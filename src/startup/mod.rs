@@ -30,6 +30,7 @@ use crate::store::Store;
 use crate::tls::Tls;
 
 mod serve;
+mod watchdog;
 use serve::serve;
 
 pub struct Application {

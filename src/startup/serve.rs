@@ -1,39 +1,16 @@
 //! The listeners: accept connections and serve HTTP/1.1 on each, over TLS
-//! when it is configured, with the timeouts that keep a client from holding
-//! connections it does not use.
-//!
-//! Every connection is in one of three phases, kept in one atomic word that
-//! its reads and its requests update:
-//! - **head**: a request head is arriving (from the first byte, or from the
-//!   accept for a new connection). It must be complete within
-//!   [`HEAD_TIMEOUT`], however slowly its bytes come.
-//! - **busy**: hyper is polling a request's handler; the edge's
-//!   `server.request_timeout_ms` bounds that. hyper polls a request only
-//!   when it can write the response, so a client that does not read its
-//!   responses stays idle, not busy.
-//! - **idle**: the last response is done and no byte of the next request
-//!   has come. After [`IDLE_TIMEOUT`] the connection is closed. Bytes read
-//!   while busy start a head when the response is done; bytes of a next
-//!   head read together with the current one cannot be told apart, and
-//!   count as idle until more come.
-//!
-//! A watchdog per connection looks at the phase when it could have expired,
-//! and at least every [`HEAD_TIMEOUT`] (a head may begin at any moment), so
-//! a request costs two clock reads, not a timer of its own.
+//! when it is configured, each under its timeouts ([`super::watchdog`]).
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::time::Instant;
 
+use super::watchdog;
 use crate::auth::PeerNames;
 use crate::metrics::Metrics;
 use crate::routes;
@@ -41,16 +18,6 @@ use crate::tls::Tls;
 
 /// A TLS handshake that takes longer is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A request head must be complete this long after its first byte (after
-/// the accept, for a connection's first request).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A keep-alive connection with no request for this long is closed. Longer
-/// than the 60 s idle timeout of common load balancers: the balancer must
-/// be the side that closes an idle connection, or it may send a request
-/// on one being closed and answer its client 502.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Pause before accepting again after the listener failed (out of file
 /// descriptors and the like), so the log is not flooded while it lasts.
@@ -129,7 +96,7 @@ pub(super) async fn serve(
 }
 
 /// HTTP/1.1 on one accepted connection until the client or the server
-/// ends it, or a phase outlives its timeout.
+/// ends it, or one of its phases outlives its timeout.
 async fn serve_connection<I, S>(
     stream: I,
     service: S,
@@ -146,15 +113,8 @@ async fn serve_connection<I, S>(
         + 'static,
     S::Future: Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
-    let io = hyper_util::rt::TokioIo::new(Watched {
-        inner: stream,
-        activity: Arc::clone(&activity),
-    });
-    let service = Tracked {
-        inner: service,
-        activity: Arc::clone(&activity),
-    };
+    let (activity, stream, service) = watchdog::track(stream, service);
+    let io = hyper_util::rt::TokioIo::new(stream);
     let connection = hyper::server::conn::http1::Builder::new()
         // The watchdog times heads; hyper's own timeout would arm a timer
         // per request.
@@ -190,314 +150,22 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// Linux's errno for a protocol error on one incoming connection.
 const EPROTO: i32 = 71;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Head = 0,
-    Busy = 1,
-    Idle = 2,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Head => "head",
-            Self::Busy => "busy",
-            Self::Idle => "idle",
-        }
-    }
-}
-
-/// One connection's phase and when it began: the phase in the top two bits
-/// of the word, milliseconds since `opened` in the rest.
-struct Activity {
-    opened: Instant,
-    word: AtomicU64,
-    /// Bytes came while busy: the next request's head has begun.
-    read_while_busy: AtomicBool,
-}
-
-const PHASE_SHIFT: u32 = 62;
-const SINCE_MASK: u64 = (1 << PHASE_SHIFT) - 1;
-
-impl Activity {
-    /// A new connection waits for its first request head.
-    fn new() -> Self {
-        Self {
-            opened: Instant::now(),
-            word: AtomicU64::new(pack(Phase::Head, 0)),
-            read_while_busy: AtomicBool::new(false),
-        }
-    }
-
-    fn enter(&self, phase: Phase) {
-        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(SINCE_MASK);
-        self.word.store(pack(phase, since), Ordering::Relaxed);
-    }
-
-    /// Busy needs no start: its deadline is the request timeout's.
-    fn enter_busy(&self) {
-        self.word.store(pack(Phase::Busy, 0), Ordering::Relaxed);
-    }
-
-    fn phase(&self) -> Phase {
-        unpack(self.word.load(Ordering::Relaxed)).0
-    }
-
-    /// Bytes were read: the first while idle start a head; any while busy
-    /// start one when the response is done.
-    fn on_read(&self) {
-        match self.phase() {
-            Phase::Idle => self.enter(Phase::Head),
-            Phase::Busy => self.read_while_busy.store(true, Ordering::Relaxed),
-            Phase::Head => {}
-        }
-    }
-
-    /// The response is done: idle, or a head already begun.
-    fn on_response(&self) {
-        if self.read_while_busy.swap(false, Ordering::Relaxed) {
-            self.enter(Phase::Head);
-        } else {
-            self.enter(Phase::Idle);
-        }
-    }
-
-    /// Completes when the connection has stayed in the head or idle phase
-    /// past that phase's timeout; returns that phase.
-    async fn expired(&self) -> Phase {
-        let sleep = tokio::time::sleep(HEAD_TIMEOUT);
-        tokio::pin!(sleep);
-        loop {
-            sleep.as_mut().await;
-            let now = Instant::now();
-            let (phase, since) = unpack(self.word.load(Ordering::Relaxed));
-            let began = self.opened + Duration::from_millis(since);
-            let next = match phase {
-                Phase::Head if began + HEAD_TIMEOUT <= now => return phase,
-                Phase::Idle if began + IDLE_TIMEOUT <= now => return phase,
-                Phase::Head => began + HEAD_TIMEOUT,
-                // A head may begin at any moment: look again before one
-                // that begins now could expire. The request timeout ends
-                // a busy phase.
-                Phase::Idle => (began + IDLE_TIMEOUT).min(now + HEAD_TIMEOUT),
-                Phase::Busy => now + HEAD_TIMEOUT,
-            };
-            sleep.as_mut().reset(next);
-        }
-    }
-}
-
-fn pack(phase: Phase, since_ms: u64) -> u64 {
-    ((phase as u64) << PHASE_SHIFT) | (since_ms & SINCE_MASK)
-}
-
-fn unpack(word: u64) -> (Phase, u64) {
-    let phase = match word >> PHASE_SHIFT {
-        0 => Phase::Head,
-        1 => Phase::Busy,
-        _ => Phase::Idle,
-    };
-    (phase, word & SINCE_MASK)
-}
-
-/// The connection's stream: the first byte read while idle starts a head.
-struct Watched<I> {
-    inner: I,
-    activity: Arc<Activity>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Watched<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.on_read();
-        }
-        polled
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// The connection's service: a request being handled makes it busy, its
-/// response idle. A request that carries a body is answered with
-/// `Connection: close`: no route reads one, and the rest of it arriving
-/// after the response would look like the next request's head.
-#[derive(Clone)]
-struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S, B, R> tower::Service<axum::http::Request<B>> for Tracked<S>
-where
-    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
-    S::Future: Unpin,
-    B: hyper::body::Body,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = TrackedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
-        let has_body = !request.body().is_end_stream();
-        TrackedFuture {
-            inner: self.inner.call(request),
-            activity: Arc::clone(&self.activity),
-            polled: false,
-            has_body,
-        }
-    }
-}
-
-struct TrackedFuture<F> {
-    inner: F,
-    activity: Arc<Activity>,
-    polled: bool,
-    has_body: bool,
-}
-
-impl<F, R, E> Future for TrackedFuture<F>
-where
-    F: Future<Output = Result<axum::http::Response<R>, E>> + Unpin,
-{
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // Busy from the first poll, not from the call: hyper polls a request
-        // only once it can write its response, and a client that does not
-        // read its responses must stay subject to the idle timeout.
-        if !self.polled {
-            self.polled = true;
-            self.activity.enter_busy();
-        }
-        let Poll::Ready(mut output) = Pin::new(&mut self.inner).poll(cx) else {
-            return Poll::Pending;
-        };
-        if self.has_body {
-            if let Ok(response) = &mut output {
-                response.headers_mut().insert(
-                    axum::http::header::CONNECTION,
-                    axum::http::HeaderValue::from_static("close"),
-                );
-            }
-        }
-        self.activity.on_response();
-        Poll::Ready(output)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::pin::Pin;
+
+    use tokio::time::Instant;
+
+    use super::watchdog::{HEAD_TIMEOUT, IDLE_TIMEOUT};
     use super::*;
-
-    #[test]
-    fn a_phase_and_its_start_survive_packing() {
-        for phase in [Phase::Head, Phase::Busy, Phase::Idle] {
-            for since in [0, 1, 75_000, SINCE_MASK] {
-                assert_eq!(unpack(pack(phase, since)), (phase, since));
-            }
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn each_phase_expires_after_its_own_timeout() {
-        // A new connection that sends nothing: its head timeout.
-        let activity = Activity::new();
-        let started = Instant::now();
-        assert_eq!(activity.expired().await, Phase::Head);
-        assert_eq!(started.elapsed(), HEAD_TIMEOUT);
-
-        // Idle after a response: the idle timeout, counted from the response.
-        let activity = Arc::new(Activity::new());
-        tokio::time::advance(Duration::from_secs(3)).await;
-        activity.enter(Phase::Idle);
-        let idle_from = Instant::now();
-        assert_eq!(activity.expired().await, Phase::Idle);
-        assert_eq!(idle_from.elapsed(), IDLE_TIMEOUT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_head_that_begins_early_in_an_idle_phase_gets_the_head_timeout() {
-        let activity = Arc::new(Activity::new());
-        activity.enter(Phase::Idle);
-        let watchdog = tokio::spawn({
-            let activity = Arc::clone(&activity);
-            async move { activity.expired().await }
-        });
-        tokio::time::sleep(Duration::from_secs(12)).await;
-        activity.enter(Phase::Head);
-        let head_from = Instant::now();
-        assert_eq!(watchdog.await.unwrap(), Phase::Head);
-        assert_eq!(head_from.elapsed(), HEAD_TIMEOUT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_busy_connection_never_expires_and_a_new_head_restarts_the_clock() {
-        let activity = Arc::new(Activity::new());
-        activity.enter_busy();
-        let watchdog = tokio::spawn({
-            let activity = Arc::clone(&activity);
-            async move { activity.expired().await }
-        });
-        // Busy for far longer than either timeout: still open.
-        tokio::time::sleep(IDLE_TIMEOUT * 3).await;
-        assert!(!watchdog.is_finished());
-        // The response is done; 70 s idle, then a head starts arriving.
-        activity.enter(Phase::Idle);
-        tokio::time::sleep(IDLE_TIMEOUT - Duration::from_secs(5)).await;
-        assert!(!watchdog.is_finished());
-        activity.enter(Phase::Head);
-        let head_from = Instant::now();
-        assert_eq!(watchdog.await.unwrap(), Phase::Head);
-        assert!(head_from.elapsed() >= HEAD_TIMEOUT);
-        assert!(head_from.elapsed() < HEAD_TIMEOUT + Duration::from_secs(1));
-    }
 
     type Boxed = Pin<
         Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,
     >;
 
     /// A connection served by `serve_connection` over an in-memory pipe;
-    /// every request is answered "ok" after `handling`.
-    /// The shutdown handle is returned because dropping it would shut the
-    /// connection down.
+    /// every request is answered "ok" after `handling`. The shutdown handle
+    /// is returned because dropping it would shut the connection down.
     fn connect(
         handling: Duration,
     ) -> (
@@ -539,17 +207,27 @@ mod tests {
         }
     }
 
+    /// Send `request` (then `more`, if any, a second later), and read the
+    /// response to the first: it must be a 200.
+    async fn ask(client: &mut tokio::io::DuplexStream, request: &[u8], more: &[u8]) -> String {
+        use tokio::io::AsyncWriteExt;
+        client.write_all(request).await.unwrap();
+        if !more.is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.write_all(more).await.unwrap();
+        }
+        let response = read_until(client, "ok").await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        response
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+
     #[tokio::test(start_paused = true)]
     async fn a_slow_request_is_not_cut_and_its_connection_then_idles() {
-        use tokio::io::AsyncWriteExt;
         let (mut client, served, _graceful) = connect(Duration::from_secs(25));
         let start = Instant::now();
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let response = read_until(&mut client, "ok").await;
-        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        let response = ask(&mut client, GET, b"").await;
         assert!(!response.to_ascii_lowercase().contains("connection: close"));
         let answered = start.elapsed();
         assert!(answered >= Duration::from_secs(25));
@@ -565,21 +243,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_head_begun_while_a_request_is_handled_gets_the_head_timeout() {
-        use tokio::io::AsyncWriteExt;
         let (mut client, served, _graceful) = connect(Duration::from_secs(5));
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_secs(1)).await;
         // The next head begins before the response and never ends.
-        client
-            .write_all(b"GET / HTTP/1.1\r\nX-Slow: a")
-            .await
-            .unwrap();
         let start = Instant::now();
-        let response = read_until(&mut client, "ok").await;
-        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        ask(&mut client, GET, b"GET / HTTP/1.1\r\nX-Slow: a").await;
         let answered = start.elapsed();
         let rest = read_until(&mut client, "\0").await;
         assert!(!rest.contains("200"), "{rest:?}");
@@ -593,15 +260,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_request_with_a_body_is_answered_and_its_connection_closed() {
-        use tokio::io::AsyncWriteExt;
         let (mut client, served, _graceful) = connect(Duration::ZERO);
-        client
-            .write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
-            .await
-            .unwrap();
         let start = Instant::now();
-        let response = read_until(&mut client, "ok").await;
-        assert!(response.starts_with("HTTP/1.1 200"), "{response:?}");
+        let response = ask(
+            &mut client,
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello",
+            b"",
+        )
+        .await;
         assert!(
             response.to_ascii_lowercase().contains("connection: close"),
             "{response:?}"

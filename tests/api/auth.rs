@@ -324,7 +324,7 @@ async fn connections_that_do_not_send_a_request_are_closed() {
     const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: rkms\r\n\r\n";
 
     let mut clients = Vec::new();
-    for addr in [api, metrics] {
+    for (listener, addr) in [("API", api), ("metrics", metrics)] {
         let silent = tokio::spawn({
             let addr = addr.clone();
             async move {
@@ -348,7 +348,7 @@ async fn connections_that_do_not_send_a_request_are_closed() {
             let closed = trickle_head_until_closed(kept, within).await;
             (first, second, closed)
         });
-        clients.push((addr_label(clients.len()), silent, slow, kept));
+        clients.push((listener, silent, slow, kept));
     }
     for (listener, silent, slow, kept) in clients {
         let silent = silent.await.unwrap();
@@ -367,14 +367,6 @@ async fn connections_that_do_not_send_a_request_are_closed() {
             !closed.contains("HTTP/1.1 200"),
             "{listener}: a slow head was served: {closed:?}"
         );
-    }
-}
-
-fn addr_label(i: usize) -> &'static str {
-    if i == 0 {
-        "API"
-    } else {
-        "metrics"
     }
 }
 

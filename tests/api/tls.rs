@@ -95,9 +95,28 @@ fn https(app: &TestApp) -> String {
     app.base.replace("http://", "https://")
 }
 
-fn mtls_settings(s: &mut Settings, files: &(PathBuf, PathBuf, PathBuf)) {
+/// HTTPS with the server certificate and key in `files`.
+fn tls_settings(s: &mut Settings, files: &(PathBuf, PathBuf, PathBuf)) {
     s.server.tls.cert = Some(files.0.clone());
     s.server.tls.key = Some(files.1.clone());
+}
+
+/// An app serving HTTPS (no client certificates) with a certificate from
+/// a new CA; the directory holds the files for the app's lifetime.
+async fn tls_app(tweak: impl FnOnce(&mut Settings)) -> (TestApp, Ca, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rkms test ca");
+    let files = write_server_files(dir.path(), &ca);
+    let app = spawn_with(|s| {
+        tls_settings(s, &files);
+        tweak(s);
+    })
+    .await;
+    (app, ca, dir)
+}
+
+fn mtls_settings(s: &mut Settings, files: &(PathBuf, PathBuf, PathBuf)) {
+    tls_settings(s, files);
     s.server.tls.client_ca = Some(files.2.clone());
     s.auth.mode = AuthMode::Mtls;
     s.auth.clients = vec![AuthClient {
@@ -191,13 +210,8 @@ async fn mtls_identifies_clients_by_certificate_name() {
 
 #[tokio::test]
 async fn token_auth_works_over_plain_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("rkms test ca");
-    let files = write_server_files(dir.path(), &ca);
     let token = "tls-token-0123456789abc";
-    let app = spawn_with(|s| {
-        s.server.tls.cert = Some(files.0.clone());
-        s.server.tls.key = Some(files.1.clone());
+    let (app, ca, _dir) = tls_app(|s| {
         s.auth.mode = AuthMode::Token;
         s.auth.clients = vec![AuthClient {
             name: "app".into(),
@@ -220,14 +234,7 @@ async fn token_auth_works_over_plain_tls() {
 /// disconnected (after 10 s), not kept forever.
 #[tokio::test]
 async fn a_connection_that_never_handshakes_is_closed() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("rkms test ca");
-    let files = write_server_files(dir.path(), &ca);
-    let app = spawn_with(|s| {
-        s.server.tls.cert = Some(files.0.clone());
-        s.server.tls.key = Some(files.1.clone());
-    })
-    .await;
+    let (app, ca, _dir) = tls_app(|_| {}).await;
     let addr = app.base.trim_start_matches("http://");
     let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
     let within = Duration::from_secs(30);
@@ -249,11 +256,7 @@ async fn certificates_are_reloaded_when_their_files_change() {
     let dir = tempfile::tempdir().unwrap();
     let first = Ca::new("first ca");
     let files = write_server_files(dir.path(), &first);
-    let app = spawn_with(|s| {
-        s.server.tls.cert = Some(files.0.clone());
-        s.server.tls.key = Some(files.1.clone());
-    })
-    .await;
+    let app = spawn_with(|s| tls_settings(s, &files)).await;
     let url = format!("{}/healthz", https(&app));
     // A fresh client each time: a pooled connection would keep the old session.
     let fetch = |ca: &Ca| {
