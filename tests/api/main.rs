@@ -6,6 +6,7 @@
 mod auth;
 #[path = "../common/mod.rs"]
 mod common;
+mod disk;
 mod helpers;
 mod key;
 mod metrics;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::common::{self, start, stop};
 use crate::helpers::{spawn_with, urlencode};
 
-fn command(dir: &Path) -> Command {
+pub(crate) fn command(dir: &Path) -> Command {
     with_test_env(Command::new(env!("CARGO_BIN_EXE_rkms")), dir)
 }
 
@@ -35,7 +35,7 @@ fn with_test_env(mut cmd: Command, dir: &Path) -> Command {
     cmd
 }
 
-async fn fetch(
+pub(crate) async fn fetch(
     client: &reqwest::Client,
     base: &str,
     id: &str,
@@ -145,7 +145,7 @@ async fn kill_9_during_a_burst_of_creates_loses_no_served_key() {
     assert!(status.success());
 }
 
-fn run_to_exit(mut cmd: Command) -> (Option<i32>, String) {
+pub(crate) fn run_to_exit(mut cmd: Command) -> (Option<i32>, String) {
     let out = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

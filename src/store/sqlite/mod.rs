@@ -73,12 +73,18 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Map a SQLite error to the store's. Another process's lock, and a full
+/// disk, pass once someone acts (the other writer ends, an operator frees
+/// space): `Unavailable`, so the client is told to retry and nothing is
+/// written in the meantime (a failed write leaves the file as it was).
 fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| match e {
         rusqlite::Error::SqliteFailure(ref f, _)
             if matches!(
                 f.code,
-                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
             ) =>
         {
             StoreError::Unavailable {
@@ -98,6 +104,10 @@ impl SqliteStore {
     /// `call_timeout` is the store call timeout the broker applies; the
     /// busy timeout is kept below it.
     pub fn open(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
+        Self::open_file(path, call_timeout).map_err(|e| low_space_hint(e, path))
+    }
+
+    fn open_file(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
         const OP: &str = "open";
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Other {
@@ -227,6 +237,53 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError
     conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
         .map_err(other(OP))?;
     Ok(conn)
+}
+
+/// Below this much free space, a failed open says how much is left.
+const LOW_SPACE_BYTES: u64 = 1 << 20;
+
+/// A failed open on a file system that is (nearly) full: SQLite needs room
+/// for its `-wal` and `-shm` files before it can read anything, and says
+/// only "disk I/O error" when it has none.
+#[derive(Debug, thiserror::Error)]
+#[error("{free} bytes free on the file system holding {dir}; SQLite needs room for its -wal and -shm files")]
+struct LowSpace {
+    dir: PathBuf,
+    free: u64,
+    #[source]
+    source: crate::report::BoxError,
+}
+
+fn low_space_hint(e: StoreError, path: &Path) -> StoreError {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let free = match rustix::fs::statvfs(dir) {
+        Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
+        Err(_) => return e,
+    };
+    if free >= LOW_SPACE_BYTES {
+        return e;
+    }
+    let wrap = |source| {
+        Box::new(LowSpace {
+            dir: dir.to_path_buf(),
+            free,
+            source,
+        })
+    };
+    match e {
+        StoreError::Unavailable { op, source } => StoreError::Unavailable {
+            op,
+            source: wrap(source),
+        },
+        StoreError::Other { op, source } => StoreError::Other {
+            op,
+            source: wrap(source),
+        },
+        corrupt @ StoreError::Corrupt { .. } => corrupt,
+    }
 }
 
 /// How long opening waits for other processes opening the same file.

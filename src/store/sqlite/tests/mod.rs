@@ -98,6 +98,34 @@ mod unit {
             assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
         }
     }
+
+    /// A write that finds the disk full is `Unavailable` (503 with
+    /// `Retry-After`), as another process's lock is: it passes once space
+    /// is freed. SQLite's `max_page_count` gives the real "database or
+    /// disk is full"; `tests/api/disk.rs` fills a real file system.
+    #[test]
+    fn a_full_disk_is_unavailable_not_an_internal_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("db.sqlite3")).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "max_page_count", pages).unwrap();
+        let err = conn
+            .execute(
+                "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES (?1, ?2, 2, '{}')",
+                params!["k", "x".repeat(8192)],
+            )
+            .unwrap_err();
+        match other("put_if_absent")(err) {
+            StoreError::Unavailable { op, source } => {
+                assert_eq!(op, "put_if_absent");
+                assert!(source.to_string().contains("full"), "{source}");
+            }
+            e => panic!("expected Unavailable, got {e:?}"),
+        }
+    }
 }
 
 mod busy {

@@ -1,0 +1,175 @@
+//! The SQLite store on a full disk: creates are refused with 503 and
+//! `Retry-After`, stored keys are still served, nothing is lost, and a
+//! start that cannot open the file says how much space is left.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::common::{start, stop};
+use crate::process::{command, fetch, run_to_exit};
+
+/// A small tmpfs mounted on a new directory, unmounted when dropped: a
+/// disk that really fills up (`ENOSPC`), as a full volume does.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// An error where this process may not mount (not root, or no
+    /// `CAP_SYS_ADMIN`), with the reason.
+    fn mount(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Write zeros into a file until the disk refuses another byte.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.path().join("filler")).unwrap();
+        for chunk in [1 << 16, 1 << 12, 1] {
+            let zeros = vec![0u8; chunk];
+            while f.write_all(&zeros).and_then(|()| f.flush()).is_ok() {}
+        }
+        let err = f.write_all(&[0]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path().join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+async fn expect_refused(client: &reqwest::Client, base: &str, id: &str) {
+    let res = client
+        .get(format!("{base}/key?id={id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503, "{id}");
+    assert!(res.headers().contains_key("retry-after"), "{id}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error_type"], "ServiceUnavailable");
+    let message = body["error_message"].as_str().unwrap();
+    assert!(
+        !message.contains("disk") && !message.contains("SQLite"),
+        "a 5xx body says nothing internal: {message}"
+    );
+}
+
+/// The key stored for `id` (`create=false`), or `None` if it is absent.
+async fn stored(client: &reqwest::Client, base: &str, id: &str) -> Option<String> {
+    let res = client
+        .get(format!("{base}/key?id={id}&create=false"))
+        .send()
+        .await
+        .unwrap();
+    match res.status().as_u16() {
+        200 => Some(
+            res.json::<Value>().await.unwrap()["key"]
+                .as_str()?
+                .to_owned(),
+        ),
+        404 => None,
+        other => panic!("{id}: {other} {}", res.text().await.unwrap_or_default()),
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_creates_with_503_and_loses_nothing() {
+    let disk = match SmallDisk::mount("2m") {
+        Ok(disk) => disk,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a tmpfs here to fill up: {why}");
+            return;
+        }
+    };
+    let client = reqwest::Client::new();
+    let first = start(command(disk.path()));
+    let mut served = Vec::new();
+    for i in 0..10 {
+        let id = format!("full-{i}");
+        let (status, body) = fetch(&client, &first.base, &id, None).await;
+        assert_eq!(status, 200, "{body}");
+        served.push((id, body["key"].as_str().unwrap().to_owned()));
+    }
+
+    disk.fill();
+    for i in 0..3 {
+        expect_refused(&client, &first.base, &format!("refused-{i}")).await;
+    }
+    for (id, key) in &served {
+        assert_eq!(stored(&client, &first.base, id).await.as_ref(), Some(key));
+    }
+    let (status, logs) = stop(first);
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("database or disk is full")),
+        "the log names the cause: {logs:#?}"
+    );
+
+    // Restarted on the full disk: the keys come from the file, not a cache.
+    let second = start(command(disk.path()));
+    for (id, key) in &served {
+        assert_eq!(stored(&client, &second.base, id).await.as_ref(), Some(key));
+    }
+    expect_refused(&client, &second.base, "refused-0").await;
+    let (status, _) = stop(second);
+    assert!(status.success(), "exit {status:?}");
+
+    // Stopped with room to spare, SQLite folds its -wal file back and
+    // removes it; with none left, it cannot open the file again.
+    disk.free();
+    let (status, _) = stop(start(command(disk.path())));
+    assert!(status.success(), "exit {status:?}");
+    disk.fill();
+    let (code, stderr) = run_to_exit(command(disk.path()));
+    assert_ne!(code, Some(0));
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("store.sqlite.path")
+            && lines[0].contains("bytes free on the file system holding"),
+        "{stderr}"
+    );
+
+    // Space again: every served key is unchanged, and the refused ids,
+    // which were never served, are created now.
+    disk.free();
+    let third = start(command(disk.path()));
+    for (id, key) in &served {
+        assert_eq!(stored(&client, &third.base, id).await.as_ref(), Some(key));
+    }
+    let (status, body) = fetch(&client, &third.base, "refused-0", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = stop(third);
+    assert!(status.success(), "exit {status:?}");
+}
