@@ -1,6 +1,6 @@
-//! The SQLite store on a full disk: creates are refused with 503 and
-//! `Retry-After`, stored keys are still served, nothing is lost, and a
-//! start that cannot open the file says how much space is left.
+//! The SQLite file under an operator's mistakes: a full disk, and the file
+//! moved or deleted while rkms runs. Creates are refused with 503 and
+//! `Retry-After`, stored keys are still served and nothing is lost.
 
 use std::io::Write;
 use std::path::Path;
@@ -171,5 +171,74 @@ async fn a_full_disk_refuses_creates_with_503_and_loses_nothing() {
     let (status, body) = fetch(&client, &third.base, "refused-0", None).await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = stop(third);
+    assert!(status.success(), "exit {status:?}");
+}
+
+async fn readiness(client: &reqwest::Client, base: &str) -> (u16, Value) {
+    let res = client.get(format!("{base}/readyz")).send().await.unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+/// SQLite keeps writing into the file it opened, wherever that file went:
+/// moved, its creates would be missing from the file at the configured
+/// path; deleted, they would be gone once rkms stops. Until the path names
+/// that file again, creates are refused and `/readyz` fails its store
+/// check; stored keys are still served.
+#[tokio::test]
+async fn a_database_file_moved_or_deleted_while_running_refuses_creates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, moved) = (dir.path().join("rkms.sqlite3"), dir.path().join("moved"));
+    let client = reqwest::Client::new();
+    let first = start(command(dir.path()));
+    let mut served = Vec::new();
+    for i in 0..3 {
+        let id = format!("kept-{i}");
+        let (status, body) = fetch(&client, &first.base, &id, None).await;
+        assert_eq!(status, 200, "{body}");
+        served.push((id, body["key"].as_str().unwrap().to_owned()));
+    }
+
+    std::fs::rename(&db, &moved).unwrap();
+    expect_refused(&client, &first.base, "while-moved").await;
+    let (status, body) = readiness(&client, &first.base).await;
+    assert_eq!(
+        (status, &body["checks"]["store"]),
+        (503, &Value::from("failed"))
+    );
+    for (id, key) in &served {
+        assert_eq!(stored(&client, &first.base, id).await.as_ref(), Some(key));
+    }
+
+    std::fs::rename(&moved, &db).unwrap();
+    let (status, body) = fetch(&client, &first.base, "after-return", None).await;
+    assert_eq!(status, 200, "{body}");
+    served.push((
+        "after-return".into(),
+        body["key"].as_str().unwrap().to_owned(),
+    ));
+    assert_eq!(readiness(&client, &first.base).await.0, 200);
+    let (status, logs) = stop(first);
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("is no longer the database file rkms opened")),
+        "the log names the cause: {logs:#?}"
+    );
+
+    // Every served key is in the file at the path, and none was created
+    // while it was away.
+    let second = start(command(dir.path()));
+    for (id, key) in &served {
+        assert_eq!(stored(&client, &second.base, id).await.as_ref(), Some(key));
+    }
+    assert_eq!(stored(&client, &second.base, "while-moved").await, None);
+
+    // Deleted: a key created now would be gone at the next start.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("rkms.sqlite3{suffix}")));
+    }
+    expect_refused(&client, &second.base, "after-delete").await;
+    assert_eq!(readiness(&client, &second.base).await.0, 503);
+    let (status, _) = stop(second);
     assert!(status.success(), "exit {status:?}");
 }

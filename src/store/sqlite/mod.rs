@@ -12,6 +12,8 @@
 //! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others,
 //! for less than the store call timeout, so a busy database answers
 //! `Unavailable` rather than leaving a thread behind a timed-out call.
+//! A full disk is `Unavailable` too, and so are writes once the path no
+//! longer names the file that was opened (see `FileId`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -62,6 +64,8 @@ pub struct SqliteStore {
     reader: Reader,
     slots: Semaphore,
     path: PathBuf,
+    /// The file opened at `path`; writes and pings check it is still there.
+    opened: FileId,
     busy_timeout: Duration,
 }
 
@@ -140,13 +144,18 @@ impl SqliteStore {
                 first.execute_batch(SCHEMA)
             })?;
         }
+        let opened = FileId::of(path).map_err(|e| StoreError::Other {
+            op: OP,
+            source: Box::new(e),
+        })?;
         let idle = Arc::new(Mutex::new(idle));
         Ok(Self {
             reader: Reader::new(Arc::clone(&idle), path, busy_timeout),
             idle,
-            writer: Writer::new(path, busy_timeout),
+            writer: Writer::new(path, opened, busy_timeout),
             slots: Semaphore::new(POOL_SIZE),
             path: path.to_path_buf(),
+            opened,
             busy_timeout,
         })
     }
@@ -237,6 +246,56 @@ fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError
     conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
         .map_err(other(OP))?;
     Ok(conn)
+}
+
+/// Which file a path named when the store opened it. SQLite keeps using
+/// the file it opened when that file is moved, replaced or deleted, and in
+/// WAL mode it notices none of these: a key created then would go into a
+/// file nobody opens again (lost when rkms stops), or be split from the
+/// keys in the file now at the path. So every write batch, and `/readyz`,
+/// first checks that the path still names this file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// `Unavailable` (503) unless `path` still names this file.
+    pub(super) fn still_at(self, path: &Path, op: &'static str) -> Result<(), StoreError> {
+        let now = FileId::of(path);
+        if matches!(now, Ok(id) if id == self) {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable {
+            op,
+            source: Box::new(FileChanged {
+                path: path.to_path_buf(),
+                now: now.err(),
+            }),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} is no longer the database file rkms opened (moved, replaced or deleted while rkms ran{}); \
+     keys are not created or repaired until it is back, because they would be lost: put the file back, \
+     or restart rkms to use the file now at that path",
+    match now { Some(e) => format!(": {e}"), None => String::new() }
+)]
+struct FileChanged {
+    path: PathBuf,
+    now: Option<std::io::Error>,
 }
 
 /// Below this much free space, a failed open says how much is left.
@@ -451,6 +510,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        self.opened.still_at(&self.path, "ping")?;
         self.with_conn("ping", |conn| {
             conn.query_row(
                 "SELECT count(*) FROM (SELECT 1 FROM rkms_keys LIMIT 1)",

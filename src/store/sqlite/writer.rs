@@ -23,7 +23,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{connect, lock, other, read, spawn_queue_task, to_json};
+use super::{connect, lock, other, read, spawn_queue_task, to_json, FileId};
 use crate::domain::{KeyId, KeyRecord, Region};
 use crate::store::{encode_keys, merge_missing, region_map, PutOutcome, StoreError};
 
@@ -128,15 +128,17 @@ struct Queue {
 pub(super) struct Writer {
     queue: Arc<Mutex<Queue>>,
     path: PathBuf,
+    opened: FileId,
     busy_timeout: Duration,
     batches: Arc<AtomicU64>,
 }
 
 impl Writer {
-    pub(super) fn new(path: &Path, busy_timeout: Duration) -> Self {
+    pub(super) fn new(path: &Path, opened: FileId, busy_timeout: Duration) -> Self {
         Self {
             queue: Arc::default(),
             path: path.to_path_buf(),
+            opened,
             busy_timeout,
             batches: Arc::default(),
         }
@@ -159,13 +161,13 @@ impl Writer {
         };
         if start {
             let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
-            let (path, busy) = (self.path.clone(), self.busy_timeout);
+            let (path, opened, busy) = (self.path.clone(), self.opened, self.busy_timeout);
             let batches = Arc::clone(&self.batches);
             // A drain that ends normally marks the queue idle under the
             // lock with which it found the queue empty, so no write is
             // left behind. One that does not end so drops what is queued.
             spawn_queue_task(
-                move || drain(&queue, &path, busy, &batches),
+                move || drain(&queue, &path, opened, busy, &batches),
                 move || {
                     let mut queue = lock(&abandoned);
                     queue.draining = false;
@@ -199,7 +201,7 @@ impl Writer {
 struct WriterStopped(#[source] oneshot::error::RecvError);
 
 /// Commit queued writes, a batch at a time, until none is left.
-fn drain(queue: &Mutex<Queue>, path: &Path, busy: Duration, batches: &AtomicU64) {
+fn drain(queue: &Mutex<Queue>, path: &Path, opened: FileId, busy: Duration, batches: &AtomicU64) {
     loop {
         let (batch, conn) = {
             let mut queue = lock(queue);
@@ -217,6 +219,12 @@ fn drain(queue: &Mutex<Queue>, path: &Path, busy: Duration, batches: &AtomicU64)
             .collect();
         if batch.is_empty() {
             lock(queue).conn = conn;
+            continue;
+        }
+        let op = batch.first().map_or("write", |job| job.write.op());
+        if let Err(e) = opened.still_at(path, op) {
+            lock(queue).conn = conn;
+            answer_all(batch, e);
             continue;
         }
         let mut conn = match conn.map_or_else(|| connect(path, busy), Ok) {
