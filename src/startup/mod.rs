@@ -46,16 +46,6 @@ pub struct Application {
 
 /// Build the KMS and the store the settings name (no listener, no check).
 pub async fn backends(settings: &Settings) -> anyhow::Result<(Arc<dyn Kms>, Arc<dyn Store>)> {
-    let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
-    let kms: Arc<dyn Kms> = match settings.kms.provider {
-        KmsProvider::Local => {
-            let path = settings.kms.local.keyring.clone();
-            let local =
-                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
-            Arc::new(local)
-        }
-        KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
-    };
     let store: Arc<dyn Store> = match settings.store.backend {
         StoreBackend::Sqlite => {
             let path = settings.store.sqlite.path.clone();
@@ -75,7 +65,43 @@ pub async fn backends(settings: &Settings) -> anyhow::Result<(Arc<dyn Kms>, Arc<
         }
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
     };
+    let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
+    let kms: Arc<dyn Kms> = match settings.kms.provider {
+        KmsProvider::Local => {
+            let path = settings.kms.local.keyring.clone();
+            refuse_new_keyring_over_stored_keys(&path, store.as_ref()).await?;
+            let local =
+                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
+            Arc::new(local)
+        }
+        KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
+    };
     Ok((kms, store))
+}
+
+/// The local KMS makes its keyring when the file is missing. Over a store
+/// that already holds keys, a new keyring could decrypt none of them, and
+/// the keys it then wrapped could never be merged with the old ones: a
+/// missing keyring there is a lost or misplaced file, and startup stops.
+async fn refuse_new_keyring_over_stored_keys(
+    keyring: &std::path::Path,
+    store: &dyn Store,
+) -> anyhow::Result<()> {
+    if keyring.try_exists().unwrap_or(true) {
+        return Ok(());
+    }
+    let page = store
+        .scan(0, 1, None, 1)
+        .await
+        .context("cannot tell whether the store already holds keys")?;
+    if page.records.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "kms.local.keyring {} does not exist, but the store already holds keys wrapped by the master keys in it: \
+         restore that file (rkms makes a new keyring only for an empty store)",
+        keyring.display()
+    )
 }
 
 /// What preflight checks, from the settings and the built backends.

@@ -6,7 +6,7 @@
 mod auth;
 #[path = "../common/mod.rs"]
 mod common;
-mod disk;
+mod data_files;
 mod helpers;
 mod key;
 mod metrics;

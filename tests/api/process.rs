@@ -145,16 +145,39 @@ async fn kill_9_during_a_burst_of_creates_loses_no_served_key() {
     assert!(status.success());
 }
 
+/// Run a command that should exit, and return its exit code and stderr.
+/// One still running after 60 s (a server that started when it should
+/// have refused) is killed, and the test fails.
 pub(crate) fn run_to_exit(mut cmd: Command) -> (Option<i32>, String) {
-    let out = cmd
+    use std::io::Read;
+    let mut child = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .output()
+        .spawn()
         .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap();
+    let Some(status) = status else {
+        panic!("still running after 60 s, where it should have exited: {stderr}");
+    };
+    (status.code(), stderr)
 }
 
 #[test]
@@ -659,6 +682,10 @@ async fn a_failed_request_writes_exactly_one_error_line() {
     };
     store.put_if_absent(&record).await.unwrap();
     drop(store);
+    // The keyring a store with keys needs: rkms makes one only for an
+    // empty store.
+    rkms::kms::local::LocalKms::open(&dir.path().join("keyring.json"), &[Region::new("local-1")])
+        .unwrap();
 
     let metrics_port = common::free_port();
     let mut cmd = command(dir.path());

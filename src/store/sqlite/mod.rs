@@ -121,18 +121,25 @@ impl SqliteStore {
         }
         // Wrapped keys are not secrets on their own, but nobody else needs
         // them: create the file owner-only (SQLite gives its -wal and -shm
-        // files the same mode).
+        // files the same mode). Another process starting on the same
+        // directory may create it first.
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(|e| StoreError::Other {
-                    op: OP,
-                    source: Box::new(e),
-                })?;
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(StoreError::Other {
+                        op: OP,
+                        source: Box::new(e),
+                    })
+                }
+            }
         }
         let busy_timeout = (call_timeout * 3 / 4).max(Duration::from_millis(1));
         let mut idle = Vec::with_capacity(POOL_SIZE);

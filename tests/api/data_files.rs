@@ -1,6 +1,7 @@
-//! The SQLite file under an operator's mistakes: a full disk, and the file
-//! moved or deleted while rkms runs. Creates are refused with 503 and
-//! `Retry-After`, stored keys are still served and nothing is lost.
+//! The data files under an operator's mistakes: a full disk, the SQLite
+//! file moved or deleted while rkms runs, the local keyring gone. Creates
+//! are refused (503 with `Retry-After`, or no start), stored keys are
+//! still served where they can be, and nothing is lost.
 
 use std::io::Write;
 use std::path::Path;
@@ -239,6 +240,42 @@ async fn a_database_file_moved_or_deleted_while_running_refuses_creates() {
     }
     expect_refused(&client, &second.base, "after-delete").await;
     assert_eq!(readiness(&client, &second.base).await.0, 503);
+    let (status, _) = stop(second);
+    assert!(status.success(), "exit {status:?}");
+}
+
+/// The local keyring moved away from a store that holds keys: a new
+/// keyring would decrypt none of them, and keys wrapped by it could never
+/// be merged with the old ones. Startup stops, names the file and makes
+/// none; with the file back, every key is served unchanged.
+#[tokio::test]
+async fn a_missing_keyring_over_stored_keys_stops_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let (keyring, moved) = (dir.path().join("keyring.json"), dir.path().join("moved"));
+    let client = reqwest::Client::new();
+    let first = start(command(dir.path()));
+    let (status, body) = fetch(&client, &first.base, "wrapped", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = stop(first);
+    assert!(status.success(), "exit {status:?}");
+
+    std::fs::rename(&keyring, &moved).unwrap();
+    let (code, stderr) = run_to_exit(command(dir.path()));
+    assert_ne!(code, Some(0));
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("kms.local.keyring") && lines[0].contains("restore"),
+        "{stderr}"
+    );
+    assert!(!keyring.exists(), "no new keyring was made");
+
+    std::fs::rename(&moved, &keyring).unwrap();
+    let second = start(command(dir.path()));
+    assert_eq!(
+        stored(&client, &second.base, "wrapped").await.as_deref(),
+        body["key"].as_str()
+    );
     let (status, _) = stop(second);
     assert!(status.success(), "exit {status:?}");
 }
