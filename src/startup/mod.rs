@@ -350,7 +350,10 @@ fn broker_settings(s: &Settings) -> BrokerSettings {
     }
 }
 
-/// Completes on ctrl-c or SIGTERM.
+/// Completes on ctrl-c, SIGTERM or SIGHUP. rkms has no config reload (TLS
+/// files are watched on their own), so a hangup, whether a terminal closing
+/// or an operator expecting a reload, drains and exits like SIGTERM instead
+/// of killing the process with requests in flight and log lines unwritten.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
@@ -358,19 +361,22 @@ pub async fn shutdown_signal() {
             futures::future::pending::<()>().await;
         }
     };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+    let signal = |kind, name: &'static str| async move {
+        match tokio::signal::unix::signal(kind) {
             Ok(mut s) => {
                 s.recv().await;
+                tracing::info!(signal = name, "signal received");
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                tracing::error!(error = %e, "cannot listen for {name}");
                 futures::future::pending::<()>().await;
             }
         }
     };
+    use tokio::signal::unix::SignalKind;
     tokio::select! {
         () = ctrl_c => {},
-        () = term => {},
+        () = signal(SignalKind::terminate(), "SIGTERM") => {},
+        () = signal(SignalKind::hangup(), "SIGHUP") => {},
     }
 }

@@ -789,3 +789,18 @@ async fn silent_connections_cannot_exhaust_the_servers_file_descriptors() {
     let (status, _) = stop(proc);
     assert!(status.success(), "exit {status:?}");
 }
+
+/// A hangup (a terminal closing, or `kill -HUP` from someone expecting a
+/// reload) drains and exits 0 as SIGTERM does, with its last log lines
+/// written. It used to kill the process at once (exit by signal 1).
+#[test]
+fn sighup_drains_and_exits_like_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, logs) = common::stop_with(start(command(dir.path())), "HUP");
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        logs.iter().any(|l| l.contains("SIGHUP"))
+            && logs.iter().any(|l| l.contains("rkms stopped")),
+        "{logs:#?}"
+    );
+}

@@ -51,16 +51,27 @@ pub fn start(mut cmd: Command) -> Proc {
 }
 
 pub fn sigterm(child: &Child) {
+    signal(child, "TERM");
+}
+
+/// Send the signal `name` (`TERM`, `HUP`, ...) to `child`.
+pub fn signal(child: &Child, name: &str) {
     let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args([&format!("-{name}"), &child.id().to_string()])
         .status()
         .unwrap()
         .success();
     assert!(ok);
 }
 
-pub fn stop(mut proc: Proc) -> (std::process::ExitStatus, Vec<String>) {
-    sigterm(&proc.child);
+pub fn stop(proc: Proc) -> (std::process::ExitStatus, Vec<String>) {
+    stop_with(proc, "TERM")
+}
+
+/// Stop the process with the signal `name`; its exit status and every
+/// line it logged.
+pub fn stop_with(mut proc: Proc, name: &str) -> (std::process::ExitStatus, Vec<String>) {
+    signal(&proc.child, name);
     let status = proc.child.wait().unwrap();
     // Every line is read once the reader has seen the pipe close.
     if let Some(reader) = proc.reader.take() {
