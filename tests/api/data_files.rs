@@ -279,3 +279,26 @@ async fn a_missing_keyring_over_stored_keys_stops_startup() {
     let (status, _) = stop(second);
     assert!(status.success(), "exit {status:?}");
 }
+
+/// `store.sqlite.path` inside something that is not a directory: one line
+/// naming the key and the directory that cannot be made, and no keyring
+/// is made for a store that cannot open.
+#[test]
+fn a_store_path_under_a_file_names_the_directory_it_cannot_make() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("plain"), b"").unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env(
+        "RKMS__STORE__SQLITE__PATH",
+        dir.path().join("plain/rkms.sqlite3"),
+    );
+    let (code, stderr) = run_to_exit(cmd);
+    assert_ne!(code, Some(0));
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("store.sqlite.path") && lines[0].contains("cannot create the directory"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("keyring.json").exists());
+}

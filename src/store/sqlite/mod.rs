@@ -114,9 +114,12 @@ impl SqliteStore {
     fn open_file(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
         const OP: &str = "open";
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Other {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Other {
                 op: OP,
-                source: Box::new(e),
+                source: Box::new(CreateDir {
+                    dir: dir.to_path_buf(),
+                    source,
+                }),
             })?;
         }
         // Wrapped keys are not secrets on their own, but nobody else needs
@@ -303,6 +306,14 @@ impl FileId {
 struct FileChanged {
     path: PathBuf,
     now: Option<std::io::Error>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the directory {dir}")]
+struct CreateDir {
+    dir: PathBuf,
+    #[source]
+    source: std::io::Error,
 }
 
 /// Below this much free space, a failed open says how much is left.
