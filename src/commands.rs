@@ -97,8 +97,9 @@ pub fn copy(
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let (_, from) = rkms::startup::backends(&source).await?;
-        let (_, to) = rkms::startup::backends(&target).await?;
+        // Records move as they are stored, wrapped: no KMS, no keyring.
+        let from = rkms::startup::store(&source).await?;
+        let to = rkms::startup::store(&target).await?;
         rkms::ops::copy::run(from, to, options).await
     });
     drop(_log_guard);

@@ -45,7 +45,27 @@ pub struct Application {
 }
 
 /// Build the KMS and the store the settings name (no listener, no check).
+/// The store comes first: the local KMS looks into it before making a
+/// keyring.
 pub async fn backends(settings: &Settings) -> anyhow::Result<(Arc<dyn Kms>, Arc<dyn Store>)> {
+    let store = store(settings).await?;
+    let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
+    let kms: Arc<dyn Kms> = match settings.kms.provider {
+        KmsProvider::Local => {
+            let path = settings.kms.local.keyring.clone();
+            refuse_new_keyring_over_stored_keys(&path, store.as_ref()).await?;
+            let local =
+                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
+            Arc::new(local)
+        }
+        KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
+    };
+    Ok((kms, store))
+}
+
+/// Build only the store the settings name, for tools that move stored
+/// records and never call KMS (`rkms copy`): no keyring is read or made.
+pub async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match settings.store.backend {
         StoreBackend::Sqlite => {
             let path = settings.store.sqlite.path.clone();
@@ -65,18 +85,7 @@ pub async fn backends(settings: &Settings) -> anyhow::Result<(Arc<dyn Kms>, Arc<
         }
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
     };
-    let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
-    let kms: Arc<dyn Kms> = match settings.kms.provider {
-        KmsProvider::Local => {
-            let path = settings.kms.local.keyring.clone();
-            refuse_new_keyring_over_stored_keys(&path, store.as_ref()).await?;
-            let local =
-                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
-            Arc::new(local)
-        }
-        KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
-    };
-    Ok((kms, store))
+    Ok(store)
 }
 
 /// The local KMS makes its keyring when the file is missing. Over a store
@@ -90,10 +99,13 @@ async fn refuse_new_keyring_over_stored_keys(
     if keyring.try_exists().unwrap_or(true) {
         return Ok(());
     }
-    let page = store
-        .scan(0, 1, None, 1)
-        .await
-        .context("cannot tell whether the store already holds keys")?;
+    let page = store.scan(0, 1, None, 1).await.with_context(|| {
+        format!(
+            "kms.local.keyring {} does not exist, and rkms makes one only for an empty store: \
+                 cannot tell whether the store holds keys (a scan of one record failed)",
+            keyring.display()
+        )
+    })?;
     if page.records.is_empty() {
         return Ok(());
     }

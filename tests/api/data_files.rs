@@ -157,8 +157,7 @@ async fn a_full_disk_refuses_creates_with_503_and_loses_nothing() {
     let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
-        lines[0].contains("store.sqlite.path")
-            && lines[0].contains("bytes free on the file system holding"),
+        lines[0].contains("store.sqlite.path") && lines[0].contains("is full or nearly (0 bytes"),
         "{stderr}"
     );
 

@@ -114,13 +114,18 @@ impl SqliteStore {
     fn open_file(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
         const OP: &str = "open";
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Other {
-                op: OP,
-                source: Box::new(CreateDir {
-                    dir: dir.to_path_buf(),
-                    source,
-                }),
-            })?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Other {
+                    op: OP,
+                    source: Box::new(CreateDir {
+                        dir: dir.to_path_buf(),
+                        source,
+                    }),
+                })?;
         }
         // Wrapped keys are not secrets on their own, but nobody else needs
         // them: create the file owner-only (SQLite gives its -wal and -shm
@@ -144,23 +149,24 @@ impl SqliteStore {
                 }
             }
         }
+        let opened = FileId::of(path).map_err(|e| StoreError::Other {
+            op: OP,
+            source: Box::new(e),
+        })?;
         let busy_timeout = (call_timeout * 3 / 4).max(Duration::from_millis(1));
         let mut idle = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
             idle.push(connect(path, busy_timeout)?);
         }
+        opened.still_at(path, OP)?;
         if let Some(first) = idle.first() {
             until_not_busy(busy_timeout.max(OPEN_PATIENCE), || {
                 first.execute_batch(SCHEMA)
             })?;
         }
-        let opened = FileId::of(path).map_err(|e| StoreError::Other {
-            op: OP,
-            source: Box::new(e),
-        })?;
         let idle = Arc::new(Mutex::new(idle));
         Ok(Self {
-            reader: Reader::new(Arc::clone(&idle), path, busy_timeout),
+            reader: Reader::new(Arc::clone(&idle), path, opened, busy_timeout),
             idle,
             writer: Writer::new(path, opened, busy_timeout),
             slots: Semaphore::new(POOL_SIZE),
@@ -187,7 +193,7 @@ impl SqliteStore {
             source: Box::new(e),
         })?;
         let idle = Arc::clone(&self.idle);
-        let (path, busy) = (self.path.clone(), self.busy_timeout);
+        let (path, opened, busy) = (self.path.clone(), self.opened, self.busy_timeout);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
@@ -195,7 +201,7 @@ impl SqliteStore {
             // A connection lost to a panic is replaced here.
             let mut conn = match pooled {
                 Some(c) => c,
-                None => connect(&path, busy)?,
+                None => reconnect(&path, opened, busy)?,
             };
             let result = f(&mut conn);
             lock(&idle).push(conn);
@@ -239,9 +245,15 @@ fn spawn_queue_task(
     });
 }
 
+/// A connection to the file `open_file` made: never creates one, so a
+/// connection opened while the file is away fails instead of starting an
+/// empty database at the path.
 fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
     const OP: &str = "open";
-    let conn = Connection::open(path).map_err(other(OP))?;
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(other(OP))?;
     conn.busy_timeout(busy_timeout).map_err(other(OP))?;
     // Switching to WAL needs a moment alone with the file and SQLite does
     // not always wait for it: another process opening the file at the same
@@ -298,13 +310,18 @@ impl FileId {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{path} is no longer the database file rkms opened (moved, replaced or deleted while rkms ran{}); \
-     keys are not created or repaired until it is back, because they would be lost: put the file back, \
-     or restart rkms to use the file now at that path",
-    match now { Some(e) => format!(": {e}"), None => String::new() }
+    "{path} is no longer the database file rkms opened (moved, replaced or deleted while rkms ran); \
+     keys are not created or repaired until it is back, because they would be lost. Put the file back{}",
+    if now.is_some() {
+        " (restarting rkms now would start an EMPTY store, and make new keys for ids that have keys)"
+    } else {
+        ", or restart rkms to use the file now at that path"
+    }
 )]
 struct FileChanged {
     path: PathBuf,
+    /// Why the path names no file at all.
+    #[source]
     now: Option<std::io::Error>,
 }
 
@@ -323,10 +340,14 @@ const LOW_SPACE_BYTES: u64 = 1 << 20;
 /// for its `-wal` and `-shm` files before it can read anything, and says
 /// only "disk I/O error" when it has none.
 #[derive(Debug, thiserror::Error)]
-#[error("{free} bytes free on the file system holding {dir}; SQLite needs room for its -wal and -shm files")]
+#[error(
+    "the file system holding {dir} is full or nearly ({bytes} bytes and {inodes} inodes free); \
+     SQLite needs room for its -wal and -shm files"
+)]
 struct LowSpace {
     dir: PathBuf,
-    free: u64,
+    bytes: u64,
+    inodes: u64,
     #[source]
     source: crate::report::BoxError,
 }
@@ -336,17 +357,22 @@ fn low_space_hint(e: StoreError, path: &Path) -> StoreError {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let free = match rustix::fs::statvfs(dir) {
-        Ok(s) => s.f_bavail.saturating_mul(s.f_frsize),
-        Err(_) => return e,
-    };
-    if free >= LOW_SPACE_BYTES {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => with_free_space(e, dir, s.f_bavail.saturating_mul(s.f_frsize), s.f_favail),
+        Err(_) => e,
+    }
+}
+
+/// `e`, telling how much room is left when it is too little to open.
+fn with_free_space(e: StoreError, dir: &Path, bytes: u64, inodes: u64) -> StoreError {
+    if bytes >= LOW_SPACE_BYTES && inodes > 0 {
         return e;
     }
     let wrap = |source| {
         Box::new(LowSpace {
             dir: dir.to_path_buf(),
-            free,
+            bytes,
+            inodes,
             source,
         })
     };
@@ -361,6 +387,15 @@ fn low_space_hint(e: StoreError, path: &Path) -> StoreError {
         },
         corrupt @ StoreError::Corrupt { .. } => corrupt,
     }
+}
+
+/// A new connection for an open store (one lost to a panic), to the file
+/// it opened and no other.
+fn reconnect(path: &Path, opened: FileId, busy: Duration) -> Result<Connection, StoreError> {
+    opened.still_at(path, "open")?;
+    let conn = connect(path, busy)?;
+    opened.still_at(path, "open")?;
+    Ok(conn)
 }
 
 /// How long opening waits for other processes opening the same file.
@@ -528,8 +563,9 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.opened.still_at(&self.path, "ping")?;
-        self.with_conn("ping", |conn| {
+        let (path, opened) = (self.path.clone(), self.opened);
+        self.with_conn("ping", move |conn| {
+            opened.still_at(&path, "ping")?;
             conn.query_row(
                 "SELECT count(*) FROM (SELECT 1 FROM rkms_keys LIMIT 1)",
                 [],

@@ -26,7 +26,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{connect, lock, read, spawn_queue_task, POOL_SIZE};
+use super::{lock, read, reconnect, spawn_queue_task, FileId, POOL_SIZE};
 use crate::domain::{KeyId, KeyRecord};
 use crate::store::StoreError;
 
@@ -61,6 +61,7 @@ pub(super) struct Reader {
     /// Idle connections, shared with the store's other calls.
     idle: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    opened: FileId,
     busy_timeout: Duration,
 }
 
@@ -68,12 +69,14 @@ impl Reader {
     pub(super) fn new(
         idle: Arc<Mutex<Vec<Connection>>>,
         path: &Path,
+        opened: FileId,
         busy_timeout: Duration,
     ) -> Self {
         Self {
             queue: Arc::default(),
             idle,
             path: path.to_path_buf(),
+            opened,
             busy_timeout,
         }
     }
@@ -118,13 +121,13 @@ impl Reader {
         if start {
             let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
             let idle = Arc::clone(&self.idle);
-            let (path, busy) = (self.path.clone(), self.busy_timeout);
+            let (path, opened, busy) = (self.path.clone(), self.opened, self.busy_timeout);
             // A task that ends normally stops counting itself under the
             // lock with which it found the queue empty, so no read is left
             // behind. One that does not end so stops being counted, and if
             // it was the last, the reads still queued are dropped.
             spawn_queue_task(
-                move || drain(&queue, &idle, &path, busy),
+                move || drain(&queue, &idle, &path, opened, busy),
                 move || {
                     let mut queue = lock(&abandoned);
                     queue.active = queue.active.saturating_sub(1);
@@ -185,7 +188,13 @@ impl Reader {
 struct ReaderStopped(#[source] oneshot::error::RecvError);
 
 /// Answer queued reads until none is left.
-fn drain(queue: &Mutex<Queue>, idle: &Mutex<Vec<Connection>>, path: &Path, busy: Duration) {
+fn drain(
+    queue: &Mutex<Queue>,
+    idle: &Mutex<Vec<Connection>>,
+    path: &Path,
+    opened: FileId,
+    busy: Duration,
+) {
     let mut conn: Option<Connection> = None;
     loop {
         let job = {
@@ -207,7 +216,10 @@ fn drain(queue: &Mutex<Queue>, idle: &Mutex<Vec<Connection>>, path: &Path, busy:
         }
         let _entered = job.span.enter();
         if conn.is_none() {
-            conn = match lock(idle).pop().map_or_else(|| connect(path, busy), Ok) {
+            conn = match lock(idle)
+                .pop()
+                .map_or_else(|| reconnect(path, opened, busy), Ok)
+            {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let _ = job.reply.send(Err(e));

@@ -23,7 +23,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{connect, lock, other, read, spawn_queue_task, to_json, FileId};
+use super::{lock, other, read, reconnect, spawn_queue_task, to_json, FileId};
 use crate::domain::{KeyId, KeyRecord, Region};
 use crate::store::{encode_keys, merge_missing, region_map, PutOutcome, StoreError};
 
@@ -227,7 +227,7 @@ fn drain(queue: &Mutex<Queue>, path: &Path, opened: FileId, busy: Duration, batc
             answer_all(batch, e);
             continue;
         }
-        let mut conn = match conn.map_or_else(|| connect(path, busy), Ok) {
+        let mut conn = match conn.map_or_else(|| reconnect(path, opened, busy), Ok) {
             Ok(conn) => conn,
             Err(e) => {
                 answer_all(batch, e);

@@ -34,6 +34,15 @@ mod unit {
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
+        assert_eq!(
+            std::fs::metadata(path.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700,
+            "the directory it made is owner-only"
+        );
         let first = record("k", &["a"]);
         assert!(matches!(
             store.put_if_absent(&first).await.unwrap(),
@@ -102,7 +111,7 @@ mod unit {
     /// A write that finds the disk full is `Unavailable` (503 with
     /// `Retry-After`), as another process's lock is: it passes once space
     /// is freed. SQLite's `max_page_count` gives the real "database or
-    /// disk is full"; `tests/api/disk.rs` fills a real file system.
+    /// disk is full"; `tests/api/data_files.rs` fills a real file system.
     #[test]
     fn a_full_disk_is_unavailable_not_an_internal_error() {
         let dir = tempfile::tempdir().unwrap();
@@ -125,6 +134,29 @@ mod unit {
             }
             e => panic!("expected Unavailable, got {e:?}"),
         }
+    }
+
+    /// An open that fails with too little room left says how much there
+    /// is, with SQLite's own error kept as the cause; with room to spare,
+    /// the error is left as it was.
+    #[test]
+    fn a_failed_open_on_a_full_file_system_says_how_much_room_is_left() {
+        let failed = || StoreError::Other {
+            op: "open",
+            source: "disk I/O error".into(),
+        };
+        let dir = Path::new("data");
+        for (bytes, inodes) in [(0, 100), (4096, 100), (1 << 30, 0)] {
+            let text = crate::report::chain(&with_free_space(failed(), dir, bytes, inodes));
+            assert!(
+                text.contains(&format!("{bytes} bytes and {inodes} inodes free"))
+                    && text.contains("data")
+                    && text.ends_with("disk I/O error"),
+                "{text}"
+            );
+        }
+        let text = crate::report::chain(&with_free_space(failed(), dir, 1 << 30, 100));
+        assert_eq!(text, "store open failed: disk I/O error");
     }
 }
 
