@@ -131,9 +131,13 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let mut env: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let mut env = match Settings::environment() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("rkms: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if cli.dev {
         env.push(("RKMS__STORE__MEMORY__EPHEMERAL_OK".into(), "true".into()));
     }

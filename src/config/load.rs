@@ -14,6 +14,14 @@ use super::{ConfigError, Settings};
 /// Environment prefix for overrides: `RKMS__SERVER__LISTEN=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "RKMS__";
 
+/// The config key an override names: `SERVER__LISTEN` -> `server.listen`.
+fn env_key(rest: &str) -> String {
+    rest.split("__")
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
 /// Where the settings came from, for `check-config` and the startup log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -40,11 +48,30 @@ impl Settings {
 
     /// Load from `source` plus the process environment, then validate.
     pub fn load(source: &Source) -> Result<Self, ConfigError> {
-        // A variable that is not UTF-8 cannot be an rkms override.
-        let env: Vec<(String, String)> = std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect();
-        Self::load_with_env(source, &env)
+        Self::load_with_env(source, &Self::environment()?)
+    }
+
+    /// The process environment, as the UTF-8 pairs [`Settings::load_with_env`]
+    /// takes. Other variables that are not UTF-8 are left out; an `RKMS__`
+    /// override that is not is an error naming its key, not a setting to
+    /// drop: the default would apply unseen.
+    pub fn environment() -> Result<Vec<(String, String)>, ConfigError> {
+        let mut env = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            match (name.into_string(), value.into_string()) {
+                (Ok(name), Ok(value)) => env.push((name, value)),
+                (name, _) => {
+                    let name = name.unwrap_or_else(|n| n.to_string_lossy().into_owned());
+                    if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                        return Err(ConfigError::new(
+                            env_key(rest),
+                            format!("the environment variable {name} is not valid UTF-8"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(env)
     }
 
     /// As [`Settings::load`], with the environment given explicitly (tests).
@@ -62,11 +89,7 @@ impl Settings {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
             };
-            let path = rest
-                .split("__")
-                .map(str::to_ascii_lowercase)
-                .collect::<Vec<_>>()
-                .join(".");
+            let path = env_key(rest);
             figment = figment.merge((path.as_str(), env_value(raw)));
             from_env.push((path, name.clone()));
         }

@@ -235,6 +235,22 @@ fn a_bad_config_stops_startup_with_one_line_naming_the_key() {
         !dir.path().join("keyring.json").exists(),
         "nothing created on a bad config"
     );
+
+    // An override that is not UTF-8 is reported, not dropped for the
+    // default (which would serve on another address than the one set).
+    use std::os::unix::ffi::OsStrExt;
+    let mut cmd = command(dir.path());
+    cmd.env(
+        "RKMS__SERVER__LISTEN",
+        std::ffi::OsStr::from_bytes(b"0.0.0.0:80\xff"),
+    );
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("server.listen") && stderr.contains("not valid UTF-8"),
+        "{stderr}"
+    );
 }
 
 #[test]
