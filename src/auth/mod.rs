@@ -111,7 +111,9 @@ impl AuthFailure {
             (Self::Missing, AuthMode::Mtls) => "a client certificate is required",
             (Self::Unknown, AuthMode::Mtls) => "the client certificate names no known client",
             (Self::Missing, _) => "missing bearer token (Authorization: Bearer <token>)",
-            (Self::Malformed, _) => "the Authorization header is not \"Bearer <token>\"",
+            (Self::Malformed, _) => {
+                "the Authorization header is not \"Bearer <token>\", or is given more than once"
+            }
             (Self::Unknown, _) => "unknown bearer token",
         }
     }
@@ -240,10 +242,13 @@ impl Authenticator {
         headers: &HeaderMap,
         remembered: Option<&Remembered>,
     ) -> Result<Identity<'_>, AuthFailure> {
-        let value = headers
-            .get(header::AUTHORIZATION)
-            .ok_or(AuthFailure::Missing)?
-            .as_bytes();
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let value = values.next().ok_or(AuthFailure::Missing)?.as_bytes();
+        // Two credentials are refused: a proxy in front could act on the
+        // other one than rkms does.
+        if values.next().is_some() {
+            return Err(AuthFailure::Malformed);
+        }
         if let Some(client) = remembered
             .and_then(|r| r.recall(value))
             .and_then(|i| self.clients.get(i))

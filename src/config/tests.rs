@@ -48,6 +48,7 @@ fn bad_values_name_the_key() {
         ("[store]\nbackend = \"dynamodb\"\n[store.dynamodb]\nregion = \"\"", "store.dynamodb.region"),
         ("[store.dynamodb]\nendpoint = \"ftp://x\"\n[store]\nbackend = \"dynamodb\"", "store.dynamodb.endpoint"),
         ("[keys]\ndata_key_bytes = 8", "keys.data_key_bytes"),
+        ("[server]\nmax_uri_bytes = 70000", "server.max_uri_bytes"),
         ("[kms]\ncall_timeout_ms = -1", "kms.call_timeout_ms"),
         ("[log]\nlevel = \"loud\"", "log.level"),
         ("[auth]\nenabled = true", "auth.enabled"),

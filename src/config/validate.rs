@@ -5,6 +5,9 @@
 
 use super::{ConfigError, KmsProvider, Settings, StoreBackend};
 
+/// The longest request target hyper passes on (`u16::MAX - 1` bytes).
+const MAX_URI_BYTES_SERVED: u32 = 65_534;
+
 impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
@@ -12,10 +15,14 @@ impl Settings {
             "server.max_concurrent_requests",
             u64::from(self.server.max_concurrent_requests),
         )?;
-        if self.server.max_uri_bytes < 64 {
+        // hyper answers a longer target 414 itself, before rkms sees it.
+        if !(64..=MAX_URI_BYTES_SERVED).contains(&self.server.max_uri_bytes) {
             return Err(ConfigError::new(
                 "server.max_uri_bytes",
-                format!("must be at least 64, got {}", self.server.max_uri_bytes),
+                format!(
+                    "must be from 64 to {MAX_URI_BYTES_SERVED}, got {}",
+                    self.server.max_uri_bytes
+                ),
             ));
         }
         if self.server.max_header_bytes < 1024 {

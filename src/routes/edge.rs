@@ -128,7 +128,7 @@ struct EdgeInner {
     state: AppState,
     router: Router,
     listener: Listener,
-    ids: RequestIds,
+    ids: &'static RequestIds,
     /// Per route, in [`Route::ALL`] order; empty on the metrics listener.
     metrics: Vec<RouteMetrics>,
     /// Above the handlers' own bound on their work, which answers with
@@ -173,7 +173,7 @@ impl Edge {
             state,
             router,
             listener,
-            ids: RequestIds::new(),
+            ids: RequestIds::process(),
             metrics,
             backstop,
         }))
@@ -326,10 +326,12 @@ impl EdgeInner {
 /// over `server.max_header_bytes`, 413 for a declared body over
 /// [`BODY_LIMIT_BYTES`] (no route reads a body; a chunked one is never read).
 fn oversized(limits: &Limits, request: &Request) -> Option<ApiError> {
-    let uri_len = request
-        .uri()
-        .path_and_query()
-        .map_or(0, |pq| pq.as_str().len());
+    // The whole target: an absolute-form one (`GET http://host/key?..`)
+    // carries a scheme and an authority before the path.
+    let uri = request.uri();
+    let uri_len = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_len > limits.max_uri_bytes as usize {
         return Some(ApiError::UriTooLong(limits.max_uri_bytes));
     }

@@ -129,7 +129,18 @@ async fn authenticated_metrics(
         .auth
         .authenticate(&headers, peer.as_ref().map(|Extension(p)| p))
     {
-        Ok(_) => metrics_text(State(state)).await,
+        // A scrape counts against the client's rate, as a key request does.
+        Ok(identity) => match identity.check_rate() {
+            Ok(()) => metrics_text(State(state)).await,
+            Err(wait) => {
+                state
+                    .metrics
+                    .requests_shed
+                    .with_label_values(&["rate_limit"])
+                    .inc();
+                ApiError::TooManyRequests { retry_after: wait }.into_response()
+            }
+        },
         Err(failure) => state.refuse(failure).into_response(),
     }
 }

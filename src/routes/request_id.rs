@@ -16,6 +16,13 @@ pub(super) struct RequestIds {
 }
 
 impl RequestIds {
+    /// The process's one source of ids, shared by its listeners: one
+    /// prefix per process, as the README says.
+    pub(super) fn process() -> &'static Self {
+        static IDS: std::sync::OnceLock<RequestIds> = std::sync::OnceLock::new();
+        IDS.get_or_init(Self::new)
+    }
+
     pub(super) fn new() -> Self {
         let mut prefix = [0u8; 12];
         prefix.copy_from_slice(&uuid::Uuid::new_v4().simple().to_string().as_bytes()[..12]);

@@ -219,6 +219,8 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
         status_and_type(res).await,
         (429, "TooManyRequests".to_string())
     );
+    // A scrape on the API listener counts against the same rate.
+    assert_eq!(app.as_client(Some(&writer), "/metrics").await.status(), 429);
     // Another client is not slowed by it.
     assert_eq!(
         app.as_client(Some(&format!("Bearer {READER}")), "/key?id=billing/r")
@@ -226,6 +228,28 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
             .status(),
         200
     );
+}
+
+/// Two `Authorization` headers are refused, whichever comes first: a proxy
+/// in front could act on the other one than rkms does.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let app = token_app(|_| {}).await;
+    for (first, second) in [(WRITER, READER), (READER, WRITER), (WRITER, WRITER)] {
+        let res = app
+            .client
+            .get(format!("{}/key?id=billing/two", app.base))
+            .header("authorization", format!("Bearer {first}"))
+            .header("authorization", format!("Bearer {second}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            status_and_type(res).await,
+            (401, "Unauthorized".to_string())
+        );
+    }
+    assert_eq!(app.kms.total_calls("generate_data_key"), 0);
 }
 
 #[tokio::test]
@@ -239,6 +263,16 @@ async fn oversized_targets_and_headers_are_414_and_431() {
         .as_client(None, &format!("/key?id={}", "a".repeat(300)))
         .await;
     assert_eq!(status_and_type(res).await, (414, "UriTooLong".to_string()));
+    // An absolute-form target counts whole, its authority too.
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!(
+        "GET http://{}.example/key?id=billing/abs HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {WRITER}\r\nconnection: close\r\n\r\n",
+        "h".repeat(300)
+    );
+    let answer = exchange(&mut stream, head.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
     let res = app
         .client
         .get(format!("{}/healthz", app.base))

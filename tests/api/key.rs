@@ -296,6 +296,14 @@ async fn metrics_can_be_served_on_a_separate_listener() {
         404,
         "no keys on the metrics listener"
     );
+    let prefix =
+        |res: &reqwest::Response| res.headers()["x-request-id"].to_str().unwrap()[..12].to_string();
+    let api = reqwest::get(format!("{}/healthz", app.base)).await.unwrap();
+    assert_eq!(
+        prefix(&res),
+        prefix(&api),
+        "one request-id prefix per process"
+    );
     for probe in ["/healthz", "/readyz"] {
         let res = reqwest::get(format!("http://{addr}{probe}")).await.unwrap();
         assert_eq!(res.status().as_u16(), 200, "{probe}");
