@@ -72,9 +72,16 @@ impl Repairs {
             return;
         }
         let mut pending = self.pending();
-        if !pending.insert(id.clone()) {
+        if pending.contains(id) {
             return;
         }
+        // Pending counts repairs retrying as well as those queued: a region
+        // that keeps refusing must not grow this without bound.
+        if pending.len() >= QUEUE_CAPACITY {
+            tracing::warn!(key_id = %id, capacity = QUEUE_CAPACITY, "repair queue full; the record is repaired on a later read");
+            return;
+        }
+        pending.insert(id.clone());
         let job = Job {
             id: id.clone(),
             key: Arc::clone(key),
@@ -157,6 +164,7 @@ async fn repair(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut added_total = 0;
+    let mut failures: u32 = 0;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -169,8 +177,13 @@ async fn repair(
         };
         match outcome {
             Ok(added) => added_total += added,
-            Err(e) => {
-                tracing::warn!(key_id = %job.id, error = %crate::report::chain(&e), "record repair failed; retrying")
+            // The first failure and every tenth: a region that keeps
+            // refusing retries each record every minute.
+            Err(failed) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(10) {
+                    tracing::warn!(key_id = %job.id, attempts = failures, error = %failed, "record repair failed; retrying");
+                }
             }
         }
         let missing = strong
@@ -200,9 +213,27 @@ async fn repair(
     }
 }
 
+/// Why an attempt added nothing.
+enum Failed {
+    /// No missing region wrapped the key: its error, if a call was made
+    /// (none is when every missing region's breaker is open).
+    Kms(Option<crate::kms::KmsError>),
+    Store(super::BrokerError),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Kms(Some(e)) => f.write_str(&crate::report::chain(e)),
+            Self::Kms(None) => f.write_str("every missing region's breaker is open"),
+            Self::Store(e) => f.write_str(&crate::report::chain(e)),
+        }
+    }
+}
+
 /// One pass: wrap the key under every missing region that answers and add
 /// those ciphertexts to the stored record. Returns how many were added.
-async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, super::BrokerError> {
+async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, Failed> {
     let missing: Vec<Region> = inner
         .settings
         .regions
@@ -210,11 +241,11 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, super::Brok
         .filter(|r| !job.present.contains(*r))
         .cloned()
         .collect();
-    let (wrapped, _) = inner
+    let (wrapped, error) = inner
         .encrypt_under(&job.id, &missing, &job.key, missing.len())
         .await;
     if wrapped.is_empty() {
-        return Ok(0);
+        return Err(Failed::Kms(error));
     }
     let mut keys = BTreeMap::new();
     let mut arns = BTreeMap::new();
@@ -227,7 +258,8 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, super::Brok
             "add_missing_regions",
             inner.store.add_missing_regions(&job.id, &keys, &arns),
         )
-        .await?;
+        .await
+        .map_err(Failed::Store)?;
     // Whether we or another writer set them, these regions are stored now:
     // the update never replaces a ciphertext, only fills gaps.
     job.present.extend(keys.into_keys());

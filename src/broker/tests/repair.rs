@@ -124,3 +124,30 @@ async fn a_hung_region_does_not_hold_up_a_create_and_is_repaired_later() {
         );
     }
 }
+
+/// A region that keeps refusing with a per-key error (access denied, a
+/// disabled key: no breaker opens) cannot grow the repairs without bound:
+/// each short record retries with backoff, and past `QUEUE_CAPACITY`
+/// pending ones a short record is left for a later read. Every create
+/// still succeeds in the other regions.
+#[tokio::test(start_paused = true)]
+async fn pending_repairs_never_pass_the_queue_capacity() {
+    use crate::broker::repair::QUEUE_CAPACITY;
+    let rig = rig();
+    rig.kms
+        .set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Misconfigured)));
+    for i in 0..QUEUE_CAPACITY + 20 {
+        let made = rig
+            .broker
+            .get_or_create(&id(&format!("short/{i}")), true)
+            .await
+            .unwrap();
+        assert!(made.created);
+    }
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(rig.broker.repairs_pending(), QUEUE_CAPACITY as i64);
+    assert!(
+        rig.kms.calls(&r("r3"), "encrypt") > QUEUE_CAPACITY + 20,
+        "retried"
+    );
+}
