@@ -219,6 +219,10 @@ enum Failed {
     /// (none is when every missing region's breaker is open).
     Kms(Option<crate::kms::KmsError>),
     Store(super::BrokerError),
+    /// The update applied to nothing, and the stored record still lacks
+    /// the regions (a record the store cannot update in place, such as a
+    /// DynamoDB item without `key_ids`).
+    NotTaken(Vec<Region>),
 }
 
 impl std::fmt::Display for Failed {
@@ -227,6 +231,14 @@ impl std::fmt::Display for Failed {
             Self::Kms(Some(e)) => f.write_str(&crate::report::chain(e)),
             Self::Kms(None) => f.write_str("every missing region's breaker is open"),
             Self::Store(e) => f.write_str(&crate::report::chain(e)),
+            Self::NotTaken(regions) => {
+                let names: Vec<&str> = regions.iter().map(Region::as_str).collect();
+                write!(
+                    f,
+                    "the store did not add {} to the record, which still lacks them; it cannot be updated in place (in DynamoDB, an item without key_ids)",
+                    names.join(",")
+                )
+            }
         }
     }
 }
@@ -260,10 +272,32 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, Failed> {
         )
         .await
         .map_err(Failed::Store)?;
-    // Whether we or another writer set them, these regions are stored now:
-    // the update never replaces a ciphertext, only fills gaps.
-    job.present.extend(keys.into_keys());
-    Ok(added)
+    if added == keys.len() {
+        job.present.extend(keys.into_keys());
+        return Ok(added);
+    }
+    // Fewer added than wrapped: another writer filled the rest (the update
+    // never replaces a ciphertext, only fills gaps), the record is gone,
+    // or the store could not update it. The stored record says which.
+    let stored = inner
+        .timed_store("get", inner.store.get(&job.id))
+        .await
+        .map_err(Failed::Store)?;
+    let Some(stored) = stored else {
+        tracing::warn!(key_id = %job.id, "the record to repair is no longer stored; repair dropped");
+        job.present.extend(inner.settings.regions.iter().cloned());
+        return Ok(added);
+    };
+    let not_taken: Vec<Region> = keys
+        .into_keys()
+        .filter(|r| !stored.keys.contains_key(r))
+        .collect();
+    job.present.extend(stored.keys.into_keys());
+    if not_taken.is_empty() {
+        Ok(added)
+    } else {
+        Err(Failed::NotTaken(not_taken))
+    }
 }
 
 fn abandon(inner: &Weak<Inner>, job: &Job) {

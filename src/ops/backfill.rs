@@ -234,6 +234,27 @@ async fn fill(
             Err(e) => return Outcome::Failed(format!("store: {}", chain(&e))),
         }
     };
+    // Fewer added than wrapped: another writer filled the rest, or the
+    // store could not update the record. The stored record says which.
+    if (added as usize) < keys.len() {
+        match store.get(&record.id).await {
+            Ok(Some(stored)) => {
+                let not_taken: Vec<&str> = keys
+                    .keys()
+                    .filter(|r| !stored.keys.contains_key(*r))
+                    .map(Region::as_str)
+                    .collect();
+                if !not_taken.is_empty() {
+                    return Outcome::Failed(format!(
+                        "the store did not add {} to the record, which cannot be updated in place (in DynamoDB, an item without key_ids)",
+                        not_taken.join(",")
+                    ));
+                }
+            }
+            Ok(None) => return Outcome::Failed("the record is no longer stored".into()),
+            Err(e) => return Outcome::Failed(format!("store: {}", chain(&e))),
+        }
+    }
     match (failures.is_empty(), added) {
         (true, 0) => Outcome::Complete,
         (true, n) => Outcome::Added(n),

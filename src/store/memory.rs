@@ -80,6 +80,11 @@ mod probe {
             self.lock().get(id).cloned()
         }
 
+        /// Delete a record directly (simulate an out-of-band delete).
+        pub fn remove(&self, id: &KeyId) {
+            self.lock().remove(id);
+        }
+
         /// Count the call, and fail it while switched off.
         pub(super) fn enter(&self, op: &'static str) -> Result<(), StoreError> {
             match op {

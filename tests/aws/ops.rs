@@ -146,6 +146,32 @@ async fn a_fourth_region_is_backfilled_and_verified_against_moto() {
         serde_json::json!(["bf/07"])
     );
     assert_eq!(report["regions"][REGIONS[0]]["ok"], 20);
+
+    // An item the update cannot apply to (no key_ids map, as another tool
+    // may write): backfill says so and fails, rather than count it done.
+    let mut bare = item(&cloud, "bf/05").await.unwrap();
+    let mut keys = bare["keys"].as_m().unwrap().clone();
+    keys.remove(FOURTH);
+    bare.insert(
+        "keys".into(),
+        aws_sdk_dynamodb::types::AttributeValue::M(keys),
+    );
+    bare.remove("key_ids");
+    crate::moto::dynamo_client(&cloud.dynamo.endpoint)
+        .await
+        .put_item()
+        .table_name(TABLE)
+        .set_item(Some(bare))
+        .send()
+        .await
+        .unwrap();
+    let (code, out) = run(four(), &["backfill"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("19 complete") && out.contains("failed: \"bf/05\""),
+        "{out}"
+    );
+    assert_eq!(ciphertexts(&item(&cloud, "bf/05").await.unwrap()).len(), 3);
 }
 
 fn write_config(path: &Path, store: &str) {

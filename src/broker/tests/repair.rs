@@ -151,3 +151,79 @@ async fn pending_repairs_never_pass_the_queue_capacity() {
         "retried"
     );
 }
+
+use crate::store::StoreError;
+
+/// A store whose in-place update applies to nothing (as DynamoDB's does for
+/// an item without `key_ids`) while reporting no error.
+struct StuckStore(Arc<MemoryStore>);
+
+#[async_trait::async_trait]
+impl Store for StuckStore {
+    async fn get(&self, id: &KeyId) -> Result<Option<crate::domain::KeyRecord>, StoreError> {
+        self.0.get(id).await
+    }
+
+    async fn put_if_absent(
+        &self,
+        record: &crate::domain::KeyRecord,
+    ) -> Result<crate::store::PutOutcome, StoreError> {
+        self.0.put_if_absent(record).await
+    }
+
+    async fn add_missing_regions(
+        &self,
+        _: &KeyId,
+        _: &std::collections::BTreeMap<Region, Vec<u8>>,
+        _: &std::collections::BTreeMap<Region, String>,
+    ) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await
+    }
+
+    async fn scan(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::ScanPage, StoreError> {
+        self.0.scan(segment, segments, cursor, limit).await
+    }
+}
+
+/// An update that adds nothing is not taken for a repair: the stored
+/// record is read, and while it still lacks the region the repair stays
+/// pending and retries. It used to count the regions as present and end,
+/// leaving the record one region short with no sign.
+#[tokio::test(start_paused = true)]
+async fn an_update_the_store_does_not_apply_is_not_a_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalKms::open(&dir.path().join("keyring.json"), &regions()).unwrap();
+    let kms = Arc::new(FaultyKms::new(Arc::new(local)));
+    let memory = Arc::new(MemoryStore::new());
+    let broker = KeyBroker::new(
+        kms.clone(),
+        Arc::new(StuckStore(memory.clone())),
+        settings(),
+        Arc::new(Metrics::new().unwrap()),
+    );
+    kms.set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    broker.get_or_create(&id("stuck"), true).await.unwrap();
+    assert_eq!(broker.repairs_pending(), 1);
+    kms.set_fault(&r("r3"), None);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert!(kms.calls(&r("r3"), "encrypt") >= 2, "wrapped, and retried");
+    assert_eq!(memory.snapshot(&id("stuck")).unwrap().keys.len(), 2);
+    assert_eq!(broker.repairs_pending(), 1, "still pending");
+    assert_eq!(broker.inner.metrics.records_repaired.get(), 0);
+
+    // Gone from the store: nothing left to repair.
+    memory.remove(&id("stuck"));
+    tokio::time::timeout(Duration::from_secs(120), broker.repairs_idle())
+        .await
+        .expect("dropped once the record is gone");
+}
