@@ -76,7 +76,7 @@ impl Inner {
                             self.metrics.create_conflicts.inc();
                             drop(key);
                             tracing::warn!(key_id = %id, "the store holds another record than the one it just accepted (a non-atomic conditional put?); serving the stored one");
-                            return self.decrypt_record(id, Arc::new(stored)).await;
+                            return self.decrypt_record(Arc::new(stored)).await;
                         }
                     }
                 }
@@ -89,7 +89,7 @@ impl Inner {
                         configured = self.settings.regions.len(),
                         "key created without every region; repair is queued"
                     );
-                    self.repairs.queue(id, &key, present);
+                    self.repairs.queue(&record, &key);
                 }
                 Ok(Resolved {
                     key,
@@ -101,7 +101,7 @@ impl Inner {
                 self.metrics.create_conflicts.inc();
                 drop(key);
                 tracing::debug!(key_id = %id, "another writer created this key first; serving theirs");
-                self.decrypt_record(id, Arc::new(winner)).await
+                self.decrypt_record(Arc::new(winner)).await
             }
         }
     }

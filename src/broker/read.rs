@@ -24,7 +24,7 @@ impl Inner {
         creating: &AtomicBool,
     ) -> Result<Resolved, BrokerError> {
         match self.timed_store("get", self.store.get(id)).await? {
-            Some(record) => self.decrypt_record(id, Arc::new(record)).await,
+            Some(record) => self.decrypt_record(Arc::new(record)).await,
             None if !allow_create => Err(BrokerError::NotFound),
             None => {
                 creating.store(true, Ordering::Release);
@@ -67,7 +67,6 @@ impl Inner {
 
     pub(super) async fn decrypt_record(
         self: &Arc<Self>,
-        id: &KeyId,
         record: Arc<KeyRecord>,
     ) -> Result<Resolved, BrokerError> {
         // Preference order, among the regions this record can be read in.
@@ -104,8 +103,7 @@ impl Inner {
         let key = Arc::new(key);
         // Records from RKMS (Go) are left as they are: one record, one format.
         if bound {
-            let present = record.keys.keys().cloned().collect();
-            self.repairs.queue(id, &key, present);
+            self.repairs.queue(&record, &key);
         }
         Ok(Resolved {
             key,

@@ -6,8 +6,9 @@
 //! unfinished repairs are logged by id and left for a later read, which
 //! queues them again.
 //!
-//! Must not: replace a stored ciphertext (the store only fills gaps), or
-//! repair records written by RKMS (Go).
+//! Must not: replace a stored ciphertext (the store only fills gaps), add
+//! a ciphertext to a record written again since it was read (each attempt
+//! checks), or repair records written by RKMS (Go).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,7 +19,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
-use crate::domain::{DataKey, KeyId, Region};
+use crate::domain::{DataKey, KeyId, KeyRecord, Region};
 
 /// Records waiting for repair, at most. Past it a short record is left for
 /// its next read; the warning says so.
@@ -34,6 +35,10 @@ struct Job {
     id: KeyId,
     key: Arc<DataKey>,
     present: BTreeSet<Region>,
+    /// One region's ciphertext in the record as it was read: a record
+    /// deleted and written again with another key since (out of band) must
+    /// not gain this key's ciphertexts.
+    anchor: Option<(Region, Vec<u8>)>,
 }
 
 pub(super) struct Repairs {
@@ -65,9 +70,11 @@ impl Repairs {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue a repair of `id` when `present` lacks a configured region. At
-    /// most one repair per id is pending.
-    pub fn queue(&self, id: &KeyId, key: &Arc<DataKey>, present: BTreeSet<Region>) {
+    /// Queue a repair of `record` (whose key is `key`) when it lacks a
+    /// configured region. At most one repair per id is pending.
+    pub fn queue(&self, record: &KeyRecord, key: &Arc<DataKey>) {
+        let id = &record.id;
+        let present: BTreeSet<Region> = record.keys.keys().cloned().collect();
         if self.regions.iter().all(|r| present.contains(r)) || self.cancel.is_cancelled() {
             return;
         }
@@ -86,6 +93,11 @@ impl Repairs {
             id: id.clone(),
             key: Arc::clone(key),
             present,
+            anchor: record
+                .keys
+                .iter()
+                .next()
+                .map(|(r, c)| (r.clone(), c.clone())),
         };
         if self.tx.try_send(job).is_err() {
             pending.remove(id);
@@ -246,6 +258,23 @@ impl std::fmt::Display for Failed {
 /// One pass: wrap the key under every missing region that answers and add
 /// those ciphertexts to the stored record. Returns how many were added.
 async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, Failed> {
+    let stored = inner
+        .timed_store("get", inner.store.get(&job.id))
+        .await
+        .map_err(Failed::Store)?;
+    let replaced = match (&stored, &job.anchor) {
+        (None, _) => true,
+        (Some(s), Some((region, ciphertext))) => s.keys.get(region) != Some(ciphertext),
+        (Some(_), None) => false,
+    };
+    if replaced {
+        tracing::warn!(key_id = %job.id, "the record to repair was deleted or replaced since it was read; repair dropped (a replaced record is queued again on its next read)");
+        job.present.extend(inner.settings.regions.iter().cloned());
+        return Ok(0);
+    }
+    if let Some(stored) = stored {
+        job.present.extend(stored.keys.into_keys());
+    }
     let missing: Vec<Region> = inner
         .settings
         .regions
@@ -253,6 +282,9 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, Failed> {
         .filter(|r| !job.present.contains(*r))
         .cloned()
         .collect();
+    if missing.is_empty() {
+        return Ok(0);
+    }
     let (wrapped, error) = inner
         .encrypt_under(&job.id, &missing, &job.key, missing.len())
         .await;
