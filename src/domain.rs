@@ -176,6 +176,19 @@ impl KeyRecord {
     pub fn bound_to_id(&self) -> bool {
         self.version.is_some()
     }
+
+    /// Whether `other` still wraps the key this record wraps, as far as
+    /// ciphertexts show: they share a region at least, and every region
+    /// both hold has the same ciphertext. A record deleted and written
+    /// again with another key shares none.
+    pub fn same_key_as(&self, other: &KeyRecord) -> bool {
+        let mut shared = self
+            .keys
+            .iter()
+            .filter_map(|(r, c)| other.keys.get(r).map(|o| o == c))
+            .peekable();
+        shared.peek().is_some() && shared.all(|same| same)
+    }
 }
 
 impl fmt::Debug for KeyRecord {
@@ -200,6 +213,29 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A record is the same key's as long as every region both hold has the
+    /// same ciphertext and they share one: regions added or removed do not
+    /// change that, another ciphertext in a shared region does.
+    #[test]
+    fn same_key_as_compares_the_shared_regions() {
+        let record = |keys: &[(&str, &[u8])]| KeyRecord {
+            id: KeyId::parse("k").unwrap(),
+            keys: keys
+                .iter()
+                .map(|(r, c)| (Region::new(*r), c.to_vec()))
+                .collect(),
+            version: Some(RECORD_VERSION),
+            key_ids: BTreeMap::new(),
+            created_at: None,
+        };
+        let read = record(&[("a", b"1"), ("b", b"2")]);
+        assert!(read.same_key_as(&record(&[("a", b"1"), ("b", b"2"), ("c", b"3")])));
+        assert!(read.same_key_as(&record(&[("b", b"2")])));
+        assert!(!read.same_key_as(&record(&[("a", b"1"), ("b", b"9")])));
+        assert!(!read.same_key_as(&record(&[("c", b"3")])));
+        assert!(!read.same_key_as(&record(&[])));
+    }
 
     #[test]
     fn key_id_accepts_utf8_up_to_the_limit() {

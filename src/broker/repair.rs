@@ -29,16 +29,17 @@ pub(super) const QUEUE_CAPACITY: usize = 10_000;
 /// under the KMS quota.
 const CONCURRENT_REPAIRS: usize = 16;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const FULL_WARN_EVERY: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 struct Job {
     id: KeyId,
     key: Arc<DataKey>,
     present: BTreeSet<Region>,
-    /// One region's ciphertext in the record as it was read: a record
-    /// deleted and written again with another key since (out of band) must
-    /// not gain this key's ciphertexts.
-    anchor: Option<(Region, Vec<u8>)>,
+    /// The record as it was read: one deleted and written again with
+    /// another key since (out of band) must not gain this key's
+    /// ciphertexts.
+    read: KeyRecord,
 }
 
 pub(super) struct Repairs {
@@ -46,6 +47,8 @@ pub(super) struct Repairs {
     tx: mpsc::Sender<Job>,
     rx: Mutex<Option<mpsc::Receiver<Job>>>,
     pending: Mutex<HashSet<KeyId>>,
+    /// When "queue full" was last said, and records turned away since.
+    full: Mutex<(Option<std::time::Instant>, u64)>,
     idle: Notify,
     gauge: IntGauge,
     pub(super) cancel: CancellationToken,
@@ -60,6 +63,7 @@ impl Repairs {
             tx,
             rx: Mutex::new(Some(rx)),
             pending: Mutex::new(HashSet::new()),
+            full: Mutex::new((None, 0)),
             idle: Notify::new(),
             gauge,
             cancel: CancellationToken::new(),
@@ -74,8 +78,7 @@ impl Repairs {
     /// configured region. At most one repair per id is pending.
     pub fn queue(&self, record: &KeyRecord, key: &Arc<DataKey>) {
         let id = &record.id;
-        let present: BTreeSet<Region> = record.keys.keys().cloned().collect();
-        if self.regions.iter().all(|r| present.contains(r)) || self.cancel.is_cancelled() {
+        if self.regions.iter().all(|r| record.keys.contains_key(r)) || self.cancel.is_cancelled() {
             return;
         }
         let mut pending = self.pending();
@@ -85,25 +88,39 @@ impl Repairs {
         // Pending counts repairs retrying as well as those queued: a region
         // that keeps refusing must not grow this without bound.
         if pending.len() >= QUEUE_CAPACITY {
-            tracing::warn!(key_id = %id, capacity = QUEUE_CAPACITY, "repair queue full; the record is repaired on a later read");
+            drop(pending);
+            self.warn_full();
             return;
         }
         pending.insert(id.clone());
         let job = Job {
             id: id.clone(),
             key: Arc::clone(key),
-            present,
-            anchor: record
-                .keys
-                .iter()
-                .next()
-                .map(|(r, c)| (r.clone(), c.clone())),
+            present: record.keys.keys().cloned().collect(),
+            read: record.clone(),
         };
         if self.tx.try_send(job).is_err() {
             pending.remove(id);
             tracing::warn!(key_id = %id, capacity = QUEUE_CAPACITY, "repair queue full; the record is repaired on a later read");
         }
         self.gauge.set(pending.len() as i64);
+    }
+
+    /// Say the queue is full at most once a minute, with how many records
+    /// were turned away meanwhile: during an outage every short record
+    /// read would otherwise log a line.
+    fn warn_full(&self) {
+        let mut full = self.full.lock().unwrap_or_else(|p| p.into_inner());
+        full.1 += 1;
+        if full.0.is_some_and(|at| at.elapsed() < FULL_WARN_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            capacity = QUEUE_CAPACITY,
+            turned_away = full.1,
+            "repair queue full; short records are repaired on a later read"
+        );
+        *full = (Some(std::time::Instant::now()), 0);
     }
 
     fn done(&self, id: &KeyId) {
@@ -188,7 +205,17 @@ async fn repair(
             attempt(&strong, &mut job).await
         };
         match outcome {
-            Ok(added) => added_total += added,
+            Ok(Step::Added(added)) => added_total += added,
+            Ok(Step::Dropped(why)) => {
+                tracing::warn!(key_id = %job.id, "{why}; repair dropped (the record is queued again on a read after the cache lets go of it)");
+                strong.repairs.done(&job.id);
+                return;
+            }
+            Err(failed) if failed.is_final() => {
+                tracing::error!(key_id = %job.id, error = %failed, "record repair given up; run rkms backfill once the record is fixed");
+                strong.repairs.done(&job.id);
+                return;
+            }
             // The first failure and every tenth: a region that keeps
             // refusing retries each record every minute.
             Err(failed) => {
@@ -225,6 +252,14 @@ async fn repair(
     }
 }
 
+/// What an attempt did.
+enum Step {
+    /// Added this many regions (perhaps 0: another writer filled them).
+    Added(usize),
+    /// The record is gone, or is no longer the one read: nothing to do.
+    Dropped(&'static str),
+}
+
 /// Why an attempt added nothing.
 enum Failed {
     /// No missing region wrapped the key: its error, if a call was made
@@ -235,6 +270,19 @@ enum Failed {
     /// the regions (a record the store cannot update in place, such as a
     /// DynamoDB item without `key_ids`).
     NotTaken(Vec<Region>),
+}
+
+impl Failed {
+    /// Retrying cannot help: the record must be fixed first.
+    fn is_final(&self) -> bool {
+        match self {
+            Self::NotTaken(_) => true,
+            Self::Store(super::BrokerError::Store { source }) => {
+                matches!(**source, crate::store::StoreError::Corrupt { .. })
+            }
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Display for Failed {
@@ -255,26 +303,18 @@ impl std::fmt::Display for Failed {
     }
 }
 
-/// One pass: wrap the key under every missing region that answers and add
-/// those ciphertexts to the stored record. Returns how many were added.
-async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, Failed> {
+/// The stored record, if it is still the one the job read.
+async fn still_read(inner: &Arc<Inner>, job: &Job) -> Result<Option<KeyRecord>, Failed> {
     let stored = inner
         .timed_store("get", inner.store.get(&job.id))
         .await
         .map_err(Failed::Store)?;
-    let replaced = match (&stored, &job.anchor) {
-        (None, _) => true,
-        (Some(s), Some((region, ciphertext))) => s.keys.get(region) != Some(ciphertext),
-        (Some(_), None) => false,
-    };
-    if replaced {
-        tracing::warn!(key_id = %job.id, "the record to repair was deleted or replaced since it was read; repair dropped (a replaced record is queued again on its next read)");
-        job.present.extend(inner.settings.regions.iter().cloned());
-        return Ok(0);
-    }
-    if let Some(stored) = stored {
-        job.present.extend(stored.keys.into_keys());
-    }
+    Ok(stored.filter(|s| job.read.same_key_as(s)))
+}
+
+/// One pass: wrap the key under every missing region that answers, check
+/// the record is still the one read, and add those ciphertexts to it.
+async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<Step, Failed> {
     let missing: Vec<Region> = inner
         .settings
         .regions
@@ -282,14 +322,27 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, Failed> {
         .filter(|r| !job.present.contains(*r))
         .cloned()
         .collect();
-    if missing.is_empty() {
-        return Ok(0);
-    }
+    // No I/O while every missing region's breaker is open.
     let (wrapped, error) = inner
         .encrypt_under(&job.id, &missing, &job.key, missing.len())
         .await;
     if wrapped.is_empty() {
         return Err(Failed::Kms(error));
+    }
+    // Read after the KMS calls, just before the update: a record deleted,
+    // or written again with another key, since it was read is left alone.
+    let Some(stored) = still_read(inner, job).await? else {
+        return Ok(Step::Dropped(
+            "the record was deleted or written again since it was read",
+        ));
+    };
+    let wrapped: BTreeMap<Region, _> = wrapped
+        .into_iter()
+        .filter(|(r, _)| !stored.keys.contains_key(r))
+        .collect();
+    job.present.extend(stored.keys.into_keys());
+    if wrapped.is_empty() {
+        return Ok(Step::Added(0));
     }
     let mut keys = BTreeMap::new();
     let mut arns = BTreeMap::new();
@@ -306,19 +359,15 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, Failed> {
         .map_err(Failed::Store)?;
     if added == keys.len() {
         job.present.extend(keys.into_keys());
-        return Ok(added);
+        return Ok(Step::Added(added));
     }
     // Fewer added than wrapped: another writer filled the rest (the update
-    // never replaces a ciphertext, only fills gaps), the record is gone,
-    // or the store could not update it. The stored record says which.
-    let stored = inner
-        .timed_store("get", inner.store.get(&job.id))
-        .await
-        .map_err(Failed::Store)?;
-    let Some(stored) = stored else {
-        tracing::warn!(key_id = %job.id, "the record to repair is no longer stored; repair dropped");
-        job.present.extend(inner.settings.regions.iter().cloned());
-        return Ok(added);
+    // never replaces a ciphertext, only fills gaps), the record went, or
+    // the store could not update it. The stored record says which.
+    let Some(stored) = still_read(inner, job).await? else {
+        return Ok(Step::Dropped(
+            "the record was deleted or written again during its repair",
+        ));
     };
     let not_taken: Vec<Region> = keys
         .into_keys()
@@ -326,7 +375,7 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<usize, Failed> {
         .collect();
     job.present.extend(stored.keys.into_keys());
     if not_taken.is_empty() {
-        Ok(added)
+        Ok(Step::Added(added))
     } else {
         Err(Failed::NotTaken(not_taken))
     }

@@ -226,6 +226,19 @@ async fn fill(
             Err(e) => failures.push(chain(&e)),
         }
     }
+    // Read again just before the update: a record deleted, or written
+    // again with another key, since it was scanned must not gain this
+    // key's ciphertexts.
+    if !keys.is_empty() {
+        match store.get(&record.id).await {
+            Ok(Some(now)) if record.same_key_as(&now) => {}
+            Ok(_) => return Outcome::Failed(
+                "the record was deleted or written again since it was scanned; run backfill again"
+                    .into(),
+            ),
+            Err(e) => return Outcome::Failed(format!("store: {}", chain(&e))),
+        }
+    }
     let added = if keys.is_empty() {
         0
     } else {
