@@ -207,7 +207,11 @@ async fn repair(
         match outcome {
             Ok(Step::Added(added)) => added_total += added,
             Ok(Step::Dropped(why)) => {
-                tracing::warn!(key_id = %job.id, "{why}; repair dropped (the record is queued again on a read after the cache lets go of it)");
+                // This key is not the stored one any more: stop serving it.
+                if let Some(cache) = &strong.cache {
+                    cache.remove_if(&job.id, |entry| Arc::ptr_eq(&entry.key, &job.key));
+                }
+                tracing::warn!(key_id = %job.id, "{why}; repair dropped, and this key no longer served from the cache");
                 strong.repairs.done(&job.id);
                 return;
             }

@@ -148,10 +148,16 @@ impl Settings {
                 match env.iter().rev().find(|(k, _)| k == var) {
                     Some((_, v)) => zeroize::Zeroizing::new(v.trim_end().to_string()),
                     None => {
+                        // Left out of `env` because it is not UTF-8, or unset.
+                        let why = if std::env::var_os(var).is_some() {
+                            "is not valid UTF-8"
+                        } else {
+                            "is not set"
+                        };
                         return Err(ConfigError::new(
                             format!("{key}.token_env"),
-                            format!("the environment variable {var} is not set"),
-                        ))
+                            format!("the environment variable {var} {why}"),
+                        ));
                     }
                 }
             } else {

@@ -251,6 +251,24 @@ fn a_bad_config_stops_startup_with_one_line_naming_the_key() {
         stderr.contains("server.listen") && stderr.contains("not valid UTF-8"),
         "{stderr}"
     );
+    // So is a client's token variable, rather than "not set".
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__AUTH__MODE", "token")
+        .env(
+            "RKMS__AUTH__CLIENTS",
+            r#"[{"name":"a","token_env":"BAD_TOKEN","ids":["*"]}]"#,
+        )
+        .env(
+            "BAD_TOKEN",
+            std::ffi::OsStr::from_bytes(b"token-0123456789\xff"),
+        );
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("auth.clients[0].token_env")
+            && stderr.contains("BAD_TOKEN is not valid UTF-8"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -259,4 +259,7 @@ async fn a_record_replaced_while_its_repair_waits_is_left_alone() {
     assert_eq!(rig.store.snapshot(&id("swap")).unwrap(), other, "untouched");
     assert_eq!(rig.store.snapshot(&id("gone")), None, "not written back");
     assert_eq!(rig.broker.inner.metrics.records_repaired.get(), 0);
+    // The old key is no longer served from the cache: the stored record
+    // (here, ciphertexts no region accepts) is what a read now finds.
+    assert!(rig.broker.get_or_create(&id("swap"), false).await.is_err());
 }
