@@ -13,7 +13,8 @@
 //! for less than the store call timeout, so a busy database answers
 //! `Unavailable` rather than leaving a thread behind a timed-out call.
 //! A full disk is `Unavailable` too, and so are writes once the path no
-//! longer names the file that was opened (see `FileId`).
+//! longer names the file that was opened (see `file`, which also opens
+//! the connections).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,9 +30,11 @@ use super::{
     decode_header, decode_keys, decode_region_map, PutOutcome, ScanPage, Store, StoreError,
 };
 use crate::domain::{KeyId, KeyRecord, Region};
+use file::{connect, low_space_hint, reconnect, until_not_busy, CreateDir, FileId, OPEN_PATIENCE};
 use reader::Reader;
 use writer::{Done, Write, Writer};
 
+mod file;
 mod reader;
 mod writer;
 
@@ -46,9 +49,6 @@ CREATE TABLE IF NOT EXISTS rkms_keys (
 
 /// Connections in the read pool (writes have one of their own).
 const POOL_SIZE: usize = 4;
-
-/// SQLite's page cache per connection (its default is 2 MiB).
-const PAGE_CACHE_KIB: i64 = 256;
 
 pub struct SqliteStore {
     idle: Arc<Mutex<Vec<Connection>>>,
@@ -243,184 +243,6 @@ fn spawn_queue_task(
         task();
         guard.0 = None;
     });
-}
-
-/// A connection to the file `open_file` made: never creates one, so a
-/// connection opened while the file is away fails instead of starting an
-/// empty database at the path.
-fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
-    const OP: &str = "open";
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-        | rusqlite::OpenFlags::SQLITE_OPEN_URI
-        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(other(OP))?;
-    conn.busy_timeout(busy_timeout).map_err(other(OP))?;
-    // Switching to WAL needs a moment alone with the file and SQLite does
-    // not always wait for it: another process opening the file at the same
-    // instant answers "database is locked" at once. Wait it out.
-    until_not_busy(busy_timeout.max(OPEN_PATIENCE), || {
-        conn.pragma_update(None, "journal_mode", "WAL")
-    })?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(other(OP))?;
-    // Negative: KiB. Records are read once per cache miss, so a page cache
-    // per connection buys little over the operating system's own.
-    conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
-        .map_err(other(OP))?;
-    Ok(conn)
-}
-
-/// Which file a path named when the store opened it. SQLite keeps using
-/// the file it opened when that file is moved, replaced or deleted, and in
-/// WAL mode it notices none of these: a key created then would go into a
-/// file nobody opens again (lost when rkms stops), or be split from the
-/// keys in the file now at the path. So every write batch, and `/readyz`,
-/// first checks that the path still names this file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct FileId {
-    dev: u64,
-    ino: u64,
-}
-
-impl FileId {
-    fn of(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)?;
-        Ok(Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-
-    /// `Unavailable` (503) unless `path` still names this file.
-    pub(super) fn still_at(self, path: &Path, op: &'static str) -> Result<(), StoreError> {
-        let now = FileId::of(path);
-        if matches!(now, Ok(id) if id == self) {
-            return Ok(());
-        }
-        Err(StoreError::Unavailable {
-            op,
-            source: Box::new(FileChanged {
-                path: path.to_path_buf(),
-                now: now.err(),
-            }),
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{path} is no longer the database file rkms opened (moved, replaced or deleted while rkms ran); \
-     keys are not created or repaired until it is back, because they would be lost. Put the file back{}",
-    if now.is_some() {
-        " (restarting rkms now would start an EMPTY store, and make new keys for ids that have keys)"
-    } else {
-        ", or restart rkms to use the file now at that path"
-    }
-)]
-struct FileChanged {
-    path: PathBuf,
-    /// Why the path names no file at all.
-    #[source]
-    now: Option<std::io::Error>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot create the directory {dir}")]
-struct CreateDir {
-    dir: PathBuf,
-    #[source]
-    source: std::io::Error,
-}
-
-/// Below this much free space, a failed open says how much is left.
-const LOW_SPACE_BYTES: u64 = 1 << 20;
-
-/// A failed open on a file system that is (nearly) full: SQLite needs room
-/// for its `-wal` and `-shm` files before it can read anything, and says
-/// only "disk I/O error" when it has none.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the file system holding {dir} is full or nearly ({bytes} bytes and {inodes} inodes free); \
-     SQLite needs room for its -wal and -shm files"
-)]
-struct LowSpace {
-    dir: PathBuf,
-    bytes: u64,
-    inodes: u64,
-    #[source]
-    source: crate::report::BoxError,
-}
-
-fn low_space_hint(e: StoreError, path: &Path) -> StoreError {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    match rustix::fs::statvfs(dir) {
-        Ok(s) => with_free_space(e, dir, s.f_bavail.saturating_mul(s.f_frsize), s.f_favail),
-        Err(_) => e,
-    }
-}
-
-/// `e`, telling how much room is left when it is too little to open.
-fn with_free_space(e: StoreError, dir: &Path, bytes: u64, inodes: u64) -> StoreError {
-    if bytes >= LOW_SPACE_BYTES && inodes > 0 {
-        return e;
-    }
-    let wrap = |source| {
-        Box::new(LowSpace {
-            dir: dir.to_path_buf(),
-            bytes,
-            inodes,
-            source,
-        })
-    };
-    match e {
-        StoreError::Unavailable { op, source } => StoreError::Unavailable {
-            op,
-            source: wrap(source),
-        },
-        StoreError::Other { op, source } => StoreError::Other {
-            op,
-            source: wrap(source),
-        },
-        corrupt @ StoreError::Corrupt { .. } => corrupt,
-    }
-}
-
-/// A new connection for an open store (one lost to a panic), to the file
-/// it opened and no other.
-fn reconnect(path: &Path, opened: FileId, busy: Duration) -> Result<Connection, StoreError> {
-    opened.still_at(path, "open")?;
-    let conn = connect(path, busy)?;
-    opened.still_at(path, "open")?;
-    Ok(conn)
-}
-
-/// How long opening waits for other processes opening the same file.
-const OPEN_PATIENCE: Duration = Duration::from_secs(5);
-
-/// Retry `step` while the database is busy or locked, up to `patience`.
-/// Used only while opening, on a blocking thread.
-fn until_not_busy(
-    patience: Duration,
-    mut step: impl FnMut() -> rusqlite::Result<()>,
-) -> Result<(), StoreError> {
-    let deadline = std::time::Instant::now() + patience;
-    loop {
-        match step() {
-            Err(rusqlite::Error::SqliteFailure(f, _))
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other_result => return other_result.map_err(other("open")),
-        }
-    }
 }
 
 /// A stored row as SQLite holds it.

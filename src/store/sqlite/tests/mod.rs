@@ -147,7 +147,7 @@ mod unit {
         };
         let dir = Path::new("data");
         for (bytes, inodes) in [(0, 100), (4096, 100), (1 << 30, 0)] {
-            let text = crate::report::chain(&with_free_space(failed(), dir, bytes, inodes));
+            let text = crate::report::chain(&file::with_free_space(failed(), dir, bytes, inodes));
             assert!(
                 text.contains(&format!("{bytes} bytes and {inodes} inodes free"))
                     && text.contains("data")
@@ -155,7 +155,7 @@ mod unit {
                 "{text}"
             );
         }
-        let text = crate::report::chain(&with_free_space(failed(), dir, 1 << 30, 100));
+        let text = crate::report::chain(&file::with_free_space(failed(), dir, 1 << 30, 100));
         assert_eq!(text, "store open failed: disk I/O error");
     }
 }

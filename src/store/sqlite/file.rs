@@ -1,0 +1,198 @@
+//! The database file and connections to it: opening a connection (which
+//! never creates the file), waiting out other processes opening it, which
+//! file the store opened (so that writes never follow it when it is moved,
+//! replaced or deleted), and how much room its file system has left when
+//! an open fails.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::other;
+use crate::store::StoreError;
+
+/// SQLite's page cache per connection (its default is 2 MiB).
+const PAGE_CACHE_KIB: i64 = 256;
+
+/// Which file a path named when the store opened it. SQLite keeps using
+/// the file it opened when that file is moved, replaced or deleted, and in
+/// WAL mode it notices none of these: a key created then would go into a
+/// file nobody opens again (lost when rkms stops), or be split from the
+/// keys in the file now at the path. So every write batch, and `/readyz`,
+/// first checks that the path still names this file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    pub(super) fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    /// `Unavailable` (503) unless `path` still names this file.
+    pub(super) fn still_at(self, path: &Path, op: &'static str) -> Result<(), StoreError> {
+        let now = FileId::of(path);
+        if matches!(now, Ok(id) if id == self) {
+            return Ok(());
+        }
+        Err(StoreError::Unavailable {
+            op,
+            source: Box::new(FileChanged {
+                path: path.to_path_buf(),
+                now: now.err(),
+            }),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path} is no longer the database file rkms opened (moved, replaced or deleted while rkms ran); \
+     keys are not created or repaired until it is back, because they would be lost. Put the file back{}",
+    if now.is_some() {
+        " (restarting rkms now would start an EMPTY store, and make new keys for ids that have keys)"
+    } else {
+        ", or restart rkms to use the file now at that path"
+    }
+)]
+struct FileChanged {
+    path: PathBuf,
+    /// Why the path names no file at all.
+    #[source]
+    now: Option<std::io::Error>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the directory {dir}")]
+pub(super) struct CreateDir {
+    pub(super) dir: PathBuf,
+    #[source]
+    pub(super) source: std::io::Error,
+}
+
+/// Below this much free space, a failed open says how much is left.
+const LOW_SPACE_BYTES: u64 = 1 << 20;
+
+/// A failed open on a file system that is (nearly) full: SQLite needs room
+/// for its `-wal` and `-shm` files before it can read anything, and says
+/// only "disk I/O error" when it has none.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the file system holding {dir} is full or nearly ({bytes} bytes and {inodes} inodes free); \
+     SQLite needs room for its -wal and -shm files"
+)]
+struct LowSpace {
+    dir: PathBuf,
+    bytes: u64,
+    inodes: u64,
+    #[source]
+    source: crate::report::BoxError,
+}
+
+pub(super) fn low_space_hint(e: StoreError, path: &Path) -> StoreError {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => with_free_space(e, dir, s.f_bavail.saturating_mul(s.f_frsize), s.f_favail),
+        Err(_) => e,
+    }
+}
+
+/// `e`, telling how much room is left when it is too little to open.
+pub(super) fn with_free_space(e: StoreError, dir: &Path, bytes: u64, inodes: u64) -> StoreError {
+    if bytes >= LOW_SPACE_BYTES && inodes > 0 {
+        return e;
+    }
+    let wrap = |source| {
+        Box::new(LowSpace {
+            dir: dir.to_path_buf(),
+            bytes,
+            inodes,
+            source,
+        })
+    };
+    match e {
+        StoreError::Unavailable { op, source } => StoreError::Unavailable {
+            op,
+            source: wrap(source),
+        },
+        StoreError::Other { op, source } => StoreError::Other {
+            op,
+            source: wrap(source),
+        },
+        corrupt @ StoreError::Corrupt { .. } => corrupt,
+    }
+}
+
+/// A connection to the file `open_file` made: never creates one, so a
+/// connection opened while the file is away fails instead of starting an
+/// empty database at the path.
+pub(super) fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+    const OP: &str = "open";
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(other(OP))?;
+    conn.busy_timeout(busy_timeout).map_err(other(OP))?;
+    // Switching to WAL needs a moment alone with the file and SQLite does
+    // not always wait for it: another process opening the file at the same
+    // instant answers "database is locked" at once. Wait it out.
+    until_not_busy(busy_timeout.max(OPEN_PATIENCE), || {
+        conn.pragma_update(None, "journal_mode", "WAL")
+    })?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(other(OP))?;
+    // Negative: KiB. Records are read once per cache miss, so a page cache
+    // per connection buys little over the operating system's own.
+    conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+        .map_err(other(OP))?;
+    Ok(conn)
+}
+
+/// A new connection for an open store (one lost to a panic), to the file
+/// it opened and no other.
+pub(super) fn reconnect(
+    path: &Path,
+    opened: FileId,
+    busy: Duration,
+) -> Result<Connection, StoreError> {
+    opened.still_at(path, "open")?;
+    let conn = connect(path, busy)?;
+    opened.still_at(path, "open")?;
+    Ok(conn)
+}
+
+/// How long opening waits for other processes opening the same file.
+pub(super) const OPEN_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Retry `step` while the database is busy or locked, up to `patience`.
+/// Used only while opening, on a blocking thread.
+pub(super) fn until_not_busy(
+    patience: Duration,
+    mut step: impl FnMut() -> rusqlite::Result<()>,
+) -> Result<(), StoreError> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other_result => return other_result.map_err(other("open")),
+        }
+    }
+}
