@@ -2,55 +2,6 @@
 //! back unless the store's put is atomic.
 
 use super::*;
-use crate::domain::KeyRecord;
-
-/// A store whose conditional put is not atomic: it accepts our record, but
-/// a concurrent writer's lands on top of it before anyone reads it.
-struct RacyStore {
-    inner: Arc<MemoryStore>,
-    rival: std::sync::Mutex<Option<KeyRecord>>,
-}
-
-#[async_trait::async_trait]
-impl Store for RacyStore {
-    async fn get(&self, id: &KeyId) -> Result<Option<KeyRecord>, crate::store::StoreError> {
-        self.inner.get(id).await
-    }
-
-    async fn put_if_absent(
-        &self,
-        record: &KeyRecord,
-    ) -> Result<crate::store::PutOutcome, crate::store::StoreError> {
-        let outcome = self.inner.put_if_absent(record).await;
-        if let Some(rival) = self.rival.lock().unwrap().take() {
-            self.inner.insert_raw(rival);
-        }
-        outcome
-    }
-
-    async fn add_missing_regions(
-        &self,
-        id: &KeyId,
-        keys: &std::collections::BTreeMap<Region, Vec<u8>>,
-        key_ids: &std::collections::BTreeMap<Region, String>,
-    ) -> Result<usize, crate::store::StoreError> {
-        self.inner.add_missing_regions(id, keys, key_ids).await
-    }
-
-    async fn ping(&self) -> Result<(), crate::store::StoreError> {
-        self.inner.ping().await
-    }
-
-    async fn scan(
-        &self,
-        segment: u32,
-        segments: u32,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<crate::store::ScanPage, crate::store::StoreError> {
-        self.inner.scan(segment, segments, cursor, limit).await
-    }
-}
 
 /// Never serve a new key the store does not hold: after an accepted put,
 /// the stored record is read back, and the stored key wins.
@@ -64,9 +15,10 @@ async fn a_create_overwritten_behind_the_stores_back_serves_the_stored_key() {
     // The same master keys, so the rival's ciphertexts decrypt here too.
     let local = LocalKms::open(&rival_rig._dir.path().join("keyring.json"), &regions()).unwrap();
     let kms = Arc::new(FaultyKms::new(Arc::new(local)));
-    let store = Arc::new(RacyStore {
+    let store = Arc::new(OddStore {
         inner: Arc::new(MemoryStore::new()),
         rival: std::sync::Mutex::new(Some(rival.clone())),
+        updates_apply: true,
     });
     let broker = KeyBroker::new(
         kms,

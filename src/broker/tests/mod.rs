@@ -23,6 +23,64 @@ struct Rig {
     _dir: tempfile::TempDir,
 }
 
+/// A memory store with the faults a real one may have, for the broker to
+/// meet: a conditional put that is not atomic (`rival` lands on top of the
+/// first accepted put before anyone reads it), and an in-place update that
+/// applies to nothing while reporting no error (`updates_apply: false`, as
+/// DynamoDB's does for an item without `key_ids`).
+struct OddStore {
+    inner: Arc<MemoryStore>,
+    rival: std::sync::Mutex<Option<crate::domain::KeyRecord>>,
+    updates_apply: bool,
+}
+
+#[async_trait::async_trait]
+impl Store for OddStore {
+    async fn get(
+        &self,
+        id: &KeyId,
+    ) -> Result<Option<crate::domain::KeyRecord>, crate::store::StoreError> {
+        self.inner.get(id).await
+    }
+
+    async fn put_if_absent(
+        &self,
+        record: &crate::domain::KeyRecord,
+    ) -> Result<crate::store::PutOutcome, crate::store::StoreError> {
+        let outcome = self.inner.put_if_absent(record).await;
+        if let Some(rival) = self.rival.lock().unwrap().take() {
+            self.inner.insert_raw(rival);
+        }
+        outcome
+    }
+
+    async fn add_missing_regions(
+        &self,
+        id: &KeyId,
+        keys: &std::collections::BTreeMap<Region, Vec<u8>>,
+        key_ids: &std::collections::BTreeMap<Region, String>,
+    ) -> Result<usize, crate::store::StoreError> {
+        if !self.updates_apply {
+            return Ok(0);
+        }
+        self.inner.add_missing_regions(id, keys, key_ids).await
+    }
+
+    async fn ping(&self) -> Result<(), crate::store::StoreError> {
+        self.inner.ping().await
+    }
+
+    async fn scan(
+        &self,
+        segment: u32,
+        segments: u32,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::store::ScanPage, crate::store::StoreError> {
+        self.inner.scan(segment, segments, cursor, limit).await
+    }
+}
+
 fn regions() -> Vec<Region> {
     ["r1", "r2", "r3"].into_iter().map(Region::new).collect()
 }

@@ -157,49 +157,6 @@ async fn pending_repairs_never_pass_the_queue_capacity() {
     );
 }
 
-use crate::store::StoreError;
-
-/// A store whose in-place update applies to nothing (as DynamoDB's does for
-/// an item without `key_ids`) while reporting no error.
-struct StuckStore(Arc<MemoryStore>);
-
-#[async_trait::async_trait]
-impl Store for StuckStore {
-    async fn get(&self, id: &KeyId) -> Result<Option<crate::domain::KeyRecord>, StoreError> {
-        self.0.get(id).await
-    }
-
-    async fn put_if_absent(
-        &self,
-        record: &crate::domain::KeyRecord,
-    ) -> Result<crate::store::PutOutcome, StoreError> {
-        self.0.put_if_absent(record).await
-    }
-
-    async fn add_missing_regions(
-        &self,
-        _: &KeyId,
-        _: &std::collections::BTreeMap<Region, Vec<u8>>,
-        _: &std::collections::BTreeMap<Region, String>,
-    ) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.0.ping().await
-    }
-
-    async fn scan(
-        &self,
-        segment: u32,
-        segments: u32,
-        cursor: Option<&str>,
-        limit: usize,
-    ) -> Result<crate::store::ScanPage, StoreError> {
-        self.0.scan(segment, segments, cursor, limit).await
-    }
-}
-
 /// An update that applies to nothing is not taken for a repair: the stored
 /// record is read, and as it still lacks the region the repair is given up
 /// with an error naming the cause (retrying cannot help). It used to count
@@ -213,7 +170,11 @@ async fn an_update_the_store_does_not_apply_is_not_a_repair() {
     let memory = Arc::new(MemoryStore::new());
     let broker = KeyBroker::new(
         kms.clone(),
-        Arc::new(StuckStore(memory.clone())),
+        Arc::new(OddStore {
+            inner: memory.clone(),
+            rival: std::sync::Mutex::new(None),
+            updates_apply: false,
+        }),
         settings(),
         Arc::new(Metrics::new().unwrap()),
     );
