@@ -10,7 +10,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::common::{start, stop};
-use crate::process::{command, fetch, run_to_exit};
+use crate::process::{command, fetch, refused_start};
 
 /// A small tmpfs mounted on a new directory, unmounted when dropped: a
 /// disk that really fills up (`ENOSPC`), as a full volume does.
@@ -86,6 +86,23 @@ async fn expect_refused(client: &reqwest::Client, base: &str, id: &str) {
     );
 }
 
+/// Create `n` keys, `{prefix}-0` and on: each id with the key served.
+async fn create(
+    client: &reqwest::Client,
+    base: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<(String, String)> {
+    let mut served = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let (status, body) = fetch(client, base, &id, None).await;
+        assert_eq!(status, 200, "{body}");
+        served.push((id, body["key"].as_str().unwrap().to_owned()));
+    }
+    served
+}
+
 /// The key stored for `id` (`create=false`), or `None` if it is absent.
 async fn stored(client: &reqwest::Client, base: &str, id: &str) -> Option<String> {
     let res = client
@@ -115,13 +132,7 @@ async fn a_full_disk_refuses_creates_with_503_and_loses_nothing() {
     };
     let client = reqwest::Client::new();
     let first = start(command(disk.path()));
-    let mut served = Vec::new();
-    for i in 0..10 {
-        let id = format!("full-{i}");
-        let (status, body) = fetch(&client, &first.base, &id, None).await;
-        assert_eq!(status, 200, "{body}");
-        served.push((id, body["key"].as_str().unwrap().to_owned()));
-    }
+    let served = create(&client, &first.base, "full", 10).await;
 
     disk.fill();
     for i in 0..3 {
@@ -152,13 +163,10 @@ async fn a_full_disk_refuses_creates_with_503_and_loses_nothing() {
     let (status, _) = stop(start(command(disk.path())));
     assert!(status.success(), "exit {status:?}");
     disk.fill();
-    let (code, stderr) = run_to_exit(command(disk.path()));
-    assert_ne!(code, Some(0));
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = refused_start(command(disk.path()));
     assert!(
-        lines[0].contains("store.sqlite.path") && lines[0].contains("is full or nearly (0 bytes"),
-        "{stderr}"
+        line.contains("store.sqlite.path") && line.contains("is full or nearly (0 bytes"),
+        "{line}"
     );
 
     // Space again: every served key is unchanged, and the refused ids,
@@ -190,13 +198,7 @@ async fn a_database_file_moved_or_deleted_while_running_refuses_creates() {
     let (db, moved) = (dir.path().join("rkms.sqlite3"), dir.path().join("moved"));
     let client = reqwest::Client::new();
     let first = start(command(dir.path()));
-    let mut served = Vec::new();
-    for i in 0..3 {
-        let id = format!("kept-{i}");
-        let (status, body) = fetch(&client, &first.base, &id, None).await;
-        assert_eq!(status, 200, "{body}");
-        served.push((id, body["key"].as_str().unwrap().to_owned()));
-    }
+    let mut served = create(&client, &first.base, "kept", 3).await;
 
     std::fs::rename(&db, &moved).unwrap();
     expect_refused(&client, &first.base, "while-moved").await;
@@ -259,13 +261,10 @@ async fn a_missing_keyring_over_stored_keys_stops_startup() {
     assert!(status.success(), "exit {status:?}");
 
     std::fs::rename(&keyring, &moved).unwrap();
-    let (code, stderr) = run_to_exit(command(dir.path()));
-    assert_ne!(code, Some(0));
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = refused_start(command(dir.path()));
     assert!(
-        lines[0].contains("kms.local.keyring") && lines[0].contains("restore"),
-        "{stderr}"
+        line.contains("kms.local.keyring") && line.contains("restore"),
+        "{line}"
     );
     assert!(!keyring.exists(), "no new keyring was made");
 
@@ -291,13 +290,10 @@ fn a_store_path_under_a_file_names_the_directory_it_cannot_make() {
         "RKMS__STORE__SQLITE__PATH",
         dir.path().join("plain/rkms.sqlite3"),
     );
-    let (code, stderr) = run_to_exit(cmd);
-    assert_ne!(code, Some(0));
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = refused_start(cmd);
     assert!(
-        lines[0].contains("store.sqlite.path") && lines[0].contains("cannot create the directory"),
-        "{stderr}"
+        line.contains("store.sqlite.path") && line.contains("cannot create the directory"),
+        "{line}"
     );
     assert!(!dir.path().join("keyring.json").exists());
 }

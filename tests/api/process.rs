@@ -145,6 +145,16 @@ async fn kill_9_during_a_burst_of_creates_loses_no_served_key() {
     assert!(status.success());
 }
 
+/// Run a start that must fail, and return its one `rkms:` line (the
+/// error), failing the test unless it exits non-zero with exactly one.
+pub(crate) fn refused_start(cmd: Command) -> String {
+    let (code, stderr) = run_to_exit(cmd);
+    assert_ne!(code, Some(0), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_string()
+}
+
 /// Run a command that should exit, and return its exit code and stderr.
 /// One still running after 60 s (a server that started when it should
 /// have refused) is killed, and the test fails.
@@ -187,13 +197,10 @@ fn a_corrupt_keyring_stops_startup_and_is_left_untouched() {
     std::fs::write(&keyring, b"{\"format\": 1, \"master_keys\": ").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&keyring, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (code, stderr) = run_to_exit(command(dir.path()));
-    assert_ne!(code, Some(0));
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
-    assert_eq!(lines.len(), 1, "{stderr}");
+    let line = refused_start(command(dir.path()));
     assert!(
-        lines[0].contains("keyring") && lines[0].contains("corrupt"),
-        "{stderr}"
+        line.contains("keyring") && line.contains("corrupt"),
+        "{line}"
     );
     assert_eq!(
         std::fs::read(&keyring).unwrap(),

@@ -69,6 +69,18 @@ pub fn urlencode(s: &str) -> String {
     serde_urlencoded::to_string([("x", s)]).unwrap()[2..].to_owned()
 }
 
+/// Write `item` into the table as it is, past rkms (planted or edited data).
+pub async fn put_item(cloud: &Cloud, item: HashMap<String, AttributeValue>) {
+    dynamo_client(&cloud.dynamo.endpoint)
+        .await
+        .put_item()
+        .table_name(TABLE)
+        .set_item(Some(item))
+        .send()
+        .await
+        .unwrap();
+}
+
 pub async fn item(cloud: &Cloud, id: &str) -> Option<HashMap<String, AttributeValue>> {
     dynamo_client(&cloud.dynamo.endpoint)
         .await

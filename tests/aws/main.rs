@@ -18,7 +18,7 @@ use aws_sdk_kms::primitives::Blob;
 use base64::Engine;
 use serde_json::Value;
 
-use crate::helpers::{ciphertexts, item, no_cache, serve, urlencode, B64};
+use crate::helpers::{ciphertexts, item, no_cache, put_item, serve, urlencode, B64};
 use crate::moto::{dynamo_client, kms_client, Cloud, REGIONS, TABLE};
 
 #[tokio::test]
@@ -232,14 +232,7 @@ async fn a_ciphertext_copied_to_another_id_is_refused() {
     let victim = server.key("victim").await;
     let mut stolen = item(&cloud, "victim").await.unwrap();
     stolen.insert("id".into(), AttributeValue::S("thief".into()));
-    dynamo_client(&cloud.dynamo.endpoint)
-        .await
-        .put_item()
-        .table_name(TABLE)
-        .set_item(Some(stolen))
-        .send()
-        .await
-        .unwrap();
+    put_item(&cloud, stolen).await;
     let (status, body) = server.get("thief", true).await;
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error_type"], "InternalError");

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use crate::helpers::{ciphertexts, item, serve};
+use crate::helpers::{ciphertexts, item, put_item, serve};
 use crate::moto::{aws_env, kms_client, Cloud, REGIONS, TABLE};
 
 const FOURTH: &str = "ap-southeast-2";
@@ -130,14 +130,7 @@ async fn a_fourth_region_is_backfilled_and_verified_against_moto() {
         "keys".into(),
         aws_sdk_dynamodb::types::AttributeValue::M(keys),
     );
-    crate::moto::dynamo_client(&cloud.dynamo.endpoint)
-        .await
-        .put_item()
-        .table_name(TABLE)
-        .set_item(Some(broken))
-        .send()
-        .await
-        .unwrap();
+    put_item(&cloud, broken).await;
     let (code, out) = run(four(), &["verify", "--json"]);
     assert_eq!(code, 1, "{out}");
     let report: Value = serde_json::from_str(&out).unwrap();
@@ -157,14 +150,7 @@ async fn a_fourth_region_is_backfilled_and_verified_against_moto() {
         aws_sdk_dynamodb::types::AttributeValue::M(keys),
     );
     bare.remove("key_ids");
-    crate::moto::dynamo_client(&cloud.dynamo.endpoint)
-        .await
-        .put_item()
-        .table_name(TABLE)
-        .set_item(Some(bare))
-        .send()
-        .await
-        .unwrap();
+    put_item(&cloud, bare).await;
     let (code, out) = run(four(), &["backfill"]);
     assert_ne!(code, 0, "{out}");
     assert!(
