@@ -316,8 +316,9 @@ async fn still_read(inner: &Arc<Inner>, job: &Job) -> Result<Option<KeyRecord>, 
     Ok(stored.filter(|s| job.read.same_key_as(s)))
 }
 
-/// One pass: wrap the key under every missing region that answers, check
-/// the record is still the one read, and add those ciphertexts to it.
+/// One pass: wrap the key under every missing region that answers, and
+/// add those ciphertexts to the record if it is still the one read (the
+/// store checks that in the same step as the update).
 async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<Step, Failed> {
     let missing: Vec<Region> = inner
         .settings
@@ -333,21 +334,6 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<Step, Failed> {
     if wrapped.is_empty() {
         return Err(Failed::Kms(error));
     }
-    // Read after the KMS calls, just before the update: a record deleted,
-    // or written again with another key, since it was read is left alone.
-    let Some(stored) = still_read(inner, job).await? else {
-        return Ok(Step::Dropped(
-            "the record was deleted or written again since it was read",
-        ));
-    };
-    let wrapped: BTreeMap<Region, _> = wrapped
-        .into_iter()
-        .filter(|(r, _)| !stored.keys.contains_key(r))
-        .collect();
-    job.present.extend(stored.keys.into_keys());
-    if wrapped.is_empty() {
-        return Ok(Step::Added(0));
-    }
     let mut keys = BTreeMap::new();
     let mut arns = BTreeMap::new();
     for (region, w) in wrapped {
@@ -357,7 +343,7 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<Step, Failed> {
     let added = inner
         .timed_store(
             "add_missing_regions",
-            inner.store.add_missing_regions(&job.id, &keys, &arns),
+            inner.store.add_missing_regions(&job.read, &keys, &arns),
         )
         .await
         .map_err(Failed::Store)?;
@@ -366,11 +352,13 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<Step, Failed> {
         return Ok(Step::Added(added));
     }
     // Fewer added than wrapped: another writer filled the rest (the update
-    // never replaces a ciphertext, only fills gaps), the record went, or
-    // the store could not update it. The stored record says which.
+    // never replaces a ciphertext, only fills gaps), the record was
+    // deleted or written again with another key (the update then adds
+    // nothing), or the store could not update it. The stored record says
+    // which.
     let Some(stored) = still_read(inner, job).await? else {
         return Ok(Step::Dropped(
-            "the record was deleted or written again during its repair",
+            "the record was deleted or written again since it was read",
         ));
     };
     let not_taken: Vec<Region> = keys

@@ -226,32 +226,22 @@ async fn fill(
             Err(e) => failures.push(chain(&e)),
         }
     }
-    // Read again just before the update: a record deleted, or written
-    // again with another key, since it was scanned must not gain this
-    // key's ciphertexts.
-    if !keys.is_empty() {
-        match store.get(&record.id).await {
-            Ok(Some(now)) if record.same_key_as(&now) => {}
-            Ok(_) => return Outcome::Failed(
-                "the record was deleted or written again since it was scanned; run backfill again"
-                    .into(),
-            ),
-            Err(e) => return Outcome::Failed(format!("store: {}", chain(&e))),
-        }
-    }
+    // The update adds nothing to a record deleted, or written again with
+    // another key, since it was scanned (the store checks in the same step).
     let added = if keys.is_empty() {
         0
     } else {
-        match store.add_missing_regions(&record.id, &keys, &key_ids).await {
+        match store.add_missing_regions(record, &keys, &key_ids).await {
             Ok(n) => n as u64,
             Err(e) => return Outcome::Failed(format!("store: {}", chain(&e))),
         }
     };
-    // Fewer added than wrapped: another writer filled the rest, or the
-    // store could not update the record. The stored record says which.
+    // Fewer added than wrapped: another writer filled the rest, the record
+    // changed, or the store could not update it. The stored record says
+    // which.
     if (added as usize) < keys.len() {
         match store.get(&record.id).await {
-            Ok(Some(stored)) => {
+            Ok(Some(stored)) if record.same_key_as(&stored) => {
                 let not_taken: Vec<&str> = keys
                     .keys()
                     .filter(|r| !stored.keys.contains_key(*r))
@@ -264,7 +254,10 @@ async fn fill(
                     ));
                 }
             }
-            Ok(None) => return Outcome::Failed("the record is no longer stored".into()),
+            Ok(_) => return Outcome::Failed(
+                "the record was deleted or written again since it was scanned; run backfill again"
+                    .into(),
+            ),
             Err(e) => return Outcome::Failed(format!("store: {}", chain(&e))),
         }
     }

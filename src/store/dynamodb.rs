@@ -210,30 +210,49 @@ impl Store for DynamoStore {
         }
     }
 
-    #[tracing::instrument(level = "debug", skip(self, keys, key_ids), fields(id = %id))]
+    /// One conditional update: the condition is `KeyRecord::same_key_as`
+    /// on the stored ciphertexts (compared as the base64 strings this
+    /// store writes), so a record written again in between fails it.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %read.id))]
     async fn add_missing_regions(
         &self,
-        id: &KeyId,
+        read: &KeyRecord,
         keys: &BTreeMap<Region, Vec<u8>>,
         key_ids: &BTreeMap<Region, String>,
     ) -> Result<usize, StoreError> {
         const OP: &str = "add_missing_regions";
-        if keys.is_empty() {
+        let id = &read.id;
+        if keys.is_empty() || read.keys.is_empty() {
             return Ok(0);
         }
         let encoded = encode_keys(keys);
-        let mut sets = Vec::new();
         let mut update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("id", AttributeValue::S(id.as_str().to_owned()))
-            .condition_expression(
-                "attribute_exists(id) AND attribute_exists(#keys) AND attribute_exists(#key_ids)",
-            )
             .expression_attribute_names("#keys", "keys")
             .expression_attribute_names("#key_ids", "key_ids")
             .return_values(ReturnValue::AllOld);
+        // Still the record read: it shares a region with it, and every
+        // region it shares holds the ciphertext read.
+        let mut shares = Vec::new();
+        let mut same = Vec::new();
+        for (i, (region, ciphertext)) in encode_keys(&read.keys).into_iter().enumerate() {
+            shares.push(format!("attribute_exists(#keys.#h{i})"));
+            same.push(format!(
+                "(attribute_not_exists(#keys.#h{i}) OR #keys.#h{i} = :h{i})"
+            ));
+            update = update
+                .expression_attribute_names(format!("#h{i}"), region)
+                .expression_attribute_values(format!(":h{i}"), AttributeValue::S(ciphertext));
+        }
+        update = update.condition_expression(format!(
+            "attribute_exists(id) AND attribute_exists(#keys) AND attribute_exists(#key_ids) AND ({}) AND {}",
+            shares.join(" OR "),
+            same.join(" AND ")
+        ));
+        let mut sets = Vec::new();
         for (i, (region, ciphertext)) in encoded.iter().enumerate() {
             // if_not_exists keeps whatever ciphertext is already there.
             sets.push(format!("#keys.#r{i} = if_not_exists(#keys.#r{i}, :c{i})"));

@@ -125,17 +125,19 @@ impl Store for MemoryStore {
         true
     }
 
+    /// The check and the update happen under one lock.
     async fn add_missing_regions(
         &self,
-        id: &KeyId,
+        read: &KeyRecord,
         keys: &BTreeMap<Region, Vec<u8>>,
         key_ids: &BTreeMap<Region, String>,
     ) -> Result<usize, StoreError> {
         self.enter("add_missing_regions")?;
         let mut records = self.lock();
         Ok(records
-            .get_mut(id)
-            .map_or(0, |record| merge_missing(record, keys, key_ids)))
+            .get_mut(&read.id)
+            .filter(|stored| read.same_key_as(stored))
+            .map_or(0, |stored| merge_missing(stored, keys, key_ids)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -77,11 +77,16 @@ pub trait Store: Send + Sync {
     }
 
     /// Add the ciphertexts in `keys` (and their `key_ids`) for regions the
-    /// stored record lacks. Never replaces an existing region's ciphertext.
-    /// Returns how many regions were added. Idempotent.
+    /// stored record lacks, if it is still the record `read` (the one whose
+    /// key `keys` wrap): checked in the same atomic step as the update, by
+    /// [`KeyRecord::same_key_as`]. A record deleted, or written again with
+    /// another key, since `read` was read gains nothing, so one record
+    /// never holds two keys. Never replaces an existing region's
+    /// ciphertext. Returns how many regions were added (0 when the record
+    /// is gone or changed). Idempotent.
     async fn add_missing_regions(
         &self,
-        id: &KeyId,
+        read: &KeyRecord,
         keys: &BTreeMap<Region, Vec<u8>>,
         key_ids: &BTreeMap<Region, String>,
     ) -> Result<usize, StoreError>;

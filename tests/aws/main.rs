@@ -504,3 +504,82 @@ async fn corrupt_items_are_errors_and_never_overwritten() {
         );
     }
 }
+
+/// A repair's update is conditional on the record it read: an item deleted,
+/// or written again with another key, since then gains nothing (one item
+/// never holds two keys), checked by DynamoDB in the same call.
+#[tokio::test]
+async fn a_repair_update_leaves_an_item_written_again_alone() {
+    use rkms::domain::{KeyId, KeyRecord, Region};
+    use rkms::store::{dynamodb::DynamoStore, Store};
+    let cloud = Cloud::start(false).await;
+    let settings = cloud.settings();
+    let store = DynamoStore::new(&settings.store.dynamodb, &settings.store).await;
+    let record = |id: &str, keys: &[(&str, &[u8])]| KeyRecord {
+        id: KeyId::parse(id).unwrap(),
+        keys: keys
+            .iter()
+            .map(|(r, c)| (Region::new(*r), c.to_vec()))
+            .collect(),
+        version: Some(rkms::domain::RECORD_VERSION),
+        key_ids: keys
+            .iter()
+            .map(|(r, _)| (Region::new(*r), format!("arn:{r}")))
+            .collect(),
+        created_at: None,
+    };
+    let read = record("race", &[("a", b"old-a"), ("b", b"old-b")]);
+    let again = record("race", &[("a", b"new-a")]);
+    store.put_if_absent(&again).await.unwrap();
+    let before = item(&cloud, "race").await.unwrap();
+    let keys = [(Region::new("c"), b"wrapped-c".to_vec())].into();
+    let arns = [(Region::new("c"), "arn:c".to_string())].into();
+
+    assert_eq!(
+        store
+            .add_missing_regions(&read, &keys, &arns)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(item(&cloud, "race").await.unwrap(), before, "untouched");
+    // No region in common with what is stored: not the same key either.
+    let other_region = record("race", &[("b", b"new-b")]);
+    assert_eq!(
+        store
+            .add_missing_regions(&other_region, &keys, &arns)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(item(&cloud, "race").await.unwrap(), before, "untouched");
+    let gone = record("gone", &[("a", b"old-a")]);
+    assert_eq!(
+        store
+            .add_missing_regions(&gone, &keys, &arns)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(item(&cloud, "gone").await, None, "not written back");
+
+    // The item as stored takes the region, once.
+    assert_eq!(
+        store
+            .add_missing_regions(&again, &keys, &arns)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .add_missing_regions(&again, &keys, &arns)
+            .await
+            .unwrap(),
+        0
+    );
+    let now = store.get(&again.id).await.unwrap().unwrap();
+    assert_eq!(now.keys[&Region::new("a")], b"new-a");
+    assert_eq!(now.keys[&Region::new("c")], b"wrapped-c");
+    assert_eq!(now.key_ids[&Region::new("c")], "arn:c");
+}

@@ -25,9 +25,11 @@ struct Rig {
 
 /// A memory store with the faults a real one may have, for the broker to
 /// meet: a conditional put that is not atomic (`rival` lands on top of the
-/// first accepted put before anyone reads it), and an in-place update that
-/// applies to nothing while reporting no error (`updates_apply: false`, as
-/// DynamoDB's does for an item without `key_ids`).
+/// first accepted put before anyone reads it), a record written again by
+/// someone else just as an update comes (`rival` lands right before the
+/// first update), and an in-place update that applies to nothing while
+/// reporting no error (`updates_apply: false`, as DynamoDB's does for an
+/// item without `key_ids`).
 struct OddStore {
     inner: Arc<MemoryStore>,
     rival: std::sync::Mutex<Option<crate::domain::KeyRecord>>,
@@ -56,14 +58,17 @@ impl Store for OddStore {
 
     async fn add_missing_regions(
         &self,
-        id: &KeyId,
+        read: &crate::domain::KeyRecord,
         keys: &std::collections::BTreeMap<Region, Vec<u8>>,
         key_ids: &std::collections::BTreeMap<Region, String>,
     ) -> Result<usize, crate::store::StoreError> {
+        if let Some(rival) = self.rival.lock().unwrap().take() {
+            self.inner.insert_raw(rival);
+        }
         if !self.updates_apply {
             return Ok(0);
         }
-        self.inner.add_missing_regions(id, keys, key_ids).await
+        self.inner.add_missing_regions(read, keys, key_ids).await
     }
 
     async fn ping(&self) -> Result<(), crate::store::StoreError> {

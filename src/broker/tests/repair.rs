@@ -224,3 +224,43 @@ async fn a_record_replaced_while_its_repair_waits_is_left_alone() {
     // (here, ciphertexts no region accepts) is what a read now finds.
     assert!(rig.broker.get_or_create(&id("swap"), false).await.is_err());
 }
+
+/// The same, when the record is written again in the last moment: after
+/// the repair's KMS calls, as its update comes. The store checks the
+/// record in the same atomic step as the update, so the new record does
+/// not gain the old key's ciphertext.
+#[tokio::test(start_paused = true)]
+async fn a_record_replaced_as_its_repair_updates_gains_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalKms::open(&dir.path().join("keyring.json"), &regions()).unwrap();
+    let kms = Arc::new(FaultyKms::new(Arc::new(local)));
+    let memory = Arc::new(MemoryStore::new());
+    let store = Arc::new(OddStore {
+        inner: memory.clone(),
+        rival: std::sync::Mutex::new(None),
+        updates_apply: true,
+    });
+    let broker = KeyBroker::new(
+        kms.clone(),
+        store.clone(),
+        settings(),
+        Arc::new(Metrics::new().unwrap()),
+    );
+    kms.set_fault(&r("r3"), Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    broker.get_or_create(&id("late"), true).await.unwrap();
+    assert_eq!(broker.repairs_pending(), 1);
+    let mut other = memory.snapshot(&id("late")).unwrap();
+    for ciphertext in other.keys.values_mut() {
+        ciphertext.reverse();
+    }
+    *store.rival.lock().unwrap() = Some(other.clone());
+
+    kms.set_fault(&r("r3"), None);
+    tokio::time::timeout(Duration::from_secs(120), broker.repairs_idle())
+        .await
+        .expect("the repair ends");
+    assert!(store.rival.lock().unwrap().is_none(), "the rival landed");
+    assert_eq!(memory.snapshot(&id("late")).unwrap(), other, "untouched");
+    assert_eq!(broker.inner.metrics.records_repaired.get(), 0);
+    assert!(broker.get_or_create(&id("late"), false).await.is_err());
+}

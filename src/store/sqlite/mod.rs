@@ -366,15 +366,16 @@ impl Store for SqliteStore {
         true
     }
 
-    #[tracing::instrument(level = "debug", skip(self, keys, key_ids), fields(id = %id))]
+    /// The check and the update are one `BEGIN IMMEDIATE` transaction.
+    #[tracing::instrument(level = "debug", skip_all, fields(id = %read.id))]
     async fn add_missing_regions(
         &self,
-        id: &KeyId,
+        read: &KeyRecord,
         keys: &BTreeMap<Region, Vec<u8>>,
         key_ids: &BTreeMap<Region, String>,
     ) -> Result<usize, StoreError> {
         let write = Write::AddMissing {
-            id: id.clone(),
+            read: read.clone(),
             keys: keys.clone(),
             key_ids: key_ids.clone(),
         };

@@ -24,7 +24,7 @@ use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::{lock, other, read, reconnect, spawn_queue_task, to_json, FileId};
-use crate::domain::{KeyId, KeyRecord, Region};
+use crate::domain::{KeyRecord, Region};
 use crate::store::{encode_keys, merge_missing, region_map, PutOutcome, StoreError};
 
 /// Writes committed together at most. Bounds how long one transaction
@@ -35,7 +35,8 @@ const MAX_BATCH: usize = 256;
 pub(super) enum Write {
     Put(KeyRecord),
     AddMissing {
-        id: KeyId,
+        /// The record whose key `keys` wrap, as it was read.
+        read: KeyRecord,
         keys: BTreeMap<Region, Vec<u8>>,
         key_ids: BTreeMap<Region, String>,
     },
@@ -89,8 +90,17 @@ impl Write {
                     }),
                 }
             }
-            Write::AddMissing { id, keys, key_ids } => {
-                let Some(mut record) = read(conn, id.as_str(), op)? else {
+            Write::AddMissing {
+                read: expected,
+                keys,
+                key_ids,
+            } => {
+                let id = &expected.id;
+                // Checked inside the write transaction: no other writer can
+                // replace the record between the check and the update.
+                let Some(mut record) =
+                    read(conn, id.as_str(), op)?.filter(|stored| expected.same_key_as(stored))
+                else {
                     return Ok(Done::Added(0));
                 };
                 let added = merge_missing(&mut record, keys, key_ids);

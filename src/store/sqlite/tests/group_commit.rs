@@ -69,12 +69,11 @@ async fn queued_writes_commit_together_and_each_gets_its_own_answer() {
     until_queued(&store, 42).await;
     let repair = {
         let store = Arc::clone(&store);
+        let read = dup_first.clone();
         tokio::spawn(async move {
             let keys = BTreeMap::from([(Region::new("b"), vec![5])]);
             let arns = BTreeMap::from([(Region::new("b"), "arn:b".to_string())]);
-            store
-                .add_missing_regions(&KeyId::parse("dup").unwrap(), &keys, &arns)
-                .await
+            store.add_missing_regions(&read, &keys, &arns).await
         })
     };
     until_queued(&store, 43).await;

@@ -70,23 +70,58 @@ mod unit {
         let keys = BTreeMap::from([(Region::new("a"), vec![7]), (Region::new("b"), vec![8])]);
         let arns = BTreeMap::from([(Region::new("b"), "arn:b".to_string())]);
         assert_eq!(
-            store
-                .add_missing_regions(&rec.id, &keys, &arns)
-                .await
-                .unwrap(),
+            store.add_missing_regions(&rec, &keys, &arns).await.unwrap(),
             1
         );
         assert_eq!(
-            store
-                .add_missing_regions(&rec.id, &keys, &arns)
-                .await
-                .unwrap(),
+            store.add_missing_regions(&rec, &keys, &arns).await.unwrap(),
             0
         );
         let got = store.get(&rec.id).await.unwrap().unwrap();
         assert_eq!(got.keys[&Region::new("a")], vec![1, 2, 3]);
         assert_eq!(got.keys[&Region::new("b")], vec![8]);
         assert_eq!(got.key_ids[&Region::new("b")], "arn:b");
+    }
+
+    /// A record deleted, or written again with another key, since it was
+    /// read gains nothing: the check is in the update's transaction.
+    #[tokio::test]
+    async fn add_missing_regions_leaves_a_record_written_again_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite3"), SECOND).unwrap();
+        let read = record("k", &["a", "b"]);
+        let mut again = read.clone();
+        again.keys.insert(Region::new("a"), vec![9, 9]);
+        again.keys.remove(&Region::new("b"));
+        store.put_if_absent(&again).await.unwrap();
+        let keys = BTreeMap::from([(Region::new("c"), vec![7])]);
+        let arns = BTreeMap::from([(Region::new("c"), "arn:c".to_string())]);
+        assert_eq!(
+            store
+                .add_missing_regions(&read, &keys, &arns)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.get(&read.id).await.unwrap(), Some(again.clone()));
+        let gone = record("gone", &["a"]);
+        assert_eq!(
+            store
+                .add_missing_regions(&gone, &keys, &arns)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(store.get(&gone.id).await.unwrap(), None);
+        // The record as it is now stored takes the region.
+        assert_eq!(
+            store
+                .add_missing_regions(&again, &keys, &arns)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.get(&read.id).await.unwrap().unwrap().keys.len(), 2);
     }
 
     #[tokio::test]
@@ -213,9 +248,9 @@ mod busy {
                     if n % 3 == 0 {
                         let keys = BTreeMap::from([(Region::new("b"), vec![4])]);
                         let arns = BTreeMap::from([(Region::new("b"), "arn:b".to_string())]);
-                        let id = KeyId::parse(&format!("burst/{}", n + 1)).unwrap();
+                        let read = record(&format!("burst/{}", n + 1), &["a"]);
                         store
-                            .add_missing_regions(&id, &keys, &arns)
+                            .add_missing_regions(&read, &keys, &arns)
                             .await
                             .map(|_| ())
                     } else {
