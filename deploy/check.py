@@ -369,9 +369,34 @@ class Checker:
         rule_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
         if rule_ports != {"http", "metrics"}:
             problems.append(f"NetworkPolicy ingress must admit http and metrics, admits {sorted(rule_ports)}")
+        problems += self.test_pod_problems(docs, values)
         if problems:
             raise CheckFailed("\n".join(problems))
-        return "probes, preStop and grace period, spread, checksum, metrics port, Service and NetworkPolicy"
+        return "probes, preStop and grace period, spread, checksum, metrics port, Service, NetworkPolicy and the helm test pod"
+
+    @staticmethod
+    def test_pod_problems(docs: list[dict], values: dict) -> list[str]:
+        """The `helm test` pod exists with or without TLS, speaks the API's
+        scheme, and under TLS mounts the CA alone, never the server's key."""
+        tests = [d for d in docs if d["kind"] == "Pod"
+                 and d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+        if len(tests) != 1:
+            return [f"expected one helm test pod, found {len(tests)}"]
+        spec = tests[0]["spec"]
+        args = spec["containers"][0]["args"]
+        url = args[args.index("--url") + 1]
+        tls = values["tls"]["enabled"]
+        problems = []
+        if not url.startswith("https://" if tls else "http://"):
+            problems.append(f"helm test URL {url} does not match tls.enabled={tls}")
+        if tls:
+            if "--ca" not in args:
+                problems.append("helm test under TLS passes no --ca")
+            for volume in spec.get("volumes", []):
+                items = [i["key"] for i in volume.get("secret", {}).get("items", [])]
+                if "secret" in volume and items != [values["tests"]["caKey"]]:
+                    problems.append(f"helm test pod mounts {items or 'the whole Secret'} of {volume['secret']['secretName']}, not only the CA")
+        return problems
 
     def service_account_both_ways(self) -> str:
         problems = []

@@ -196,35 +196,108 @@ pub fn hash_token() -> ExitCode {
     }
 }
 
-/// GET `url` (plain `http://host:port/path`) and report whether it is a 200.
-pub fn healthcheck(url: &str) -> ExitCode {
-    use std::io::{Read, Write};
-    let Some(rest) = url.strip_prefix("http://") else {
-        eprintln!("rkms: healthcheck: --url must start with http://");
+/// GET `url` (`http://host:port/path`, or `https://` verified against the
+/// CA certificates in `ca`) and report whether it answers 200; otherwise
+/// say why in one line.
+pub fn healthcheck(url: &str, ca: Option<&std::path::Path>) -> ExitCode {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        eprintln!("rkms: healthcheck: --url must start with http:// or https://");
         return ExitCode::from(2);
     };
+    let tls = match (tls, ca) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            eprintln!("rkms: healthcheck: --ca is for an https:// URL");
+            return ExitCode::from(2);
+        }
+        (true, None) => {
+            eprintln!("rkms: healthcheck: an https:// URL needs --ca FILE, the CA certificates (PEM) that sign the server's certificate");
+            return ExitCode::from(2);
+        }
+        (true, Some(ca)) => match rkms::tls::client_config(ca) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("rkms: healthcheck: {}", rkms::report::chain(&*e));
+                return ExitCode::from(2);
+            }
+        },
+    };
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let timeout = std::time::Duration::from_secs(2);
-    let answer = std::net::ToSocketAddrs::to_socket_addrs(authority)
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .and_then(|addr| std::net::TcpStream::connect_timeout(&addr, timeout).ok())
-        .and_then(|mut stream| {
-            stream.set_read_timeout(Some(timeout)).ok()?;
-            let request =
-                format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-            stream.write_all(request.as_bytes()).ok()?;
-            let mut head = [0u8; 12];
-            stream.read_exact(&mut head).ok()?;
-            Some(head)
-        });
-    match answer {
-        Some(head) if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") => {
+    match probe(authority, path, tls) {
+        Ok(head) if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") => {
             ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!("rkms: healthcheck: {url} did not answer 200");
+        Ok(head) => {
+            let status = String::from_utf8_lossy(&head[9.min(head.len())..]);
+            eprintln!(
+                "rkms: healthcheck: {url} answered {}, not 200",
+                status.trim()
+            );
+            ExitCode::FAILURE
+        }
+        Err(why) => {
+            eprintln!("rkms: healthcheck: {url} did not answer: {why}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// One `GET /path` to `authority` (`host:port`, or `host` for the scheme's
+/// port); returns the first 12 bytes of the answer (`HTTP/1.1 200`).
+fn probe(
+    authority: &str,
+    path: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<[u8; 12], String> {
+    use std::net::ToSocketAddrs;
+    let timeout = std::time::Duration::from_secs(2);
+    // "host", "host:port", "[v6]" or "[v6]:port".
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok()),
+        _ => (authority, Some(if tls.is_some() { 443 } else { 80 })),
+    };
+    let port = port.ok_or_else(|| format!("{authority:?} has no valid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} resolves to no address"))?;
+    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let done = match tls {
+        None => exchange(&mut { stream }, request.as_bytes()),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                .map_err(|e| format!("{host:?} is not a TLS server name: {e}"))?;
+            let conn =
+                rustls::ClientConnection::new(config, name).map_err(|e| format!("TLS: {e}"))?;
+            exchange(
+                &mut rustls::StreamOwned::new(conn, stream),
+                request.as_bytes(),
+            )
+        }
+    };
+    // rustls reports a refused certificate as an I/O error wrapping its own.
+    done.map_err(|e| e.to_string())
+}
+
+fn exchange(io: &mut dyn ReadWrite, request: &[u8]) -> std::io::Result<[u8; 12]> {
+    let mut head = [0u8; 12];
+    io.write_all(request)?;
+    io.flush()?;
+    io.read_exact(&mut head)?;
+    Ok(head)
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}

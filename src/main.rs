@@ -106,13 +106,17 @@ enum Command {
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
         url: String,
+        /// For an https:// URL: the CA certificates (PEM) that sign the
+        /// server's certificate, which must name the URL's host.
+        #[arg(long, value_name = "FILE")]
+        ca: Option<std::path::PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Some(Command::Healthcheck { url }) => return healthcheck(url),
+        Some(Command::Healthcheck { url, ca }) => return healthcheck(url, ca.as_deref()),
         Some(Command::HashToken) => return hash_token(),
         Some(Command::ConvertConfig { rkms_config }) => return convert_config(rkms_config),
         Some(Command::Copy {

@@ -146,6 +146,26 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// A TLS client config that trusts only the CA certificates (PEM) in
+/// `ca`: for `rkms healthcheck` against an HTTPS listener, which must
+/// prove it holds a certificate for the name in the URL.
+pub fn client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for c in certificates(ca, "--ca")? {
+        roots
+            .add(c)
+            .with_context(|| format!("--ca: {} holds an unusable CA certificate", ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("no TLS protocol version available")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("{key}: cannot read {}", path.display()))?

@@ -288,3 +288,62 @@ async fn certificates_are_reloaded_when_their_files_change() {
     }
     assert!(fetch(&first).await.is_err(), "the old certificate is gone");
 }
+
+/// `rkms healthcheck` against an HTTPS listener (the Helm test pod under
+/// TLS): it passes only when the server's certificate verifies against
+/// `--ca` and names the URL's host, and says why otherwise.
+#[tokio::test]
+async fn healthcheck_verifies_the_server_over_https() {
+    let (app, _ca, dir) = tls_app(|_| {}).await;
+    let ca_file = dir.path().join("ca.crt");
+    let other_ca = dir.path().join("other-ca.crt");
+    std::fs::write(&other_ca, Ca::new("another ca").cert.pem()).unwrap();
+    let port = app.base.rsplit(':').next().unwrap().to_owned();
+    let check = move |url: String, ca: Option<PathBuf>| {
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rkms"));
+            cmd.args(["healthcheck", "--url", &url]);
+            if let Some(ca) = ca {
+                cmd.arg("--ca").arg(ca);
+            }
+            let out = cmd.output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+    };
+    let url = |host: &str| format!("https://{host}:{port}/readyz");
+
+    let (code, stderr) = check(url("127.0.0.1"), Some(ca_file.clone()))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let (code, stderr) = check(url("127.0.0.1"), Some(other_ca)).await.unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    // The certificate names 127.0.0.1 only.
+    let (code, stderr) = check(url("localhost"), Some(ca_file.clone()))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not valid for name"), "{stderr}");
+
+    let (code, stderr) = check(url("127.0.0.1"), None).await.unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--ca"), "{stderr}");
+
+    // Plain HTTP to the HTTPS port gets no answer.
+    let plain = format!("http://127.0.0.1:{port}/readyz");
+    let (code, stderr) = check(plain, None).await.unwrap();
+    assert_eq!(code, Some(1), "{stderr}");
+
+    let (code, stderr) = check(url("127.0.0.1"), Some(dir.path().join("missing.pem")))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("missing.pem"), "{stderr}");
+}
