@@ -127,7 +127,7 @@ impl Metrics {
             requests_shed: counter_vec(
                 &r,
                 "rkms_requests_shed_total",
-                "Requests refused before any work: overload (503) or rate_limit (429)",
+                "Requests refused before any work: overload (503), rate_limit (429), or connections (a connection closed as accepted, past server.max_connections)",
                 &["reason"],
             )?,
             http_requests: counter_vec(

@@ -77,6 +77,10 @@ pub struct ServerSettings {
     pub preflight: Preflight,
     /// Requests handled at once; more are shed with 503 and Retry-After.
     pub max_concurrent_requests: u32,
+    /// Client connections open at once on `listen`; more are closed as
+    /// they are accepted. Bounds the memory and file descriptors clients
+    /// can take, keeping some for the store and KMS.
+    pub max_connections: u32,
     /// Longest request target (path and query) accepted; longer is 414.
     pub max_uri_bytes: u32,
     /// Most bytes of request headers accepted; more is 431.
@@ -239,6 +243,7 @@ impl Default for ServerSettings {
             shutdown_grace_ms: 10_000,
             preflight: Preflight::Strict,
             max_concurrent_requests: 1024,
+            max_connections: 10_000,
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 16 * 1024,
             tls: TlsSettings::default(),

@@ -95,6 +95,7 @@ fn bad_values_name_the_key() {
         ("[server.tls]\ncert = \"/c.pem\"", "server.tls.key"),
         ("[server.tls]\nclient_ca = \"/ca.pem\"", "server.tls.cert"),
         ("[server]\nmax_concurrent_requests = 0", "server.max_concurrent_requests"),
+        ("[server]\nmax_connections = 0", "server.max_connections"),
         ("[server]\npreflight = \"maybe\"", "server.preflight"),
         ("[kms.aws.key_ids]\nus_east_1 = \"alias/x\"", "kms.aws.key_ids.us_east_1"),
         ("[store]\nbackend = \"memory\"", "store.backend"),

@@ -15,6 +15,10 @@ impl Settings {
             "server.max_concurrent_requests",
             u64::from(self.server.max_concurrent_requests),
         )?;
+        positive(
+            "server.max_connections",
+            u64::from(self.server.max_connections),
+        )?;
         // hyper answers a longer target 414 itself, before rkms sees it.
         if !(64..=MAX_URI_BYTES_SERVED).contains(&self.server.max_uri_bytes) {
             return Err(ConfigError::new(

@@ -36,6 +36,8 @@ use serve::serve;
 pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    /// Client connections `listener` holds at once.
+    max_connections: usize,
     state: AppState,
     settings: Settings,
     /// Re-runs the dependency checks for `/readyz`.
@@ -246,6 +248,7 @@ impl Application {
             None => None,
         };
         Ok(Self {
+            max_connections: serve::connection_limit(settings.server.max_connections),
             listener,
             metrics_listener,
             state,
@@ -295,7 +298,14 @@ impl Application {
             let app = routes::metrics_router(self.state.clone());
             let rx = stop_rx.clone();
             let metrics = Arc::clone(&self.state.metrics);
-            tokio::spawn(serve(listener, app, None, metrics, stopped(rx)))
+            tokio::spawn(serve(
+                listener,
+                app,
+                None,
+                serve::METRICS_MAX_CONNECTIONS,
+                metrics,
+                stopped(rx),
+            ))
         });
 
         let addr = self.listener.local_addr()?;
@@ -306,6 +316,7 @@ impl Application {
             self.listener,
             app,
             self.tls,
+            self.max_connections,
             Arc::clone(&self.state.metrics),
             stopped(stop_rx.clone()),
         );

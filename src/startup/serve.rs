@@ -1,5 +1,6 @@
 //! The listeners: accept connections and serve HTTP/1.1 on each, over TLS
-//! when it is configured, each under its timeouts ([`super::watchdog`]).
+//! when it is configured, each under its timeouts ([`super::watchdog`]),
+//! up to a number of connections open at once.
 
 use std::future::Future;
 use std::io;
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::watchdog;
 use crate::auth::PeerNames;
@@ -23,18 +26,95 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// descriptors and the like), so the log is not flooded while it lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// Connections the metrics listener holds at once: scrapes and probes.
+pub(super) const METRICS_MAX_CONNECTIONS: usize = 256;
+
+/// File descriptors kept out of reach of client connections on `listen`,
+/// at most half the limit: the store, the KMS and DynamoDB connection
+/// pools, the metrics listener and the logs need theirs.
+const RESERVED_FDS: u64 = 1024;
+
+/// "Connection limit reached" is logged at most this often.
+const FULL_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Raise the soft open-file limit to the hard one, and return how many
+/// client connections `listen` may hold: `configured`, or fewer (with a
+/// warning) when the limit leaves no room for that many besides the
+/// descriptors kept for the rest.
+pub(super) fn connection_limit(configured: u32) -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = limit.maximum,
+            Err(e) => tracing::debug!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    let room = soft.map_or(u64::MAX, |soft| soft - RESERVED_FDS.min(soft / 2));
+    if u64::from(configured) > room {
+        tracing::warn!(
+            configured,
+            effective = room,
+            open_file_limit = soft.unwrap_or(u64::MAX),
+            "server.max_connections is more than the open-file limit leaves room for; raise the limit (ulimit -n, systemd LimitNOFILE) to allow that many"
+        );
+    }
+    usize::try_from(u64::from(configured).min(room).max(1)).unwrap_or(usize::MAX)
+}
+
+/// Connections turned away since "connection limit reached" was last said.
+struct Full {
+    max: usize,
+    said: Option<Instant>,
+    since: u64,
+}
+
+impl Full {
+    fn turn_away(&mut self, peer: SocketAddr, metrics: &Metrics) {
+        metrics
+            .requests_shed
+            .with_label_values(&["connections"])
+            .inc();
+        self.since += 1;
+        if self.said.is_none_or(|t| t.elapsed() >= FULL_WARN_EVERY) {
+            tracing::warn!(
+                max_connections = self.max,
+                closed = self.since,
+                last_peer = %peer,
+                "connection limit reached: new connections are closed until open ones end"
+            );
+            self.said = Some(Instant::now());
+            self.since = 0;
+        }
+    }
+}
+
 /// Serve `app` on `listener` (over TLS when `tls` is set) until `stop`
 /// completes, then let open connections finish (the caller bounds that by
 /// the grace period). Over TLS, each connection's verified client
-/// certificate names go into its requests' extensions.
+/// certificate names go into its requests' extensions. A connection
+/// accepted while `max_connections` are open is closed at once: the
+/// client sees the connection end, and can try another instance.
 pub(super) async fn serve(
     listener: TcpListener,
     app: routes::Edge,
     tls: Option<Tls>,
+    max_connections: usize,
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()> + Send,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(max_connections));
+    let mut full = Full {
+        max: max_connections,
+        said: None,
+        since: 0,
+    };
     tokio::pin!(stop);
     loop {
         let (tcp, peer_addr) = tokio::select! {
@@ -52,15 +132,24 @@ pub(super) async fn serve(
             },
             () = &mut stop => break,
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            drop(tcp);
+            full.turn_away(peer_addr, &metrics);
+            continue;
+        };
         let app = app.for_connection();
         let watcher = graceful.watcher();
         let Some(tls) = &tls else {
-            tokio::spawn(serve_connection(tcp, app, watcher, peer_addr));
+            tokio::spawn(async move {
+                serve_connection(tcp, app, watcher, peer_addr).await;
+                drop(permit);
+            });
             continue;
         };
         let acceptor = tls.acceptor();
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
+            let _permit = permit;
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
@@ -158,6 +247,21 @@ mod tests {
 
     use super::watchdog::{HEAD_TIMEOUT, IDLE_TIMEOUT};
     use super::*;
+
+    /// The soft open-file limit is raised to the hard one, and the limit
+    /// on connections leaves descriptors for the rest of the process.
+    #[test]
+    fn the_connection_limit_fits_the_open_file_limit() {
+        use rustix::process::{getrlimit, Resource};
+        assert_eq!(connection_limit(10), 10);
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(limit.current, limit.maximum, "soft raised to hard");
+        let most = connection_limit(u32::MAX);
+        if let Some(soft) = limit.current {
+            let soft = usize::try_from(soft).unwrap();
+            assert_eq!(most, soft - 1024.min(soft / 2));
+        }
+    }
 
     type Boxed = Pin<
         Box<dyn Future<Output = Result<axum::response::Response, std::convert::Infallible>> + Send>,

@@ -457,3 +457,60 @@ async fn trickle_head_until_closed(
     trickle.abort();
     closed
 }
+
+/// More connections than `server.max_connections`: the excess is closed
+/// as it is accepted (no client can take every file descriptor or fill
+/// memory with idle connections), counted as shed, the metrics listener
+/// still answers, and a connection is accepted again once one ends.
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_the_limit_frees_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_with(|s| {
+        s.server.max_connections = 2;
+        s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    // One request on a connection; its answer's first bytes, or "" when the
+    // connection is closed without one.
+    async fn ask(conn: &mut tokio::net::TcpStream) -> String {
+        let request = b"GET /healthz HTTP/1.1\r\nHost: rkms\r\n\r\n";
+        if conn.write_all(request).await.is_err() {
+            return String::new();
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut buf)).await {
+            Ok(Ok(n)) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Ok(Err(_)) => String::new(),
+            Err(_) => panic!("neither answered nor closed"),
+        }
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        assert!(ask(&mut conn).await.starts_with("HTTP/1.1 200"));
+        held.push(conn);
+    }
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert_eq!(ask(&mut third).await, "", "closed without an answer");
+
+    let metrics = format!("http://{}/metrics", app.metrics_addr.unwrap());
+    let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains("rkms_requests_shed_total{reason=\"connections\"} 1"),
+        "{text}"
+    );
+
+    drop(held.pop());
+    // The server sees the close and frees the slot.
+    let mut answered = false;
+    for _ in 0..50 {
+        let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        if ask(&mut conn).await.starts_with("HTTP/1.1 200") {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(answered, "a slot frees up when a connection ends");
+}
