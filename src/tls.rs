@@ -143,6 +143,13 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
         .with_single_cert(chain, key)
         .context("server.tls: the certificate and key do not form a usable pair")?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if settings.client_ca.is_some() {
+        // A resumed session skips the certificate checks: an expired
+        // certificate, or one a rotated CA no longer signs, would go on
+        // working on new connections. Every connection verifies it anew.
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+    }
     Ok(Arc::new(config))
 }
 
@@ -177,23 +184,29 @@ fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'st
     Ok(certs)
 }
 
-/// The DNS and URI subject alternative names of a verified client
-/// certificate (URI SANs carry SPIFFE ids). Empty when it cannot be parsed.
-pub fn peer_names(cert: &CertificateDer<'_>) -> Vec<String> {
+/// The names a verified client certificate carries, and its `notAfter`
+/// (Unix seconds). The names are its DNS subject alternative names in DNS
+/// syntax (no `:` or `/`) and its URI ones with a scheme (SPIFFE ids), so
+/// a DNS name cannot pose as a URI-named client or the other way round.
+/// No names when it cannot be parsed.
+pub fn peer_names(cert: &CertificateDer<'_>) -> (Vec<String>, Option<i64>) {
     use x509_parser::extensions::GeneralName;
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert.as_ref()) else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
+    let not_after = Some(parsed.validity().not_after.timestamp());
     let Ok(Some(san)) = parsed.subject_alternative_name() else {
-        return Vec::new();
+        return (Vec::new(), not_after);
     };
-    san.value
+    let names = san
+        .value
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::DNSName(dns) => Some((*dns).to_string()),
-            GeneralName::URI(uri) => Some((*uri).to_string()),
+            GeneralName::DNSName(dns) if !dns.contains([':', '/']) => Some((*dns).to_string()),
+            GeneralName::URI(uri) if uri.contains(':') => Some((*uri).to_string()),
             _ => None,
         })
-        .collect()
+        .collect();
+    (names, not_after)
 }

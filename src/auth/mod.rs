@@ -59,7 +59,13 @@ impl Remembered {
 /// The names a verified TLS client certificate carries (DNS and URI SANs),
 /// put in each request's extensions by the listener.
 #[derive(Debug, Clone, Default)]
-pub struct PeerNames(pub Vec<String>);
+pub struct PeerNames {
+    /// Its DNS and URI subject alternative names ([`crate::tls::peer_names`]).
+    pub names: Vec<String>,
+    /// Its `notAfter` (Unix seconds): a connection kept open past it is
+    /// refused, as a new handshake would be.
+    pub not_after: Option<i64>,
+}
 
 pub struct Client {
     name: String,
@@ -95,6 +101,11 @@ pub enum AuthFailure {
     Malformed,
     /// A token or certificate name no client has.
     Unknown,
+    /// A client certificate past its `notAfter`, on a connection opened
+    /// before then.
+    Expired,
+    /// A client certificate whose names belong to more than one client.
+    Ambiguous,
 }
 
 impl AuthFailure {
@@ -103,6 +114,8 @@ impl AuthFailure {
             Self::Missing => "missing",
             Self::Malformed => "malformed",
             Self::Unknown => "unknown",
+            Self::Expired => "expired",
+            Self::Ambiguous => "ambiguous",
         }
     }
 
@@ -110,6 +123,8 @@ impl AuthFailure {
         match (self, mode) {
             (Self::Missing, AuthMode::Mtls) => "a client certificate is required",
             (Self::Unknown, AuthMode::Mtls) => "the client certificate names no known client",
+            (Self::Expired, _) => "the client certificate has expired",
+            (Self::Ambiguous, _) => "the client certificate names more than one client",
             (Self::Missing, _) => "missing bearer token (Authorization: Bearer <token>)",
             (Self::Malformed, _) => {
                 "the Authorization header is not \"Bearer <token>\", or is given more than once"
@@ -224,15 +239,18 @@ impl Authenticator {
             AuthMode::None => Ok(Identity::Anonymous),
             AuthMode::Token => self.by_token(headers, remembered),
             AuthMode::Mtls => {
-                let names = peer
-                    .filter(|p| !p.0.is_empty())
-                    .ok_or(AuthFailure::Missing)?;
-                names
-                    .0
-                    .iter()
-                    .find_map(|n| self.by_name.get(n))
-                    .map(|&i| Identity::Client(&self.clients[i]))
-                    .ok_or(AuthFailure::Unknown)
+                let peer = peer.ok_or(AuthFailure::Missing)?;
+                if peer.not_after.is_some_and(|t| t < unix_now()) {
+                    return Err(AuthFailure::Expired);
+                }
+                let mut matched = peer.names.iter().filter_map(|n| self.by_name.get(n));
+                let first = *matched.next().ok_or(AuthFailure::Unknown)?;
+                // Which client a certificate is must not depend on the
+                // order of its names.
+                if matched.any(|&i| i != first) {
+                    return Err(AuthFailure::Ambiguous);
+                }
+                Ok(Identity::Client(&self.clients[first]))
             }
         }
     }
@@ -275,6 +293,12 @@ impl Authenticator {
             .map(Identity::Client)
             .ok_or(AuthFailure::Unknown)
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).

@@ -157,17 +157,70 @@ fn mtls_matches_any_certificate_name() {
         auth.authenticate(&headers, None).unwrap_err(),
         AuthFailure::Missing
     );
-    let other = PeerNames(vec!["web.example".into()]);
+    let peer = |names: &[&str], not_after: Option<i64>| PeerNames {
+        names: names.iter().map(|n| n.to_string()).collect(),
+        not_after,
+    };
+    let other = peer(&["web.example"], None);
     assert_eq!(
         auth.authenticate(&headers, Some(&other)).unwrap_err(),
         AuthFailure::Unknown
     );
-    let good = PeerNames(vec![
-        "web.example".into(),
-        "spiffe://prod/ns/app/sa/web".into(),
-    ]);
+    // A verified certificate with no usable name is not "missing".
+    assert_eq!(
+        auth.authenticate(&headers, Some(&peer(&[], None)))
+            .unwrap_err(),
+        AuthFailure::Unknown
+    );
+    let good = peer(&["web.example", "spiffe://prod/ns/app/sa/web"], None);
     let who = auth.authenticate(&headers, Some(&good)).unwrap();
     assert_eq!(who.name(), "spiffe://prod/ns/app/sa/web");
+    // The certificate's notAfter passed while its connection stayed open.
+    let expired = peer(&["spiffe://prod/ns/app/sa/web"], Some(1_600_000_000));
+    assert_eq!(
+        auth.authenticate(&headers, Some(&expired)).unwrap_err(),
+        AuthFailure::Expired
+    );
+    let later = peer(&["spiffe://prod/ns/app/sa/web"], Some(i64::MAX));
+    assert!(auth.authenticate(&headers, Some(&later)).is_ok());
+}
+
+/// A certificate naming two clients is refused, whatever the order of its
+/// names, instead of being whichever client its first name is.
+#[test]
+fn a_certificate_naming_two_clients_is_refused() {
+    let auth = Authenticator::new(&AuthSettings {
+        mode: AuthMode::Mtls,
+        clients: ["alice", "bob"]
+            .into_iter()
+            .map(|name| AuthClient {
+                name: name.into(),
+                ids: vec![IdPattern::Any],
+                ..AuthClient::default()
+            })
+            .collect(),
+        ..AuthSettings::default()
+    });
+    let headers = HeaderMap::new();
+    for names in [["alice", "bob"], ["bob", "alice"]] {
+        let peer = PeerNames {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            not_after: None,
+        };
+        assert_eq!(
+            auth.authenticate(&headers, Some(&peer)).unwrap_err(),
+            AuthFailure::Ambiguous
+        );
+    }
+    // One client's name twice (DNS and URI alike) is that client.
+    let twice = PeerNames {
+        names: vec!["alice".into(), "alice".into()],
+        not_after: None,
+    };
+    assert_eq!(
+        auth.authenticate(&headers, Some(&twice)).unwrap().name(),
+        "alice"
+    );
 }
 
 #[test]

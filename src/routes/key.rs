@@ -171,10 +171,9 @@ pub(super) async fn get_key(
     remembered: &Remembered,
 ) -> Response {
     let headers = request.headers();
-    let query = match parse_query(request.uri().query()) {
-        Ok(q) => q,
-        Err(e) => return e.into_response(),
-    };
+    // Who asks comes first: an unauthenticated caller learns nothing, not
+    // even what is wrong with its query.
+    let query = parse_query(request.uri().query());
     let peer = request.extensions().get::<PeerNames>();
     let identity = match state.auth.authenticate_on(headers, peer, Some(remembered)) {
         Ok(who) => who,
@@ -182,11 +181,15 @@ pub(super) async fn get_key(
             Audit {
                 request_id,
                 client: "unauthenticated",
-                key_id: query.id.as_str(),
+                key_id: query.as_ref().map_or("", |q| q.id.as_str()),
             }
             .emit("denied", "none", failure.reason());
             return state.refuse(failure).into_response();
         }
+    };
+    let query = match query {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
     };
     let audit = Audit {
         request_id,

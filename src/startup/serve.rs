@@ -153,8 +153,20 @@ pub(super) async fn serve(
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
-                    metrics.auth_failures.with_label_values(&["tls"]).inc();
-                    tracing::info!(peer = %peer_addr, error = %e, "TLS handshake failed");
+                    // A client gone before or during the handshake (a TCP
+                    // health check, a port scan) failed no TLS check.
+                    match e
+                        .get_ref()
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    {
+                        Some(refused) => {
+                            metrics.auth_failures.with_label_values(&["tls"]).inc();
+                            tracing::info!(peer = %peer_addr, error = %refused, "TLS handshake failed");
+                        }
+                        None => {
+                            tracing::debug!(peer = %peer_addr, error = %e, "connection ended before its TLS handshake did")
+                        }
+                    }
                     return;
                 }
                 Err(_) => {
@@ -162,18 +174,23 @@ pub(super) async fn serve(
                     return;
                 }
             };
-            let names = stream
+            // Only a connection that presented a (verified) certificate
+            // has peer names.
+            let peer = stream
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|certs| certs.first())
-                .map(crate::tls::peer_names)
-                .unwrap_or_default();
-            let peer = PeerNames(names);
+                .map(|cert| {
+                    let (names, not_after) = crate::tls::peer_names(cert);
+                    PeerNames { names, not_after }
+                });
             let service = tower::ServiceExt::map_request(
                 app,
                 move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(peer.clone());
+                    if let Some(peer) = &peer {
+                        request.extensions_mut().insert(peer.clone());
+                    }
                     request
                 },
             );

@@ -775,10 +775,14 @@ async fn a_failed_request_writes_exactly_one_error_line() {
 }
 
 /// Clients that open connections and send nothing cannot take the server
-/// down by using up its file descriptors: once it is out of them, the
-/// listener logs why and pauses, the silent connections are closed by the
-/// request-head timeout (10 s), and a real request is then served. Without
-/// that timeout they held the descriptors for good and nobody was served.
+/// down by using up its file descriptors: under a limit of 64 it holds at
+/// most 32 client connections (the rest are kept for the store and the
+/// KMS), closes the connections past them and says so, the silent ones
+/// are closed by the request-head timeout (10 s), and a real request is
+/// then served. Without that timeout they held the descriptors for good
+/// and nobody was served; without the connection limit the listener ran
+/// out of descriptors ("cannot accept a connection") and so could the
+/// store.
 #[tokio::test]
 async fn silent_connections_cannot_exhaust_the_servers_file_descriptors() {
     let dir = tempfile::tempdir().unwrap();
@@ -791,14 +795,11 @@ async fn silent_connections_cannot_exhaust_the_servers_file_descriptors() {
     assert_eq!(status, 200, "{created}");
 
     let addr = proc.base.trim_start_matches("http://").to_string();
-    let out_of_descriptors = |logs: &std::sync::Mutex<Vec<String>>| {
-        logs.lock()
-            .unwrap()
-            .iter()
-            .any(|line| line.contains("cannot accept a connection"))
+    let logged = |logs: &std::sync::Mutex<Vec<String>>, what: &str| {
+        logs.lock().unwrap().iter().any(|line| line.contains(what))
     };
     let mut silent = Vec::new();
-    while !out_of_descriptors(&proc.logs) {
+    while !logged(&proc.logs, "connection limit reached") {
         assert!(
             silent.len() < 1000,
             "still accepting after {} silent connections",
@@ -810,22 +811,34 @@ async fn silent_connections_cannot_exhaust_the_servers_file_descriptors() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Served, on a new connection, once the silent ones have timed out.
-    let fresh = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
-    let res = fresh
-        .get(format!(
-            "{}/key?id=before-exhaustion&create=false",
-            proc.base
-        ))
-        .send()
-        .await
-        .expect("a request served after the silent connections timed out");
+    // A new connection is closed at once while the limit is full, and
+    // served once the silent ones have timed out.
+    let started = std::time::Instant::now();
+    let url = format!("{}/key?id=before-exhaustion&create=false", proc.base);
+    let res = loop {
+        let fresh = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        match fresh.get(&url).send().await {
+            Ok(res) => break res,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "not served after the silent connections timed out: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     assert_eq!(res.status().as_u16(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["key"], created["key"]);
+    assert!(
+        silent.len() <= 40,
+        "closed past 32 open connections, after {}",
+        silent.len()
+    );
+    assert!(logged(&proc.logs, "server.max_connections is more than"));
+    assert!(!logged(&proc.logs, "cannot accept a connection"));
     drop(silent);
     let (status, _) = stop(proc);
     assert!(status.success(), "exit {status:?}");

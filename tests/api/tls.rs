@@ -28,19 +28,20 @@ impl Ca {
         Self { cert, key }
     }
 
-    /// A leaf certificate and its key, both PEM.
+    /// A leaf certificate and its key, both PEM; `not_after` ends its
+    /// validity (else the next few years').
     fn issue(
         &self,
         sans: Vec<SanType>,
         usage: ExtendedKeyUsagePurpose,
-        expired: bool,
+        not_after: Option<time::OffsetDateTime>,
     ) -> (String, String) {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = sans;
         params.extended_key_usages = vec![usage];
-        if expired {
+        if let Some(end) = not_after {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            params.not_after = end;
         }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
@@ -51,12 +52,13 @@ impl Ca {
         self.issue(
             vec![SanType::IpAddress("127.0.0.1".parse().unwrap())],
             ExtendedKeyUsagePurpose::ServerAuth,
-            false,
+            None,
         )
     }
 
     fn client(&self, san: SanType, expired: bool) -> (String, String) {
-        self.issue(vec![san], ExtendedKeyUsagePurpose::ClientAuth, expired)
+        let end = expired.then(|| rcgen::date_time_ymd(2021, 1, 1));
+        self.issue(vec![san], ExtendedKeyUsagePurpose::ClientAuth, end)
     }
 }
 
@@ -89,6 +91,12 @@ fn https_client(ca: &Ca, identity: Option<&(String, String)>) -> reqwest::Client
         builder = builder.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
     }
     builder.build().unwrap()
+}
+
+/// `/metrics` from the app's plain-HTTP metrics listener.
+async fn plain_metrics(app: &TestApp) -> String {
+    let url = format!("http://{}/metrics", app.metrics_addr.unwrap());
+    reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
 fn https(app: &TestApp) -> String {
@@ -346,4 +354,101 @@ async fn healthcheck_verifies_the_server_over_https() {
         .unwrap();
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("missing.pem"), "{stderr}");
+}
+
+/// A client certificate that expires while its connection stays open, or
+/// whose session a new connection could resume, gets no key past its
+/// `notAfter`: each request checks it, and sessions are not resumed when
+/// client certificates are verified.
+#[tokio::test]
+async fn a_client_certificate_gets_no_key_once_expired() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rkms test ca");
+    let files = write_server_files(dir.path(), &ca);
+    let app = spawn_with(|s| {
+        mtls_settings(s, &files);
+        s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let base = https(&app);
+    let end = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let identity = ca.issue(
+        vec![uri("spiffe://test/ns/billing/sa/app")],
+        ExtendedKeyUsagePurpose::ClientAuth,
+        Some(end),
+    );
+    let kept = https_client(&ca, Some(&identity));
+    let url = format!("{base}/key?id=billing/short");
+    assert_eq!(kept.get(&url).send().await.unwrap().status(), 200);
+    // Certificates carry whole seconds: wait past the end and one more.
+    let wait = (end - time::OffsetDateTime::now_utc()).whole_milliseconds() + 1_500;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(wait).unwrap())).await;
+
+    // The same keep-alive connection: refused, saying why.
+    let res = kept.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error_message"], "the client certificate has expired");
+    // A new connection cannot resume the old session: the handshake
+    // verifies the certificate again and refuses it.
+    let fresh = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
+        .identity(
+            reqwest::Identity::from_pem(format!("{}{}", identity.0, identity.1).as_bytes())
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    assert!(fresh.get(&url).send().await.is_err());
+    let metrics = plain_metrics(&app).await;
+    assert!(
+        metrics.contains("rkms_auth_failures_total{reason=\"expired\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A DNS name cannot pose as a client named by a URI (a SPIFFE id), and a
+/// certificate naming two clients is refused whatever its names' order.
+#[tokio::test]
+async fn certificate_names_are_matched_by_kind_and_must_name_one_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rkms test ca");
+    let files = write_server_files(dir.path(), &ca);
+    let app = spawn_with(|s| {
+        mtls_settings(s, &files);
+        s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+        s.auth.clients.push(AuthClient {
+            name: "reports.example".into(),
+            ids: vec![IdPattern::Any],
+            ..AuthClient::default()
+        });
+    })
+    .await;
+    let base = https(&app);
+    let status = |identity: (String, String)| {
+        let client = https_client(&ca, Some(&identity));
+        let url = format!("{base}/key?id=billing/1");
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    let posing = ca.client(dns("spiffe://test/ns/billing/sa/app"), false);
+    assert_eq!(status(posing).await, 401);
+    for sans in [
+        vec![
+            dns("reports.example"),
+            uri("spiffe://test/ns/billing/sa/app"),
+        ],
+        vec![
+            uri("spiffe://test/ns/billing/sa/app"),
+            dns("reports.example"),
+        ],
+    ] {
+        let both = ca.issue(sans, ExtendedKeyUsagePurpose::ClientAuth, None);
+        assert_eq!(status(both).await, 401);
+    }
+    let metrics = plain_metrics(&app).await;
+    assert!(
+        metrics.contains("rkms_auth_failures_total{reason=\"ambiguous\"} 2"),
+        "{metrics}"
+    );
 }
