@@ -226,13 +226,19 @@ impl Settings {
                     "was replaced by ids: exact ids and \"prefix*\" globs, e.g. ids = [\"billing/*\"]",
                 ));
             }
+            // The audit trail names callers "anonymous" (auth.mode = "none")
+            // and "unauthenticated" (refused); no client may look like them.
+            let reserved = ["anonymous", "unauthenticated"]
+                .iter()
+                .any(|r| client.name.trim().eq_ignore_ascii_case(r));
             if client.name.trim().is_empty()
-                || client.name == "anonymous"
+                || reserved
+                || client.name.trim() != client.name
                 || client.name.chars().any(char::is_control)
             {
                 return Err(ConfigError::new(
                     format!("{key}.name"),
-                    "must be a non-empty name other than \"anonymous\"",
+                    format!("{:?} is not a client name: it must be non-empty, without spaces around it or control characters, and not \"anonymous\" or \"unauthenticated\" (the audit trail's names for callers without a client)", client.name),
                 ));
             }
             if !names.insert(client.name.as_str()) {

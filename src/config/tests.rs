@@ -76,6 +76,14 @@ fn bad_values_name_the_key() {
             "auth.clients[0].ids",
         ),
         (
+            &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"Unauthenticated\"\ntoken_sha256 = \"{}\"\nids = [\"*\"]", "ab".repeat(32)),
+            "auth.clients[0].name",
+        ),
+        (
+            &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \" anonymous\"\ntoken_sha256 = \"{}\"\nids = [\"*\"]", "ab".repeat(32)),
+            "auth.clients[0].name",
+        ),
+        (
             &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\ntoken_env = \"X\"\nids = [\"*\"]", "ab".repeat(32)),
             "auth.clients[0].token_sha256",
         ),
