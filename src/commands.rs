@@ -32,7 +32,11 @@ pub fn print(text: &str) -> Result<(), ExitCode> {
 
 /// Run a maintenance command against the configured KMS and store; print
 /// its report; exit 1 when it found a problem.
-pub fn maintenance<F, Fut>(settings: Settings, command: F) -> ExitCode
+pub fn maintenance<F, Fut>(
+    settings: Settings,
+    access: rkms::startup::Access,
+    command: F,
+) -> ExitCode
 where
     F: FnOnce(
         std::sync::Arc<dyn rkms::kms::Kms>,
@@ -47,7 +51,7 @@ where
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        let (kms, store) = rkms::startup::backends(&settings).await?;
+        let (kms, store) = rkms::startup::backends(&settings, access).await?;
         let regions = settings
             .kms
             .regions
@@ -97,9 +101,17 @@ pub fn copy(
         Err(code) => return code,
     };
     let result = runtime.block_on(async {
-        // Records move as they are stored, wrapped: no KMS, no keyring.
-        let from = rkms::startup::store(&source).await?;
-        let to = rkms::startup::store(&target).await?;
+        // Records move as they are stored, wrapped: no KMS, no keyring. The
+        // source must exist; the target is made, but not by a dry run.
+        let from = rkms::startup::store(&source, false).await?;
+        let missing_target = target.store.backend == rkms::config::StoreBackend::Sqlite
+            && !target.store.sqlite.path.exists();
+        let to: std::sync::Arc<dyn rkms::store::Store> = if options.dry_run && missing_target {
+            // A dry run into a store that does not exist yet: it is empty.
+            std::sync::Arc::new(rkms::store::memory::MemoryStore::new())
+        } else {
+            rkms::startup::store(&target, !options.dry_run).await?
+        };
         rkms::ops::copy::run(from, to, options).await
     });
     drop(_log_guard);
@@ -138,7 +150,7 @@ pub fn check_connect(settings: Settings) -> ExitCode {
         Err(code) => return code,
     };
     let checks = runtime.block_on(async {
-        let (kms, store) = rkms::startup::backends(&settings).await?;
+        let (kms, store) = rkms::startup::backends(&settings, rkms::startup::Access::READ).await?;
         let deps = rkms::startup::dependencies(&settings, kms, store);
         anyhow::Ok(rkms::preflight::run(&deps).await)
     });

@@ -13,7 +13,7 @@ use commands::{
     check_connect, convert_config, copy, hash_token, healthcheck, maintenance, print, runtime,
 };
 use rkms::config::{Settings, Source};
-use rkms::startup::{shutdown_signal, Application};
+use rkms::startup::{shutdown_signal, Access, Application};
 
 #[derive(Parser)]
 #[command(
@@ -66,9 +66,9 @@ enum Command {
     /// Decrypt every record's ciphertext in each region separately; exit 0
     /// only when every record is recoverable in every region.
     Verify {
-        /// Verify a random sample of this many records.
-        #[arg(long)]
-        sample: Option<usize>,
+        /// Verify a random sample of this many records (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        sample: Option<u64>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -190,7 +190,13 @@ fn main() -> ExitCode {
                 checkpoint,
                 max_records,
             };
-            maintenance(settings, |kms, store, regions| async move {
+            // The store must exist; a real run may add master keys for the
+            // regions it fills (the local KMS), a dry run changes nothing.
+            let access = rkms::startup::Access {
+                make_store: false,
+                add_master_keys: !dry_run,
+            };
+            maintenance(settings, access, |kms, store, regions| async move {
                 let summary = rkms::ops::backfill::run(kms, store, regions, options).await?;
                 anyhow::Ok((summary.text(), summary.ok()))
             })
@@ -204,9 +210,9 @@ fn main() -> ExitCode {
             let options = rkms::ops::verify::Options {
                 segments,
                 max_rps,
-                sample,
+                sample: sample.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             };
-            maintenance(settings, |kms, store, regions| async move {
+            maintenance(settings, Access::READ, |kms, store, regions| async move {
                 let report = rkms::ops::verify::run(kms, store, regions, options).await?;
                 let text = if json {
                     format!("{}\n", serde_json::to_string_pretty(&report)?)

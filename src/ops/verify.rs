@@ -59,7 +59,9 @@ impl Report {
             "verify: {} records, {} complete in every region; {}\n",
             self.records,
             self.complete,
-            if self.recoverable {
+            if self.records == 0 {
+                "NOTHING verified: the store holds no records (is this the store you meant?)"
+            } else if self.recoverable {
                 "every record is recoverable in every region"
             } else {
                 "NOT every record is recoverable in every region"
@@ -154,7 +156,9 @@ pub async fn run(
     }
     bar.finish_and_clear();
     let mut report = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    report.recoverable = report.complete == report.records;
+    // Nothing checked proves nothing: an empty store (or a sample of none)
+    // is not a passed drill.
+    report.recoverable = report.records > 0 && report.complete == report.records;
     Ok(report)
 }
 

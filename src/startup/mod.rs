@@ -46,18 +46,54 @@ pub struct Application {
     tls: Option<Tls>,
 }
 
+/// What a command may make or change as it opens the store and the
+/// local keyring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// Make the SQLite file (and its directory) when it is missing: the
+    /// server's first start. Otherwise a missing file is an error, so a
+    /// mistyped path is not taken for an empty store.
+    pub make_store: bool,
+    /// Make the local keyring, and add master keys for regions it lacks,
+    /// each only where no stored record needs the one missing. Otherwise
+    /// the keyring is read as it is, and a missing one is an error.
+    pub add_master_keys: bool,
+}
+
+impl Access {
+    /// The server: makes what a first start needs.
+    pub const SERVE: Self = Self {
+        make_store: true,
+        add_master_keys: true,
+    };
+    /// Checks and reports (verify, dry runs, `check-config --connect`):
+    /// make and change nothing.
+    pub const READ: Self = Self {
+        make_store: false,
+        add_master_keys: false,
+    };
+}
+
 /// Build the KMS and the store the settings name (no listener, no check).
 /// The store comes first: the local KMS looks into it before making a
-/// keyring.
-pub async fn backends(settings: &Settings) -> anyhow::Result<(Arc<dyn Kms>, Arc<dyn Store>)> {
-    let store = store(settings).await?;
+/// keyring or a master key.
+pub async fn backends(
+    settings: &Settings,
+    access: Access,
+) -> anyhow::Result<(Arc<dyn Kms>, Arc<dyn Store>)> {
+    let store = store(settings, access.make_store).await?;
     let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
     let kms: Arc<dyn Kms> = match settings.kms.provider {
         KmsProvider::Local => {
             let path = settings.kms.local.keyring.clone();
-            refuse_new_keyring_over_stored_keys(&path, store.as_ref()).await?;
-            let local =
-                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
+            let local = if access.add_master_keys {
+                refuse_new_master_keys_over_stored_keys(&path, &regions, store.as_ref()).await?;
+                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??
+            } else {
+                tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
+                    .await?
+                    .context("kms.local.keyring")?
+            };
             Arc::new(local)
         }
         KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
@@ -67,19 +103,26 @@ pub async fn backends(settings: &Settings) -> anyhow::Result<(Arc<dyn Kms>, Arc<
 
 /// Build only the store the settings name, for tools that move stored
 /// records and never call KMS (`rkms copy`): no keyring is read or made.
-pub async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+/// `make`: make a missing SQLite file (else it is an error).
+pub async fn store(settings: &Settings, make: bool) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match settings.store.backend {
         StoreBackend::Sqlite => {
             let path = settings.store.sqlite.path.clone();
             let timeout = Duration::from_millis(settings.store.call_timeout_ms);
-            let store = tokio::task::spawn_blocking(move || SqliteStore::open(&path, timeout))
-                .await?
-                .with_context(|| {
-                    format!(
-                        "cannot open store.sqlite.path {}",
-                        settings.store.sqlite.path.display()
-                    )
-                })?;
+            let store = tokio::task::spawn_blocking(move || {
+                if make {
+                    SqliteStore::open(&path, timeout)
+                } else {
+                    SqliteStore::open_existing(&path, timeout)
+                }
+            })
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open store.sqlite.path {}",
+                    settings.store.sqlite.path.display()
+                )
+            })?;
             Arc::new(store)
         }
         StoreBackend::Dynamodb => {
@@ -90,32 +133,76 @@ pub async fn store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     Ok(store)
 }
 
-/// The local KMS makes its keyring when the file is missing. Over a store
-/// that already holds keys, a new keyring could decrypt none of them, and
-/// the keys it then wrapped could never be merged with the old ones: a
-/// missing keyring there is a lost or misplaced file, and startup stops.
-async fn refuse_new_keyring_over_stored_keys(
+/// The local KMS makes its keyring when the file is missing, and a master
+/// key for each configured region it lacks. Over stored records that
+/// need one of those (a lost or misplaced keyring, a master key removed
+/// from it), a new master key could decrypt none of them, and keys it then
+/// wrapped could never be merged with the old ones: startup stops instead.
+/// A region no record uses yet (one just added to `kms.regions`) gets its
+/// master key.
+async fn refuse_new_master_keys_over_stored_keys(
     keyring: &std::path::Path,
+    regions: &[Region],
     store: &dyn Store,
 ) -> anyhow::Result<()> {
-    if keyring.try_exists().unwrap_or(true) {
-        return Ok(());
-    }
-    let page = store.scan(0, 1, None, 1).await.with_context(|| {
-        format!(
-            "kms.local.keyring {} does not exist, and rkms makes one only for an empty store: \
+    let lacking = {
+        let (path, regions) = (keyring.to_path_buf(), regions.to_vec());
+        tokio::task::spawn_blocking(move || LocalKms::lacking(&path, &regions)).await??
+    };
+    let Some(lacking) = lacking else {
+        let page = store.scan(0, 1, None, 1).await.with_context(|| {
+            format!(
+                "kms.local.keyring {} does not exist, and rkms makes one only for an empty store: \
                  cannot tell whether the store holds keys (a scan of one record failed)",
+                keyring.display()
+            )
+        })?;
+        if page.records.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "kms.local.keyring {} does not exist, but the store already holds keys wrapped by the master keys in it: \
+             restore that file (rkms makes a new keyring only for an empty store)",
             keyring.display()
         )
-    })?;
-    if page.records.is_empty() {
+    };
+    if lacking.is_empty() {
         return Ok(());
     }
-    anyhow::bail!(
-        "kms.local.keyring {} does not exist, but the store already holds keys wrapped by the master keys in it: \
-         restore that file (rkms makes a new keyring only for an empty store)",
-        keyring.display()
-    )
+    let names: Vec<&str> = lacking.iter().map(Region::as_str).collect();
+    let cannot_tell = || {
+        format!(
+            "kms.local.keyring {} has no master key for {}, and rkms makes one only for a region no stored record uses: \
+             cannot tell whether one does (a store scan failed)",
+            keyring.display(),
+            names.join(",")
+        )
+    };
+    let mut cursor = None;
+    loop {
+        let page = store
+            .scan(0, 1, cursor.as_deref(), 1000)
+            .await
+            .with_context(cannot_tell)?;
+        let needs = page.records.iter().flatten().find_map(|record| {
+            lacking
+                .iter()
+                .find(|r| record.keys.contains_key(*r))
+                .map(|r| (r, &record.id))
+        });
+        if let Some((region, id)) = needs {
+            anyhow::bail!(
+                "kms.local.keyring {} has no master key for region {region}, but stored records hold ciphertexts under it (id {:?}, for one): \
+                 restore the keyring from a backup (rkms makes a master key only for a region no stored record uses)",
+                keyring.display(),
+                id.as_str()
+            );
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return Ok(()),
+        }
+    }
 }
 
 /// What preflight checks, from the settings and the built backends.
@@ -175,7 +262,7 @@ impl Application {
     /// Build every backend named in `settings`, check them, and bind the
     /// listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let (kms, store) = backends(&settings).await?;
+        let (kms, store) = backends(&settings, Access::SERVE).await?;
         Self::build_with(settings, kms, store).await
     }
 

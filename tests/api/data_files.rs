@@ -297,3 +297,119 @@ fn a_store_path_under_a_file_names_the_directory_it_cannot_make() {
     );
     assert!(!dir.path().join("keyring.json").exists());
 }
+
+/// A master key removed from the local keyring (a hand edit, a partial
+/// restore) while stored records hold ciphertexts under it: a new master
+/// key for that region could decrypt none of them. Startup stops naming
+/// the region; checks and dry runs read the keyring without writing it;
+/// with the keyring restored every key is served unchanged. It used to
+/// get a new master key silently, and backfill then reported "complete".
+#[tokio::test]
+async fn a_keyring_missing_a_used_regions_master_key_is_never_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let keyring = dir.path().join("keyring.json");
+    let client = reqwest::Client::new();
+    let first = start(command(dir.path()));
+    let (status, body) = fetch(&client, &first.base, "wrapped", None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = stop(first);
+    assert!(status.success(), "exit {status:?}");
+
+    let original = std::fs::read(&keyring).unwrap();
+    let mut doc: Value = serde_json::from_slice(&original).unwrap();
+    doc["master_keys"]
+        .as_object_mut()
+        .unwrap()
+        .remove("local-2")
+        .unwrap();
+    let edited = serde_json::to_vec(&doc).unwrap();
+    std::fs::write(&keyring, &edited).unwrap();
+
+    let line = refused_start(command(dir.path()));
+    assert!(
+        line.contains("kms.local.keyring")
+            && line.contains("local-2")
+            && line.contains("\"wrapped\"")
+            && line.contains("restore"),
+        "{line}"
+    );
+    // verify and the preflight find local-2 unusable; a dry run finds
+    // nothing to fill (every record has its three regions). None writes.
+    for (args, want) in [
+        (&["verify"][..], 1),
+        (&["check-config", "--connect"], 1),
+        (&["backfill", "--dry-run"], 0),
+    ] {
+        let mut cmd = command(dir.path());
+        cmd.args(args);
+        let (code, stderr) = crate::process::run_to_exit(cmd);
+        assert_eq!(code, Some(want), "{args:?}: {stderr}");
+    }
+    let mut cmd = command(dir.path());
+    cmd.arg("backfill");
+    let line = refused_start(cmd);
+    assert!(line.contains("local-2"), "{line}");
+    assert_eq!(std::fs::read(&keyring).unwrap(), edited, "left as it was");
+
+    std::fs::write(&keyring, &original).unwrap();
+    let second = start(command(dir.path()));
+    assert_eq!(
+        stored(&client, &second.base, "wrapped").await.as_deref(),
+        body["key"].as_str()
+    );
+    let (status, _) = stop(second);
+    assert!(status.success(), "exit {status:?}");
+}
+
+/// Commands that read or check a store (verify, backfill, check-config
+/// --connect, copy's source) never make one: a mistyped or lost path is an
+/// error naming it, not an empty store that "verifies" and a new keyring.
+/// And a verify of an empty store is no passed drill.
+#[test]
+fn checks_make_no_store_or_keyring_and_an_empty_store_verifies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["verify"][..],
+        &["backfill"],
+        &["backfill", "--dry-run"],
+        &["check-config", "--connect"],
+    ] {
+        let mut cmd = command(dir.path());
+        cmd.args(args);
+        let (code, stderr) = crate::process::run_to_exit(cmd);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("store.sqlite.path") && stderr.contains("does not exist"),
+            "{args:?}: {stderr}"
+        );
+        let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(made.is_empty(), "{args:?} made {made:?}");
+    }
+    let config = dir.path().join("from.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store.sqlite]\npath = {:?}\n",
+            dir.path().join("typo/rkms.sqlite3")
+        ),
+    )
+    .unwrap();
+    let mut cmd = command(dir.path());
+    cmd.arg("copy")
+        .arg("--from")
+        .arg(&config)
+        .arg("--to")
+        .arg(&config);
+    let (code, stderr) = crate::process::run_to_exit(cmd);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!dir.path().join("typo").exists(), "{stderr}");
+
+    // A store that exists and is empty: verify says so and fails.
+    let server = start(command(dir.path()));
+    let (status, _) = stop(server);
+    assert!(status.success());
+    let out = command(dir.path()).arg("verify").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("NOTHING verified"), "{stdout}");
+}

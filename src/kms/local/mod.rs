@@ -50,6 +50,8 @@ pub enum KeyringError {
     Permissions { path: PathBuf, mode: u32 },
     #[error("keyring {path}: corrupt: {reason}; it was left untouched")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("keyring {path} does not exist (this command makes none)")]
+    Missing { path: PathBuf },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,40 +169,18 @@ impl LocalKms {
     /// on `<keyring>.lock`, so a first start never writes over keys another
     /// process has just created and is already using.
     pub fn open(path: &Path, regions: &[Region]) -> Result<Self, KeyringError> {
+        // Through a symbolic link: the file it names is the keyring, and a
+        // new master key must reach it, not replace the link.
+        let path = &through_links(path);
         let _lock = lock_keyring(path)?;
-        let Keyring { mut file, mut keys } = match fs::metadata(path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(KeyringError::Permissions {
-                        path: path.to_path_buf(),
-                        mode,
-                    });
-                }
-                let text = Zeroizing::new(fs::read_to_string(path).map_err(|source| KeyringError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })?);
-                decode_keyring(&text).map_err(|reason| KeyringError::Corrupt {
-                    path: path.to_path_buf(),
-                    reason,
-                })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Keyring {
-                file: KeyringFile {
-                    format: KEYRING_FORMAT,
-                    note: "rkms development keyring: master keys for the local KMS. Not for production. Losing this file loses every key it wraps.".into(),
-                    master_keys: BTreeMap::new(),
-                },
-                keys: BTreeMap::new(),
+        let Keyring { mut file, mut keys } = read_keyring(path)?.unwrap_or_else(|| Keyring {
+            file: KeyringFile {
+                format: KEYRING_FORMAT,
+                note: "rkms development keyring: master keys for the local KMS. Not for production. Losing this file loses every key it wraps.".into(),
+                master_keys: BTreeMap::new(),
             },
-            Err(source) => {
-                return Err(KeyringError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
-        };
+            keys: BTreeMap::new(),
+        });
 
         let mut added = false;
         for region in regions {
@@ -225,6 +205,31 @@ impl LocalKms {
             keys,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Open the keyring at `path` as it is, for commands that must change
+    /// nothing: a missing file is an error, and a region it lacks has no
+    /// master key (calls for it fail as misconfigured).
+    pub fn open_existing(path: &Path) -> Result<Self, KeyringError> {
+        let Keyring { keys, .. } = read_keyring(path)?.ok_or_else(|| KeyringError::Missing {
+            path: path.to_path_buf(),
+        })?;
+        Ok(Self {
+            keys,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Which of `regions` the keyring at `path` has no master key for;
+    /// `None` when there is no keyring file. Reads only.
+    pub fn lacking(path: &Path, regions: &[Region]) -> Result<Option<Vec<Region>>, KeyringError> {
+        Ok(read_keyring(path)?.map(|keyring| {
+            regions
+                .iter()
+                .filter(|r| !keyring.keys.contains_key(*r))
+                .cloned()
+                .collect()
+        }))
     }
 
     fn cipher(&self, region: &Region, op: &'static str) -> Result<&Aes256Gcm, KmsError> {
@@ -333,6 +338,58 @@ fn lock_keyring(path: &Path) -> Result<fs::File, KeyringError> {
         .map_err(err)?;
     lock.lock().map_err(err)?;
     Ok(lock)
+}
+
+/// The file `path` names once symbolic links are followed, whether or not
+/// it exists yet (at most 16 links).
+fn through_links(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    for _ in 0..16 {
+        match fs::read_link(&path) {
+            Ok(target) => {
+                path = match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            Err(_) => break,
+        }
+    }
+    path
+}
+
+/// The keyring at `path`, checked (owner-only, well-formed); `None` when
+/// the file does not exist.
+fn read_keyring(path: &Path) -> Result<Option<Keyring>, KeyringError> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(KeyringError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyringError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = Zeroizing::new(
+        fs::read_to_string(path).map_err(|source| KeyringError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?,
+    );
+    decode_keyring(&text)
+        .map(Some)
+        .map_err(|reason| KeyringError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })
 }
 
 fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {

@@ -78,6 +78,41 @@ mod unit {
         );
     }
 
+    /// A keyring reached through a symbolic link gains a new region's
+    /// master key in the file the link names; the link stays a link (it
+    /// used to be replaced by a file, leaving the shared keyring without
+    /// the key). Opening it as it is writes nothing and reads every key.
+    #[test]
+    fn a_keyring_behind_a_link_is_written_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("shared.json");
+        let link = dir.path().join("keyring.json");
+        drop(LocalKms::open(&target, &regions(&["a"])).unwrap());
+        std::os::unix::fs::symlink("shared.json", &link).unwrap();
+        let before = std::fs::read(&target).unwrap();
+        let existing = LocalKms::open_existing(&link).unwrap();
+        assert_eq!(existing.keys.len(), 1);
+        assert_eq!(std::fs::read(&target).unwrap(), before, "read only");
+        assert_eq!(
+            LocalKms::lacking(&link, &regions(&["a", "b"])).unwrap(),
+            Some(regions(&["b"]))
+        );
+        drop(LocalKms::open(&link, &regions(&["a", "b"])).unwrap());
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let shared = std::fs::read_to_string(&target).unwrap();
+        assert!(
+            shared.contains("\"b\""),
+            "the new key is in the shared file"
+        );
+        assert!(matches!(
+            LocalKms::open_existing(&dir.path().join("none.json")),
+            Err(KeyringError::Missing { .. })
+        ));
+    }
+
     #[tokio::test]
     async fn reopening_keeps_keys_and_adding_a_region_keeps_the_others() {
         let dir = tempfile::tempdir().unwrap();

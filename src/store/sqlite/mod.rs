@@ -103,12 +103,46 @@ fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     }
 }
 
+/// The database file of a command that makes none is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{path} does not exist (this command makes no store)")]
+struct NotThere {
+    path: std::path::PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and its directory.
     /// `call_timeout` is the store call timeout the broker applies; the
     /// busy timeout is kept below it.
     pub fn open(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
         Self::open_file(path, call_timeout).map_err(|e| low_space_hint(e, path))
+    }
+
+    /// Open the database at `path`, which must exist: for commands that
+    /// read or check a store, where a missing file is a mistyped path or
+    /// a lost file, never an empty store to start.
+    pub fn open_existing(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() => {}
+            Ok(_) => {
+                return Err(StoreError::Other {
+                    op: "open",
+                    source: format!("{} is not a file", path.display()).into(),
+                })
+            }
+            Err(e) => {
+                return Err(StoreError::Other {
+                    op: "open",
+                    source: Box::new(NotThere {
+                        path: path.to_path_buf(),
+                        source: e,
+                    }),
+                })
+            }
+        }
+        Self::open(path, call_timeout)
     }
 
     fn open_file(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
