@@ -31,7 +31,8 @@ pub enum Source {
 
 impl Settings {
     /// Which file to read: `--config`/`RKMS_CONFIG` (must exist), else
-    /// `./config.toml` when present, else built-in defaults only.
+    /// `./config.toml` when present (an entry there that is not a file is
+    /// an error), else built-in defaults only.
     pub fn locate(explicit: Option<&Path>) -> Result<Source, ConfigError> {
         match explicit {
             Some(path) if path.is_file() => Ok(Source::File(path.to_path_buf())),
@@ -42,6 +43,13 @@ impl Settings {
             None if Path::new("config.toml").is_file() => {
                 Ok(Source::File(PathBuf::from("config.toml")))
             }
+            // Something is there but is no file (a dangling link, a
+            // directory): the defaults would start a different store and
+            // keyring unseen.
+            None if std::fs::symlink_metadata("config.toml").is_ok() => Err(ConfigError::new(
+                "config.toml",
+                "./config.toml exists but is not a readable file (a dangling symbolic link, or a directory); fix it, or name a config with --config",
+            )),
             None => Ok(Source::Defaults),
         }
     }

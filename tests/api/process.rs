@@ -858,3 +858,27 @@ fn sighup_drains_and_exits_like_sigterm() {
         "{logs:#?}"
     );
 }
+
+/// A `./config.toml` that is there but is no file (a dangling symbolic
+/// link after its target moved, a directory): one line naming it, exit 2,
+/// nothing made. It used to start on the built-in defaults, with a new
+/// store and keyring under ./data.
+#[test]
+fn a_config_toml_that_is_no_file_stops_startup() {
+    for make in ["dangling link", "directory"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.toml");
+        match make {
+            "directory" => std::fs::create_dir(&config).unwrap(),
+            _ => std::os::unix::fs::symlink("moved.toml", &config).unwrap(),
+        }
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+        cmd.current_dir(dir.path()).env_remove("RKMS_CONFIG");
+        let (code, stderr) = run_to_exit(cmd);
+        assert_eq!(code, Some(2), "{make}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("rkms:")).collect();
+        assert_eq!(lines.len(), 1, "{make}: {stderr}");
+        assert!(lines[0].contains("config.toml"), "{make}: {stderr}");
+        assert!(!dir.path().join("data").exists(), "{make}: nothing made");
+    }
+}
