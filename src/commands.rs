@@ -82,7 +82,7 @@ fn report(result: anyhow::Result<(String, bool)>) -> ExitCode {
 pub fn copy(
     from: &std::path::Path,
     to: &std::path::Path,
-    options: rkms::ops::copy::Options,
+    mut options: rkms::ops::copy::Options,
 ) -> ExitCode {
     let load = |path: &std::path::Path| {
         Settings::load_with_env(&Source::File(path.to_path_buf()), &[])
@@ -95,6 +95,11 @@ pub fn copy(
             return ExitCode::from(2);
         }
     };
+    options.scope = format!(
+        "copy from {} to {}",
+        rkms::startup::store_identity(&source),
+        rkms::startup::store_identity(&target)
+    );
     let _log_guard = rkms::telemetry::init(&source.log);
     let runtime = match runtime() {
         Ok(rt) => rt,

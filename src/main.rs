@@ -130,6 +130,7 @@ fn main() -> ExitCode {
                 segments: *segments,
                 dry_run: *dry_run,
                 checkpoint: checkpoint.clone(),
+                scope: String::new(),
             };
             return copy(from, to, options);
         }
@@ -189,6 +190,11 @@ fn main() -> ExitCode {
                 dry_run,
                 checkpoint,
                 max_records,
+                scope: format!(
+                    "backfill of {} to regions {}",
+                    rkms::startup::store_identity(&settings),
+                    settings.kms.regions.join(",")
+                ),
             };
             // The store must exist; a real run may add master keys for the
             // regions it fills (the local KMS), a dry run changes nothing.

@@ -30,6 +30,8 @@ pub struct Options {
     pub checkpoint: Option<PathBuf>,
     /// Stop after this many records (a partial run; resume with the checkpoint).
     pub max_records: Option<u64>,
+    /// The store and the regions, as the checkpoint records them.
+    pub scope: String,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -95,7 +97,12 @@ pub async fn run(
     options: Options,
 ) -> anyhow::Result<Summary> {
     let segments = options.segments.max(1);
-    let checkpoint = Checkpoint::load_or_new(options.checkpoint.as_deref(), "backfill", segments)?;
+    let checkpoint = Checkpoint::load_or_new(
+        options.checkpoint.as_deref(),
+        "backfill",
+        &options.scope,
+        segments,
+    )?;
     let checkpoint = Arc::new(Mutex::new(checkpoint));
     let summary = Arc::new(Mutex::new(Summary {
         dry_run: options.dry_run,

@@ -17,6 +17,8 @@ pub struct Options {
     pub segments: u32,
     pub dry_run: bool,
     pub checkpoint: Option<PathBuf>,
+    /// The two stores, as the checkpoint records them.
+    pub scope: String,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -34,8 +36,10 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// No failure, and no id whose record differs between the stores:
+    /// the target then holds two keyrings' or two histories' records.
     pub fn ok(&self) -> bool {
-        self.failed_ids.is_empty() && self.corrupt_ids.is_empty()
+        self.failed_ids.is_empty() && self.corrupt_ids.is_empty() && self.different_ids.is_empty()
     }
 
     pub fn text(&self) -> String {
@@ -69,7 +73,12 @@ pub async fn run(
     options: Options,
 ) -> anyhow::Result<Summary> {
     let segments = options.segments.max(1);
-    let checkpoint = Checkpoint::load_or_new(options.checkpoint.as_deref(), "copy", segments)?;
+    let checkpoint = Checkpoint::load_or_new(
+        options.checkpoint.as_deref(),
+        "copy",
+        &options.scope,
+        segments,
+    )?;
     let checkpoint = Arc::new(Mutex::new(checkpoint));
     let summary = Arc::new(Mutex::new(Summary {
         dry_run: options.dry_run,

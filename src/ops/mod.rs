@@ -33,6 +33,11 @@ pub struct Checkpoint {
     /// What the checkpoint is for ("backfill", "copy"), so one command's
     /// file is not taken for another's.
     pub command: String,
+    /// What the run is over (the stores, and for backfill the regions), so
+    /// a checkpoint is never resumed against other stores: its cursors
+    /// would skip records there. Empty in files from before it was kept.
+    #[serde(default)]
+    pub scope: String,
     /// Per segment: the cursor to continue after, and whether it is done.
     pub segments: Vec<SegmentState>,
 }
@@ -44,11 +49,17 @@ pub struct SegmentState {
 }
 
 impl Checkpoint {
-    /// Load `path` if it exists (it must be for `command` and `segments`),
-    /// else start fresh.
-    pub fn load_or_new(path: Option<&Path>, command: &str, segments: u32) -> anyhow::Result<Self> {
+    /// Load `path` if it exists (it must be for `command` over `scope`
+    /// with `segments`), else start fresh.
+    pub fn load_or_new(
+        path: Option<&Path>,
+        command: &str,
+        scope: &str,
+        segments: u32,
+    ) -> anyhow::Result<Self> {
         let fresh = Self {
             command: command.into(),
+            scope: scope.into(),
             segments: vec![SegmentState::default(); segments as usize],
         };
         let Some(path) = path else {
@@ -65,6 +76,23 @@ impl Checkpoint {
                         path.display(),
                         loaded.command,
                         loaded.segments.len()
+                    );
+                }
+                if loaded.scope != scope {
+                    anyhow::bail!(
+                        "checkpoint {} is for {}, not {scope}: resuming it would skip records; remove it to start over",
+                        path.display(),
+                        if loaded.scope.is_empty() {
+                            "a run that did not record its stores"
+                        } else {
+                            loaded.scope.as_str()
+                        },
+                    );
+                }
+                if loaded.finished() {
+                    tracing::warn!(
+                        checkpoint = %path.display(),
+                        "the checkpoint records a finished run: nothing is scanned; remove it to run again"
                     );
                 }
                 Ok(loaded)
@@ -177,5 +205,41 @@ pub const MAX_LISTED: usize = 1000;
 pub fn list_id(list: &mut Vec<String>, id: &str) {
     if list.len() < MAX_LISTED {
         list.push(id.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A checkpoint resumes only the run it was saved for: against other
+    /// stores (or, for backfill, other regions) its cursors would skip
+    /// records there, so it is refused, naming what it is for.
+    #[test]
+    fn a_checkpoint_resumes_only_its_own_stores() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let mut saved =
+            Checkpoint::load_or_new(Some(&path), "copy", "copy from A to B", 2).unwrap();
+        saved
+            .advance(0, Some("after-7".into()), Some(&path))
+            .unwrap();
+
+        let again = Checkpoint::load_or_new(Some(&path), "copy", "copy from A to B", 2).unwrap();
+        assert_eq!(again, saved);
+        let err = Checkpoint::load_or_new(Some(&path), "copy", "copy from A to C", 2)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("copy from A to B") && err.contains("would skip records"),
+            "{err}"
+        );
+        // A file from before the scope was kept says nothing of its stores.
+        let old = r#"{"command":"copy","segments":[{"cursor":"after-7","done":false},{"cursor":null,"done":false}]}"#;
+        std::fs::write(&path, old).unwrap();
+        let err = Checkpoint::load_or_new(Some(&path), "copy", "copy from A to B", 2)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did not record its stores"), "{err}");
     }
 }

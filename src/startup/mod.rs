@@ -221,6 +221,42 @@ pub fn dependencies(
     }
 }
 
+/// The store the settings name, as a checkpoint records it: an SQLite
+/// file by its absolute path (`.` and `..` resolved), a table by its
+/// name, region and endpoint.
+pub fn store_identity(settings: &Settings) -> String {
+    match settings.store.backend {
+        StoreBackend::Sqlite => {
+            // Lexically, so that it reads the same before and after the
+            // first run makes the file.
+            let path = &settings.store.sqlite.path;
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let mut normal = std::path::PathBuf::new();
+            for part in absolute.components() {
+                match part {
+                    std::path::Component::CurDir => {}
+                    std::path::Component::ParentDir => {
+                        normal.pop();
+                    }
+                    other => normal.push(other),
+                }
+            }
+            format!("SQLite {}", normal.display())
+        }
+        StoreBackend::Dynamodb => format!(
+            "DynamoDB table {} in {} at {}",
+            settings.store.dynamodb.table,
+            settings.store.dynamodb.region,
+            if settings.store.dynamodb.endpoint.is_empty() {
+                "the AWS endpoint"
+            } else {
+                settings.store.dynamodb.endpoint.as_str()
+            }
+        ),
+        StoreBackend::Memory => "memory".into(),
+    }
+}
+
 fn store_name(settings: &Settings) -> String {
     match settings.store.backend {
         StoreBackend::Sqlite => format!("SQLite {}", settings.store.sqlite.path.display()),
