@@ -10,6 +10,26 @@ const MAX_URI_BYTES_SERVED: u32 = 65_534;
 
 impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // Durations past these are mistakes (a value in the wrong unit),
+        // and timers that far out overflow the clock.
+        for (key, value) in [
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
+            ("server.shutdown_grace_ms", self.server.shutdown_grace_ms),
+            ("kms.call_timeout_ms", self.kms.call_timeout_ms),
+            ("kms.hedge_after_ms", self.kms.hedge_after_ms),
+            ("kms.breaker_open_ms", self.kms.breaker_open_ms),
+            ("kms.aws.connect_timeout_ms", self.kms.aws.connect_timeout_ms),
+            ("kms.aws.attempt_timeout_ms", self.kms.aws.attempt_timeout_ms),
+            ("store.call_timeout_ms", self.store.call_timeout_ms),
+        ] {
+            at_most(key, value, MAX_MS, "ms (one day)")?;
+        }
+        for (key, value) in [
+            ("cache.ttl_seconds", self.cache.ttl_seconds),
+            ("cache.stale_if_error_seconds", self.cache.stale_if_error_seconds),
+        ] {
+            at_most(key, value, MAX_SECONDS, "seconds (ten years)")?;
+        }
         positive("server.request_timeout_ms", self.server.request_timeout_ms)?;
         positive(
             "server.max_concurrent_requests",
@@ -250,6 +270,21 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The longest `*_ms` setting: one day.
+const MAX_MS: u64 = 86_400_000;
+/// The longest cache lifetime: ten years.
+const MAX_SECONDS: u64 = 10 * 365 * 86_400;
+
+fn at_most(key: &str, value: u64, max: u64, unit: &str) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::new(
+            key,
+            format!("must be at most {max} {unit}, got {value}"),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
