@@ -56,8 +56,8 @@ enum Command {
         /// Count what would be done; write nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Parallel scan segments.
-        #[arg(long, default_value_t = 4)]
+        /// Parallel scan segments, 1 to 1000 (each runs as its own task).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
         segments: u32,
         /// Stop after this many records (resume with --checkpoint).
         #[arg(long)]
@@ -74,7 +74,8 @@ enum Command {
         json: bool,
         #[arg(long, default_value_t = 100)]
         max_rps: u32,
-        #[arg(long, default_value_t = 4)]
+        /// Parallel scan segments, 1 to 1000 (each runs as its own task).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
         segments: u32,
     },
     /// Copy every record from one store to another without decrypting;
@@ -90,7 +91,8 @@ enum Command {
         checkpoint: Option<PathBuf>,
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, default_value_t = 4)]
+        /// Parallel scan segments, 1 to 1000 (each runs as its own task).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
         segments: u32,
     },
     /// Print the rkms config equivalent to an RKMS (Go) config.toml.

@@ -18,15 +18,24 @@ impl Settings {
             ("kms.call_timeout_ms", self.kms.call_timeout_ms),
             ("kms.hedge_after_ms", self.kms.hedge_after_ms),
             ("kms.breaker_open_ms", self.kms.breaker_open_ms),
-            ("kms.aws.connect_timeout_ms", self.kms.aws.connect_timeout_ms),
-            ("kms.aws.attempt_timeout_ms", self.kms.aws.attempt_timeout_ms),
+            (
+                "kms.aws.connect_timeout_ms",
+                self.kms.aws.connect_timeout_ms,
+            ),
+            (
+                "kms.aws.attempt_timeout_ms",
+                self.kms.aws.attempt_timeout_ms,
+            ),
             ("store.call_timeout_ms", self.store.call_timeout_ms),
         ] {
             at_most(key, value, MAX_MS, "ms (one day)")?;
         }
         for (key, value) in [
             ("cache.ttl_seconds", self.cache.ttl_seconds),
-            ("cache.stale_if_error_seconds", self.cache.stale_if_error_seconds),
+            (
+                "cache.stale_if_error_seconds",
+                self.cache.stale_if_error_seconds,
+            ),
         ] {
             at_most(key, value, MAX_SECONDS, "seconds (ten years)")?;
         }

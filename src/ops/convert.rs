@@ -31,6 +31,7 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
         Some(v) => Some(
             v.as_integer()
                 .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
                 .ok_or_else(|| {
                     anyhow::anyhow!("{source_name}: server.port is not a port number")
                 })?,
@@ -40,10 +41,10 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
     let regions: Vec<String> = get("kms", "regions", &mut used)
         .ok_or_else(|| anyhow::anyhow!("{source_name}: kms.regions is missing"))?
         .as_array()
-        .map(|a| {
+        .and_then(|a| {
             a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
+                .map(|v| v.as_str().map(String::from))
+                .collect::<Option<Vec<String>>>()
         })
         .filter(|r: &Vec<String>| !r.is_empty())
         .ok_or_else(|| {
@@ -93,9 +94,13 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
     let table = get("dynamodb", "table_name", &mut used)
         .and_then(|v| v.as_str().map(String::from))
         .ok_or_else(|| anyhow::anyhow!("{source_name}: dynamodb.table_name is missing"))?;
-    let table_region = get("dynamodb", "region", &mut used)
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_else(|| regions[0].clone());
+    let table_region = match get("dynamodb", "region", &mut used) {
+        Some(v) => v
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| anyhow::anyhow!("{source_name}: dynamodb.region is not a string"))?,
+        None => regions[0].clone(),
+    };
     // The cache lifetime, in minutes, under whichever name it was given.
     let mut cache_minutes = None;
     for (section, value) in &doc {
@@ -104,7 +109,13 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
                 let name = format!("{section}.{key}");
                 let about_cache = section.contains("cache") || key.contains("cache");
                 if about_cache && key.contains("minute") && !used.contains(&name) {
-                    cache_minutes = v.as_integer();
+                    let minutes = v.as_integer().filter(|m| *m >= 0).ok_or_else(|| {
+                        anyhow::anyhow!("{source_name}: {name} is not a whole number of minutes")
+                    })?;
+                    if let Some((other, _)) = &cache_minutes {
+                        anyhow::bail!("{source_name}: {other} and {name} both give the cache lifetime; keep one");
+                    }
+                    cache_minutes = Some((name.clone(), minutes));
                     used.push(name);
                 }
             }
@@ -163,11 +174,11 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
         quoted(&table_region),
         quoted(&table)
     ));
-    if let Some(minutes) = cache_minutes {
-        out.push_str(&format!(
-            "\n[cache]\nttl_seconds = {}\n",
-            minutes.max(0) * 60
-        ));
+    if let Some((name, minutes)) = cache_minutes {
+        let seconds = minutes
+            .checked_mul(60)
+            .ok_or_else(|| anyhow::anyhow!("{source_name}: {name} = {minutes} is too large"))?;
+        out.push_str(&format!("\n[cache]\nttl_seconds = {seconds}\n"));
     }
     out.push_str(
         "\n[auth]\n# RKMS (Go) had no authentication. This keeps that behaviour so the\n# move changes nothing for clients; switch to mode = \"token\" or \"mtls\"\n# with [[auth.clients]] as soon as the clients can send credentials.\nmode = \"none\"\nallow_unauthenticated = true\n",
@@ -232,5 +243,42 @@ statsd = "localhost:8125"
         )
         .unwrap_err();
         assert!(err.to_string().contains("2 regions"), "{err}");
+    }
+
+    /// Values of the wrong type or range are errors naming the key, never
+    /// dropped or wrapped around.
+    #[test]
+    fn odd_values_are_errors_not_dropped() {
+        let base = "[kms]\nregions = [\"a\"]\nkey_ids = [\"x\"]\n[dynamodb]\ntable_name = \"t\"\n";
+        for (extra, names) in [
+            (
+                "[cache]\nexpiration_minutes = \"10\"\n",
+                "cache.expiration_minutes",
+            ),
+            (
+                "[cache]\nexpiration_minutes = 2.5\n",
+                "cache.expiration_minutes",
+            ),
+            (
+                "[cache]\nexpiration_minutes = 1537228672809129302\n",
+                "too large",
+            ),
+            (
+                "[cache]\nexpiration_minutes = 1\nttl_minutes = 2\n",
+                "keep one",
+            ),
+            ("[server]\nport = 0\n", "server.port"),
+        ] {
+            let err = convert("go.toml", &format!("{base}{extra}")).unwrap_err();
+            assert!(err.to_string().contains(names), "{extra}: {err}");
+        }
+        let err = convert(
+            "go.toml",
+            "[kms]\nregions = [\"a\", 7]\nkey_ids = [\"x\", \"y\"]\n[dynamodb]\ntable_name = \"t\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("kms.regions"), "{err}");
+        let err = convert("go.toml", &format!("{base}region = 5\n")).unwrap_err();
+        assert!(err.to_string().contains("dynamodb.region"), "{err}");
     }
 }
