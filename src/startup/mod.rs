@@ -81,6 +81,9 @@ pub async fn backends(
     settings: &Settings,
     access: Access,
 ) -> anyhow::Result<(Arc<dyn Kms>, Arc<dyn Store>)> {
+    if access.make_store {
+        refuse_new_store_beside_a_keyring(settings)?;
+    }
     let store = store(settings, access.make_store).await?;
     let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
     let kms: Arc<dyn Kms> = match settings.kms.provider {
@@ -131,6 +134,41 @@ pub async fn store(settings: &Settings, make: bool) -> anyhow::Result<Arc<dyn St
         StoreBackend::Memory => Arc::new(MemoryStore::new()),
     };
     Ok(store)
+}
+
+/// The converse of [`refuse_new_master_keys_over_stored_keys`]: the local
+/// keyring is there but the SQLite file is not (or is empty). The keys
+/// that keyring wraps are in another file (a mistyped or changed
+/// `store.sqlite.path`, a moved or deleted file), and a new empty store
+/// would give every id a new key. Startup stops; to start over with no
+/// keys, remove the keyring too.
+fn refuse_new_store_beside_a_keyring(settings: &Settings) -> anyhow::Result<()> {
+    if settings.kms.provider != KmsProvider::Local || settings.store.backend != StoreBackend::Sqlite
+    {
+        return Ok(());
+    }
+    let (keyring, path) = (&settings.kms.local.keyring, &settings.store.sqlite.path);
+    let store_holds_something = match std::fs::metadata(path) {
+        Ok(meta) => meta.len() > 0,
+        // Cannot tell: opening the store reports it.
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    };
+    if store_holds_something || !keyring.try_exists().unwrap_or(false) {
+        return Ok(());
+    }
+    // A keyring that does not load says so itself, as it would on any start.
+    let wraps_keys = LocalKms::open_existing(keyring)
+        .context("kms.local.keyring")?
+        .has_master_keys();
+    if !wraps_keys {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "store.sqlite.path {} does not exist or is empty, but kms.local.keyring {} does: the keys it wraps are stored in another file. \
+         Fix store.sqlite.path or put the file back (to start over with no keys, remove the keyring too)",
+        path.display(),
+        keyring.display()
+    )
 }
 
 /// The local KMS makes its keyring when the file is missing, and a master

@@ -243,6 +243,19 @@ async fn a_database_file_moved_or_deleted_while_running_refuses_creates() {
     assert_eq!(readiness(&client, &second.base).await.0, 503);
     let (status, _) = stop(second);
     assert!(status.success(), "exit {status:?}");
+
+    // Nor does a restart start an empty store beside the keyring that
+    // wrapped the lost keys: it would give every id a new key. Nor on an
+    // empty file at the path.
+    for _ in ["deleted", "emptied"] {
+        let line = refused_start(command(dir.path()));
+        assert!(
+            line.contains("store.sqlite.path") && line.contains("kms.local.keyring"),
+            "{line}"
+        );
+        std::fs::write(&db, b"").unwrap();
+    }
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
 }
 
 /// The local keyring moved away from a store that holds keys: a new

@@ -220,6 +220,11 @@ impl LocalKms {
         })
     }
 
+    /// Whether the keyring holds any master key (could have wrapped keys).
+    pub fn has_master_keys(&self) -> bool {
+        !self.keys.is_empty()
+    }
+
     /// Which of `regions` the keyring at `path` has no master key for;
     /// `None` when there is no keyring file. Reads only.
     pub fn lacking(path: &Path, regions: &[Region]) -> Result<Option<Vec<Region>>, KeyringError> {
