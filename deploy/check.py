@@ -392,10 +392,14 @@ class Checker:
         if tls:
             if "--ca" not in args:
                 problems.append("helm test under TLS passes no --ca")
-            for volume in spec.get("volumes", []):
-                items = [i["key"] for i in volume.get("secret", {}).get("items", [])]
-                if "secret" in volume and items != [values["tests"]["caKey"]]:
-                    problems.append(f"helm test pod mounts {items or 'the whole Secret'} of {volume['secret']['secretName']}, not only the CA")
+            want = values["tests"]["caSecret"] or values["tls"]["secretName"]
+            secrets = [v["secret"] for v in spec.get("volumes", []) if "secret" in v]
+            if [s["secretName"] for s in secrets] != [want]:
+                problems.append(f"helm test pod mounts {[s['secretName'] for s in secrets]}, not the CA's Secret {want}")
+            for secret in secrets:
+                items = [i["key"] for i in secret.get("items", [])]
+                if items != [values["tests"]["caKey"]]:
+                    problems.append(f"helm test pod mounts {items or 'the whole Secret'} of {secret['secretName']}, not only the CA")
         return problems
 
     def service_account_both_ways(self) -> str:

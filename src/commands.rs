@@ -217,14 +217,25 @@ pub fn hash_token() -> ExitCode {
 /// CA certificates in `ca`) and report whether it answers 200; otherwise
 /// say why in one line.
 pub fn healthcheck(url: &str, ca: Option<&std::path::Path>) -> ExitCode {
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else {
-        eprintln!("rkms: healthcheck: --url must start with http:// or https://");
-        return ExitCode::from(2);
+    let bad = |why: &str| {
+        eprintln!("rkms: healthcheck: --url {why}");
+        ExitCode::from(2)
     };
+    let Ok(uri) = url.parse::<axum::http::Uri>() else {
+        return bad("is not a URL");
+    };
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => return bad("must start with http:// or https://"),
+    };
+    let Some(authority) = uri.authority() else {
+        return bad("names no host");
+    };
+    // It would be printed in messages, and no rkms endpoint takes one.
+    if authority.as_str().contains('@') {
+        return bad("must not carry a user name or password");
+    }
     let tls = match (tls, ca) {
         (false, None) => None,
         (false, Some(_)) => {
@@ -243,8 +254,11 @@ pub fn healthcheck(url: &str, ca: Option<&std::path::Path>) -> ExitCode {
             }
         },
     };
-    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-    match probe(authority, path, tls) {
+    let target = match uri.path_and_query().map_or("", |p| p.as_str()) {
+        t if t.starts_with('/') => t.to_owned(),
+        t => format!("/{t}"),
+    };
+    match probe(authority, &target, tls) {
         Ok(head) if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") => {
             ExitCode::SUCCESS
         }
@@ -263,34 +277,48 @@ pub fn healthcheck(url: &str, ca: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-/// One `GET /path` to `authority` (`host:port`, or `host` for the scheme's
-/// port); returns the first 12 bytes of the answer (`HTTP/1.1 200`).
+/// One `GET target` to `authority` (its port, or the scheme's), trying
+/// each address its host resolves to; returns the first 12 bytes of the
+/// answer (`HTTP/1.1 200`).
 fn probe(
-    authority: &str,
-    path: &str,
+    authority: &axum::http::uri::Authority,
+    target: &str,
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> Result<[u8; 12], String> {
     use std::net::ToSocketAddrs;
     let timeout = std::time::Duration::from_secs(2);
-    // "host", "host:port", "[v6]" or "[v6]:port".
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, port.parse::<u16>().ok()),
-        _ => (authority, Some(if tls.is_some() { 443 } else { 80 })),
-    };
-    let port = port.ok_or_else(|| format!("{authority:?} has no valid port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = (host, port)
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let addrs: Vec<_> = (host, port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} resolves to no address"))?;
-    let stream = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        .collect();
+    let mut failures = Vec::new();
+    let stream = addrs
+        .iter()
+        .find_map(|addr| {
+            std::net::TcpStream::connect_timeout(addr, timeout)
+                .map_err(|e| failures.push(format!("{addr}: {e}")))
+                .ok()
+        })
+        .ok_or_else(|| {
+            if failures.is_empty() {
+                format!("{host} resolves to no address")
+            } else {
+                format!("cannot connect to {}", failures.join("; "))
+            }
+        })?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
-    let request = format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {target} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     let done = match tls {
         None => exchange(&mut { stream }, request.as_bytes()),
         Some(config) => {

@@ -210,3 +210,47 @@ pub fn peer_names(cert: &CertificateDer<'_>) -> (Vec<String>, Option<i64>) {
         .collect();
     (names, not_after)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Server files for `dir`: a self-signed certificate (which is also
+    /// the client CA).
+    fn files(dir: &Path) -> TlsSettings {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["rkms.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        TlsSettings {
+            cert: Some(cert_path.clone()),
+            key: Some(key_path),
+            client_ca: None,
+        }
+    }
+
+    /// With client certificates verified, no session is kept or ticketed
+    /// for resumption: a resumed session skips the certificate checks, so a
+    /// certificate a rotated CA no longer signs would keep working on new
+    /// connections. Without them, resumption stays on (it saves a
+    /// handshake's work).
+    #[test]
+    fn sessions_are_not_resumed_when_client_certificates_are_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = files(dir.path());
+        let plain = build(&settings).unwrap();
+        assert!(plain.session_storage.put(b"id".to_vec(), b"state".to_vec()));
+        assert!(plain.send_tls13_tickets > 0);
+
+        settings.client_ca = settings.cert.clone();
+        let mtls = build(&settings).unwrap();
+        assert!(!mtls.session_storage.put(b"id".to_vec(), b"state".to_vec()));
+        assert_eq!(mtls.session_storage.get(b"id"), None);
+        assert_eq!(mtls.send_tls13_tickets, 0);
+        assert!(!mtls.ticketer.enabled());
+    }
+}

@@ -299,7 +299,7 @@ impl std::fmt::Display for Failed {
                 let names: Vec<&str> = regions.iter().map(Region::as_str).collect();
                 write!(
                     f,
-                    "the store did not add {} to the record, which still lacks them; it cannot be updated in place (in DynamoDB, an item without key_ids)",
+                    "the store did not add {} to the record, which still lacks them; it cannot be updated in place (in DynamoDB: an item without key_ids, or with a ciphertext not in canonical base64, such as one with a trailing newline)",
                     names.join(",")
                 )
             }

@@ -263,6 +263,18 @@ impl Settings {
                         "auth.mode = \"mtls\" identifies clients by certificate; remove the token",
                     ));
                 }
+                // Matched to a DNS SAN (DNS syntax: no ':' or '/') or a URI
+                // SAN (with its scheme): a name that is neither matches no
+                // certificate, and the client could never get in.
+                AuthMode::Mtls
+                    if client.name.contains(char::is_whitespace)
+                        || (client.name.contains('/') && !client.name.contains(':')) =>
+                {
+                    return Err(ConfigError::new(
+                        format!("{key}.name"),
+                        format!("{:?} can match no certificate: in mtls mode a name is a DNS name (no ':' or '/') or a URI with its scheme (spiffe://...), without spaces", client.name),
+                    ));
+                }
                 _ => {}
             }
             if let Some(hash) = client.resolved {

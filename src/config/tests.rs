@@ -100,6 +100,7 @@ fn bad_values_name_the_key() {
             "auth.clients",
         ),
         ("[auth]\nmode = \"mtls\"\n[[auth.clients]]\nname = \"a\"\nids = [\"*\"]", "server.tls.client_ca"),
+        ("[server.tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\n[auth]\nmode = \"mtls\"\n[[auth.clients]]\nname = \"billing/web\"\nids = [\"*\"]", "auth.clients[0].name"),
         ("[server.tls]\ncert = \"/c.pem\"", "server.tls.key"),
         ("[server.tls]\nclient_ca = \"/ca.pem\"", "server.tls.cert"),
         ("[server]\nmax_concurrent_requests = 0", "server.max_concurrent_requests"),

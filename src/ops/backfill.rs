@@ -256,7 +256,7 @@ async fn fill(
                     .collect();
                 if !not_taken.is_empty() {
                     return Outcome::Failed(format!(
-                        "the store did not add {} to the record, which cannot be updated in place (in DynamoDB, an item without key_ids)",
+                        "the store did not add {} to the record, which cannot be updated in place (in DynamoDB: an item without key_ids, or with a ciphertext not in canonical base64, such as one with a trailing newline)",
                         not_taken.join(",")
                     ));
                 }

@@ -651,6 +651,20 @@ fn healthcheck_reports_whether_the_server_answers() {
         run_to_exit(cmd).0
     };
     assert_eq!(check(port), Some(0));
+    // Each address the host resolves to is tried (localhost may be ::1
+    // first, with the server on 127.0.0.1); a URL with a password, which
+    // messages would print, is refused.
+    for (url, want) in [
+        (format!("http://localhost:{port}/healthz"), 0),
+        (format!("http://user:secret@127.0.0.1:{port}/healthz"), 2),
+        (format!("http://127.0.0.1:{port}/nope"), 1),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+        cmd.args(["healthcheck", "--url", &url]);
+        let (code, stderr) = run_to_exit(cmd);
+        assert_eq!(code, Some(want), "{url}: {stderr}");
+        assert!(!stderr.contains("secret"), "{stderr}");
+    }
     common::sigterm(&child);
     assert!(child.wait().unwrap().success());
     assert_eq!(check(port), Some(1), "nothing listens any more");

@@ -356,10 +356,10 @@ async fn healthcheck_verifies_the_server_over_https() {
     assert!(stderr.contains("missing.pem"), "{stderr}");
 }
 
-/// A client certificate that expires while its connection stays open, or
-/// whose session a new connection could resume, gets no key past its
-/// `notAfter`: each request checks it, and sessions are not resumed when
-/// client certificates are verified.
+/// A client certificate that expires while its connection stays open gets
+/// no key past its `notAfter`: each request checks it (a keep-alive
+/// connection used to keep its identity for as long as it lived). That
+/// sessions are not resumed is a unit test of the TLS config (`tls.rs`).
 #[tokio::test]
 async fn a_client_certificate_gets_no_key_once_expired() {
     let dir = tempfile::tempdir().unwrap();
@@ -389,8 +389,12 @@ async fn a_client_certificate_gets_no_key_once_expired() {
     assert_eq!(res.status(), 401);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error_message"], "the client certificate has expired");
-    // A new connection cannot resume the old session: the handshake
-    // verifies the certificate again and refuses it.
+    // A client gone before its handshake (a TCP health check) failed no
+    // TLS check; a new connection with the expired certificate did.
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    drop(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!plain_metrics(&app).await.contains("reason=\"tls\""));
     let fresh = reqwest::Client::builder()
         .use_rustls_tls()
         .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).unwrap())
@@ -403,7 +407,8 @@ async fn a_client_certificate_gets_no_key_once_expired() {
     assert!(fresh.get(&url).send().await.is_err());
     let metrics = plain_metrics(&app).await;
     assert!(
-        metrics.contains("rkms_auth_failures_total{reason=\"expired\"} 1"),
+        metrics.contains("rkms_auth_failures_total{reason=\"expired\"} 1")
+            && metrics.contains("rkms_auth_failures_total{reason=\"tls\"} 1"),
         "{metrics}"
     );
 }
