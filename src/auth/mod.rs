@@ -7,6 +7,9 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
@@ -18,15 +21,17 @@ use subtle::ConstantTimeEq;
 use crate::config::{AuthMode, AuthSettings, IdPattern};
 use crate::domain::KeyId;
 
-/// The `Authorization` header one connection last authenticated with, and
-/// the client it named. A keep-alive client sends the same header with
-/// every request; when it comes again (compared in constant time, so a
-/// proxy's connection shared by several clients learns nothing from the
-/// timing) its token is not hashed again. Tokens are fixed for the life of
-/// the process, so a remembered match stays true. The header is wiped when
-/// replaced or dropped.
+/// The `Authorization` header one connection last authenticated with, the
+/// client it named and the generation of the token table it was checked
+/// against. A keep-alive client sends the same header with every request;
+/// when it comes again (compared in constant time, so a proxy's connection
+/// shared by several clients learns nothing from the timing) its token is
+/// not hashed again, unless a token file changed since. The header is
+/// wiped when replaced or dropped.
 #[derive(Default)]
-pub struct Remembered(std::sync::Mutex<Option<(zeroize::Zeroizing<Vec<u8>>, usize)>>);
+pub struct Remembered(std::sync::Mutex<Option<Kept>>);
+
+type Kept = (zeroize::Zeroizing<Vec<u8>>, usize, u64);
 
 impl std::fmt::Debug for Remembered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,15 +40,18 @@ impl std::fmt::Debug for Remembered {
 }
 
 impl Remembered {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(zeroize::Zeroizing<Vec<u8>>, usize)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Kept>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The client index remembered for exactly these header bytes.
-    fn recall(&self, header: &[u8]) -> Option<usize> {
+    /// The client index remembered for exactly these header bytes, checked
+    /// against the token table of `generation`.
+    fn recall(&self, header: &[u8], generation: u64) -> Option<usize> {
         match &*self.lock() {
-            Some((kept, client))
-                if kept.len() == header.len() && bool::from(kept.as_slice().ct_eq(header)) =>
+            Some((kept, client, checked))
+                if *checked == generation
+                    && kept.len() == header.len()
+                    && bool::from(kept.as_slice().ct_eq(header)) =>
             {
                 Some(*client)
             }
@@ -51,8 +59,8 @@ impl Remembered {
         }
     }
 
-    fn keep(&self, header: &[u8], client: usize) {
-        *self.lock() = Some((zeroize::Zeroizing::new(header.to_vec()), client));
+    fn keep(&self, header: &[u8], client: usize, generation: u64) {
+        *self.lock() = Some((zeroize::Zeroizing::new(header.to_vec()), client, generation));
     }
 }
 
@@ -69,7 +77,6 @@ pub struct PeerNames {
 
 pub struct Client {
     name: String,
-    digest: Option<[u8; 32]>,
     ids: Vec<IdPattern>,
     create: bool,
     limiter: Option<DefaultDirectRateLimiter>,
@@ -89,6 +96,26 @@ pub struct Authenticator {
     mode: AuthMode,
     clients: Vec<Client>,
     by_name: HashMap<String, usize>,
+    /// Per client, the SHA-256 of each token it is known by: swapped whole
+    /// when a token file changes.
+    tokens: RwLock<Arc<Tokens>>,
+    /// Bumped after each swap: a connection's remembered header counts
+    /// only in the generation it was checked in.
+    generation: AtomicU64,
+    /// The clients whose tokens come from a file, re-read by
+    /// [`Authenticator::reload_token_files`].
+    files: Vec<TokenFile>,
+    /// The last "two clients share a token" said, so it is said once.
+    said_shared: Mutex<Option<String>>,
+}
+
+type Tokens = Vec<Vec<[u8; 32]>>;
+
+struct TokenFile {
+    client: usize,
+    path: PathBuf,
+    /// The last problem said about the file, so each is said once.
+    said: Mutex<Option<String>>,
 }
 
 /// Why a caller was not identified: the `reason` label of
@@ -192,7 +219,6 @@ impl Authenticator {
             .iter()
             .map(|c| Client {
                 name: c.name.clone(),
-                digest: c.resolved.map(|h| h.0),
                 ids: c.ids.clone(),
                 create: c.create,
                 limiter: NonZeroU32::new(c.requests_per_second).map(|rps| {
@@ -206,10 +232,104 @@ impl Authenticator {
             .enumerate()
             .map(|(i, c)| (c.name.clone(), i))
             .collect();
+        let tokens: Tokens = settings
+            .clients
+            .iter()
+            .map(|c| c.resolved.iter().map(|h| h.0).collect())
+            .collect();
+        let files = settings
+            .clients
+            .iter()
+            .enumerate()
+            .filter(|_| settings.mode == AuthMode::Token)
+            .filter_map(|(i, c)| {
+                c.token_file.as_ref().map(|path| TokenFile {
+                    client: i,
+                    path: path.clone(),
+                    said: Mutex::new(None),
+                })
+            })
+            .collect();
         Self {
             mode: settings.mode,
             clients,
             by_name,
+            tokens: RwLock::new(Arc::new(tokens)),
+            generation: AtomicU64::new(0),
+            files,
+            said_shared: Mutex::new(None),
+        }
+    }
+
+    /// Whether some client's tokens come from a file to re-read.
+    pub fn has_token_files(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    fn current_tokens(&self) -> Arc<Tokens> {
+        Arc::clone(&self.tokens.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Read every `token_file` again, and take the tokens of each that
+    /// changed: a rotated Secret (or a line added for an overlap, then the
+    /// old one removed) applies without a restart. A file that cannot be
+    /// read or holds a bad token, or a change that would give two clients
+    /// one token, is logged once and changes nothing: the tokens in use
+    /// stay. Blocking file reads: run off the async workers.
+    pub fn reload_token_files(&self) {
+        if self.files.is_empty() {
+            return;
+        }
+        let current = self.current_tokens();
+        let mut next = (*current).clone();
+        let mut changed = Vec::new();
+        for file in &self.files {
+            let problem = match crate::config::token_file_hashes(&file.path) {
+                Ok(hashes) => {
+                    let hashes: Vec<[u8; 32]> = hashes.iter().map(|h| h.0).collect();
+                    if next[file.client] != hashes {
+                        next[file.client] = hashes;
+                        changed.push(file.client);
+                    }
+                    None
+                }
+                Err(why) => Some(why),
+            };
+            let mut said = file.said.lock().unwrap_or_else(|p| p.into_inner());
+            if *said != problem {
+                if let Some(why) = &problem {
+                    tracing::error!(
+                        client = %self.clients[file.client].name,
+                        problem = %why,
+                        "cannot re-read the client's token_file; its tokens stay as they were"
+                    );
+                }
+                *said = problem;
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let shared = shared_token(&next)
+            .map(|(a, b)| format!("{} and {}", self.clients[a].name, self.clients[b].name));
+        let mut said = self.said_shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(pair) = shared {
+            if said.as_deref() != Some(pair.as_str()) {
+                tracing::error!(clients = %pair, "two clients' token files now hold the same token; no token is changed until each client has its own");
+                *said = Some(pair);
+            }
+            return;
+        }
+        *said = None;
+        *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        self.generation.fetch_add(1, Ordering::Release);
+        let now = self.current_tokens();
+        for i in changed {
+            tracing::info!(
+                client = %self.clients[i].name,
+                tokens = now[i].len(),
+                "token_file changed: the client is now known by the tokens it holds"
+            );
         }
     }
 
@@ -267,18 +387,22 @@ impl Authenticator {
         if values.next().is_some() {
             return Err(AuthFailure::Malformed);
         }
+        // Read before the tokens: a swap in between leaves this request
+        // remembered under the older generation, so it is checked again.
+        let generation = self.generation.load(Ordering::Acquire);
         if let Some(client) = remembered
-            .and_then(|r| r.recall(value))
+            .and_then(|r| r.recall(value, generation))
             .and_then(|i| self.clients.get(i))
         {
             return Ok(Identity::Client(client));
         }
         let token = bearer_token(value).ok_or(AuthFailure::Malformed)?;
         let presented: [u8; 32] = Sha256::digest(token).into();
+        let tokens = self.current_tokens();
         let mut found = None;
-        // Compare against every client so timing does not reveal which matched.
-        for (i, client) in self.clients.iter().enumerate() {
-            if let Some(digest) = &client.digest {
+        // Compare against every token so timing does not reveal which matched.
+        for (i, digests) in tokens.iter().enumerate() {
+            for digest in digests {
                 if bool::from(digest.ct_eq(&presented)) {
                     found = Some(i);
                 }
@@ -286,7 +410,7 @@ impl Authenticator {
         }
         let i = found.ok_or(AuthFailure::Unknown)?;
         if let Some(remembered) = remembered {
-            remembered.keep(value, i);
+            remembered.keep(value, i, generation);
         }
         self.clients
             .get(i)
@@ -299,6 +423,22 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Two clients known by one token, if any.
+fn shared_token(tokens: &Tokens) -> Option<(usize, usize)> {
+    let mut seen: HashMap<&[u8; 32], usize> = HashMap::new();
+    for (i, digests) in tokens.iter().enumerate() {
+        for digest in digests {
+            if let Some(&j) = seen.get(digest) {
+                if j != i {
+                    return Some((j, i));
+                }
+            }
+            seen.insert(digest, i);
+        }
+    }
+    None
 }
 
 /// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).

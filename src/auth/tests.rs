@@ -10,7 +10,7 @@ fn client(name: &str, token: &str, ids: &[&str], create: bool) -> AuthClient {
         token_sha256: Some(token_hash(token)),
         ids: ids.iter().map(|p| IdPattern::parse(p).unwrap()).collect(),
         create,
-        resolved: Some(token_hash(token)),
+        resolved: vec![token_hash(token)],
         ..AuthClient::default()
     }
 }
@@ -45,12 +45,12 @@ fn a_connection_remembers_the_header_it_authenticated_with_and_nothing_else() {
         auth.authenticate_on(&headers, None, Some(&conn))
             .map(|who| who.name().to_string())
     };
-    assert_eq!(conn.recall(b"Bearer s3cret-billing-token"), None);
+    assert_eq!(conn.recall(b"Bearer s3cret-billing-token", 0), None);
     assert_eq!(
         name(Some("Bearer s3cret-billing-token")).unwrap(),
         "billing"
     );
-    assert_eq!(conn.recall(b"Bearer s3cret-billing-token"), Some(0));
+    assert_eq!(conn.recall(b"Bearer s3cret-billing-token", 0), Some(0));
     assert_eq!(
         name(Some("Bearer s3cret-billing-token")).unwrap(),
         "billing"
@@ -63,11 +63,11 @@ fn a_connection_remembers_the_header_it_authenticated_with_and_nothing_else() {
         (None, AuthFailure::Missing),
     ] {
         assert_eq!(name(header).unwrap_err(), failure, "{header:?}");
-        assert_eq!(conn.recall(b"Bearer s3cret-billing-token"), Some(0));
+        assert_eq!(conn.recall(b"Bearer s3cret-billing-token", 0), Some(0));
     }
     // Another client on the same connection (a proxy's) is itself.
     assert_eq!(name(Some("Bearer s3cret-reader-token!")).unwrap(), "reader");
-    assert_eq!(conn.recall(b"Bearer s3cret-billing-token"), None);
+    assert_eq!(conn.recall(b"Bearer s3cret-billing-token", 0), None);
     assert_eq!(
         name(Some("bearer s3cret-billing-token")).unwrap(),
         "billing"
@@ -77,7 +77,7 @@ fn a_connection_remembers_the_header_it_authenticated_with_and_nothing_else() {
     // never authenticated (put there by hand) names the client it was
     // filed under. Only a full match ever files one.
     let planted = Remembered::default();
-    planted.keep(b"Bearer not-a-configured-token", 1);
+    planted.keep(b"Bearer not-a-configured-token", 1, 0);
     let who = auth
         .authenticate_on(
             &with_auth("Bearer not-a-configured-token"),
@@ -274,4 +274,75 @@ proptest! {
         let result = auth.authenticate(&with_auth(&format!("Bearer {guess}")), None);
         prop_assert_eq!(result.is_ok(), guess == token);
     }
+}
+
+/// A client's token file is re-read while rkms runs: a rotation that adds
+/// the new token on a second line, then removes the old one, applies with
+/// no restart, and a connection that authenticated with the old token is
+/// checked again after the change. A file that goes bad, or that would
+/// give two clients one token, changes nothing.
+#[test]
+fn token_files_are_re_read_and_a_rotation_applies_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name);
+    std::fs::write(file("app"), "old-token-0123456789abcdef\n").unwrap();
+    std::fs::write(file("ops"), "ops-token-0123456789abcdef\n").unwrap();
+    let from_file = |name: &str| AuthClient {
+        name: name.into(),
+        token_file: Some(file(name)),
+        resolved: crate::config::token_file_hashes(&file(name)).unwrap(),
+        ids: vec![IdPattern::Any],
+        ..AuthClient::default()
+    };
+    let auth = Authenticator::new(&AuthSettings {
+        mode: AuthMode::Token,
+        clients: vec![from_file("app"), from_file("ops")],
+        ..AuthSettings::default()
+    });
+    assert!(auth.has_token_files());
+    let conn = Remembered::default();
+    let who = |token: &str, conn: Option<&Remembered>| {
+        auth.authenticate_on(&with_auth(&format!("Bearer {token}")), None, conn)
+            .map(|i| i.name().to_string())
+    };
+    assert_eq!(
+        who("old-token-0123456789abcdef", Some(&conn)).unwrap(),
+        "app"
+    );
+
+    // Overlap: both tokens name the client.
+    std::fs::write(
+        file("app"),
+        "new-token-0123456789abcdef\nold-token-0123456789abcdef\n",
+    )
+    .unwrap();
+    auth.reload_token_files();
+    assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
+    assert_eq!(
+        who("old-token-0123456789abcdef", Some(&conn)).unwrap(),
+        "app"
+    );
+
+    // The old token removed: refused, on the connection that used it too.
+    std::fs::write(file("app"), "new-token-0123456789abcdef\n").unwrap();
+    auth.reload_token_files();
+    assert_eq!(
+        who("old-token-0123456789abcdef", Some(&conn)).unwrap_err(),
+        AuthFailure::Unknown
+    );
+    assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
+
+    // A bad file (too short a token, or gone) keeps the tokens in use.
+    std::fs::write(file("app"), "short\n").unwrap();
+    auth.reload_token_files();
+    assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
+    std::fs::remove_file(file("app")).unwrap();
+    auth.reload_token_files();
+    assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
+
+    // Two clients with one token: nothing changes until they differ.
+    std::fs::write(file("app"), "ops-token-0123456789abcdef\n").unwrap();
+    auth.reload_token_files();
+    assert_eq!(who("ops-token-0123456789abcdef", None).unwrap(), "ops");
+    assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
 }

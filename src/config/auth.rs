@@ -150,7 +150,8 @@ pub struct AuthClient {
     /// SHA-256 of the client's bearer token (64 hex digits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_sha256: Option<TokenHash>,
-    /// A file holding the token itself (a mounted Kubernetes Secret).
+    /// A file holding the token itself (a mounted Kubernetes Secret), or
+    /// several, one per line (during a rotation). Re-read while rkms runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     /// An environment variable holding the token itself.
@@ -171,9 +172,10 @@ pub struct AuthClient {
     /// Replaced by `ids`; read only to say so.
     #[serde(default, skip_serializing)]
     pub prefixes: Option<Vec<String>>,
-    /// The token's hash, from whichever source the client names.
+    /// The hashes of the tokens the client is known by, from whichever
+    /// source it names: one, or one per line of its `token_file`.
     #[serde(skip)]
-    pub resolved: Option<TokenHash>,
+    pub resolved: Vec<TokenHash>,
 }
 
 /// Tokens read from files or the environment shorter than this are refused.
@@ -277,10 +279,10 @@ impl Settings {
                 }
                 _ => {}
             }
-            if let Some(hash) = client.resolved {
+            for hash in &client.resolved {
                 if let Some(j) = auth.clients[..i]
                     .iter()
-                    .position(|c| c.resolved == Some(hash))
+                    .position(|c| c.resolved.contains(hash))
                 {
                     return Err(ConfigError::new(
                         format!("{key}.token"),

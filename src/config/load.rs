@@ -29,6 +29,42 @@ pub enum Source {
     Defaults,
 }
 
+/// The hashes of the tokens in a `token_file`: one per non-empty line
+/// (one token, or several while a rotation overlaps). The error says what
+/// is wrong without any token in it.
+pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+    );
+    let Ok(text) = std::str::from_utf8(&text) else {
+        return Err(format!("{} is not UTF-8 text", path.display()));
+    };
+    let hashes = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|token| token_hash(token).map_err(|why| format!("{}: {why}", path.display())))
+        .collect::<Result<Vec<_>, _>>()?;
+    if hashes.is_empty() {
+        return Err(format!("{} holds no token", path.display()));
+    }
+    Ok(hashes)
+}
+
+/// The SHA-256 of a token read from a file or a variable, which must be
+/// long enough and have no whitespace inside.
+fn token_hash(token: &str) -> Result<super::TokenHash, String> {
+    if token.len() < super::MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "the token must be at least {} characters with no whitespace",
+            super::MIN_TOKEN_LEN
+        ));
+    }
+    Ok(super::TokenHash(
+        sha2::Sha256::digest(token.as_bytes()).into(),
+    ))
+}
+
 impl Settings {
     /// Which file to read: `--config`/`RKMS_CONFIG` (must exist), else
     /// `./config.toml` when present (an entry there that is not a file is
@@ -132,28 +168,13 @@ impl Settings {
     fn resolve_tokens(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
         for (i, client) in self.auth.clients.iter_mut().enumerate() {
             let key = format!("auth.clients[{i}]");
-            let token = if let Some(hash) = client.token_sha256 {
-                client.resolved = Some(hash);
-                continue;
+            if let Some(hash) = client.token_sha256 {
+                client.resolved = vec![hash];
             } else if let Some(path) = &client.token_file {
-                let text = std::fs::read(path).map_err(|e| {
-                    ConfigError::new(
-                        format!("{key}.token_file"),
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                let text = zeroize::Zeroizing::new(text);
-                match std::str::from_utf8(&text) {
-                    Ok(t) => zeroize::Zeroizing::new(t.trim_end().to_string()),
-                    Err(_) => {
-                        return Err(ConfigError::new(
-                            format!("{key}.token_file"),
-                            format!("{} is not UTF-8 text", path.display()),
-                        ))
-                    }
-                }
+                client.resolved = token_file_hashes(path)
+                    .map_err(|why| ConfigError::new(format!("{key}.token_file"), why))?;
             } else if let Some(var) = &client.token_env {
-                match env.iter().rev().find(|(k, _)| k == var) {
+                let token = match env.iter().rev().find(|(k, _)| k == var) {
                     Some((_, v)) => zeroize::Zeroizing::new(v.trim_end().to_string()),
                     None => {
                         // Left out of `env` because it is not UTF-8, or unset.
@@ -167,27 +188,10 @@ impl Settings {
                             format!("the environment variable {var} {why}"),
                         ));
                     }
-                }
-            } else {
-                continue;
-            };
-            if token.len() < super::MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
-                let source = if client.token_file.is_some() {
-                    "token_file"
-                } else {
-                    "token_env"
                 };
-                return Err(ConfigError::new(
-                    format!("{key}.{source}"),
-                    format!(
-                        "the token must be at least {} characters with no whitespace",
-                        super::MIN_TOKEN_LEN
-                    ),
-                ));
+                client.resolved = vec![token_hash(&token)
+                    .map_err(|why| ConfigError::new(format!("{key}.token_env"), why))?];
             }
-            client.resolved = Some(super::TokenHash(
-                sha2::Sha256::digest(token.as_bytes()).into(),
-            ));
         }
         Ok(())
     }

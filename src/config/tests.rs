@@ -185,7 +185,7 @@ fn structured_values_come_from_the_environment_as_json() {
     assert_eq!(app.requests_per_second, 50);
     assert_eq!(app.ids, vec![IdPattern::parse("app/*").unwrap()]);
     // The trailing newline of a Secret is not part of the token.
-    assert_eq!(app.resolved, Some(hash_of("app-token-0123456789abcdef")));
+    assert_eq!(app.resolved, vec![hash_of("app-token-0123456789abcdef")]);
 }
 
 #[test]
@@ -270,8 +270,27 @@ fn tokens_from_files_are_hashed_and_never_shown() {
     let s = Settings::from_toml(&text).unwrap();
     assert_eq!(
         s.auth.clients[0].resolved,
-        Some(hash_of("file-token-0123456789abcdef"))
+        vec![hash_of("file-token-0123456789abcdef")]
     );
+    // Several tokens, one per line (a rotation's overlap); blank lines and
+    // spaces around a token are ignored.
+    std::fs::write(
+        &token,
+        "\nnew-token-0123456789abcdef\n  file-token-0123456789abcdef \n\n",
+    )
+    .unwrap();
+    let two = Settings::from_toml(&text).unwrap();
+    assert_eq!(
+        two.auth.clients[0].resolved,
+        vec![
+            hash_of("new-token-0123456789abcdef"),
+            hash_of("file-token-0123456789abcdef")
+        ]
+    );
+    std::fs::write(&token, "\n \n").unwrap();
+    let err = Settings::from_toml(&text).unwrap_err();
+    assert!(err.to_string().contains("holds no token"), "{err}");
+    std::fs::write(&token, "file-token-0123456789abcdef\n").unwrap();
     let shown = s.redacted_toml();
     assert!(!shown.contains("file-token-0123456789abcdef"), "{shown}");
     assert!(!format!("{s:?}").contains("file-token"));

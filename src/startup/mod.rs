@@ -473,6 +473,7 @@ impl Application {
         tracing::info!(%addr, tls = self.tls.is_some(), "rkms serving");
         let app = routes::router(self.state.clone());
         let reloader = self.tls.as_ref().map(Tls::watch);
+        let token_files = watch_token_files(&self.state.auth);
         let server = serve(
             self.listener,
             app,
@@ -502,7 +503,7 @@ impl Application {
             () = &mut deadline => tracing::warn!("shutdown grace period over; background work abandoned"),
         }
         self.monitor.abort();
-        if let Some(task) = reloader {
+        for task in [reloader, token_files].into_iter().flatten() {
             task.abort();
         }
         if let Some(task) = metrics_server {
@@ -515,6 +516,30 @@ impl Application {
 }
 
 /// The broker's typed tuning, from the config file's fields.
+/// How often token files are read again.
+const TOKEN_FILES_EVERY: Duration = Duration::from_secs(5);
+
+/// Re-read the clients' token files every few seconds, when some client
+/// has one, so a rotated token applies without a restart.
+fn watch_token_files(auth: &Arc<Authenticator>) -> Option<tokio::task::JoinHandle<()>> {
+    if !auth.has_token_files() {
+        return None;
+    }
+    let auth = Arc::clone(auth);
+    Some(tokio::spawn(async move {
+        let mut every = tokio::time::interval(TOKEN_FILES_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is now: the files were just read at start.
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let auth = Arc::clone(&auth);
+            // A file on a stalled volume blocks its reader, not a worker.
+            let _ = tokio::task::spawn_blocking(move || auth.reload_token_files()).await;
+        }
+    }))
+}
+
 fn broker_settings(s: &Settings) -> BrokerSettings {
     BrokerSettings {
         regions: s.kms.regions.iter().map(Region::new).collect(),

@@ -28,7 +28,7 @@ async fn token_app(tweak: impl FnOnce(&mut rkms::config::Settings)) -> TestApp {
         ];
         // As the loader does for token_sha256.
         for c in &mut s.auth.clients {
-            c.resolved = c.token_sha256;
+            c.resolved = c.token_sha256.into_iter().collect();
         }
         tweak(s);
     })
@@ -107,7 +107,7 @@ async fn ids_outside_the_patterns_are_403_whether_or_not_they_exist() {
         s.auth
             .clients
             .push(client("admin", "admin-token-0123456789", &["*"], true));
-        s.auth.clients[2].resolved = s.auth.clients[2].token_sha256;
+        s.auth.clients[2].resolved = s.auth.clients[2].token_sha256.into_iter().collect();
     })
     .await;
     let writer = format!("Bearer {WRITER}");
@@ -513,4 +513,48 @@ async fn connections_over_the_limit_are_closed_and_the_limit_frees_up() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(answered, "a slot frees up when a connection ends");
+}
+
+/// A token rotated in the client's `token_file` (a Kubernetes Secret
+/// updated in place) applies within seconds, with no restart: the new
+/// token is accepted, and the old one refused, on a keep-alive connection
+/// that used it too.
+#[tokio::test]
+async fn a_token_rotated_in_its_file_applies_without_a_restart() {
+    const OLD: &str = "old-file-token-0123456789";
+    const NEW: &str = "new-file-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{OLD}\n")).unwrap();
+    let app = token_app(|s| {
+        s.auth.clients.push(AuthClient {
+            name: "rotating".into(),
+            token_file: Some(file.clone()),
+            resolved: rkms::config::token_file_hashes(&file).unwrap(),
+            ids: vec![IdPattern::Any],
+            create: true,
+            ..AuthClient::default()
+        });
+    })
+    .await;
+    let status = |token: &'static str| {
+        let req = app
+            .client
+            .get(format!("{}/key?id=rot/1", app.base))
+            .bearer_auth(token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(OLD).await, 200);
+    assert_eq!(status(NEW).await, 401);
+
+    std::fs::write(&file, format!("{NEW}\n")).unwrap();
+    let started = std::time::Instant::now();
+    while status(NEW).await != 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the new token was never accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert_eq!(status(OLD).await, 401, "the old token is refused");
 }

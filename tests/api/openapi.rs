@@ -655,7 +655,7 @@ fn client(name: &str, token: &str, ids: &[&str], create: bool, rps: u32) -> Auth
     AuthClient {
         name: name.into(),
         token_sha256: Some(hash),
-        resolved: Some(hash),
+        resolved: vec![hash],
         ids: ids.iter().map(|p| IdPattern::parse(p).unwrap()).collect(),
         create,
         requests_per_second: rps,

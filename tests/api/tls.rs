@@ -224,7 +224,7 @@ async fn token_auth_works_over_plain_tls() {
         s.auth.clients = vec![AuthClient {
             name: "app".into(),
             token_sha256: Some(rkms::auth::token_hash(token)),
-            resolved: Some(rkms::auth::token_hash(token)),
+            resolved: vec![rkms::auth::token_hash(token)],
             ids: vec![IdPattern::Any],
             create: true,
             ..AuthClient::default()
