@@ -330,6 +330,16 @@ fn log_summary(settings: &Settings) {
             "auth.mode = \"none\" on a non-loopback address (auth.allow_unauthenticated = true): anyone who can reach rkms gets any key"
         );
     }
+    if auth.mode != AuthMode::None && auth.allow_unauthenticated {
+        tracing::warn!(
+            "auth.allow_unauthenticated = true has no effect unless auth.mode = \"none\": every caller must authenticate; remove it"
+        );
+    }
+    if auth.mode != AuthMode::Mtls && settings.server.tls.client_ca.is_some() {
+        tracing::info!(
+            "server.tls.client_ca is set outside auth.mode = \"mtls\": a certificate a client presents must verify, but none is required and certificates identify no one"
+        );
+    }
 }
 
 impl Application {

@@ -896,3 +896,25 @@ fn a_config_toml_that_is_no_file_stops_startup() {
         assert!(!dir.path().join("data").exists(), "{make}: nothing made");
     }
 }
+
+/// A setting that does nothing in the mode chosen is said at start, not
+/// silently ignored: `auth.allow_unauthenticated` outside mode "none".
+#[test]
+fn a_setting_without_effect_in_its_mode_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__AUTH__MODE", "token")
+        .env("RKMS__AUTH__ALLOW_UNAUTHENTICATED", "true")
+        .env("APP_TOKEN", "app-token-0123456789abcdef")
+        .env(
+            "RKMS__AUTH__CLIENTS",
+            r#"[{"name":"app","token_env":"APP_TOKEN","ids":["*"]}]"#,
+        );
+    let (status, logs) = stop(start(cmd));
+    assert!(status.success());
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("allow_unauthenticated = true has no effect")),
+        "{logs:#?}"
+    );
+}
