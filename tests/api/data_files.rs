@@ -417,10 +417,16 @@ fn checks_make_no_store_or_keyring_and_an_empty_store_verifies_nothing() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(!dir.path().join("typo").exists(), "{stderr}");
 
-    // A store that exists and is empty: verify says so and fails.
+    // The server makes the store, and says so (a mistyped path shows up
+    // here); a store that exists and is empty: verify says so and fails.
     let server = start(command(dir.path()));
-    let (status, _) = stop(server);
+    let (status, logs) = stop(server);
     assert!(status.success());
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("made a new, empty SQLite store")),
+        "{logs:#?}"
+    );
     let out = command(dir.path()).arg("verify").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -173,7 +173,10 @@ impl SqliteStore {
                 .mode(0o600)
                 .open(path)
             {
-                Ok(_) => {}
+                Ok(_) => tracing::warn!(
+                    path = %path.display(),
+                    "made a new, empty SQLite store: expected at a first start; otherwise check store.sqlite.path, as every id asked for gets a new key"
+                ),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
                     return Err(StoreError::Other {
