@@ -236,6 +236,14 @@ pub fn healthcheck(url: &str, ca: Option<&std::path::Path>) -> ExitCode {
     if authority.as_str().contains('@') {
         return bad("must not carry a user name or password");
     }
+    // A port that is given must be one: never fall back to the scheme's.
+    let given_port = authority
+        .as_str()
+        .strip_prefix(authority.host())
+        .unwrap_or("");
+    if !given_port.is_empty() && authority.port_u16().is_none() {
+        return bad(&format!("has no valid port ({given_port:?})"));
+    }
     let tls = match (tls, ca) {
         (false, None) => None,
         (false, Some(_)) => {

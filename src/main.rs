@@ -192,11 +192,16 @@ fn main() -> ExitCode {
                 dry_run,
                 checkpoint,
                 max_records,
-                scope: format!(
-                    "backfill of {} to regions {}",
-                    rkms::startup::store_identity(&settings),
-                    settings.kms.regions.join(",")
-                ),
+                scope: {
+                    // The set of regions, whatever their order of preference.
+                    let mut regions = settings.kms.regions.clone();
+                    regions.sort();
+                    format!(
+                        "backfill of {} to regions {}",
+                        rkms::startup::store_identity(&settings),
+                        regions.join(",")
+                    )
+                },
             };
             // The store must exist; a real run may add master keys for the
             // regions it fills (the local KMS), a dry run changes nothing.

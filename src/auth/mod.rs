@@ -105,8 +105,6 @@ pub struct Authenticator {
     /// The clients whose tokens come from a file, re-read by
     /// [`Authenticator::reload_token_files`].
     files: Vec<TokenFile>,
-    /// The last "two clients share a token" said, so it is said once.
-    said_shared: Mutex<Option<String>>,
 }
 
 type Tokens = Vec<Vec<[u8; 32]>>;
@@ -257,7 +255,6 @@ impl Authenticator {
             tokens: RwLock::new(Arc::new(tokens)),
             generation: AtomicU64::new(0),
             files,
-            said_shared: Mutex::new(None),
         }
     }
 
@@ -273,9 +270,9 @@ impl Authenticator {
     /// Read every `token_file` again, and take the tokens of each that
     /// changed: a rotated Secret (or a line added for an overlap, then the
     /// old one removed) applies without a restart. A file that cannot be
-    /// read or holds a bad token, or a change that would give two clients
-    /// one token, is logged once and changes nothing: the tokens in use
-    /// stay. Blocking file reads: run off the async workers.
+    /// read or holds a bad token, or new tokens that another client already
+    /// has, is logged once and changes nothing for that client: its tokens
+    /// in use stay. Blocking file reads: run off the async workers.
     pub fn reload_token_files(&self) {
         if self.files.is_empty() {
             return;
@@ -284,24 +281,37 @@ impl Authenticator {
         let mut next = (*current).clone();
         let mut changed = Vec::new();
         for file in &self.files {
+            let c = file.client;
             let problem = match crate::config::token_file_hashes(&file.path) {
+                Err(why) => Some(why),
                 Ok(hashes) => {
                     let hashes: Vec<[u8; 32]> = hashes.iter().map(|h| h.0).collect();
-                    if next[file.client] != hashes {
-                        next[file.client] = hashes;
-                        changed.push(file.client);
+                    let taken = next
+                        .iter()
+                        .enumerate()
+                        .find(|(j, theirs)| *j != c && hashes.iter().any(|h| theirs.contains(h)));
+                    match taken {
+                        Some((j, _)) => Some(format!(
+                            "it now holds a token of client {}; every client needs its own",
+                            self.clients[j].name
+                        )),
+                        None => {
+                            if next[c] != hashes {
+                                next[c] = hashes;
+                                changed.push(c);
+                            }
+                            None
+                        }
                     }
-                    None
                 }
-                Err(why) => Some(why),
             };
             let mut said = file.said.lock().unwrap_or_else(|p| p.into_inner());
             if *said != problem {
                 if let Some(why) = &problem {
                     tracing::error!(
-                        client = %self.clients[file.client].name,
+                        client = %self.clients[c].name,
                         problem = %why,
-                        "cannot re-read the client's token_file; its tokens stay as they were"
+                        "cannot take the client's token_file; its tokens stay as they were"
                     );
                 }
                 *said = problem;
@@ -310,17 +320,6 @@ impl Authenticator {
         if changed.is_empty() {
             return;
         }
-        let shared = shared_token(&next)
-            .map(|(a, b)| format!("{} and {}", self.clients[a].name, self.clients[b].name));
-        let mut said = self.said_shared.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pair) = shared {
-            if said.as_deref() != Some(pair.as_str()) {
-                tracing::error!(clients = %pair, "two clients' token files now hold the same token; no token is changed until each client has its own");
-                *said = Some(pair);
-            }
-            return;
-        }
-        *said = None;
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.generation.fetch_add(1, Ordering::Release);
         let now = self.current_tokens();
@@ -423,22 +422,6 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// Two clients known by one token, if any.
-fn shared_token(tokens: &Tokens) -> Option<(usize, usize)> {
-    let mut seen: HashMap<&[u8; 32], usize> = HashMap::new();
-    for (i, digests) in tokens.iter().enumerate() {
-        for digest in digests {
-            if let Some(&j) = seen.get(digest) {
-                if j != i {
-                    return Some((j, i));
-                }
-            }
-            seen.insert(digest, i);
-        }
-    }
-    None
 }
 
 /// The token of `Bearer <token>`; the scheme is case-insensitive (RFC 7235).

@@ -340,9 +340,16 @@ fn token_files_are_re_read_and_a_rotation_applies_without_a_restart() {
     auth.reload_token_files();
     assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
 
-    // Two clients with one token: nothing changes until they differ.
+    // Another client's token: that change is not taken, and the other
+    // clients' changes still are.
     std::fs::write(file("app"), "ops-token-0123456789abcdef\n").unwrap();
+    std::fs::write(
+        file("ops"),
+        "ops-token-0123456789abcdef\nops-next-0123456789abcdef\n",
+    )
+    .unwrap();
     auth.reload_token_files();
     assert_eq!(who("ops-token-0123456789abcdef", None).unwrap(), "ops");
+    assert_eq!(who("ops-next-0123456789abcdef", None).unwrap(), "ops");
     assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
 }

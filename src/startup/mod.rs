@@ -222,6 +222,17 @@ async fn refuse_new_master_keys_over_stored_keys(
             .scan(0, 1, cursor.as_deref(), 1000)
             .await
             .with_context(cannot_tell)?;
+        // A record that cannot be read might need the missing key: its
+        // ciphertext under that region may be the one a keyring backup can
+        // still decrypt. Say so rather than guess.
+        if let Some(Err(unreadable)) = page.records.iter().find(|r| r.is_err()) {
+            anyhow::bail!(
+                "kms.local.keyring {} has no master key for {}, and rkms makes one only for a region no stored record uses, \
+                 but a stored record cannot be read to tell: {unreadable}. Fix or remove that record, or restore the keyring",
+                keyring.display(),
+                names.join(",")
+            );
+        }
         let needs = page.records.iter().flatten().find_map(|record| {
             lacking
                 .iter()
@@ -260,26 +271,13 @@ pub fn dependencies(
 }
 
 /// The store the settings name, as a checkpoint records it: an SQLite
-/// file by its absolute path (`.` and `..` resolved), a table by its
-/// name, region and endpoint.
+/// file by its real path (links, `.` and `..` resolved, however it was
+/// spelt and from whichever directory), a table by its name, region and
+/// endpoint.
 pub fn store_identity(settings: &Settings) -> String {
     match settings.store.backend {
         StoreBackend::Sqlite => {
-            // Lexically, so that it reads the same before and after the
-            // first run makes the file.
-            let path = &settings.store.sqlite.path;
-            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-            let mut normal = std::path::PathBuf::new();
-            for part in absolute.components() {
-                match part {
-                    std::path::Component::CurDir => {}
-                    std::path::Component::ParentDir => {
-                        normal.pop();
-                    }
-                    other => normal.push(other),
-                }
-            }
-            format!("SQLite {}", normal.display())
+            format!("SQLite {}", resolved(&settings.store.sqlite.path).display())
         }
         StoreBackend::Dynamodb => format!(
             "DynamoDB table {} in {} at {}",
@@ -292,6 +290,27 @@ pub fn store_identity(settings: &Settings) -> String {
             }
         ),
         StoreBackend::Memory => "memory".into(),
+    }
+}
+
+/// `path` with links, `.` and `..` resolved by the file system, as far as
+/// it exists; the rest (a file a first run makes) appended as written, so
+/// the answer is the same before and after the file exists.
+fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut cur = absolute.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(cur) {
+            return rest.iter().rev().fold(real, |p, part| p.join(part));
+        }
+        match (cur.parent(), cur.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                cur = parent;
+            }
+            _ => return absolute,
+        }
     }
 }
 
@@ -597,5 +616,32 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = signal(SignalKind::terminate(), "SIGTERM") => {},
         () = signal(SignalKind::hangup(), "SIGHUP") => {},
+    }
+}
+
+#[cfg(test)]
+mod resolved_tests {
+    use super::resolved;
+
+    /// One store, however its path is spelt, reads the same, before and
+    /// after its file exists; `..` after a link goes where the file
+    /// system goes, not where the spelling suggests.
+    #[test]
+    fn a_store_path_resolves_through_links_before_and_after_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        std::fs::create_dir_all(root.join("a/sub")).unwrap();
+        std::os::unix::fs::symlink("a/sub", root.join("link")).unwrap();
+
+        let direct = root.join("a/sub/db");
+        assert_eq!(resolved(&direct), direct, "not there yet");
+        assert_eq!(resolved(&root.join("link/db")), direct);
+        assert_eq!(resolved(&root.join("link/../db")), root.join("a/db"));
+        std::fs::write(&direct, b"").unwrap();
+        assert_eq!(resolved(&root.join("link/./db")), direct, "there now");
+        assert_eq!(
+            resolved(&root.join("a/new/dir/db")),
+            root.join("a/new/dir/db")
+        );
     }
 }

@@ -255,7 +255,21 @@ async fn a_database_file_moved_or_deleted_while_running_refuses_creates() {
         );
         std::fs::write(&db, b"").unwrap();
     }
+    // The checks run before a start write nothing into the empty file
+    // either: once it held a table it would pass for a store.
+    for args in [
+        &["check-config", "--connect"][..],
+        &["verify"],
+        &["backfill", "--dry-run"],
+    ] {
+        let mut cmd = command(dir.path());
+        cmd.args(args);
+        let (code, stderr) = crate::process::run_to_exit(cmd);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("is empty"), "{args:?}: {stderr}");
+    }
     assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as it was");
+    refused_start(command(dir.path()));
 }
 
 /// The local keyring moved away from a store that holds keys: a new
@@ -363,6 +377,32 @@ async fn a_keyring_missing_a_used_regions_master_key_is_never_completed() {
     let line = refused_start(cmd);
     assert!(line.contains("local-2"), "{line}");
     assert_eq!(std::fs::read(&keyring).unwrap(), edited, "left as it was");
+
+    // A record that cannot be read might need the missing master key too:
+    // no start, naming it, until it is fixed or the keyring restored.
+    let conn = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
+    let keys: String = conn
+        .query_row("SELECT keys FROM rkms_keys WHERE id = 'wrapped'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    conn.execute(
+        "UPDATE rkms_keys SET keys = ?1 WHERE id = 'wrapped'",
+        [r#"{"local-1":"***"}"#],
+    )
+    .unwrap();
+    let line = refused_start(command(dir.path()));
+    assert!(
+        line.contains("cannot be read") && line.contains("wrapped"),
+        "{line}"
+    );
+    assert_eq!(std::fs::read(&keyring).unwrap(), edited, "left as it was");
+    conn.execute(
+        "UPDATE rkms_keys SET keys = ?1 WHERE id = 'wrapped'",
+        [keys],
+    )
+    .unwrap();
+    drop(conn);
 
     std::fs::write(&keyring, &original).unwrap();
     let second = start(command(dir.path()));

@@ -657,6 +657,9 @@ fn healthcheck_reports_whether_the_server_answers() {
     for (url, want) in [
         (format!("http://localhost:{port}/healthz"), 0),
         (format!("http://user:secret@127.0.0.1:{port}/healthz"), 2),
+        // A port given wrong is an error, never the scheme's port instead.
+        ("http://127.0.0.1:99999/healthz".to_string(), 2),
+        (format!("http://127.0.0.1:{port}healthz"), 2),
         (format!("http://127.0.0.1:{port}/nope"), 1),
     ] {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));

@@ -123,14 +123,43 @@ impl SqliteStore {
     /// Open the database at `path`, which must exist: for commands that
     /// read or check a store, where a missing file is a mistyped path or
     /// a lost file, never an empty store to start.
+    /// It must already be an rkms store: an empty file, or a database
+    /// without the `rkms_keys` table, is refused before anything writes to
+    /// it (opening would make the table, and the file would then pass for
+    /// a store beside a keyring whose keys are elsewhere).
     pub fn open_existing(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
+        let refuse = |why: String| StoreError::Other {
+            op: "open",
+            source: why.into(),
+        };
         match std::fs::metadata(path) {
-            Ok(meta) if meta.is_file() => {}
+            Ok(meta) if !meta.is_file() => {
+                return Err(refuse(format!("{} is not a file", path.display())))
+            }
+            Ok(meta) if meta.len() == 0 => {
+                return Err(refuse(format!(
+                    "{} is empty: it holds no store (this command makes none)",
+                    path.display()
+                )))
+            }
             Ok(_) => {
-                return Err(StoreError::Other {
-                    op: "open",
-                    source: format!("{} is not a file", path.display()).into(),
-                })
+                let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let has_table = Connection::open_with_flags(path, flags)
+                    .and_then(|conn| {
+                        conn.query_row(
+                            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'rkms_keys'",
+                            [],
+                            |r| r.get::<_, i64>(0),
+                        )
+                    })
+                    .map_err(other("open"))?;
+                if has_table == 0 {
+                    return Err(refuse(format!(
+                        "{} is an SQLite database without an rkms_keys table: not an rkms store (this command makes none)",
+                        path.display()
+                    )));
+                }
             }
             Err(e) => {
                 return Err(StoreError::Other {
