@@ -15,22 +15,19 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::broker::{BrokerSettings, KeyBroker};
-use crate::config::{AuthMode, KmsProvider, Preflight, Settings, StoreBackend};
+use crate::config::{AuthMode, Preflight, Settings, StoreBackend};
 use crate::domain::Region;
-use crate::kms::aws::AwsKms;
-use crate::kms::local::LocalKms;
 use crate::kms::Kms;
 use crate::metrics::Metrics;
 use crate::preflight::{self, Health};
 use crate::routes::{self, AppState, Limits, Shared};
-use crate::store::dynamodb::DynamoStore;
-use crate::store::memory::MemoryStore;
-use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::tls::Tls;
 
+mod backends;
 mod serve;
 mod watchdog;
+pub use backends::{backends, store, store_identity, Access};
 use serve::serve;
 
 pub struct Application {
@@ -46,214 +43,6 @@ pub struct Application {
     tls: Option<Tls>,
 }
 
-/// What a command may make or change as it opens the store and the
-/// local keyring.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Access {
-    /// Make the SQLite file (and its directory) when it is missing: the
-    /// server's first start. Otherwise a missing file is an error, so a
-    /// mistyped path is not taken for an empty store.
-    pub make_store: bool,
-    /// Make the local keyring, and add master keys for regions it lacks,
-    /// each only where no stored record needs the one missing. Otherwise
-    /// the keyring is read as it is, and a missing one is an error.
-    pub add_master_keys: bool,
-}
-
-impl Access {
-    /// The server: makes what a first start needs.
-    pub const SERVE: Self = Self {
-        make_store: true,
-        add_master_keys: true,
-    };
-    /// Checks and reports (verify, dry runs, `check-config --connect`):
-    /// make and change nothing.
-    pub const READ: Self = Self {
-        make_store: false,
-        add_master_keys: false,
-    };
-}
-
-/// Build the KMS and the store the settings name (no listener, no check).
-/// The store comes first: the local KMS looks into it before making a
-/// keyring or a master key.
-pub async fn backends(
-    settings: &Settings,
-    access: Access,
-) -> anyhow::Result<(Arc<dyn Kms>, Arc<dyn Store>)> {
-    if access.make_store {
-        refuse_new_store_beside_a_keyring(settings)?;
-    }
-    let store = store(settings, access.make_store).await?;
-    let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
-    let kms: Arc<dyn Kms> = match settings.kms.provider {
-        KmsProvider::Local => {
-            let path = settings.kms.local.keyring.clone();
-            let local = if access.add_master_keys {
-                refuse_new_master_keys_over_stored_keys(&path, &regions, store.as_ref()).await?;
-                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??
-            } else {
-                tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
-                    .await?
-                    .context("kms.local.keyring")?
-            };
-            Arc::new(local)
-        }
-        KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
-    };
-    Ok((kms, store))
-}
-
-/// Build only the store the settings name, for tools that move stored
-/// records and never call KMS (`rkms copy`): no keyring is read or made.
-/// `make`: make a missing SQLite file (else it is an error).
-pub async fn store(settings: &Settings, make: bool) -> anyhow::Result<Arc<dyn Store>> {
-    let store: Arc<dyn Store> = match settings.store.backend {
-        StoreBackend::Sqlite => {
-            let path = settings.store.sqlite.path.clone();
-            let timeout = Duration::from_millis(settings.store.call_timeout_ms);
-            let store = tokio::task::spawn_blocking(move || {
-                if make {
-                    SqliteStore::open(&path, timeout)
-                } else {
-                    SqliteStore::open_existing(&path, timeout)
-                }
-            })
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot open store.sqlite.path {}",
-                    settings.store.sqlite.path.display()
-                )
-            })?;
-            Arc::new(store)
-        }
-        StoreBackend::Dynamodb => {
-            Arc::new(DynamoStore::new(&settings.store.dynamodb, &settings.store).await)
-        }
-        StoreBackend::Memory => Arc::new(MemoryStore::new()),
-    };
-    Ok(store)
-}
-
-/// The converse of [`refuse_new_master_keys_over_stored_keys`]: the local
-/// keyring is there but the SQLite file is not (or is empty). The keys
-/// that keyring wraps are in another file (a mistyped or changed
-/// `store.sqlite.path`, a moved or deleted file), and a new empty store
-/// would give every id a new key. Startup stops; to start over with no
-/// keys, remove the keyring too.
-fn refuse_new_store_beside_a_keyring(settings: &Settings) -> anyhow::Result<()> {
-    if settings.kms.provider != KmsProvider::Local || settings.store.backend != StoreBackend::Sqlite
-    {
-        return Ok(());
-    }
-    let (keyring, path) = (&settings.kms.local.keyring, &settings.store.sqlite.path);
-    let store_holds_something = match std::fs::metadata(path) {
-        Ok(meta) => meta.len() > 0,
-        // Cannot tell: opening the store reports it.
-        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
-    };
-    if store_holds_something || !keyring.try_exists().unwrap_or(false) {
-        return Ok(());
-    }
-    // A keyring that does not load says so itself, as it would on any start.
-    let wraps_keys = LocalKms::open_existing(keyring)
-        .context("kms.local.keyring")?
-        .has_master_keys();
-    if !wraps_keys {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "store.sqlite.path {} does not exist or is empty, but kms.local.keyring {} does: the keys it wraps are stored in another file. \
-         Fix store.sqlite.path or put the file back (to start over with no keys, remove the keyring too)",
-        path.display(),
-        keyring.display()
-    )
-}
-
-/// The local KMS makes its keyring when the file is missing, and a master
-/// key for each configured region it lacks. Over stored records that
-/// need one of those (a lost or misplaced keyring, a master key removed
-/// from it), a new master key could decrypt none of them, and keys it then
-/// wrapped could never be merged with the old ones: startup stops instead.
-/// A region no record uses yet (one just added to `kms.regions`) gets its
-/// master key.
-async fn refuse_new_master_keys_over_stored_keys(
-    keyring: &std::path::Path,
-    regions: &[Region],
-    store: &dyn Store,
-) -> anyhow::Result<()> {
-    let lacking = {
-        let (path, regions) = (keyring.to_path_buf(), regions.to_vec());
-        tokio::task::spawn_blocking(move || LocalKms::lacking(&path, &regions)).await??
-    };
-    let Some(lacking) = lacking else {
-        let page = store.scan(0, 1, None, 1).await.with_context(|| {
-            format!(
-                "kms.local.keyring {} does not exist, and rkms makes one only for an empty store: \
-                 cannot tell whether the store holds keys (a scan of one record failed)",
-                keyring.display()
-            )
-        })?;
-        if page.records.is_empty() {
-            return Ok(());
-        }
-        anyhow::bail!(
-            "kms.local.keyring {} does not exist, but the store already holds keys wrapped by the master keys in it: \
-             restore that file (rkms makes a new keyring only for an empty store)",
-            keyring.display()
-        )
-    };
-    if lacking.is_empty() {
-        return Ok(());
-    }
-    let names: Vec<&str> = lacking.iter().map(Region::as_str).collect();
-    let cannot_tell = || {
-        format!(
-            "kms.local.keyring {} has no master key for {}, and rkms makes one only for a region no stored record uses: \
-             cannot tell whether one does (a store scan failed)",
-            keyring.display(),
-            names.join(",")
-        )
-    };
-    let mut cursor = None;
-    loop {
-        let page = store
-            .scan(0, 1, cursor.as_deref(), 1000)
-            .await
-            .with_context(cannot_tell)?;
-        // A record that cannot be read might need the missing key: its
-        // ciphertext under that region may be the one a keyring backup can
-        // still decrypt. Say so rather than guess.
-        if let Some(Err(unreadable)) = page.records.iter().find(|r| r.is_err()) {
-            anyhow::bail!(
-                "kms.local.keyring {} has no master key for {}, and rkms makes one only for a region no stored record uses, \
-                 but a stored record cannot be read to tell: {unreadable}. Fix or remove that record, or restore the keyring",
-                keyring.display(),
-                names.join(",")
-            );
-        }
-        let needs = page.records.iter().flatten().find_map(|record| {
-            lacking
-                .iter()
-                .find(|r| record.keys.contains_key(*r))
-                .map(|r| (r, &record.id))
-        });
-        if let Some((region, id)) = needs {
-            anyhow::bail!(
-                "kms.local.keyring {} has no master key for region {region}, but stored records hold ciphertexts under it (id {:?}, for one): \
-                 restore the keyring from a backup (rkms makes a master key only for a region no stored record uses)",
-                keyring.display(),
-                id.as_str()
-            );
-        }
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => return Ok(()),
-        }
-    }
-}
-
 /// What preflight checks, from the settings and the built backends.
 pub fn dependencies(
     settings: &Settings,
@@ -267,50 +56,6 @@ pub fn dependencies(
         store_name: store_name(settings),
         kms_timeout: Duration::from_millis(settings.kms.call_timeout_ms),
         store_timeout: Duration::from_millis(settings.store.call_timeout_ms),
-    }
-}
-
-/// The store the settings name, as a checkpoint records it: an SQLite
-/// file by its real path (links, `.` and `..` resolved, however it was
-/// spelt and from whichever directory), a table by its name, region and
-/// endpoint.
-pub fn store_identity(settings: &Settings) -> String {
-    match settings.store.backend {
-        StoreBackend::Sqlite => {
-            format!("SQLite {}", resolved(&settings.store.sqlite.path).display())
-        }
-        StoreBackend::Dynamodb => format!(
-            "DynamoDB table {} in {} at {}",
-            settings.store.dynamodb.table,
-            settings.store.dynamodb.region,
-            if settings.store.dynamodb.endpoint.is_empty() {
-                "the AWS endpoint"
-            } else {
-                settings.store.dynamodb.endpoint.as_str()
-            }
-        ),
-        StoreBackend::Memory => "memory".into(),
-    }
-}
-
-/// `path` with links, `.` and `..` resolved by the file system, as far as
-/// it exists; the rest (a file a first run makes) appended as written, so
-/// the answer is the same before and after the file exists.
-fn resolved(path: &std::path::Path) -> std::path::PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut rest = Vec::new();
-    let mut cur = absolute.as_path();
-    loop {
-        if let Ok(real) = std::fs::canonicalize(cur) {
-            return rest.iter().rev().fold(real, |p, part| p.join(part));
-        }
-        match (cur.parent(), cur.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                cur = parent;
-            }
-            _ => return absolute,
-        }
     }
 }
 
@@ -616,32 +361,5 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = signal(SignalKind::terminate(), "SIGTERM") => {},
         () = signal(SignalKind::hangup(), "SIGHUP") => {},
-    }
-}
-
-#[cfg(test)]
-mod resolved_tests {
-    use super::resolved;
-
-    /// One store, however its path is spelt, reads the same, before and
-    /// after its file exists; `..` after a link goes where the file
-    /// system goes, not where the spelling suggests.
-    #[test]
-    fn a_store_path_resolves_through_links_before_and_after_it_exists() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::fs::canonicalize(dir.path()).unwrap();
-        std::fs::create_dir_all(root.join("a/sub")).unwrap();
-        std::os::unix::fs::symlink("a/sub", root.join("link")).unwrap();
-
-        let direct = root.join("a/sub/db");
-        assert_eq!(resolved(&direct), direct, "not there yet");
-        assert_eq!(resolved(&root.join("link/db")), direct);
-        assert_eq!(resolved(&root.join("link/../db")), root.join("a/db"));
-        std::fs::write(&direct, b"").unwrap();
-        assert_eq!(resolved(&root.join("link/./db")), direct, "there now");
-        assert_eq!(
-            resolved(&root.join("a/new/dir/db")),
-            root.join("a/new/dir/db")
-        );
     }
 }
