@@ -33,12 +33,35 @@ pub enum Source {
 /// (one token, or several while a rotation overlaps). The error says what
 /// is wrong without any token in it.
 pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
-    let text = zeroize::Zeroizing::new(
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-    );
-    let Ok(text) = std::str::from_utf8(&text) else {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    // Never blocks (a FIFO put there would stop every later re-read, and
+    // shutdown with it) and never reads without end (/dev/zero): a regular
+    // file of a bounded size, checked on the file opened.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "{} is larger than {MAX_TOKEN_FILE_BYTES} bytes",
+            path.display()
+        ));
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
         return Err(format!("{} is not UTF-8 text", path.display()));
     };
+    // A byte-order mark some editors write is no part of the token.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let hashes = text
         .lines()
         .map(str::trim)
@@ -48,8 +71,19 @@ pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
     if hashes.is_empty() {
         return Err(format!("{} holds no token", path.display()));
     }
+    if hashes.len() > MAX_TOKENS_PER_FILE {
+        return Err(format!(
+            "{} holds {} tokens, more than {MAX_TOKENS_PER_FILE}",
+            path.display(),
+            hashes.len()
+        ));
+    }
     Ok(hashes)
 }
+
+/// A token file's largest size, and most tokens: a rotation needs two.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+const MAX_TOKENS_PER_FILE: usize = 16;
 
 /// The SHA-256 of a token read from a file or a variable, which must be
 /// long enough and have no whitespace inside.

@@ -290,6 +290,36 @@ fn tokens_from_files_are_hashed_and_never_shown() {
     std::fs::write(&token, "\n \n").unwrap();
     let err = Settings::from_toml(&text).unwrap_err();
     assert!(err.to_string().contains("holds no token"), "{err}");
+    // A byte-order mark is no part of the token.
+    std::fs::write(&token, "\u{feff}file-token-0123456789abcdef\r\n").unwrap();
+    assert_eq!(
+        Settings::from_toml(&text).unwrap().auth.clients[0].resolved,
+        vec![hash_of("file-token-0123456789abcdef")]
+    );
+    // Not a regular file (a FIFO would block every later read, /dev/zero
+    // never end), too large, or too many tokens: refused, naming why.
+    std::fs::remove_file(&token).unwrap();
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&token)
+        .status()
+        .unwrap()
+        .success());
+    let err = Settings::from_toml(&text).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    std::fs::remove_file(&token).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &token).unwrap();
+    let err = Settings::from_toml(&text).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    std::fs::remove_file(&token).unwrap();
+    let many: String = (0..17)
+        .map(|n| format!("token-number-{n:04}-abcdef\n"))
+        .collect();
+    std::fs::write(&token, many).unwrap();
+    let err = Settings::from_toml(&text).unwrap_err();
+    assert!(err.to_string().contains("more than 16"), "{err}");
+    std::fs::write(&token, "x".repeat(70_000)).unwrap();
+    let err = Settings::from_toml(&text).unwrap_err();
+    assert!(err.to_string().contains("larger than"), "{err}");
     std::fs::write(&token, "file-token-0123456789abcdef\n").unwrap();
     let shown = s.redacted_toml();
     assert!(!shown.contains("file-token-0123456789abcdef"), "{shown}");

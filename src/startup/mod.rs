@@ -33,8 +33,8 @@ use serve::serve;
 pub struct Application {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    /// Client connections `listener` holds at once.
-    max_connections: usize,
+    /// Connections each listener holds at once.
+    connections: serve::ConnectionLimits,
     state: AppState,
     settings: Settings,
     /// Re-runs the dependency checks for `/readyz`.
@@ -183,7 +183,7 @@ impl Application {
             None => None,
         };
         Ok(Self {
-            max_connections: serve::connection_limit(settings.server.max_connections),
+            connections: serve::connection_limits(settings.server.max_connections),
             listener,
             metrics_listener,
             state,
@@ -237,7 +237,7 @@ impl Application {
                 listener,
                 app,
                 None,
-                serve::METRICS_MAX_CONNECTIONS,
+                self.connections.metrics,
                 metrics,
                 stopped(rx),
             ))
@@ -252,7 +252,7 @@ impl Application {
             self.listener,
             app,
             self.tls,
-            self.max_connections,
+            self.connections.api,
             Arc::clone(&self.state.metrics),
             stopped(stop_rx.clone()),
         );

@@ -26,8 +26,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// descriptors and the like), so the log is not flooded while it lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// Connections the metrics listener holds at once: scrapes and probes.
-pub(super) const METRICS_MAX_CONNECTIONS: usize = 256;
+/// Connections the metrics listener holds at once, at most: scrapes and
+/// probes. Fewer under a small open-file limit: half the descriptors kept
+/// back from `listen`.
+const METRICS_MAX_CONNECTIONS: u64 = 256;
 
 /// File descriptors kept out of reach of client connections on `listen`,
 /// at most half the limit: the store, the KMS and DynamoDB connection
@@ -37,11 +39,20 @@ const RESERVED_FDS: u64 = 1024;
 /// "Connection limit reached" is logged at most this often.
 const FULL_WARN_EVERY: Duration = Duration::from_secs(60);
 
+/// How many connections each listener may hold at once.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnectionLimits {
+    pub api: usize,
+    pub metrics: usize,
+}
+
 /// Raise the soft open-file limit to the hard one, and return how many
-/// client connections `listen` may hold: `configured`, or fewer (with a
-/// warning) when the limit leaves no room for that many besides the
-/// descriptors kept for the rest.
-pub(super) fn connection_limit(configured: u32) -> usize {
+/// client connections `listen` may hold (`configured`, or fewer, with a
+/// warning, when the limit leaves no room for that many besides the
+/// descriptors kept for the rest) and how many the metrics listener may
+/// (out of those kept, so the two together leave the store and the KMS
+/// theirs).
+pub(super) fn connection_limits(configured: u32) -> ConnectionLimits {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     let mut soft = limit.current;
@@ -55,7 +66,8 @@ pub(super) fn connection_limit(configured: u32) -> usize {
             Err(e) => tracing::debug!(error = %e, "cannot raise the open-file limit"),
         }
     }
-    let room = soft.map_or(u64::MAX, |soft| soft - RESERVED_FDS.min(soft / 2));
+    let reserved = soft.map_or(RESERVED_FDS, |soft| RESERVED_FDS.min(soft / 2));
+    let room = soft.map_or(u64::MAX, |soft| soft - reserved);
     if u64::from(configured) > room {
         tracing::warn!(
             configured,
@@ -64,7 +76,11 @@ pub(super) fn connection_limit(configured: u32) -> usize {
             "server.max_connections is more than the open-file limit leaves room for; raise the limit (ulimit -n, systemd LimitNOFILE) to allow that many"
         );
     }
-    usize::try_from(u64::from(configured).min(room).max(1)).unwrap_or(usize::MAX)
+    let count = |n: u64| usize::try_from(n.max(1)).unwrap_or(usize::MAX);
+    ConnectionLimits {
+        api: count(u64::from(configured).min(room)),
+        metrics: count(METRICS_MAX_CONNECTIONS.min(reserved / 2)),
+    }
 }
 
 /// Connections turned away since "connection limit reached" was last said.
@@ -270,16 +286,19 @@ mod tests {
     #[test]
     fn the_connection_limit_fits_the_open_file_limit() {
         use rustix::process::{getrlimit, Resource};
-        assert_eq!(connection_limit(10), 10);
+        assert_eq!(connection_limits(10).api, 10);
         let limit = getrlimit(Resource::Nofile);
         // An unlimited hard limit (macOS) cannot be the soft one.
         if limit.maximum.is_some() {
             assert_eq!(limit.current, limit.maximum, "soft raised to hard");
         }
-        let most = connection_limit(u32::MAX);
+        let most = connection_limits(u32::MAX);
         if let Some(soft) = limit.current {
             let soft = usize::try_from(soft).unwrap();
-            assert_eq!(most, soft - 1024.min(soft / 2));
+            let reserved = 1024.min(soft / 2);
+            assert_eq!(most.api, soft - reserved);
+            assert_eq!(most.metrics, 256.min(reserved / 2));
+            assert!(most.api + most.metrics < soft, "room left for the rest");
         }
     }
 
