@@ -14,7 +14,7 @@ use crate::config::{KmsProvider, Settings, StoreBackend};
 use crate::domain::Region;
 use crate::kms::aws::AwsKms;
 use crate::kms::local::LocalKms;
-use crate::kms::Kms;
+use crate::kms::{Context, Kms};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
@@ -65,7 +65,11 @@ pub async fn backends(
             let path = settings.kms.local.keyring.clone();
             let local = if access.add_master_keys {
                 refuse_new_master_keys_over_stored_keys(&path, &regions, store.as_ref()).await?;
-                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??
+                let keyring = path.clone();
+                let local =
+                    tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
+                refuse_a_keyring_of_other_keys(&local, &keyring, store.as_ref()).await?;
+                local
             } else {
                 tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
                     .await?
@@ -142,6 +146,52 @@ fn refuse_new_store_beside_a_keyring(settings: &Settings) -> anyhow::Result<()> 
          Fix store.sqlite.path or put the file back (to start over with no keys, remove the keyring too)",
         path.display(),
         keyring.display()
+    )
+}
+
+/// The keyring and the store must belong together: of the first stored
+/// records (up to 10), one with a ciphertext under a region the keyring
+/// has must decrypt there. A keyring or a store from another deployment
+/// (a link or a path pointing at the wrong one, a file copied over) would
+/// serve errors for every stored id and wrap new keys that the right
+/// keyring could never read, or give every id a new key. One bad record
+/// among good ones does not stop a start (it answers its own errors).
+async fn refuse_a_keyring_of_other_keys(
+    kms: &LocalKms,
+    keyring: &std::path::Path,
+    store: &dyn Store,
+) -> anyhow::Result<()> {
+    let page = store.scan(0, 1, None, 10).await.with_context(|| {
+        format!(
+            "kms.local.keyring {}: cannot check that it belongs to the store (a scan of its first records failed)",
+            keyring.display()
+        )
+    })?;
+    let mut undecryptable = None;
+    for record in page.records.iter().flatten() {
+        let context = if record.bound_to_id() {
+            Context::Bound(&record.id)
+        } else {
+            Context::Legacy
+        };
+        for (region, ciphertext) in &record.keys {
+            if !kms.has_master_key(region) {
+                continue;
+            }
+            if kms.decrypt(region, ciphertext, context).await.is_ok() {
+                return Ok(());
+            }
+            undecryptable.get_or_insert(record);
+        }
+    }
+    let Some(record) = undecryptable else {
+        return Ok(());
+    };
+    anyhow::bail!(
+        "kms.local.keyring {} decrypts none of the ciphertexts of stored record {:?}: the keyring and the store do not belong together \
+         (one was replaced, or a path points at another deployment's). Restore the keyring or the store that goes with the other",
+        keyring.display(),
+        record.id.as_str()
     )
 }
 

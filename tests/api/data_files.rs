@@ -472,3 +472,44 @@ fn checks_make_no_store_or_keyring_and_an_empty_store_verifies_nothing() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("NOTHING verified"), "{stdout}");
 }
+
+/// A store and a keyring that do not belong together (a path or a link
+/// pointing at another deployment's), or an SQLite file of another
+/// application: no start. Each used to serve, giving stored ids new keys
+/// or errors, and mixing records of two keyrings in one store.
+#[tokio::test]
+async fn a_store_and_keyring_of_different_deployments_stop_startup() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let client = reqwest::Client::new();
+    for dir in [&one, &two] {
+        let server = start(command(dir.path()));
+        let (status, body) = fetch(&client, &server.base, "k1", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(stop(server).0.success());
+    }
+    let other_store = two.path().join("rkms.sqlite3");
+    let before = std::fs::read(&other_store).unwrap();
+    let mut cmd = command(one.path());
+    cmd.env("RKMS__STORE__SQLITE__PATH", &other_store);
+    let line = refused_start(cmd);
+    assert!(
+        line.contains("do not belong together") && line.contains("\"k1\""),
+        "{line}"
+    );
+    assert_eq!(std::fs::read(&other_store).unwrap(), before, "untouched");
+
+    // Another application's database at the store's path.
+    let foreign = one.path().join("app.db");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE orders (id INTEGER)")
+        .unwrap();
+    let mut cmd = command(one.path());
+    cmd.env("RKMS__STORE__SQLITE__PATH", &foreign).env(
+        "RKMS__KMS__LOCAL__KEYRING",
+        one.path().join("new-keyring.json"),
+    );
+    let line = refused_start(cmd);
+    assert!(line.contains("another application"), "{line}");
+    assert!(!one.path().join("new-keyring.json").exists());
+}

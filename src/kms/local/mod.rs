@@ -225,6 +225,11 @@ impl LocalKms {
         !self.keys.is_empty()
     }
 
+    /// Whether the keyring holds a master key for `region`.
+    pub fn has_master_key(&self, region: &Region) -> bool {
+        self.keys.contains_key(region)
+    }
+
     /// Which of `regions` the keyring at `path` has no master key for;
     /// `None` when there is no keyring file. Reads only.
     pub fn lacking(path: &Path, regions: &[Region]) -> Result<Option<Vec<Region>>, KeyringError> {

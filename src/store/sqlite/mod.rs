@@ -103,6 +103,52 @@ fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     }
 }
 
+/// An existing database with other tables and no `rkms_keys` is another
+/// application's. One with no table at all is a file another rkms
+/// process is making now.
+fn refuse_foreign(path: &Path) -> Result<(), StoreError> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0) {
+        return Ok(());
+    }
+    let found = tables(path)?;
+    if found.rkms_keys == 0 && found.all > 0 {
+        return Err(StoreError::Other {
+            op: "open",
+            source: format!(
+                "{} is an SQLite database with other tables and no rkms_keys table: another application's, not an rkms store",
+                path.display()
+            )
+            .into(),
+        });
+    }
+    Ok(())
+}
+
+/// The tables of the database at `path`, read without writing to it.
+struct Tables {
+    all: i64,
+    rkms_keys: i64,
+}
+
+fn tables(path: &Path) -> Result<Tables, StoreError> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags(path, flags)
+        .and_then(|conn| {
+            conn.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE name = 'rkms_keys') FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| {
+                    Ok(Tables {
+                        all: r.get(0)?,
+                        rkms_keys: r.get(1)?,
+                    })
+                },
+            )
+        })
+        .map_err(other("open"))
+}
+
 /// The database file of a command that makes none is missing.
 #[derive(Debug, thiserror::Error)]
 #[error("{path} does not exist (this command makes no store)")]
@@ -116,8 +162,13 @@ impl SqliteStore {
     /// Open (creating if needed) the database at `path` and its directory.
     /// `call_timeout` is the store call timeout the broker applies; the
     /// busy timeout is kept below it.
+    /// A file that holds another application's tables (and not rkms's)
+    /// is refused: rkms would add its table there and give every id a new
+    /// key.
     pub fn open(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
-        Self::open_file(path, call_timeout).map_err(|e| low_space_hint(e, path))
+        refuse_foreign(path)
+            .and_then(|()| Self::open_file(path, call_timeout))
+            .map_err(|e| low_space_hint(e, path))
     }
 
     /// Open the database at `path`, which must exist: for commands that
@@ -143,18 +194,7 @@ impl SqliteStore {
                 )))
             }
             Ok(_) => {
-                let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-                let has_table = Connection::open_with_flags(path, flags)
-                    .and_then(|conn| {
-                        conn.query_row(
-                            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'rkms_keys'",
-                            [],
-                            |r| r.get::<_, i64>(0),
-                        )
-                    })
-                    .map_err(other("open"))?;
-                if has_table == 0 {
+                if tables(path)?.rkms_keys == 0 {
                     return Err(refuse(format!(
                         "{} is an SQLite database without an rkms_keys table: not an rkms store (this command makes none)",
                         path.display()
