@@ -107,6 +107,7 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
         anyhow::bail!("server.tls.cert and server.tls.key are both required");
     };
     let chain = certificates(cert, "server.tls.cert")?;
+    regular_pem_file(key, "server.tls.key")?;
     let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
         format!(
             "server.tls.key: cannot read a PEM private key from {}",
@@ -173,7 +174,27 @@ pub fn client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
+/// PEM files are small regular files: anything else (a device such as
+/// /dev/zero, a FIFO, a huge file) would hang or fill memory on reading.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
+fn regular_pem_file(path: &Path, key: &str) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{key}: {} is not a regular file", path.display());
+    }
+    if meta.len() > MAX_PEM_BYTES {
+        anyhow::bail!(
+            "{key}: {} is larger than {MAX_PEM_BYTES} bytes, too large for PEM certificates or a key",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    regular_pem_file(path, key)?;
     let certs = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("{key}: cannot read {}", path.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -252,5 +273,42 @@ mod tests {
         assert_eq!(mtls.session_storage.get(b"id"), None);
         assert_eq!(mtls.send_tls13_tickets, 0);
         assert!(!mtls.ticketer.enabled());
+    }
+
+    /// A certificate or key path naming a device (or anything but a small
+    /// regular file) is an error naming the key, never read without end.
+    #[test]
+    fn pem_paths_must_name_small_regular_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = files(dir.path());
+        for (key, settings) in [
+            (
+                "server.tls.cert",
+                TlsSettings {
+                    cert: Some("/dev/zero".into()),
+                    ..good.clone()
+                },
+            ),
+            (
+                "server.tls.key",
+                TlsSettings {
+                    key: Some("/dev/zero".into()),
+                    ..good.clone()
+                },
+            ),
+            (
+                "server.tls.client_ca",
+                TlsSettings {
+                    client_ca: Some(dir.path().to_path_buf()),
+                    ..good.clone()
+                },
+            ),
+        ] {
+            let err = format!("{:#}", build(&settings).unwrap_err());
+            assert!(
+                err.contains(key) && err.contains("not a regular file"),
+                "{err}"
+            );
+        }
     }
 }

@@ -354,6 +354,13 @@ async fn healthcheck_verifies_the_server_over_https() {
         .unwrap();
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("missing.pem"), "{stderr}");
+
+    // A device is no PEM file: refused, never read without end.
+    let (code, stderr) = check(url("127.0.0.1"), Some(PathBuf::from("/dev/zero")))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
 }
 
 /// A client certificate that expires while its connection stays open gets
