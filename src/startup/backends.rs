@@ -65,11 +65,18 @@ pub async fn backends(
             let path = settings.kms.local.keyring.clone();
             let local = if access.add_master_keys {
                 refuse_new_master_keys_over_stored_keys(&path, &regions, store.as_ref()).await?;
-                let keyring = path.clone();
-                let local =
-                    tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??;
-                refuse_a_keyring_of_other_keys(&local, &keyring, store.as_ref()).await?;
-                local
+                // Checked on the keyring as it is, before a master key is
+                // added to a file that may be another deployment's.
+                if path.try_exists().unwrap_or(true) {
+                    let existing = {
+                        let path = path.clone();
+                        tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
+                            .await?
+                            .context("kms.local.keyring")?
+                    };
+                    refuse_a_keyring_of_other_keys(&existing, settings, store.as_ref()).await?;
+                }
+                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??
             } else {
                 tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
                     .await?
@@ -158,15 +165,22 @@ fn refuse_new_store_beside_a_keyring(settings: &Settings) -> anyhow::Result<()> 
 /// among good ones does not stop a start (it answers its own errors).
 async fn refuse_a_keyring_of_other_keys(
     kms: &LocalKms,
-    keyring: &std::path::Path,
+    settings: &Settings,
     store: &dyn Store,
 ) -> anyhow::Result<()> {
-    let page = store.scan(0, 1, None, 10).await.with_context(|| {
-        format!(
-            "kms.local.keyring {}: cannot check that it belongs to the store (a scan of its first records failed)",
-            keyring.display()
-        )
-    })?;
+    let keyring = &settings.kms.local.keyring;
+    // A store that does not answer now is an outage, which never stops a
+    // start (readiness says so); the check waits for the next start.
+    let page = match store.scan(0, 1, None, 10).await {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::warn!(
+                error = %crate::report::chain(&e),
+                "cannot check that kms.local.keyring belongs to the store: reading its first records failed"
+            );
+            return Ok(());
+        }
+    };
     let mut undecryptable = None;
     for record in page.records.iter().flatten() {
         let context = if record.bound_to_id() {
@@ -188,10 +202,11 @@ async fn refuse_a_keyring_of_other_keys(
         return Ok(());
     };
     anyhow::bail!(
-        "kms.local.keyring {} decrypts none of the ciphertexts of stored record {:?}: the keyring and the store do not belong together \
+        "kms.local.keyring {} decrypts none of the ciphertexts of stored record {:?} in the store ({}): the keyring and the store do not belong together \
          (one was replaced, or a path points at another deployment's). Restore the keyring or the store that goes with the other",
         keyring.display(),
-        record.id.as_str()
+        record.id.as_str(),
+        store_identity(settings)
     )
 }
 

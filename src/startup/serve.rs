@@ -32,26 +32,24 @@ const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 const METRICS_MAX_CONNECTIONS: u64 = 256;
 
 /// File descriptors kept out of reach of client connections on `listen`,
-/// at most half the limit: the store, the KMS and DynamoDB connection
-/// pools, the metrics listener and the logs need theirs.
+/// beyond those open at start and at most half the rest: the store, the
+/// KMS and DynamoDB connection pools, token and certificate re-reads and
+/// the metrics listener need theirs.
 const RESERVED_FDS: u64 = 1024;
 
 /// "Connection limit reached" is logged at most this often.
 const FULL_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// How many connections each listener may hold at once.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct ConnectionLimits {
     pub api: usize,
     pub metrics: usize,
 }
 
 /// Raise the soft open-file limit to the hard one, and return how many
-/// client connections `listen` may hold (`configured`, or fewer, with a
-/// warning, when the limit leaves no room for that many besides the
-/// descriptors kept for the rest) and how many the metrics listener may
-/// (out of those kept, so the two together leave the store and the KMS
-/// theirs).
+/// client connections each listener may hold ([`limits_for`]), with a
+/// warning when the limit leaves no room for `configured` on `listen`.
 pub(super) fn connection_limits(configured: u32) -> ConnectionLimits {
     use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
@@ -66,20 +64,32 @@ pub(super) fn connection_limits(configured: u32) -> ConnectionLimits {
             Err(e) => tracing::debug!(error = %e, "cannot raise the open-file limit"),
         }
     }
-    let reserved = soft.map_or(RESERVED_FDS, |soft| RESERVED_FDS.min(soft / 2));
-    let room = soft.map_or(u64::MAX, |soft| soft - reserved);
-    if u64::from(configured) > room {
+    // Open now: stdio, the listeners, the store's files, the log.
+    let open_now = std::fs::read_dir("/proc/self/fd").map_or(64, |d| d.count() as u64);
+    let limits = limits_for(soft, open_now, configured);
+    if limits.api < configured as usize {
         tracing::warn!(
             configured,
-            effective = room,
+            effective = limits.api,
             open_file_limit = soft.unwrap_or(u64::MAX),
             "server.max_connections is more than the open-file limit leaves room for; raise the limit (ulimit -n, systemd LimitNOFILE) to allow that many"
         );
     }
+    limits
+}
+
+/// The limits for a soft open-file limit (`None`: unlimited) with
+/// `open_now` descriptors already in use: of the rest, up to 1,024 (at
+/// most half) are kept back, the metrics listener may take half of those
+/// (at most 256), and `listen` the others, up to `configured`. Each
+/// listener gets at least one connection, however small the limit.
+pub(super) fn limits_for(soft: Option<u64>, open_now: u64, configured: u32) -> ConnectionLimits {
+    let free = soft.map_or(u64::MAX, |soft| soft.saturating_sub(open_now));
+    let kept = RESERVED_FDS.min(free / 2);
     let count = |n: u64| usize::try_from(n.max(1)).unwrap_or(usize::MAX);
     ConnectionLimits {
-        api: count(u64::from(configured).min(room)),
-        metrics: count(METRICS_MAX_CONNECTIONS.min(reserved / 2)),
+        api: count(u64::from(configured).min(free - kept)),
+        metrics: count(METRICS_MAX_CONNECTIONS.min(kept / 2)),
     }
 }
 
@@ -281,10 +291,9 @@ mod tests {
     use super::watchdog::{HEAD_TIMEOUT, IDLE_TIMEOUT};
     use super::*;
 
-    /// The soft open-file limit is raised to the hard one, and the limit
-    /// on connections leaves descriptors for the rest of the process.
+    /// The soft open-file limit is raised to the hard one.
     #[test]
-    fn the_connection_limit_fits_the_open_file_limit() {
+    fn the_soft_open_file_limit_is_raised() {
         use rustix::process::{getrlimit, Resource};
         assert_eq!(connection_limits(10).api, 10);
         let limit = getrlimit(Resource::Nofile);
@@ -292,13 +301,30 @@ mod tests {
         if limit.maximum.is_some() {
             assert_eq!(limit.current, limit.maximum, "soft raised to hard");
         }
-        let most = connection_limits(u32::MAX);
-        if let Some(soft) = limit.current {
-            let soft = usize::try_from(soft).unwrap();
-            let reserved = 1024.min(soft / 2);
-            assert_eq!(most.api, soft - reserved);
-            assert_eq!(most.metrics, 256.min(reserved / 2));
-            assert!(most.api + most.metrics < soft, "room left for the rest");
+    }
+
+    /// The listeners' limits leave the descriptors already open, and some
+    /// for the store and KMS, whatever the open-file limit.
+    #[test]
+    fn connection_limits_fit_the_open_file_limit() {
+        let at = |soft, open_now, configured| {
+            let l = limits_for(soft, open_now, configured);
+            (l.api, l.metrics)
+        };
+        // (soft limit, open now, configured) -> (listen, metrics)
+        assert_eq!(at(Some(20_000), 22, 10_000), (10_000, 256));
+        assert_eq!(at(Some(20_000), 22, 50_000), (18_954, 256));
+        assert_eq!(at(Some(1_024), 22, 10_000), (501, 250));
+        assert_eq!(at(Some(64), 22, 10_000), (21, 10));
+        assert_eq!(at(None, 22, 10_000), (10_000, 256));
+        // Below what is open already: one each, no more.
+        assert_eq!(at(Some(2), 22, 10_000), (1, 1));
+        assert_eq!(at(Some(1), 0, 10_000), (1, 1));
+        for soft in [64, 256, 1_024, 4_096, 65_536] {
+            let (api, metrics) = at(Some(soft), 22, u32::MAX);
+            let free = soft as usize - 22;
+            let left = free - api - metrics;
+            assert!(left >= 512.min(free / 4), "{soft}: {left} left");
         }
     }
 

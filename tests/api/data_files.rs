@@ -513,3 +513,34 @@ async fn a_store_and_keyring_of_different_deployments_stop_startup() {
     assert!(line.contains("another application"), "{line}");
     assert!(!one.path().join("new-keyring.json").exists());
 }
+
+/// The keyring-and-store check never turns a store outage into a refused
+/// start: with the local KMS over a DynamoDB endpoint that refuses
+/// connections, rkms starts and readiness says the store is down.
+#[tokio::test]
+async fn a_store_outage_at_start_does_not_stop_a_local_kms_start() {
+    let dir = tempfile::tempdir().unwrap();
+    rkms::kms::local::LocalKms::open(
+        &dir.path().join("keyring.json"),
+        &["local-1", "local-2", "local-3"].map(rkms::domain::Region::new),
+    )
+    .unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__STORE__BACKEND", "dynamodb")
+        .env("RKMS__STORE__DYNAMODB__ENDPOINT", "http://127.0.0.1:1")
+        .env("RKMS__STORE__DYNAMODB__TABLE", "rkms-keys")
+        .env("RKMS__STORE__DYNAMODB__REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    let server = start(cmd);
+    let client = reqwest::Client::new();
+    assert_eq!(readiness(&client, &server.base).await.0, 503);
+    let (status, logs) = stop(server);
+    assert!(status.success(), "exit {status:?}");
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("cannot check that kms.local.keyring belongs")),
+        "{logs:#?}"
+    );
+}
