@@ -255,6 +255,9 @@ fn serve(settings: Settings) -> ExitCode {
         let app = Application::build(settings).await?;
         app.run_until_stopped(shutdown_signal()).await
     });
+    // A blocking read stuck on a hung mount (a token file, say) must not
+    // keep the process from exiting once the server has drained.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -107,8 +107,8 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
         anyhow::bail!("server.tls.cert and server.tls.key are both required");
     };
     let chain = certificates(cert, "server.tls.cert")?;
-    regular_pem_file(key, "server.tls.key")?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| {
+    let key_bytes = read_pem_file(key, "server.tls.key")?;
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes).with_context(|| {
         format!(
             "server.tls.key: cannot read a PEM private key from {}",
             key.display()
@@ -178,25 +178,41 @@ pub fn client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 /// /dev/zero, a FIFO, a huge file) would hang or fill memory on reading.
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
-fn regular_pem_file(path: &Path, key: &str) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(path)
-        .with_context(|| format!("{key}: cannot read {}", path.display()))?;
-    if !meta.is_file() {
-        anyhow::bail!("{key}: {} is not a regular file", path.display());
+/// The bytes of a PEM file, which must be a small regular file: checked
+/// before the open (opening some devices has effects) and on the file
+/// opened, read without blocking and never past the size limit.
+fn read_pem_file(path: &Path, key: &str) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let cannot = || format!("{key}: cannot read {}", path.display());
+    let not_regular = || anyhow::anyhow!("{key}: {} is not a regular file", path.display());
+    if !std::fs::metadata(path).with_context(cannot)?.is_file() {
+        return Err(not_regular());
     }
-    if meta.len() > MAX_PEM_BYTES {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
+        .open(path)
+        .with_context(cannot)?;
+    if !file.metadata().with_context(cannot)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    file.take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(cannot)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
         anyhow::bail!(
             "{key}: {} is larger than {MAX_PEM_BYTES} bytes, too large for PEM certificates or a key",
             path.display()
         );
     }
-    Ok(())
+    Ok(bytes)
 }
 
 fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    regular_pem_file(path, key)?;
-    let certs = CertificateDer::pem_file_iter(path)
-        .with_context(|| format!("{key}: cannot read {}", path.display()))?
+    let bytes = read_pem_file(path, key)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{key}: {} is not PEM certificates", path.display()))?;
     if certs.is_empty() {

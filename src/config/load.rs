@@ -39,9 +39,13 @@ pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
     // Never blocks (a FIFO put there would stop every later re-read, and
     // shutdown with it) and never reads without end (/dev/zero): a regular
     // file of a bounded size, checked on the file opened.
+    // Checked before the open too: opening some devices has effects.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
         .open(path)
         .map_err(cannot)?;
     if !file.metadata().map_err(cannot)?.is_file() {
