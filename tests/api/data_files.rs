@@ -544,3 +544,62 @@ async fn a_store_outage_at_start_does_not_stop_a_local_kms_start() {
         "{logs:#?}"
     );
 }
+
+/// One undecryptable record ahead of good ones (tampered, say) is no sign
+/// of another deployment's store: the start goes on, and that record
+/// answers its own error.
+#[tokio::test]
+async fn one_bad_record_among_good_ones_does_not_stop_a_start() {
+    use rkms::store::Store;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let server = start(command(dir.path()));
+    let (status, body) = fetch(&client, &server.base, "good", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(stop(server).0.success());
+    // Scans go by rowid: "good" is deleted and inserted again after a
+    // "bad" record, so "bad" is the first record a start looks at.
+    let path = dir.path().join("rkms.sqlite3");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let good: (String, String, Option<i64>, String) = conn
+        .query_row(
+            "SELECT id, keys, v, key_ids FROM rkms_keys WHERE id = 'good'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    conn.execute("DELETE FROM rkms_keys WHERE id = 'good'", [])
+        .unwrap();
+    drop(conn);
+    let store =
+        rkms::store::sqlite::SqliteStore::open(&path, std::time::Duration::from_secs(2)).unwrap();
+    let bad = rkms::domain::KeyRecord {
+        id: rkms::domain::KeyId::parse("bad").unwrap(),
+        keys: [(rkms::domain::Region::new("local-1"), vec![7u8; 60])].into(),
+        version: Some(2),
+        key_ids: Default::default(),
+        created_at: None,
+    };
+    store.put_if_absent(&bad).await.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![good.0, good.1, good.2, good.3],
+    )
+    .unwrap();
+    drop(conn);
+
+    let server = start(command(dir.path()));
+    assert_eq!(
+        stored(&client, &server.base, "good").await.as_deref(),
+        body["key"].as_str()
+    );
+    let res = client
+        .get(format!("{}/key?id=bad&create=false", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 500);
+    assert!(stop(server).0.success());
+}
