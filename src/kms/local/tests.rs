@@ -2,6 +2,8 @@
 
 mod unit {
     use super::super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     /// Many first starts at once on one keyring path (two rkms processes
     /// sharing a data directory): every one ends up with the same master

@@ -1,0 +1,264 @@
+//! The keyring file of the local KMS: its JSON document (decoded and
+//! checked, master keys wiped when dropped), and reading, locking and
+//! writing it (atomically, owner-only, through symbolic links).
+//!
+//! Must not: make or change a master key (`LocalKms` decides that).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::KeyInit;
+use aes_gcm::Aes256Gcm;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::B64;
+use crate::domain::Region;
+
+pub(super) const KEYRING_FORMAT: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyringError {
+    #[error("keyring {path}: cannot read")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("keyring {path}: cannot write")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("keyring {path}: mode is {mode:o}, must not be readable by group or others (chmod 600 {path})")]
+    Permissions { path: PathBuf, mode: u32 },
+    #[error("keyring {path}: corrupt: {reason}; it was left untouched")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("keyring {path} does not exist (this command makes none)")]
+    Missing { path: PathBuf },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct KeyringFile {
+    pub(super) format: u32,
+    pub(super) note: String,
+    /// Region -> base64 master key.
+    pub(super) master_keys: BTreeMap<String, String>,
+}
+
+impl Drop for KeyringFile {
+    fn drop(&mut self) {
+        for encoded in self.master_keys.values_mut() {
+            zeroize::Zeroize::zeroize(encoded);
+        }
+    }
+}
+
+/// A keyring document, decoded and checked: every master key is the base64
+/// of 32 bytes. Only its region names can be seen from outside.
+pub struct Keyring {
+    pub(super) file: KeyringFile,
+    pub(super) keys: BTreeMap<Region, Aes256Gcm>,
+}
+
+impl Keyring {
+    /// The regions that have a master key, in order.
+    pub fn regions(&self) -> impl Iterator<Item = &Region> {
+        self.keys.keys()
+    }
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("regions", &self.keys.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Decode and check the text of a keyring file (no I/O; public for the fuzz
+/// targets). The error is one line and never holds key material: a JSON
+/// data error that would echo a string from the document is replaced by a
+/// generic one, and region names are escaped.
+pub fn decode_keyring(text: &str) -> Result<Keyring, String> {
+    let file: KeyringFile = serde_json::from_str(text).map_err(|e| describe_json_error(&e))?;
+    if file.format != KEYRING_FORMAT {
+        return Err(format!("unknown format {}", file.format));
+    }
+    let mut keys = BTreeMap::new();
+    for (region, encoded) in &file.master_keys {
+        let raw = Zeroizing::new(
+            B64.decode(encoded)
+                .map_err(|_| format!("master key for {region:?} is not base64"))?,
+        );
+        let cipher = Aes256Gcm::new_from_slice(&raw)
+            .map_err(|_| format!("master key for {region:?} is {} bytes, not 32", raw.len()))?;
+        keys.insert(Region::new(region.clone()), cipher);
+    }
+    Ok(Keyring { file, keys })
+}
+
+/// serde_json's message, unless it is a data error that names anything but
+/// the three known fields: an invalid type quotes the value, an unknown
+/// field its name, and either may be a master key (a value left where a
+/// name should be, say). Those get a generic message.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    if e.classify() == serde_json::error::Category::Data {
+        let rest = ["`format`", "`note`", "`master_keys`"]
+            .iter()
+            .fold(message.clone(), |rest, known| rest.replace(known, ""));
+        if rest.contains(['`', '"']) {
+            return format!(
+                "not a keyring document (an unknown field, or a field of the wrong type, at line {} column {}; \
+                 want {{\"format\": 1, \"note\": string, \"master_keys\": {{region: base64 key}}}})",
+                e.line(),
+                e.column()
+            );
+        }
+    }
+    let mut one_line = String::with_capacity(message.len());
+    for c in message.chars() {
+        if c.is_control() {
+            one_line.extend(c.escape_default());
+        } else {
+            one_line.push(c);
+        }
+    }
+    format!("not a keyring document ({one_line})")
+}
+
+/// The keyring's directory, created owner-only when missing.
+pub(super) fn keyring_dir(path: &Path) -> Result<PathBuf, KeyringError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.exists() {
+        // Only the owner needs the directory that holds master keys.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| KeyringError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(dir)
+}
+
+/// Hold an exclusive lock on `<keyring>.lock` until the file drops.
+pub(super) fn lock_keyring(path: &Path) -> Result<fs::File, KeyringError> {
+    keyring_dir(path)?;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let err = |source| KeyringError::Write {
+        path: PathBuf::from(&name),
+        source,
+    };
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&name)
+        .map_err(err)?;
+    lock.lock().map_err(err)?;
+    Ok(lock)
+}
+
+/// The file `path` names once symbolic links are followed, whether or not
+/// it exists yet (at most 16 links).
+pub(super) fn through_links(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    for _ in 0..16 {
+        match fs::read_link(&path) {
+            Ok(target) => {
+                path = match path.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            Err(_) => break,
+        }
+    }
+    path
+}
+
+/// The keyring at `path`, checked (owner-only, well-formed); `None` when
+/// the file does not exist.
+pub(super) fn read_keyring(path: &Path) -> Result<Option<Keyring>, KeyringError> {
+    let meta = match fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(KeyringError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyringError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let text = Zeroizing::new(
+        fs::read_to_string(path).map_err(|source| KeyringError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?,
+    );
+    decode_keyring(&text)
+        .map(Some)
+        .map_err(|reason| KeyringError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        })
+}
+
+pub(super) fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
+    let err = |source| KeyringError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = keyring_dir(path)?;
+    let body =
+        Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("keyring"),
+        std::process::id()
+    ));
+    {
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        out.write_all(&body).map_err(err)?;
+        out.sync_all().map_err(err)?;
+    }
+    fs::rename(&tmp, path).map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        err(e)
+    })?;
+    // The rename is durable only once the directory entry is.
+    fs::File::open(&dir)
+        .and_then(|d| d.sync_all())
+        .map_err(err)?;
+    Ok(())
+}
