@@ -1,5 +1,6 @@
-//! The database file and connections to it: opening a connection (which
-//! never creates the file), waiting out other processes opening it, which
+//! The database file and connections to it: whether a file is an rkms
+//! store (never another application's database), opening a connection
+//! (which never creates the file), waiting out other processes opening it, which
 //! file the store opened (so that writes never follow it when it is moved,
 //! replaced or deleted), and how much room its file system has left when
 //! an open fails.
@@ -195,4 +196,91 @@ pub(super) fn until_not_busy(
             other_result => return other_result.map_err(other("open")),
         }
     }
+}
+
+/// `path` is an rkms store already: a regular file, not empty, with the
+/// `rkms_keys` table; checked without writing to it.
+pub(super) fn an_existing_store(path: &Path) -> Result<(), StoreError> {
+    let refuse = |why: String| StoreError::Other {
+        op: "open",
+        source: why.into(),
+    };
+    let meta = std::fs::metadata(path).map_err(|source| StoreError::Other {
+        op: "open",
+        source: Box::new(NotThere {
+            path: path.to_path_buf(),
+            source,
+        }),
+    })?;
+    if !meta.is_file() {
+        return Err(refuse(format!("{} is not a file", path.display())));
+    }
+    if meta.len() == 0 {
+        return Err(refuse(format!(
+            "{} is empty: it holds no store (this command makes none)",
+            path.display()
+        )));
+    }
+    if tables(path)?.rkms_keys == 0 {
+        return Err(refuse(format!(
+            "{} is an SQLite database without an rkms_keys table: not an rkms store (this command makes none)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// An existing database with other tables and no `rkms_keys` is another
+/// application's. One with no table at all is a file another rkms
+/// process is making now.
+pub(super) fn refuse_foreign(path: &Path) -> Result<(), StoreError> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0) {
+        return Ok(());
+    }
+    let found = tables(path)?;
+    if found.rkms_keys == 0 && found.all > 0 {
+        return Err(StoreError::Other {
+            op: "open",
+            source: format!(
+                "{} is an SQLite database with other tables and no rkms_keys table: another application's, not an rkms store",
+                path.display()
+            )
+            .into(),
+        });
+    }
+    Ok(())
+}
+
+/// The tables of the database at `path`, read without writing to it.
+struct Tables {
+    all: i64,
+    rkms_keys: i64,
+}
+
+fn tables(path: &Path) -> Result<Tables, StoreError> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags(path, flags)
+        .and_then(|conn| {
+            conn.query_row(
+                "SELECT count(*), count(*) FILTER (WHERE name = 'rkms_keys') FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| {
+                    Ok(Tables {
+                        all: r.get(0)?,
+                        rkms_keys: r.get(1)?,
+                    })
+                },
+            )
+        })
+        .map_err(other("open"))
+}
+
+/// The database file of a command that makes none is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("{path} does not exist (this command makes no store)")]
+struct NotThere {
+    path: std::path::PathBuf,
+    #[source]
+    source: std::io::Error,
 }

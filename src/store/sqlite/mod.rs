@@ -30,7 +30,10 @@ use super::{
     decode_header, decode_keys, decode_region_map, PutOutcome, ScanPage, Store, StoreError,
 };
 use crate::domain::{KeyId, KeyRecord, Region};
-use file::{connect, low_space_hint, reconnect, until_not_busy, CreateDir, FileId, OPEN_PATIENCE};
+use file::{
+    an_existing_store, connect, low_space_hint, reconnect, refuse_foreign, until_not_busy,
+    CreateDir, FileId, OPEN_PATIENCE,
+};
 use reader::Reader;
 use writer::{Done, Write, Writer};
 
@@ -103,61 +106,6 @@ fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     }
 }
 
-/// An existing database with other tables and no `rkms_keys` is another
-/// application's. One with no table at all is a file another rkms
-/// process is making now.
-fn refuse_foreign(path: &Path) -> Result<(), StoreError> {
-    if !std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() > 0) {
-        return Ok(());
-    }
-    let found = tables(path)?;
-    if found.rkms_keys == 0 && found.all > 0 {
-        return Err(StoreError::Other {
-            op: "open",
-            source: format!(
-                "{} is an SQLite database with other tables and no rkms_keys table: another application's, not an rkms store",
-                path.display()
-            )
-            .into(),
-        });
-    }
-    Ok(())
-}
-
-/// The tables of the database at `path`, read without writing to it.
-struct Tables {
-    all: i64,
-    rkms_keys: i64,
-}
-
-fn tables(path: &Path) -> Result<Tables, StoreError> {
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    Connection::open_with_flags(path, flags)
-        .and_then(|conn| {
-            conn.query_row(
-                "SELECT count(*), count(*) FILTER (WHERE name = 'rkms_keys') FROM sqlite_master WHERE type = 'table'",
-                [],
-                |r| {
-                    Ok(Tables {
-                        all: r.get(0)?,
-                        rkms_keys: r.get(1)?,
-                    })
-                },
-            )
-        })
-        .map_err(other("open"))
-}
-
-/// The database file of a command that makes none is missing.
-#[derive(Debug, thiserror::Error)]
-#[error("{path} does not exist (this command makes no store)")]
-struct NotThere {
-    path: std::path::PathBuf,
-    #[source]
-    source: std::io::Error,
-}
-
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and its directory.
     /// `call_timeout` is the store call timeout the broker applies; the
@@ -179,38 +127,7 @@ impl SqliteStore {
     /// it (opening would make the table, and the file would then pass for
     /// a store beside a keyring whose keys are elsewhere).
     pub fn open_existing(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
-        let refuse = |why: String| StoreError::Other {
-            op: "open",
-            source: why.into(),
-        };
-        match std::fs::metadata(path) {
-            Ok(meta) if !meta.is_file() => {
-                return Err(refuse(format!("{} is not a file", path.display())))
-            }
-            Ok(meta) if meta.len() == 0 => {
-                return Err(refuse(format!(
-                    "{} is empty: it holds no store (this command makes none)",
-                    path.display()
-                )))
-            }
-            Ok(_) => {
-                if tables(path)?.rkms_keys == 0 {
-                    return Err(refuse(format!(
-                        "{} is an SQLite database without an rkms_keys table: not an rkms store (this command makes none)",
-                        path.display()
-                    )));
-                }
-            }
-            Err(e) => {
-                return Err(StoreError::Other {
-                    op: "open",
-                    source: Box::new(NotThere {
-                        path: path.to_path_buf(),
-                        source: e,
-                    }),
-                })
-            }
-        }
+        an_existing_store(path)?;
         Self::open(path, call_timeout)
     }
 
