@@ -17,7 +17,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsSettings;
+use crate::config::{read_small_file, TlsSettings};
 
 /// How often the certificate files are looked at for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
@@ -178,36 +178,9 @@ pub fn client_config(ca: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
 /// /dev/zero, a FIFO, a huge file) would hang or fill memory on reading.
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
-/// The bytes of a PEM file, which must be a small regular file: checked
-/// before the open (opening some devices has effects) and on the file
-/// opened, read without blocking and never past the size limit.
+/// The bytes of a PEM file: a small regular file ([`read_small_file`]).
 fn read_pem_file(path: &Path, key: &str) -> anyhow::Result<zeroize::Zeroizing<Vec<u8>>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let cannot = || format!("{key}: cannot read {}", path.display());
-    let not_regular = || anyhow::anyhow!("{key}: {} is not a regular file", path.display());
-    if !std::fs::metadata(path).with_context(cannot)?.is_file() {
-        return Err(not_regular());
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
-        .open(path)
-        .with_context(cannot)?;
-    if !file.metadata().with_context(cannot)?.is_file() {
-        return Err(not_regular());
-    }
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    file.take(MAX_PEM_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .with_context(cannot)?;
-    if bytes.len() as u64 > MAX_PEM_BYTES {
-        anyhow::bail!(
-            "{key}: {} is larger than {MAX_PEM_BYTES} bytes, too large for PEM certificates or a key",
-            path.display()
-        );
-    }
-    Ok(bytes)
+    read_small_file(path, MAX_PEM_BYTES).map_err(|why| anyhow::anyhow!("{key}: {why}"))
 }
 
 fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {

@@ -32,16 +32,19 @@ pub enum Source {
 /// The hashes of the tokens in a `token_file`: one per non-empty line
 /// (one token, or several while a rotation overlaps). The error says what
 /// is wrong without any token in it.
-pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
+/// A small secret or certificate file, read whole: a regular file (checked
+/// before the open, as opening some devices has effects, and on the file
+/// opened) of at most `max` bytes, opened without blocking (a FIFO put
+/// there would block every later read, and shutdown with it) and never
+/// read past the limit (/dev/zero). The error names the path and the
+/// problem, never the contents.
+pub fn read_small_file(path: &Path, max: u64) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
-    // Never blocks (a FIFO put there would stop every later re-read, and
-    // shutdown with it) and never reads without end (/dev/zero): a regular
-    // file of a bounded size, checked on the file opened.
-    // Checked before the open too: opening some devices has effects.
+    let not_regular = || format!("{} is not a regular file", path.display());
     if !std::fs::metadata(path).map_err(cannot)?.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
+        return Err(not_regular());
     }
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -49,18 +52,18 @@ pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
         .open(path)
         .map_err(cannot)?;
     if !file.metadata().map_err(cannot)?.is_file() {
-        return Err(format!("{} is not a regular file", path.display()));
+        return Err(not_regular());
     }
     let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    file.take(MAX_TOKEN_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(cannot)?;
-    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
-        return Err(format!(
-            "{} is larger than {MAX_TOKEN_FILE_BYTES} bytes",
-            path.display()
-        ));
+    file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > max {
+        return Err(format!("{} is larger than {max} bytes", path.display()));
     }
+    Ok(bytes)
+}
+
+pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
+    let bytes = read_small_file(path, MAX_TOKEN_FILE_BYTES)?;
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return Err(format!("{} is not UTF-8 text", path.display()));
     };

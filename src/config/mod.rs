@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::auth::{AuthClient, AuthMode, AuthSettings, IdPattern, TokenHash, MIN_TOKEN_LEN};
-pub use self::load::{token_file_hashes, Source, ENV_PREFIX};
+pub use self::load::{read_small_file, token_file_hashes, Source, ENV_PREFIX};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("config error: {key}: {problem}")]
