@@ -121,6 +121,35 @@ async fn stored(client: &reqwest::Client, base: &str, id: &str) -> Option<String
     }
 }
 
+/// Start rkms on `dir`, create `id`, stop it cleanly: the key it got.
+async fn first_key(dir: &Path, id: &str) -> String {
+    let server = start(command(dir));
+    let (status, body) = fetch(&reqwest::Client::new(), &server.base, id, None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = stop(server);
+    assert!(status.success(), "exit {status:?}");
+    body["key"].as_str().unwrap().to_owned()
+}
+
+/// Start rkms on `dir`: it serves `key` for `id`, and stops cleanly.
+async fn still_serves(dir: &Path, id: &str, key: &str) {
+    let server = start(command(dir));
+    let client = reqwest::Client::new();
+    assert_eq!(
+        stored(&client, &server.base, id).await.as_deref(),
+        Some(key)
+    );
+    let (status, _) = stop(server);
+    assert!(status.success(), "exit {status:?}");
+}
+
+/// `rkms ARGS` on `dir`, run to its exit: its exit code and stderr.
+fn exit_of(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = command(dir);
+    cmd.args(args);
+    crate::process::run_to_exit(cmd)
+}
+
 #[tokio::test]
 async fn a_full_disk_refuses_creates_with_503_and_loses_nothing() {
     let disk = match SmallDisk::mount("2m") {
@@ -262,9 +291,7 @@ async fn a_database_file_moved_or_deleted_while_running_refuses_creates() {
         &["verify"],
         &["backfill", "--dry-run"],
     ] {
-        let mut cmd = command(dir.path());
-        cmd.args(args);
-        let (code, stderr) = crate::process::run_to_exit(cmd);
+        let (code, stderr) = exit_of(dir.path(), args);
         assert_eq!(code, Some(1), "{args:?}: {stderr}");
         assert!(stderr.contains("is empty"), "{args:?}: {stderr}");
     }
@@ -280,12 +307,7 @@ async fn a_database_file_moved_or_deleted_while_running_refuses_creates() {
 async fn a_missing_keyring_over_stored_keys_stops_startup() {
     let dir = tempfile::tempdir().unwrap();
     let (keyring, moved) = (dir.path().join("keyring.json"), dir.path().join("moved"));
-    let client = reqwest::Client::new();
-    let first = start(command(dir.path()));
-    let (status, body) = fetch(&client, &first.base, "wrapped", None).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, _) = stop(first);
-    assert!(status.success(), "exit {status:?}");
+    let key = first_key(dir.path(), "wrapped").await;
 
     std::fs::rename(&keyring, &moved).unwrap();
     let line = refused_start(command(dir.path()));
@@ -296,13 +318,7 @@ async fn a_missing_keyring_over_stored_keys_stops_startup() {
     assert!(!keyring.exists(), "no new keyring was made");
 
     std::fs::rename(&moved, &keyring).unwrap();
-    let second = start(command(dir.path()));
-    assert_eq!(
-        stored(&client, &second.base, "wrapped").await.as_deref(),
-        body["key"].as_str()
-    );
-    let (status, _) = stop(second);
-    assert!(status.success(), "exit {status:?}");
+    still_serves(dir.path(), "wrapped", &key).await;
 }
 
 /// `store.sqlite.path` inside something that is not a directory: one line
@@ -335,12 +351,7 @@ fn a_store_path_under_a_file_names_the_directory_it_cannot_make() {
 async fn a_keyring_missing_a_used_regions_master_key_is_never_completed() {
     let dir = tempfile::tempdir().unwrap();
     let keyring = dir.path().join("keyring.json");
-    let client = reqwest::Client::new();
-    let first = start(command(dir.path()));
-    let (status, body) = fetch(&client, &first.base, "wrapped", None).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, _) = stop(first);
-    assert!(status.success(), "exit {status:?}");
+    let key = first_key(dir.path(), "wrapped").await;
 
     let original = std::fs::read(&keyring).unwrap();
     let mut doc: Value = serde_json::from_slice(&original).unwrap();
@@ -367,9 +378,7 @@ async fn a_keyring_missing_a_used_regions_master_key_is_never_completed() {
         (&["check-config", "--connect"], 1),
         (&["backfill", "--dry-run"], 0),
     ] {
-        let mut cmd = command(dir.path());
-        cmd.args(args);
-        let (code, stderr) = crate::process::run_to_exit(cmd);
+        let (code, stderr) = exit_of(dir.path(), args);
         assert_eq!(code, Some(want), "{args:?}: {stderr}");
     }
     let mut cmd = command(dir.path());
@@ -405,13 +414,7 @@ async fn a_keyring_missing_a_used_regions_master_key_is_never_completed() {
     drop(conn);
 
     std::fs::write(&keyring, &original).unwrap();
-    let second = start(command(dir.path()));
-    assert_eq!(
-        stored(&client, &second.base, "wrapped").await.as_deref(),
-        body["key"].as_str()
-    );
-    let (status, _) = stop(second);
-    assert!(status.success(), "exit {status:?}");
+    still_serves(dir.path(), "wrapped", &key).await;
 }
 
 /// Commands that read or check a store (verify, backfill, check-config
@@ -427,9 +430,7 @@ fn checks_make_no_store_or_keyring_and_an_empty_store_verifies_nothing() {
         &["backfill", "--dry-run"],
         &["check-config", "--connect"],
     ] {
-        let mut cmd = command(dir.path());
-        cmd.args(args);
-        let (code, stderr) = crate::process::run_to_exit(cmd);
+        let (code, stderr) = exit_of(dir.path(), args);
         assert_eq!(code, Some(1), "{args:?}: {stderr}");
         assert!(
             stderr.contains("store.sqlite.path") && stderr.contains("does not exist"),
@@ -480,12 +481,8 @@ fn checks_make_no_store_or_keyring_and_an_empty_store_verifies_nothing() {
 #[tokio::test]
 async fn a_store_and_keyring_of_different_deployments_stop_startup() {
     let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let client = reqwest::Client::new();
     for dir in [&one, &two] {
-        let server = start(command(dir.path()));
-        let (status, body) = fetch(&client, &server.base, "k1", None).await;
-        assert_eq!(status, 200, "{body}");
-        assert!(stop(server).0.success());
+        first_key(dir.path(), "k1").await;
     }
     let other_store = two.path().join("rkms.sqlite3");
     let before = std::fs::read(&other_store).unwrap();
@@ -552,11 +549,7 @@ async fn a_store_outage_at_start_does_not_stop_a_local_kms_start() {
 async fn one_bad_record_among_good_ones_does_not_stop_a_start() {
     use rkms::store::Store;
     let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let server = start(command(dir.path()));
-    let (status, body) = fetch(&client, &server.base, "good", None).await;
-    assert_eq!(status, 200, "{body}");
-    assert!(stop(server).0.success());
+    let key = first_key(dir.path(), "good").await;
     // Scans go by rowid: "good" is deleted and inserted again after a
     // "bad" record, so "bad" is the first record a start looks at.
     let path = dir.path().join("rkms.sqlite3");
@@ -591,9 +584,10 @@ async fn one_bad_record_among_good_ones_does_not_stop_a_start() {
     drop(conn);
 
     let server = start(command(dir.path()));
+    let client = reqwest::Client::new();
     assert_eq!(
         stored(&client, &server.base, "good").await.as_deref(),
-        body["key"].as_str()
+        Some(key.as_str())
     );
     let res = client
         .get(format!("{}/key?id=bad&create=false", server.base))
