@@ -123,6 +123,22 @@ async fn tls_app(tweak: impl FnOnce(&mut Settings)) -> (TestApp, Ca, tempfile::T
     (app, ca, dir)
 }
 
+/// An app in mtls mode (one client, `spiffe://test/ns/billing/sa/app`,
+/// ids `billing/*`) with a plain-HTTP metrics listener, certificates from
+/// a new CA; the directory holds the files for the app's lifetime.
+async fn mtls_app(tweak: impl FnOnce(&mut Settings)) -> (TestApp, Ca, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rkms test ca");
+    let files = write_server_files(dir.path(), &ca);
+    let app = spawn_with(|s| {
+        mtls_settings(s, &files);
+        s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+        tweak(s);
+    })
+    .await;
+    (app, ca, dir)
+}
+
 fn mtls_settings(s: &mut Settings, files: &(PathBuf, PathBuf, PathBuf)) {
     tls_settings(s, files);
     s.server.tls.client_ca = Some(files.2.clone());
@@ -369,14 +385,7 @@ async fn healthcheck_verifies_the_server_over_https() {
 /// sessions are not resumed is a unit test of the TLS config (`tls.rs`).
 #[tokio::test]
 async fn a_client_certificate_gets_no_key_once_expired() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("rkms test ca");
-    let files = write_server_files(dir.path(), &ca);
-    let app = spawn_with(|s| {
-        mtls_settings(s, &files);
-        s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into());
-    })
-    .await;
+    let (app, ca, _dir) = mtls_app(|_| {}).await;
     let base = https(&app);
     let end = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
     let identity = ca.issue(
@@ -424,12 +433,7 @@ async fn a_client_certificate_gets_no_key_once_expired() {
 /// certificate naming two clients is refused whatever its names' order.
 #[tokio::test]
 async fn certificate_names_are_matched_by_kind_and_must_name_one_client() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("rkms test ca");
-    let files = write_server_files(dir.path(), &ca);
-    let app = spawn_with(|s| {
-        mtls_settings(s, &files);
-        s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    let (app, ca, _dir) = mtls_app(|s| {
         s.auth.clients.push(AuthClient {
             name: "reports.example".into(),
             ids: vec![IdPattern::Any],
