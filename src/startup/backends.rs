@@ -1,7 +1,7 @@
 //! Open the store and the KMS the settings name, as the command opening
 //! them may (`Access`), with the guards that keep a start from making a
 //! store or a master key over keys that live elsewhere, and the identity
-//! of a store as checkpoints record it.
+//! of a store as checkpoints, the startup log and preflight name it.
 //!
 //! Must not: serve, or decide anything per request.
 
@@ -293,10 +293,10 @@ async fn refuse_new_master_keys_over_stored_keys(
     }
 }
 
-/// The store the settings name, as a checkpoint records it: an SQLite
-/// file by its real path (links, `.` and `..` resolved, however it was
-/// spelt and from whichever directory), a table by its name, region and
-/// endpoint.
+/// The store the settings name, as checkpoints record it and the startup
+/// log and preflight name it: an SQLite file by its real path (links, `.`
+/// and `..` resolved, however it was spelt and from whichever directory),
+/// a table by its name, region and endpoint.
 pub fn store_identity(settings: &Settings) -> String {
     match settings.store.backend {
         StoreBackend::Sqlite => {
@@ -312,7 +312,7 @@ pub fn store_identity(settings: &Settings) -> String {
                 settings.store.dynamodb.endpoint.as_str()
             }
         ),
-        StoreBackend::Memory => "memory".into(),
+        StoreBackend::Memory => "memory (lost on exit)".into(),
     }
 }
 

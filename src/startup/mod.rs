@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::broker::{BrokerSettings, KeyBroker};
-use crate::config::{AuthMode, Preflight, Settings, StoreBackend};
+use crate::config::{AuthMode, Preflight, Settings};
 use crate::domain::Region;
 use crate::kms::Kms;
 use crate::metrics::Metrics;
@@ -53,20 +53,9 @@ pub fn dependencies(
         kms,
         store,
         regions: settings.kms.regions.iter().map(Region::new).collect(),
-        store_name: store_name(settings),
+        store_name: store_identity(settings),
         kms_timeout: Duration::from_millis(settings.kms.call_timeout_ms),
         store_timeout: Duration::from_millis(settings.store.call_timeout_ms),
-    }
-}
-
-fn store_name(settings: &Settings) -> String {
-    match settings.store.backend {
-        StoreBackend::Sqlite => format!("SQLite {}", settings.store.sqlite.path.display()),
-        StoreBackend::Dynamodb => format!(
-            "DynamoDB table {} in {}",
-            settings.store.dynamodb.table, settings.store.dynamodb.region
-        ),
-        StoreBackend::Memory => "memory (lost on exit)".into(),
     }
 }
 
@@ -78,7 +67,7 @@ fn log_summary(settings: &Settings) {
         provider = ?settings.kms.provider,
         regions = %settings.kms.regions.join(","),
         min_regions_on_create = settings.kms.min_regions_on_create,
-        store = %store_name(settings),
+        store = %store_identity(settings),
         cache = %if settings.cache.ttl_seconds == 0 {
             "off".to_string()
         } else {
