@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use crate::config::{KmsProvider, Settings, StoreBackend};
 use crate::domain::Region;
 use crate::kms::aws::AwsKms;
-use crate::kms::local::LocalKms;
+use crate::kms::local::{KeyringError, LocalKms};
 use crate::kms::{Context, Kms};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::memory::MemoryStore;
@@ -64,17 +64,27 @@ pub async fn backends(
         KmsProvider::Local => {
             let path = settings.kms.local.keyring.clone();
             let local = if access.add_master_keys {
-                refuse_new_master_keys_over_stored_keys(&path, &regions, store.as_ref()).await?;
-                // Checked on the keyring as it is, before a master key is
-                // added to a file that may be another deployment's.
-                if path.try_exists().unwrap_or(true) {
-                    let existing = {
-                        let path = path.clone();
-                        tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
-                            .await?
-                            .context("kms.local.keyring")?
-                    };
-                    refuse_a_keyring_of_other_keys(&existing, settings, store.as_ref()).await?;
+                // Both checks look at the keyring as it is (`None`: no file
+                // yet), before a master key is added to a file that may be
+                // another deployment's.
+                let existing = {
+                    let path = path.clone();
+                    match tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
+                        .await?
+                    {
+                        Err(KeyringError::Missing { .. }) => None,
+                        opened => Some(opened.context("kms.local.keyring")?),
+                    }
+                };
+                refuse_new_master_keys_over_stored_keys(
+                    &path,
+                    existing.as_ref(),
+                    &regions,
+                    store.as_ref(),
+                )
+                .await?;
+                if let Some(existing) = &existing {
+                    refuse_a_keyring_of_other_keys(existing, settings, store.as_ref()).await?;
                 }
                 tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??
             } else {
@@ -219,14 +229,11 @@ async fn refuse_a_keyring_of_other_keys(
 /// master key.
 async fn refuse_new_master_keys_over_stored_keys(
     keyring: &std::path::Path,
+    existing: Option<&LocalKms>,
     regions: &[Region],
     store: &dyn Store,
 ) -> anyhow::Result<()> {
-    let lacking = {
-        let (path, regions) = (keyring.to_path_buf(), regions.to_vec());
-        tokio::task::spawn_blocking(move || LocalKms::lacking(&path, &regions)).await??
-    };
-    let Some(lacking) = lacking else {
+    let Some(existing) = existing else {
         let page = store.scan(0, 1, None, 1).await.with_context(|| {
             format!(
                 "kms.local.keyring {} does not exist, and rkms makes one only for an empty store: \
@@ -243,10 +250,14 @@ async fn refuse_new_master_keys_over_stored_keys(
             keyring.display()
         )
     };
+    let lacking: Vec<&Region> = regions
+        .iter()
+        .filter(|r| !existing.has_master_key(r))
+        .collect();
     if lacking.is_empty() {
         return Ok(());
     }
-    let names: Vec<&str> = lacking.iter().map(Region::as_str).collect();
+    let names: Vec<&str> = lacking.iter().map(|r| r.as_str()).collect();
     let cannot_tell = || {
         format!(
             "kms.local.keyring {} has no master key for {}, and rkms makes one only for a region no stored record uses: \

@@ -118,18 +118,6 @@ impl LocalKms {
         self.keys.contains_key(region)
     }
 
-    /// Which of `regions` the keyring at `path` has no master key for;
-    /// `None` when there is no keyring file. Reads only.
-    pub fn lacking(path: &Path, regions: &[Region]) -> Result<Option<Vec<Region>>, KeyringError> {
-        Ok(read_keyring(path)?.map(|keyring| {
-            regions
-                .iter()
-                .filter(|r| !keyring.keys.contains_key(*r))
-                .cloned()
-                .collect()
-        }))
-    }
-
     fn cipher(&self, region: &Region, op: &'static str) -> Result<&Aes256Gcm, KmsError> {
         self.keys.get(region).ok_or_else(|| {
             KmsError::new(
