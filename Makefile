@@ -18,7 +18,7 @@ include mk/fuzz.mk
 # `make` alone runs the server, whatever the included files define first.
 .DEFAULT_GOAL := run
 
-.PHONY: run test lint fmt unit bench moto-venv tools clean
+.PHONY: run test lint fmt unit bench bench-instructions bench-tools moto-venv tools clean
 
 run:
 	$(CARGO) run --release --locked
@@ -32,13 +32,18 @@ $(MOTO_STAMP): $(MOTO_REQS)
 
 moto-venv: $(MOTO_STAMP)
 
-# Debian tools used by tests and benchmarks: promtool checks /metrics output,
-# wrk drives the benchmark. Installed only when missing.
+# Debian tools used by tests and benchmarks, installed only when missing:
+# $(call need,COMMAND,PACKAGE). promtool checks /metrics output; wrk drives
+# the benchmark; valgrind counts its instructions per request.
+define need
+@command -v $(1) >/dev/null 2>&1 || { \
+  echo "installing $(1) (Debian package $(2))"; \
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null) \
+  || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null); }
+endef
+
 tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing promtool (Debian package prometheus)"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
-	  || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null); }
+	$(call need,promtool,prometheus)
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -50,13 +55,17 @@ fmt:
 test: moto-venv tools lint deploy-check api-check
 	$(CARGO) test --locked
 
-bench: moto-venv
-	@command -v wrk >/dev/null 2>&1 || { \
-	  echo "installing wrk"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null) \
-	  || (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null); }
+bench: moto-venv bench-tools
 	$(CARGO) build --release --locked --bin rkms
 	$(CARGO) bench --locked --bench load
+
+# Only the instructions per warm read (callgrind), in about a minute.
+bench-instructions: bench-tools
+	RKMS_BENCH_INSTRUCTIONS_ONLY=1 $(CARGO) bench --locked --bench load
+
+bench-tools:
+	$(call need,wrk,wrk)
+	$(call need,valgrind,valgrind)
 
 clean:
 	rm -rf $(VENV) target data

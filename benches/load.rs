@@ -34,6 +34,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "load/instructions.rs"]
+mod instructions;
 #[path = "../tests/aws/moto.rs"]
 #[allow(dead_code)]
 mod moto;
@@ -51,10 +53,13 @@ use serde_json::Value;
 const DURATION_S: u64 = 10;
 const RUNS: usize = 3;
 const PEAK_CONNECTIONS: u32 = 64;
-/// Connections of an open-loop run: far more than are ever busy at once
-/// at half of peak (a few dozen), so a due request rarely waits for one.
-const OPEN_LOOP_CONNECTIONS: usize = 128;
+/// Connections of an open-loop run: far more than are busy at once at
+/// half of peak (a few dozen), so that a due request waits for one only
+/// when the server has stalled for over 10 ms.
+const OPEN_LOOP_CONNECTIONS: usize = 512;
 const EXISTING_IDS: usize = 1000;
+/// Seconds of each warm-up and each counted run under callgrind.
+const CALLGRIND_SECS: u64 = 8;
 const AWS_IDS: usize = 100;
 const AWS_CONNECTIONS: u32 = 4;
 const HEDGE_AFTER_MS: u64 = 250;
@@ -80,6 +85,9 @@ const BENCH_TOKEN: &str = "bench-token-0123456789abcdef";
 const BASELINE_ENV: &str = "RKMS_BENCH_BASELINE_SERVER";
 /// Set to a directory: store a key for every Zipf id there, then exit.
 const FILL_ENV: &str = "RKMS_BENCH_FILL";
+/// Set: count instructions per warm read (about a minute), print them
+/// and exit, instead of the whole run (`make bench-instructions`).
+const INSTRUCTIONS_ONLY_ENV: &str = "RKMS_BENCH_INSTRUCTIONS_ONLY";
 /// Set to "ADDR RATE SECS [IDS]": one open-loop run of warm-read requests
 /// against ADDR, printed, then exit (for experiments by hand).
 const OPEN_LOOP_ENV: &str = "RKMS_BENCH_OPEN_LOOP";
@@ -523,18 +531,28 @@ async fn scenario(client: &reqwest::Client, name: &str, target: &Target, load: &
     s
 }
 
-fn pinned_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    if pinned() {
+/// `program` run by `wrapper` (valgrind, say), pinned to core 0 when
+/// pinning.
+fn wrapped_command(wrapper: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut line: Vec<std::ffi::OsString> = wrapper.iter().map(Into::into).collect();
+    line.push(program.as_ref().to_owned());
+    let mut c = if pinned() {
         let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(program);
+        c.args(["-c", "0"]);
         c
     } else {
-        Command::new(program)
-    }
+        Command::new(line.remove(0))
+    };
+    c.args(line);
+    c
 }
 
 fn rkms(dir: &Path, env: &[(String, String)]) -> common::Proc {
-    let mut cmd = pinned_command(env!("CARGO_BIN_EXE_rkms"));
+    rkms_wrapped(dir, env, &[])
+}
+
+fn rkms_wrapped(dir: &Path, env: &[(String, String)], wrapper: &[String]) -> common::Proc {
+    let mut cmd = wrapped_command(wrapper, env!("CARGO_BIN_EXE_rkms"));
     cmd.current_dir(dir)
         .env_remove("RKMS_CONFIG")
         .env("RKMS__SERVER__LISTEN", "127.0.0.1:0")
@@ -626,8 +644,12 @@ fn baseline_main() {
 }
 
 fn start_baseline() -> (Child, Target) {
+    start_baseline_wrapped(&[])
+}
+
+fn start_baseline_wrapped(wrapper: &[String]) -> (Child, Target) {
     use std::io::BufRead;
-    let mut child = pinned_command(std::env::current_exe().unwrap())
+    let mut child = wrapped_command(wrapper, std::env::current_exe().unwrap())
         .env(BASELINE_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -694,12 +716,19 @@ fn main() {
     // The harness (and so wrk and moto, which inherit its affinity) is on
     // core 1 from here on; servers are started on core 0.
     PINNED.set(can_pin).unwrap();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .unwrap()
-        .block_on(bench(nproc));
+        .unwrap();
+    if std::env::var_os(INSTRUCTIONS_ONLY_ENV).is_some() {
+        let counted = runtime.block_on(count_instructions());
+        let mut out = String::new();
+        render_instructions(&mut out, counted.as_ref());
+        println!("{out}");
+        return;
+    }
+    runtime.block_on(bench(nproc));
 }
 
 struct Extras {
@@ -715,6 +744,9 @@ struct Extras {
     /// Warm reads and the baseline at half of the warm peak, open loop.
     open_half: Scenario,
     open_baseline: Scenario,
+    /// rkms's and the baseline's instructions per warm read, if valgrind
+    /// is installed.
+    instructions: Option<(instructions::Counted, instructions::Counted)>,
     /// How long storing a key for every Zipf id took.
     populate_secs: f64,
 }
@@ -888,6 +920,9 @@ async fn bench(nproc: usize) {
     eprintln!("memory, then warm reads of its 100,000 cached ids ...");
     let (memory, warm_large) = memory(&client, dir.path()).await;
 
+    eprintln!("instructions per warm read (callgrind) ...");
+    let instructions = count_instructions().await;
+
     eprintln!("AWS provider against moto ...");
     let Aws {
         healthy,
@@ -926,6 +961,7 @@ async fn bench(nproc: usize) {
         half_conns,
         open_half,
         open_baseline,
+        instructions,
         populate_secs,
     };
     let report = render(
@@ -953,6 +989,99 @@ async fn bench(nproc: usize) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("BENCHMARKS.md");
     std::fs::write(&path, report).unwrap();
     eprintln!("written to {}", path.display());
+}
+
+/// The callgrind section of the report.
+fn render_instructions(
+    out: &mut String,
+    counted: Option<&(instructions::Counted, instructions::Counted)>,
+) {
+    let _ = writeln!(out, "\n## Instructions per warm read (callgrind)\n");
+    let Some((ours, theirs)) = counted else {
+        let _ = writeln!(out, "Not measured: valgrind is not installed.");
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "Each server run under `valgrind --tool=callgrind` (pinned like the others), {CALLGRIND_SECS} s of wrk \
+         (8 connections) to create and cache the ids, then the counters zeroed and {CALLGRIND_SECS} s more counted: \
+         every thread's user-space instructions, divided by the requests wrk completed. Unlike the timed figures, \
+         these do not move with what else the machine is doing; they leave out the kernel (socket reads and \
+         writes, most of a warm read's time).\n"
+    );
+    let _ = writeln!(
+        out,
+        "| server | requests counted | instructions per request |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| rkms, warm reads of 1,000 cached ids | {} | {:.0} |",
+        ours.requests, ours.per_request
+    );
+    let _ = writeln!(
+        out,
+        "| baseline, fixed JSON | {} | {:.0} |",
+        theirs.requests, theirs.per_request
+    );
+    let _ = writeln!(
+        out,
+        "\nrkms runs {:.2} times the baseline's instructions per request ({:+.0}). \
+         Where the difference goes, per request (each function's own instructions, not its callees'):\n",
+        ours.per_request / theirs.per_request,
+        ours.per_request - theirs.per_request
+    );
+    let _ = writeln!(out, "| function | rkms | baseline | more |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for (name, a, b) in instructions::most_added(ours, theirs, 15) {
+        let _ = writeln!(
+            out,
+            "| `{}` | {a:.0} | {b:.0} | {:+.0} |",
+            name.replace('|', "\\|"),
+            a - b
+        );
+    }
+}
+
+/// Warm reads of 1,000 cached ids by rkms, and the baseline's fixed
+/// answers, each server run under callgrind; `None` without valgrind.
+async fn count_instructions() -> Option<(instructions::Counted, instructions::Counted)> {
+    if !instructions::available() {
+        eprintln!("  valgrind is not installed: skipped");
+        return None;
+    }
+    // Under callgrind a server runs some 50 times slower: a few
+    // connections keep it busy, and the warm-up creates and caches every id.
+    let load = |mode| Load {
+        secs: CALLGRIND_SECS,
+        ..Load::closed(mode, EXISTING_IDS, 8)
+    };
+    let measure = |pid: u32, out: &Path, base: &str, mode| {
+        let warm_up = tokio::task::block_in_place(|| wrk(base, &load(mode)));
+        assert_eq!(warm_up.errors, 0, "warm-up under callgrind failed");
+        let load = load(mode);
+        instructions::count(pid, out, || {
+            let run = wrk(base, &load);
+            assert_eq!(run.errors, 0, "run under callgrind failed");
+            (run.rps * load.secs as f64).round() as u64
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("callgrind.rkms");
+    let server = rkms_wrapped(dir.path(), &[], &instructions::wrapper(&out));
+    let t = target(&server);
+    let ours = tokio::task::block_in_place(|| measure(t.pid, &out, &t.base, "existing"));
+    common::stop(server);
+    let out = dir.path().join("callgrind.baseline");
+    let (mut child, t) = start_baseline_wrapped(&instructions::wrapper(&out));
+    let theirs = tokio::task::block_in_place(|| measure(t.pid, &out, &t.base, "fixed"));
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "  rkms {:.0}, baseline {:.0} instructions per request",
+        ours.per_request, theirs.per_request
+    );
+    Some((ours, theirs))
 }
 
 /// The Zipf load against a server started in `dir` with a 100,000-entry
@@ -1425,6 +1554,8 @@ fn render(
     );
 
     let r = &x.race;
+    render_instructions(&mut out, x.instructions.as_ref());
+
     let _ = writeln!(out, "\n## Two instances, one DynamoDB table (moto)\n");
     let _ = writeln!(
         out,
@@ -1500,7 +1631,7 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| warm p99 <= 1 ms at half of peak load: open loop, {:.0} req/s Poisson arrivals, latency from when each request was due | {:.3} ms, range {:.3}–{:.3} (baseline at the same arrivals: {:.3} ms, range {:.3}–{:.3}; generator's send lag p99 at most {:.3} ms) | {} |",
+        "| warm p99 <= 1 ms at half of peak load: open loop, {:.0} req/s Poisson arrivals, latency from when each request was due | {:.3} ms, range {:.3}–{:.3} (baseline at the same arrivals: {:.3} ms, range {:.3}–{:.3}; requests sent later than due, p99 of the worst run: {:.3} ms, the generator's own delay or every connection busy) | {} |",
         x.open_half.rps(),
         x.open_half.p99(),
         x.open_half.min(|r| r.p99_ms),

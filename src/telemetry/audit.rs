@@ -82,13 +82,22 @@ fn format(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, event: &Event<'
     }
 }
 
-/// `value` as a JSON string. Most values need no escaping and are copied
-/// as they are.
-fn json_string(out: &mut Vec<u8>, value: &str) {
-    if value
-        .bytes()
-        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
-    {
+/// Bytes a JSON string holds as they are: printable ASCII but `"` and `\`.
+/// A table lookup per byte: this runs over every field of every line.
+const PLAIN: [bool; 256] = {
+    let mut plain = [false; 256];
+    let mut b = 0x20;
+    while b < 0x7f {
+        plain[b] = b != b'"' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    plain
+};
+
+/// `value` as a JSON string, as `serde_json` writes it. Most values need
+/// no escaping and are copied as they are (the key response uses it too).
+pub(crate) fn json_string(out: &mut Vec<u8>, value: &str) {
+    if value.bytes().all(|b| PLAIN[usize::from(b)]) {
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
         out.push(b'"');
@@ -119,7 +128,15 @@ fn timestamp(out: &mut Vec<u8>, secs: u64, micros: u32) {
         }
         out.extend_from_slice(&cached.1);
     });
-    let _ = write!(out, ".{micros:06}Z");
+    // Six digits by hand: `write!` runs the formatting machinery, a
+    // measurable share of a warm read (benches/PROFILE.md).
+    let mut digits = *b".000000Z";
+    let mut rest = micros.min(999_999);
+    for d in digits[1..7].iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits);
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` for seconds since the Unix epoch (UTC).
