@@ -353,3 +353,43 @@ fn token_files_are_re_read_and_a_rotation_applies_without_a_restart() {
     assert_eq!(who("ops-next-0123456789abcdef", None).unwrap(), "ops");
     assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
 }
+
+/// A configured `token_sha256` written into another client's token file
+/// (or its variable) is not taken as a token: the hash, which may be shown
+/// or committed, would otherwise let anyone who read it in as that client.
+/// Refused at start, and on a re-read the client's tokens stay.
+#[test]
+fn a_configured_hash_never_works_as_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app");
+    let ops_hash = crate::auth::token_digest("ops-token-0123456789abcdef");
+    let config = |path: &std::path::Path| {
+        format!(
+            "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"ops\"\ntoken_sha256 = \"{ops_hash}\"\nids = [\"*\"]\n[[auth.clients]]\nname = \"app\"\ntoken_file = \"{}\"\nids = [\"*\"]\n",
+            path.display()
+        )
+    };
+    for line in [ops_hash.clone(), ops_hash.to_ascii_uppercase()] {
+        std::fs::write(&path, format!("{line}\n")).unwrap();
+        let err = crate::config::Settings::from_toml(&config(&path)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("auth.clients[1].token_file: holds auth.clients[0].token_sha256"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(&ops_hash), "{err}");
+    }
+
+    std::fs::write(&path, "app-token-0123456789abcdef\n").unwrap();
+    let settings = crate::config::Settings::from_toml(&config(&path)).unwrap();
+    let auth = Authenticator::new(&settings.auth);
+    let who = |token: &str| {
+        auth.authenticate(&with_auth(&format!("Bearer {token}")), None)
+            .map(|i| i.name().to_string())
+    };
+    assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
+    std::fs::write(&path, format!("{ops_hash}\n")).unwrap();
+    auth.reload_token_files();
+    assert_eq!(who(&ops_hash).unwrap_err(), AuthFailure::Unknown);
+    assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
+}

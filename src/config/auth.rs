@@ -178,6 +178,37 @@ pub struct AuthClient {
     pub resolved: Vec<TokenHash>,
 }
 
+/// Why a token that is client `j`'s configured `token_sha256` is refused.
+pub fn hash_as_token_error(j: usize) -> String {
+    format!("holds auth.clients[{j}].token_sha256, a hash from the config, not a token: put the token itself there (the config's hashes may be shown or committed, and must never work as a credential)")
+}
+
+/// For each client with a `token_sha256`, the hashes a token file line or
+/// variable holding that hash's hex (lower or upper case) would have,
+/// with the client's index.
+pub fn written_hashes(clients: &[AuthClient]) -> Vec<(TokenHash, usize)> {
+    use sha2::Digest;
+    clients
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.token_sha256.map(|h| (h, i)))
+        .flat_map(|(h, i)| {
+            let lower = hex::encode(h.0);
+            let upper = lower.to_ascii_uppercase();
+            [lower, upper].map(|text| (TokenHash(sha2::Sha256::digest(text.as_bytes()).into()), i))
+        })
+        .collect()
+}
+
+/// The client whose written `token_sha256` one of `hashes` is the hash
+/// of, if any ([`written_hashes`]).
+pub fn hash_as_token(hashes: &[TokenHash], written: &[(TokenHash, usize)]) -> Option<usize> {
+    written
+        .iter()
+        .find(|(w, _)| hashes.contains(w))
+        .map(|&(_, i)| i)
+}
+
 /// Tokens read from files or the environment shorter than this are refused.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -289,6 +320,19 @@ impl Settings {
                         format!(
                             "is the same token as auth.clients[{j}]; every client needs its own"
                         ),
+                    ));
+                }
+            }
+            if client.token_sha256.is_none() {
+                if let Some(j) = hash_as_token(&client.resolved, &written_hashes(&auth.clients)) {
+                    let source = if client.token_file.is_some() {
+                        "token_file"
+                    } else {
+                        "token_env"
+                    };
+                    return Err(ConfigError::new(
+                        format!("{key}.{source}"),
+                        hash_as_token_error(j),
                     ));
                 }
             }
