@@ -746,7 +746,7 @@ struct Extras {
     open_baseline: Scenario,
     /// rkms's and the baseline's instructions per warm read, if valgrind
     /// is installed.
-    instructions: Option<(instructions::Counted, instructions::Counted)>,
+    instructions: Option<Counts>,
     /// How long storing a key for every Zipf id took.
     populate_secs: f64,
 }
@@ -991,13 +991,29 @@ async fn bench(nproc: usize) {
     eprintln!("written to {}", path.display());
 }
 
+/// Instructions per request of warm reads, counted by callgrind.
+struct Counts {
+    warm: instructions::Counted,
+    auth: instructions::Counted,
+    baseline: instructions::Counted,
+}
+
+impl Counts {
+    /// What token auth adds to a warm read's user-space instructions.
+    fn auth_cost(&self) -> f64 {
+        self.auth.per_request / self.warm.per_request - 1.0
+    }
+}
+
 /// The callgrind section of the report.
-fn render_instructions(
-    out: &mut String,
-    counted: Option<&(instructions::Counted, instructions::Counted)>,
-) {
+fn render_instructions(out: &mut String, counted: Option<&Counts>) {
     let _ = writeln!(out, "\n## Instructions per warm read (callgrind)\n");
-    let Some((ours, theirs)) = counted else {
+    let Some(Counts {
+        warm: ours,
+        auth,
+        baseline: theirs,
+    }) = counted
+    else {
         let _ = writeln!(out, "Not measured: valgrind is not installed.");
         return;
     };
@@ -1021,8 +1037,19 @@ fn render_instructions(
     );
     let _ = writeln!(
         out,
+        "| rkms, the same with token auth | {} | {:.0} |",
+        auth.requests, auth.per_request
+    );
+    let _ = writeln!(
+        out,
         "| baseline, fixed JSON | {} | {:.0} |",
         theirs.requests, theirs.per_request
+    );
+    let _ = writeln!(
+        out,
+        "\nToken auth adds {:+.0} instructions per request ({:+.1}% of a warm read's).",
+        auth.per_request - ours.per_request,
+        100.0 * (auth.per_request / ours.per_request - 1.0)
     );
     let _ = writeln!(
         out,
@@ -1043,23 +1070,25 @@ fn render_instructions(
     }
 }
 
-/// Warm reads of 1,000 cached ids by rkms, and the baseline's fixed
-/// answers, each server run under callgrind; `None` without valgrind.
-async fn count_instructions() -> Option<(instructions::Counted, instructions::Counted)> {
+/// Warm reads of 1,000 cached ids by rkms, without and with token auth,
+/// and the baseline's fixed answers, each server run under callgrind;
+/// `None` without valgrind.
+async fn count_instructions() -> Option<Counts> {
     if !instructions::available() {
         eprintln!("  valgrind is not installed: skipped");
         return None;
     }
     // Under callgrind a server runs some 50 times slower: a few
     // connections keep it busy, and the warm-up creates and caches every id.
-    let load = |mode| Load {
+    let load = |mode, token| Load {
         secs: CALLGRIND_SECS,
+        token,
         ..Load::closed(mode, EXISTING_IDS, 8)
     };
-    let measure = |pid: u32, out: &Path, base: &str, mode| {
-        let warm_up = tokio::task::block_in_place(|| wrk(base, &load(mode)));
+    let measure = |pid: u32, out: &Path, base: &str, mode, token| {
+        let load = load(mode, token);
+        let warm_up = wrk(base, &load);
         assert_eq!(warm_up.errors, 0, "warm-up under callgrind failed");
-        let load = load(mode);
         instructions::count(pid, out, || {
             let run = wrk(base, &load);
             assert_eq!(run.errors, 0, "run under callgrind failed");
@@ -1067,21 +1096,33 @@ async fn count_instructions() -> Option<(instructions::Counted, instructions::Co
         })
     };
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("callgrind.rkms");
-    let server = rkms_wrapped(dir.path(), &[], &instructions::wrapper(&out));
-    let t = target(&server);
-    let ours = tokio::task::block_in_place(|| measure(t.pid, &out, &t.base, "existing"));
-    common::stop(server);
+    let rkms_count = |name: &str, env: &[(String, String)], token| {
+        let out = dir.path().join(format!("callgrind.{name}"));
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let server = rkms_wrapped(&data, env, &instructions::wrapper(&out));
+        let t = target(&server);
+        let counted =
+            tokio::task::block_in_place(|| measure(t.pid, &out, &t.base, "existing", token));
+        common::stop(server);
+        counted
+    };
+    let warm = rkms_count("warm", &[], None);
+    let auth = rkms_count("auth", &auth_env(), Some(BENCH_TOKEN));
     let out = dir.path().join("callgrind.baseline");
     let (mut child, t) = start_baseline_wrapped(&instructions::wrapper(&out));
-    let theirs = tokio::task::block_in_place(|| measure(t.pid, &out, &t.base, "fixed"));
+    let baseline = tokio::task::block_in_place(|| measure(t.pid, &out, &t.base, "fixed", None));
     let _ = child.kill();
     let _ = child.wait();
     eprintln!(
-        "  rkms {:.0}, baseline {:.0} instructions per request",
-        ours.per_request, theirs.per_request
+        "  rkms {:.0} (token auth {:.0}), baseline {:.0} instructions per request",
+        warm.per_request, auth.per_request, baseline.per_request
     );
-    Some((ours, theirs))
+    Some(Counts {
+        warm,
+        auth,
+        baseline,
+    })
 }
 
 /// The Zipf load against a server started in `dir` with a 100,000-entry
@@ -1657,10 +1698,14 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| token auth costs < 5% of warm throughput | {:.1}% ({:.0} vs {:.0} req/s) | {} |",
+        "| token auth costs < 5% of warm throughput | {:.1}% ({:.0} vs {:.0} req/s){} | {} |",
         100.0 * auth_cost,
         auth.rps(),
         warm.rps(),
+        x.instructions.as_ref().map_or(String::new(), |c| format!(
+            "; counted, it adds {:.1}% to a warm read's user-space instructions (callgrind, below)",
+            100.0 * c.auth_cost()
+        )),
         verdict(auth_cost < 0.05)
     );
     let _ = writeln!(
