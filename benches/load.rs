@@ -1034,21 +1034,13 @@ fn render_instructions(out: &mut String, counted: Option<&Counts>) {
         "| server | requests counted | instructions per request |"
     );
     let _ = writeln!(out, "|---|---:|---:|");
-    let _ = writeln!(
-        out,
-        "| rkms, warm reads of 1,000 cached ids | {} | {:.0} |",
-        ours.requests, ours.per_request
-    );
-    let _ = writeln!(
-        out,
-        "| rkms, the same with token auth | {} | {:.0} |",
-        auth.requests, auth.per_request
-    );
-    let _ = writeln!(
-        out,
-        "| baseline, fixed JSON | {} | {:.0} |",
-        theirs.requests, theirs.per_request
-    );
+    for (server, c) in [
+        ("rkms, warm reads of 1,000 cached ids", ours),
+        ("rkms, the same with token auth", auth),
+        ("baseline, fixed JSON", theirs),
+    ] {
+        let _ = writeln!(out, "| {server} | {} | {:.0} |", c.requests, c.per_request);
+    }
     let _ = writeln!(
         out,
         "\nToken auth adds {:+.0} instructions per request ({:+.1}% of a warm read's).",
