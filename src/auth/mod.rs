@@ -105,9 +105,9 @@ pub struct Authenticator {
     /// The clients whose tokens come from a file, re-read by
     /// [`Authenticator::reload_token_files`].
     files: Vec<TokenFile>,
-    /// What a token file line holding a configured `token_sha256` would
-    /// hash to ([`crate::config::written_hashes`]): refused as a token.
-    written: Vec<(crate::config::TokenHash, usize)>,
+    /// The configured `token_sha256` values: a token file line that spells
+    /// one is refused ([`crate::config::spells_a_configured_hash`]).
+    configured: Vec<(crate::config::TokenHash, usize)>,
 }
 
 type Tokens = Vec<Vec<[u8; 32]>>;
@@ -258,7 +258,7 @@ impl Authenticator {
             tokens: RwLock::new(Arc::new(tokens)),
             generation: AtomicU64::new(0),
             files,
-            written: crate::config::written_hashes(&settings.clients),
+            configured: crate::config::configured_hashes(&settings.clients),
         }
     }
 
@@ -286,17 +286,15 @@ impl Authenticator {
         let mut changed = Vec::new();
         for file in &self.files {
             let c = file.client;
-            let problem = match crate::config::token_file_hashes(&file.path) {
+            let problem = match crate::config::token_file_hashes(&file.path, &self.configured) {
                 Err(why) => Some(why),
                 Ok(hashes) => {
-                    let posing = crate::config::hash_as_token(&hashes, &self.written);
                     let hashes: Vec<[u8; 32]> = hashes.iter().map(|h| h.0).collect();
                     let taken = next
                         .iter()
                         .enumerate()
                         .find(|(j, theirs)| *j != c && hashes.iter().any(|h| theirs.contains(h)));
                     match taken {
-                        _ if posing.is_some() => posing.map(crate::config::hash_as_token_error),
                         Some((j, _)) => Some(format!(
                             "it now holds a token of client {}; every client needs its own",
                             self.clients[j].name

@@ -290,7 +290,7 @@ fn token_files_are_re_read_and_a_rotation_applies_without_a_restart() {
     let from_file = |name: &str| AuthClient {
         name: name.into(),
         token_file: Some(file(name)),
-        resolved: crate::config::token_file_hashes(&file(name)).unwrap(),
+        resolved: crate::config::token_file_hashes(&file(name), &[]).unwrap(),
         ids: vec![IdPattern::Any],
         ..AuthClient::default()
     };
@@ -355,9 +355,10 @@ fn token_files_are_re_read_and_a_rotation_applies_without_a_restart() {
 }
 
 /// A configured `token_sha256` written into another client's token file
-/// (or its variable) is not taken as a token: the hash, which may be shown
-/// or committed, would otherwise let anyone who read it in as that client.
-/// Refused at start, and on a re-read the client's tokens stay.
+/// (in any mix of cases), or hashed again into another client's
+/// `token_sha256`, is not taken: the hash, which may be shown or committed,
+/// would otherwise let anyone who read it in as that client. Refused at
+/// start, and on a re-read the client's tokens stay.
 #[test]
 fn a_configured_hash_never_works_as_a_token() {
     let dir = tempfile::tempdir().unwrap();
@@ -369,16 +370,42 @@ fn a_configured_hash_never_works_as_a_token() {
             path.display()
         )
     };
-    for line in [ops_hash.clone(), ops_hash.to_ascii_uppercase()] {
-        std::fs::write(&path, format!("{line}\n")).unwrap();
-        let err = crate::config::Settings::from_toml(&config(&path)).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("auth.clients[1].token_file: holds auth.clients[0].token_sha256"),
-            "{err}"
-        );
-        assert!(!err.to_string().contains(&ops_hash), "{err}");
+    let mixed: String = ops_hash
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 2 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    for line in [ops_hash.clone(), ops_hash.to_ascii_uppercase(), mixed] {
+        std::fs::write(&path, format!("app-token-0123456789abcdef\n{line}\n")).unwrap();
+        let err = crate::config::Settings::from_toml(&config(&path))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.clients[1].token_file:"), "{err}");
+        assert!(err.contains("holds auth.clients[0].token_sha256"), "{err}");
+        assert!(!err.to_ascii_lowercase().contains(&ops_hash), "{err}");
     }
+
+    // Hashed again into another client's token_sha256 (`rkms hash-token`
+    // run on the hash): refused too.
+    let rehashed = crate::auth::token_digest(&ops_hash);
+    let text = format!(
+        "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"ops\"\ntoken_sha256 = \"{ops_hash}\"\nids = [\"*\"]\n[[auth.clients]]\nname = \"app\"\ntoken_sha256 = \"{rehashed}\"\nids = [\"*\"]\n"
+    );
+    let err = crate::config::Settings::from_toml(&text)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "auth.clients[1].token_sha256: is the SHA-256 of auth.clients[0].token_sha256"
+        ),
+        "{err}"
+    );
 
     std::fs::write(&path, "app-token-0123456789abcdef\n").unwrap();
     let settings = crate::config::Settings::from_toml(&config(&path)).unwrap();
@@ -388,8 +415,11 @@ fn a_configured_hash_never_works_as_a_token() {
             .map(|i| i.name().to_string())
     };
     assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
-    std::fs::write(&path, format!("{ops_hash}\n")).unwrap();
+    std::fs::write(&path, format!("{}\n", ops_hash.to_ascii_uppercase())).unwrap();
     auth.reload_token_files();
-    assert_eq!(who(&ops_hash).unwrap_err(), AuthFailure::Unknown);
+    assert_eq!(
+        who(&ops_hash.to_ascii_uppercase()).unwrap_err(),
+        AuthFailure::Unknown
+    );
     assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
 }

@@ -183,30 +183,44 @@ pub fn hash_as_token_error(j: usize) -> String {
     format!("holds auth.clients[{j}].token_sha256, a hash from the config, not a token: put the token itself there (the config's hashes may be shown or committed, and must never work as a credential)")
 }
 
-/// For each client with a `token_sha256`, the hashes a token file line or
-/// variable holding that hash's hex (lower or upper case) would have,
-/// with the client's index.
-pub fn written_hashes(clients: &[AuthClient]) -> Vec<(TokenHash, usize)> {
-    use sha2::Digest;
+/// Each configured `token_sha256`, with its client's index: none may be
+/// taken as a token ([`spells_a_configured_hash`]).
+pub fn configured_hashes(clients: &[AuthClient]) -> Vec<(TokenHash, usize)> {
     clients
         .iter()
         .enumerate()
         .filter_map(|(i, c)| c.token_sha256.map(|h| (h, i)))
-        .flat_map(|(h, i)| {
-            let lower = hex::encode(h.0);
-            let upper = lower.to_ascii_uppercase();
-            [lower, upper].map(|text| (TokenHash(sha2::Sha256::digest(text.as_bytes()).into()), i))
-        })
         .collect()
 }
 
-/// The client whose written `token_sha256` one of `hashes` is the hash
-/// of, if any ([`written_hashes`]).
-pub fn hash_as_token(hashes: &[TokenHash], written: &[(TokenHash, usize)]) -> Option<usize> {
-    written
+/// The client whose configured `token_sha256` `token` spells in hex, in
+/// any mix of cases. Only a token of exactly 64 hex digits is decoded, and
+/// only to compare it here; nothing of it is kept.
+pub fn spells_a_configured_hash(token: &str, configured: &[(TokenHash, usize)]) -> Option<usize> {
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(token, &mut bytes[..]).ok()?;
+    configured
         .iter()
-        .find(|(w, _)| hashes.contains(w))
+        .find(|(h, _)| h.0 == *bytes)
         .map(|&(_, i)| i)
+}
+
+/// The client `j` whose configured `token_sha256`, written in lower or
+/// upper case hex, hashes to `hash`: another client's `token_sha256` made
+/// from it (`rkms hash-token` run on the hash) would let that hash in.
+fn hash_of_a_configured_hash(hash: &TokenHash, clients: &[AuthClient]) -> Option<usize> {
+    use sha2::Digest;
+    configured_hashes(clients).into_iter().find_map(|(h, j)| {
+        let lower = hex::encode(h.0);
+        let upper = lower.to_ascii_uppercase();
+        [lower, upper]
+            .iter()
+            .any(|text| sha2::Sha256::digest(text.as_bytes())[..] == hash.0[..])
+            .then_some(j)
+    })
 }
 
 /// Tokens read from files or the environment shorter than this are refused.
@@ -323,18 +337,14 @@ impl Settings {
                     ));
                 }
             }
-            if client.token_sha256.is_none() {
-                if let Some(j) = hash_as_token(&client.resolved, &written_hashes(&auth.clients)) {
-                    let source = if client.token_file.is_some() {
-                        "token_file"
-                    } else {
-                        "token_env"
-                    };
-                    return Err(ConfigError::new(
-                        format!("{key}.{source}"),
-                        hash_as_token_error(j),
-                    ));
-                }
+            if let Some(j) = client
+                .token_sha256
+                .and_then(|h| hash_of_a_configured_hash(&h, &auth.clients))
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.token_sha256"),
+                    format!("is the SHA-256 of auth.clients[{j}].token_sha256 as written, so that hash, which may be shown or committed, would work as this client's token: hash a token of its own"),
+                ));
             }
             if client.ids.is_empty() {
                 return Err(ConfigError::new(

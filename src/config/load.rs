@@ -62,7 +62,10 @@ pub fn read_small_file(path: &Path, max: u64) -> Result<zeroize::Zeroizing<Vec<u
     Ok(bytes)
 }
 
-pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
+pub fn token_file_hashes(
+    path: &Path,
+    configured: &[(super::TokenHash, usize)],
+) -> Result<Vec<super::TokenHash>, String> {
     let bytes = read_small_file(path, MAX_TOKEN_FILE_BYTES)?;
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return Err(format!("{} is not UTF-8 text", path.display()));
@@ -73,7 +76,9 @@ pub fn token_file_hashes(path: &Path) -> Result<Vec<super::TokenHash>, String> {
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty())
-        .map(|token| token_hash(token).map_err(|why| format!("{}: {why}", path.display())))
+        .map(|token| {
+            token_hash(token, configured).map_err(|why| format!("{}: {why}", path.display()))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if hashes.is_empty() {
         return Err(format!("{} holds no token", path.display()));
@@ -94,7 +99,13 @@ const MAX_TOKENS_PER_FILE: usize = 16;
 
 /// The SHA-256 of a token read from a file or a variable, which must be
 /// long enough and have no whitespace inside.
-fn token_hash(token: &str) -> Result<super::TokenHash, String> {
+fn token_hash(
+    token: &str,
+    configured: &[(super::TokenHash, usize)],
+) -> Result<super::TokenHash, String> {
+    if let Some(j) = super::spells_a_configured_hash(token, configured) {
+        return Err(super::hash_as_token_error(j));
+    }
     if token.len() < super::MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
         return Err(format!(
             "the token must be at least {} characters with no whitespace",
@@ -207,12 +218,13 @@ impl Settings {
     /// environment variable) and keep only its SHA-256. Errors name the
     /// source, never the token.
     fn resolve_tokens(&mut self, env: &[(String, String)]) -> Result<(), ConfigError> {
+        let configured = super::configured_hashes(&self.auth.clients);
         for (i, client) in self.auth.clients.iter_mut().enumerate() {
             let key = format!("auth.clients[{i}]");
             if let Some(hash) = client.token_sha256 {
                 client.resolved = vec![hash];
             } else if let Some(path) = &client.token_file {
-                client.resolved = token_file_hashes(path)
+                client.resolved = token_file_hashes(path, &configured)
                     .map_err(|why| ConfigError::new(format!("{key}.token_file"), why))?;
             } else if let Some(var) = &client.token_env {
                 let token = match env.iter().rev().find(|(k, _)| k == var) {
@@ -230,7 +242,7 @@ impl Settings {
                         ));
                     }
                 };
-                client.resolved = vec![token_hash(&token)
+                client.resolved = vec![token_hash(&token, &configured)
                     .map_err(|why| ConfigError::new(format!("{key}.token_env"), why))?];
             }
         }

@@ -273,7 +273,7 @@ mod tests {
         /// The body's id is written as serde_json writes it, byte for
         /// byte, whatever the id holds (ASCII ids take a faster path).
         #[test]
-        fn key_bodies_encode_any_id_as_serde_json_does(id in "[^\\p{Cc}]{1,64}", key in proptest::collection::vec(any::<u8>(), 32)) {
+        fn key_bodies_encode_any_id_as_serde_json_does(id in "[ -~]{1,64}|[^\\p{Cc}]{1,32}", key in proptest::collection::vec(any::<u8>(), 32)) {
             use base64::Engine;
             let response = key_response(&id, &DataKey::from_bytes(Zeroizing::new(key.clone())));
             let body = futures::executor::block_on(axum::body::to_bytes(response.into_body(), 1 << 16)).unwrap();

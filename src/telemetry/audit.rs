@@ -158,6 +158,18 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    proptest::proptest! {
+        /// The hand-written JSON string is what serde_json writes, byte for
+        /// byte: over all of ASCII (the plain path and every escape), and
+        /// any text.
+        #[test]
+        fn json_strings_are_what_serde_json_writes(value in "[\\x00-\\x7f]{0,40}|\\PC{0,20}|.{0,20}") {
+            let mut ours = Vec::new();
+            json_string(&mut ours, &value);
+            proptest::prop_assert_eq!(ours, serde_json::to_vec(&value).unwrap());
+        }
+    }
+
     fn event<'a>(key_id: &'a str) -> Event<'a> {
         Event {
             request_id: "req-1",

@@ -530,7 +530,7 @@ async fn a_token_rotated_in_its_file_applies_without_a_restart() {
         s.auth.clients.push(AuthClient {
             name: "rotating".into(),
             token_file: Some(file.clone()),
-            resolved: rkms::config::token_file_hashes(&file).unwrap(),
+            resolved: rkms::config::token_file_hashes(&file, &[]).unwrap(),
             ids: vec![IdPattern::Any],
             create: true,
             ..AuthClient::default()
