@@ -274,8 +274,8 @@ impl Authenticator {
     /// Read every `token_file` again, and take the tokens of each that
     /// changed: a rotated Secret (or a line added for an overlap, then the
     /// old one removed) applies without a restart. A file that cannot be
-    /// read or holds a bad token, or new tokens that another client already
-    /// has, is logged once and changes nothing for that client: its tokens
+    /// read or holds a bad token (a configured `token_sha256` among them), or
+    /// new tokens that another client already has, is logged once and changes nothing for that client: its tokens
     /// in use stay. Blocking file reads: run off the async workers.
     pub fn reload_token_files(&self) {
         if self.files.is_empty() {

@@ -98,7 +98,8 @@ const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 const MAX_TOKENS_PER_FILE: usize = 16;
 
 /// The SHA-256 of a token read from a file or a variable, which must be
-/// long enough and have no whitespace inside.
+/// long enough, have no whitespace inside and not be the hex of a
+/// configured `token_sha256`.
 fn token_hash(
     token: &str,
     configured: &[(super::TokenHash, usize)],
