@@ -197,7 +197,7 @@ pub fn configured_hashes(clients: &[AuthClient]) -> Vec<(TokenHash, usize)> {
 /// any mix of cases. Only a token of exactly 64 hex digits is decoded, and
 /// only to compare it here; nothing of it is kept.
 pub fn spells_a_configured_hash(token: &str, configured: &[(TokenHash, usize)]) -> Option<usize> {
-    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if token.len() != 64 {
         return None;
     }
     let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
@@ -208,19 +208,20 @@ pub fn spells_a_configured_hash(token: &str, configured: &[(TokenHash, usize)]) 
         .map(|&(_, i)| i)
 }
 
-/// The client `j` whose configured `token_sha256`, written in lower or
-/// upper case hex, hashes to `hash`: another client's `token_sha256` made
-/// from it (`rkms hash-token` run on the hash) would let that hash in.
-fn hash_of_a_configured_hash(hash: &TokenHash, clients: &[AuthClient]) -> Option<usize> {
+/// The hash of each configured `token_sha256` as written, in lower and in
+/// upper case hex, with its client's index: another client's
+/// `token_sha256` equal to one (`rkms hash-token` run on the hash) would
+/// let that hash in.
+fn rehashed(clients: &[AuthClient]) -> Vec<(TokenHash, usize)> {
     use sha2::Digest;
-    configured_hashes(clients).into_iter().find_map(|(h, j)| {
-        let lower = hex::encode(h.0);
-        let upper = lower.to_ascii_uppercase();
-        [lower, upper]
-            .iter()
-            .any(|text| sha2::Sha256::digest(text.as_bytes())[..] == hash.0[..])
-            .then_some(j)
-    })
+    configured_hashes(clients)
+        .into_iter()
+        .flat_map(|(h, j)| {
+            let lower = hex::encode(h.0);
+            let upper = lower.to_ascii_uppercase();
+            [lower, upper].map(|text| (TokenHash(sha2::Sha256::digest(text).into()), j))
+        })
+        .collect()
 }
 
 /// Tokens read from files or the environment shorter than this are refused.
@@ -265,6 +266,7 @@ impl Settings {
             AuthMode::Token | AuthMode::Mtls => {}
         }
         let mut names = std::collections::BTreeSet::new();
+        let rehashed = rehashed(&auth.clients);
         for (i, client) in auth.clients.iter().enumerate() {
             let key = format!("auth.clients[{i}]");
             if client.prefixes.is_some() {
@@ -337,9 +339,9 @@ impl Settings {
                     ));
                 }
             }
-            if let Some(j) = client
+            if let Some(&(_, j)) = client
                 .token_sha256
-                .and_then(|h| hash_of_a_configured_hash(&h, &auth.clients))
+                .and_then(|h| rehashed.iter().find(|(r, _)| *r == h))
             {
                 return Err(ConfigError::new(
                     format!("{key}.token_sha256"),
