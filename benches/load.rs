@@ -7,7 +7,9 @@
 //! Every throughput scenario runs three times; the tables give the median
 //! and the range (min–max), and ratios are ratios of medians. The baseline,
 //! warm and token-auth runs are interleaved (B W A B W A B W A) so that a
-//! change in what else the machine is doing hits all three alike.
+//! change in what else the machine is doing hits all three alike. The
+//! token-auth target is judged on rounds that load a server with auth and
+//! one without at the same moment ([`paired_round`]).
 //!
 //! On a machine with two or more cores the servers (rkms and the baseline)
 //! run pinned to core 0 and wrk (with this harness and moto) to core 1, so
@@ -88,6 +90,9 @@ const FILL_ENV: &str = "RKMS_BENCH_FILL";
 /// Set: count instructions per warm read (about a minute), print them
 /// and exit, instead of the whole run (`make bench-instructions`).
 const INSTRUCTIONS_ONLY_ENV: &str = "RKMS_BENCH_INSTRUCTIONS_ONLY";
+/// Set: run only the token-auth target's rounds ([`paired_round`], about
+/// a minute), print them and exit.
+const AUTH_ONLY_ENV: &str = "RKMS_BENCH_AUTH_ONLY";
 /// Set to "ADDR RATE SECS [IDS]": one open-loop run of warm-read requests
 /// against ADDR, printed, then exit (for experiments by hand).
 const OPEN_LOOP_ENV: &str = "RKMS_BENCH_OPEN_LOOP";
@@ -526,6 +531,72 @@ async fn run_quiet(client: &reqwest::Client, target: &Target, load: &Load, s: &m
     s.runs.push(run);
 }
 
+/// Rounds of the paired token-auth measurement ([`paired_round`]).
+const PAIRED_RUNS: usize = 5;
+
+/// One round of warm reads without and with token auth, both loaded at
+/// the same moment.
+#[derive(Debug, Clone, Copy)]
+struct Pair {
+    warm_rps: f64,
+    auth_rps: f64,
+    /// Server CPU time per request, µs.
+    warm_cpu_us: f64,
+    auth_cpu_us: f64,
+}
+
+impl Pair {
+    /// What token auth took off warm throughput in this round.
+    fn cost(&self) -> f64 {
+        1.0 - self.auth_rps / self.warm_rps
+    }
+    /// What token auth added to the server's CPU time per request.
+    fn cpu_cost(&self) -> f64 {
+        self.auth_cpu_us / self.warm_cpu_us - 1.0
+    }
+}
+
+/// Both servers share core 0 (when pinned) while their own wrk (half the
+/// peak's connections each, both on core 1) loads them for the same
+/// seconds, so a change in the machine's speed hits both alike. Run one
+/// after the other, 5 s rounds on the 2-core VM (2026-11-27) gave token
+/// auth costs from -31% to +9%; at the same moment, 1.4% to 3.8%, and two
+/// servers without auth -3.5% to 0.8%. With the core shared
+/// fairly, the throughputs' ratio is the ratio of the work per request;
+/// each server's CPU time per request is read too, which does not depend
+/// on that fairness.
+fn paired_round(warm: &Target, auth: &Target) -> Pair {
+    let load = Load::closed("existing", EXISTING_IDS, PEAK_CONNECTIONS / 2);
+    let auth_load = Load {
+        token: auth.token,
+        ..load.clone()
+    };
+    let (warm_cpu, auth_cpu) = (cpu_seconds(warm.pid), cpu_seconds(auth.pid));
+    let (w, a) = std::thread::scope(|s| {
+        let w = s.spawn(|| wrk(&warm.base, &load));
+        let a = wrk(&auth.base, &auth_load);
+        (w.join().unwrap(), a)
+    });
+    assert_eq!(w.errors + a.errors, 0, "paired warm reads failed");
+    let per_request_us = |cpu: f64, run: &Run| 1e6 * cpu / (run.rps * load.secs as f64);
+    let pair = Pair {
+        warm_rps: w.rps,
+        auth_rps: a.rps,
+        warm_cpu_us: per_request_us(cpu_seconds(warm.pid) - warm_cpu, &w),
+        auth_cpu_us: per_request_us(cpu_seconds(auth.pid) - auth_cpu, &a),
+    };
+    eprintln!(
+        "  paired: {:.0} / {:.0} req/s, {:.2} / {:.2} µs of CPU per request: auth costs {:.1}% (CPU {:.1}%)",
+        pair.warm_rps,
+        pair.auth_rps,
+        pair.warm_cpu_us,
+        pair.auth_cpu_us,
+        100.0 * pair.cost(),
+        100.0 * pair.cpu_cost()
+    );
+    pair
+}
+
 /// `RUNS` runs of one scenario.
 async fn scenario(client: &reqwest::Client, name: &str, target: &Target, load: &Load) -> Scenario {
     let mut s = Scenario::new(name);
@@ -732,7 +803,39 @@ fn main() {
         println!("{out}");
         return;
     }
+    if std::env::var_os(AUTH_ONLY_ENV).is_some() {
+        runtime.block_on(auth_only());
+        return;
+    }
     runtime.block_on(bench(nproc));
+}
+
+/// The token-auth target's rounds alone ([`AUTH_ONLY_ENV`]).
+async fn auth_only() {
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (warm_dir, auth_dir) = (dir.path().join("warm"), dir.path().join("auth"));
+    std::fs::create_dir_all(&warm_dir).unwrap();
+    std::fs::create_dir_all(&auth_dir).unwrap();
+    let (warm, auth) = (rkms(&warm_dir, &[]), rkms(&auth_dir, &auth_env()));
+    let warm_t = target(&warm);
+    let auth_t = Target {
+        token: Some(BENCH_TOKEN),
+        ..target(&auth)
+    };
+    for t in [&warm_t, &auth_t] {
+        precreate(&client, &t.base, t.token, EXISTING_IDS).await;
+    }
+    let pairs: Vec<Pair> = (0..PAIRED_RUNS)
+        .map(|_| tokio::task::block_in_place(|| paired_round(&warm_t, &auth_t)))
+        .collect();
+    common::stop(auth);
+    common::stop(warm);
+    println!(
+        "token auth costs {:.1}% of warm throughput (server CPU time per request: {:.1}% more)",
+        100.0 * median(pairs.iter().map(Pair::cost).collect()),
+        100.0 * median(pairs.iter().map(Pair::cpu_cost).collect()),
+    );
 }
 
 struct Extras {
@@ -753,6 +856,8 @@ struct Extras {
     instructions: Option<Counts>,
     /// How long storing a key for every Zipf id took.
     populate_secs: f64,
+    /// Warm reads without and with token auth, loaded at the same moment.
+    pairs: Vec<Pair>,
 }
 
 #[derive(Default)]
@@ -817,6 +922,10 @@ async fn bench(nproc: usize) {
         run_quiet(&client, &warm_t, &peak, &mut warm).await;
         run_quiet(&client, &auth_t, &auth_load, &mut auth).await;
     }
+    eprintln!("warm reads without and with token auth at the same moment ...");
+    let pairs: Vec<Pair> = (0..PAIRED_RUNS)
+        .map(|_| tokio::task::block_in_place(|| paired_round(&warm_t, &auth_t)))
+        .collect();
     common::stop(auth_server);
 
     eprintln!("half of peak ...");
@@ -967,6 +1076,7 @@ async fn bench(nproc: usize) {
         open_baseline,
         instructions,
         populate_secs,
+        pairs,
     };
     let report = render(
         nproc,
@@ -1047,6 +1157,16 @@ fn render_instructions(out: &mut String, counted: Option<&Counts>) {
         auth.per_request - ours.per_request,
         100.0 * (auth.per_request / ours.per_request - 1.0)
     );
+    let _ = writeln!(out, "\n| function | with token auth | without | more |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for (name, a, b) in instructions::most_added(auth, ours, 10) {
+        let _ = writeln!(
+            out,
+            "| `{}` | {a:.0} | {b:.0} | {:+.0} |",
+            name.replace('|', "\\|"),
+            a - b
+        );
+    }
     let _ = writeln!(
         out,
         "\nrkms runs {:.2} times the baseline's instructions per request ({:+.0}). \
@@ -1614,7 +1734,13 @@ fn render(
     let kms = |s: &Scenario| s.opt_med(|r| r.kms_per_request).unwrap_or(f64::NAN);
     let normal_call = healthy.med(|r| r.p50_ms);
     let ratio = warm.rps() / baseline.rps();
-    let auth_cost = 1.0 - auth.rps() / warm.rps();
+    let auth_cost = median(x.pairs.iter().map(Pair::cost).collect());
+    let auth_cpu_cost = median(x.pairs.iter().map(Pair::cpu_cost).collect());
+    let range = |v: Vec<f64>| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        format!("{:.1}–{:.1}%", 100.0 * lo, 100.0 * hi)
+    };
     // What a Zipf mix would give if every request cost what it costs in
     // its own scenario of this run: a hit what a warm read costs, a first
     // touch what a create costs, any other miss what a cold read costs.
@@ -1698,8 +1824,14 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| token auth costs < 5% of warm throughput | {:.1}% ({:.0} vs {:.0} req/s){} | {} |",
+        "| token auth costs < 5% of warm throughput: a server with it and one without, loaded at the same moment and sharing core 0, {PAIRED_RUNS} rounds | {:.1}%, median of the rounds' throughput ratios (range {}; medians {:.0} vs {:.0} req/s); server CPU time per request {:.1}% more (range {}); run one after the other, as in the table above: {:.1}% ({:.0} vs {:.0} req/s){} | {} |",
         100.0 * auth_cost,
+        range(x.pairs.iter().map(Pair::cost).collect()),
+        median(x.pairs.iter().map(|p| p.auth_rps).collect()),
+        median(x.pairs.iter().map(|p| p.warm_rps).collect()),
+        100.0 * auth_cpu_cost,
+        range(x.pairs.iter().map(Pair::cpu_cost).collect()),
+        100.0 * (1.0 - auth.rps() / warm.rps()),
         auth.rps(),
         warm.rps(),
         x.instructions.as_ref().map_or(String::new(), |c| format!(

@@ -47,11 +47,7 @@ impl Remembered {
     /// against the token table of `generation`.
     fn recall(&self, header: &[u8], generation: u64) -> Option<usize> {
         match &*self.lock() {
-            Some((kept, client, checked))
-                if *checked == generation
-                    && kept.len() == header.len()
-                    && bool::from(kept.as_slice().ct_eq(header)) =>
-            {
+            Some((kept, client, checked)) if *checked == generation && same_bytes(kept, header) => {
                 Some(*client)
             }
             _ => None,
@@ -61,6 +57,22 @@ impl Remembered {
     fn keep(&self, header: &[u8], client: usize, generation: u64) {
         *self.lock() = Some((zeroize::Zeroizing::new(header.to_vec()), client, generation));
     }
+}
+
+/// Whether `a` and `b` hold the same bytes, in time that depends only on
+/// their lengths: eight bytes per comparison (a byte at a time costs a
+/// keep-alive request some 400 instructions more for a usual header).
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (a_words, a_rest) = a.as_chunks::<8>();
+    let (b_words, b_rest) = b.as_chunks::<8>();
+    let mut equal = a_rest.ct_eq(b_rest);
+    for (x, y) in a_words.iter().zip(b_words) {
+        equal &= u64::from_ne_bytes(*x).ct_eq(&u64::from_ne_bytes(*y));
+    }
+    bool::from(equal)
 }
 
 /// The names a verified TLS client certificate carries (DNS and URI SANs),
@@ -315,7 +327,7 @@ impl Authenticator {
         // Compare against every token so timing does not reveal which matched.
         for (i, digests) in tokens.iter().enumerate() {
             for digest in digests {
-                if bool::from(digest.ct_eq(&presented)) {
+                if same_bytes(digest, &presented) {
                     found = Some(i);
                 }
             }

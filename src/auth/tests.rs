@@ -243,6 +243,26 @@ fn rate_limits_refuse_past_the_burst_with_a_wait() {
 }
 
 proptest! {
+    /// The word-at-a-time compare of a remembered header answers what a
+    /// byte-at-a-time one does, for any lengths and for a change of any
+    /// one byte, in the words or in the tail.
+    #[test]
+    fn same_bytes_is_byte_equality(
+        a in proptest::collection::vec(any::<u8>(), 0..80),
+        b in proptest::collection::vec(any::<u8>(), 0..80),
+        at in any::<prop::sample::Index>(),
+        flip in 1u8..,
+    ) {
+        prop_assert_eq!(same_bytes(&a, &b), a == b);
+        prop_assert!(same_bytes(&a, &a.clone()));
+        if !a.is_empty() {
+            let mut changed = a.clone();
+            changed[at.index(a.len())] ^= flip;
+            prop_assert!(!same_bytes(&a, &changed));
+            prop_assert!(!same_bytes(&a, &a[..a.len() - 1]));
+        }
+    }
+
     #[test]
     fn patterns_match_exactly_what_they_say(
         prefix in "[a-z/]{1,8}",
