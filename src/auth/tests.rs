@@ -374,6 +374,74 @@ fn token_files_are_re_read_and_a_rotation_applies_without_a_restart() {
     assert_eq!(who("new-token-0123456789abcdef", None).unwrap(), "app");
 }
 
+/// Emptying a client's token file revokes its tokens, on the keep-alive
+/// connection that used them too, but only once two reads in a row find it
+/// empty: a file caught half-written (truncated, then filled) at one read
+/// locks nobody out. A token written again is taken at once.
+#[test]
+fn an_emptied_token_file_revokes_at_the_second_empty_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app");
+    std::fs::write(&path, "app-token-0123456789abcdef
+").unwrap();
+    let auth = Authenticator::new(&AuthSettings {
+        mode: AuthMode::Token,
+        clients: vec![AuthClient {
+            name: "app".into(),
+            token_file: Some(path.clone()),
+            resolved: crate::config::token_file_hashes(&path, &[]).unwrap(),
+            ids: vec![IdPattern::Any],
+            ..AuthClient::default()
+        }],
+        ..AuthSettings::default()
+    });
+    let conn = Remembered::default();
+    let who = |token: &str| {
+        auth.authenticate_on(&with_auth(&format!("Bearer {token}")), None, Some(&conn))
+            .map(|i| i.name().to_string())
+    };
+    assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
+
+    // Caught half-written once: nothing changes.
+    std::fs::write(&path, "").unwrap();
+    auth.reload_token_files();
+    assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
+    std::fs::write(&path, "app-token-0123456789abcdef
+").unwrap();
+    auth.reload_token_files();
+    std::fs::write(&path, " \n\n").unwrap();
+    auth.reload_token_files();
+    assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
+
+    // Still empty at the next read: revoked.
+    auth.reload_token_files();
+    assert_eq!(
+        who("app-token-0123456789abcdef").unwrap_err(),
+        AuthFailure::Unknown
+    );
+    auth.reload_token_files();
+    assert_eq!(
+        who("app-token-0123456789abcdef").unwrap_err(),
+        AuthFailure::Unknown
+    );
+
+    // A new token is taken at its first read.
+    std::fs::write(&path, "new-token-0123456789abcdef
+").unwrap();
+    auth.reload_token_files();
+    assert_eq!(who("new-token-0123456789abcdef").unwrap(), "app");
+    assert_eq!(
+        who("app-token-0123456789abcdef").unwrap_err(),
+        AuthFailure::Unknown
+    );
+
+    // A file gone (or unreadable) is not an empty one: nothing changes.
+    std::fs::remove_file(&path).unwrap();
+    auth.reload_token_files();
+    auth.reload_token_files();
+    assert_eq!(who("new-token-0123456789abcdef").unwrap(), "app");
+}
+
 /// A configured `token_sha256` written into another client's token file
 /// (in any mix of cases), or hashed again into another client's
 /// `token_sha256`, is not taken: the hash, which may be shown or committed,

@@ -2,7 +2,7 @@
 //! while rkms runs, so a token rotates without a restart.
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::Authenticator;
@@ -13,6 +13,9 @@ pub(super) struct TokenFile {
     path: PathBuf,
     /// The last problem said about the file, so each is said once.
     said: Mutex<Option<String>>,
+    /// Whether the last read found the file holding no token: a second
+    /// such read in a row revokes the client's tokens.
+    was_empty: AtomicBool,
 }
 
 impl TokenFile {
@@ -28,6 +31,7 @@ impl TokenFile {
                     client: i,
                     path: path.clone(),
                     said: Mutex::new(None),
+                    was_empty: AtomicBool::new(false),
                 })
             })
             .collect()
@@ -42,7 +46,10 @@ impl Authenticator {
 
     /// Read every `token_file` again, and take the tokens of each that
     /// changed: a rotated Secret (or a line added for an overlap, then the
-    /// old one removed) applies without a restart. A file that cannot be
+    /// old one removed) applies without a restart. A file emptied of
+    /// tokens revokes the client's at the second read in a row that finds
+    /// it so, never at the first: a file caught half-written (truncated,
+    /// not yet filled) does not lock its client out. A file that cannot be
     /// read or holds a bad token (a configured `token_sha256` among them),
     /// or new tokens that another client already has, is logged once and
     /// changes nothing for that client: its tokens in use stay. Blocking
@@ -56,8 +63,15 @@ impl Authenticator {
         let mut changed = Vec::new();
         for file in &self.files {
             let c = file.client;
-            let problem = match crate::config::token_file_hashes(&file.path, &self.configured) {
+            let read = crate::config::token_file_hashes(&file.path, &self.configured);
+            let empty = read.as_ref().is_ok_and(Vec::is_empty);
+            let empty_before = file.was_empty.swap(empty, Ordering::Relaxed);
+            let problem = match read {
                 Err(why) => Some(why),
+                Ok(_) if empty && !empty_before && !next[c].is_empty() => Some(format!(
+                    "{} holds no token; if it still holds none at the next read, the client's tokens are revoked",
+                    file.path.display()
+                )),
                 Ok(hashes) => {
                     let hashes: Vec<[u8; 32]> = hashes.iter().map(|h| h.0).collect();
                     let taken = next
@@ -98,11 +112,18 @@ impl Authenticator {
         self.generation.fetch_add(1, Ordering::Release);
         let now = self.current_tokens();
         for i in changed {
-            tracing::info!(
-                client = %self.clients[i].name,
-                tokens = now[i].len(),
-                "token_file changed: the client is now known by the tokens it holds"
-            );
+            if now[i].is_empty() {
+                tracing::warn!(
+                    client = %self.clients[i].name,
+                    "token_file holds no token: the client's tokens are revoked, and its requests refused until the file holds one"
+                );
+            } else {
+                tracing::info!(
+                    client = %self.clients[i].name,
+                    tokens = now[i].len(),
+                    "token_file changed: the client is now known by the tokens it holds"
+                );
+            }
         }
     }
 }

@@ -62,6 +62,9 @@ pub fn read_small_file(path: &Path, max: u64) -> Result<zeroize::Zeroizing<Vec<u
     Ok(bytes)
 }
 
+/// The SHA-256 of each token in a token file, one per line: none for a
+/// file that holds none, which at start is a config error and on a re-read
+/// revokes the client's tokens ([`crate::auth::Authenticator::reload_token_files`]).
 pub fn token_file_hashes(
     path: &Path,
     configured: &[(super::TokenHash, usize)],
@@ -80,9 +83,6 @@ pub fn token_file_hashes(
             token_hash(token, configured).map_err(|why| format!("{}: {why}", path.display()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if hashes.is_empty() {
-        return Err(format!("{} holds no token", path.display()));
-    }
     if hashes.len() > MAX_TOKENS_PER_FILE {
         return Err(format!(
             "{} holds {} tokens, more than {MAX_TOKENS_PER_FILE}",
@@ -226,6 +226,10 @@ impl Settings {
                 client.resolved = vec![hash];
             } else if let Some(path) = &client.token_file {
                 client.resolved = token_file_hashes(path, &configured)
+                    .and_then(|hashes| match hashes.is_empty() {
+                        true => Err(format!("{} holds no token", path.display())),
+                        false => Ok(hashes),
+                    })
                     .map_err(|why| ConfigError::new(format!("{key}.token_file"), why))?;
             } else if let Some(var) = &client.token_env {
                 let token = match env.iter().rev().find(|(k, _)| k == var) {
