@@ -7,9 +7,11 @@
 //! Every throughput scenario runs three times; the tables give the median
 //! and the range (min–max), and ratios are ratios of medians. The baseline,
 //! warm and token-auth runs are interleaved (B W A B W A B W A) so that a
-//! change in what else the machine is doing hits all three alike. The
-//! token-auth target is judged on rounds that load a server with auth and
-//! one without at the same moment ([`paired_round`]).
+//! change in what else the machine is doing hits all three alike. Still,
+//! rounds a minute apart move by 10–40% on a shared virtual machine, so
+//! the warm-throughput and token-auth targets are judged on rounds that
+//! load two servers at the same moment, sharing core 0, and compare their
+//! CPU time per request ([`paired_rounds`]).
 //!
 //! On a machine with two or more cores the servers (rkms and the baseline)
 //! run pinned to core 0 and wrk (with this harness and moto) to core 1, so
@@ -90,9 +92,9 @@ const FILL_ENV: &str = "RKMS_BENCH_FILL";
 /// Set: count instructions per warm read (about a minute), print them
 /// and exit, instead of the whole run (`make bench-instructions`).
 const INSTRUCTIONS_ONLY_ENV: &str = "RKMS_BENCH_INSTRUCTIONS_ONLY";
-/// Set: run only the token-auth target's rounds ([`paired_round`], about
-/// a minute), print them and exit.
-const AUTH_ONLY_ENV: &str = "RKMS_BENCH_AUTH_ONLY";
+/// Set: run only the rounds that load two servers at the same moment
+/// ([`paired_rounds`], about two minutes), print them and exit.
+const PAIRED_ONLY_ENV: &str = "RKMS_BENCH_PAIRED_ONLY";
 /// Set to "ADDR RATE SECS [IDS]": one open-loop run of warm-read requests
 /// against ADDR, printed, then exit (for experiments by hand).
 const OPEN_LOOP_ENV: &str = "RKMS_BENCH_OPEN_LOOP";
@@ -534,67 +536,109 @@ async fn run_quiet(client: &reqwest::Client, target: &Target, load: &Load, s: &m
 /// Rounds of the paired token-auth measurement ([`paired_round`]).
 const PAIRED_RUNS: usize = 5;
 
-/// One round of warm reads without and with token auth, both loaded at
-/// the same moment.
+/// One round of two servers loaded at the same moment
+/// ([`paired_round`]); the first is the reference.
 #[derive(Debug, Clone, Copy)]
 struct Pair {
-    warm_rps: f64,
-    auth_rps: f64,
+    rps: [f64; 2],
     /// Server CPU time per request, µs.
-    warm_cpu_us: f64,
-    auth_cpu_us: f64,
+    cpu_us: [f64; 2],
 }
 
 impl Pair {
-    /// What token auth took off warm throughput in this round.
-    fn cost(&self) -> f64 {
-        1.0 - self.auth_rps / self.warm_rps
+    /// The second server's throughput over the first's for the same CPU
+    /// time (the first's CPU time per request over the second's): what
+    /// each would serve with the core to itself.
+    fn ratio(&self) -> f64 {
+        self.cpu_us[0] / self.cpu_us[1]
     }
-    /// What token auth added to the server's CPU time per request.
-    fn cpu_cost(&self) -> f64 {
-        self.auth_cpu_us / self.warm_cpu_us - 1.0
+    /// The throughputs' ratio as loaded, with the core shared by the
+    /// scheduler.
+    fn rps_ratio(&self) -> f64 {
+        self.rps[1] / self.rps[0]
     }
 }
 
-/// Both servers share core 0 (when pinned) while their own wrk (half the
+/// Two servers share core 0 (when pinned) while their own wrk (half the
 /// peak's connections each, both on core 1) loads them for the same
 /// seconds, so a change in the machine's speed hits both alike. Run one
 /// after the other, 5 s rounds on the 2-core VM (2026-11-27) gave token
 /// auth costs from -31% to +9%; at the same moment, 1.4% to 3.8%, and two
-/// servers without auth -3.5% to 0.8%. With the core shared
-/// fairly, the throughputs' ratio is the ratio of the work per request;
-/// each server's CPU time per request is read too, which does not depend
-/// on that fairness.
-fn paired_round(warm: &Target, auth: &Target) -> Pair {
-    let load = Load::closed("existing", EXISTING_IDS, PEAK_CONNECTIONS / 2);
-    let auth_load = Load {
-        token: auth.token,
-        ..load.clone()
-    };
-    let (warm_cpu, auth_cpu) = (cpu_seconds(warm.pid), cpu_seconds(auth.pid));
-    let (w, a) = std::thread::scope(|s| {
-        let w = s.spawn(|| wrk(&warm.base, &load));
-        let a = wrk(&auth.base, &auth_load);
-        (w.join().unwrap(), a)
+/// servers without auth -3.5% to 0.8%. Each server's CPU time per request
+/// is its cost whatever share of the core the scheduler gave it; the
+/// throughputs are reported beside.
+fn paired_round(what: &str, servers: [(&Target, &Load); 2]) -> Pair {
+    let before = servers.map(|(t, _)| cpu_seconds(t.pid));
+    let runs = std::thread::scope(|s| {
+        let first = s.spawn(|| wrk(&servers[0].0.base, servers[0].1));
+        let second = wrk(&servers[1].0.base, servers[1].1);
+        [first.join().unwrap(), second]
     });
-    assert_eq!(w.errors + a.errors, 0, "paired warm reads failed");
-    let per_request_us = |cpu: f64, run: &Run| 1e6 * cpu / (run.rps * load.secs as f64);
+    assert!(
+        runs.iter().all(|r| r.errors == 0),
+        "{what}: requests failed"
+    );
+    let cpu_us = [0, 1].map(|i| {
+        let (t, load) = servers[i];
+        1e6 * (cpu_seconds(t.pid) - before[i]) / (runs[i].rps * load.secs as f64)
+    });
     let pair = Pair {
-        warm_rps: w.rps,
-        auth_rps: a.rps,
-        warm_cpu_us: per_request_us(cpu_seconds(warm.pid) - warm_cpu, &w),
-        auth_cpu_us: per_request_us(cpu_seconds(auth.pid) - auth_cpu, &a),
+        rps: [runs[0].rps, runs[1].rps],
+        cpu_us,
     };
     eprintln!(
-        "  paired: {:.0} / {:.0} req/s, {:.2} / {:.2} µs of CPU per request: auth costs {:.1}% (CPU {:.1}%)",
-        pair.warm_rps,
-        pair.auth_rps,
-        pair.warm_cpu_us,
-        pair.auth_cpu_us,
-        100.0 * pair.cost(),
-        100.0 * pair.cpu_cost()
+        "  {what}: {:.0} / {:.0} req/s, {:.2} / {:.2} µs of CPU per request: ratio {:.3} (as loaded {:.3})",
+        pair.rps[0],
+        pair.rps[1],
+        pair.cpu_us[0],
+        pair.cpu_us[1],
+        pair.ratio(),
+        pair.rps_ratio()
     );
     pair
+}
+
+/// Rounds of the baseline against warm reads, and of warm reads against
+/// warm reads with token auth, each pair loaded at the same moment.
+fn paired_rounds(baseline: &Target, warm: &Target, auth: &Target) -> Paired {
+    let load = |mode, ids, token| Load {
+        token,
+        ..Load::closed(mode, ids, PEAK_CONNECTIONS / 2)
+    };
+    let (fixed, existing) = (load("fixed", 1, None), load("existing", EXISTING_IDS, None));
+    let with_token = load("existing", EXISTING_IDS, auth.token);
+    let mut paired = Paired::default();
+    for _ in 0..PAIRED_RUNS {
+        paired.warm.push(paired_round(
+            "baseline / warm",
+            [(baseline, &fixed), (warm, &existing)],
+        ));
+        paired.auth.push(paired_round(
+            "warm / token auth",
+            [(warm, &existing), (auth, &with_token)],
+        ));
+    }
+    paired
+}
+
+/// The paired rounds of [`paired_rounds`].
+#[derive(Debug, Clone, Default)]
+struct Paired {
+    /// The baseline, then warm reads.
+    warm: Vec<Pair>,
+    /// Warm reads, then warm reads with token auth.
+    auth: Vec<Pair>,
+}
+
+impl Paired {
+    /// Warm reads' throughput over the baseline's.
+    fn warm_ratio(&self) -> f64 {
+        median(self.warm.iter().map(Pair::ratio).collect())
+    }
+    /// What token auth takes off warm throughput.
+    fn auth_cost(&self) -> f64 {
+        1.0 - median(self.auth.iter().map(Pair::ratio).collect())
+    }
 }
 
 /// `RUNS` runs of one scenario.
@@ -803,21 +847,22 @@ fn main() {
         println!("{out}");
         return;
     }
-    if std::env::var_os(AUTH_ONLY_ENV).is_some() {
-        runtime.block_on(auth_only());
+    if std::env::var_os(PAIRED_ONLY_ENV).is_some() {
+        runtime.block_on(paired_only());
         return;
     }
     runtime.block_on(bench(nproc));
 }
 
-/// The token-auth target's rounds alone ([`AUTH_ONLY_ENV`]).
-async fn auth_only() {
+/// The paired rounds alone ([`PAIRED_ONLY_ENV`]).
+async fn paired_only() {
     let client = reqwest::Client::new();
     let dir = tempfile::tempdir().unwrap();
     let (warm_dir, auth_dir) = (dir.path().join("warm"), dir.path().join("auth"));
     std::fs::create_dir_all(&warm_dir).unwrap();
     std::fs::create_dir_all(&auth_dir).unwrap();
     let (warm, auth) = (rkms(&warm_dir, &[]), rkms(&auth_dir, &auth_env()));
+    let (mut baseline, baseline_t) = start_baseline();
     let warm_t = target(&warm);
     let auth_t = Target {
         token: Some(BENCH_TOKEN),
@@ -826,15 +871,15 @@ async fn auth_only() {
     for t in [&warm_t, &auth_t] {
         precreate(&client, &t.base, t.token, EXISTING_IDS).await;
     }
-    let pairs: Vec<Pair> = (0..PAIRED_RUNS)
-        .map(|_| tokio::task::block_in_place(|| paired_round(&warm_t, &auth_t)))
-        .collect();
+    let paired = tokio::task::block_in_place(|| paired_rounds(&baseline_t, &warm_t, &auth_t));
     common::stop(auth);
     common::stop(warm);
+    let _ = baseline.kill();
+    let _ = baseline.wait();
     println!(
-        "token auth costs {:.1}% of warm throughput (server CPU time per request: {:.1}% more)",
-        100.0 * median(pairs.iter().map(Pair::cost).collect()),
-        100.0 * median(pairs.iter().map(Pair::cpu_cost).collect()),
+        "warm reads {:.2} x the baseline; token auth costs {:.1}% of warm throughput",
+        paired.warm_ratio(),
+        100.0 * paired.auth_cost(),
     );
 }
 
@@ -856,8 +901,8 @@ struct Extras {
     instructions: Option<Counts>,
     /// How long storing a key for every Zipf id took.
     populate_secs: f64,
-    /// Warm reads without and with token auth, loaded at the same moment.
-    pairs: Vec<Pair>,
+    /// Pairs of servers loaded at the same moment.
+    paired: Paired,
 }
 
 #[derive(Default)]
@@ -922,10 +967,8 @@ async fn bench(nproc: usize) {
         run_quiet(&client, &warm_t, &peak, &mut warm).await;
         run_quiet(&client, &auth_t, &auth_load, &mut auth).await;
     }
-    eprintln!("warm reads without and with token auth at the same moment ...");
-    let pairs: Vec<Pair> = (0..PAIRED_RUNS)
-        .map(|_| tokio::task::block_in_place(|| paired_round(&warm_t, &auth_t)))
-        .collect();
+    eprintln!("the same in pairs loaded at the same moment ...");
+    let paired = tokio::task::block_in_place(|| paired_rounds(&baseline_t, &warm_t, &auth_t));
     common::stop(auth_server);
 
     eprintln!("half of peak ...");
@@ -1076,7 +1119,7 @@ async fn bench(nproc: usize) {
         open_baseline,
         instructions,
         populate_secs,
-        pairs,
+        paired,
     };
     let report = render(
         nproc,
@@ -1607,7 +1650,8 @@ fn render(
          {PEAK_CONNECTIONS} connections at peak, {AWS_CONNECTIONS} against moto. Release build. \
          The baseline is a minimal axum server (its own process, tokio's default runtime) answering a fixed JSON \
          body of the same size from memory, measured in the same run; baseline, warm and token-auth runs are \
-         interleaved. KMS calls, keys created and cache hits per request come from rkms's own /metrics. \
+         interleaved, and the warm and token-auth targets are judged on pairs of servers loaded at the same \
+         moment (see the targets). KMS calls, keys created and cache hits per request come from rkms's own /metrics. \
          \"server CPU\" is the server process's CPU time over the run in cores (1.00 = its core was saturated); \
          \"other on core 0 / 1\" is how busy each core was with anything but the server (core 0) or wrk and the \
          harness (core 1; moto runs there too in the moto scenarios), e.g. other builds on this shared machine: \
@@ -1734,13 +1778,15 @@ fn render(
     let kms = |s: &Scenario| s.opt_med(|r| r.kms_per_request).unwrap_or(f64::NAN);
     let normal_call = healthy.med(|r| r.p50_ms);
     let ratio = warm.rps() / baseline.rps();
-    let auth_cost = median(x.pairs.iter().map(Pair::cost).collect());
-    let auth_cpu_cost = median(x.pairs.iter().map(Pair::cpu_cost).collect());
-    let range = |v: Vec<f64>| {
+    let (paired_ratio, auth_cost) = (x.paired.warm_ratio(), x.paired.auth_cost());
+    let range = |v: Vec<f64>, of: fn(f64) -> String| {
         let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
         let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        format!("{:.1}–{:.1}%", 100.0 * lo, 100.0 * hi)
+        format!("{}–{}", of(lo), of(hi))
     };
+    let times = |v: f64| format!("{v:.2}");
+    let percent = |v: f64| format!("{:.1}%", 100.0 * v);
+    let (warm_pairs, auth_pairs) = (&x.paired.warm, &x.paired.auth);
     // What a Zipf mix would give if every request cost what it costs in
     // its own scenario of this run: a hit what a warm read costs, a first
     // touch what a create costs, any other miss what a cold read costs.
@@ -1781,7 +1827,16 @@ fn render(
     let _ = writeln!(out, "| target | measured | |\n|---|---|---|");
     let _ = writeln!(
         out,
-        "| warm throughput >= 0.80 x baseline (ratio of medians) | {ratio:.2} x ({:.0} / {:.0} req/s; per-round ratios {}) | {} |",
+        "| warm throughput >= 0.80 x baseline: the two servers loaded at the same moment, sharing core 0, {PAIRED_RUNS} rounds; each one's throughput for the same CPU time (the inverse of its CPU time per request) | {paired_ratio:.2} x, median of the rounds (range {}; {:.2} µs of server CPU per warm read against {:.2}; the throughputs as loaded, ratio {:.2}) | {} |",
+        range(warm_pairs.iter().map(Pair::ratio).collect(), times),
+        median(warm_pairs.iter().map(|p| p.cpu_us[1]).collect()),
+        median(warm_pairs.iter().map(|p| p.cpu_us[0]).collect()),
+        median(warm_pairs.iter().map(Pair::rps_ratio).collect()),
+        verdict(paired_ratio >= 0.8)
+    );
+    let _ = writeln!(
+        out,
+        "| (reported only) the same from the table above, run one after the other (ratio of medians) | {ratio:.2} x ({:.0} / {:.0} req/s; per-round ratios {}) | – |",
         warm.rps(),
         baseline.rps(),
         warm.runs
@@ -1790,7 +1845,6 @@ fn render(
             .map(|(w, b)| format!("{:.2}", w.rps / b.rps))
             .collect::<Vec<_>>()
             .join(", "),
-        verdict(ratio >= 0.8)
     );
     let _ = writeln!(
         out,
@@ -1824,13 +1878,12 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| token auth costs < 5% of warm throughput: a server with it and one without, loaded at the same moment and sharing core 0, {PAIRED_RUNS} rounds | {:.1}%, median of the rounds' throughput ratios (range {}; medians {:.0} vs {:.0} req/s); server CPU time per request {:.1}% more (range {}); run one after the other, as in the table above: {:.1}% ({:.0} vs {:.0} req/s){} | {} |",
+        "| token auth costs < 5% of warm throughput: a server with it and one without, loaded at the same moment, as above | {:.1}%, median of the rounds (range {}; {:.2} µs of server CPU per request against {:.2}; the throughputs as loaded, {} less); run one after the other, as in the table above: {:.1}% ({:.0} vs {:.0} req/s){} | {} |",
         100.0 * auth_cost,
-        range(x.pairs.iter().map(Pair::cost).collect()),
-        median(x.pairs.iter().map(|p| p.auth_rps).collect()),
-        median(x.pairs.iter().map(|p| p.warm_rps).collect()),
-        100.0 * auth_cpu_cost,
-        range(x.pairs.iter().map(Pair::cpu_cost).collect()),
+        range(auth_pairs.iter().map(|p| 1.0 - p.ratio()).collect(), percent),
+        median(auth_pairs.iter().map(|p| p.cpu_us[1]).collect()),
+        median(auth_pairs.iter().map(|p| p.cpu_us[0]).collect()),
+        percent(1.0 - median(auth_pairs.iter().map(Pair::rps_ratio).collect())),
         100.0 * (1.0 - auth.rps() / warm.rps()),
         auth.rps(),
         warm.rps(),
