@@ -854,23 +854,36 @@ fn main() {
     runtime.block_on(bench(nproc));
 }
 
-/// The paired rounds alone ([`PAIRED_ONLY_ENV`]).
-async fn paired_only() {
-    let client = reqwest::Client::new();
-    let dir = tempfile::tempdir().unwrap();
-    let (warm_dir, auth_dir) = (dir.path().join("warm"), dir.path().join("auth"));
-    std::fs::create_dir_all(&warm_dir).unwrap();
-    std::fs::create_dir_all(&auth_dir).unwrap();
-    let (warm, auth) = (rkms(&warm_dir, &[]), rkms(&auth_dir, &auth_env()));
-    let (mut baseline, baseline_t) = start_baseline();
+/// An rkms server in `warm_dir` and one with token auth in `auth_dir`,
+/// each holding the 1,000 ids of warm reads, every one cached.
+async fn warm_and_auth_servers(
+    client: &reqwest::Client,
+    warm_dir: &Path,
+    auth_dir: &Path,
+) -> (common::Proc, common::Proc, Target, Target) {
+    std::fs::create_dir_all(warm_dir).unwrap();
+    std::fs::create_dir_all(auth_dir).unwrap();
+    let (warm, auth) = (rkms(warm_dir, &[]), rkms(auth_dir, &auth_env()));
     let warm_t = target(&warm);
     let auth_t = Target {
         token: Some(BENCH_TOKEN),
         ..target(&auth)
     };
     for t in [&warm_t, &auth_t] {
-        precreate(&client, &t.base, t.token, EXISTING_IDS).await;
+        precreate(client, &t.base, t.token, EXISTING_IDS).await;
+        // One pass to warm the cache for every id.
+        precreate(client, &t.base, t.token, EXISTING_IDS).await;
     }
+    (warm, auth, warm_t, auth_t)
+}
+
+/// The paired rounds alone ([`PAIRED_ONLY_ENV`]).
+async fn paired_only() {
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (warm, auth, warm_t, auth_t) =
+        warm_and_auth_servers(&client, &dir.path().join("warm"), &dir.path().join("auth")).await;
+    let (mut baseline, baseline_t) = start_baseline();
     let paired = tokio::task::block_in_place(|| paired_rounds(&baseline_t, &warm_t, &auth_t));
     common::stop(auth);
     common::stop(warm);
@@ -933,21 +946,8 @@ async fn bench(nproc: usize) {
     let (mut baseline_child, baseline_t) = start_baseline();
     let dir = tempfile::tempdir().unwrap();
     let warm_dir = dir.path().join("warm");
-    let auth_dir = dir.path().join("auth");
-    std::fs::create_dir_all(&warm_dir).unwrap();
-    std::fs::create_dir_all(&auth_dir).unwrap();
-    let server = rkms(&warm_dir, &[]);
-    let auth_server = rkms(&auth_dir, &auth_env());
-    let warm_t = target(&server);
-    let auth_t = Target {
-        token: Some(BENCH_TOKEN),
-        ..target(&auth_server)
-    };
-    for t in [&warm_t, &auth_t] {
-        precreate(&client, &t.base, t.token, EXISTING_IDS).await;
-        // One pass to warm the cache for every id.
-        precreate(&client, &t.base, t.token, EXISTING_IDS).await;
-    }
+    let (server, auth_server, warm_t, auth_t) =
+        warm_and_auth_servers(&client, &warm_dir, &dir.path().join("auth")).await;
     let mut baseline = Scenario::new("baseline: fixed JSON from memory");
     let mut warm = Scenario::new("warm reads, 1,000 ids (cache)");
     let mut auth = Scenario::new("warm reads, token auth on");
@@ -1200,16 +1200,8 @@ fn render_instructions(out: &mut String, counted: Option<&Counts>) {
         auth.per_request - ours.per_request,
         100.0 * (auth.per_request / ours.per_request - 1.0)
     );
-    let _ = writeln!(out, "\n| function | with token auth | without | more |");
-    let _ = writeln!(out, "|---|---:|---:|---:|");
-    for (name, a, b) in instructions::most_added(auth, ours, 10) {
-        let _ = writeln!(
-            out,
-            "| `{}` | {a:.0} | {b:.0} | {:+.0} |",
-            name.replace('|', "\\|"),
-            a - b
-        );
-    }
+    out.push('\n');
+    function_table(out, ["with token auth", "without"], auth, ours, 10);
     let _ = writeln!(
         out,
         "\nrkms runs {:.2} times the baseline's instructions per request ({:+.0}). \
@@ -1217,14 +1209,26 @@ fn render_instructions(out: &mut String, counted: Option<&Counts>) {
         ours.per_request / theirs.per_request,
         ours.per_request - theirs.per_request
     );
-    let _ = writeln!(out, "| function | rkms | baseline | more |");
+    function_table(out, ["rkms", "baseline"], ours, theirs, 15);
+}
+
+/// The `n` functions whose own instructions per request `a` has most over
+/// `b`, as a table.
+fn function_table(
+    out: &mut String,
+    names: [&str; 2],
+    a: &instructions::Counted,
+    b: &instructions::Counted,
+    n: usize,
+) {
+    let _ = writeln!(out, "| function | {} | {} | more |", names[0], names[1]);
     let _ = writeln!(out, "|---|---:|---:|---:|");
-    for (name, a, b) in instructions::most_added(ours, theirs, 15) {
+    for (name, x, y) in instructions::most_added(a, b, n) {
         let _ = writeln!(
             out,
-            "| `{}` | {a:.0} | {b:.0} | {:+.0} |",
+            "| `{}` | {x:.0} | {y:.0} | {:+.0} |",
             name.replace('|', "\\|"),
-            a - b
+            x - y
         );
     }
 }

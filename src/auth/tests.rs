@@ -382,8 +382,12 @@ fn token_files_are_re_read_and_a_rotation_applies_without_a_restart() {
 fn an_emptied_token_file_revokes_at_the_second_empty_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app");
-    std::fs::write(&path, "app-token-0123456789abcdef
-").unwrap();
+    std::fs::write(
+        &path,
+        "app-token-0123456789abcdef
+",
+    )
+    .unwrap();
     let auth = Authenticator::new(&AuthSettings {
         mode: AuthMode::Token,
         clients: vec![AuthClient {
@@ -406,8 +410,12 @@ fn an_emptied_token_file_revokes_at_the_second_empty_read() {
     std::fs::write(&path, "").unwrap();
     auth.reload_token_files();
     assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
-    std::fs::write(&path, "app-token-0123456789abcdef
-").unwrap();
+    std::fs::write(
+        &path,
+        "app-token-0123456789abcdef
+",
+    )
+    .unwrap();
     auth.reload_token_files();
     std::fs::write(&path, " \n\n").unwrap();
     auth.reload_token_files();
@@ -426,8 +434,12 @@ fn an_emptied_token_file_revokes_at_the_second_empty_read() {
     );
 
     // A new token is taken at its first read.
-    std::fs::write(&path, "new-token-0123456789abcdef
-").unwrap();
+    std::fs::write(
+        &path,
+        "new-token-0123456789abcdef
+",
+    )
+    .unwrap();
     auth.reload_token_files();
     assert_eq!(who("new-token-0123456789abcdef").unwrap(), "app");
     assert_eq!(
