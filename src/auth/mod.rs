@@ -242,13 +242,23 @@ impl Authenticator {
             .iter()
             .map(|c| c.resolved.iter().map(|h| h.0).collect())
             .collect();
+        let files = TokenFile::of(settings);
+        for file in &files {
+            if tokens[file.client].is_empty() {
+                tracing::warn!(
+                    client = %clients[file.client].name,
+                    "auth.clients[{}].token_file holds no token: the client's requests are refused until it holds one",
+                    file.client
+                );
+            }
+        }
         Self {
             mode: settings.mode,
             clients,
             by_name,
             tokens: RwLock::new(Arc::new(tokens)),
             generation: AtomicU64::new(0),
-            files: TokenFile::of(settings),
+            files,
             configured: crate::config::configured_hashes(&settings.clients),
         }
     }

@@ -242,6 +242,17 @@ fn rate_limits_refuse_past_the_burst_with_a_wait() {
     assert!(Identity::Anonymous.check_rate().is_ok());
 }
 
+/// A slice that is the other's prefix, cut at a whole number of words
+/// with tails of one length, is not equal: the words and tails alone would
+/// say so.
+#[test]
+fn same_bytes_refuses_a_prefix_whatever_its_words() {
+    assert!(!same_bytes(&[0; 16], &[0; 8]));
+    assert!(!same_bytes(&[7; 19], &[7; 11]));
+    assert!(!same_bytes(&[7; 8], &[]));
+    assert!(same_bytes(&[], &[]));
+}
+
 proptest! {
     /// The word-at-a-time compare of a remembered header answers what a
     /// byte-at-a-time one does, for any lengths and for a change of any
@@ -376,18 +387,15 @@ fn token_files_are_re_read_and_a_rotation_applies_without_a_restart() {
 
 /// Emptying a client's token file revokes its tokens, on the keep-alive
 /// connection that used them too, but only once two reads in a row find it
-/// empty: a file caught half-written (truncated, then filled) at one read
-/// locks nobody out. A token written again is taken at once.
+/// empty: a file caught empty in the middle of a rewrite (truncated, then
+/// filled) at one read locks nobody out, nor does one empty, then
+/// unreadable, then empty. A token written again is taken at once, and a
+/// restart keeps the revocation.
 #[test]
 fn an_emptied_token_file_revokes_at_the_second_empty_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app");
-    std::fs::write(
-        &path,
-        "app-token-0123456789abcdef
-",
-    )
-    .unwrap();
+    std::fs::write(&path, "app-token-0123456789abcdef\n").unwrap();
     let auth = Authenticator::new(&AuthSettings {
         mode: AuthMode::Token,
         clients: vec![AuthClient {
@@ -410,12 +418,7 @@ fn an_emptied_token_file_revokes_at_the_second_empty_read() {
     std::fs::write(&path, "").unwrap();
     auth.reload_token_files();
     assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
-    std::fs::write(
-        &path,
-        "app-token-0123456789abcdef
-",
-    )
-    .unwrap();
+    std::fs::write(&path, "app-token-0123456789abcdef\n").unwrap();
     auth.reload_token_files();
     std::fs::write(&path, " \n\n").unwrap();
     auth.reload_token_files();
@@ -434,12 +437,7 @@ fn an_emptied_token_file_revokes_at_the_second_empty_read() {
     );
 
     // A new token is taken at its first read.
-    std::fs::write(
-        &path,
-        "new-token-0123456789abcdef
-",
-    )
-    .unwrap();
+    std::fs::write(&path, "new-token-0123456789abcdef\n").unwrap();
     auth.reload_token_files();
     assert_eq!(who("new-token-0123456789abcdef").unwrap(), "app");
     assert_eq!(
@@ -447,11 +445,51 @@ fn an_emptied_token_file_revokes_at_the_second_empty_read() {
         AuthFailure::Unknown
     );
 
-    // A file gone (or unreadable) is not an empty one: nothing changes.
+    // A file gone (or unreadable) is not an empty one: nothing changes,
+    // and an empty read after it is the first of a new count.
     std::fs::remove_file(&path).unwrap();
     auth.reload_token_files();
     auth.reload_token_files();
     assert_eq!(who("new-token-0123456789abcdef").unwrap(), "app");
+    std::fs::write(&path, "").unwrap();
+    auth.reload_token_files();
+    std::fs::remove_file(&path).unwrap();
+    auth.reload_token_files();
+    std::fs::write(&path, "").unwrap();
+    auth.reload_token_files();
+    assert_eq!(who("new-token-0123456789abcdef").unwrap(), "app");
+    auth.reload_token_files();
+    assert_eq!(
+        who("new-token-0123456789abcdef").unwrap_err(),
+        AuthFailure::Unknown
+    );
+
+    // Restarted on the emptied file: the client has no token; a token
+    // written later is taken at its first read.
+    let restarted = Authenticator::new(&AuthSettings {
+        mode: AuthMode::Token,
+        clients: vec![AuthClient {
+            name: "app".into(),
+            token_file: Some(path.clone()),
+            resolved: crate::config::token_file_hashes(&path, &[]).unwrap(),
+            ids: vec![IdPattern::Any],
+            ..AuthClient::default()
+        }],
+        ..AuthSettings::default()
+    });
+    let bearer = |token: &str| with_auth(&format!("Bearer {token}"));
+    restarted.reload_token_files();
+    assert_eq!(
+        restarted
+            .authenticate(&bearer("new-token-0123456789abcdef"), None)
+            .unwrap_err(),
+        AuthFailure::Unknown
+    );
+    std::fs::write(&path, "next-token-0123456789abcdef\n").unwrap();
+    restarted.reload_token_files();
+    assert!(restarted
+        .authenticate(&bearer("next-token-0123456789abcdef"), None)
+        .is_ok());
 }
 
 /// A configured `token_sha256` written into another client's token file

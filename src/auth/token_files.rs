@@ -9,7 +9,7 @@ use super::Authenticator;
 use crate::config::{AuthMode, AuthSettings};
 
 pub(super) struct TokenFile {
-    client: usize,
+    pub(super) client: usize,
     path: PathBuf,
     /// The last problem said about the file, so each is said once.
     said: Mutex<Option<String>>,
@@ -48,8 +48,9 @@ impl Authenticator {
     /// changed: a rotated Secret (or a line added for an overlap, then the
     /// old one removed) applies without a restart. A file emptied of
     /// tokens revokes the client's at the second read in a row that finds
-    /// it so, never at the first: a file caught half-written (truncated,
-    /// not yet filled) does not lock its client out. A file that cannot be
+    /// it so, never at the first: a file caught empty in the middle of a
+    /// rewrite (truncated, not yet filled) does not lock its client out.
+    /// A file that cannot be
     /// read or holds a bad token (a configured `token_sha256` among them),
     /// or new tokens that another client already has, is logged once and
     /// changes nothing for that client: its tokens in use stay. Blocking
@@ -66,12 +67,18 @@ impl Authenticator {
             let read = crate::config::token_file_hashes(&file.path, &self.configured);
             let empty = read.as_ref().is_ok_and(Vec::is_empty);
             let empty_before = file.was_empty.swap(empty, Ordering::Relaxed);
+            let mut said = file.said.lock().unwrap_or_else(|p| p.into_inner());
+            if empty && !empty_before && !next[c].is_empty() {
+                tracing::warn!(
+                    client = %self.clients[c].name,
+                    path = %file.path.display(),
+                    "token_file holds no token: if it still holds none at the next read, in 5 s, the client's tokens are revoked"
+                );
+                *said = None;
+                continue;
+            }
             let problem = match read {
                 Err(why) => Some(why),
-                Ok(_) if empty && !empty_before && !next[c].is_empty() => Some(format!(
-                    "{} holds no token; if it still holds none at the next read, the client's tokens are revoked",
-                    file.path.display()
-                )),
                 Ok(hashes) => {
                     let hashes: Vec<[u8; 32]> = hashes.iter().map(|h| h.0).collect();
                     let taken = next
@@ -93,7 +100,6 @@ impl Authenticator {
                     }
                 }
             };
-            let mut said = file.said.lock().unwrap_or_else(|p| p.into_inner());
             if *said != problem {
                 if let Some(why) = &problem {
                     tracing::error!(

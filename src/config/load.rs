@@ -62,9 +62,10 @@ pub fn read_small_file(path: &Path, max: u64) -> Result<zeroize::Zeroizing<Vec<u
     Ok(bytes)
 }
 
-/// The SHA-256 of each token in a token file, one per line: none for a
-/// file that holds none, which at start is a config error and on a re-read
-/// revokes the client's tokens ([`crate::auth::Authenticator::reload_token_files`]).
+/// The SHA-256 of each token in a token file, one per line. None for a
+/// file that holds none: the client then has no token and its requests are
+/// refused (on a re-read, only once two reads in a row find the file so:
+/// [`crate::auth::Authenticator::reload_token_files`]).
 pub fn token_file_hashes(
     path: &Path,
     configured: &[(super::TokenHash, usize)],
@@ -225,11 +226,10 @@ impl Settings {
             if let Some(hash) = client.token_sha256 {
                 client.resolved = vec![hash];
             } else if let Some(path) = &client.token_file {
+                // None is a revoked client: refused, not a config error,
+                // so that a restart keeps the revocation and serves the
+                // others ([`crate::auth::Authenticator::new`] warns).
                 client.resolved = token_file_hashes(path, &configured)
-                    .and_then(|hashes| match hashes.is_empty() {
-                        true => Err(format!("{} holds no token", path.display())),
-                        false => Ok(hashes),
-                    })
                     .map_err(|why| ConfigError::new(format!("{key}.token_file"), why))?;
             } else if let Some(var) = &client.token_env {
                 let token = match env.iter().rev().find(|(k, _)| k == var) {
