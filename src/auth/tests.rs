@@ -396,17 +396,21 @@ fn an_emptied_token_file_revokes_at_the_second_empty_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("app");
     std::fs::write(&path, "app-token-0123456789abcdef\n").unwrap();
-    let auth = Authenticator::new(&AuthSettings {
-        mode: AuthMode::Token,
-        clients: vec![AuthClient {
-            name: "app".into(),
-            token_file: Some(path.clone()),
-            resolved: crate::config::token_file_hashes(&path, &[]).unwrap(),
-            ids: vec![IdPattern::Any],
-            ..AuthClient::default()
-        }],
-        ..AuthSettings::default()
-    });
+    // Started (or restarted) on the file as it is.
+    let start = || {
+        Authenticator::new(&AuthSettings {
+            mode: AuthMode::Token,
+            clients: vec![AuthClient {
+                name: "app".into(),
+                token_file: Some(path.clone()),
+                resolved: crate::config::token_file_hashes(&path, &[]).unwrap(),
+                ids: vec![IdPattern::Any],
+                ..AuthClient::default()
+            }],
+            ..AuthSettings::default()
+        })
+    };
+    let auth = start();
     let conn = Remembered::default();
     let who = |token: &str| {
         auth.authenticate_on(&with_auth(&format!("Bearer {token}")), None, Some(&conn))
@@ -466,17 +470,7 @@ fn an_emptied_token_file_revokes_at_the_second_empty_read() {
 
     // Restarted on the emptied file: the client has no token; a token
     // written later is taken at its first read.
-    let restarted = Authenticator::new(&AuthSettings {
-        mode: AuthMode::Token,
-        clients: vec![AuthClient {
-            name: "app".into(),
-            token_file: Some(path.clone()),
-            resolved: crate::config::token_file_hashes(&path, &[]).unwrap(),
-            ids: vec![IdPattern::Any],
-            ..AuthClient::default()
-        }],
-        ..AuthSettings::default()
-    });
+    let restarted = start();
     let bearer = |token: &str| with_auth(&format!("Bearer {token}"));
     restarted.reload_token_files();
     assert_eq!(
