@@ -50,11 +50,11 @@ impl Authenticator {
     /// tokens revokes the client's at the second read in a row that finds
     /// it so, never at the first: a file caught empty in the middle of a
     /// rewrite (truncated, not yet filled) does not lock its client out.
-    /// A file that cannot be
-    /// read or holds a bad token (a configured `token_sha256` among them),
-    /// or new tokens that another client already has, is logged once and
-    /// changes nothing for that client: its tokens in use stay. Blocking
-    /// file reads: run off the async workers.
+    /// A file that cannot be read or holds a bad token (a configured
+    /// `token_sha256` among them), or new tokens that another client
+    /// already has, is logged once and changes nothing for that client:
+    /// its tokens in use stay. Blocking file reads: run off the async
+    /// workers.
     pub fn reload_token_files(&self) {
         if self.files.is_empty() {
             return;
