@@ -39,7 +39,16 @@ impl KeyId {
         if raw.len() > MAX_ID_BYTES {
             return Err(KeyIdError::TooLong(raw.len()));
         }
-        if let Some((at, _)) = raw.char_indices().find(|(_, c)| c.is_control()) {
+        // An ASCII id (the usual one) is checked a byte at a time: its
+        // control characters are the ASCII ones.
+        let control = if raw.is_ascii() {
+            raw.bytes().position(|b| b.is_ascii_control())
+        } else {
+            raw.char_indices()
+                .find(|(_, c)| c.is_control())
+                .map(|(at, _)| at)
+        };
+        if let Some(at) = control {
             return Err(KeyIdError::ControlCharacter(at));
         }
         Ok(Self(raw.into()))
@@ -306,13 +315,19 @@ mod properties {
         /// Whatever parses satisfies every invariant; whatever satisfies
         /// them parses, unchanged.
         #[test]
-        fn key_id_parse_matches_its_rules(raw in "\\PC{0,200}|[\\x00-\\x7f]{0,20}|.{500,520}") {
+        fn key_id_parse_matches_its_rules(raw in "\\PC{0,200}|[\\x00-\\x7f]{0,20}|.{500,520}|\\PC{0,20}[\\x00-\\x1f\\x7f-\\u{9f}]\\PC{0,20}") {
             let valid = !raw.is_empty() && raw.len() <= MAX_ID_BYTES && !raw.chars().any(char::is_control);
             match KeyId::parse(&raw) {
                 Ok(id) => {
                     prop_assert!(valid);
                     prop_assert_eq!(id.as_str(), raw.as_str());
                 }
+                // The first control character, at its byte offset, whether
+                // the id is ASCII (checked a byte at a time) or not.
+                Err(KeyIdError::ControlCharacter(at)) => prop_assert_eq!(
+                    raw.char_indices().find(|(_, c)| c.is_control()).map(|(at, _)| at),
+                    Some(at)
+                ),
                 Err(_) => prop_assert!(!valid),
             }
         }
