@@ -173,12 +173,8 @@ fn main() -> ExitCode {
             if let Err(code) = print(&text) {
                 return code;
             }
-            for (i, client) in settings.auth.clients.iter().enumerate() {
-                if client.token_file.is_some() && client.resolved.is_empty() {
-                    eprintln!(
-                        "rkms: note: auth.clients[{i}].token_file holds no token: the client's requests are refused until it holds one"
-                    );
-                }
+            for line in settings.auth.tokenless_clients() {
+                eprintln!("rkms: note: {line}");
             }
             if connect {
                 return check_connect(settings);

@@ -242,15 +242,8 @@ impl Authenticator {
             .iter()
             .map(|c| c.resolved.iter().map(|h| h.0).collect())
             .collect();
-        let files = TokenFile::of(settings);
-        for file in &files {
-            if tokens[file.client].is_empty() {
-                tracing::warn!(
-                    client = %clients[file.client].name,
-                    "auth.clients[{}].token_file holds no token: the client's requests are refused until it holds one",
-                    file.client
-                );
-            }
+        for line in settings.tokenless_clients() {
+            tracing::warn!("{line}");
         }
         Self {
             mode: settings.mode,
@@ -258,7 +251,7 @@ impl Authenticator {
             by_name,
             tokens: RwLock::new(Arc::new(tokens)),
             generation: AtomicU64::new(0),
-            files,
+            files: TokenFile::of(settings),
             configured: crate::config::configured_hashes(&settings.clients),
         }
     }

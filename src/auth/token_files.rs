@@ -9,7 +9,7 @@ use super::Authenticator;
 use crate::config::{AuthMode, AuthSettings};
 
 pub(super) struct TokenFile {
-    pub(super) client: usize,
+    client: usize,
     path: PathBuf,
     /// The last problem said about the file, so each is said once.
     said: Mutex<Option<String>>,

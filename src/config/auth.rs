@@ -178,6 +178,20 @@ pub struct AuthClient {
     pub resolved: Vec<TokenHash>,
 }
 
+impl AuthSettings {
+    /// One line, naming its key, for each client whose `token_file` holds
+    /// no token (emptied to revoke it): said at start by the server and by
+    /// `check-config`.
+    pub fn tokenless_clients(&self) -> Vec<String> {
+        self.clients
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.token_file.is_some() && c.resolved.is_empty())
+            .map(|(i, _)| format!("auth.clients[{i}].token_file holds no token: the client's requests are refused until it holds one"))
+            .collect()
+    }
+}
+
 /// Why a token that is client `j`'s configured `token_sha256` is refused.
 pub fn hash_as_token_error(j: usize) -> String {
     format!("holds auth.clients[{j}].token_sha256, a hash from the config, not a token: put the token itself there (the config's hashes may be shown or committed, and must never work as a credential)")

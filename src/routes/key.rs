@@ -70,16 +70,17 @@ pub fn parse_query(raw: Option<&str>) -> Result<KeyQuery, ApiError> {
 /// `x%FF` and `x%FE` into the same U+FFFD id, so two ids would share a key.
 /// A component with nothing to decode is borrowed as it is.
 fn decode_component(raw: &str) -> Result<Cow<'_, str>, ApiError> {
-    if !raw.bytes().any(|b| b == b'+' || b == b'%') {
+    let escape = |b: &u8| *b == b'+' || *b == b'%';
+    let mut rest = raw.as_bytes();
+    let Some(mut at) = rest.iter().position(escape) else {
         return Ok(Cow::Borrowed(raw));
-    }
+    };
     let bad = |why: &str| ApiError::BadRequest(format!("query string is not valid: {why}"));
     // A hex digit's value: `to_digit` takes only 0-9, a-f and A-F.
     let hex = |b: &u8| char::from(*b).to_digit(16);
     let mut out = Vec::with_capacity(raw.len());
-    let mut rest = raw.as_bytes();
     // The bytes between escapes are copied a run at a time.
-    while let Some(at) = rest.iter().position(|&b| b == b'+' || b == b'%') {
+    loop {
         out.extend_from_slice(&rest[..at]);
         if rest[at] == b'+' {
             out.push(b' ');
@@ -93,6 +94,10 @@ fn decode_component(raw: &str) -> Result<Cow<'_, str>, ApiError> {
             .ok_or_else(|| bad("'%' must be followed by two hex digits"))?;
             out.push(byte);
             rest = &rest[at + 3..];
+        }
+        match rest.iter().position(escape) {
+            Some(next) => at = next,
+            None => break,
         }
     }
     out.extend_from_slice(rest);
