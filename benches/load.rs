@@ -95,6 +95,9 @@ const INSTRUCTIONS_ONLY_ENV: &str = "RKMS_BENCH_INSTRUCTIONS_ONLY";
 /// Set: run only the rounds that load two servers at the same moment
 /// ([`paired_rounds`], about two minutes), print them and exit.
 const PAIRED_ONLY_ENV: &str = "RKMS_BENCH_PAIRED_ONLY";
+/// Set: run only the rounds of the Zipf target ([`zipf_rounds`], about
+/// four minutes with storing the Zipf ids), print them and exit.
+const ZIPF_ONLY_ENV: &str = "RKMS_BENCH_ZIPF_ONLY";
 /// Set to "ADDR RATE SECS [IDS]": one open-loop run of warm-read requests
 /// against ADDR, printed, then exit (for experiments by hand).
 const OPEN_LOOP_ENV: &str = "RKMS_BENCH_OPEN_LOOP";
@@ -671,6 +674,17 @@ fn rkms(dir: &Path, env: &[(String, String)]) -> common::Proc {
 }
 
 fn rkms_wrapped(dir: &Path, env: &[(String, String)], wrapper: &[String]) -> common::Proc {
+    rkms_logging_to(dir, "rkms.log", env, wrapper)
+}
+
+/// A server in `dir` whose log goes to `log` there: two servers sharing
+/// one store need a log each.
+fn rkms_logging_to(
+    dir: &Path,
+    log: &str,
+    env: &[(String, String)],
+    wrapper: &[String],
+) -> common::Proc {
     let mut cmd = wrapped_command(wrapper, env!("CARGO_BIN_EXE_rkms"));
     cmd.current_dir(dir)
         .env_remove("RKMS_CONFIG")
@@ -681,7 +695,7 @@ fn rkms_wrapped(dir: &Path, env: &[(String, String)], wrapper: &[String]) -> com
         .env("RKMS__KMS__HEDGE_AFTER_MS", HEDGE_AFTER_MS.to_string())
         .envs(env.iter().cloned());
     // taskset execs rkms, so the child's pid is the server's.
-    common::start_logging_to(cmd, &dir.join("rkms.log"))
+    common::start_logging_to(cmd, &dir.join(log))
 }
 
 fn target(p: &common::Proc) -> Target {
@@ -851,6 +865,10 @@ fn main() {
         runtime.block_on(paired_only());
         return;
     }
+    if std::env::var_os(ZIPF_ONLY_ENV).is_some() {
+        runtime.block_on(zipf_only());
+        return;
+    }
     runtime.block_on(bench(nproc));
 }
 
@@ -875,6 +893,40 @@ async fn warm_and_auth_servers(
         precreate(client, &t.base, t.token, EXISTING_IDS).await;
     }
     (warm, auth, warm_t, auth_t)
+}
+
+/// The Zipf rounds alone ([`ZIPF_ONLY_ENV`]). Creates are not measured
+/// here: on existing ids the Zipf runs make none.
+async fn zipf_only() {
+    let client = reqwest::Client::new();
+    let dir = tempfile::tempdir().unwrap();
+    let warm_dir = dir.path().join("warm");
+    std::fs::create_dir_all(&warm_dir).unwrap();
+    let server = rkms(&warm_dir, &[]);
+    precreate(&client, &target(&server).base, None, EXISTING_IDS).await;
+    common::stop(server);
+    let zipf_dir = dir.path().join("zipf");
+    populate(&zipf_dir, ZIPF_IDS).await;
+    let rounds = zipf_rounds(&client, &warm_dir, &zipf_dir).await;
+    for i in 0..rounds.zipf.runs.len() {
+        let m = rounds.model(i, f64::INFINITY);
+        println!(
+            "round {i}: warm {:.0}, cold {:.0}, cold over the Zipf store {:.0}, Zipf {:.0} req/s at {:.3} hits, {:.4} creates; model {:.0}: {:.1}% {}",
+            rounds.warm.runs[i].rps,
+            rounds.cold.runs[i].rps,
+            rounds.cold_large.runs[i].rps,
+            rounds.zipf.runs[i].rps,
+            m.hits,
+            m.creates,
+            m.expected,
+            100.0 * m.gap.abs(),
+            if m.gap >= 0.0 { "below" } else { "above" },
+        );
+    }
+    println!(
+        "Zipf {:.1}% below its model, median of the rounds",
+        100.0 * rounds.gaps(f64::INFINITY).0
+    );
 }
 
 /// The paired rounds alone ([`PAIRED_ONLY_ENV`]).
@@ -902,8 +954,8 @@ struct Extras {
     memory: Memory,
     /// Warm reads over the memory scenario's 100,000 cached ids.
     warm_large: Scenario,
-    /// Cold reads spread evenly over the Zipf store's 1,000,000 ids.
-    cold_large: Scenario,
+    /// The Zipf runs on existing ids and what prices them.
+    rounds: ZipfRounds,
     race: Race,
     half_conns: u32,
     /// Warm reads and the baseline at half of the warm peak, open loop.
@@ -1042,9 +1094,6 @@ async fn bench(nproc: usize) {
     let herd_kms = (after.kms - before.kms) / HERDS as f64;
     common::stop(server);
 
-    eprintln!("cold reads ...");
-    let cold = cold_reads(&client, &warm_dir, "cold reads, cache off", &peak).await;
-
     eprintln!("Zipf, empty store ...");
     let zipf_new = zipf_scenario(
         &client,
@@ -1055,23 +1104,8 @@ async fn bench(nproc: usize) {
     eprintln!("Zipf, existing ids: storing a key for each of {ZIPF_IDS} ids ...");
     let zipf_dir = dir.path().join("zipf");
     let populate_secs = populate(&zipf_dir, ZIPF_IDS).await;
-    eprintln!("Zipf, existing ids ...");
-    let zipf = zipf_scenario(
-        &client,
-        &zipf_dir,
-        "Zipf(1.1) over 1,000,000 existing ids, cache 100,000 entries",
-    )
-    .await;
-    eprintln!("cold reads over the Zipf store ...");
-    // What a miss costs on a store of that size, where most of the rows a
-    // miss reads are not in SQLite's page cache.
-    let cold_large = cold_reads(
-        &client,
-        &zipf_dir,
-        "cold reads over 1,000,000 existing ids (the Zipf store), cache off",
-        &Load::closed("uniform", ZIPF_IDS, PEAK_CONNECTIONS),
-    )
-    .await;
+    eprintln!("Zipf, existing ids, in rounds with warm and cold reads ...");
+    let rounds = zipf_rounds(&client, &warm_dir, &zipf_dir).await;
 
     eprintln!("memory, then warm reads of its 100,000 cached ids ...");
     let (memory, warm_large) = memory(&client, dir.path()).await;
@@ -1097,11 +1131,12 @@ async fn bench(nproc: usize) {
         open_baseline.clone(),
         half.clone(),
         baseline_half.clone(),
-        cold.clone(),
-        cold_large.clone(),
         creates.clone(),
         zipf_new.clone(),
-        zipf.clone(),
+        rounds.warm.clone(),
+        rounds.cold.clone(),
+        rounds.cold_large.clone(),
+        rounds.zipf.clone(),
         healthy.clone(),
         before.clone(),
         before_unbudgeted.clone(),
@@ -1112,7 +1147,7 @@ async fn bench(nproc: usize) {
         herd_kms,
         memory,
         warm_large,
-        cold_large,
+        rounds,
         race,
         half_conns,
         open_half,
@@ -1131,10 +1166,8 @@ async fn bench(nproc: usize) {
             &auth,
             &half,
             &baseline_half,
-            &cold,
             &creates,
             &zipf_new,
-            &zipf,
             &healthy,
             &before,
             &before_unbudgeted,
@@ -1314,13 +1347,119 @@ async fn zipf_scenario(client: &reqwest::Client, dir: &Path, name: &str) -> Scen
     measured
 }
 
-/// `load` against a server started in `dir` with its cache off, so that
-/// every request reads the store and decrypts.
-async fn cold_reads(client: &reqwest::Client, dir: &Path, name: &str, load: &Load) -> Scenario {
-    let server = rkms(dir, &env(&[("RKMS__CACHE__TTL_SECONDS", "0".into())]));
-    let measured = scenario(client, name, &target(&server), load).await;
-    common::stop(server);
-    measured
+/// The Zipf runs on existing ids and the runs its model prices a request
+/// by, taken in rounds ([`zipf_rounds`]).
+struct ZipfRounds {
+    /// Warm reads of 1,000 cached ids: what a hit costs.
+    warm: Scenario,
+    /// Cold reads of the same 1,000 ids, cache off: what a miss costs.
+    cold: Scenario,
+    /// Cold reads spread evenly over the Zipf store's 1,000,000 ids.
+    cold_large: Scenario,
+    zipf: Scenario,
+}
+
+impl ZipfRounds {
+    /// What the Zipf mix of round `i` would give if each request cost what
+    /// it costs in its own scenario of the same round: a hit a warm read, a
+    /// first touch a create (`creates`, from elsewhere in the run), any
+    /// other miss a cold read. With the fraction of hits, creates and cold
+    /// reads of the Zipf run.
+    fn model(&self, i: usize, creates: f64) -> Mix {
+        let z = &self.zipf.runs[i];
+        Mix::new(z, self.warm.runs[i].rps, creates, self.cold.runs[i].rps)
+    }
+
+    /// The judged gap: the median over the rounds of how far each round's
+    /// Zipf run falls below its model, with the per-round gaps.
+    fn gaps(&self, creates: f64) -> (f64, Vec<f64>) {
+        let gaps: Vec<f64> = (0..self.zipf.runs.len())
+            .map(|i| self.model(i, creates).gap)
+            .collect();
+        (median(gaps.clone()), gaps)
+    }
+}
+
+/// A Zipf run against the throughput its mix of requests predicts.
+#[derive(Debug, Clone, Copy)]
+struct Mix {
+    hits: f64,
+    creates: f64,
+    cold_reads: f64,
+    /// req/s that the priced scenarios give at this mix.
+    expected: f64,
+    /// 1 - measured / expected: above 0 when the run is slower.
+    gap: f64,
+}
+
+impl Mix {
+    fn new(run: &Run, warm: f64, creates: f64, cold: f64) -> Self {
+        let hits = run.hit_ratio.unwrap_or(f64::NAN);
+        let created = run.creates_per_request.unwrap_or(f64::NAN);
+        let cold_reads = (1.0 - hits - created).max(0.0);
+        let expected = 1.0 / (hits / warm + created / creates + cold_reads / cold);
+        Self {
+            hits,
+            creates: created,
+            cold_reads,
+            expected,
+            gap: 1.0 - run.rps / expected,
+        }
+    }
+}
+
+/// The Zipf load on existing ids, and warm and cold reads to price it by,
+/// in [`RUNS`] rounds of one run each (warm, cold, cold over the Zipf
+/// store, Zipf), so that the runs compared are seconds apart rather than
+/// minutes: the machine's speed drifts by more than the target's 10% over
+/// a whole `make bench`. The four servers run side by side on core 0;
+/// only one is loaded at a time. The warm server reads the 1,000 ids of
+/// `warm_dir`, which the cold server (cache off) reads too; the Zipf
+/// server (cache 100,000, after an unmeasured warm-up) and the large cold
+/// server (cache off) read `zipf_dir`.
+async fn zipf_rounds(client: &reqwest::Client, warm_dir: &Path, zipf_dir: &Path) -> ZipfRounds {
+    let cache_off = env(&[("RKMS__CACHE__TTL_SECONDS", "0".into())]);
+    let warm_server = rkms_logging_to(warm_dir, "rkms-zipf-warm.log", &[], &[]);
+    let cold_server = rkms_logging_to(warm_dir, "rkms-zipf-cold.log", &cache_off, &[]);
+    let cold_large_server = rkms_logging_to(zipf_dir, "rkms-cold.log", &cache_off, &[]);
+    let zipf_server = rkms(
+        zipf_dir,
+        &env(&[("RKMS__CACHE__MAX_ENTRIES", ZIPF_CACHE.to_string())]),
+    );
+    let (warm_t, cold_t) = (target(&warm_server), target(&cold_server));
+    let (cold_large_t, zipf_t) = (target(&cold_large_server), target(&zipf_server));
+    // Every warm id cached; the Zipf cache holding the most popular ids.
+    precreate(client, &warm_t.base, None, EXISTING_IDS).await;
+    let zipf_load = Load::closed("zipf", ZIPF_IDS, PEAK_CONNECTIONS);
+    let _ = run_once(
+        client,
+        &zipf_t,
+        &Load {
+            secs: ZIPF_WARMUP_S,
+            ..zipf_load.clone()
+        },
+    )
+    .await;
+    let existing = Load::closed("existing", EXISTING_IDS, PEAK_CONNECTIONS);
+    let uniform = Load::closed("uniform", ZIPF_IDS, PEAK_CONNECTIONS);
+    let mut rounds = ZipfRounds {
+        warm: Scenario::new("warm reads, 1,000 ids (cache), in rounds with the Zipf runs"),
+        cold: Scenario::new("cold reads, cache off, in rounds with the Zipf runs"),
+        cold_large: Scenario::new(
+            "cold reads over 1,000,000 existing ids (the Zipf store), cache off, in rounds with the Zipf runs",
+        ),
+        zipf: Scenario::new("Zipf(1.1) over 1,000,000 existing ids, cache 100,000 entries"),
+    };
+    for _ in 0..RUNS {
+        run_quiet(client, &warm_t, &existing, &mut rounds.warm).await;
+        run_quiet(client, &cold_t, &existing, &mut rounds.cold).await;
+        run_quiet(client, &cold_large_t, &uniform, &mut rounds.cold_large).await;
+        run_quiet(client, &zipf_t, &zipf_load, &mut rounds.zipf).await;
+    }
+    for server in [warm_server, cold_server, cold_large_server, zipf_server] {
+        common::stop(server);
+    }
+    rounds
 }
 
 /// Store a key for each of zipf/1 ..= zipf/`n` where a server started in
@@ -1627,11 +1766,12 @@ fn render(
     nproc: usize,
     load_at_start: f64,
     rows: &[Scenario],
-    named: &[&Scenario; 13],
+    named: &[&Scenario; 11],
     x: &Extras,
 ) -> String {
-    let [baseline, warm, auth, half, baseline_half, cold, creates, zipf_new, zipf, healthy, before, before_unbudgeted, after] =
+    let [baseline, warm, auth, half, baseline_half, creates, zipf_new, healthy, before, before_unbudgeted, after] =
         *named;
+    let (cold, zipf) = (&x.rounds.cold, &x.rounds.zipf);
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
@@ -1654,7 +1794,8 @@ fn render(
          {PEAK_CONNECTIONS} connections at peak, {AWS_CONNECTIONS} against moto. Release build. \
          The baseline is a minimal axum server (its own process, tokio's default runtime) answering a fixed JSON \
          body of the same size from memory, measured in the same run; baseline, warm and token-auth runs are \
-         interleaved, and the warm and token-auth targets are judged on pairs of servers loaded at the same \
+         interleaved, as are the Zipf runs on existing ids with the warm and cold reads that price them (four \
+         servers side by side on core 0, one loaded at a time), and the warm and token-auth targets are judged on pairs of servers loaded at the same \
          moment (see the targets). KMS calls, keys created and cache hits per request come from rkms's own /metrics. \
          \"server CPU\" is the server process's CPU time over the run in cores (1.00 = its core was saturated); \
          \"other on core 0 / 1\" is how busy each core was with anything but the server (core 0) or wrk and the \
@@ -1791,39 +1932,49 @@ fn render(
     let times = |v: f64| format!("{v:.2}");
     let percent = |v: f64| format!("{:.1}%", 100.0 * v);
     let (warm_pairs, auth_pairs) = (&x.paired.warm, &x.paired.auth);
-    // What a Zipf mix would give if every request cost what it costs in
-    // its own scenario of this run: a hit what a warm read costs, a first
-    // touch what a create costs, any other miss what a cold read costs.
-    let model = |z: &Scenario| {
-        let hit = z.opt_med(|r| r.hit_ratio).unwrap_or(f64::NAN);
-        let created = z.opt_med(|r| r.creates_per_request).unwrap_or(f64::NAN);
-        let cold_reads = (1.0 - hit - created).max(0.0);
-        let expected = 1.0 / (hit / warm.rps() + created / creates.rps() + cold_reads / cold.rps());
-        (hit, created, cold_reads, expected, 1.0 - z.rps() / expected)
+    // The Zipf target, judged round by round ([`ZipfRounds::model`]); the
+    // other figures below price the medians of the rounds.
+    let rounds = &x.rounds;
+    let creates_rps = creates.rps();
+    let (zipf_model_gap, round_gaps) = rounds.gaps(creates_rps);
+    // A run of a scenario's medians.
+    let medians = |z: &Scenario| Run {
+        rps: z.rps(),
+        hit_ratio: z.opt_med(|r| r.hit_ratio),
+        creates_per_request: z.opt_med(|r| r.creates_per_request),
+        ..Run::default()
     };
-    let (zipf_hit, zipf_created, zipf_cold, zipf_expected, zipf_model_gap) = model(zipf);
-    let zipf_gap = 1.0 - zipf.rps() / warm.rps();
-    let (new_hit, new_created, new_cold, new_expected, new_model_gap) = model(zipf_new);
+    let zipf_mix = Mix::new(&medians(zipf), rounds.warm.rps(), creates_rps, cold.rps());
+    let (zipf_hit, zipf_created, zipf_cold) =
+        (zipf_mix.hits, zipf_mix.creates, zipf_mix.cold_reads);
+    let zipf_expected = zipf_mix.expected;
+    let zipf_gap = 1.0 - zipf.rps() / rounds.warm.rps();
+    let new_mix = Mix::new(
+        &medians(zipf_new),
+        rounds.warm.rps(),
+        creates_rps,
+        cold.rps(),
+    );
     // The same, with a hit priced as a warm read over 100,000 cached ids:
     // the size of the Zipf scenario's cache.
-    let large_expected = 1.0
-        / (zipf_hit / x.warm_large.rps() + zipf_created / creates.rps() + zipf_cold / cold.rps());
+    let large_expected =
+        1.0 / (zipf_hit / x.warm_large.rps() + zipf_created / creates_rps + zipf_cold / cold.rps());
     let large_gap = 1.0 - zipf.rps() / large_expected;
     // Like for like: a hit priced as above, a miss as a cold read over
     // the same store.
     let alike_expected = 1.0
         / (zipf_hit / x.warm_large.rps()
-            + zipf_created / creates.rps()
-            + zipf_cold / x.cold_large.rps());
+            + zipf_created / creates_rps
+            + zipf_cold / rounds.cold_large.rps());
     let alike_gap = 1.0 - zipf.rps() / alike_expected;
-    // Where the Zipf run's time per request beyond the judged model goes
-    // (µs of the one server core per request, 1/rps): hits searching the
-    // larger cache, misses reading the larger store, and the rest, which
-    // is the mix itself.
+    // Where the Zipf run's time per request beyond the model of the
+    // medians goes (µs of the one server core per request, 1/rps): hits
+    // searching the larger cache, misses reading the larger store, and the
+    // rest, which is the mix itself.
     let micros = |rps: f64| 1e6 / rps;
     let over_model = micros(zipf.rps()) - micros(zipf_expected);
-    let larger_cache = zipf_hit * (micros(x.warm_large.rps()) - micros(warm.rps()));
-    let larger_store = zipf_cold * (micros(x.cold_large.rps()) - micros(cold.rps()));
+    let larger_cache = zipf_hit * (micros(x.warm_large.rps()) - micros(rounds.warm.rps()));
+    let larger_store = zipf_cold * (micros(rounds.cold_large.rps()) - micros(cold.rps()));
     let the_mix = micros(zipf.rps()) - micros(alike_expected);
     let share = |part: f64| 100.0 * part / over_model;
     let bytes_per_key = per_key(m.empty, m.after_create_read);
@@ -1905,14 +2056,19 @@ fn render(
     );
     let _ = writeln!(
         out,
-        "| Zipf within 10% of warm at its measured hit ratio (existing ids, as in steady traffic): of the {:.0} req/s that warm reads, creates and cold reads of this run give at the Zipf mix ({:.3} hits, {:.4} creates, {:.4} cold reads per request) | {:.0} req/s, {:.1}% {} that (and {:.1}% below warm reads at hit ratio 1); with a hit priced as a warm read over 100,000 cached ids ({:.0} req/s), the mix gives {:.0} req/s and the Zipf run is {:.1}% {} that | {} |",
+        "| Zipf within 10% of warm at its measured hit ratio (existing ids, as in steady traffic), judged round by round: in each of {RUNS} rounds, warm reads, cold reads and the Zipf run are seconds apart, and the Zipf run is set against the req/s that that round's warm and cold reads (and this run's creates) give at the Zipf run's mix of hits, creates and cold reads | {:.1}% {} that, median of the rounds (per round: {}); at the medians, {:.0} req/s against {:.0} at {:.3} hits, {:.4} creates, {:.4} cold reads per request ({:.1}% below warm reads at hit ratio 1); with a hit priced as a warm read over 100,000 cached ids ({:.0} req/s), the mix gives {:.0} req/s and the Zipf run is {:.1}% {} that | {} |",
+        100.0 * zipf_model_gap.abs(),
+        if zipf_model_gap >= 0.0 { "below" } else { "above" },
+        round_gaps
+            .iter()
+            .map(|g| format!("{:+.1}%", -100.0 * g))
+            .collect::<Vec<_>>()
+            .join(", "),
+        zipf.rps(),
         zipf_expected,
         zipf_hit,
         zipf_created,
         zipf_cold,
-        zipf.rps(),
-        100.0 * zipf_model_gap.abs(),
-        if zipf_model_gap >= 0.0 { "below" } else { "above" },
         100.0 * zipf_gap,
         x.warm_large.rps(),
         large_expected,
@@ -1924,14 +2080,14 @@ fn render(
         out,
         "| (reported only) Zipf on existing ids like for like: a hit priced as a warm read over 100,000 cached ids ({:.0} req/s), a miss as a cold read over the same 1,000,000-id store ({:.0} req/s) | of the {:.0} req/s that gives, the Zipf run is {:.1}% {} | – |",
         x.warm_large.rps(),
-        x.cold_large.rps(),
+        rounds.cold_large.rps(),
         alike_expected,
         100.0 * alike_gap.abs(),
         if alike_gap >= 0.0 { "below" } else { "above" },
     );
     let _ = writeln!(
         out,
-        "| (reported only) where the Zipf run's time goes: {:.2} µs of server time per request against the {:.2} µs the first model gives | of the {:.2} µs more: {:.2} µs ({:.0}%) hits searching a cache of 100,000 ids rather than 1,000, {:.2} µs ({:.0}%) misses reading a store of 1,000,000 rows rather than 1,000, {:.2} µs ({:.0}%) the rest, which is the mix itself and, being a remainder, carries the noise of all five scenarios (benches/PROFILE.md) | – |",
+        "| (reported only) where the Zipf run's time goes: {:.2} µs of server time per request against the {:.2} µs the first model gives | of the {:.2} µs more: {:.2} µs ({:.0}%) hits searching a cache of 100,000 ids rather than 1,000, {:.2} µs ({:.0}%) misses reading a store of 1,000,000 rows rather than 1,000, {:.2} µs ({:.0}%) the rest, which is the mix itself and, being a remainder, carries the noise of all five scenarios (benches/PROFILE.md); priced at the medians of the rounds | – |",
         micros(zipf.rps()),
         micros(zipf_expected),
         over_model,
@@ -1945,13 +2101,13 @@ fn render(
     let _ = writeln!(
         out,
         "| (reported only) Zipf on an empty store, where most misses create: against the same model ({:.0} req/s at {:.3} hits, {:.4} creates, {:.4} cold reads per request) | {:.0} req/s, {:.1}% {} that | – |",
-        new_expected,
-        new_hit,
-        new_created,
-        new_cold,
+        new_mix.expected,
+        new_mix.hits,
+        new_mix.creates,
+        new_mix.cold_reads,
         zipf_new.rps(),
-        100.0 * new_model_gap.abs(),
-        if new_model_gap >= 0.0 { "below" } else { "above" },
+        100.0 * new_mix.gap.abs(),
+        if new_mix.gap >= 0.0 { "below" } else { "above" },
     );
     let _ = writeln!(
         out,
