@@ -11,7 +11,9 @@
 //! rounds a minute apart move by 10–40% on a shared virtual machine, so
 //! the warm-throughput and token-auth targets are judged on rounds that
 //! load two servers at the same moment, sharing core 0, and compare their
-//! CPU time per request ([`paired_rounds`]).
+//! CPU time per request ([`paired_rounds`]). The Zipf target is judged
+//! round by round: each Zipf run against warm and cold reads taken seconds
+//! before it, from servers started side by side ([`zipf_rounds`]).
 //!
 //! On a machine with two or more cores the servers (rkms and the baseline)
 //! run pinned to core 0 and wrk (with this harness and moto) to core 1, so
@@ -25,9 +27,10 @@
 //! Scenarios: baseline; warm reads (embedded default); warm reads with
 //! token auth; warm reads at half of peak load and the baseline at the
 //! same load, both as open-loop Poisson arrivals ([`open_loop`]) and as
-//! wrk's paced connections; cold reads (cache off); creates; Zipf(1.1) over
-//! 1,000,000 ids with a 100,000-entry cache, on an empty store and on one
-//! holding a key for every id, and cold reads spread over that store;
+//! wrk's paced connections; creates; Zipf(1.1) over 1,000,000 ids with a
+//! 100,000-entry cache, on an empty store and, in rounds with warm reads,
+//! cold reads (cache off) and cold reads spread over the large store, on
+//! one holding a key for every id;
 //! the AWS provider against moto
 //! with the preferred region healthy, frozen before its breaker opens, and
 //! frozen after. Then: herds (64 concurrent requests for one new id),
