@@ -17,7 +17,7 @@
 //! and the counter tells the operator that the trail has a gap.
 
 use std::io::{self, IsTerminal, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -51,7 +51,22 @@ pub fn dropped_lines() -> u64 {
 struct Shared {
     pending: Mutex<Vec<u8>>,
     wake: Condvar,
+    /// Set by the append that woke the flusher, cleared when the flusher
+    /// takes the buffer: one wake-up per fill, not one per line appended
+    /// until the flusher gets the core.
+    woken: AtomicBool,
     stop: Mutex<bool>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            pending: Mutex::new(Vec::with_capacity(WAKE_BYTES)),
+            wake: Condvar::new(),
+            woken: AtomicBool::new(false),
+            stop: Mutex::new(false),
+        }
+    }
 }
 
 /// A handle on the buffer that drops lines past `limit` bytes.
@@ -72,14 +87,20 @@ impl Buffer {
 
     /// Append one whole line, or drop and count it past the limit.
     fn append(&self, line: &[u8]) {
-        let mut pending = self.lock();
-        if pending.len() + line.len() > self.limit {
-            DROPPED.fetch_add(1, Ordering::Relaxed);
-        } else {
-            pending.extend_from_slice(line);
-            if pending.len() >= WAKE_BYTES {
-                self.shared.wake.notify_one();
+        let wake = {
+            let mut pending = self.lock();
+            if pending.len() + line.len() > self.limit {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                false
+            } else {
+                pending.extend_from_slice(line);
+                // `woken` changes only under the lock.
+                pending.len() >= WAKE_BYTES && !self.shared.woken.swap(true, Ordering::Relaxed)
             }
+        };
+        // Outside the lock, so that the woken flusher does not find it held.
+        if wake {
+            self.shared.wake.notify_one();
         }
     }
 }
@@ -141,6 +162,7 @@ fn flush_once(shared: &Shared, spare: &mut Vec<u8>, out: &mut impl Write) {
     {
         let mut pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
         std::mem::swap(&mut *pending, spare);
+        shared.woken.store(false, Ordering::Relaxed);
     }
     if !spare.is_empty() {
         let _ = out.write_all(spare);
@@ -152,19 +174,22 @@ fn flush_once(shared: &Shared, spare: &mut Vec<u8>, out: &mut impl Write) {
 fn run_flusher(shared: Arc<Shared>, mut out: impl Write) {
     let mut spare = Vec::new();
     loop {
-        let stopping = {
-            let pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let (pending, _) = shared
-                .wake
-                .wait_timeout(pending, FLUSH_EVERY)
-                .unwrap_or_else(|p| p.into_inner());
-            drop(pending);
-            *shared.stop.lock().unwrap_or_else(|p| p.into_inner())
-        };
+        wait_for_lines(&shared, FLUSH_EVERY);
+        let stopping = *shared.stop.lock().unwrap_or_else(|p| p.into_inner());
         flush_once(&shared, &mut spare, &mut out);
         if stopping {
             return;
         }
+    }
+}
+
+/// Wait until an append wakes the flusher, or `longest`; not at all when
+/// the buffer filled while the flusher was writing: that append's wake-up
+/// came when nobody waited, and the next comes only after the next flush.
+fn wait_for_lines(shared: &Shared, longest: Duration) {
+    let pending = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+    if pending.len() < WAKE_BYTES {
+        let _ = shared.wake.wait_timeout(pending, longest);
     }
 }
 
@@ -191,11 +216,7 @@ fn format_layer(format: LogFormat, writer: Buffer) -> BoxedLayer {
 
 /// Install the global subscriber. Call once, from `main`.
 pub fn init(settings: &LogSettings) -> Option<LogGuard> {
-    let shared = Arc::new(Shared {
-        pending: Mutex::new(Vec::with_capacity(WAKE_BYTES)),
-        wake: Condvar::new(),
-        stop: Mutex::new(false),
-    });
+    let shared = Arc::new(Shared::new());
     let app_filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
     let app = format_layer(
@@ -232,11 +253,7 @@ mod tests {
 
     #[test]
     fn a_full_buffer_drops_and_counts_instead_of_blocking() {
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Vec::new()),
-            wake: Condvar::new(),
-            stop: Mutex::new(false),
-        });
+        let shared = Arc::new(Shared::new());
         let small = Buffer {
             shared: Arc::clone(&shared),
             limit: 10,
@@ -254,5 +271,35 @@ mod tests {
         flush_once(&shared, &mut Vec::new(), &mut out);
         assert_eq!(out, b"12345\n");
         assert!(shared.pending.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_full_buffer_wakes_the_flusher_once_and_is_flushed_without_waiting() {
+        let shared = Arc::new(Shared::new());
+        let buffer = Buffer {
+            shared: Arc::clone(&shared),
+            limit: AUDIT_LIMIT_BYTES,
+        };
+        let mut line = vec![b'x'; 1023];
+        line.push(b'\n');
+        let mut w = buffer.make_writer();
+        for _ in 0..(2 * WAKE_BYTES / line.len()) {
+            w.write_all(&line).unwrap();
+        }
+        assert!(
+            shared.woken.load(Ordering::Relaxed),
+            "the fill woke the flusher"
+        );
+        // The wake-up went to nobody (no flusher waited): with the buffer
+        // full, the flusher must not wait for the next one. An hour-long
+        // wait here would hang the test.
+        wait_for_lines(&shared, Duration::from_secs(3600));
+        let mut out = Vec::new();
+        flush_once(&shared, &mut Vec::new(), &mut out);
+        assert_eq!(out.len(), 2 * WAKE_BYTES);
+        assert!(
+            !shared.woken.load(Ordering::Relaxed),
+            "the next fill wakes it again"
+        );
     }
 }
