@@ -1324,28 +1324,37 @@ async fn count_instructions() -> Option<Counts> {
     })
 }
 
-/// The Zipf load against a server started in `dir` with a 100,000-entry
-/// cache, after an unmeasured warm-up.
-async fn zipf_scenario(client: &reqwest::Client, dir: &Path, name: &str) -> Scenario {
+/// A server in `dir` with the Zipf scenarios' 100,000-entry cache, after
+/// an unmeasured warm-up of the Zipf load: the most popular ids are cached
+/// (and, on an empty store, created).
+async fn warm_zipf_server(client: &reqwest::Client, dir: &Path) -> (common::Proc, Target) {
     std::fs::create_dir_all(dir).unwrap();
     let server = rkms(
         dir,
         &env(&[("RKMS__CACHE__MAX_ENTRIES", ZIPF_CACHE.to_string())]),
     );
     let t = target(&server);
-    let load = Load::closed("zipf", ZIPF_IDS, PEAK_CONNECTIONS);
-    // Warm-up, not measured: the most popular ids are cached (and, on an
-    // empty store, created).
     let _ = run_once(
         client,
         &t,
         &Load {
             secs: ZIPF_WARMUP_S,
-            ..load.clone()
+            ..zipf_load()
         },
     )
     .await;
-    let measured = scenario(client, name, &t, &load).await;
+    (server, t)
+}
+
+fn zipf_load() -> Load {
+    Load::closed("zipf", ZIPF_IDS, PEAK_CONNECTIONS)
+}
+
+/// The Zipf load against a server started in `dir` with a 100,000-entry
+/// cache, after an unmeasured warm-up.
+async fn zipf_scenario(client: &reqwest::Client, dir: &Path, name: &str) -> Scenario {
+    let (server, t) = warm_zipf_server(client, dir).await;
+    let measured = scenario(client, name, &t, &zipf_load()).await;
     common::stop(server);
     measured
 }
@@ -1425,24 +1434,12 @@ async fn zipf_rounds(client: &reqwest::Client, warm_dir: &Path, zipf_dir: &Path)
     let warm_server = rkms_logging_to(warm_dir, "rkms-zipf-warm.log", &[], &[]);
     let cold_server = rkms_logging_to(warm_dir, "rkms-zipf-cold.log", &cache_off, &[]);
     let cold_large_server = rkms_logging_to(zipf_dir, "rkms-cold.log", &cache_off, &[]);
-    let zipf_server = rkms(
-        zipf_dir,
-        &env(&[("RKMS__CACHE__MAX_ENTRIES", ZIPF_CACHE.to_string())]),
-    );
     let (warm_t, cold_t) = (target(&warm_server), target(&cold_server));
-    let (cold_large_t, zipf_t) = (target(&cold_large_server), target(&zipf_server));
+    let cold_large_t = target(&cold_large_server);
     // Every warm id cached; the Zipf cache holding the most popular ids.
     precreate(client, &warm_t.base, None, EXISTING_IDS).await;
-    let zipf_load = Load::closed("zipf", ZIPF_IDS, PEAK_CONNECTIONS);
-    let _ = run_once(
-        client,
-        &zipf_t,
-        &Load {
-            secs: ZIPF_WARMUP_S,
-            ..zipf_load.clone()
-        },
-    )
-    .await;
+    let (zipf_server, zipf_t) = warm_zipf_server(client, zipf_dir).await;
+    let zipf_load = zipf_load();
     let existing = Load::closed("existing", EXISTING_IDS, PEAK_CONNECTIONS);
     let uniform = Load::closed("uniform", ZIPF_IDS, PEAK_CONNECTIONS);
     let mut rounds = ZipfRounds {
