@@ -116,7 +116,7 @@ impl Metrics {
             log_dropped: counter(
                 &r,
                 "rkms_log_dropped_total",
-                "Log lines dropped because the log output could not keep up",
+                "Log lines dropped because the log output could not keep up or failed",
             )?,
             auth_failures: counter_vec(
                 &r,

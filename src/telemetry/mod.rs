@@ -10,7 +10,8 @@
 //! stderr in batches (every [`FLUSH_EVERY`], or sooner when it fills up).
 //! A request thread never writes to stderr itself, so a stalled log
 //! pipeline can never hang request handling. When the buffer is full,
-//! application lines are dropped and counted (`rkms_log_dropped_total`).
+//! application lines are dropped and counted (`rkms_log_dropped_total`),
+//! and so are the lines a failed write to stderr loses (a full disk).
 //! Audit lines get a larger share of the buffer ([`AUDIT_LIMIT_BYTES`])
 //! and are dropped and counted only past it: blocking would turn a stalled
 //! log reader into an outage of every application that needs its keys,
@@ -165,10 +166,30 @@ fn flush_once(shared: &Shared, spare: &mut Vec<u8>, out: &mut impl Write) {
         shared.woken.store(false, Ordering::Relaxed);
     }
     if !spare.is_empty() {
-        let _ = out.write_all(spare);
-        let _ = out.flush();
+        write_counting_losses(spare, out);
         spare.clear();
     }
+}
+
+/// Write `lines` to `out`. What a failed write leaves unwritten (stderr
+/// on a full disk, a closed pipe) is dropped and counted like an overflow,
+/// a line cut short included: the trail has a gap, and the counter is how
+/// the operator learns of it, as nothing can be logged.
+fn write_counting_losses(lines: &[u8], out: &mut impl Write) {
+    let mut written = 0;
+    while written < lines.len() {
+        match out.write(&lines[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let lost = lines[written..].iter().filter(|&&b| b == b'\n').count();
+    if lost > 0 {
+        DROPPED.fetch_add(lost as u64, Ordering::Relaxed);
+    }
+    let _ = out.flush();
 }
 
 fn run_flusher(shared: Arc<Shared>, mut out: impl Write) {
@@ -301,5 +322,49 @@ mod tests {
             !shared.woken.load(Ordering::Relaxed),
             "the next fill wakes it again"
         );
+    }
+
+    /// Takes `room` bytes, then fails as a full disk does.
+    struct FullDisk {
+        got: Vec<u8>,
+        room: usize,
+    }
+
+    impl Write for FullDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.room - self.got.len());
+            if n == 0 {
+                return Err(io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            // At most 4 bytes a call, so that the writer must loop.
+            let n = n.min(4);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_a_failed_write_loses_are_counted_a_cut_line_included() {
+        let lines = b"first line\nsecond line\nthird line\n";
+        let mut out = FullDisk {
+            got: Vec::new(),
+            room: 15, // the first line and part of the second
+        };
+        let before = dropped_lines();
+        write_counting_losses(lines, &mut out);
+        assert_eq!(out.got, b"first line\nseco");
+        // Other tests may drop lines at the same time: at least these two.
+        assert!(dropped_lines() >= before + 2);
+
+        let mut roomy = FullDisk {
+            got: Vec::new(),
+            room: 1024,
+        };
+        write_counting_losses(lines, &mut roomy);
+        assert_eq!(roomy.got, lines, "written whole, in pieces");
     }
 }

@@ -575,6 +575,49 @@ async fn a_stalled_log_reader_never_hangs_requests() {
     let _ = child.wait();
 }
 
+/// stderr on a full disk (`/dev/full` fails every write with ENOSPC):
+/// requests are answered, and the audit lines that could not be written
+/// are counted, so the operator learns the trail has a gap.
+#[tokio::test]
+async fn audit_lines_lost_to_a_full_disk_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let mut child = common::start_on_port(command(dir.path()), port, Stdio::from(full));
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for i in 0..5 {
+        let (status, _) = fetch(&client, &base, &format!("full-disk/{i}"), None).await;
+        assert_eq!(status, 200);
+    }
+    // Lines are written at most 100 ms apart; give the flusher time.
+    let mut dropped = 0.0;
+    for _ in 0..50 {
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        dropped = crate::helpers::metric_value(&metrics, "rkms_log_dropped_total", &[]);
+        if dropped >= 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dropped >= 5.0,
+        "the 5 audit lines (and the startup lines) are counted as dropped: {dropped}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Two rkms processes started at once on one data directory (keyring and
 /// SQLite file): both start, and they serve the same keys.
 #[tokio::test]
