@@ -168,6 +168,19 @@ pub fn decode_key(b64: &str) -> Vec<u8> {
 
 /// The value of one sample in Prometheus text, e.g.
 /// `metric_value(text, "rkms_http_requests_total", &[("route","/key"),("status","200")])`.
+/// `rkms_log_dropped_total` of a server running as its own process.
+pub async fn dropped_log_lines(client: &reqwest::Client, base: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_value(&text, "rkms_log_dropped_total", &[])
+}
+
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

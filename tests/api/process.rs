@@ -561,15 +561,7 @@ async fn a_stalled_log_reader_never_hangs_requests() {
     for worker in futures::future::join_all(workers).await {
         worker.unwrap();
     }
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let dropped = crate::helpers::metric_value(&metrics, "rkms_log_dropped_total", &[]);
+    let dropped = crate::helpers::dropped_log_lines(&client, &base).await;
     assert!(dropped > 0.0, "dropped lines are counted: {dropped}");
     let _ = child.kill();
     let _ = child.wait();
@@ -599,15 +591,7 @@ async fn audit_lines_lost_to_a_full_disk_are_counted() {
     // Lines are written at most 100 ms apart; give the flusher time.
     let mut dropped = 0.0;
     for _ in 0..50 {
-        let metrics = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        dropped = crate::helpers::metric_value(&metrics, "rkms_log_dropped_total", &[]);
+        dropped = crate::helpers::dropped_log_lines(&client, &base).await;
         if dropped >= 5.0 {
             break;
         }
