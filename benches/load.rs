@@ -256,6 +256,42 @@ fn core_busy(n: usize) -> f64 {
     busy / clk_tck()
 }
 
+/// Free space a whole run needs in the temporary directory: the servers'
+/// logs (every request's audit line, as in production, about 35 MB/s at
+/// peak) and the two 1,000,000-id stores. The run of 2026-11-27 12:26 UTC
+/// took 9,492 MiB at its peak.
+const NEEDS_FREE_MIB: u64 = 12 * 1024;
+
+/// Stop before the run if the temporary directory lacks
+/// [`NEEDS_FREE_MIB`]: a disk that fills half-way ends it with a panic
+/// that names no cause, after minutes of work.
+fn enough_disk() {
+    let tmp = std::env::temp_dir();
+    let free = Command::new("df")
+        .args(["-B1M", "--output=avail"])
+        .arg(&tmp)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    if let Some(free) = free.filter(|&f| f < NEEDS_FREE_MIB) {
+        eprintln!(
+            "make bench needs about {} GiB free in {} (the servers' audit logs and two 1,000,000-id stores); \
+             {:.1} GiB are free. Free some, or set TMPDIR to a larger disk.",
+            NEEDS_FREE_MIB / 1024,
+            tmp.display(),
+            free as f64 / 1024.0
+        );
+        std::process::exit(1);
+    }
+}
+
 fn load1() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
@@ -994,6 +1030,7 @@ struct Race {
 }
 
 async fn bench(nproc: usize) {
+    enough_disk();
     let client = reqwest::Client::new();
     let load_at_start = load1();
 
