@@ -18,6 +18,18 @@ pub struct Proc {
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A test or benchmark that panics must not leave its server running: the
+/// process is killed when its `Proc` drops (after `stop`, it has exited
+/// and been waited for, and nothing is sent).
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Start the binary and wait for its "rkms serving" line.
 pub fn start(mut cmd: Command) -> Proc {
     let mut child = cmd
