@@ -18,7 +18,7 @@ from collections import Counter
 # (owner, regex matched at the start of a normalized frame).
 OWNERS = [
     ("audit line: fixed-schema writer, timestamp, log buffer (telemetry::audit)",
-     r"rkms::telemetry::audit|rkms::routes::key::Audit::emit|rkms::telemetry::Buffer"),
+     r"rkms::telemetry::audit|rkms::routes::key::Audit::emit|rkms::telemetry::(buffer::)?Buffer"),
     ("request span and log events (disabled at warn: callsite checks)",
      r"tracing::span::|tracing_subscriber::|tracing_core::|tracing::__macro_support"),
     ("prometheus: inc/observe (pre-resolved route metrics, broker counters)",
