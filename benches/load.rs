@@ -1652,14 +1652,7 @@ async fn aws(client: &reqwest::Client) -> Aws {
     // the hedges answered: wait until its breaker is open.
     let open = format!("region=\"{}\",state=\"open\"", moto::REGIONS[0]);
     for _ in 0..100 {
-        let text = client
-            .get(format!("{}/metrics", after_server.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::get_text(client, &format!("{}/metrics", after_server.base)).await;
         if metric_sum(&text, "rkms_region_breaker", &open) >= 1.0 {
             break;
         }

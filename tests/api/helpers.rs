@@ -144,14 +144,7 @@ impl TestApp {
     }
 
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        crate::common::get_text(&self.client, &format!("{}/metrics", self.base)).await
     }
 }
 
@@ -166,21 +159,14 @@ pub fn decode_key(b64: &str) -> Vec<u8> {
         .unwrap()
 }
 
-/// The value of one sample in Prometheus text, e.g.
-/// `metric_value(text, "rkms_http_requests_total", &[("route","/key"),("status","200")])`.
 /// `rkms_log_dropped_total` of a server running as its own process.
 pub async fn dropped_log_lines(client: &reqwest::Client, base: &str) -> f64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = crate::common::get_text(client, &format!("{base}/metrics")).await;
     metric_value(&text, "rkms_log_dropped_total", &[])
 }
 
+/// The value of one sample in Prometheus text, e.g.
+/// `metric_value(text, "rkms_http_requests_total", &[("route","/key"),("status","200")])`.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -40,15 +40,7 @@ async fn the_readme_examples_are_what_the_server_answers() {
     let app = spawn_app().await;
     let mut keys = std::collections::HashMap::new();
     for (path, expected) in examples {
-        let body = app
-            .client
-            .get(format!("{}{path}", app.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let body = crate::common::get_text(&app.client, &format!("{}{path}", app.base)).await;
         let (got, key) = without_key(&body);
         let (want, readme_key) = without_key(&expected);
         assert_eq!(got, want, "README example for {path}");

@@ -93,6 +93,11 @@ pub fn stop_with(mut proc: Proc, name: &str) -> (std::process::ExitStatus, Vec<S
     (status, logs)
 }
 
+/// The body of a GET of `url`, as text.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    client.get(url).send().await.unwrap().text().await.unwrap()
+}
+
 /// Whether `base` stops accepting connections within two seconds.
 pub async fn refuses_connections(base: &str) -> bool {
     let client = reqwest::Client::new();
