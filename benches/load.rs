@@ -256,11 +256,12 @@ fn core_busy(n: usize) -> f64 {
     busy / clk_tck()
 }
 
-/// Free space a whole run needs in the temporary directory: the servers'
-/// logs (every request's audit line, as in production, about 35 MB/s at
-/// peak) and the two 1,000,000-id stores. The run of 2026-11-27 12:26 UTC
-/// took 9,492 MiB at its peak.
-const NEEDS_FREE_MIB: u64 = 12 * 1024;
+/// Free space a whole run needs in the temporary directory: the two
+/// 1,000,000-id stores, and the servers' logs (every request's audit line,
+/// as in production, about 35 MB/s at peak), each emptied after its run
+/// ([`empty_log`]). The run of 2026-11-27 13:47 UTC took 974 MiB at its
+/// peak (9,492 MiB at 12:26, when the logs were kept to the end).
+const NEEDS_FREE_MIB: u64 = 3 * 1024;
 
 /// Stop before the run if the temporary directory lacks
 /// [`NEEDS_FREE_MIB`]: a disk that fills half-way ends it with a panic
@@ -450,10 +451,20 @@ fn rand_seed() -> u64 {
 
 // ---------------------------------------------------------------- servers
 
+/// The audit lines of a finished run are not needed: kept, a whole run's
+/// logs took over 9 GB of disk.
+fn empty_log(target: &Target) {
+    if let Some(log) = &target.log {
+        common::empty_log(log);
+    }
+}
+
 /// A server under test: rkms or the baseline.
 struct Target {
     base: String,
     pid: u32,
+    /// rkms's log file, emptied after each run ([`common::empty_log`]).
+    log: Option<PathBuf>,
     /// rkms: /metrics is read around each run.
     metrics: bool,
     token: Option<&'static str>,
@@ -537,6 +548,7 @@ async fn run_once(client: &reqwest::Client, target: &Target, load: &Load) -> Run
             run.hit_ratio = Some((a.hits - b.hits) / lookups);
         }
     }
+    empty_log(target);
     run
 }
 
@@ -620,6 +632,9 @@ fn paired_round(what: &str, servers: [(&Target, &Load); 2]) -> Pair {
         runs.iter().all(|r| r.errors == 0),
         "{what}: requests failed"
     );
+    for (t, _) in servers {
+        empty_log(t);
+    }
     let cpu_us = [0, 1].map(|i| {
         let (t, load) = servers[i];
         1e6 * (cpu_seconds(t.pid) - before[i]) / (runs[i].rps * load.secs as f64)
@@ -741,6 +756,7 @@ fn target(p: &common::Proc) -> Target {
     Target {
         base: p.base.clone(),
         pid: p.child.id(),
+        log: p.log_file.clone(),
         metrics: true,
         token: None,
     }
@@ -834,6 +850,7 @@ fn start_baseline_wrapped(wrapper: &[String]) -> (Child, Target) {
     let target = Target {
         base: format!("http://{}", line.trim()),
         pid: child.id(),
+        log: None,
         metrics: false,
         token: None,
     };

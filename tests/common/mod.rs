@@ -4,28 +4,63 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::ops::{Deref, DerefMut};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
 pub struct Proc {
-    pub child: Child,
+    pub child: Reaped,
     pub base: String,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// Where the log goes, when it goes to a file ([`start_logging_to`]).
+    pub log_file: Option<std::path::PathBuf>,
     /// The thread reading stderr; it ends when the process closes it.
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A test or benchmark that panics must not leave its server running: the
-/// process is killed when its `Proc` drops (after `stop`, it has exited
-/// and been waited for, and nothing is sent).
-impl Drop for Proc {
+/// A started `rkms`. A test or benchmark that panics must not leave its
+/// server running: the process is killed when this drops still running
+/// (one that has exited and been waited for is left alone).
+pub struct Reaped(Option<Child>);
+
+impl Reaped {
+    pub fn new(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// Wait for the process to exit and collect what it wrote to the
+    /// pipes it was given.
+    pub fn wait_with_output(mut self) -> std::io::Result<Output> {
+        match self.0.take() {
+            Some(child) => child.wait_with_output(),
+            None => Err(std::io::Error::other("the process was already reaped")),
+        }
+    }
+}
+
+impl Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("present until wait_with_output")
+    }
+}
+
+impl DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("present until wait_with_output")
+    }
+}
+
+impl Drop for Reaped {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Some(child) = &mut self.0 {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }
@@ -55,9 +90,10 @@ pub fn start(mut cmd: Command) -> Proc {
         .recv_timeout(Duration::from_secs(30))
         .unwrap_or_else(|_| panic!("rkms did not start: {:?}", logs.lock().unwrap()));
     Proc {
-        child,
+        child: Reaped::new(child),
         base: format!("http://{addr}"),
         logs,
+        log_file: None,
         reader: Some(reader),
     }
 }
@@ -113,8 +149,14 @@ pub async fn refuses_connections(base: &str) -> bool {
 /// Start the binary with its log written to `log_file`, and wait for its
 /// "rkms serving" line. For load runs: nothing reads the log while it runs,
 /// so the harness does not compete with the server for CPU.
+/// The server appends (`O_APPEND`), so the file can be emptied between
+/// runs and it writes on from the start ([`empty_log`]).
 pub fn start_logging_to(mut cmd: Command, log_file: &std::path::Path) -> Proc {
-    let file = std::fs::File::create(log_file).unwrap();
+    std::fs::File::create(log_file).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log_file)
+        .unwrap();
     let mut child = cmd.stdout(Stdio::null()).stderr(file).spawn().unwrap();
     for _ in 0..600 {
         let text = std::fs::read_to_string(log_file).unwrap_or_default();
@@ -125,9 +167,10 @@ pub fn start_logging_to(mut cmd: Command, log_file: &std::path::Path) -> Proc {
             .and_then(|v| v["addr"].as_str().map(str::to_owned));
         if let Some(addr) = addr {
             return Proc {
-                child,
+                child: Reaped::new(child),
                 base: format!("http://{addr}"),
                 logs: Arc::new(Mutex::new(Vec::new())),
+                log_file: Some(log_file.to_path_buf()),
                 reader: None,
             };
         }
@@ -141,6 +184,15 @@ pub fn start_logging_to(mut cmd: Command, log_file: &std::path::Path) -> Proc {
     );
 }
 
+/// Empty the log file of a server started with [`start_logging_to`]: a
+/// load run writes an audit line per request, several GB over a whole
+/// benchmark, and what was read from it is no longer needed.
+pub fn empty_log(log_file: &std::path::Path) {
+    if let Ok(file) = std::fs::OpenOptions::new().write(true).open(log_file) {
+        let _ = file.set_len(0);
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -152,8 +204,9 @@ pub fn free_port() -> u16 {
 
 /// Start the binary on `port` and wait until it accepts connections,
 /// without relying on its log (which the test may have silenced or left
-/// unread). `stderr` says what happens to the log.
-pub fn start_on_port(mut cmd: Command, port: u16, stderr: Stdio) -> Child {
+/// unread). `stderr` says what happens to the log. The server is killed
+/// if the test panics before it stops it.
+pub fn start_on_port(mut cmd: Command, port: u16, stderr: Stdio) -> Reaped {
     let mut child = cmd
         .env("RKMS__SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -162,7 +215,7 @@ pub fn start_on_port(mut cmd: Command, port: u16, stderr: Stdio) -> Child {
         .unwrap();
     for _ in 0..600 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return child;
+            return Reaped::new(child);
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("rkms exited during startup: {status}");
