@@ -283,7 +283,7 @@ fn enough_disk() {
         });
     if let Some(free) = free.filter(|&f| f < NEEDS_FREE_MIB) {
         eprintln!(
-            "make bench needs about {} GiB free in {} (the servers' audit logs and two 1,000,000-id stores); \
+            "make bench needs {} GiB free in {} (it peaks at about 1 GiB: two 1,000,000-id stores and a run's audit logs); \
              {:.1} GiB are free. Free some, or set TMPDIR to a larger disk.",
             NEEDS_FREE_MIB / 1024,
             tmp.display(),
@@ -632,9 +632,6 @@ fn paired_round(what: &str, servers: [(&Target, &Load); 2]) -> Pair {
         runs.iter().all(|r| r.errors == 0),
         "{what}: requests failed"
     );
-    for (t, _) in servers {
-        empty_log(t);
-    }
     let cpu_us = [0, 1].map(|i| {
         let (t, load) = servers[i];
         1e6 * (cpu_seconds(t.pid) - before[i]) / (runs[i].rps * load.secs as f64)
@@ -643,6 +640,9 @@ fn paired_round(what: &str, servers: [(&Target, &Load); 2]) -> Pair {
         rps: [runs[0].rps, runs[1].rps],
         cpu_us,
     };
+    for (t, _) in servers {
+        empty_log(t);
+    }
     eprintln!(
         "  {what}: {:.0} / {:.0} req/s, {:.2} / {:.2} µs of CPU per request: ratio {:.3} (as loaded {:.3})",
         pair.rps[0],
