@@ -59,7 +59,7 @@ bench: moto-venv bench-tools
 	$(CARGO) build --release --locked --bin rkms
 	$(CARGO) bench --locked --bench load
 
-# Only the instructions per warm read (callgrind), in about a minute.
+# Only the instructions per warm and per cold read (callgrind), in about two minutes.
 bench-instructions: bench-tools
 	RKMS_BENCH_INSTRUCTIONS_ONLY=1 $(CARGO) bench --locked --bench load
 
