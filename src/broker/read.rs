@@ -4,6 +4,7 @@
 //!
 //! Must not: create a key for an id that has a record, readable or not.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,14 +70,18 @@ impl Inner {
         self: &Arc<Self>,
         record: Arc<KeyRecord>,
     ) -> Result<Resolved, BrokerError> {
-        // Preference order, among the regions this record can be read in.
-        let order: Vec<Region> = self
-            .settings
-            .regions
-            .iter()
-            .filter(|r| record.keys.contains_key(*r))
-            .cloned()
-            .collect();
+        // Preference order, among the regions this record can be read in:
+        // the configured order itself, not a copy, when it has them all.
+        let regions = &self.settings.regions;
+        let order: Cow<'_, [Region]> = if regions.iter().all(|r| record.keys.contains_key(r)) {
+            Cow::Borrowed(regions)
+        } else {
+            regions
+                .iter()
+                .filter(|r| record.keys.contains_key(*r))
+                .cloned()
+                .collect()
+        };
         if order.is_empty() {
             return Err(BrokerError::NoConfiguredRegion {
                 stored: record.keys.keys().cloned().collect(),
