@@ -271,17 +271,46 @@ fn spawn_queue_task(
 /// A stored row as SQLite holds it.
 type Row = (String, String, Option<i64>, String, Option<String>);
 
-fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+/// A stored row's columns, borrowed from SQLite's buffers or from a [`Row`].
+struct Stored<'a> {
+    id: &'a str,
+    keys: &'a str,
+    v: Option<i64>,
+    key_ids: &'a str,
+    created_at: Option<&'a str>,
+}
+
+impl<'a> From<&'a Row> for Stored<'a> {
+    fn from((id, keys, v, key_ids, created_at): &'a Row) -> Self {
+        Self {
+            id,
+            keys,
+            v: *v,
+            key_ids,
+            created_at: created_at.as_deref(),
+        }
+    }
 }
 
 fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
-    // Cached: parsing the statement costs about as much as running it.
+    // Cached: parsing the statement costs about as much as running it. The
+    // row is decoded from SQLite's own buffers, without copying its text.
     let found = conn
         .prepare_cached("SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE id = ?1")
-        .and_then(|mut stmt| stmt.query_row(params![id], row).optional())
+        .and_then(|mut stmt| {
+            stmt.query_row(params![id], |r| {
+                Ok(decode_row(Stored {
+                    id: r.get_ref(0)?.as_str()?,
+                    keys: r.get_ref(1)?.as_str()?,
+                    v: r.get(2)?,
+                    key_ids: r.get_ref(3)?.as_str()?,
+                    created_at: r.get_ref(4)?.as_str_or_null()?,
+                }))
+            })
+            .optional()
+        })
         .map_err(other(op))?;
-    found.map(decode_row).transpose()
+    found.transpose()
 }
 
 /// One page of a scan by rowid; segment `n` holds the rows whose rowid is
@@ -327,27 +356,28 @@ fn scan_rows(
             .flatten(),
         records: rows
             .iter()
-            .map(|(_, stored)| decode_row(stored.clone()))
+            .map(|(_, stored)| decode_row(stored.into()))
             .collect(),
     })
 }
 
-fn decode_row((raw_id, keys, v, key_ids, created_at): Row) -> Result<KeyRecord, StoreError> {
+fn decode_row(stored: Stored<'_>) -> Result<KeyRecord, StoreError> {
+    let raw_id = stored.id;
     let corrupt = |what: &str| StoreError::Corrupt {
-        id: raw_id.clone(),
+        id: raw_id.to_string(),
         reason: format!("{what} is not a JSON object of strings"),
     };
     let keys: BTreeMap<String, String> =
-        serde_json::from_str(&keys).map_err(|_| corrupt("keys"))?;
+        serde_json::from_str(stored.keys).map_err(|_| corrupt("keys"))?;
     let key_ids: BTreeMap<String, String> =
-        serde_json::from_str(&key_ids).map_err(|_| corrupt("key_ids"))?;
-    let (id, version) = decode_header(&raw_id, v)?;
+        serde_json::from_str(stored.key_ids).map_err(|_| corrupt("key_ids"))?;
+    let (id, version) = decode_header(raw_id, stored.v)?;
     Ok(KeyRecord {
-        keys: decode_keys(&raw_id, keys)?,
+        keys: decode_keys(raw_id, keys)?,
         id,
         version,
         key_ids: decode_region_map(key_ids),
-        created_at,
+        created_at: stored.created_at.map(str::to_owned),
     })
 }
 

@@ -143,6 +143,55 @@ mod unit {
         }
     }
 
+    /// Columns are read in place, as text: a row whose text columns hold
+    /// something else (a blob, a number, text that is not UTF-8) is an
+    /// error naming the read, never a record or an absence.
+    #[tokio::test]
+    async fn rows_with_columns_that_are_not_text_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let store = SqliteStore::open(&path, SECOND).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
+                 ('blob', X'7B7D', 2, '{}', NULL), \
+                 ('number', '{\"a\":\"AQ==\"}', 2, 7, NULL), \
+                 ('latin1', CAST(X'7B2261223A2241513D3D227D' AS TEXT), 2, CAST(X'7BE97D' AS TEXT), NULL), \
+                 ('stamp', '{\"a\":\"AQ==\"}', 2, '{}', X'00')",
+                [],
+            )
+            .unwrap();
+        }
+        for id in ["blob", "number", "latin1", "stamp"] {
+            let err = store.get(&KeyId::parse(id).unwrap()).await.unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    StoreError::Corrupt { .. } | StoreError::Other { op: "get", .. }
+                ),
+                "{id}: {err:?}"
+            );
+        }
+        // A well-formed row beside them still reads.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
+                 ('good', '{\"a\":\"AQ==\"}', 2, '{\"a\":\"k1\"}', '2026-11-27T00:00:00Z')",
+                [],
+            )
+            .unwrap();
+        }
+        let good = store
+            .get(&KeyId::parse("good").unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(good.keys.len(), 1);
+        assert_eq!(good.created_at.as_deref(), Some("2026-11-27T00:00:00Z"));
+    }
+
     /// A write that finds the disk full is `Unavailable` (503 with
     /// `Retry-After`), as another process's lock is: it passes once space
     /// is freed. SQLite's `max_page_count` gives the real "database or
