@@ -124,19 +124,21 @@ mod unit {
         assert_eq!(store.get(&read.id).await.unwrap().unwrap().keys.len(), 2);
     }
 
+    /// Run `sql` on the store's file through a connection of its own, as
+    /// another program (or a damaged disk) would write it.
+    fn write_behind(path: &std::path::Path, sql: &str) {
+        Connection::open(path).unwrap().execute(sql, []).unwrap();
+    }
+
     #[tokio::test]
     async fn corrupt_rows_are_errors_not_absences() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
         let store = SqliteStore::open(&path, SECOND).unwrap();
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute(
-                "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES ('bad', '{\"a\":\"***\"}', 2, '{}'), ('worse', 'nope', 2, '{}')",
-                [],
-            )
-            .unwrap();
-        }
+        write_behind(
+            &path,
+            "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES ('bad', '{\"a\":\"***\"}', 2, '{}'), ('worse', 'nope', 2, '{}')",
+        );
         for id in ["bad", "worse"] {
             let err = store.get(&KeyId::parse(id).unwrap()).await.unwrap_err();
             assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
@@ -151,18 +153,14 @@ mod unit {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
         let store = SqliteStore::open(&path, SECOND).unwrap();
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute(
-                "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
-                 ('blob', X'7B7D', 2, '{}', NULL), \
-                 ('number', '{\"a\":\"AQ==\"}', 2, 7, NULL), \
-                 ('latin1', CAST(X'7B2261223A2241513D3D227D' AS TEXT), 2, CAST(X'7BE97D' AS TEXT), NULL), \
-                 ('stamp', '{\"a\":\"AQ==\"}', 2, '{}', X'00')",
-                [],
-            )
-            .unwrap();
-        }
+        write_behind(
+            &path,
+            "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
+             ('blob', X'7B7D', 2, '{}', NULL), \
+             ('number', '{\"a\":\"AQ==\"}', 2, 7, NULL), \
+             ('latin1', CAST(X'7B2261223A2241513D3D227D' AS TEXT), 2, CAST(X'7BE97D' AS TEXT), NULL), \
+             ('stamp', '{\"a\":\"AQ==\"}', 2, '{}', X'00')",
+        );
         for id in ["blob", "number", "latin1", "stamp"] {
             let err = store.get(&KeyId::parse(id).unwrap()).await.unwrap_err();
             assert!(
@@ -174,15 +172,11 @@ mod unit {
             );
         }
         // A well-formed row beside them still reads.
-        {
-            let conn = Connection::open(&path).unwrap();
-            conn.execute(
-                "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
-                 ('good', '{\"a\":\"AQ==\"}', 2, '{\"a\":\"k1\"}', '2026-11-27T00:00:00Z')",
-                [],
-            )
-            .unwrap();
-        }
+        write_behind(
+            &path,
+            "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
+             ('good', '{\"a\":\"AQ==\"}', 2, '{\"a\":\"k1\"}', '2026-11-27T00:00:00Z')",
+        );
         let good = store
             .get(&KeyId::parse("good").unwrap())
             .await
