@@ -130,13 +130,18 @@ mod unit {
         Connection::open(path).unwrap().execute(sql, []).unwrap();
     }
 
-    #[tokio::test]
-    async fn corrupt_rows_are_errors_not_absences() {
+    /// A new store in its own directory, with `sql` written behind it.
+    fn store_with_rows(sql: &str) -> (tempfile::TempDir, std::path::PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite3");
         let store = SqliteStore::open(&path, SECOND).unwrap();
-        write_behind(
-            &path,
+        write_behind(&path, sql);
+        (dir, path, store)
+    }
+
+    #[tokio::test]
+    async fn corrupt_rows_are_errors_not_absences() {
+        let (_dir, _, store) = store_with_rows(
             "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES ('bad', '{\"a\":\"***\"}', 2, '{}'), ('worse', 'nope', 2, '{}')",
         );
         for id in ["bad", "worse"] {
@@ -150,11 +155,7 @@ mod unit {
     /// error naming the read, never a record or an absence.
     #[tokio::test]
     async fn rows_with_columns_that_are_not_text_are_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite3");
-        let store = SqliteStore::open(&path, SECOND).unwrap();
-        write_behind(
-            &path,
+        let (_dir, path, store) = store_with_rows(
             "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
              ('blob', X'7B7D', 2, '{}', NULL), \
              ('number', '{\"a\":\"AQ==\"}', 2, 7, NULL), \
