@@ -7,7 +7,8 @@
 //! Idle connections are shared between reads and these calls. Writes from
 //! one process queue for one write connection and are committed in groups
 //! (see `writer`): a burst of creates costs one WAL sync per group, not
-//! one each. Statements are prepared once per connection.
+//! one each. Statements are prepared once per connection, and rows are
+//! decoded from SQLite's buffers (see `rows`).
 //! Several rkms processes may share the file: creates and repairs run in
 //! `BEGIN IMMEDIATE` transactions, and `busy_timeout` waits out the others,
 //! for less than the store call timeout, so a busy database answers
@@ -24,21 +25,21 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 
-use super::{
-    decode_header, decode_keys, decode_region_map, PutOutcome, ScanPage, Store, StoreError,
-};
+use super::{PutOutcome, ScanPage, Store, StoreError};
 use crate::domain::{KeyId, KeyRecord, Region};
 use file::{
     an_existing_store, connect, low_space_hint, reconnect, refuse_foreign, until_not_busy,
     CreateDir, FileId, OPEN_PATIENCE,
 };
 use reader::Reader;
+use rows::{read, scan_rows, to_json};
 use writer::{Done, Write, Writer};
 
 mod file;
 mod reader;
+mod rows;
 mod writer;
 
 const SCHEMA: &str = "
@@ -266,126 +267,6 @@ fn spawn_queue_task(
         task();
         guard.0 = None;
     });
-}
-
-/// A stored row as SQLite holds it.
-type Row = (String, String, Option<i64>, String, Option<String>);
-
-/// A stored row's columns, borrowed from SQLite's buffers or from a [`Row`].
-struct Stored<'a> {
-    id: &'a str,
-    keys: &'a str,
-    v: Option<i64>,
-    key_ids: &'a str,
-    created_at: Option<&'a str>,
-}
-
-impl<'a> From<&'a Row> for Stored<'a> {
-    fn from((id, keys, v, key_ids, created_at): &'a Row) -> Self {
-        Self {
-            id,
-            keys,
-            v: *v,
-            key_ids,
-            created_at: created_at.as_deref(),
-        }
-    }
-}
-
-fn read(conn: &Connection, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
-    // Cached: parsing the statement costs about as much as running it. The
-    // row is decoded from SQLite's own buffers, without copying its text.
-    let found = conn
-        .prepare_cached("SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE id = ?1")
-        .and_then(|mut stmt| {
-            stmt.query_row(params![id], |r| {
-                Ok(decode_row(Stored {
-                    id: r.get_ref(0)?.as_str()?,
-                    keys: r.get_ref(1)?.as_str()?,
-                    v: r.get(2)?,
-                    key_ids: r.get_ref(3)?.as_str()?,
-                    created_at: r.get_ref(4)?.as_str_or_null()?,
-                }))
-            })
-            .optional()
-        })
-        .map_err(other(op))?;
-    found.transpose()
-}
-
-/// One page of a scan by rowid; segment `n` holds the rows whose rowid is
-/// `n` modulo `segments`. The cursor is the last rowid returned.
-fn scan_rows(
-    conn: &Connection,
-    segment: u32,
-    segments: u32,
-    after: i64,
-    limit: usize,
-) -> Result<ScanPage, StoreError> {
-    const OP: &str = "scan";
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT rowid, id, keys, v, key_ids, created_at FROM rkms_keys \
-             WHERE rowid > ?1 AND rowid % ?2 = ?3 ORDER BY rowid LIMIT ?4",
-        )
-        .map_err(other(OP))?;
-    let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-    let rows = stmt
-        .query_map(
-            params![
-                after,
-                i64::from(segments.max(1)),
-                i64::from(segment),
-                limit_sql
-            ],
-            |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
-                ))
-            },
-        )
-        .map_err(other(OP))?
-        .collect::<Result<Vec<(i64, Row)>, _>>()
-        .map_err(other(OP))?;
-    let more = rows.len() > limit;
-    let rows = &rows[..rows.len().min(limit)];
-    Ok(ScanPage {
-        next: more
-            .then(|| rows.last().map(|(rowid, _)| rowid.to_string()))
-            .flatten(),
-        records: rows
-            .iter()
-            .map(|(_, stored)| decode_row(stored.into()))
-            .collect(),
-    })
-}
-
-fn decode_row(stored: Stored<'_>) -> Result<KeyRecord, StoreError> {
-    let raw_id = stored.id;
-    let corrupt = |what: &str| StoreError::Corrupt {
-        id: raw_id.to_string(),
-        reason: format!("{what} is not a JSON object of strings"),
-    };
-    let keys: BTreeMap<String, String> =
-        serde_json::from_str(stored.keys).map_err(|_| corrupt("keys"))?;
-    let key_ids: BTreeMap<String, String> =
-        serde_json::from_str(stored.key_ids).map_err(|_| corrupt("key_ids"))?;
-    let (id, version) = decode_header(raw_id, stored.v)?;
-    Ok(KeyRecord {
-        keys: decode_keys(raw_id, keys)?,
-        id,
-        version,
-        key_ids: decode_region_map(key_ids),
-        created_at: stored.created_at.map(str::to_owned),
-    })
-}
-
-fn to_json(map: &BTreeMap<String, String>, op: &'static str) -> Result<String, StoreError> {
-    serde_json::to_string(map).map_err(|e| StoreError::Other {
-        op,
-        source: Box::new(e),
-    })
 }
 
 /// A write answered with another kind of write's outcome; cannot happen,

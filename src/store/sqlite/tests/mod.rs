@@ -21,6 +21,7 @@ fn record(id: &str, regions: &[&str]) -> KeyRecord {
 mod unit {
     use super::super::*;
     use super::record;
+    use rusqlite::params;
 
     const SECOND: Duration = Duration::from_secs(1);
 
