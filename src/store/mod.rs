@@ -127,28 +127,40 @@ pub fn decode_keys(
     keys: BTreeMap<String, String>,
 ) -> Result<BTreeMap<Region, Vec<u8>>, StoreError> {
     if keys.is_empty() {
-        return Err(StoreError::Corrupt {
-            id: id.to_string(),
-            reason: "record has no ciphertexts".into(),
-        });
+        return Err(no_ciphertexts(id));
     }
     keys.into_iter()
         .map(|(region, encoded)| {
-            let raw = B64
-                .decode(encoded.trim())
-                .map_err(|_| StoreError::Corrupt {
-                    id: id.to_string(),
-                    reason: format!("ciphertext for region {region:?} is not base64"),
-                })?;
-            if raw.is_empty() {
-                return Err(StoreError::Corrupt {
-                    id: id.to_string(),
-                    reason: format!("ciphertext for region {region:?} is empty"),
-                });
-            }
+            let raw = decode_ciphertext(id, &region, &encoded)?;
             Ok((Region::new(region), raw))
         })
         .collect()
+}
+
+/// A stored record whose `keys` map is empty.
+pub fn no_ciphertexts(id: &str) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_string(),
+        reason: "record has no ciphertexts".into(),
+    }
+}
+
+/// One stored ciphertext from its base64; `Corrupt` unless it decodes to
+/// at least one byte.
+pub fn decode_ciphertext(id: &str, region: &str, encoded: &str) -> Result<Vec<u8>, StoreError> {
+    let raw = B64
+        .decode(encoded.trim())
+        .map_err(|_| StoreError::Corrupt {
+            id: id.to_string(),
+            reason: format!("ciphertext for region {region:?} is not base64"),
+        })?;
+    if raw.is_empty() {
+        return Err(StoreError::Corrupt {
+            id: id.to_string(),
+            reason: format!("ciphertext for region {region:?} is empty"),
+        });
+    }
+    Ok(raw)
 }
 
 /// Check a stored id and version; shared by the adapters.

@@ -2,13 +2,17 @@
 //! decoded into a [`KeyRecord`] straight from SQLite's buffers (the row's
 //! text is not copied first), and the JSON that a write stores.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::other;
-use crate::domain::KeyRecord;
-use crate::store::{decode_header, decode_keys, decode_region_map, ScanPage, StoreError};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+use crate::domain::{KeyRecord, Region};
+use crate::store::{decode_ciphertext, decode_header, no_ciphertexts, ScanPage, StoreError};
 
 /// A record by id: the columns [`decode`] reads, from the first.
 const READ: &str = "SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE id = ?1";
@@ -78,7 +82,9 @@ fn decode(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Result<KeyRec
     Ok(record(raw_id, keys, v, key_ids, created_at))
 }
 
-/// A record from its stored text.
+/// A record from its stored text. The JSON maps are read entry by entry
+/// from the row's own text, with no intermediate map of copied strings:
+/// every cache miss runs this.
 fn record(
     raw_id: &str,
     keys: &str,
@@ -90,17 +96,80 @@ fn record(
         id: raw_id.to_string(),
         reason: format!("{what} is not a JSON object of strings"),
     };
-    let keys: BTreeMap<String, String> = serde_json::from_str(keys).map_err(|_| corrupt("keys"))?;
-    let key_ids: BTreeMap<String, String> =
-        serde_json::from_str(key_ids).map_err(|_| corrupt("key_ids"))?;
+    let keys: Entries<'_> = serde_json::from_str(keys).map_err(|_| corrupt("keys"))?;
+    let key_ids: Entries<'_> = serde_json::from_str(key_ids).map_err(|_| corrupt("key_ids"))?;
     let (id, version) = decode_header(raw_id, v)?;
+    if keys.0.is_empty() {
+        return Err(no_ciphertexts(raw_id));
+    }
+    // Inserted one by one: a region named twice keeps its last entry, as a
+    // JSON object read into a map does.
+    let mut ciphertexts = BTreeMap::new();
+    for (region, encoded) in &keys.0 {
+        let raw = decode_ciphertext(raw_id, &region.0, &encoded.0)?;
+        ciphertexts.insert(Region::new(&*region.0), raw);
+    }
     Ok(KeyRecord {
-        keys: decode_keys(raw_id, keys)?,
+        keys: ciphertexts,
         id,
         version,
-        key_ids: decode_region_map(key_ids),
+        key_ids: key_ids
+            .0
+            .into_iter()
+            .map(|(region, arn)| (Region::new(region.0), arn.0.into_owned()))
+            .collect(),
         created_at: created_at.map(str::to_owned),
     })
+}
+
+/// A JSON string, borrowed from the row's text unless it holds escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The entries of a JSON object of strings, in the order written.
+struct Entries<'a>(Vec<(Text<'a>, Text<'a>)>);
+
+impl<'de> Deserialize<'de> for Entries<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Entries<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                // A record holds a few regions; the hint is not trusted
+                // beyond that.
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(4).min(16));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Entries(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 pub(super) fn to_json(

@@ -151,6 +151,57 @@ mod unit {
         }
     }
 
+    /// The JSON maps are read from the row's text in place: any valid JSON
+    /// object of strings reads as it would into a map (escapes, spacing,
+    /// a region named twice keeps its last entry), and anything else is
+    /// `Corrupt` with the map it concerns named.
+    #[tokio::test]
+    async fn stored_maps_read_as_json_whatever_their_spelling() {
+        let (_dir, _, store) = store_with_rows(
+            "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES \
+             ('escaped', '{\"\\u0061\":\"AQ\\u003d=\", \"b\" : \"Ag==\", \"b\":\"Aw==\"}', 2, \
+              ' { \"a\" : \"arn:\\/\\/k\\\"1\" } '), \
+             ('empty', '{}', 2, '{}'), \
+             ('nested', '{\"a\":{\"b\":\"AQ==\"}}', 2, '{}'), \
+             ('array', '[[\"a\",\"AQ==\"]]', 2, '{}'), \
+             ('ids', '{\"a\":\"AQ==\"}', 2, '{\"a\":1}'), \
+             ('trailing', '{\"a\":\"AQ==\"} x', 2, '{}')",
+        );
+        let read = |id: &str| {
+            let id = KeyId::parse(id).unwrap();
+            let store = &store;
+            async move { store.get(&id).await }
+        };
+        let escaped = read("escaped").await.unwrap().unwrap();
+        let keys: Vec<(&str, &[u8])> = escaped
+            .keys
+            .iter()
+            .map(|(r, c)| (r.as_str(), c.as_slice()))
+            .collect();
+        assert_eq!(keys, [("a", &[1u8][..]), ("b", &[3u8][..])]);
+        assert_eq!(
+            escaped.key_ids.get(&Region::new("a")).map(String::as_str),
+            Some("arn://k\"1")
+        );
+        for (id, reason) in [
+            ("empty", "record has no ciphertexts"),
+            ("nested", "keys is not a JSON object of strings"),
+            ("array", "keys is not a JSON object of strings"),
+            ("ids", "key_ids is not a JSON object of strings"),
+            ("trailing", "keys is not a JSON object of strings"),
+        ] {
+            match read(id).await {
+                Err(StoreError::Corrupt {
+                    id: named,
+                    reason: r,
+                }) => {
+                    assert_eq!((named.as_str(), r.as_str()), (id, reason));
+                }
+                other => panic!("{id}: {other:?}"),
+            }
+        }
+    }
+
     /// Columns are read in place, as text: a row whose text columns hold
     /// something else (a blob, a number, text that is not UTF-8) is an
     /// error naming the read, never a record or an absence.
