@@ -10,9 +10,9 @@
 //! yielded task when its worker next checks for I/O: when it has nothing
 //! else to run, or periodically), then for the reads queued before it.
 //! While a task reads, a read that comes adds another task if more reads
-//! wait than tasks read (up to `POOL_SIZE`), so a backlog, or a read that
-//! is slow (a stalled disk, another process's lock), is shared out rather
-//! than holding up every read behind it.
+//! wait than tasks are free to take them (tasks not inside a read), up to
+//! `POOL_SIZE`: a backlog is shared out, and a read that is slow (a
+//! stalled disk, another process's lock) holds up no read behind it.
 //!
 //! Reads whose caller stopped waiting are skipped, and those left queued
 //! with no task coming for them are dropped. The tasks take their
@@ -41,10 +41,17 @@ struct Job {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Tasks reading now.
+    /// Tasks started and not yet ended.
     active: usize,
+    /// Of those, the tasks inside a read (which may be a slow one), not
+    /// free to take the next queued read.
+    reading: usize,
     /// Tasks started so far.
     started: u64,
+    /// A read to hold in its task until the test lets it go: a stalled
+    /// disk, for one read only.
+    #[cfg(test)]
+    hold: Option<(KeyId, std::sync::mpsc::Receiver<()>)>,
 }
 
 impl Queue {
@@ -96,7 +103,10 @@ impl Reader {
             if queue.active == 0 {
                 (true, false)
             } else {
-                let start = queue.jobs.len() > queue.active && queue.active < POOL_SIZE;
+                // Tasks inside a read cannot take this one: a read stuck on
+                // a stalled disk must not hold up the next, however few.
+                let free = queue.active.saturating_sub(queue.reading);
+                let start = queue.jobs.len() > free && queue.active < POOL_SIZE;
                 (false, queue.count_start(start))
             }
         };
@@ -131,6 +141,7 @@ impl Reader {
                 move || {
                     let mut queue = lock(&abandoned);
                     queue.active = queue.active.saturating_sub(1);
+                    queue.reading = queue.reading.saturating_sub(1).min(queue.active);
                     if queue.active == 0 {
                         queue.jobs.clear();
                     }
@@ -170,6 +181,17 @@ impl Drop for Unstarted<'_> {
 
 #[cfg(test)]
 impl Reader {
+    /// Hold the read of `id` inside its task until `release` is sent to
+    /// (or dropped).
+    pub(super) fn hold(&self, id: &KeyId, release: std::sync::mpsc::Receiver<()>) {
+        lock(&self.queue).hold = Some((id.clone(), release));
+    }
+
+    /// Reads inside a task now.
+    pub(super) fn reading(&self) -> usize {
+        lock(&self.queue).reading
+    }
+
     /// Reading tasks started so far.
     pub(super) fn tasks_started(&self) -> u64 {
         lock(&self.queue).started
@@ -196,11 +218,24 @@ fn drain(
     busy: Duration,
 ) {
     let mut conn: Option<Connection> = None;
+    let mut reading = false;
     loop {
         let job = {
             let mut queue = lock(queue);
+            if std::mem::take(&mut reading) {
+                queue.reading -= 1;
+            }
             match queue.jobs.pop_front() {
-                Some(job) => job,
+                Some(job) => {
+                    queue.reading += 1;
+                    reading = true;
+                    #[cfg(test)]
+                    if let Some(held) = queue.hold.take_if(|(id, _)| *id == job.id) {
+                        drop(queue);
+                        let _ = held.1.recv();
+                    }
+                    job
+                }
                 None => {
                     queue.active -= 1;
                     drop(queue);

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::other;
@@ -21,6 +22,11 @@ const READ: &str = "SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE
 const SCAN: &str = "SELECT rowid, id, keys, v, key_ids, created_at FROM rkms_keys \
                     WHERE rowid > ?1 AND rowid % ?2 = ?3 ORDER BY rowid LIMIT ?4";
 
+/// A row whose id is the same bytes as a blob. SQLite never takes a blob
+/// for equal to text, so [`READ`] does not find such a row, and the unique
+/// index lets a text row with the same id in beside it.
+const BLOB_ID: &str = "SELECT 1 FROM rkms_keys WHERE id = CAST(?1 AS BLOB) LIMIT 1";
+
 pub(super) fn read(
     conn: &Connection,
     id: &str,
@@ -31,7 +37,23 @@ pub(super) fn read(
         .prepare_cached(READ)
         .and_then(|mut stmt| stmt.query_row(params![id], |r| decode(r, 0)).optional())
         .map_err(other(op))?;
-    found.transpose()
+    if let Some(record) = found {
+        return record.map(Some);
+    }
+    // An absence leads to a create: first make sure the id has no record
+    // that another program wrote with its id as bytes, which would get a
+    // second key. Only absences pay for this lookup.
+    let as_bytes = conn
+        .prepare_cached(BLOB_ID)
+        .and_then(|mut stmt| stmt.exists(params![id]))
+        .map_err(other(op))?;
+    if as_bytes {
+        return Err(StoreError::Corrupt {
+            id: id.to_string(),
+            reason: "the stored id is a blob, not text".into(),
+        });
+    }
+    Ok(None)
 }
 
 /// One page of a scan by rowid; segment `n` holds the rows whose rowid is
@@ -71,15 +93,82 @@ pub(super) fn scan_rows(
 }
 
 /// The record in columns `id, keys, v, key_ids, created_at`, from column
-/// `first` on. A column that is not text is SQLite's error; text that does
-/// not decode is `Corrupt`.
+/// `first` on. A column of the wrong type, or text that does not decode,
+/// is `Corrupt` for this row alone, so a scan reports it and goes on; the
+/// `Err` is SQLite's own failure.
 fn decode(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Result<KeyRecord, StoreError>> {
-    let raw_id = r.get_ref(first)?.as_str()?;
-    let keys = r.get_ref(first + 1)?.as_str()?;
-    let v: Option<i64> = r.get(first + 2)?;
-    let key_ids = r.get_ref(first + 3)?.as_str()?;
-    let created_at = r.get_ref(first + 4)?.as_str_or_null()?;
+    let raw_id = match r.get_ref(first)? {
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(id) => id,
+            Err(_) => return Ok(Err(corrupt_row(t, "the stored id is not UTF-8"))),
+        },
+        ValueRef::Blob(b) => return Ok(Err(corrupt_row(b, "the stored id is a blob, not text"))),
+        other => {
+            let reason = format!("the stored id is of type {}, not text", type_name(other));
+            return Ok(Err(corrupt_row(b"", &reason)));
+        }
+    };
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: raw_id.to_string(),
+        reason,
+    };
+    let keys = match text(r.get_ref(first + 1)?, "keys") {
+        Ok(Some(keys)) => keys,
+        Ok(None) => return Ok(Err(corrupt("column keys is NULL".into()))),
+        Err(reason) => return Ok(Err(corrupt(reason))),
+    };
+    let v = match r.get_ref(first + 2)? {
+        ValueRef::Null => None,
+        ValueRef::Integer(v) => Some(v),
+        other => {
+            let reason = format!("column v is of type {}, not an integer", type_name(other));
+            return Ok(Err(corrupt(reason)));
+        }
+    };
+    let key_ids = match text(r.get_ref(first + 3)?, "key_ids") {
+        Ok(Some(key_ids)) => key_ids,
+        Ok(None) => return Ok(Err(corrupt("column key_ids is NULL".into()))),
+        Err(reason) => return Ok(Err(corrupt(reason))),
+    };
+    let created_at = match text(r.get_ref(first + 4)?, "created_at") {
+        Ok(created_at) => created_at,
+        Err(reason) => return Ok(Err(corrupt(reason))),
+    };
     Ok(record(raw_id, keys, v, key_ids, created_at))
+}
+
+/// A column read as text in place; the reason when it is not text.
+fn text<'r>(value: ValueRef<'r>, column: &str) -> Result<Option<&'r str>, String> {
+    match value {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .map(Some)
+            .map_err(|_| format!("column {column} is not UTF-8 text")),
+        other => Err(format!(
+            "column {column} is of type {}, not text",
+            type_name(other)
+        )),
+    }
+}
+
+/// SQLite's name for the type of a value, as its `typeof()` gives it.
+fn type_name(value: ValueRef<'_>) -> &'static str {
+    match value {
+        ValueRef::Null => "null",
+        ValueRef::Integer(_) => "integer",
+        ValueRef::Real(_) => "real",
+        ValueRef::Text(_) => "text",
+        ValueRef::Blob(_) => "blob",
+    }
+}
+
+/// A row that cannot be named by a text id: named by its bytes, with
+/// anything that is not UTF-8 replaced.
+fn corrupt_row(id: &[u8], reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        id: String::from_utf8_lossy(id).into_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 /// A record from its stored text. The JSON maps are read entry by entry
@@ -102,12 +191,18 @@ fn record(
     if keys.0.is_empty() {
         return Err(no_ciphertexts(raw_id));
     }
-    // Inserted one by one: a region named twice keeps its last entry, as a
-    // JSON object read into a map does.
+    // A region named twice keeps its last entry, as a JSON object read
+    // into a map does; the entries it replaces are not read at all. The
+    // sort is stable, so a region's entries stay in the order written.
+    let mut entries: Vec<(&str, &str)> = keys.0.iter().map(|(r, e)| (&*r.0, &*e.0)).collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
     let mut ciphertexts = BTreeMap::new();
-    for (region, encoded) in &keys.0 {
-        let raw = decode_ciphertext(raw_id, &region.0, &encoded.0)?;
-        ciphertexts.insert(Region::new(&*region.0), raw);
+    for (i, &(region, encoded)) in entries.iter().enumerate() {
+        if entries.get(i + 1).is_some_and(|next| next.0 == region) {
+            continue;
+        }
+        let raw = decode_ciphertext(raw_id, region, encoded)?;
+        ciphertexts.insert(Region::new(region), raw);
     }
     Ok(KeyRecord {
         keys: ciphertexts,

@@ -153,13 +153,14 @@ mod unit {
 
     /// The JSON maps are read from the row's text in place: any valid JSON
     /// object of strings reads as it would into a map (escapes, spacing,
-    /// a region named twice keeps its last entry), and anything else is
+    /// a region named twice keeps its last entry, and the entry it
+    /// replaces is not read even when it is not base64), and anything else is
     /// `Corrupt` with the map it concerns named.
     #[tokio::test]
     async fn stored_maps_read_as_json_whatever_their_spelling() {
         let (_dir, _, store) = store_with_rows(
             "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES \
-             ('escaped', '{\"\\u0061\":\"AQ\\u003d=\", \"b\" : \"Ag==\", \"b\":\"Aw==\"}', 2, \
+             ('escaped', '{\"\\u0061\":\"AQ\\u003d=\", \"b\" : \"!!!\", \"b\":\"Aw==\"}', 2, \
               ' { \"a\" : \"arn:\\/\\/k\\\"1\" } '), \
              ('empty', '{}', 2, '{}'), \
              ('nested', '{\"a\":{\"b\":\"AQ==\"}}', 2, '{}'), \
@@ -202,29 +203,45 @@ mod unit {
         }
     }
 
-    /// Columns are read in place, as text: a row whose text columns hold
-    /// something else (a blob, a number, text that is not UTF-8) is an
-    /// error naming the read, never a record or an absence.
+    /// Columns are read in place. A row whose columns hold the wrong
+    /// type (a blob, a number, text that is not UTF-8), its id included,
+    /// is `Corrupt` naming what is wrong, never a record or an absence:
+    /// an id stored as a blob, which SQLite never takes for equal to text,
+    /// would otherwise read as absent and get a second key. A scan reports
+    /// each such row by its id and goes on past it.
     #[tokio::test]
-    async fn rows_with_columns_that_are_not_text_are_errors() {
+    async fn rows_with_columns_of_the_wrong_type_are_corrupt() {
         let (_dir, path, store) = store_with_rows(
             "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
              ('blob', X'7B7D', 2, '{}', NULL), \
              ('number', '{\"a\":\"AQ==\"}', 2, 7, NULL), \
              ('latin1', CAST(X'7B2261223A2241513D3D227D' AS TEXT), 2, CAST(X'7BE97D' AS TEXT), NULL), \
-             ('stamp', '{\"a\":\"AQ==\"}', 2, '{}', X'00')",
+             ('stamp', '{\"a\":\"AQ==\"}', 2, '{}', X'00'), \
+             ('version', '{\"a\":\"AQ==\"}', 'two', '{}', NULL), \
+             (CAST('bytes' AS BLOB), '{\"a\":\"AQ==\"}', 2, '{}', NULL)",
         );
-        for id in ["blob", "number", "latin1", "stamp"] {
-            let err = store.get(&KeyId::parse(id).unwrap()).await.unwrap_err();
-            assert!(
-                matches!(
-                    err,
-                    StoreError::Corrupt { .. } | StoreError::Other { op: "get", .. }
-                ),
-                "{id}: {err:?}"
-            );
+        let cases = [
+            ("blob", "column keys is of type blob, not text"),
+            // The column's text affinity stores the number as text.
+            ("number", "key_ids is not a JSON object of strings"),
+            ("latin1", "column key_ids is not UTF-8 text"),
+            ("stamp", "column created_at is of type blob, not text"),
+            ("version", "column v is of type text, not an integer"),
+            ("bytes", "the stored id is a blob, not text"),
+        ];
+        for (id, reason) in cases {
+            match store.get(&KeyId::parse(id).unwrap()).await {
+                Err(StoreError::Corrupt {
+                    id: named,
+                    reason: r,
+                }) => {
+                    assert_eq!((named.as_str(), r.as_str()), (id, reason));
+                }
+                other => panic!("{id}: {other:?}"),
+            }
         }
-        // A well-formed row beside them still reads.
+        // A well-formed row beside them still reads, and a scan names
+        // every bad row and reaches the good one after them.
         write_behind(
             &path,
             "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
@@ -237,6 +254,23 @@ mod unit {
             .unwrap();
         assert_eq!(good.keys.len(), 1);
         assert_eq!(good.created_at.as_deref(), Some("2026-11-27T00:00:00Z"));
+        let page = store.scan(0, 1, None, 100).await.unwrap();
+        let read: Vec<(String, Option<String>)> = page
+            .records
+            .into_iter()
+            .map(|r| match r {
+                Ok(record) => (record.id.to_string(), None),
+                Err(StoreError::Corrupt { id, reason }) => (id, Some(reason)),
+                Err(e) => panic!("{e:?}"),
+            })
+            .collect();
+        let mut expected: Vec<(String, Option<String>)> = cases
+            .iter()
+            .map(|(id, reason)| (id.to_string(), Some(reason.to_string())))
+            .collect();
+        expected.push(("good".into(), None));
+        assert_eq!(read, expected);
+        assert!(page.next.is_none());
     }
 
     /// A write that finds the disk full is `Unavailable` (503 with
@@ -452,6 +486,40 @@ mod busy {
         assert_eq!(store.reader.queued(), 0);
         assert_eq!(store.reader.tasks_started(), 0);
         assert_eq!(store.get(&id).await.unwrap(), Some(record("kept", &["a"])));
+    }
+
+    /// A read stuck in its task (a stalled disk) holds up no read that
+    /// comes after it, even a single one: the next read gets a task of
+    /// its own, not a place in the queue behind the stuck one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_stuck_in_its_task_does_not_hold_up_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(
+            SqliteStore::open(&dir.path().join("db.sqlite3"), Duration::from_secs(30)).unwrap(),
+        );
+        for id in ["stuck", "next"] {
+            store.put_if_absent(&record(id, &["a"])).await.unwrap();
+        }
+        let (release, held) = std::sync::mpsc::channel();
+        let stuck = KeyId::parse("stuck").unwrap();
+        store.reader.hold(&stuck, held);
+        let first = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.get(&stuck).await })
+        };
+        while store.reader.reading() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let next = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.get(&KeyId::parse("next").unwrap()),
+        )
+        .await
+        .expect("the read after a stuck one waited for it");
+        assert_eq!(next.unwrap(), Some(record("next", &["a"])));
+        assert_eq!(store.reader.tasks_started(), 2);
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap().unwrap(), Some(record("stuck", &["a"])));
     }
 
     /// Point reads do not wait for a slow call on the pool (a check, a
