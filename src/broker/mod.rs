@@ -16,6 +16,7 @@ pub mod error;
 mod hedge;
 mod read;
 mod repair;
+mod unanswered;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,6 +31,7 @@ use self::breaker::{BreakerGauges, Breakers};
 pub use self::error::BrokerError;
 use self::hedge::{HedgeBudget, InFlight, SlowRegions};
 use self::repair::Repairs;
+pub use self::unanswered::{Unanswered, Unwaited};
 use crate::domain::{DataKey, KeyId, Region};
 use crate::kms::Kms;
 use crate::metrics::Metrics;
@@ -203,17 +205,23 @@ impl KeyBroker {
         id: &KeyId,
         allow_create: bool,
     ) -> Result<Resolved, BrokerError> {
-        self.get_or_create_within(id, allow_create, None).await.0
+        self.get_or_create_within(id, allow_create, None, || None)
+            .await
+            .0
     }
 
     /// As [`KeyBroker::get_or_create`], giving up after `timeout` (the
     /// resolution itself goes on for other callers and the cache), and
-    /// telling whether the id was read or a create was attempted.
+    /// telling whether the id was read or a create was attempted. When the
+    /// caller stops waiting before the resolution ends (the timeout, or
+    /// its future dropped), the hook that `unanswered` makes, called only
+    /// on a cache miss, is told what the resolution did once it ends.
     pub async fn get_or_create_within(
         &self,
         id: &KeyId,
         allow_create: bool,
         timeout: Option<Duration>,
+        unanswered: impl FnOnce() -> Option<Unanswered>,
     ) -> (Result<Resolved, BrokerError>, Action) {
         let inner = &self.inner;
         let mut stale = None;
@@ -236,11 +244,23 @@ impl KeyBroker {
         }
         inner.metrics.cache_misses.inc();
         let flight = self.flight(id, allow_create);
+        let watch = unanswered::Watch::new(flight.clone(), unanswered(), &inner.tasks);
         let result = match timeout {
-            Some(limit) => tokio::time::timeout(limit, flight.result)
-                .await
-                .unwrap_or(Err(BrokerError::Timeout(limit))),
-            None => flight.result.await,
+            Some(limit) => match tokio::time::timeout(limit, flight.result).await {
+                Ok(result) => {
+                    watch.answered();
+                    result
+                }
+                Err(_) => {
+                    watch.timed_out();
+                    Err(BrokerError::Timeout(limit))
+                }
+            },
+            None => {
+                let result = flight.result.await;
+                watch.answered();
+                result
+            }
         };
         let action = if flight.creating.load(Ordering::Acquire) {
             Action::Create

@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::AppState;
 use crate::auth::{PeerNames, Remembered};
-use crate::broker::{BrokerError, Resolved};
+use crate::broker::{BrokerError, Resolved, Unanswered, Unwaited};
 use crate::domain::{DataKey, KeyId};
 use crate::error::ApiError;
 use crate::telemetry::audit;
@@ -128,6 +128,35 @@ impl Audit<'_> {
             outcome,
         });
     }
+
+    /// The line for a resolution this request stopped waiting for, written
+    /// when it ends: `client_gone` when the client hung up first (the only
+    /// line for the request, whatever the resolution did), `after_timeout`
+    /// when a key was read or created after the request was answered 503
+    /// (a failure then changes nothing the first line did not say).
+    fn unanswered(&self) -> Unanswered {
+        let (request_id, client, key_id) = (
+            self.request_id.to_owned(),
+            self.client.to_owned(),
+            self.key_id.to_owned(),
+        );
+        Box::new(move |result, action, why| {
+            let audit = Audit {
+                request_id: &request_id,
+                client: &client,
+                key_id: &key_id,
+            };
+            let (action, source) = match result {
+                Ok(r) => (if r.created { "create" } else { "read" }, r.source.as_str()),
+                Err(_) => (action.as_str(), "none"),
+            };
+            match (why, result) {
+                (Unwaited::Gone, _) => audit.emit(action, source, "client_gone"),
+                (Unwaited::TimedOut, Ok(_)) => audit.emit(action, source, "after_timeout"),
+                (Unwaited::TimedOut, Err(_)) => {}
+            }
+        })
+    }
 }
 
 /// The 200 body, `{"id":…,"key":…}`, in a buffer that is wiped when hyper
@@ -220,7 +249,9 @@ pub(super) async fn get_key(
     let may_create = query.create && identity.may_create();
     let (result, action) = state
         .broker
-        .get_or_create_within(&query.id, may_create, Some(state.request_timeout))
+        .get_or_create_within(&query.id, may_create, Some(state.request_timeout), || {
+            Some(audit.unanswered())
+        })
         .await;
     match result {
         Ok(Resolved {

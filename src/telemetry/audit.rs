@@ -45,14 +45,23 @@ pub fn record(event: &Event<'_>) {
     let Some(sink) = super::audit_sink() else {
         return;
     };
-    LINE.with(|line| {
+    let now = SystemTime::now();
+    let reused = LINE.try_with(|line| {
         let Ok(mut line) = line.try_borrow_mut() else {
-            return;
+            return false;
         };
         line.clear();
-        format(&mut line, sink.format, SystemTime::now(), event);
+        format(&mut line, sink.format, now, event);
         sink.buffer.append(&line);
+        true
     });
+    // The thread's line is in use (an event written while one is built) or
+    // gone (the thread is ending): build this one apart, never skip it.
+    if reused != Ok(true) {
+        let mut line = Vec::with_capacity(512);
+        format(&mut line, sink.format, now, event);
+        sink.buffer.append(&line);
+    }
 }
 
 fn format(out: &mut Vec<u8>, format: LogFormat, now: SystemTime, event: &Event<'_>) {

@@ -348,12 +348,104 @@ async fn a_timed_out_request_says_whether_it_was_reading_or_creating() {
     let limit = Some(Duration::from_millis(500));
     let (result, action) = rig
         .broker
-        .get_or_create_within(&existing, true, limit)
+        .get_or_create_within(&existing, true, limit, || None)
         .await;
     assert!(matches!(result, Err(BrokerError::Timeout(_))), "{result:?}");
     assert_eq!(action, Action::Read);
     let fresh = KeyId::parse("fresh").unwrap();
-    let (result, action) = rig.broker.get_or_create_within(&fresh, true, limit).await;
+    let (result, action) = rig
+        .broker
+        .get_or_create_within(&fresh, true, limit, || None)
+        .await;
     assert!(matches!(result, Err(BrokerError::Timeout(_))), "{result:?}");
     assert_eq!(action, Action::Create);
+}
+
+/// A resolution goes on when its caller stops waiting, and may create a
+/// key: the caller's hook is told what it did once it ends, when the
+/// caller timed out or was dropped (a client that hung up), and never
+/// when the caller got the outcome itself.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_stops_waiting_is_told_what_its_resolution_did() {
+    type Told = Arc<Mutex<Vec<(bool, Option<KeySource>, Action, Unwaited)>>>;
+    let told: Told = Arc::default();
+    let hook = |told: &Told| {
+        let told = Arc::clone(told);
+        move || -> Option<Unanswered> {
+            Some(Box::new(
+                move |result: &Result<Resolved, BrokerError>, action, why| {
+                    let r = result.as_ref().ok();
+                    told.lock().unwrap().push((
+                        r.is_some_and(|r| r.created),
+                        r.map(|r| r.source.clone()),
+                        action,
+                        why,
+                    ));
+                },
+            ))
+        }
+    };
+    let mut s = settings();
+    s.cache_ttl = Duration::ZERO;
+    let rig = rig_with(s);
+    let slow = Fault::Delay(Duration::from_secs(2));
+    for r in regions() {
+        rig.kms.set_fault(&r, Some(slow));
+    }
+
+    // Answered: the hook is never called.
+    let (result, _) = rig
+        .broker
+        .get_or_create_within(&id("answered"), true, None, hook(&told))
+        .await;
+    assert!(result.unwrap().created);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(told.lock().unwrap().is_empty());
+
+    // Timed out: answered with the timeout, then told of the create.
+    let limit = Some(Duration::from_millis(500));
+    let (result, _) = rig
+        .broker
+        .get_or_create_within(&id("late"), true, limit, hook(&told))
+        .await;
+    assert!(matches!(result, Err(BrokerError::Timeout(_))), "{result:?}");
+    assert!(told.lock().unwrap().is_empty(), "told before the end");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        told.lock().unwrap().drain(..).collect::<Vec<_>>(),
+        [(
+            true,
+            Some(KeySource::Region(r("r1"))),
+            Action::Create,
+            Unwaited::TimedOut
+        )]
+    );
+
+    // Dropped mid-create (a client that hung up): the key is still
+    // created, and the hook says so.
+    let gone_id = id("gone");
+    let gone = rig
+        .broker
+        .get_or_create_within(&gone_id, true, None, hook(&told));
+    assert!(tokio::time::timeout(Duration::from_millis(100), gone)
+        .await
+        .is_err());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        told.lock().unwrap().drain(..).collect::<Vec<_>>(),
+        [(
+            true,
+            Some(KeySource::Region(r("r1"))),
+            Action::Create,
+            Unwaited::Gone
+        )]
+    );
+    let (read, _) = rig
+        .broker
+        .get_or_create_within(&id("gone"), false, None, || None)
+        .await;
+    assert!(
+        !read.unwrap().created,
+        "the key created for the gone client is kept"
+    );
 }

@@ -1,0 +1,73 @@
+//! A resolution whose caller stopped waiting (its client hung up, or its
+//! request timed out) goes on in its own task, and may still create a key.
+//! What it ends up doing is handed to the caller's [`Unanswered`] hook, so
+//! the audit trail holds a line for every key decision, answered or not.
+
+use super::{Action, BrokerError, Flight, Resolved};
+use std::sync::atomic::Ordering;
+use tokio_util::task::TaskTracker;
+
+/// Why the caller did not get the resolution's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwaited {
+    /// The caller's future was dropped: its client hung up.
+    Gone,
+    /// The caller's timeout passed first; it was answered with that.
+    TimedOut,
+}
+
+/// Told, once the resolution ends, what it did for a caller that stopped
+/// waiting for it.
+pub type Unanswered = Box<dyn FnOnce(&Result<Resolved, BrokerError>, Action, Unwaited) + Send>;
+
+/// Armed while a caller waits on `flight`: dropped armed (the caller's
+/// future dropped), or [`Watch::timed_out`], it leaves a task behind that
+/// waits for the flight's end and tells `hook`.
+pub(super) struct Watch {
+    armed: Option<(Flight, Unanswered)>,
+    tasks: TaskTracker,
+}
+
+impl Watch {
+    pub(super) fn new(flight: Flight, hook: Option<Unanswered>, tasks: &TaskTracker) -> Self {
+        Self {
+            armed: hook.map(|hook| (flight, hook)),
+            tasks: tasks.clone(),
+        }
+    }
+
+    /// The caller got the flight's own outcome: nothing to tell.
+    pub(super) fn answered(mut self) {
+        self.armed = None;
+    }
+
+    /// The caller was answered with its timeout.
+    pub(super) fn timed_out(mut self) {
+        self.hand_off(Unwaited::TimedOut);
+    }
+
+    fn hand_off(&mut self, why: Unwaited) {
+        let Some((flight, hook)) = self.armed.take() else {
+            return;
+        };
+        // No runtime: it is shutting down, and the flight with it.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        self.tasks.spawn(async move {
+            let result = flight.result.await;
+            let action = if flight.creating.load(Ordering::Acquire) {
+                Action::Create
+            } else {
+                Action::Read
+            };
+            hook(&result, action, why);
+        });
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.hand_off(Unwaited::Gone);
+    }
+}
