@@ -410,6 +410,68 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
     assert_eq!(created["client"], "app");
 }
 
+/// A client that hangs up while its key is being created does not take
+/// the create's audit line with it: the create goes on, and is written
+/// down (`client_gone`, with the region that wrapped the key) when it ends.
+#[tokio::test]
+async fn a_create_whose_client_hung_up_still_has_its_audit_line() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let proc = start(command(dir.path()));
+    // Another program holds the store's write lock: the create waits.
+    let lock = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let addr = proc.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    socket
+        .write_all(b"GET /key?id=gone%2F1 HTTP/1.1\r\nHost: rkms\r\nX-Request-Id: req-gone\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    // The key was created, and is kept.
+    let client = reqwest::Client::new();
+    let mut status = 0;
+    for _ in 0..50 {
+        let res = client
+            .get(format!("{}/key?id=gone%2F1&create=false", proc.base))
+            .send()
+            .await
+            .unwrap();
+        status = res.status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "the create was lost");
+    let (_, logs) = stop(proc);
+    let lines: Vec<Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit" && v["request_id"] == "req-gone")
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    let line = &lines[0];
+    assert_eq!(
+        (
+            &line["action"],
+            &line["source"],
+            &line["outcome"],
+            &line["key_id"]
+        ),
+        (
+            &Value::from("create"),
+            &Value::from("local-1"),
+            &Value::from("client_gone"),
+            &Value::from("gone/1")
+        )
+    );
+}
+
 #[tokio::test]
 async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
     let mut app = spawn_with(|s| {
