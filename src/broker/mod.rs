@@ -215,7 +215,7 @@ impl KeyBroker {
     /// telling whether the id was read or a create was attempted. When the
     /// caller stops waiting before the resolution ends (the timeout, or
     /// its future dropped), the hook that `unanswered` makes, called only
-    /// on a cache miss, is told what the resolution did once it ends.
+    /// then, is told what the resolution did once it ends.
     pub async fn get_or_create_within(
         &self,
         id: &KeyId,
@@ -244,7 +244,7 @@ impl KeyBroker {
         }
         inner.metrics.cache_misses.inc();
         let flight = self.flight(id, allow_create);
-        let watch = unanswered::Watch::new(flight.clone(), unanswered(), &inner.tasks);
+        let watch = unanswered::Watch::new(flight.clone(), unanswered, &inner.tasks);
         let result = match timeout {
             Some(limit) => match tokio::time::timeout(limit, flight.result).await {
                 Ok(result) => {

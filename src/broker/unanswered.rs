@@ -21,17 +21,19 @@ pub enum Unwaited {
 pub type Unanswered = Box<dyn FnOnce(&Result<Resolved, BrokerError>, Action, Unwaited) + Send>;
 
 /// Armed while a caller waits on `flight`: dropped armed (the caller's
-/// future dropped), or [`Watch::timed_out`], it leaves a task behind that
-/// waits for the flight's end and tells `hook`.
-pub(super) struct Watch {
-    armed: Option<(Flight, Unanswered)>,
+/// future dropped), or [`Watch::timed_out`], it makes the caller's hook
+/// and leaves a task behind that waits for the flight's end and tells it.
+/// The hook is made only then: a caller that gets its answer, the usual
+/// case, pays for nothing.
+pub(super) struct Watch<F: FnOnce() -> Option<Unanswered>> {
+    armed: Option<(Flight, F)>,
     tasks: TaskTracker,
 }
 
-impl Watch {
-    pub(super) fn new(flight: Flight, hook: Option<Unanswered>, tasks: &TaskTracker) -> Self {
+impl<F: FnOnce() -> Option<Unanswered>> Watch<F> {
+    pub(super) fn new(flight: Flight, make_hook: F, tasks: &TaskTracker) -> Self {
         Self {
-            armed: hook.map(|hook| (flight, hook)),
+            armed: Some((flight, make_hook)),
             tasks: tasks.clone(),
         }
     }
@@ -47,7 +49,10 @@ impl Watch {
     }
 
     fn hand_off(&mut self, why: Unwaited) {
-        let Some((flight, hook)) = self.armed.take() else {
+        let Some((flight, make_hook)) = self.armed.take() else {
+            return;
+        };
+        let Some(hook) = make_hook() else {
             return;
         };
         // No runtime: it is shutting down, and the flight with it.
@@ -66,7 +71,7 @@ impl Watch {
     }
 }
 
-impl Drop for Watch {
+impl<F: FnOnce() -> Option<Unanswered>> Drop for Watch<F> {
     fn drop(&mut self) {
         self.hand_off(Unwaited::Gone);
     }
