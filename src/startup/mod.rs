@@ -253,17 +253,23 @@ impl Application {
             }
         };
         tokio::pin!(deadline);
-        tokio::select! {
-            () = server => {}
+        let grace_over = tokio::select! {
+            () = server => false,
             () = &mut deadline => {
                 tracing::warn!("shutdown grace period over; exiting with requests still in flight");
+                true
             }
-        }
+        };
         // Background work (KMS calls finishing, repairs) gets what is left
-        // of the grace period.
-        tokio::select! {
-            () = self.state.broker.shutdown() => {}
-            () = &mut deadline => tracing::warn!("shutdown grace period over; background work abandoned"),
+        // of the grace period. The deadline, once passed, is not waited on
+        // again: a finished future must not be polled.
+        if grace_over {
+            tracing::warn!("shutdown grace period over; background work abandoned");
+        } else {
+            tokio::select! {
+                () = self.state.broker.shutdown() => {}
+                () = &mut deadline => tracing::warn!("shutdown grace period over; background work abandoned"),
+            }
         }
         self.monitor.abort();
         for task in [reloader, token_files].into_iter().flatten() {

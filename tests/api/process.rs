@@ -472,6 +472,43 @@ async fn a_create_whose_client_hung_up_still_has_its_audit_line() {
     );
 }
 
+/// When the shutdown grace period ends with a request still in flight
+/// (here a create waiting on another program's write lock), rkms gives up
+/// on it and exits 0, as README says, rather than failing on the way out.
+#[tokio::test]
+async fn a_shutdown_whose_grace_runs_out_still_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__SERVER__SHUTDOWN_GRACE_MS", "300")
+        .env("RKMS__STORE__CALL_TIMEOUT_MS", "20000")
+        .env("RKMS__SERVER__REQUEST_TIMEOUT_MS", "30000");
+    let proc = start(cmd);
+    let lock = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let url = format!("{}/key?id=held%2F1", proc.base);
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .timeout(Duration::from_secs(20))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, logs) = stop(proc);
+    drop(lock);
+    assert!(status.success(), "{status:?}: {logs:#?}");
+    assert!(
+        logs.iter().any(
+            |l| l.contains("shutdown grace period over; exiting with requests still in flight")
+        ),
+        "{logs:#?}"
+    );
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the cut-off request got an answer"
+    );
+}
+
 #[tokio::test]
 async fn draining_finishes_in_flight_requests_and_refuses_new_ones() {
     let mut app = spawn_with(|s| {
