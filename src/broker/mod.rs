@@ -118,6 +118,18 @@ struct Flight {
     creating: Arc<AtomicBool>,
 }
 
+impl Flight {
+    /// What the resolution has done so far: a create once the store said
+    /// the id is absent, else a read.
+    fn action(&self) -> Action {
+        if self.creating.load(Ordering::Acquire) {
+            Action::Create
+        } else {
+            Action::Read
+        }
+    }
+}
+
 /// What a request ended up doing, for the audit trail: reading an existing
 /// key, or creating one (whether or not it finished).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,27 +258,12 @@ impl KeyBroker {
         let flight = self.flight(id, allow_create);
         let watch = unanswered::Watch::new(flight.clone(), unanswered, &inner.tasks);
         let result = match timeout {
-            Some(limit) => match tokio::time::timeout(limit, flight.result).await {
-                Ok(result) => {
-                    watch.answered();
-                    result
-                }
-                Err(_) => {
-                    watch.timed_out();
-                    Err(BrokerError::Timeout(limit))
-                }
-            },
-            None => {
-                let result = flight.result.await;
-                watch.answered();
-                result
-            }
+            Some(limit) => tokio::time::timeout(limit, flight.result.clone())
+                .await
+                .unwrap_or(Err(BrokerError::Timeout(limit))),
+            None => flight.result.clone().await,
         };
-        let action = if flight.creating.load(Ordering::Acquire) {
-            Action::Create
-        } else {
-            Action::Read
-        };
+        let action = flight.action();
         let result = match (result, stale) {
             (Err(e), Some(entry)) if e.is_unavailable() => {
                 inner.metrics.cache_stale_served.inc();
@@ -284,6 +281,13 @@ impl KeyBroker {
             }
             (result, _) => result,
         };
+        // Only a caller answered with its timeout did not learn what the
+        // resolution did; one served the stale key was answered for good.
+        if matches!(result, Err(BrokerError::Timeout(_))) {
+            watch.timed_out();
+        } else {
+            watch.answered();
+        }
         (result, action)
     }
 

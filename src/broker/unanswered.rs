@@ -3,9 +3,9 @@
 //! What it ends up doing is handed to the caller's [`Unanswered`] hook, so
 //! the audit trail holds a line for every key decision, answered or not.
 
-use super::{Action, BrokerError, Flight, Resolved};
-use std::sync::atomic::Ordering;
 use tokio_util::task::TaskTracker;
+
+use super::{Action, BrokerError, Flight, Resolved};
 
 /// Why the caller did not get the resolution's outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,18 +55,14 @@ impl<F: FnOnce() -> Option<Unanswered>> Watch<F> {
         let Some(hook) = make_hook() else {
             return;
         };
-        // No runtime: it is shutting down, and the flight with it.
+        // No runtime here (a caller dropped outside one): nothing can run
+        // the task. A runtime shutting down cancels it with the flight.
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         self.tasks.spawn(async move {
-            let result = flight.result.await;
-            let action = if flight.creating.load(Ordering::Acquire) {
-                Action::Create
-            } else {
-                Action::Read
-            };
-            hook(&result, action, why);
+            let result = flight.result.clone().await;
+            hook(&result, flight.action(), why);
         });
     }
 }

@@ -449,3 +449,32 @@ async fn a_caller_that_stops_waiting_is_told_what_its_resolution_did() {
         "the key created for the gone client is kept"
     );
 }
+
+/// A request served the expired key when its timeout passed
+/// (`stale_if_error`) got its answer: its hook is not told of the refresh.
+#[tokio::test(start_paused = true)]
+async fn a_caller_served_the_stale_key_on_its_timeout_is_not_told_again() {
+    let mut s = settings();
+    s.cache_ttl = Duration::from_secs(10);
+    s.stale_if_error = Duration::from_secs(3600);
+    let rig = rig_with(s);
+    rig.broker.get_or_create(&id("s"), true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for r in regions() {
+        rig.kms
+            .set_fault(&r, Some(Fault::Delay(Duration::from_secs(2))));
+    }
+    let told = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&told);
+    let (result, _) = rig
+        .broker
+        .get_or_create_within(&id("s"), true, Some(Duration::from_millis(500)), || {
+            Some(Box::new(move |_: &Result<Resolved, BrokerError>, _, _| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }))
+        })
+        .await;
+    assert_eq!(result.unwrap().source, KeySource::StaleCache);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
