@@ -10,9 +10,12 @@
 //! yielded task when its worker next checks for I/O: when it has nothing
 //! else to run, or periodically), then for the reads queued before it.
 //! While a task reads, a read that comes adds another task if more reads
-//! wait than tasks are free to take them (tasks not inside a read), up to
-//! `POOL_SIZE`: a backlog is shared out, and a read that is slow (a
-//! stalled disk, another process's lock) holds up no read behind it.
+//! wait than tasks read (up to `POOL_SIZE`), so a backlog is shared out.
+//! A read that waits behind busy tasks for longer than [`STUCK_AFTER`]
+//! without being taken adds a task too: a read stuck in its task (a
+//! stalled disk, another process's lock) holds up no read behind it, even
+//! when no other read comes to add one. A stream of quick reads never
+//! waits that long, so it keeps one task busy, not one per read.
 //!
 //! Reads whose caller stopped waiting are skipped, and those left queued
 //! with no task coming for them are dropped. The tasks take their
@@ -32,7 +35,14 @@ use crate::store::StoreError;
 
 const OP: &str = "get";
 
+/// How long a read may wait, not yet taken, behind tasks that are all
+/// inside reads before it adds a task of its own. A read from SQLite's
+/// page cache takes microseconds, and one from disk a few milliseconds.
+const STUCK_AFTER: Duration = Duration::from_millis(20);
+
 struct Job {
+    /// The read's number in the queue: a waiting read finds itself by it.
+    seq: u64,
     id: KeyId,
     span: tracing::Span,
     reply: oneshot::Sender<Result<Option<KeyRecord>, StoreError>>,
@@ -41,20 +51,31 @@ struct Job {
 #[derive(Default)]
 struct Queue {
     jobs: VecDeque<Job>,
-    /// Tasks started and not yet ended.
+    /// Tasks reading now.
     active: usize,
-    /// Of those, the tasks inside a read (which may be a slow one), not
-    /// free to take the next queued read.
-    reading: usize,
     /// Tasks started so far.
     started: u64,
+    /// The next read's number.
+    next_seq: u64,
     /// A read to hold in its task until the test lets it go: a stalled
     /// disk, for one read only.
     #[cfg(test)]
     hold: Option<(KeyId, std::sync::mpsc::Receiver<()>)>,
+    /// [`STUCK_AFTER`], longer for a test that counts tasks on a machine
+    /// that may be slow.
+    #[cfg(test)]
+    stuck_after: Option<Duration>,
 }
 
 impl Queue {
+    fn stuck_after(&self) -> Duration {
+        #[cfg(test)]
+        if let Some(d) = self.stuck_after {
+            return d;
+        }
+        STUCK_AFTER
+    }
+
     /// Count a task about to be started when `start`; returns `start`.
     fn count_start(&mut self, start: bool) -> bool {
         self.active += usize::from(start);
@@ -93,21 +114,22 @@ impl Reader {
         // Whether this read must wait for a task to be started, and if a
         // task is reading already, whether to add one: decided under the
         // lock that queues the read.
-        let (none_reading, start) = {
+        let (seq, stuck_after, none_reading, start) = {
             let mut queue = lock(&self.queue);
+            let seq = queue.next_seq;
+            queue.next_seq += 1;
             queue.jobs.push_back(Job {
+                seq,
                 id: id.clone(),
                 span: tracing::Span::current(),
                 reply,
             });
+            let stuck_after = queue.stuck_after();
             if queue.active == 0 {
-                (true, false)
+                (seq, stuck_after, true, false)
             } else {
-                // Tasks inside a read cannot take this one: a read stuck on
-                // a stalled disk must not hold up the next, however few.
-                let free = queue.active.saturating_sub(queue.reading);
-                let start = queue.jobs.len() > free && queue.active < POOL_SIZE;
-                (false, queue.count_start(start))
+                let start = queue.jobs.len() > queue.active && queue.active < POOL_SIZE;
+                (seq, stuck_after, false, queue.count_start(start))
             }
         };
         let mut pending = Unstarted {
@@ -129,29 +151,54 @@ impl Reader {
         };
         pending.armed = false;
         if start {
-            let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
-            let idle = Arc::clone(&self.idle);
-            let (path, opened, busy) = (self.path.clone(), self.opened, self.busy_timeout);
-            // A task that ends normally stops counting itself under the
-            // lock with which it found the queue empty, so no read is left
-            // behind. One that does not end so stops being counted, and if
-            // it was the last, the reads still queued are dropped.
-            spawn_queue_task(
-                move || drain(&queue, &idle, &path, opened, busy),
-                move || {
-                    let mut queue = lock(&abandoned);
-                    queue.active = queue.active.saturating_sub(1);
-                    queue.reading = queue.reading.saturating_sub(1).min(queue.active);
-                    if queue.active == 0 {
-                        queue.jobs.clear();
-                    }
-                },
-            );
+            self.start_task();
+        } else {
+            // Queued behind tasks that are all inside reads: if none of
+            // them takes this read soon, one may be stuck.
+            let answered = tokio::time::timeout(stuck_after, &mut pending.answer).await;
+            if let Ok(answer) = answered {
+                return answer.map_err(stopped)?;
+            }
+            let start = {
+                let mut queue = lock(&self.queue);
+                let waiting = queue.jobs.iter().any(|job| job.seq == seq);
+                let start = waiting && queue.active < POOL_SIZE;
+                queue.count_start(start)
+            };
+            if start {
+                self.start_task();
+            }
         }
-        (&mut pending.answer).await.map_err(|e| StoreError::Other {
-            op: OP,
-            source: Box::new(ReaderStopped(e)),
-        })?
+        (&mut pending.answer).await.map_err(stopped)?
+    }
+
+    /// Start a reading task, already counted in `active`. A task that
+    /// ends normally stops counting itself under the lock with which it
+    /// found the queue empty, so no read is left behind. One that does not
+    /// end so stops being counted, and if it was the last, the reads still
+    /// queued are dropped.
+    fn start_task(&self) {
+        let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
+        let idle = Arc::clone(&self.idle);
+        let (path, opened, busy) = (self.path.clone(), self.opened, self.busy_timeout);
+        spawn_queue_task(
+            move || drain(&queue, &idle, &path, opened, busy),
+            move || {
+                let mut queue = lock(&abandoned);
+                queue.active = queue.active.saturating_sub(1);
+                if queue.active == 0 {
+                    queue.jobs.clear();
+                }
+            },
+        );
+    }
+}
+
+/// The read's task ended (or never ran) without answering it.
+fn stopped(e: oneshot::error::RecvError) -> StoreError {
+    StoreError::Other {
+        op: OP,
+        source: Box::new(ReaderStopped(e)),
     }
 }
 
@@ -187,9 +234,9 @@ impl Reader {
         lock(&self.queue).hold = Some((id.clone(), release));
     }
 
-    /// Reads inside a task now.
-    pub(super) fn reading(&self) -> usize {
-        lock(&self.queue).reading
+    /// Let reads wait `d` behind busy tasks before they add one.
+    pub(super) fn set_stuck_after(&self, d: Duration) {
+        lock(&self.queue).stuck_after = Some(d);
     }
 
     /// Reading tasks started so far.
@@ -218,17 +265,11 @@ fn drain(
     busy: Duration,
 ) {
     let mut conn: Option<Connection> = None;
-    let mut reading = false;
     loop {
         let job = {
             let mut queue = lock(queue);
-            if std::mem::take(&mut reading) {
-                queue.reading -= 1;
-            }
             match queue.jobs.pop_front() {
                 Some(job) => {
-                    queue.reading += 1;
-                    reading = true;
                     #[cfg(test)]
                     if let Some(held) = queue.hold.take_if(|(id, _)| *id == job.id) {
                         drop(queue);
