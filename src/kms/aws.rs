@@ -78,7 +78,7 @@ impl AwsKms {
                     key_id,
                     arn,
                 };
-                (Region::new(name.clone()), client)
+                (Region::new(name), client)
             })
             .collect();
         Self { clients }

@@ -152,10 +152,13 @@ fn decode_item(
         Some(_) => return Err(corrupt("created_at is not a string".into())),
     };
     Ok(KeyRecord {
-        keys: decode_keys(requested, keys)?,
+        keys: decode_keys(
+            requested,
+            keys.iter().map(|(r, c)| (r.as_str(), c.as_str())),
+        )?,
         id,
         version,
-        key_ids: decode_region_map(key_ids),
+        key_ids: decode_region_map(key_ids.iter().map(|(r, k)| (r.as_str(), k.as_str()))),
         created_at,
     })
 }
@@ -262,7 +265,7 @@ impl Store for DynamoStore {
                     format!(":c{i}"),
                     AttributeValue::S(ciphertext.clone()),
                 );
-            if let Some(arn) = key_ids.get(&Region::new(region.clone())) {
+            if let Some(arn) = key_ids.get(&Region::new(region)) {
                 sets.push(format!(
                     "#key_ids.#r{i} = if_not_exists(#key_ids.#r{i}, :a{i})"
                 ));

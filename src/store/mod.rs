@@ -121,33 +121,36 @@ pub fn encode_keys(keys: &BTreeMap<Region, Vec<u8>>) -> BTreeMap<String, String>
         .collect()
 }
 
-/// Parse a stored `keys` map; anything unreadable is `Corrupt`, never skipped.
-pub fn decode_keys(
+/// Parse a stored `keys` map, given as its entries in the order stored:
+/// a region named twice keeps its last entry, as a map read from them
+/// would, and the entries it replaces are not read. Anything unreadable is
+/// `Corrupt`, never skipped.
+pub fn decode_keys<'a>(
     id: &str,
-    keys: BTreeMap<String, String>,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Result<BTreeMap<Region, Vec<u8>>, StoreError> {
+    let mut entries: Vec<(&str, &str)> = entries.into_iter().collect();
+    // Stable: a region's entries keep their order, the last one last.
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let mut keys = BTreeMap::new();
+    for (i, &(region, encoded)) in entries.iter().enumerate() {
+        if entries.get(i + 1).is_some_and(|next| next.0 == region) {
+            continue;
+        }
+        keys.insert(Region::new(region), decode_ciphertext(id, region, encoded)?);
+    }
     if keys.is_empty() {
-        return Err(no_ciphertexts(id));
+        return Err(StoreError::Corrupt {
+            id: id.to_string(),
+            reason: "record has no ciphertexts".into(),
+        });
     }
-    keys.into_iter()
-        .map(|(region, encoded)| {
-            let raw = decode_ciphertext(id, &region, &encoded)?;
-            Ok((Region::new(region), raw))
-        })
-        .collect()
-}
-
-/// A stored record whose `keys` map is empty.
-pub fn no_ciphertexts(id: &str) -> StoreError {
-    StoreError::Corrupt {
-        id: id.to_string(),
-        reason: "record has no ciphertexts".into(),
-    }
+    Ok(keys)
 }
 
 /// One stored ciphertext from its base64; `Corrupt` unless it decodes to
 /// at least one byte.
-pub fn decode_ciphertext(id: &str, region: &str, encoded: &str) -> Result<Vec<u8>, StoreError> {
+fn decode_ciphertext(id: &str, region: &str, encoded: &str) -> Result<Vec<u8>, StoreError> {
     let raw = B64
         .decode(encoded.trim())
         .map_err(|_| StoreError::Corrupt {
@@ -210,8 +213,16 @@ pub fn merge_missing(
 }
 
 /// Parse a stored `key_ids` map (region -> key ARN).
-pub fn decode_region_map(map: BTreeMap<String, String>) -> BTreeMap<Region, String> {
-    map.into_iter().map(|(r, v)| (Region::new(r), v)).collect()
+/// Region -> text (the stored `key_ids`), from its entries in the order
+/// stored: a region named twice keeps its last entry.
+pub fn decode_region_map<'a>(
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> BTreeMap<Region, String> {
+    let mut map = BTreeMap::new();
+    for (region, value) in entries {
+        map.insert(Region::new(region), value.to_owned());
+    }
+    map
 }
 
 pub fn region_map(map: &BTreeMap<Region, String>) -> BTreeMap<String, String> {

@@ -99,7 +99,7 @@ pub fn decode_keyring(text: &str) -> Result<Keyring, String> {
         );
         let cipher = Aes256Gcm::new_from_slice(&raw)
             .map_err(|_| format!("master key for {region:?} is {} bytes, not 32", raw.len()))?;
-        keys.insert(Region::new(region.clone()), cipher);
+        keys.insert(Region::new(region), cipher);
     }
     Ok(Keyring { file, keys })
 }

@@ -12,8 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::other;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 
-use crate::domain::{KeyRecord, Region};
-use crate::store::{decode_ciphertext, decode_header, no_ciphertexts, ScanPage, StoreError};
+use crate::domain::KeyRecord;
+use crate::store::{decode_header, decode_keys, decode_region_map, ScanPage, StoreError};
 
 /// A record by id: the columns [`decode`] reads, from the first.
 const READ: &str = "SELECT id, keys, v, key_ids, created_at FROM rkms_keys WHERE id = ?1";
@@ -188,31 +188,11 @@ fn record(
     let keys: Entries<'_> = serde_json::from_str(keys).map_err(|_| corrupt("keys"))?;
     let key_ids: Entries<'_> = serde_json::from_str(key_ids).map_err(|_| corrupt("key_ids"))?;
     let (id, version) = decode_header(raw_id, v)?;
-    if keys.0.is_empty() {
-        return Err(no_ciphertexts(raw_id));
-    }
-    // A region named twice keeps its last entry, as a JSON object read
-    // into a map does; the entries it replaces are not read at all. The
-    // sort is stable, so a region's entries stay in the order written.
-    let mut entries: Vec<(&str, &str)> = keys.0.iter().map(|(r, e)| (&*r.0, &*e.0)).collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
-    let mut ciphertexts = BTreeMap::new();
-    for (i, &(region, encoded)) in entries.iter().enumerate() {
-        if entries.get(i + 1).is_some_and(|next| next.0 == region) {
-            continue;
-        }
-        let raw = decode_ciphertext(raw_id, region, encoded)?;
-        ciphertexts.insert(Region::new(region), raw);
-    }
     Ok(KeyRecord {
-        keys: ciphertexts,
+        keys: decode_keys(raw_id, keys.pairs())?,
         id,
         version,
-        key_ids: key_ids
-            .0
-            .into_iter()
-            .map(|(region, arn)| (Region::new(region.0), arn.0.into_owned()))
-            .collect(),
+        key_ids: decode_region_map(key_ids.pairs()),
         created_at: created_at.map(str::to_owned),
     })
 }
@@ -244,6 +224,13 @@ impl<'de> Deserialize<'de> for Text<'de> {
 
 /// The entries of a JSON object of strings, in the order written.
 struct Entries<'a>(Vec<(Text<'a>, Text<'a>)>);
+
+impl Entries<'_> {
+    /// Each entry as text, in the order written.
+    fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (&*k.0, &*v.0))
+    }
+}
 
 impl<'de> Deserialize<'de> for Entries<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
