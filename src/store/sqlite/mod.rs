@@ -34,7 +34,7 @@ use file::{
     CreateDir, FileId, OPEN_PATIENCE,
 };
 use reader::Reader;
-use rows::{read, scan_rows, to_json};
+use rows::{read, refuse_blob_id, scan_rows, to_json};
 use writer::{Done, Write, Writer};
 
 mod file;

@@ -40,9 +40,19 @@ pub(super) fn read(
     if let Some(record) = found {
         return record.map(Some);
     }
-    // An absence leads to a create: first make sure the id has no record
-    // that another program wrote with its id as bytes, which would get a
-    // second key. Only absences pay for this lookup.
+    // An absence leads to a create: only absences pay for this lookup.
+    refuse_blob_id(conn, id, op)?;
+    Ok(None)
+}
+
+/// `Corrupt` when `id` has a record that another program wrote with its
+/// id as bytes: read as absent, or written beside, it would give the id a
+/// second key.
+pub(super) fn refuse_blob_id(
+    conn: &Connection,
+    id: &str,
+    op: &'static str,
+) -> Result<(), StoreError> {
     let as_bytes = conn
         .prepare_cached(BLOB_ID)
         .and_then(|mut stmt| stmt.exists(params![id]))
@@ -53,7 +63,7 @@ pub(super) fn read(
             reason: "the stored id is a blob, not text".into(),
         });
     }
-    Ok(None)
+    Ok(())
 }
 
 /// One page of a scan by rowid; segment `n` holds the rows whose rowid is

@@ -23,7 +23,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{lock, other, read, reconnect, spawn_queue_task, to_json, FileId};
+use super::{lock, other, read, reconnect, refuse_blob_id, spawn_queue_task, to_json, FileId};
 use crate::domain::{KeyRecord, Region};
 use crate::store::{encode_keys, merge_missing, region_map, PutOutcome, StoreError};
 
@@ -62,6 +62,9 @@ impl Write {
         let op = self.op();
         match self {
             Write::Put(record) => {
+                // The unique index takes a blob id for another id than the
+                // same text: such a record is refused, never written beside.
+                refuse_blob_id(conn, record.id.as_str(), op)?;
                 let keys = to_json(&encode_keys(&record.keys), op)?;
                 let key_ids = to_json(&region_map(&record.key_ids), op)?;
                 let inserted = conn

@@ -271,6 +271,13 @@ mod unit {
         expected.push(("good".into(), None));
         assert_eq!(read, expected);
         assert!(page.next.is_none());
+        // Nor is a record for the id written beside its blob twin.
+        match store.put_if_absent(&record("bytes", &["a"])).await {
+            Err(StoreError::Corrupt { reason, .. }) => {
+                assert_eq!(reason, "the stored id is a blob, not text");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A write that finds the disk full is `Unavailable` (503 with
