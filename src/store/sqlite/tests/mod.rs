@@ -131,6 +131,19 @@ mod unit {
         Connection::open(path).unwrap().execute(sql, []).unwrap();
     }
 
+    /// `read` is `Corrupt`, naming `id` and saying `reason`.
+    fn assert_corrupt(read: Result<Option<KeyRecord>, StoreError>, id: &str, reason: &str) {
+        match read {
+            Err(StoreError::Corrupt {
+                id: named,
+                reason: r,
+            }) => {
+                assert_eq!((named.as_str(), r.as_str()), (id, reason));
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+
     /// A new store in its own directory, with `sql` written behind it.
     fn store_with_rows(sql: &str) -> (tempfile::TempDir, std::path::PathBuf, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -191,15 +204,7 @@ mod unit {
             ("ids", "key_ids is not a JSON object of strings"),
             ("trailing", "keys is not a JSON object of strings"),
         ] {
-            match read(id).await {
-                Err(StoreError::Corrupt {
-                    id: named,
-                    reason: r,
-                }) => {
-                    assert_eq!((named.as_str(), r.as_str()), (id, reason));
-                }
-                other => panic!("{id}: {other:?}"),
-            }
+            assert_corrupt(read(id).await, id, reason);
         }
     }
 
@@ -230,15 +235,7 @@ mod unit {
             ("bytes", "the stored id is a blob, not text"),
         ];
         for (id, reason) in cases {
-            match store.get(&KeyId::parse(id).unwrap()).await {
-                Err(StoreError::Corrupt {
-                    id: named,
-                    reason: r,
-                }) => {
-                    assert_eq!((named.as_str(), r.as_str()), (id, reason));
-                }
-                other => panic!("{id}: {other:?}"),
-            }
+            assert_corrupt(store.get(&KeyId::parse(id).unwrap()).await, id, reason);
         }
         // A well-formed row beside them still reads, and a scan names
         // every bad row and reaches the good one after them.
