@@ -336,6 +336,17 @@ impl Authenticator {
             }
         }
         let i = found.ok_or(AuthFailure::Unknown)?;
+        // A configured hash is never a credential, in any spelling, even
+        // one that hashes to another client's `token_sha256` (the config
+        // check can refuse only the spellings it can write: lower and upper
+        // case). Checked only once a token has matched, so it tells a
+        // guesser nothing.
+        let spells_a_hash = std::str::from_utf8(token)
+            .ok()
+            .and_then(|t| crate::config::spells_a_configured_hash(t, &self.configured));
+        if spells_a_hash.is_some() {
+            return Err(AuthFailure::Unknown);
+        }
         if let Some(remembered) = remembered {
             remembered.keep(value, i, generation);
         }

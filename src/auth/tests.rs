@@ -554,4 +554,30 @@ fn a_configured_hash_never_works_as_a_token() {
         AuthFailure::Unknown
     );
     assert_eq!(who("app-token-0123456789abcdef").unwrap(), "app");
+
+    // Hashed again from a spelling the config check cannot list (mixed
+    // case): the config is taken, but the spelling, a configured hash,
+    // still lets no one in.
+    let mixed_case: String = ops_hash
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i % 3 == 0 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect();
+    let text = format!(
+        "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"ops\"\ntoken_sha256 = \"{mixed_case}\"\nids = [\"*\"]\n[[auth.clients]]\nname = \"app\"\ntoken_sha256 = \"{}\"\nids = [\"*\"]\n",
+        crate::auth::token_digest(&mixed_case)
+    );
+    let auth = Authenticator::new(&crate::config::Settings::from_toml(&text).unwrap().auth);
+    assert_eq!(
+        auth.authenticate(&with_auth(&format!("Bearer {mixed_case}")), None)
+            .map(|i| i.name().to_string())
+            .unwrap_err(),
+        AuthFailure::Unknown
+    );
 }
