@@ -15,13 +15,14 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     })
 }
 
-/// Write to stdout; a reader that went away (`| head -1`) is not an error,
-/// and must never turn into a panic.
+/// Write to stdout. A reader that went away (`| head -1`, `| true`) is not
+/// an error and never a panic; nor does it decide the exit code: the
+/// command's own outcome does (a failed `verify | true` still exits 1).
 pub fn print(text: &str) -> Result<(), ExitCode> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => {
             eprintln!("rkms: cannot write to stdout: {e}");
             Err(ExitCode::FAILURE)

@@ -129,6 +129,8 @@ pub async fn run(
                     let record = match record {
                         Ok(r) => r,
                         Err(e) => {
+                            // The report lists the id; the log says why.
+                            tracing::error!(error = %crate::report::chain(&e), "corrupt record");
                             let id = failed_id(&e);
                             let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
                             r.records += 1;

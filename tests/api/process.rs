@@ -826,6 +826,27 @@ fn check_config_into_a_closed_pipe_exits_quietly() {
     );
 }
 
+/// A reader that goes away does not decide the exit code: `rkms verify |
+/// true` on a store with nothing to verify exits 1, as it does without
+/// the pipe (it used to exit 0, which a script took for a clean store).
+#[test]
+fn a_closed_pipe_does_not_hide_a_failed_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, _) = stop(start(command(dir.path())));
+    assert!(status.success());
+    let mut child = command(dir.path())
+        .arg("verify")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// Text logs written to a file (not a terminal) carry no colour codes.
 #[tokio::test]
 async fn text_logs_to_a_file_have_no_escape_codes() {
