@@ -304,14 +304,45 @@ fn check_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
     let source_line = text[line_start..].lines().next().unwrap_or("");
     let gutter = line.to_string();
     let message = e.message().trim_end().replace('\n', "; ");
+    let (shown, redacted) = without_hashes(source_line);
+    // The caret points into the line as written; with a hash taken out it
+    // would point elsewhere, so the line and column say where instead.
+    let caret = if redacted {
+        String::new()
+    } else {
+        format!("\n {} | {:>column$}", " ".repeat(gutter.len()), "^")
+    };
     Err(ConfigError::new(
         format!("{file}:{line}:{column}"),
-        format!(
-            "TOML syntax error: {message}\n {gutter} | {source_line}\n {pad} | {caret:>column$}",
-            pad = " ".repeat(gutter.len()),
-            caret = "^",
-        ),
+        format!("TOML syntax error: {message}\n {gutter} | {shown}{caret}"),
     ))
+}
+
+/// `line` with each run of 32 or more hex digits (a `token_sha256`, which
+/// is close to a secret) replaced, and whether any was.
+fn without_hashes(line: &str) -> (String, bool) {
+    let mut out = String::with_capacity(line.len());
+    let mut run = String::new();
+    let mut redacted = false;
+    let mut flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 32 {
+            out.push_str("[REDACTED]");
+            redacted = true;
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in line.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    (out, redacted)
 }
 
 fn figment_error(error: figment::Error) -> ConfigError {

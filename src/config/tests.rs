@@ -258,6 +258,28 @@ fn toml_syntax_errors_give_file_line_and_the_line_itself() {
     assert!(!text.contains("``"), "{text}");
 }
 
+/// A syntax error on a line holding a token hash shows the line with the
+/// hash taken out: README promises secrets never appear in these messages.
+#[test]
+fn toml_syntax_errors_never_echo_a_token_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rkms.toml");
+    let hash = crate::auth::token_digest("a-token-0123456789abcdef");
+    std::fs::write(
+        &path,
+        format!("[[auth.clients]]\nname = \"app\"\ntoken_sha256 = \"{hash}\" x\n"),
+    )
+    .unwrap();
+    let err = Settings::load_with_env(&Source::File(path.clone()), &[]).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("TOML syntax error"), "{text}");
+    assert!(
+        text.contains(" 3 | token_sha256 = \"[REDACTED]\" x"),
+        "{text}"
+    );
+    assert!(!text.contains(&hash[..32]), "a hash echoed: {text}");
+}
+
 #[test]
 fn tokens_from_files_are_hashed_and_never_shown() {
     let dir = tempfile::tempdir().unwrap();
