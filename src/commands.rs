@@ -85,8 +85,15 @@ pub fn copy(
     to: &std::path::Path,
     mut options: rkms::ops::copy::Options,
 ) -> ExitCode {
+    // `RKMS__` overrides do not apply to either file; the rest of the
+    // environment does, so a client's `token_env` reads as `serve` reads
+    // it (it was read from an empty environment and always refused).
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| !k.starts_with("RKMS__"))
+        .collect();
     let load = |path: &std::path::Path| {
-        Settings::load_with_env(&Source::File(path.to_path_buf()), &[])
+        Settings::load_with_env(&Source::File(path.to_path_buf()), &env)
             .map_err(|e| format!("{}: {e}", path.display()))
     };
     let (source, target) = match (load(from), load(to)) {

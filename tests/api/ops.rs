@@ -276,3 +276,46 @@ fn convert_config_prints_a_config_rkms_accepts() {
     assert!(text.contains("table = \"keys\""), "{text}");
     assert!(text.contains("listen = \"0.0.0.0:8000\""), "{text}");
 }
+
+/// `copy` reads each config as `serve` would, clients and their tokens
+/// included: a client whose token comes from the environment (it used to
+/// be refused as unset, or as not UTF-8, whatever the environment held).
+#[tokio::test]
+async fn copy_takes_configs_whose_clients_read_tokens_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    create_keys(dir.path(), 3).await;
+    let config = |name: &str, db: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"app\"\ntoken_env = \"RKMS_COPY_TEST_TOKEN\"\nids = [\"*\"]\n[store.sqlite]\npath = {:?}\n",
+                dir.path().join(db)
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (from, to) = (
+        config("from.toml", "rkms.sqlite3"),
+        config("to.toml", "copy.sqlite3"),
+    );
+    let mut cmd = rkms(dir.path());
+    cmd.env("RKMS_COPY_TEST_TOKEN", "copy-test-token-0123456789");
+    let (code, out) = run(
+        cmd,
+        &[
+            "copy",
+            "--from",
+            from.to_str().unwrap(),
+            "--to",
+            to.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    let copied: i64 = rusqlite::Connection::open(dir.path().join("copy.sqlite3"))
+        .unwrap()
+        .query_row("SELECT count(*) FROM rkms_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(copied, 3, "{out}");
+}
