@@ -188,7 +188,16 @@ impl Settings {
                 continue;
             };
             let path = env_key(rest);
-            figment = figment.merge((path.as_str(), env_value(raw)));
+            let value = env_value(raw);
+            // Into the profile the file's values are in, after them: a map
+            // (a JSON object) then replaces the file's map whole, as README
+            // says. Any value that is not a map replaces one, so one goes
+            // first. (A pair provider would put it in the global profile,
+            // which is merged into the file's map by entry.)
+            if matches!(value, figment::value::Value::Dict(..)) {
+                figment = figment.merge(Serialized::default(&path, false));
+            }
+            figment = figment.merge(Serialized::default(&path, value));
             from_env.push((path, name.clone()));
         }
         let mut settings: Settings = figment

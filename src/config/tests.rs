@@ -188,6 +188,30 @@ fn structured_values_come_from_the_environment_as_json() {
     assert_eq!(app.resolved, vec![hash_of("app-token-0123456789abcdef")]);
 }
 
+/// A map set from the environment replaces the file's whole: a region
+/// left out of it is gone, not kept from the file (which then failed as a
+/// region not listed, blamed on the variable).
+#[test]
+fn a_map_from_the_environment_replaces_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rkms.toml");
+    std::fs::write(
+        &path,
+        "[kms]\nprovider = \"aws\"\nregions = [\"us-east-1\", \"us-west-2\"]\n[kms.aws.key_ids]\nus-east-1 = \"alias/a\"\nus-west-2 = \"alias/b\"\n",
+    )
+    .unwrap();
+    let vars = env(&[
+        ("RKMS__KMS__REGIONS", r#"["us-east-1"]"#),
+        ("RKMS__KMS__MIN_REGIONS_ON_CREATE", "1"),
+        ("RKMS__KMS__AWS__KEY_IDS", r#"{"us-east-1":"alias/c"}"#),
+    ]);
+    let s = Settings::load_with_env(&Source::File(path), &vars).unwrap();
+    assert_eq!(
+        s.kms.aws.key_ids.iter().collect::<Vec<_>>(),
+        [(&"us-east-1".to_string(), &"alias/c".to_string())]
+    );
+}
+
 #[test]
 fn a_map_key_naming_no_configured_region_is_rejected_under_every_provider() {
     for provider in ["local", "aws"] {
