@@ -60,6 +60,7 @@ pub async fn backends(
     }
     let store = store(settings, access.make_store).await?;
     let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
+    refuse_regions_no_record_is_in(&regions, store.as_ref()).await?;
     let kms: Arc<dyn Kms> = match settings.kms.provider {
         KmsProvider::Local => {
             let path = settings.kms.local.keyring.clone();
@@ -97,6 +98,45 @@ pub async fn backends(
         KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
     };
     Ok((kms, store))
+}
+
+/// `kms.regions` must share a region with the stored records: of the first
+/// stored records (up to 10), one must hold a ciphertext in a configured
+/// region. A list replaced rather than extended (`RKMS__KMS__REGIONS` set
+/// to new regions only) would serve a 500 for every stored id, and with
+/// the local KMS add master keys for the new regions to the keyring for
+/// good. An empty store, or one that does not answer now (an outage, for
+/// readiness to report), passes.
+async fn refuse_regions_no_record_is_in(
+    regions: &[Region],
+    store: &dyn Store,
+) -> anyhow::Result<()> {
+    let page = match store.scan(0, 1, None, 10).await {
+        Ok(page) => page,
+        Err(e) => {
+            tracing::warn!(
+                error = %crate::report::chain(&e),
+                "cannot check that kms.regions matches the store: reading its first records failed"
+            );
+            return Ok(());
+        }
+    };
+    let records: Vec<_> = page.records.iter().flatten().collect();
+    if records.is_empty()
+        || records
+            .iter()
+            .any(|r| r.keys.keys().any(|region| regions.contains(region)))
+    {
+        return Ok(());
+    }
+    let stored: std::collections::BTreeSet<&str> = records
+        .iter()
+        .flat_map(|r| r.keys.keys().map(Region::as_str))
+        .collect();
+    let configured: Vec<&str> = regions.iter().map(Region::as_str).collect();
+    anyhow::bail!(
+        "kms.regions {configured:?} holds none of the regions the stored records are wrapped in ({stored:?}): every stored id would fail to read. Keep at least one of those regions listed (add new regions beside them and run `rkms backfill`, rather than replacing them)"
+    )
 }
 
 /// Build only the store the settings name, for tools that move stored

@@ -597,3 +597,47 @@ async fn one_bad_record_among_good_ones_does_not_stop_a_start() {
     assert_eq!(res.status().as_u16(), 500);
     assert!(stop(server).0.success());
 }
+
+/// `kms.regions` replaced rather than extended (the stored records hold
+/// none of the listed regions): no start, with one line naming the key,
+/// and the keyring gains no master key for the new regions. It used to
+/// start ready, answer 500 for every stored id and add the keys for good.
+#[tokio::test]
+async fn regions_that_no_stored_record_is_in_stop_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(command(dir.path()));
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("{}/key?id=kept%2F1", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(stop(server).0.success());
+    let keyring = std::fs::read(dir.path().join("keyring.json")).unwrap();
+
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__KMS__REGIONS", r#"["x-1","x-2"]"#);
+    let (code, stderr) = crate::process::run_to_exit(cmd);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("kms.regions [\"x-1\", \"x-2\"] holds none of the regions the stored records are wrapped in"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("keyring.json")).unwrap(),
+        keyring,
+        "the keyring changed"
+    );
+    // Extended rather than replaced, it starts.
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__KMS__REGIONS", r#"["local-1","x-2"]"#);
+    let server = start(cmd);
+    let res = client
+        .get(format!("{}/key?id=kept%2F1&create=false", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(stop(server).0.success());
+}

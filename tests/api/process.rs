@@ -876,6 +876,14 @@ async fn a_failed_request_writes_exactly_one_error_line() {
     use rkms::domain::{KeyId, KeyRecord, Region};
     use rkms::store::Store;
     let dir = tempfile::tempdir().unwrap();
+    // A record in a configured region first: a store none of whose records
+    // is in one is refused at start.
+    let first = start(command(dir.path()));
+    let res = reqwest::get(format!("{}/key?id=kept", first.base))
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(stop(first).0.success());
     let store = rkms::store::sqlite::SqliteStore::open(
         &dir.path().join("rkms.sqlite3"),
         Duration::from_secs(2),
@@ -890,10 +898,6 @@ async fn a_failed_request_writes_exactly_one_error_line() {
     };
     store.put_if_absent(&record).await.unwrap();
     drop(store);
-    // The keyring a store with keys needs: rkms makes one only for an
-    // empty store.
-    rkms::kms::local::LocalKms::open(&dir.path().join("keyring.json"), &[Region::new("local-1")])
-        .unwrap();
 
     let metrics_port = common::free_port();
     let mut cmd = command(dir.path());
