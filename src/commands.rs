@@ -179,10 +179,15 @@ pub fn check_connect(settings: Settings) -> ExitCode {
         text.push_str(&check.line());
         text.push('\n');
     }
+    // The TLS files, read as `serve` reads them at start.
+    let tls = rkms::tls::Tls::from_settings(&settings.server.tls);
+    if let Err(e) = &tls {
+        text.push_str(&format!("tls: failed: {e:#}\n"));
+    }
     if let Err(code) = print(&text) {
         return code;
     }
-    let failed = checks.iter().filter(|c| !c.passed()).count();
+    let failed = checks.iter().filter(|c| !c.passed()).count() + usize::from(tls.is_err());
     if failed > 0 {
         eprintln!("rkms: {failed} dependency check(s) failed");
         return ExitCode::FAILURE;

@@ -68,6 +68,18 @@ impl Settings {
             ));
         }
         let tls = &self.server.tls;
+        for (key, path) in [
+            ("server.tls.cert", &tls.cert),
+            ("server.tls.key", &tls.key),
+            ("server.tls.client_ca", &tls.client_ca),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::new(
+                    key,
+                    "is empty: name a file, or leave the key out",
+                ));
+            }
+        }
         match (&tls.cert, &tls.key) {
             (Some(_), None) => {
                 return Err(ConfigError::new(

@@ -641,3 +641,30 @@ async fn regions_that_no_stored_record_is_in_stop_the_start() {
     assert_eq!(res.status().as_u16(), 200);
     assert!(stop(server).0.success());
 }
+
+/// `check-config --connect` reads the TLS files as `serve` does: files
+/// that `serve` cannot load fail the check (it passed them and `serve`
+/// then stopped), and an empty path is a config error naming its key.
+#[test]
+fn check_config_connect_reads_the_tls_files() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(stop(start(command(dir.path()))).0.success());
+    let missing = dir.path().join("nonexistent.pem");
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__SERVER__TLS__CERT", &missing)
+        .env("RKMS__SERVER__TLS__KEY", &missing)
+        .args(["check-config", "--connect"]);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("tls: failed:"), "{stdout}");
+
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__SERVER__TLS__CERT", "")
+        .env("RKMS__SERVER__TLS__KEY", &missing)
+        .arg("check-config");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("server.tls.cert: is empty"), "{stderr}");
+}
