@@ -15,6 +15,10 @@ use super::{ConfigError, Settings};
 pub const ENV_PREFIX: &str = "RKMS__";
 
 /// The config key an override names: `SERVER__LISTEN` -> `server.listen`.
+/// Settings that are maps keyed by region names: set from the environment,
+/// as JSON, each replaces the file's map whole.
+const WHOLE_MAPS: &[&str] = &["kms.aws.key_ids", "kms.aws.endpoints"];
+
 fn env_key(rest: &str) -> String {
     rest.split("__")
         .map(str::to_ascii_lowercase)
@@ -183,18 +187,27 @@ impl Settings {
             figment = figment.merge(Toml::string(&text));
         }
         let mut from_env = Vec::new();
-        for (name, raw) in env {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let path = env_key(rest);
+        let mut overrides: Vec<(String, &String, &str)> = env
+            .iter()
+            .filter_map(|(name, raw)| {
+                Some((env_key(name.strip_prefix(ENV_PREFIX)?), name, raw.as_str()))
+            })
+            .collect();
+        // Parents before children (`RKMS__KMS__AWS` before
+        // `RKMS__KMS__AWS__KEY_IDS`), whatever order the environment lists
+        // them in: the more specific variable wins.
+        overrides.sort_by_key(|(path, _, _)| path.matches('.').count());
+        for (path, name, raw) in overrides {
             let value = env_value(raw);
-            // Into the profile the file's values are in, after them: a map
-            // (a JSON object) then replaces the file's map whole, as README
-            // says. Any value that is not a map replaces one, so one goes
-            // first. (A pair provider would put it in the global profile,
-            // which is merged into the file's map by entry.)
-            if matches!(value, figment::value::Value::Dict(..)) {
+            // Into the profile the file's values are in, after them. A map
+            // keyed by region names replaces the file's whole, as README
+            // says (a region left out is gone): a value that is not a map
+            // replaces one, so one goes first. Any other table given as
+            // JSON is merged into the file's by key. (A pair provider would
+            // write the global profile, merged into the file's by key.)
+            if WHOLE_MAPS.contains(&path.as_str())
+                && matches!(value, figment::value::Value::Dict(..))
+            {
                 figment = figment.merge(Serialized::default(&path, false));
             }
             figment = figment.merge(Serialized::default(&path, value));

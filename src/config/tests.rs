@@ -205,11 +205,37 @@ fn a_map_from_the_environment_replaces_the_files() {
         ("RKMS__KMS__MIN_REGIONS_ON_CREATE", "1"),
         ("RKMS__KMS__AWS__KEY_IDS", r#"{"us-east-1":"alias/c"}"#),
     ]);
-    let s = Settings::load_with_env(&Source::File(path), &vars).unwrap();
+    let s = Settings::load_with_env(&Source::File(path.clone()), &vars).unwrap();
     assert_eq!(
         s.kms.aws.key_ids.iter().collect::<Vec<_>>(),
         [(&"us-east-1".to_string(), &"alias/c".to_string())]
     );
+
+    // Any other table given as JSON is merged into the file's by key, and
+    // a child variable wins over its parent in either order.
+    std::fs::write(
+        &path,
+        "[server.tls]\ncert = \"/c1\"\nkey = \"/k1\"\nclient_ca = \"/ca\"\n",
+    )
+    .unwrap();
+    let parent = ("RKMS__SERVER__TLS", r#"{"cert":"/c2","key":"/k2"}"#);
+    let child = ("RKMS__SERVER__TLS__KEY", "/k3");
+    for vars in [env(&[parent, child]), env(&[child, parent])] {
+        let s = Settings::load_with_env(&Source::File(path.clone()), &vars).unwrap();
+        let tls = &s.server.tls;
+        assert_eq!(
+            (
+                tls.cert.as_deref(),
+                tls.key.as_deref(),
+                tls.client_ca.as_deref()
+            ),
+            (
+                Some(std::path::Path::new("/c2")),
+                Some(std::path::Path::new("/k3")),
+                Some(std::path::Path::new("/ca"))
+            )
+        );
+    }
 }
 
 #[test]
@@ -288,7 +314,7 @@ fn toml_syntax_errors_give_file_line_and_the_line_itself() {
 fn toml_syntax_errors_never_echo_a_token_hash() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rkms.toml");
-    let hash = crate::auth::token_digest("a-token-0123456789abcdef");
+    let hash = hex::encode(hash_of("a-token-0123456789abcdef").0);
     std::fs::write(
         &path,
         format!("[[auth.clients]]\nname = \"app\"\ntoken_sha256 = \"{hash}\" x\n"),
