@@ -340,14 +340,15 @@ fn check_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
     ))
 }
 
-/// `line` with each run of 32 or more hex digits (a `token_sha256`, which
-/// is close to a secret) replaced, and whether any was.
+/// `line` with each run of 16 or more hex digits replaced (a
+/// `token_sha256`, which is close to a secret, or the pieces of one that a
+/// typo split), and whether any was.
 fn without_hashes(line: &str) -> (String, bool) {
     let mut out = String::with_capacity(line.len());
     let mut run = String::new();
     let mut redacted = false;
     let mut flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 32 {
+        if run.len() >= 16 {
             out.push_str("[REDACTED]");
             redacted = true;
         } else {
