@@ -100,6 +100,22 @@ pub async fn backends(
     Ok((kms, store))
 }
 
+/// The first stored records (up to 10), for a check at start that `what`.
+/// A store that does not answer now is an outage, which never stops a
+/// start (readiness says so): the check waits for the next start.
+async fn first_records(store: &dyn Store, what: &str) -> Option<crate::store::ScanPage> {
+    match store.scan(0, 1, None, 10).await {
+        Ok(page) => Some(page),
+        Err(e) => {
+            tracing::warn!(
+                error = %crate::report::chain(&e),
+                "cannot check that {what}: reading its first records failed"
+            );
+            None
+        }
+    }
+}
+
 /// `kms.regions` must share a region with the stored records: of the first
 /// stored records (up to 10), one must hold a ciphertext in a configured
 /// region. A list replaced rather than extended (`RKMS__KMS__REGIONS` set
@@ -111,15 +127,8 @@ async fn refuse_regions_no_record_is_in(
     regions: &[Region],
     store: &dyn Store,
 ) -> anyhow::Result<()> {
-    let page = match store.scan(0, 1, None, 10).await {
-        Ok(page) => page,
-        Err(e) => {
-            tracing::warn!(
-                error = %crate::report::chain(&e),
-                "cannot check that kms.regions matches the store: reading its first records failed"
-            );
-            return Ok(());
-        }
+    let Some(page) = first_records(store, "kms.regions matches the store").await else {
+        return Ok(());
     };
     let records: Vec<_> = page.records.iter().flatten().collect();
     if records.is_empty()
@@ -219,17 +228,8 @@ async fn refuse_a_keyring_of_other_keys(
     store: &dyn Store,
 ) -> anyhow::Result<()> {
     let keyring = &settings.kms.local.keyring;
-    // A store that does not answer now is an outage, which never stops a
-    // start (readiness says so); the check waits for the next start.
-    let page = match store.scan(0, 1, None, 10).await {
-        Ok(page) => page,
-        Err(e) => {
-            tracing::warn!(
-                error = %crate::report::chain(&e),
-                "cannot check that kms.local.keyring belongs to the store: reading its first records failed"
-            );
-            return Ok(());
-        }
+    let Some(page) = first_records(store, "kms.local.keyring belongs to the store").await else {
+        return Ok(());
     };
     let mut undecryptable = None;
     for record in page.records.iter().flatten() {

@@ -807,19 +807,8 @@ fn healthcheck_reports_whether_the_server_answers() {
 #[test]
 fn check_config_into_a_closed_pipe_exits_quietly() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = command(dir.path());
-    let mut child = cmd
-        .arg("check-config")
-        .env("RUST_BACKTRACE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Close the read end before rkms writes: every write fails with EPIPE.
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = into_a_closed_pipe(command(dir.path()).arg("check-config"));
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         !stderr.contains("panicked") && !stderr.contains("backtrace"),
         "{stderr}"
@@ -834,17 +823,26 @@ fn a_closed_pipe_does_not_hide_a_failed_command() {
     let dir = tempfile::tempdir().unwrap();
     let (status, _) = stop(start(command(dir.path())));
     assert!(status.success());
-    let mut child = command(dir.path())
-        .arg("verify")
+    let (code, stderr) = into_a_closed_pipe(command(dir.path()).arg("verify"));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// Run `cmd` with its stdout a pipe whose read end is closed before rkms
+/// writes (every write fails with EPIPE); its exit code and stderr.
+fn into_a_closed_pipe(cmd: &mut Command) -> (Option<i32>, String) {
+    let mut child = cmd
+        .env("RUST_BACKTRACE", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Text logs written to a file (not a terminal) carry no colour codes.
