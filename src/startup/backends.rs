@@ -89,9 +89,13 @@ pub async fn backends(
                 }
                 tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??
             } else {
-                tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
+                let existing = tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
                     .await?
-                    .context("kms.local.keyring")?
+                    .context("kms.local.keyring")?;
+                // The tools and `check-config --connect` refuse what `serve`
+                // refuses.
+                refuse_a_keyring_of_other_keys(&existing, settings, store.as_ref()).await?;
+                existing
             };
             Arc::new(local)
         }

@@ -494,6 +494,15 @@ async fn a_store_and_keyring_of_different_deployments_stop_startup() {
         "{line}"
     );
     assert_eq!(std::fs::read(&other_store).unwrap(), before, "untouched");
+    // `check-config --connect`, the check before a deploy, says the same
+    // (it used to pass this pair).
+    let mut cmd = command(one.path());
+    cmd.env("RKMS__STORE__SQLITE__PATH", &other_store)
+        .args(["check-config", "--connect"]);
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("do not belong together"), "{stderr}");
 
     // Another application's database at the store's path.
     let foreign = one.path().join("app.db");
