@@ -210,6 +210,7 @@ fn main() -> ExitCode {
             // regions it fills (the local KMS), a dry run changes nothing.
             let access = rkms::startup::Access {
                 make_store: false,
+                write_store: !dry_run,
                 add_master_keys: !dry_run,
             };
             maintenance(settings, access, |kms, store, regions| async move {

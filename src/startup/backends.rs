@@ -28,6 +28,10 @@ pub struct Access {
     /// server's first start. Otherwise a missing file is an error, so a
     /// mistyped path is not taken for an empty store.
     pub make_store: bool,
+    /// Open the store for writing. Otherwise a SQLite file is opened
+    /// read-only and left as it is (journal mode included), so a copy on a
+    /// read-only mount can be checked.
+    pub write_store: bool,
     /// Make the local keyring, and add master keys for regions it lacks,
     /// each only where no stored record needs the one missing. Otherwise
     /// the keyring is read as it is, and a missing one is an error.
@@ -38,12 +42,14 @@ impl Access {
     /// The server: makes what a first start needs.
     pub const SERVE: Self = Self {
         make_store: true,
+        write_store: true,
         add_master_keys: true,
     };
     /// Checks and reports (verify, dry runs, `check-config --connect`):
     /// make and change nothing.
     pub const READ: Self = Self {
         make_store: false,
+        write_store: false,
         add_master_keys: false,
     };
 }
@@ -58,7 +64,7 @@ pub async fn backends(
     if access.make_store {
         refuse_new_store_beside_a_keyring(settings)?;
     }
-    let store = store(settings, access.make_store).await?;
+    let store = open_store(settings, access.make_store, access.write_store).await?;
     let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
     refuse_regions_no_record_is_in(&regions, store.as_ref()).await?;
     let kms: Arc<dyn Kms> = match settings.kms.provider {
@@ -156,6 +162,16 @@ async fn refuse_regions_no_record_is_in(
 /// records and never call KMS (`rkms copy`): no keyring is read or made.
 /// `make`: make a missing SQLite file (else it is an error).
 pub async fn store(settings: &Settings, make: bool) -> anyhow::Result<Arc<dyn Store>> {
+    open_store(settings, make, true).await
+}
+
+/// The store, made when `make`, opened read-only unless `write` (SQLite;
+/// the DynamoDB client is the same either way).
+async fn open_store(
+    settings: &Settings,
+    make: bool,
+    write: bool,
+) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match settings.store.backend {
         StoreBackend::Sqlite => {
             let path = settings.store.sqlite.path.clone();
@@ -163,8 +179,10 @@ pub async fn store(settings: &Settings, make: bool) -> anyhow::Result<Arc<dyn St
             let store = tokio::task::spawn_blocking(move || {
                 if make {
                     SqliteStore::open(&path, timeout)
-                } else {
+                } else if write {
                     SqliteStore::open_existing(&path, timeout)
+                } else {
+                    SqliteStore::open_read_only(&path, timeout)
                 }
             })
             .await?

@@ -677,3 +677,74 @@ fn check_config_connect_reads_the_tls_files() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("server.tls.cert: is empty"), "{stderr}");
 }
+
+/// `verify` changes nothing, not even the file's journal mode (it used to
+/// open the store read-write and switch it to WAL), and checks a copy on
+/// a read-only mount, where a WAL-mode file cannot make its `-shm` (it
+/// used to fail with "unable to open database file").
+#[tokio::test]
+async fn verify_reads_a_store_and_leaves_it_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    first_key(dir.path(), "ro/1").await;
+    let db = dir.path().join("rkms.sqlite3");
+    let journal = |mode: &str| {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.query_row(&format!("PRAGMA journal_mode = {mode}"), [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+    };
+    assert_eq!(journal("DELETE"), "delete");
+    let before = std::fs::read(&db).unwrap();
+    let out = command(dir.path()).arg("verify").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "verify changed the file"
+    );
+    assert_eq!(journal("DELETE"), "delete");
+
+    // In WAL mode, as rkms leaves it, bind-mounted read-only elsewhere.
+    assert_eq!(journal("WAL"), "wal");
+    let mounted = tempfile::tempdir().unwrap();
+    let bind = |args: &[&str]| Command::new("mount").args(args).output();
+    let ok = bind(&[
+        "--bind",
+        &dir.path().to_string_lossy(),
+        &mounted.path().to_string_lossy(),
+    ])
+    .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("skipped: cannot bind-mount here");
+        return;
+    }
+    let remounted = bind(&["-o", "remount,ro,bind", &mounted.path().to_string_lossy()])
+        .is_ok_and(|o| o.status.success());
+    let mut cmd = command(mounted.path());
+    cmd.env(
+        "RKMS__STORE__SQLITE__PATH",
+        mounted.path().join("rkms.sqlite3"),
+    )
+    .env(
+        "RKMS__KMS__LOCAL__KEYRING",
+        mounted.path().join("keyring.json"),
+    )
+    .arg("verify");
+    let out = cmd.output().unwrap();
+    let _ = Command::new("umount").arg(mounted.path()).output();
+    assert!(remounted, "could bind-mount but not remount read-only");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("every record is recoverable"), "{stdout}");
+}

@@ -135,16 +135,43 @@ pub(super) fn with_free_space(e: StoreError, dir: &Path, bytes: u64, inodes: u64
     }
 }
 
+/// How a store opens its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// The server and the tools that write: WAL mode, synchronous commits.
+    ReadWrite,
+    /// The tools that only check (`verify`, `check-config --connect`, dry
+    /// runs): the file is opened read-only and left as it is, journal mode
+    /// included, so a copy on a read-only mount can be checked.
+    ReadOnly,
+}
+
 /// A connection to the file `open_file` made: never creates one, so a
 /// connection opened while the file is away fails instead of starting an
 /// empty database at the path.
-pub(super) fn connect(path: &Path, busy_timeout: Duration) -> Result<Connection, StoreError> {
+pub(super) fn connect(
+    path: &Path,
+    busy_timeout: Duration,
+    mode: Mode,
+) -> Result<Connection, StoreError> {
     const OP: &str = "open";
-    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
-        | rusqlite::OpenFlags::SQLITE_OPEN_URI
-        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(other(OP))?;
+    let access = match mode {
+        Mode::ReadWrite => rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        Mode::ReadOnly => rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    };
+    let flags =
+        access | rusqlite::OpenFlags::SQLITE_OPEN_URI | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match mode {
+        Mode::ReadWrite => Connection::open_with_flags(path, flags),
+        Mode::ReadOnly => open_to_read(path, flags),
+    }
+    .map_err(other(OP))?;
     conn.busy_timeout(busy_timeout).map_err(other(OP))?;
+    if mode == Mode::ReadOnly {
+        conn.pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+            .map_err(other(OP))?;
+        return Ok(conn);
+    }
     // Switching to WAL needs a moment alone with the file and SQLite does
     // not always wait for it: another process opening the file at the same
     // instant answers "database is locked" at once. Wait it out.
@@ -166,9 +193,10 @@ pub(super) fn reconnect(
     path: &Path,
     opened: FileId,
     busy: Duration,
+    mode: Mode,
 ) -> Result<Connection, StoreError> {
     opened.still_at(path, "open")?;
-    let conn = connect(path, busy)?;
+    let conn = connect(path, busy, mode)?;
     opened.still_at(path, "open")?;
     Ok(conn)
 }
@@ -258,9 +286,10 @@ struct Tables {
 }
 
 fn tables(path: &Path) -> Result<Tables, StoreError> {
-    let flags =
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    Connection::open_with_flags(path, flags)
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+        | rusqlite::OpenFlags::SQLITE_OPEN_URI
+        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    open_to_read(path, flags)
         .and_then(|conn| {
             conn.query_row(
                 "SELECT count(*), count(*) FILTER (WHERE name = 'rkms_keys') FROM sqlite_master WHERE type = 'table'",
@@ -274,6 +303,45 @@ fn tables(path: &Path) -> Result<Tables, StoreError> {
             )
         })
         .map_err(other("open"))
+}
+
+/// Whether `path` is on a file system mounted read-only, where nobody can
+/// change the file.
+fn on_a_read_only_file_system(path: &Path) -> bool {
+    rustix::fs::statvfs(path)
+        .is_ok_and(|fs| fs.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY))
+}
+
+/// A read-only connection, tried with a first read. A database in WAL mode
+/// on a read-only file system, with no `-shm` file beside it, cannot be
+/// read even so: SQLite needs to make the `-shm`. Such a file cannot
+/// change, so it is then opened as immutable, which SQLite reads without
+/// the `-shm` or any lock.
+fn open_to_read(path: &Path, flags: rusqlite::OpenFlags) -> rusqlite::Result<Connection> {
+    let first_read = |conn: Connection| {
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map(|()| conn)
+    };
+    match Connection::open_with_flags(path, flags).and_then(first_read) {
+        Err(_) if on_a_read_only_file_system(path) => {
+            open_immutable(path, flags).and_then(first_read)
+        }
+        opened => opened,
+    }
+}
+
+fn open_immutable(path: &Path, flags: rusqlite::OpenFlags) -> rusqlite::Result<Connection> {
+    let mut uri = String::from("file:");
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Connection::open_with_flags(uri, flags)
 }
 
 /// The database file of a command that makes none is missing.

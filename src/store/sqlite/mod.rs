@@ -31,7 +31,7 @@ use super::{PutOutcome, ScanPage, Store, StoreError};
 use crate::domain::{KeyId, KeyRecord, Region};
 use file::{
     an_existing_store, connect, low_space_hint, reconnect, refuse_foreign, until_not_busy,
-    CreateDir, FileId, OPEN_PATIENCE,
+    CreateDir, FileId, Mode, OPEN_PATIENCE,
 };
 use reader::Reader;
 use rows::{read, refuse_blob_id, scan_rows, to_json};
@@ -71,6 +71,7 @@ pub struct SqliteStore {
     /// The file opened at `path`; writes and pings check it is still there.
     opened: FileId,
     busy_timeout: Duration,
+    mode: Mode,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -116,7 +117,7 @@ impl SqliteStore {
     /// key.
     pub fn open(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
         refuse_foreign(path)
-            .and_then(|()| Self::open_file(path, call_timeout))
+            .and_then(|()| Self::open_file(path, call_timeout, Mode::ReadWrite))
             .map_err(|e| low_space_hint(e, path))
     }
 
@@ -132,9 +133,19 @@ impl SqliteStore {
         Self::open(path, call_timeout)
     }
 
-    fn open_file(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
+    /// Open the rkms store at `path`, which must exist, for reading only:
+    /// for commands that check and change nothing. The file is left as it
+    /// is (its journal mode included), so a copy on a read-only mount can
+    /// be checked; a write through this store fails.
+    pub fn open_read_only(path: &Path, call_timeout: Duration) -> Result<Self, StoreError> {
+        an_existing_store(path)?;
+        Self::open_file(path, call_timeout, Mode::ReadOnly)
+    }
+
+    fn open_file(path: &Path, call_timeout: Duration, mode: Mode) -> Result<Self, StoreError> {
         const OP: &str = "open";
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|_| mode == Mode::ReadWrite) {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -152,7 +163,7 @@ impl SqliteStore {
         // them: create the file owner-only (SQLite gives its -wal and -shm
         // files the same mode). Another process starting on the same
         // directory may create it first.
-        if !path.exists() {
+        if mode == Mode::ReadWrite && !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
             match std::fs::OpenOptions::new()
                 .write(true)
@@ -180,23 +191,24 @@ impl SqliteStore {
         let busy_timeout = (call_timeout * 3 / 4).max(Duration::from_millis(1));
         let mut idle = Vec::with_capacity(POOL_SIZE);
         for _ in 0..POOL_SIZE {
-            idle.push(connect(path, busy_timeout)?);
+            idle.push(connect(path, busy_timeout, mode)?);
         }
         opened.still_at(path, OP)?;
-        if let Some(first) = idle.first() {
+        if let Some(first) = idle.first().filter(|_| mode == Mode::ReadWrite) {
             until_not_busy(busy_timeout.max(OPEN_PATIENCE), || {
                 first.execute_batch(SCHEMA)
             })?;
         }
         let idle = Arc::new(Mutex::new(idle));
         Ok(Self {
-            reader: Reader::new(Arc::clone(&idle), path, opened, busy_timeout),
+            reader: Reader::new(Arc::clone(&idle), path, opened, busy_timeout, mode),
             idle,
-            writer: Writer::new(path, opened, busy_timeout),
+            writer: Writer::new(path, opened, busy_timeout, mode),
             slots: Semaphore::new(POOL_SIZE),
             path: path.to_path_buf(),
             opened,
             busy_timeout,
+            mode,
         })
     }
 
@@ -217,7 +229,8 @@ impl SqliteStore {
             source: Box::new(e),
         })?;
         let idle = Arc::clone(&self.idle);
-        let (path, opened, busy) = (self.path.clone(), self.opened, self.busy_timeout);
+        let (path, opened, busy, mode) =
+            (self.path.clone(), self.opened, self.busy_timeout, self.mode);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
@@ -225,7 +238,7 @@ impl SqliteStore {
             // A connection lost to a panic is replaced here.
             let mut conn = match pooled {
                 Some(c) => c,
-                None => reconnect(&path, opened, busy)?,
+                None => reconnect(&path, opened, busy, mode)?,
             };
             let result = f(&mut conn);
             lock(&idle).push(conn);

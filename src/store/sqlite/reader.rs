@@ -29,7 +29,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{lock, read, reconnect, spawn_queue_task, FileId, POOL_SIZE};
+use super::{lock, read, reconnect, spawn_queue_task, FileId, Mode, POOL_SIZE};
 use crate::domain::{KeyId, KeyRecord};
 use crate::store::StoreError;
 
@@ -91,6 +91,7 @@ pub(super) struct Reader {
     path: PathBuf,
     opened: FileId,
     busy_timeout: Duration,
+    mode: Mode,
 }
 
 impl Reader {
@@ -99,6 +100,7 @@ impl Reader {
         path: &Path,
         opened: FileId,
         busy_timeout: Duration,
+        mode: Mode,
     ) -> Self {
         Self {
             queue: Arc::default(),
@@ -106,6 +108,7 @@ impl Reader {
             path: path.to_path_buf(),
             opened,
             busy_timeout,
+            mode,
         }
     }
 
@@ -180,9 +183,10 @@ impl Reader {
     fn start_task(&self) {
         let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
         let idle = Arc::clone(&self.idle);
-        let (path, opened, busy) = (self.path.clone(), self.opened, self.busy_timeout);
+        let (path, opened, busy, mode) =
+            (self.path.clone(), self.opened, self.busy_timeout, self.mode);
         spawn_queue_task(
-            move || drain(&queue, &idle, &path, opened, busy),
+            move || drain(&queue, &idle, &path, opened, busy, mode),
             move || {
                 let mut queue = lock(&abandoned);
                 queue.active = queue.active.saturating_sub(1);
@@ -263,6 +267,7 @@ fn drain(
     path: &Path,
     opened: FileId,
     busy: Duration,
+    mode: Mode,
 ) {
     let mut conn: Option<Connection> = None;
     loop {
@@ -294,7 +299,7 @@ fn drain(
         if conn.is_none() {
             conn = match lock(idle)
                 .pop()
-                .map_or_else(|| reconnect(path, opened, busy), Ok)
+                .map_or_else(|| reconnect(path, opened, busy, mode), Ok)
             {
                 Ok(c) => Some(c),
                 Err(e) => {

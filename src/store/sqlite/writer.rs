@@ -23,7 +23,9 @@ use std::time::Duration;
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{lock, other, read, reconnect, refuse_blob_id, spawn_queue_task, to_json, FileId};
+use super::{
+    lock, other, read, reconnect, refuse_blob_id, spawn_queue_task, to_json, FileId, Mode,
+};
 use crate::domain::{KeyRecord, Region};
 use crate::store::{encode_keys, merge_missing, region_map, PutOutcome, StoreError};
 
@@ -143,16 +145,20 @@ pub(super) struct Writer {
     path: PathBuf,
     opened: FileId,
     busy_timeout: Duration,
+    /// A store opened read-only writes through a read-only connection:
+    /// each write fails, and nothing is written.
+    mode: Mode,
     batches: Arc<AtomicU64>,
 }
 
 impl Writer {
-    pub(super) fn new(path: &Path, opened: FileId, busy_timeout: Duration) -> Self {
+    pub(super) fn new(path: &Path, opened: FileId, busy_timeout: Duration, mode: Mode) -> Self {
         Self {
             queue: Arc::default(),
             path: path.to_path_buf(),
             opened,
             busy_timeout,
+            mode,
             batches: Arc::default(),
         }
     }
@@ -174,13 +180,14 @@ impl Writer {
         };
         if start {
             let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
-            let (path, opened, busy) = (self.path.clone(), self.opened, self.busy_timeout);
+            let (path, opened, busy, mode) =
+                (self.path.clone(), self.opened, self.busy_timeout, self.mode);
             let batches = Arc::clone(&self.batches);
             // A drain that ends normally marks the queue idle under the
             // lock with which it found the queue empty, so no write is
             // left behind. One that does not end so drops what is queued.
             spawn_queue_task(
-                move || drain(&queue, &path, opened, busy, &batches),
+                move || drain(&queue, &path, opened, busy, mode, &batches),
                 move || {
                     let mut queue = lock(&abandoned);
                     queue.draining = false;
@@ -214,7 +221,14 @@ impl Writer {
 struct WriterStopped(#[source] oneshot::error::RecvError);
 
 /// Commit queued writes, a batch at a time, until none is left.
-fn drain(queue: &Mutex<Queue>, path: &Path, opened: FileId, busy: Duration, batches: &AtomicU64) {
+fn drain(
+    queue: &Mutex<Queue>,
+    path: &Path,
+    opened: FileId,
+    busy: Duration,
+    mode: Mode,
+    batches: &AtomicU64,
+) {
     loop {
         let (batch, conn) = {
             let mut queue = lock(queue);
@@ -240,7 +254,7 @@ fn drain(queue: &Mutex<Queue>, path: &Path, opened: FileId, busy: Duration, batc
             answer_all(batch, e);
             continue;
         }
-        let mut conn = match conn.map_or_else(|| reconnect(path, opened, busy), Ok) {
+        let mut conn = match conn.map_or_else(|| reconnect(path, opened, busy, mode), Ok) {
             Ok(conn) => conn,
             Err(e) => {
                 answer_all(batch, e);
