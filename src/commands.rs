@@ -115,15 +115,16 @@ pub fn copy(
     };
     let result = runtime.block_on(async {
         // Records move as they are stored, wrapped: no KMS, no keyring. The
-        // source must exist; the target is made, but not by a dry run.
-        let from = rkms::startup::store(&source, false).await?;
+        // source must exist and is only read; the target is made and
+        // written, but not by a dry run.
+        let from = rkms::startup::store(&source, false, false).await?;
         let missing_target = target.store.backend == rkms::config::StoreBackend::Sqlite
             && !target.store.sqlite.path.exists();
         let to: std::sync::Arc<dyn rkms::store::Store> = if options.dry_run && missing_target {
             // A dry run into a store that does not exist yet: it is empty.
             std::sync::Arc::new(rkms::store::memory::MemoryStore::new())
         } else {
-            rkms::startup::store(&target, !options.dry_run).await?
+            rkms::startup::store(&target, !options.dry_run, !options.dry_run).await?
         };
         rkms::ops::copy::run(from, to, options).await
     });

@@ -64,7 +64,7 @@ pub async fn backends(
     if access.make_store {
         refuse_new_store_beside_a_keyring(settings)?;
     }
-    let store = open_store(settings, access.make_store, access.write_store).await?;
+    let store = store(settings, access.make_store, access.write_store).await?;
     let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
     refuse_regions_no_record_is_in(&regions, store.as_ref()).await?;
     let kms: Arc<dyn Kms> = match settings.kms.provider {
@@ -158,20 +158,12 @@ async fn refuse_regions_no_record_is_in(
     )
 }
 
-/// Build only the store the settings name, for tools that move stored
-/// records and never call KMS (`rkms copy`): no keyring is read or made.
-/// `make`: make a missing SQLite file (else it is an error).
-pub async fn store(settings: &Settings, make: bool) -> anyhow::Result<Arc<dyn Store>> {
-    open_store(settings, make, true).await
-}
-
-/// The store, made when `make`, opened read-only unless `write` (SQLite;
-/// the DynamoDB client is the same either way).
-async fn open_store(
-    settings: &Settings,
-    make: bool,
-    write: bool,
-) -> anyhow::Result<Arc<dyn Store>> {
+/// Build only the store the settings name; also for tools that move
+/// stored records and never call KMS (`rkms copy`): no keyring is read or
+/// made. `make`: make a missing SQLite file (else it is an error). A
+/// SQLite file is opened read-only, and left as it is, unless `write`
+/// (the DynamoDB client is the same either way).
+pub async fn store(settings: &Settings, make: bool, write: bool) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = match settings.store.backend {
         StoreBackend::Sqlite => {
             let path = settings.store.sqlite.path.clone();
