@@ -147,3 +147,4 @@ mod creates;
 mod hedging;
 mod reads;
 mod repair;
+mod unanswered;
