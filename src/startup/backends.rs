@@ -18,7 +18,7 @@ use crate::kms::{Context, Kms};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{ScanPage, Store};
 
 /// What a command may make or change as it opens the store and the
 /// local keyring.
@@ -66,7 +66,9 @@ pub async fn backends(
     }
     let store = store(settings, access.make_store, access.write_store).await?;
     let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
-    refuse_regions_no_record_is_in(&regions, store.as_ref()).await?;
+    // Read once, for both checks of the store against the settings.
+    let first = first_records(store.as_ref()).await;
+    refuse_regions_no_record_is_in(&regions, first.as_ref())?;
     let kms: Arc<dyn Kms> = match settings.kms.provider {
         KmsProvider::Local => {
             let path = settings.kms.local.keyring.clone();
@@ -91,7 +93,7 @@ pub async fn backends(
                 )
                 .await?;
                 if let Some(existing) = &existing {
-                    refuse_a_keyring_of_other_keys(existing, settings, store.as_ref()).await?;
+                    refuse_a_keyring_of_other_keys(existing, settings, first.as_ref()).await?;
                 }
                 tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??
             } else {
@@ -100,7 +102,7 @@ pub async fn backends(
                     .context("kms.local.keyring")?;
                 // The tools and `check-config --connect` refuse what `serve`
                 // refuses.
-                refuse_a_keyring_of_other_keys(&existing, settings, store.as_ref()).await?;
+                refuse_a_keyring_of_other_keys(&existing, settings, first.as_ref()).await?;
                 existing
             };
             Arc::new(local)
@@ -110,16 +112,17 @@ pub async fn backends(
     Ok((kms, store))
 }
 
-/// The first stored records (up to 10), for a check at start that `what`.
-/// A store that does not answer now is an outage, which never stops a
-/// start (readiness says so): the check waits for the next start.
-async fn first_records(store: &dyn Store, what: &str) -> Option<crate::store::ScanPage> {
+/// The first stored records (up to 10), which the checks at start hold
+/// against the settings. A store that does not answer now is an outage,
+/// which never stops a start (readiness says so): `None`, and the checks
+/// wait for the next start.
+async fn first_records(store: &dyn Store) -> Option<ScanPage> {
     match store.scan(0, 1, None, 10).await {
         Ok(page) => Some(page),
         Err(e) => {
             tracing::warn!(
                 error = %crate::report::chain(&e),
-                "cannot check that {what}: reading its first records failed"
+                "cannot check that kms.local.keyring belongs to the store, nor that kms.regions does: reading its first records failed"
             );
             None
         }
@@ -133,11 +136,11 @@ async fn first_records(store: &dyn Store, what: &str) -> Option<crate::store::Sc
 /// the local KMS add master keys for the new regions to the keyring for
 /// good. An empty store, or one that does not answer now (an outage, for
 /// readiness to report), passes.
-async fn refuse_regions_no_record_is_in(
+fn refuse_regions_no_record_is_in(
     regions: &[Region],
-    store: &dyn Store,
+    first: Option<&ScanPage>,
 ) -> anyhow::Result<()> {
-    let Some(page) = first_records(store, "kms.regions matches the store").await else {
+    let Some(page) = first else {
         return Ok(());
     };
     let records: Vec<_> = page.records.iter().flatten().collect();
@@ -239,10 +242,10 @@ fn refuse_new_store_beside_a_keyring(settings: &Settings) -> anyhow::Result<()> 
 async fn refuse_a_keyring_of_other_keys(
     kms: &LocalKms,
     settings: &Settings,
-    store: &dyn Store,
+    first: Option<&ScanPage>,
 ) -> anyhow::Result<()> {
     let keyring = &settings.kms.local.keyring;
-    let Some(page) = first_records(store, "kms.local.keyring belongs to the store").await else {
+    let Some(page) = first else {
         return Ok(());
     };
     let mut undecryptable = None;

@@ -163,7 +163,7 @@ pub(super) fn connect(
         access | rusqlite::OpenFlags::SQLITE_OPEN_URI | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = match mode {
         Mode::ReadWrite => Connection::open_with_flags(path, flags),
-        Mode::ReadOnly => open_to_read(path, flags),
+        Mode::ReadOnly => open_to_read(path, flags, busy_timeout),
     }
     .map_err(other(OP))?;
     conn.busy_timeout(busy_timeout).map_err(other(OP))?;
@@ -289,7 +289,7 @@ fn tables(path: &Path) -> Result<Tables, StoreError> {
     let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
         | rusqlite::OpenFlags::SQLITE_OPEN_URI
         | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    open_to_read(path, flags)
+    open_to_read(path, flags, OPEN_PATIENCE)
         .and_then(|conn| {
             conn.query_row(
                 "SELECT count(*), count(*) FILTER (WHERE name = 'rkms_keys') FROM sqlite_master WHERE type = 'table'",
@@ -317,8 +317,15 @@ fn on_a_read_only_file_system(path: &Path) -> bool {
 /// read even so: SQLite needs to make the `-shm`. Such a file cannot
 /// change, so it is then opened as immutable, which SQLite reads without
 /// the `-shm` or any lock.
-fn open_to_read(path: &Path, flags: rusqlite::OpenFlags) -> rusqlite::Result<Connection> {
+fn open_to_read(
+    path: &Path,
+    flags: rusqlite::OpenFlags,
+    busy: Duration,
+) -> rusqlite::Result<Connection> {
+    // The first read waits out another process's moment alone with the
+    // file (a checkpoint, a recovery), as later reads do.
     let first_read = |conn: Connection| {
+        conn.busy_timeout(busy)?;
         conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
             .map(|()| conn)
     };

@@ -144,8 +144,8 @@ impl SqliteStore {
 
     fn open_file(path: &Path, call_timeout: Duration, mode: Mode) -> Result<Self, StoreError> {
         const OP: &str = "open";
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        if let Some(dir) = dir.filter(|_| mode == Mode::ReadWrite) {
+        let made_here = |d: &&Path| mode == Mode::ReadWrite && !d.as_os_str().is_empty();
+        if let Some(dir) = path.parent().filter(made_here) {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
