@@ -9,11 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::error::BrokerError;
+use super::hedge::Calls;
 use super::{Inner, KeySource, Resolved};
 use crate::domain::{now_rfc3339, DataKey, KeyId, KeyRecord, Region, RECORD_VERSION};
 use crate::kms::{Context, KmsError, Wrapped};
@@ -118,18 +118,16 @@ impl Inner {
         key: &Arc<DataKey>,
         need: usize,
     ) -> (BTreeMap<Region, Wrapped>, Option<KmsError>) {
-        let mut calls: FuturesUnordered<_> = regions
-            .iter()
-            .filter_map(|region| {
-                let permit = self.breakers.acquire(region)?;
-                let kms = Arc::clone(&self.kms);
-                let (r, id, key) = (region.clone(), id.clone(), Arc::clone(key));
-                let call = async move { kms.encrypt(&r, &key, Context::Bound(&id)).await }.boxed();
-                let rx = self.start(region.clone(), "encrypt", permit, call);
-                let region = region.clone();
-                Some(async move { (region, rx.await) })
-            })
-            .collect();
+        let mut calls = Calls::new(self);
+        for region in regions {
+            let Some(permit) = self.breakers.acquire(region) else {
+                continue;
+            };
+            let kms = Arc::clone(&self.kms);
+            let (r, id, key) = (region.clone(), id.clone(), Arc::clone(key));
+            let call = async move { kms.encrypt(&r, &key, Context::Bound(&id)).await }.boxed();
+            calls.start(region.clone(), "encrypt", permit, call);
+        }
         let mut out = BTreeMap::new();
         let mut last_error = None;
         let mut deadline: Option<Instant> = None;
@@ -148,11 +146,10 @@ impl Inner {
                 break;
             };
             match outcome {
-                Ok(Ok(w)) => {
+                Ok(w) => {
                     out.insert(region, w);
                 }
-                Ok(Err(e)) => last_error = Some(e),
-                Err(_) => {}
+                Err(e) => last_error = Some(e),
             }
             if deadline.is_none() && out.len() >= need {
                 deadline = Some(Instant::now() + self.settings.hedge_after);

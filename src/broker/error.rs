@@ -55,12 +55,10 @@ pub enum BrokerError {
     /// The caller's deadline (`server.request_timeout_ms`) passed first.
     #[error("the request timed out after {0:?}")]
     Timeout(Duration),
-    /// The task resolving the key panicked or was aborted.
-    #[error("key resolution task failed")]
-    TaskFailed {
-        #[source]
-        source: Arc<tokio::task::JoinError>,
-    },
+    /// The key's resolution panicked (a bug); the panic itself is
+    /// reported by the panic hook.
+    #[error("key resolution panicked")]
+    ResolutionPanicked,
 }
 
 fn join(regions: &[Region]) -> String {
@@ -85,7 +83,7 @@ impl BrokerError {
             Self::NotFound
             | Self::Integrity { .. }
             | Self::NoConfiguredRegion { .. }
-            | Self::TaskFailed { .. } => false,
+            | Self::ResolutionPanicked => false,
         }
     }
 

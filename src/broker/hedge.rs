@@ -1,20 +1,23 @@
-//! KMS calls and the race between regions. Each call runs in its own task
-//! to its own end (bounded by `call_timeout`), so the breaker learns what
-//! really happened to it: a healthy region that merely lost a race counts
-//! as up, a frozen one times out and counts as a fault, and a per-key error
-//! counts as nothing. The caller stops waiting as soon as one region
-//! answers; the others' results are dropped (and their keys wiped).
+//! KMS calls and the race between regions. Each call runs to its own end
+//! (bounded by `call_timeout`), so the breaker learns what really happened
+//! to it: a healthy region that merely lost a race counts as up, a frozen
+//! one times out and counts as a fault, and a per-key error counts as
+//! nothing. The caller stops waiting as soon as one region answers; the
+//! others move to tasks of their own, and their results are dropped there
+//! (and their keys wiped). A call that answers while its caller waits, as
+//! nearly all do, costs no task: the caller polls it.
 //!
 //! Must not: retry inside a region (the SDK does) or cancel a call that
 //! has started.
 
 use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::breaker::{Health, Permit};
@@ -144,27 +147,63 @@ impl InFlight {
     }
 }
 
-impl Inner {
-    /// Start `call` in `region` under `permit`, in a task of its own. The
-    /// receiver gets the outcome; dropping it does not cancel the call.
-    pub(super) fn start<T: Send + 'static>(
-        self: &Arc<Self>,
-        region: Region,
-        op: &'static str,
-        permit: Permit,
-        call: Call<T>,
-    ) -> oneshot::Receiver<Result<T, KmsError>> {
-        let (tx, rx) = oneshot::channel();
-        let inner = Arc::clone(self);
-        self.tasks.spawn(async move {
-            let result = inner.run_call(&region, op, permit, call).await;
-            // The caller may have stopped waiting: then the result (a key
-            // included) is dropped here and wiped.
-            let _ = tx.send(result);
-        });
-        rx
+/// Calls in flight, polled by the one who waits on them. Those still
+/// running when the set is dropped (another region won, or the waiter gave
+/// up) move to tasks of their own and run to their end there.
+pub(super) struct Calls<T: Send + 'static> {
+    inner: Arc<Inner>,
+    pending: FuturesUnordered<BoxFuture<'static, (Region, Result<T, KmsError>)>>,
+}
+
+impl<T: Send + 'static> Calls<T> {
+    pub fn new(inner: &Arc<Inner>) -> Self {
+        Self {
+            inner: Arc::clone(inner),
+            pending: FuturesUnordered::new(),
+        }
     }
 
+    /// Start `call` in `region` under `permit`.
+    pub fn start(&mut self, region: Region, op: &'static str, permit: Permit, call: Call<T>) {
+        let inner = Arc::clone(&self.inner);
+        self.pending.push(Box::pin(async move {
+            let result = inner.run_call(&region, op, permit, call).await;
+            (region, result)
+        }));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// The next call to end, `None` when none is left.
+    pub async fn next(&mut self) -> Option<(Region, Result<T, KmsError>)> {
+        self.pending.next().await
+    }
+}
+
+impl<T: Send + 'static> Drop for Calls<T> {
+    fn drop(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        // Outside a runtime (it is going away) nothing can run them.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for call in std::mem::take(&mut self.pending) {
+            // The result, a key included, is dropped here and wiped.
+            self.inner.tasks.spawn_on(
+                async move {
+                    let _ = call.await;
+                },
+                &runtime,
+            );
+        }
+    }
+}
+
+impl Inner {
     /// One call: wait for a slot, call within `call_timeout` (slot wait
     /// included), then metrics, a log line on failure and the breaker.
     async fn run_call<T>(
@@ -200,8 +239,16 @@ impl Inner {
                 ),
             ))
         } else {
-            match tokio::time::timeout_at(deadline, call).await {
-                Ok(r) => r,
+            // A call that panics (a bug in an adapter) fails in its region
+            // alone, as a call run in a task of its own would.
+            match tokio::time::timeout_at(deadline, AssertUnwindSafe(call).catch_unwind()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(KmsError::new(
+                    KmsErrorKind::Other,
+                    region,
+                    op,
+                    "the call panicked",
+                )),
                 Err(_) => Err(KmsError::new(
                     KmsErrorKind::Unavailable,
                     region,
@@ -291,25 +338,16 @@ impl Inner {
         T: Send + 'static,
         F: Fn(&Region) -> Call<T>,
     {
-        type Pending<T> = BoxFuture<
-            'static,
-            (
-                Region,
-                Result<Result<T, KmsError>, oneshot::error::RecvError>,
-            ),
-        >;
-        let mut pending: FuturesUnordered<Pending<T>> = FuturesUnordered::new();
+        let mut pending = Calls::new(self);
         let order = self.slow.reorder(order, self.settings.call_timeout);
         let mut queue = order.iter();
         let mut failed = NoAnswer::default();
-        let mut launch = |pending: &mut FuturesUnordered<Pending<T>>| -> Option<Region> {
+        let mut launch = |pending: &mut Calls<T>| -> Option<Region> {
             for region in queue.by_ref() {
                 let Some(permit) = self.breakers.acquire(region) else {
                     continue;
                 };
-                let rx = self.start(region.clone(), op, permit, call(region));
-                let r = region.clone();
-                pending.push(Box::pin(async move { (r, rx.await) }));
+                pending.start(region.clone(), op, permit, call(region));
                 return Some(region.clone());
             }
             None
@@ -336,9 +374,8 @@ impl Inner {
                 biased;
                 Some((region, outcome)) = pending.next() => {
                     let error = match outcome {
-                        Ok(Ok(value)) => return Ok((region, value)),
-                        Ok(Err(e)) => e,
-                        Err(_) => KmsError::new(KmsErrorKind::Other, &region, op, "the call's task ended without an answer"),
+                        Ok(value) => return Ok((region, value)),
+                        Err(e) => e,
                     };
                     if error.kind == KmsErrorKind::Integrity {
                         failed.integrity = Some(error);

@@ -4,7 +4,7 @@
 //!
 //! - [`read`]: a cache miss: store read, then decrypt in the best region.
 //! - [`create`]: a new key: generate, wrap in every region, conditional put.
-//! - [`hedge`]: each KMS call in its own task; the race between regions.
+//! - [`hedge`]: KMS calls, each run to its end; the race between regions.
 //! - [`repair`]: the queue that fills in regions a record lacks.
 //! - [`breaker`]: per-region circuit breakers; [`error`]: `BrokerError`.
 //!
@@ -126,6 +126,25 @@ impl Flight {
             Action::Create
         } else {
             Action::Read
+        }
+    }
+}
+
+/// Takes a resolution out of the in-flight map when it ends, or panics:
+/// later misses for its id start a new one.
+struct Leave {
+    inner: Arc<Inner>,
+    key: Option<(KeyId, bool)>,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.inner
+                .flights
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
         }
     }
 }
@@ -299,12 +318,18 @@ impl KeyBroker {
         }
         let inner = Arc::clone(&self.inner);
         let id = id.clone();
-        let flight_key = key.clone();
         let creating = Arc::new(AtomicBool::new(false));
         let marker = Arc::clone(&creating);
-        // A task of its own, so a client hanging up mid-create cannot cancel
-        // the conditional put half-way; waiters share the outcome.
-        let task = self.inner.tasks.spawn(async move {
+        let leave = Leave {
+            inner: Arc::clone(&self.inner),
+            key: Some(key.clone()),
+        };
+        // Whoever waits polls the resolution; a waiter that stops waiting
+        // before it ends leaves a task to finish it (`unanswered::Watch`),
+        // so a client hanging up mid-create cannot cancel the conditional
+        // put half-way. Waiters share the outcome.
+        let resolution = async move {
+            let _leave = leave;
             let result = inner.resolve(&id, allow_create, &marker).await;
             if let (Ok(resolved), Some(cache)) = (&result, &inner.cache) {
                 let entry = CacheEntry {
@@ -313,22 +338,13 @@ impl KeyBroker {
                 };
                 cache.insert(id.clone(), entry);
             }
-            inner
-                .flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&flight_key);
             result
-        });
-        let flight = async move {
-            task.await.unwrap_or_else(|e| {
-                Err(BrokerError::TaskFailed {
-                    source: Arc::new(e),
-                })
-            })
-        }
-        .boxed()
-        .shared();
+        };
+        let flight = std::panic::AssertUnwindSafe(resolution)
+            .catch_unwind()
+            .map(|ended| ended.unwrap_or(Err(BrokerError::ResolutionPanicked)))
+            .boxed()
+            .shared();
         let flight = Flight {
             result: flight,
             creating,

@@ -22,6 +22,8 @@ pub enum Fault {
     Hang,
     /// Answer normally after this delay.
     Delay(Duration),
+    /// Panic (a bug in an adapter).
+    Panic,
 }
 
 #[derive(Default)]
@@ -90,6 +92,7 @@ impl FaultyKms {
                 tokio::time::sleep(d).await;
                 Ok(())
             }
+            Some(Fault::Panic) => panic!("injected panic in {region}"),
         }
     }
 }

@@ -53,6 +53,7 @@ mod probe {
     #[derive(Default)]
     pub(super) struct Probe {
         down: AtomicBool,
+        panicking: AtomicBool,
         gets: AtomicUsize,
         puts: AtomicUsize,
     }
@@ -61,6 +62,11 @@ mod probe {
         /// While `true`, every call fails with `Unavailable`.
         pub fn set_unavailable(&self, down: bool) {
             self.probe.down.store(down, Ordering::SeqCst);
+        }
+
+        /// While `true`, every call panics (a bug in an adapter).
+        pub fn set_panicking(&self, panicking: bool) {
+            self.probe.panicking.store(panicking, Ordering::SeqCst);
         }
 
         pub fn get_calls(&self) -> usize {
@@ -92,6 +98,10 @@ mod probe {
                 "put_if_absent" => self.probe.puts.fetch_add(1, Ordering::SeqCst),
                 _ => 0,
             };
+            assert!(
+                !self.probe.panicking.load(Ordering::SeqCst),
+                "injected panic in the store's {op}"
+            );
             if self.probe.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable {
                     op,

@@ -225,6 +225,33 @@ async fn the_hedge_budget_caps_hedges_to_a_share_of_calls() {
     assert_eq!(m.kms_hedges.with_label_values(&["r2"]).get(), 4);
 }
 
+/// A KMS call that panics (a bug in an adapter) fails in its own region
+/// only: the read goes on to the next region, and the region's breaker
+/// counts it as nothing.
+#[tokio::test]
+async fn a_panicking_call_fails_in_its_region_alone() {
+    let rig = rig_with(no_cache());
+    let created = rig.broker.get_or_create(&id("pc"), true).await.unwrap();
+    rig.kms.set_fault(&r("r1"), Some(Fault::Panic));
+    for _ in 0..5 {
+        let read = rig.broker.get_or_create(&id("pc"), true).await.unwrap();
+        assert_eq!(read.key.expose(), created.key.expose());
+        assert_eq!(read.source, KeySource::Region(r("r2")));
+    }
+    let m = &rig.broker.inner.metrics;
+    assert_eq!(
+        m.kms_requests
+            .with_label_values(&["r1", "decrypt", "error"])
+            .get(),
+        5
+    );
+    assert_eq!(
+        m.region_breaker.with_label_values(&["r1", "closed"]).get(),
+        1,
+        "a bug is not an outage"
+    );
+}
+
 /// `hedge_after_ms = 0` asks every region at once; the first answer wins.
 #[tokio::test(start_paused = true)]
 async fn hedge_after_zero_asks_every_region_at_once() {
@@ -243,6 +270,10 @@ async fn hedge_after_zero_asks_every_region_at_once() {
         KeySource::Region(r("r1")),
         "a faster region wins"
     );
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    // A call the winner left unstarted starts in a task of its own, at the
+    // same instant.
+    tokio::task::yield_now().await;
     assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(
         rig.kms.total_calls("decrypt") - before,

@@ -332,3 +332,29 @@ async fn a_down_store_is_unavailable_not_a_new_key() {
     rig.store.set_unavailable(false);
     assert!(rig.broker.readiness(Duration::from_secs(1)).await.is_ok());
 }
+
+/// A bug that panics in a resolution (here the store adapter's) answers
+/// that request with an error, and does not leave the id stuck: the next
+/// miss for it starts a resolution of its own.
+#[tokio::test]
+async fn a_panicking_resolution_is_an_error_and_the_next_miss_starts_afresh() {
+    let rig = rig_with(no_cache());
+    let created = rig.broker.get_or_create(&id("p"), true).await.unwrap();
+    rig.store.set_panicking(true);
+    let p = id("p");
+    let (a, b) = tokio::join!(
+        rig.broker.get_or_create(&p, true),
+        rig.broker.get_or_create(&p, true)
+    );
+    for err in [a.unwrap_err(), b.unwrap_err()] {
+        assert!(
+            matches!(err, BrokerError::ResolutionPanicked),
+            "both waiters of the one resolution: {err}"
+        );
+        assert!(!err.is_unavailable());
+    }
+    rig.store.set_panicking(false);
+    let read = rig.broker.get_or_create(&id("p"), true).await.unwrap();
+    assert_eq!(read.key.expose(), created.key.expose());
+    assert_eq!(rig.kms.total_calls("generate_data_key"), 1, "no new key");
+}
