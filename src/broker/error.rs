@@ -55,10 +55,10 @@ pub enum BrokerError {
     /// The caller's deadline (`server.request_timeout_ms`) passed first.
     #[error("the request timed out after {0:?}")]
     Timeout(Duration),
-    /// The key's resolution panicked (a bug); the panic itself is
-    /// reported by the panic hook.
-    #[error("key resolution panicked")]
-    ResolutionPanicked,
+    /// The key's resolution ended without an outcome: it panicked (a bug,
+    /// which the panic hook reports), or the runtime stopped under it.
+    #[error("key resolution ended without an answer")]
+    ResolutionFailed,
 }
 
 fn join(regions: &[Region]) -> String {
@@ -83,7 +83,7 @@ impl BrokerError {
             Self::NotFound
             | Self::Integrity { .. }
             | Self::NoConfiguredRegion { .. }
-            | Self::ResolutionPanicked => false,
+            | Self::ResolutionFailed => false,
         }
     }
 

@@ -19,13 +19,19 @@ mod repair;
 mod unanswered;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use self::breaker::{BreakerGauges, Breakers};
 pub use self::error::BrokerError;
@@ -113,7 +119,10 @@ type FlightKey = (KeyId, bool);
 /// One resolution in progress, shared by every caller waiting on the id.
 #[derive(Clone)]
 struct Flight {
-    result: Shared<BoxFuture<'static, Result<Resolved, BrokerError>>>,
+    /// Ends with the resolution's outcome, for every caller. It wakes its
+    /// waiters once, at the end: only the caller that started the
+    /// resolution polls the resolution itself (see [`Resolution`]).
+    done: Shared<BoxFuture<'static, Result<Resolved, BrokerError>>>,
     /// Set once the store said the id is absent and a create began.
     creating: Arc<AtomicBool>,
 }
@@ -130,11 +139,48 @@ impl Flight {
     }
 }
 
-/// Takes a resolution out of the in-flight map when it ends, or panics:
-/// later misses for its id start a new one.
+/// A resolution, polled by the caller that started it, so that a miss
+/// whose call answers at once costs no task. Dropped before its end (its
+/// caller stopped waiting: hung up, timed out, or was served a stale key)
+/// it moves to a task of its own and runs to its end there, so a client
+/// hanging up mid-create cannot cancel the conditional put half-way.
+struct Resolution {
+    run: Option<BoxFuture<'static, ()>>,
+    tasks: TaskTracker,
+}
+
+impl Future for Resolution {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(run) = self.run.as_mut() else {
+            return Poll::Ready(());
+        };
+        ready!(run.poll_unpin(cx));
+        self.run = None;
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Resolution {
+    fn drop(&mut self) {
+        let Some(run) = self.run.take() else { return };
+        // Outside a runtime (it is going away) nothing can run it: the
+        // callers get `ResolutionFailed`.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Its log lines keep the request that started it.
+        self.tasks
+            .spawn_on(run.instrument(tracing::Span::current()), &runtime);
+    }
+}
+
+/// Takes a resolution out of the in-flight map when it ends, panics or is
+/// dropped: later misses for its id start a new one.
 struct Leave {
     inner: Arc<Inner>,
-    key: Option<(KeyId, bool)>,
+    key: Option<FlightKey>,
 }
 
 impl Drop for Leave {
@@ -184,8 +230,9 @@ struct Inner {
     cache: Option<KeyCache>,
     flights: Mutex<HashMap<FlightKey, Flight>>,
     repairs: Repairs,
-    /// Every task the broker starts: resolutions, KMS calls, repairs.
-    /// Shutdown waits for them.
+    /// Every task the broker starts: resolutions and KMS calls whose
+    /// caller stopped waiting, repairs. Shutdown waits for them; a
+    /// resolution its caller still polls is not one of them.
     tasks: TaskTracker,
 }
 
@@ -274,14 +321,22 @@ impl KeyBroker {
             }
         }
         inner.metrics.cache_misses.inc();
-        let flight = self.flight(id, allow_create);
+        let (flight, mut resolution) = self.flight(id, allow_create);
         let watch = unanswered::Watch::new(flight.clone(), unanswered, &inner.tasks);
+        let wait = async {
+            if let Some(resolution) = resolution.as_mut() {
+                resolution.await;
+            }
+            flight.done.clone().await
+        };
         let result = match timeout {
-            Some(limit) => tokio::time::timeout(limit, flight.result.clone())
+            Some(limit) => tokio::time::timeout(limit, wait)
                 .await
                 .unwrap_or(Err(BrokerError::Timeout(limit))),
-            None => flight.result.clone().await,
+            None => wait.await,
         };
+        // Unfinished (the timeout), it goes on in a task of its own.
+        drop(resolution);
         let action = flight.action();
         let result = match (result, stale) {
             (Err(e), Some(entry)) if e.is_unavailable() => {
@@ -310,11 +365,13 @@ impl KeyBroker {
         (result, action)
     }
 
-    fn flight(&self, id: &KeyId, allow_create: bool) -> Flight {
+    /// The flight for `id`: joined when one is under way, else started,
+    /// with the resolution for the caller to poll.
+    fn flight(&self, id: &KeyId, allow_create: bool) -> (Flight, Option<Resolution>) {
         let key = (id.clone(), allow_create);
         let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(flight) = flights.get(&key) {
-            return flight.clone();
+            return (flight.clone(), None);
         }
         let inner = Arc::clone(&self.inner);
         let id = id.clone();
@@ -324,11 +381,8 @@ impl KeyBroker {
             inner: Arc::clone(&self.inner),
             key: Some(key.clone()),
         };
-        // Whoever waits polls the resolution; a waiter that stops waiting
-        // before it ends leaves a task to finish it (`unanswered::Watch`),
-        // so a client hanging up mid-create cannot cancel the conditional
-        // put half-way. Waiters share the outcome.
-        let resolution = async move {
+        let (tell, told) = oneshot::channel();
+        let resolve = async move {
             let _leave = leave;
             let result = inner.resolve(&id, allow_create, &marker).await;
             if let (Ok(resolved), Some(cache)) = (&result, &inner.cache) {
@@ -340,17 +394,25 @@ impl KeyBroker {
             }
             result
         };
-        let flight = std::panic::AssertUnwindSafe(resolution)
+        let run = AssertUnwindSafe(resolve)
             .catch_unwind()
-            .map(|ended| ended.unwrap_or(Err(BrokerError::ResolutionPanicked)))
+            .map(move |ended| {
+                // A bug that panicked fails this resolution alone.
+                let result = ended.unwrap_or(Err(BrokerError::ResolutionFailed));
+                let _ = tell.send(result);
+            })
+            .boxed();
+        let done = told
+            .map(|told| told.unwrap_or(Err(BrokerError::ResolutionFailed)))
             .boxed()
             .shared();
-        let flight = Flight {
-            result: flight,
-            creating,
-        };
+        let flight = Flight { done, creating };
         flights.insert(key, flight.clone());
-        flight
+        let resolution = Resolution {
+            run: Some(run),
+            tasks: self.inner.tasks.clone(),
+        };
+        (flight, Some(resolution))
     }
 
     /// Readiness: the store answers within `timeout`, and at least one region's
@@ -439,7 +501,8 @@ impl KeyBroker {
     }
 
     /// Stop: repairs still waiting on a region give up (they are logged by
-    /// id), and every task the broker started finishes. KMS and store calls
+    /// id), and every task the broker started finishes (so stop serving
+    /// first: a resolution a request still polls is not a task). KMS and store calls
     /// are bounded by their timeouts, so this is too.
     pub async fn shutdown(&self) {
         self.inner.repairs.cancel.cancel();

@@ -1,6 +1,6 @@
-//! A resolution is polled by its callers. One whose caller stopped waiting
-//! (its client hung up, or its request timed out) goes on in a task of its
-//! own, and may still create a key.
+//! A resolution whose caller stopped waiting (its client hung up, or its
+//! request timed out) goes on in a task of its own (see `Resolution`), and
+//! may still create a key.
 //! What it ends up doing is handed to the caller's [`Unanswered`] hook, so
 //! the audit trail holds a line for every key decision, answered or not.
 
@@ -23,7 +23,7 @@ pub type Unanswered = Box<dyn FnOnce(&Result<Resolved, BrokerError>, Action, Unw
 
 /// Armed while a caller waits on `flight`: dropped armed (the caller's
 /// future dropped), or [`Watch::timed_out`], it makes the caller's hook
-/// and leaves a task behind that runs the flight to its end and tells it.
+/// and leaves a task behind that waits for the flight's end and tells it.
 /// The hook is made only then: a caller that gets its answer, the usual
 /// case, pays for nothing.
 pub(super) struct Watch<F: FnOnce() -> Option<Unanswered>> {
@@ -39,13 +39,9 @@ impl<F: FnOnce() -> Option<Unanswered>> Watch<F> {
         }
     }
 
-    /// The caller was answered: nothing to tell. The flight may still be
-    /// running (the caller was served a stale key on its timeout); it is
-    /// finished in a task.
+    /// The caller got the flight's own outcome: nothing to tell.
     pub(super) fn answered(mut self) {
-        if let Some((flight, _)) = self.armed.take() {
-            self.finish(flight);
-        }
+        self.armed = None;
     }
 
     /// The caller was answered with its timeout.
@@ -58,7 +54,6 @@ impl<F: FnOnce() -> Option<Unanswered>> Watch<F> {
             return;
         };
         let Some(hook) = make_hook() else {
-            self.finish(flight);
             return;
         };
         // No runtime here (a caller dropped outside one): nothing can run
@@ -67,19 +62,8 @@ impl<F: FnOnce() -> Option<Unanswered>> Watch<F> {
             return;
         }
         self.tasks.spawn(async move {
-            let result = flight.result.clone().await;
+            let result = flight.done.clone().await;
             hook(&result, flight.action(), why);
-        });
-    }
-
-    /// Run `flight` to its end in a task, unless it has ended: its callers
-    /// poll it, and this one no longer does.
-    fn finish(&self, flight: Flight) {
-        if flight.result.peek().is_some() || tokio::runtime::Handle::try_current().is_err() {
-            return;
-        }
-        self.tasks.spawn(async move {
-            let _ = flight.result.await;
         });
     }
 }

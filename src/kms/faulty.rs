@@ -24,6 +24,9 @@ pub enum Fault {
     Delay(Duration),
     /// Panic (a bug in an adapter).
     Panic,
+    /// Answer normally after waking itself this many times, as an HTTPS
+    /// call wakes on connect, handshake, write, headers and body.
+    Wakes(usize),
 }
 
 #[derive(Default)]
@@ -93,6 +96,12 @@ impl FaultyKms {
                 Ok(())
             }
             Some(Fault::Panic) => panic!("injected panic in {region}"),
+            Some(Fault::Wakes(n)) => {
+                for _ in 0..n {
+                    tokio::task::yield_now().await;
+                }
+                Ok(())
+            }
         }
     }
 }

@@ -1,6 +1,11 @@
 //! Reads, creates, the cache, single-flight and integrity (what a create
 //! serves after its conditional put: `creates`).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+
 use super::*;
 
 #[tokio::test]
@@ -109,6 +114,50 @@ async fn concurrent_misses_share_one_resolution() {
     );
     assert_eq!(rig.store.put_calls(), 2, "one create per new id");
     assert_eq!(rig.kms.total_calls("generate_data_key"), 2);
+}
+
+/// The callers that join a miss under way are woken once, when it ends,
+/// not at every step of its KMS and store calls: a herd of them costs
+/// what one caller does, not that many times each call's wake-ups.
+#[tokio::test]
+async fn a_herd_on_one_miss_is_woken_once_at_its_end() {
+    struct Counted<F> {
+        fut: Pin<Box<F>>,
+        polls: Arc<AtomicUsize>,
+    }
+    impl<F: Future> Future for Counted<F> {
+        type Output = F::Output;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            self.fut.as_mut().poll(cx)
+        }
+    }
+    const HERD: usize = 100;
+    const WAKES: usize = 50;
+    let rig = rig_with(no_cache());
+    let created = rig.broker.get_or_create(&id("herd"), true).await.unwrap();
+    rig.kms.set_fault(&r("r1"), Some(Fault::Wakes(WAKES)));
+    let polls = Arc::new(AtomicUsize::new(0));
+    let herd = id("herd");
+    let callers = (0..HERD).map(|_| Counted {
+        fut: Box::pin(rig.broker.get_or_create(&herd, true)),
+        polls: Arc::clone(&polls),
+    });
+    for read in futures::future::join_all(callers).await {
+        assert_eq!(read.unwrap().key.expose(), created.key.expose());
+    }
+    assert_eq!(
+        rig.kms.calls(&r("r1"), "decrypt"),
+        1,
+        "one call for the herd"
+    );
+    // The caller that started the miss is polled at each wake-up; each
+    // other caller about twice (when it joins and when the miss ends).
+    let polls = polls.load(Ordering::SeqCst);
+    assert!(
+        polls <= WAKES + 3 * HERD,
+        "{polls} polls for {HERD} callers of one miss"
+    );
 }
 
 #[tokio::test]
@@ -333,28 +382,39 @@ async fn a_down_store_is_unavailable_not_a_new_key() {
     assert!(rig.broker.readiness(Duration::from_secs(1)).await.is_ok());
 }
 
-/// A bug that panics in a resolution (here the store adapter's) answers
-/// that request with an error, and does not leave the id stuck: the next
-/// miss for it starts a resolution of its own.
-#[tokio::test]
-async fn a_panicking_resolution_is_an_error_and_the_next_miss_starts_afresh() {
+/// A bug that panics in a resolution (here the store adapter's, as the
+/// create's conditional put runs) fails every caller of that resolution
+/// with an error, and does not leave the id stuck: the next miss for it
+/// starts a resolution of its own.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_resolution_fails_its_callers_and_the_next_miss_starts_afresh() {
     let rig = rig_with(no_cache());
-    let created = rig.broker.get_or_create(&id("p"), true).await.unwrap();
-    rig.store.set_panicking(true);
+    for region in ["r1", "r2", "r3"] {
+        rig.kms
+            .set_fault(&r(region), Some(Fault::Delay(Duration::from_millis(100))));
+    }
+    let gets = rig.store.get_calls();
     let p = id("p");
-    let (a, b) = tokio::join!(
+    let (a, b, ()) = tokio::join!(
         rig.broker.get_or_create(&p, true),
-        rig.broker.get_or_create(&p, true)
+        async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            rig.broker.get_or_create(&p, true).await
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            rig.store.set_panicking(true);
+        }
     );
     for err in [a.unwrap_err(), b.unwrap_err()] {
-        assert!(
-            matches!(err, BrokerError::ResolutionPanicked),
-            "both waiters of the one resolution: {err}"
-        );
+        assert!(matches!(err, BrokerError::ResolutionFailed), "{err}");
         assert!(!err.is_unavailable());
     }
+    assert_eq!(rig.store.get_calls() - gets, 1, "one resolution for both");
+    assert!(rig.store.snapshot(&p).is_none());
     rig.store.set_panicking(false);
-    let read = rig.broker.get_or_create(&id("p"), true).await.unwrap();
+    let created = rig.broker.get_or_create(&p, true).await.unwrap();
+    assert!(created.created);
+    let read = rig.broker.get_or_create(&p, true).await.unwrap();
     assert_eq!(read.key.expose(), created.key.expose());
-    assert_eq!(rig.kms.total_calls("generate_data_key"), 1, "no new key");
 }

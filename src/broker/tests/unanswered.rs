@@ -139,3 +139,58 @@ async fn a_caller_served_the_stale_key_on_its_timeout_is_not_told_again() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// The lines a shared miss logs carry the request that started it, also
+/// once that request has stopped waiting (its resolution then goes on in a
+/// task of its own), and not a request that merely joined it.
+#[tokio::test(start_paused = true)]
+async fn a_miss_logs_under_the_request_that_started_it_after_it_stops_waiting() {
+    use tracing::Instrument;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let rig = rig_with(no_cache());
+    let sp = id("sp");
+    rig.broker.get_or_create(&sp, true).await.unwrap();
+    for r in regions() {
+        rig.kms.set_fault(&r, Some(Fault::Hang));
+    }
+    let ((started, _), joined) = tokio::join!(
+        rig.broker
+            .get_or_create_within(&sp, true, Some(Duration::from_millis(100)), || None)
+            .instrument(tracing::info_span!("request", request_id = "started-it")),
+        async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            rig.broker.get_or_create(&sp, true).await
+        }
+        .instrument(tracing::info_span!("request", request_id = "joined-it")),
+    );
+    assert!(matches!(started, Err(BrokerError::Timeout(_))));
+    assert!(joined.unwrap_err().is_unavailable(), "every region hung");
+    let out = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let failed: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("KMS call failed"))
+        .collect();
+    assert_eq!(failed.len(), 3, "one per region: {out}");
+    for line in failed {
+        assert!(line.contains("request_id=\"started-it\""), "{line}");
+    }
+}
