@@ -19,6 +19,7 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::breaker::{Health, Permit};
 use super::error::NoAnswer;
@@ -191,12 +192,15 @@ impl<T: Send + 'static> Drop for Calls<T> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Their log lines keep the request that started them.
+        let span = tracing::Span::current();
         for call in std::mem::take(&mut self.pending) {
             // The result, a key included, is dropped here and wiped.
             self.inner.tasks.spawn_on(
                 async move {
                     let _ = call.await;
-                },
+                }
+                .instrument(span.clone()),
                 &runtime,
             );
         }

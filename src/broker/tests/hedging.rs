@@ -60,6 +60,34 @@ async fn hedges_past_a_hung_region_then_its_breaker_opens_then_one_probe() {
     assert_eq!(read.source, KeySource::Region(r("r1")));
 }
 
+/// A call that lost the race runs on after its request was answered, and
+/// what it logs still names that request.
+#[tokio::test(start_paused = true)]
+async fn a_losing_call_logs_under_the_request_that_made_it() {
+    use tracing::Instrument;
+
+    let (lines, _default) = capture_lines();
+    let rig = rig_with(no_cache());
+    rig.broker.get_or_create(&id("lc"), true).await.unwrap();
+    rig.kms.set_fault(&r("r1"), Some(Fault::Hang));
+    let read = rig
+        .broker
+        .get_or_create(&id("lc"), true)
+        .instrument(tracing::info_span!("request", request_id = "made-it"))
+        .await
+        .unwrap();
+    assert_eq!(read.source, KeySource::Region(r("r2")));
+    assert!(lines.containing("KMS call failed").is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let failed = lines.containing("KMS call failed");
+    assert_eq!(failed.len(), 1, "r1's call timed out: {failed:?}");
+    assert!(
+        failed[0].contains("request_id=\"made-it\""),
+        "{}",
+        failed[0]
+    );
+}
+
 /// A healthy region that is merely slower than `hedge_after` loses its
 /// race, but its calls succeed: its breaker stays closed. It goes to the
 /// back of the order (reads are served by the next region at once, with no

@@ -124,6 +124,58 @@ fn rig_with(settings: BrokerSettings) -> Rig {
     }
 }
 
+/// Log lines written while the returned guard lives (this thread only).
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Lines {
+    fn containing(&self, text: &str) -> Vec<String> {
+        let bytes = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| l.contains(text))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl std::io::Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_lines() -> (Lines, tracing::subscriber::DefaultGuard) {
+    // tracing decides once per log statement, for the whole process,
+    // whether anyone wants it; with one subscriber registered it asks only
+    // the thread that reaches the statement first, which may be another
+    // test's with no subscriber. A second one, wanting every line and kept
+    // for the process, makes it ask them all.
+    static WANTS_ALL: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    WANTS_ALL.get_or_init(|| {
+        tracing::Dispatch::new(
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(std::io::sink)
+                .finish(),
+        )
+    });
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    (lines, tracing::subscriber::set_default(subscriber))
+}
+
 fn rig() -> Rig {
     rig_with(settings())
 }

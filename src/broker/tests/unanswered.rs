@@ -147,25 +147,7 @@ async fn a_caller_served_the_stale_key_on_its_timeout_is_not_told_again() {
 async fn a_miss_logs_under_the_request_that_started_it_after_it_stops_waiting() {
     use tracing::Instrument;
 
-    #[derive(Clone, Default)]
-    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Lines {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
-
+    let (lines, _default) = capture_lines();
     let rig = rig_with(no_cache());
     let sp = id("sp");
     rig.broker.get_or_create(&sp, true).await.unwrap();
@@ -184,12 +166,8 @@ async fn a_miss_logs_under_the_request_that_started_it_after_it_stops_waiting() 
     );
     assert!(matches!(started, Err(BrokerError::Timeout(_))));
     assert!(joined.unwrap_err().is_unavailable(), "every region hung");
-    let out = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-    let failed: Vec<&str> = out
-        .lines()
-        .filter(|l| l.contains("KMS call failed"))
-        .collect();
-    assert_eq!(failed.len(), 3, "one per region: {out}");
+    let failed = lines.containing("KMS call failed");
+    assert_eq!(failed.len(), 3, "one per region: {failed:?}");
     for line in failed {
         assert!(line.contains("request_id=\"started-it\""), "{line}");
     }
