@@ -55,10 +55,10 @@ pub enum BrokerError {
     /// The caller's deadline (`server.request_timeout_ms`) passed first.
     #[error("the request timed out after {0:?}")]
     Timeout(Duration),
-    /// The key's resolution ended without an outcome: it panicked (a bug,
-    /// which the panic hook reports), or the runtime stopped under it.
-    #[error("key resolution ended without an answer")]
-    ResolutionFailed,
+    /// The key's resolution ended without an outcome: it panicked (a bug;
+    /// `why` holds the panic's message), or the runtime stopped under it.
+    #[error("key resolution ended without an answer: {why}")]
+    ResolutionFailed { why: String },
 }
 
 fn join(regions: &[Region]) -> String {
@@ -83,7 +83,7 @@ impl BrokerError {
             Self::NotFound
             | Self::Integrity { .. }
             | Self::NoConfiguredRegion { .. }
-            | Self::ResolutionFailed => false,
+            | Self::ResolutionFailed { .. } => false,
         }
     }
 
@@ -124,4 +124,14 @@ impl From<NoAnswer> for BrokerError {
             },
         }
     }
+}
+
+/// The message a panic was raised with, for an error that reports it.
+pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic with no message");
+    format!("panicked: {text}")
 }

@@ -3,7 +3,9 @@
 //! its outcome; a resolution whose caller stops waiting goes on in a task.
 //!
 //! Must not: cancel a resolution that has started, or leave one in the
-//! in-flight map once it has ended.
+//! in-flight map once it has ended. (A resolution dropped off the runtime,
+//! which happens only as the runtime goes away, cannot be moved to a task:
+//! it ends there, and its callers get `ResolutionFailed`.)
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -18,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::error::panic_message;
 use super::{Action, BrokerError, CacheEntry, Inner, KeyBroker, Resolved};
 use crate::domain::KeyId;
 
@@ -73,7 +76,8 @@ impl Drop for Resolution {
     fn drop(&mut self) {
         let Some(run) = self.run.take() else { return };
         // Outside a runtime (it is going away) nothing can run it: the
-        // callers get `ResolutionFailed`.
+        // callers get `ResolutionFailed`, and a breaker probe it held is
+        // not recorded.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -115,6 +119,9 @@ impl KeyBroker {
         let id = id.clone();
         let creating = Arc::new(AtomicBool::new(false));
         let marker = Arc::clone(&creating);
+        // Nothing from here to the return can panic (only an allocation
+        // could, which aborts): unwinding would drop `leave`, which locks
+        // `flights`, while this function holds it.
         let leave = Leave {
             inner: Arc::clone(&self.inner),
             key: Some(key.clone()),
@@ -136,12 +143,22 @@ impl KeyBroker {
             .catch_unwind()
             .map(move |ended| {
                 // A bug that panicked fails this resolution alone.
-                let result = ended.unwrap_or(Err(BrokerError::ResolutionFailed));
+                let result = ended.unwrap_or_else(|panic| {
+                    Err(BrokerError::ResolutionFailed {
+                        why: panic_message(panic.as_ref()),
+                    })
+                });
                 let _ = tell.send(result);
             })
             .boxed();
         let done = told
-            .map(|told| told.unwrap_or(Err(BrokerError::ResolutionFailed)))
+            .map(|told| {
+                told.unwrap_or_else(|_| {
+                    Err(BrokerError::ResolutionFailed {
+                        why: "dropped off the runtime before its end".into(),
+                    })
+                })
+            })
             .boxed()
             .shared();
         let flight = Flight { done, creating };

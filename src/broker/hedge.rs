@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::breaker::{Health, Permit};
-use super::error::NoAnswer;
+use super::error::{panic_message, NoAnswer};
 use super::Inner;
 use crate::domain::Region;
 use crate::kms::{KmsError, KmsErrorKind};
@@ -247,11 +247,11 @@ impl Inner {
             // alone, as a call run in a task of its own would.
             match tokio::time::timeout_at(deadline, AssertUnwindSafe(call).catch_unwind()).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(KmsError::new(
+                Ok(Err(panic)) => Err(KmsError::new(
                     KmsErrorKind::Other,
                     region,
                     op,
-                    "the call panicked",
+                    panic_message(panic.as_ref()),
                 )),
                 Err(_) => Err(KmsError::new(
                     KmsErrorKind::Unavailable,

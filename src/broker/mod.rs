@@ -191,7 +191,9 @@ impl KeyBroker {
 
     /// The data key for `id`: from the cache, else the store and KMS, else
     /// (when `allow_create`) a new key. Concurrent misses for one id share one
-    /// resolution.
+    /// resolution, which the caller that started it drives: poll the future
+    /// to its end or drop it (then the resolution goes on in a task). A
+    /// future kept without being polled holds up every caller of that id.
     pub async fn get_or_create(
         &self,
         id: &KeyId,

@@ -407,7 +407,12 @@ async fn a_panicking_resolution_fails_its_callers_and_the_next_miss_starts_afres
         }
     );
     for err in [a.unwrap_err(), b.unwrap_err()] {
-        assert!(matches!(err, BrokerError::ResolutionFailed), "{err}");
+        assert!(matches!(err, BrokerError::ResolutionFailed { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("panicked: injected panic in the store's put_if_absent"),
+            "the log line says why: {err}"
+        );
         assert!(!err.is_unavailable());
     }
     assert_eq!(rig.store.get_calls() - gets, 1, "one resolution for both");
