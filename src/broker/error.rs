@@ -59,6 +59,11 @@ pub enum BrokerError {
     /// `why` holds the panic's message), or the runtime stopped under it.
     #[error("key resolution ended without an answer: {why}")]
     ResolutionFailed { why: String },
+    /// The process stopped before the resolution ended, which may or may
+    /// not have created a key: told only to the hooks of callers that had
+    /// stopped waiting.
+    #[error("the process stopped before the key resolution ended")]
+    CutOff,
 }
 
 fn join(regions: &[Region]) -> String {
@@ -83,7 +88,8 @@ impl BrokerError {
             Self::NotFound
             | Self::Integrity { .. }
             | Self::NoConfiguredRegion { .. }
-            | Self::ResolutionFailed { .. } => false,
+            | Self::ResolutionFailed { .. }
+            | Self::CutOff => false,
         }
     }
 

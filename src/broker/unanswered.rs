@@ -56,14 +56,20 @@ impl<F: FnOnce() -> Option<Unanswered>> Watch<F> {
         let Some(hook) = make_hook() else {
             return;
         };
+        let tell = Tell {
+            hook: Some(hook),
+            flight,
+            why,
+        };
         // No runtime here (a caller dropped outside one): nothing can run
-        // the task. A runtime shutting down cancels it with the flight.
+        // the task, and `tell` says so as it drops. A runtime shutting down
+        // drops the task, and with it `tell`, the same way.
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         self.tasks.spawn(async move {
-            let result = flight.done.clone().await;
-            hook(&result, flight.action(), why);
+            let result = tell.flight.done.clone().await;
+            tell.tell(&result);
         });
     }
 }
@@ -71,5 +77,30 @@ impl<F: FnOnce() -> Option<Unanswered>> Watch<F> {
 impl<F: FnOnce() -> Option<Unanswered>> Drop for Watch<F> {
     fn drop(&mut self) {
         self.hand_off(Unwaited::Gone);
+    }
+}
+
+/// A hook waiting for its resolution's end. Dropped before it (the process
+/// is stopping and its tasks are dropped), it is told `CutOff`: the line is
+/// written, saying the decision's end is not known.
+struct Tell {
+    hook: Option<Unanswered>,
+    flight: Flight,
+    why: Unwaited,
+}
+
+impl Tell {
+    fn tell(mut self, result: &Result<Resolved, BrokerError>) {
+        if let Some(hook) = self.hook.take() {
+            hook(result, self.flight.action(), self.why);
+        }
+    }
+}
+
+impl Drop for Tell {
+    fn drop(&mut self) {
+        if let Some(hook) = self.hook.take() {
+            hook(&Err(BrokerError::CutOff), self.flight.action(), self.why);
+        }
     }
 }

@@ -133,7 +133,8 @@ impl Audit<'_> {
     /// when it ends: `client_gone` when the client hung up first (the only
     /// line for the request, whatever the resolution did), `after_timeout`
     /// when a key was read or created after the request was answered 503
-    /// (a failure then changes nothing the first line did not say).
+    /// (a failure then changes nothing the first line did not say), and
+    /// `cut_off` when the process stopped before it ended.
     fn unanswered(&self) -> Unanswered {
         let (request_id, client, key_id) = (
             self.request_id.to_owned(),
@@ -151,6 +152,7 @@ impl Audit<'_> {
                 Err(_) => (action.as_str(), "none"),
             };
             match (why, result) {
+                (_, Err(BrokerError::CutOff)) => audit.emit(action, source, "cut_off"),
                 (Unwaited::Gone, _) => audit.emit(action, source, "client_gone"),
                 (Unwaited::TimedOut, Ok(_)) => audit.emit(action, source, "after_timeout"),
                 (Unwaited::TimedOut, Err(_)) => {}

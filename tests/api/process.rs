@@ -474,7 +474,8 @@ async fn a_create_whose_client_hung_up_still_has_its_audit_line() {
 
 /// When the shutdown grace period ends with a request still in flight
 /// (here a create waiting on another program's write lock), rkms gives up
-/// on it and exits 0, as README says, rather than failing on the way out.
+/// on it and exits 0, as README says, rather than failing on the way out,
+/// and the audit trail still has a line for it: `cut_off`.
 #[tokio::test]
 async fn a_shutdown_whose_grace_runs_out_still_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
@@ -489,6 +490,7 @@ async fn a_shutdown_whose_grace_runs_out_still_exits_cleanly() {
     let in_flight = tokio::spawn(async move {
         reqwest::Client::new()
             .get(url)
+            .header("x-request-id", "req-cut")
             .timeout(Duration::from_secs(20))
             .send()
             .await
@@ -506,6 +508,24 @@ async fn a_shutdown_whose_grace_runs_out_still_exits_cleanly() {
     assert!(
         in_flight.await.unwrap().is_err(),
         "the cut-off request got an answer"
+    );
+    let lines: Vec<Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit" && v["request_id"] == "req-cut")
+        .collect();
+    assert_eq!(lines.len(), 1, "{logs:#?}");
+    assert_eq!(
+        (
+            &lines[0]["action"],
+            &lines[0]["source"],
+            &lines[0]["outcome"]
+        ),
+        (
+            &Value::from("create"),
+            &Value::from("none"),
+            &Value::from("cut_off")
+        )
     );
 }
 
