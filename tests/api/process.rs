@@ -410,6 +410,14 @@ async fn logs_and_audit_never_contain_key_material_and_audit_has_every_field() {
     assert_eq!(created["client"], "app");
 }
 
+/// The audit lines among `logs` (JSON) for the request `request_id`.
+fn audit_lines_of(logs: &[String], request_id: &str) -> Vec<Value> {
+    logs.iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit" && v["request_id"] == request_id)
+        .collect()
+}
+
 /// A client that hangs up while its key is being created does not take
 /// the create's audit line with it: the create goes on, and is written
 /// down (`client_gone`, with the region that wrapped the key) when it ends.
@@ -449,11 +457,7 @@ async fn a_create_whose_client_hung_up_still_has_its_audit_line() {
     }
     assert_eq!(status, 200, "the create was lost");
     let (_, logs) = stop(proc);
-    let lines: Vec<Value> = logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "audit" && v["request_id"] == "req-gone")
-        .collect();
+    let lines = audit_lines_of(&logs, "req-gone");
     assert_eq!(lines.len(), 1, "{lines:#?}");
     let line = &lines[0];
     assert_eq!(
@@ -509,11 +513,7 @@ async fn a_shutdown_whose_grace_runs_out_still_exits_cleanly() {
         in_flight.await.unwrap().is_err(),
         "the cut-off request got an answer"
     );
-    let lines: Vec<Value> = logs
-        .iter()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["target"] == "audit" && v["request_id"] == "req-cut")
-        .collect();
+    let lines = audit_lines_of(&logs, "req-cut");
     assert_eq!(lines.len(), 1, "{logs:#?}");
     assert_eq!(
         (
