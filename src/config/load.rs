@@ -14,11 +14,11 @@ use super::{ConfigError, Settings};
 /// Environment prefix for overrides: `RKMS__SERVER__LISTEN=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "RKMS__";
 
-/// The config key an override names: `SERVER__LISTEN` -> `server.listen`.
 /// Settings that are maps keyed by region names: set from the environment,
 /// as JSON, each replaces the file's map whole.
 const WHOLE_MAPS: &[&str] = &["kms.aws.key_ids", "kms.aws.endpoints"];
 
+/// The config key an override names: `SERVER__LISTEN` -> `server.listen`.
 fn env_key(rest: &str) -> String {
     rest.split("__")
         .map(str::to_ascii_lowercase)

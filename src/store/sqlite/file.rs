@@ -187,18 +187,25 @@ pub(super) fn connect(
     Ok(conn)
 }
 
-/// A new connection for an open store (one lost to a panic), to the file
-/// it opened and no other.
-pub(super) fn reconnect(
-    path: &Path,
-    opened: FileId,
-    busy: Duration,
-    mode: Mode,
-) -> Result<Connection, StoreError> {
-    opened.still_at(path, "open")?;
-    let conn = connect(path, busy, mode)?;
-    opened.still_at(path, "open")?;
-    Ok(conn)
+/// What an open store needs to open another connection (for one lost to a
+/// panic, or a reading or writing task's own), to the file it opened and
+/// no other.
+#[derive(Debug)]
+pub(super) struct Reopen {
+    pub(super) path: PathBuf,
+    /// The file opened at `path`; writes and pings check it is still there.
+    pub(super) opened: FileId,
+    pub(super) busy_timeout: Duration,
+    pub(super) mode: Mode,
+}
+
+impl Reopen {
+    pub(super) fn connect(&self) -> Result<Connection, StoreError> {
+        self.opened.still_at(&self.path, "open")?;
+        let conn = connect(&self.path, self.busy_timeout, self.mode)?;
+        self.opened.still_at(&self.path, "open")?;
+        Ok(conn)
+    }
 }
 
 /// How long opening waits for other processes opening the same file.

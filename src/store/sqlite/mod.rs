@@ -18,7 +18,7 @@
 //! the connections).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use std::time::Duration;
@@ -30,8 +30,8 @@ use rusqlite::Connection;
 use super::{PutOutcome, ScanPage, Store, StoreError};
 use crate::domain::{KeyId, KeyRecord, Region};
 use file::{
-    an_existing_store, connect, low_space_hint, reconnect, refuse_foreign, until_not_busy,
-    CreateDir, FileId, Mode, OPEN_PATIENCE,
+    an_existing_store, connect, low_space_hint, refuse_foreign, until_not_busy, CreateDir, FileId,
+    Mode, Reopen, OPEN_PATIENCE,
 };
 use reader::Reader;
 use rows::{read, refuse_blob_id, scan_rows, to_json};
@@ -67,17 +67,14 @@ pub struct SqliteStore {
     /// queue (see `reader`), on connections from `idle`.
     reader: Reader,
     slots: Semaphore,
-    path: PathBuf,
-    /// The file opened at `path`; writes and pings check it is still there.
-    opened: FileId,
-    busy_timeout: Duration,
-    mode: Mode,
+    /// The file, as opened, and how to open another connection to it.
+    reopen: Arc<Reopen>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.path)
+            .field("path", &self.reopen.path)
             .finish()
     }
 }
@@ -200,21 +197,24 @@ impl SqliteStore {
             })?;
         }
         let idle = Arc::new(Mutex::new(idle));
-        Ok(Self {
-            reader: Reader::new(Arc::clone(&idle), path, opened, busy_timeout, mode),
-            idle,
-            writer: Writer::new(path, opened, busy_timeout, mode),
-            slots: Semaphore::new(POOL_SIZE),
+        let reopen = Arc::new(Reopen {
             path: path.to_path_buf(),
             opened,
             busy_timeout,
             mode,
+        });
+        Ok(Self {
+            reader: Reader::new(Arc::clone(&idle), Arc::clone(&reopen)),
+            idle,
+            writer: Writer::new(Arc::clone(&reopen)),
+            slots: Semaphore::new(POOL_SIZE),
+            reopen,
         })
     }
 
     /// How long a call waits for another writer's lock.
     pub fn busy_timeout(&self) -> Duration {
-        self.busy_timeout
+        self.reopen.busy_timeout
     }
 
     /// Run `f` with a pooled connection on the blocking pool, inside the
@@ -229,8 +229,7 @@ impl SqliteStore {
             source: Box::new(e),
         })?;
         let idle = Arc::clone(&self.idle);
-        let (path, opened, busy, mode) =
-            (self.path.clone(), self.opened, self.busy_timeout, self.mode);
+        let reopen = Arc::clone(&self.reopen);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
@@ -238,7 +237,7 @@ impl SqliteStore {
             // A connection lost to a panic is replaced here.
             let mut conn = match pooled {
                 Some(c) => c,
-                None => reconnect(&path, opened, busy, mode)?,
+                None => reopen.connect()?,
             };
             let result = f(&mut conn);
             lock(&idle).push(conn);
@@ -333,9 +332,9 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let (path, opened) = (self.path.clone(), self.opened);
+        let reopen = Arc::clone(&self.reopen);
         self.with_conn("ping", move |conn| {
-            opened.still_at(&path, "ping")?;
+            reopen.opened.still_at(&reopen.path, "ping")?;
             conn.query_row(
                 "SELECT count(*) FROM (SELECT 1 FROM rkms_keys LIMIT 1)",
                 [],

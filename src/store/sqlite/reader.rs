@@ -22,14 +22,13 @@
 //! connections from the store's idle ones and open one if none is idle.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{lock, read, reconnect, spawn_queue_task, FileId, Mode, POOL_SIZE};
+use super::{lock, read, spawn_queue_task, Reopen, POOL_SIZE};
 use crate::domain::{KeyId, KeyRecord};
 use crate::store::StoreError;
 
@@ -88,27 +87,15 @@ pub(super) struct Reader {
     queue: Arc<Mutex<Queue>>,
     /// Idle connections, shared with the store's other calls.
     idle: Arc<Mutex<Vec<Connection>>>,
-    path: PathBuf,
-    opened: FileId,
-    busy_timeout: Duration,
-    mode: Mode,
+    reopen: Arc<Reopen>,
 }
 
 impl Reader {
-    pub(super) fn new(
-        idle: Arc<Mutex<Vec<Connection>>>,
-        path: &Path,
-        opened: FileId,
-        busy_timeout: Duration,
-        mode: Mode,
-    ) -> Self {
+    pub(super) fn new(idle: Arc<Mutex<Vec<Connection>>>, reopen: Arc<Reopen>) -> Self {
         Self {
             queue: Arc::default(),
             idle,
-            path: path.to_path_buf(),
-            opened,
-            busy_timeout,
-            mode,
+            reopen,
         }
     }
 
@@ -183,10 +170,9 @@ impl Reader {
     fn start_task(&self) {
         let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
         let idle = Arc::clone(&self.idle);
-        let (path, opened, busy, mode) =
-            (self.path.clone(), self.opened, self.busy_timeout, self.mode);
+        let reopen = Arc::clone(&self.reopen);
         spawn_queue_task(
-            move || drain(&queue, &idle, &path, opened, busy, mode),
+            move || drain(&queue, &idle, &reopen),
             move || {
                 let mut queue = lock(&abandoned);
                 queue.active = queue.active.saturating_sub(1);
@@ -261,14 +247,7 @@ impl Reader {
 struct ReaderStopped(#[source] oneshot::error::RecvError);
 
 /// Answer queued reads until none is left.
-fn drain(
-    queue: &Mutex<Queue>,
-    idle: &Mutex<Vec<Connection>>,
-    path: &Path,
-    opened: FileId,
-    busy: Duration,
-    mode: Mode,
-) {
+fn drain(queue: &Mutex<Queue>, idle: &Mutex<Vec<Connection>>, reopen: &Reopen) {
     let mut conn: Option<Connection> = None;
     loop {
         let job = {
@@ -297,10 +276,7 @@ fn drain(
         }
         let _entered = job.span.enter();
         if conn.is_none() {
-            conn = match lock(idle)
-                .pop()
-                .map_or_else(|| reconnect(path, opened, busy, mode), Ok)
-            {
+            conn = match lock(idle).pop().map_or_else(|| reopen.connect(), Ok) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     let _ = job.reply.send(Err(e));

@@ -15,17 +15,13 @@
 //! lengthen the queue.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rusqlite::{params, Connection, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::{
-    lock, other, read, reconnect, refuse_blob_id, spawn_queue_task, to_json, FileId, Mode,
-};
+use super::{lock, other, read, refuse_blob_id, spawn_queue_task, to_json, Reopen};
 use crate::domain::{KeyRecord, Region};
 use crate::store::{encode_keys, merge_missing, region_map, PutOutcome, StoreError};
 
@@ -142,23 +138,17 @@ struct Queue {
 
 pub(super) struct Writer {
     queue: Arc<Mutex<Queue>>,
-    path: PathBuf,
-    opened: FileId,
-    busy_timeout: Duration,
     /// A store opened read-only writes through a read-only connection:
     /// each write fails, and nothing is written.
-    mode: Mode,
+    reopen: Arc<Reopen>,
     batches: Arc<AtomicU64>,
 }
 
 impl Writer {
-    pub(super) fn new(path: &Path, opened: FileId, busy_timeout: Duration, mode: Mode) -> Self {
+    pub(super) fn new(reopen: Arc<Reopen>) -> Self {
         Self {
             queue: Arc::default(),
-            path: path.to_path_buf(),
-            opened,
-            busy_timeout,
-            mode,
+            reopen,
             batches: Arc::default(),
         }
     }
@@ -180,14 +170,13 @@ impl Writer {
         };
         if start {
             let (queue, abandoned) = (Arc::clone(&self.queue), Arc::clone(&self.queue));
-            let (path, opened, busy, mode) =
-                (self.path.clone(), self.opened, self.busy_timeout, self.mode);
+            let reopen = Arc::clone(&self.reopen);
             let batches = Arc::clone(&self.batches);
             // A drain that ends normally marks the queue idle under the
             // lock with which it found the queue empty, so no write is
             // left behind. One that does not end so drops what is queued.
             spawn_queue_task(
-                move || drain(&queue, &path, opened, busy, mode, &batches),
+                move || drain(&queue, &reopen, &batches),
                 move || {
                     let mut queue = lock(&abandoned);
                     queue.draining = false;
@@ -221,14 +210,7 @@ impl Writer {
 struct WriterStopped(#[source] oneshot::error::RecvError);
 
 /// Commit queued writes, a batch at a time, until none is left.
-fn drain(
-    queue: &Mutex<Queue>,
-    path: &Path,
-    opened: FileId,
-    busy: Duration,
-    mode: Mode,
-    batches: &AtomicU64,
-) {
+fn drain(queue: &Mutex<Queue>, reopen: &Reopen, batches: &AtomicU64) {
     loop {
         let (batch, conn) = {
             let mut queue = lock(queue);
@@ -249,12 +231,12 @@ fn drain(
             continue;
         }
         let op = batch.first().map_or("write", |job| job.write.op());
-        if let Err(e) = opened.still_at(path, op) {
+        if let Err(e) = reopen.opened.still_at(&reopen.path, op) {
             lock(queue).conn = conn;
             answer_all(batch, e);
             continue;
         }
-        let mut conn = match conn.map_or_else(|| reconnect(path, opened, busy, mode), Ok) {
+        let mut conn = match conn.map_or_else(|| reopen.connect(), Ok) {
             Ok(conn) => conn,
             Err(e) => {
                 answer_all(batch, e);

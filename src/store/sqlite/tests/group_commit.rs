@@ -2,6 +2,8 @@
 //! Each test holds the write lock from another connection (as another
 //! process would) so that writes queue behind the first, then lets go.
 
+use std::path::PathBuf;
+
 use super::super::*;
 use super::record;
 
