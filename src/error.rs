@@ -17,7 +17,7 @@ pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
-    Unauthorized(String),
+    Unauthorized(String, Challenge),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -43,6 +43,28 @@ pub enum ApiError {
     Internal(#[source] Option<BrokerError>),
 }
 
+/// What a 401's `WWW-Authenticate` asks for: the credential of the
+/// configured `auth.mode`, so a client refused for want of a certificate
+/// is not told to send a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// `auth.mode = "token"`: `Authorization: Bearer <token>`.
+    Bearer,
+    /// `auth.mode = "mtls"`: a client certificate in the TLS handshake.
+    /// No registered HTTP scheme names one, so the scheme is our own.
+    ClientCertificate,
+}
+
+impl Challenge {
+    /// The `WWW-Authenticate` value.
+    pub fn header(self) -> &'static str {
+        match self {
+            Self::Bearer => "Bearer realm=\"rkms\"",
+            Self::ClientCertificate => "ClientCertificate realm=\"rkms\"",
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error_type: &'a str,
@@ -61,7 +83,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized(..) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -77,7 +99,7 @@ impl ApiError {
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::BadRequest(_) => "BadRequest",
-            Self::Unauthorized(_) => "Unauthorized",
+            Self::Unauthorized(..) => "Unauthorized",
             Self::Forbidden(_) => "Forbidden",
             Self::NotFound(_) => "NotFound",
             Self::MethodNotAllowed => "MethodNotAllowed",
@@ -135,10 +157,10 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }
-            Self::Unauthorized(_) => {
+            Self::Unauthorized(_, challenge) => {
                 response.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer realm=\"rkms\""),
+                    HeaderValue::from_static(challenge.header()),
                 );
             }
             Self::MethodNotAllowed => {

@@ -26,7 +26,8 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{AuthFailure, Authenticator, PeerNames};
 use crate::broker::KeyBroker;
-use crate::error::ApiError;
+use crate::config::AuthMode;
+use crate::error::{ApiError, Challenge};
 use crate::metrics::Metrics;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -77,7 +78,12 @@ impl AppState {
             .auth_failures
             .with_label_values(&[failure.reason()])
             .inc();
-        ApiError::Unauthorized(failure.message(self.auth.mode()).into())
+        let mode = self.auth.mode();
+        let challenge = match mode {
+            AuthMode::Mtls => Challenge::ClientCertificate,
+            AuthMode::Token | AuthMode::None => Challenge::Bearer,
+        };
+        ApiError::Unauthorized(failure.message(mode).into(), challenge)
     }
 }
 

@@ -191,7 +191,11 @@ async fn mtls_identifies_clients_by_certificate_name() {
         .await
         .unwrap();
     assert_eq!(res.status(), 401);
-    assert!(res.headers().contains_key("www-authenticate"));
+    // It asks for a certificate, not a token.
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "ClientCertificate realm=\"rkms\""
+    );
 
     // A valid certificate naming no configured client.
     let unknown = https_client(&ca, Some(&ca.client(dns("someone.example"), false)));
