@@ -1,5 +1,6 @@
-//! Request ids: the client's `x-request-id` when it is a short token,
-//! else a new one from a per-process prefix and a counter.
+//! Request ids: the client's `x-request-id` when it is a short token
+//! that does not look like one of ours, else a new one from a per-process
+//! prefix and a counter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,7 +34,10 @@ impl RequestIds {
     }
 
     /// The request's id: the client's `x-request-id` when it is a short
-    /// token (it goes into logs and the audit trail), else a new one.
+    /// token (it goes into logs and the audit trail) not of the form rkms
+    /// generates, else a new one. So a line whose id has our form was
+    /// logged for the request rkms gave that id, never for a client that
+    /// copied it.
     pub(super) fn assign(&self, request: &Request) -> HeaderValue {
         match request.headers().get(REQUEST_ID).filter(|v| usable(v)) {
             Some(theirs) => theirs.clone(),
@@ -61,6 +65,14 @@ fn usable(value: &HeaderValue) -> bool {
             .as_bytes()
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && !generated(value.as_bytes())
+}
+
+/// Whether an id has the form `make` gives: 12 lower-case hex digits, `-`,
+/// 12 more.
+fn generated(id: &[u8]) -> bool {
+    let hex = |part: &[u8]| part.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    id.len() == 25 && id[12] == b'-' && hex(&id[..12]) && hex(&id[13..])
 }
 
 #[cfg(test)]
@@ -76,7 +88,7 @@ mod tests {
         for id in [&a, &b] {
             let s = id.to_str().unwrap();
             assert_eq!(s.len(), 25);
-            assert!(usable(id));
+            assert!(generated(id.as_bytes()));
             assert_eq!(&s[..13], &a.to_str().unwrap()[..13], "one prefix");
         }
         assert!(a.to_str().unwrap().ends_with("-000000000001"));
@@ -90,5 +102,24 @@ mod tests {
         assert!(!usable(&HeaderValue::from_static("has space")));
         assert!(!usable(&HeaderValue::from_static("quote\"")));
         assert!(!usable(&HeaderValue::from_str(&"a".repeat(129)).unwrap()));
+    }
+
+    #[test]
+    fn a_client_cannot_pass_off_its_request_as_one_of_ours() {
+        let ours = RequestIds::new().make();
+        assert!(!usable(&ours), "one of ours, copied back");
+        assert!(!usable(&HeaderValue::from_static(
+            "04af7efb1a50-000000000001"
+        )));
+        // Near misses are the client's own ids and are kept.
+        for theirs in [
+            "04af7efb1a50-00000000001",   // one digit short
+            "04af7efb1a50-0000000000012", // one digit more
+            "04AF7EFB1A50-000000000001",  // upper case
+            "04af7efb1a50_000000000001",  // not a '-'
+            "04af7efb1a5g-000000000001",  // not hex
+        ] {
+            assert!(usable(&HeaderValue::from_static(theirs)), "{theirs}");
+        }
     }
 }
