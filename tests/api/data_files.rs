@@ -747,4 +747,50 @@ async fn verify_reads_a_store_and_leaves_it_as_it_is() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("every record is recoverable"), "{stdout}");
+
+    // A copy taken with writes still in the -wal (a server killed, or
+    // running) and no -shm: SQLite reads such a file on a read-only mount
+    // only as immutable, which leaves the log out, so verify would pass
+    // over those records. It refuses instead, naming the log.
+    let writer = rusqlite::Connection::open(&db).unwrap();
+    writer.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    writer
+        .execute(
+            "INSERT INTO rkms_keys SELECT 'ro/2', keys, v, key_ids, created_at FROM rkms_keys",
+            [],
+        )
+        .unwrap();
+    let snapshot = tempfile::tempdir().unwrap();
+    for name in ["rkms.sqlite3", "rkms.sqlite3-wal", "keyring.json"] {
+        std::fs::copy(dir.path().join(name), snapshot.path().join(name)).unwrap();
+    }
+    drop(writer);
+    assert!(
+        std::fs::metadata(snapshot.path().join("rkms.sqlite3-wal"))
+            .unwrap()
+            .len()
+            > 0
+    );
+    assert!(bind(&[
+        "--bind",
+        &snapshot.path().to_string_lossy(),
+        &mounted.path().to_string_lossy(),
+    ])
+    .is_ok_and(|o| o.status.success()));
+    let remounted = bind(&["-o", "remount,ro,bind", &mounted.path().to_string_lossy()])
+        .is_ok_and(|o| o.status.success());
+    let out = cmd.output().unwrap();
+    let _ = Command::new("umount").arg(mounted.path()).output();
+    assert!(remounted);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("rkms.sqlite3-wal may hold writes"),
+        "{stderr}"
+    );
 }

@@ -338,10 +338,37 @@ fn open_to_read(
     };
     match Connection::open_with_flags(path, flags).and_then(first_read) {
         Err(_) if on_a_read_only_file_system(path) => {
+            refuse_an_unread_log(path)?;
             open_immutable(path, flags).and_then(first_read)
         }
         opened => opened,
     }
+}
+
+/// An immutable open reads the main file alone. A `-wal` file beside it
+/// may hold committed writes not yet copied into the file (the server was
+/// killed, or the copy was taken while it ran), and such a read would not
+/// see them: `verify` would pass over those records and `copy` would leave
+/// them out, both exiting 0. Whether the log holds anything the file lacks
+/// cannot be told without the `-shm`, so a log that is not empty is refused.
+fn refuse_an_unread_log(path: &Path) -> rusqlite::Result<()> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let why = match std::fs::metadata(&wal) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Ok(m) if m.len() == 0 => return Ok(()),
+        Ok(_) => String::new(),
+        Err(e) => format!(" ({e})"),
+    };
+    Err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+        Some(format!(
+            "{} may hold writes that are not in {} yet{why}, and on a read-only file system SQLite cannot read them without its -shm file: copy the database file with its -wal (and -shm, if there is one) to a writable directory and run there",
+            wal.display(),
+            path.display(),
+        )),
+    ))
 }
 
 fn open_immutable(path: &Path, flags: rusqlite::OpenFlags) -> rusqlite::Result<Connection> {
