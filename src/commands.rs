@@ -92,17 +92,32 @@ pub fn copy(
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .filter(|(k, _)| !k.starts_with("RKMS__"))
         .collect();
-    let load = |path: &std::path::Path| {
-        Settings::load_with_env(&Source::File(path.to_path_buf()), &env)
-            .map_err(|e| format!("{}: {e}", path.display()))
+    let load = |flag: &str, path: &std::path::Path| {
+        Settings::load_with_env(&Source::File(path.to_path_buf()), &env).map_err(|mut e| {
+            // The file itself is missing or unreadable: name the flag that
+            // gave it, not `--config`.
+            if e.key == "--config" {
+                e.key = flag.into();
+                e.to_string()
+            } else {
+                format!("{flag} {}: {e}", path.display())
+            }
+        })
     };
-    let (source, target) = match (load(from), load(to)) {
+    let (source, target) = match (load("--from", from), load("--to", to)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("rkms: {e}");
             return ExitCode::from(2);
         }
     };
+    if rkms::startup::same_store(&source, &target) {
+        eprintln!(
+            "rkms: copy: --from and --to name the same store ({}): there is nothing to copy",
+            rkms::startup::store_identity(&source)
+        );
+        return ExitCode::from(2);
+    }
     options.scope = format!(
         "copy from {} to {}",
         rkms::startup::store_identity(&source),

@@ -128,6 +128,12 @@ fn main() -> ExitCode {
             dry_run,
             segments,
         }) => {
+            if let Some(config) = &cli.config {
+                eprintln!(
+                    "rkms: copy: warning: --config (or RKMS_CONFIG) {} is not used: copy reads its stores from --from and --to",
+                    config.display()
+                );
+            }
             let options = rkms::ops::copy::Options {
                 segments: *segments,
                 dry_run: *dry_run,

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{failed_id, list_id, next_page, progress, Checkpoint, KmsBudget};
+use super::{failed_id, list_lines, note, progress, Checkpoint, KmsBudget, Walk};
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms};
 use crate::report::chain;
@@ -45,17 +45,21 @@ pub struct Summary {
     /// RKMS (Go) records, left unchanged.
     pub legacy_skipped: u64,
     pub failed: u64,
-    pub failed_ids: Vec<String>,
     /// Records the store cannot decode; never touched.
+    pub corrupt: u64,
+    /// The first [`super::MAX_LISTED`] ids of each.
+    pub failed_ids: Vec<String>,
     pub corrupt_ids: Vec<String>,
     pub dry_run: bool,
     /// Stopped by `max_records` before the scan finished.
     pub partial: bool,
+    /// Progress is saved to a checkpoint, so a run can resume.
+    pub resumable: bool,
 }
 
 impl Summary {
     pub fn ok(&self) -> bool {
-        self.failed == 0 && self.corrupt_ids.is_empty()
+        self.failed == 0 && self.corrupt == 0
     }
 
     pub fn text(&self) -> String {
@@ -69,15 +73,15 @@ impl Summary {
             self.regions_added,
             self.legacy_skipped,
             self.failed,
-            self.corrupt_ids.len(),
-            if self.partial { "; stopped early, run again to resume" } else { "" },
+            self.corrupt,
+            match (self.partial, self.resumable) {
+                (false, _) => "",
+                (true, true) => "; stopped at --max-records, run again with the same --checkpoint to go on",
+                (true, false) => "; stopped at --max-records, and without --checkpoint another run starts from the beginning",
+            },
         );
-        for id in &self.failed_ids {
-            out.push_str(&format!("failed: {id:?}\n"));
-        }
-        for id in &self.corrupt_ids {
-            out.push_str(&format!("corrupt: {id:?}\n"));
-        }
+        list_lines(&mut out, "failed: ", &self.failed_ids, self.failed);
+        list_lines(&mut out, "corrupt: ", &self.corrupt_ids, self.corrupt);
         out
     }
 }
@@ -106,6 +110,7 @@ pub async fn run(
     let checkpoint = Arc::new(Mutex::new(checkpoint));
     let summary = Arc::new(Mutex::new(Summary {
         dry_run: options.dry_run,
+        resumable: options.checkpoint.is_some() && !options.dry_run,
         ..Summary::default()
     }));
     let budget = KmsBudget::per_second(options.max_rps);
@@ -122,11 +127,9 @@ pub async fn run(
             options.clone(),
         );
         tasks.spawn(async move {
+            let mut walk = Walk::resume(&checkpoint, segment, segments);
             loop {
-                let state = checkpoint.lock().unwrap_or_else(|p| p.into_inner()).segments
-                    [segment as usize]
-                    .clone();
-                let Some(page) = next_page(&store, segment, segments, &state).await? else {
+                let Some(page) = walk.next(&store).await? else {
                     return anyhow::Ok(());
                 };
                 for record in page.records {
@@ -142,16 +145,18 @@ pub async fn run(
                         Ok(r) => r,
                         Err(e) => {
                             tracing::error!(error = %chain(&e), "corrupt record skipped");
+                            walk.unsettled();
                             let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
+                            let s = &mut *s;
                             s.scanned += 1;
-                            let id = failed_id(&e);
-                            list_id(&mut s.corrupt_ids, &id);
+                            note(&mut s.corrupt, &mut s.corrupt_ids, &failed_id(&e));
                             continue;
                         }
                     };
                     let outcome =
                         fill(&kms, &store, &regions, &budget, &record, options.dry_run).await;
                     let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
+                    let s = &mut *s;
                     s.scanned += 1;
                     match outcome {
                         Outcome::Complete => s.complete += 1,
@@ -162,16 +167,13 @@ pub async fn run(
                         }
                         Outcome::Failed(why) => {
                             tracing::error!(key_id = %record.id, reason = %why, "backfill failed for a record");
-                            s.failed += 1;
-                            list_id(&mut s.failed_ids, record.id.as_str());
+                            walk.unsettled();
+                            note(&mut s.failed, &mut s.failed_ids, record.id.as_str());
                         }
                     }
                 }
                 let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
-                checkpoint
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .advance(segment, page.next, save)?;
+                walk.page_done(page.next, &checkpoint, save)?;
             }
         });
     }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{failed_id, list_id, next_page, progress, Checkpoint};
+use super::{failed_id, list_lines, note, progress, Checkpoint, Walk};
 use crate::report::chain;
 use crate::store::{PutOutcome, Store};
 
@@ -29,6 +29,11 @@ pub struct Summary {
     /// Already in the target with the same record.
     pub identical: u64,
     /// Already in the target with a different record: left untouched.
+    pub different: u64,
+    pub failed: u64,
+    /// Records the source cannot decode: not copied.
+    pub corrupt: u64,
+    /// The first [`super::MAX_LISTED`] ids of each.
     pub different_ids: Vec<String>,
     pub failed_ids: Vec<String>,
     pub corrupt_ids: Vec<String>,
@@ -39,7 +44,7 @@ impl Summary {
     /// No failure, and no id whose record differs between the stores:
     /// the target then holds two keyrings' or two histories' records.
     pub fn ok(&self) -> bool {
-        self.failed_ids.is_empty() && self.corrupt_ids.is_empty() && self.different_ids.is_empty()
+        self.failed == 0 && self.corrupt == 0 && self.different == 0
     }
 
     pub fn text(&self) -> String {
@@ -50,19 +55,13 @@ impl Summary {
             self.copied,
             if self.dry_run { "would be copied" } else { "copied" },
             self.identical,
-            self.different_ids.len(),
-            self.failed_ids.len(),
-            self.corrupt_ids.len(),
+            self.different,
+            self.failed,
+            self.corrupt,
         );
-        for (what, ids) in [
-            ("different", &self.different_ids),
-            ("failed", &self.failed_ids),
-            ("corrupt", &self.corrupt_ids),
-        ] {
-            for id in ids {
-                out.push_str(&format!("{what}: {id:?}\n"));
-            }
-        }
+        list_lines(&mut out, "different: ", &self.different_ids, self.different);
+        list_lines(&mut out, "failed: ", &self.failed_ids, self.failed);
+        list_lines(&mut out, "corrupt: ", &self.corrupt_ids, self.corrupt);
         out
     }
 }
@@ -95,11 +94,9 @@ pub async fn run(
             options.clone(),
         );
         tasks.spawn(async move {
+            let mut walk = Walk::resume(&checkpoint, segment, segments);
             loop {
-                let state = checkpoint.lock().unwrap_or_else(|p| p.into_inner()).segments
-                    [segment as usize]
-                    .clone();
-                let Some(page) = next_page(&from, segment, segments, &state).await? else {
+                let Some(page) = walk.next(&from).await? else {
                     return anyhow::Ok(());
                 };
                 for record in page.records {
@@ -109,9 +106,11 @@ pub async fn run(
                         Err(e) => {
                             let id = failed_id(&e);
                             tracing::error!(error = %chain(&e), "corrupt record not copied");
+                            walk.unsettled();
                             let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
                             s.scanned += 1;
-                            list_id(&mut s.corrupt_ids, &id);
+                            let s = &mut *s;
+                            note(&mut s.corrupt, &mut s.corrupt_ids, &id);
                             continue;
                         }
                     };
@@ -124,6 +123,7 @@ pub async fn run(
                         to.put_if_absent(&record).await
                     };
                     let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
+                    let s = &mut *s;
                     s.scanned += 1;
                     match outcome {
                         Ok(PutOutcome::Created) => s.copied += 1,
@@ -132,19 +132,18 @@ pub async fn run(
                         }
                         Ok(PutOutcome::Exists(_)) => {
                             tracing::warn!(key_id = %record.id, "the target holds a different record for this id; left untouched");
-                            list_id(&mut s.different_ids, record.id.as_str());
+                            walk.unsettled();
+                            note(&mut s.different, &mut s.different_ids, record.id.as_str());
                         }
                         Err(e) => {
                             tracing::error!(key_id = %record.id, error = %chain(&e), "copy failed for a record");
-                            list_id(&mut s.failed_ids, record.id.as_str());
+                            walk.unsettled();
+                            note(&mut s.failed, &mut s.failed_ids, record.id.as_str());
                         }
                     }
                 }
                 let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
-                checkpoint
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .advance(segment, page.next, save)?;
+                walk.page_done(page.next, &checkpoint, save)?;
             }
         });
     }
@@ -154,4 +153,105 @@ pub async fn run(
     bar.finish_and_clear();
     let summary = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{KeyId, KeyRecord, Region};
+    use crate::store::memory::MemoryStore;
+
+    fn record(id: &str, ciphertext: u8) -> KeyRecord {
+        let region = Region::new("local-1");
+        KeyRecord {
+            id: KeyId::parse(id).unwrap(),
+            keys: [(region.clone(), vec![ciphertext; 8])].into(),
+            version: Some(2),
+            key_ids: [(region, "arn:local-1".to_string())].into(),
+            created_at: None,
+        }
+    }
+
+    async fn store_of(records: impl IntoIterator<Item = KeyRecord>) -> Arc<dyn Store> {
+        let store = MemoryStore::new();
+        for r in records {
+            store.put_if_absent(&r).await.unwrap();
+        }
+        Arc::new(store)
+    }
+
+    fn options(checkpoint: Option<PathBuf>) -> Options {
+        Options {
+            segments: 1,
+            dry_run: false,
+            checkpoint,
+            scope: "copy from A to B".into(),
+        }
+    }
+
+    /// A checkpoint never moves past a record the copy could not settle:
+    /// a resumed run meets it again and fails again, where it used to
+    /// resume after it, scan nothing and exit 0.
+    #[tokio::test]
+    async fn a_resumed_copy_meets_again_what_it_could_not_settle() {
+        let ids: Vec<String> = (0..250).map(|i| format!("c/{i:03}")).collect();
+        let from = store_of(ids.iter().map(|id| record(id, 1))).await;
+        // The target holds another history for one id of the first page.
+        let to = store_of([record("c/042", 2)]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cp = dir.path().join("cp.json");
+
+        let first = run(
+            Arc::clone(&from),
+            Arc::clone(&to),
+            options(Some(cp.clone())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (first.scanned, first.copied, first.different),
+            (250, 249, 1)
+        );
+        assert!(!first.ok());
+        let again = run(
+            Arc::clone(&from),
+            Arc::clone(&to),
+            options(Some(cp.clone())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(again.different_ids, vec!["c/042".to_string()]);
+        assert!(!again.ok(), "{}", again.text());
+        // Settled by hand: the next run passes it, and then the checkpoint
+        // records a finished run.
+        let to = store_of(ids.iter().map(|id| record(id, 1))).await;
+        let settled = run(
+            Arc::clone(&from),
+            Arc::clone(&to),
+            options(Some(cp.clone())),
+        )
+        .await
+        .unwrap();
+        assert!(settled.ok(), "{}", settled.text());
+        let saved = Checkpoint::load_or_new(Some(&cp), "copy", "copy from A to B", 1).unwrap();
+        assert!(saved.finished());
+    }
+
+    /// Counts are of every record; only the list of ids is cut short.
+    #[tokio::test]
+    async fn counts_go_past_the_listed_ids() {
+        let n = super::super::MAX_LISTED + 5;
+        let ids: Vec<String> = (0..n).map(|i| format!("d/{i:05}")).collect();
+        let from = store_of(ids.iter().map(|id| record(id, 1))).await;
+        let to = store_of(ids.iter().map(|id| record(id, 2))).await;
+        let summary = run(from, to, options(None)).await.unwrap();
+        assert_eq!(summary.different, n as u64);
+        assert_eq!(summary.different_ids.len(), super::super::MAX_LISTED);
+        let text = summary.text();
+        assert!(
+            text.contains(&format!("{n} present with a different record")),
+            "{text}"
+        );
+        assert!(text.contains("different: 5 more not listed"), "{text}");
+    }
 }

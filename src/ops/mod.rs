@@ -14,7 +14,7 @@ pub mod verify;
 
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,8 @@ pub const PAGE: usize = 100;
 /// interrupted run resumes where it stopped. Pages are processed before
 /// their cursor is saved, so a resumed run may see the last page again;
 /// every command is idempotent, so that costs a read, never a second write.
+/// A segment's cursor stops before the first page with a record that was
+/// not settled (see [`Walk`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {
     /// What the checkpoint is for ("backfill", "copy"), so one command's
@@ -107,7 +109,10 @@ impl Checkpoint {
 
     /// Write atomically: a temporary file renamed over the old one.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+        // Beside it, by bytes: the path need not be UTF-8.
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let text = serde_json::to_vec_pretty(self)?;
         std::fs::write(&tmp, text)
             .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
@@ -135,6 +140,71 @@ impl Checkpoint {
             Some(path) => self.save(path),
             None => Ok(()),
         }
+    }
+}
+
+/// One segment's walk through a store, page by page from where the
+/// checkpoint left it. Its place is saved after a page only while every
+/// record so far was settled. After a record that failed, is corrupt or
+/// (for `copy`) differs, the checkpoint stays before that record's page for
+/// the rest of the run, which still reads on and reports every record. So a
+/// resumed run meets that record again and reports it, where it would pass
+/// it by and exit 0. Every command is idempotent, so the pages read again
+/// cost reads, never a second write.
+pub struct Walk {
+    segment: u32,
+    segments: u32,
+    at: SegmentState,
+    settled: bool,
+}
+
+impl Walk {
+    /// Segment `segment` of `segments`, from where `checkpoint` left it.
+    pub fn resume(checkpoint: &Mutex<Checkpoint>, segment: u32, segments: u32) -> Self {
+        let at = checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .segments
+            .get(segment as usize)
+            .cloned()
+            .unwrap_or_default();
+        Self {
+            segment,
+            segments,
+            at,
+            settled: true,
+        }
+    }
+
+    /// The next page, or `None` when the segment is done.
+    pub async fn next(&self, store: &Arc<dyn Store>) -> Result<Option<ScanPage>, StoreError> {
+        next_page(store, self.segment, self.segments, &self.at).await
+    }
+
+    /// A record of the page being processed was not settled.
+    pub fn unsettled(&mut self) {
+        self.settled = false;
+    }
+
+    /// The page ending at `next` is processed: move on, and record it in
+    /// `checkpoint` (saved to `save`, when given) while all is settled.
+    pub fn page_done(
+        &mut self,
+        next: Option<String>,
+        checkpoint: &Mutex<Checkpoint>,
+        save: Option<&Path>,
+    ) -> anyhow::Result<()> {
+        self.at = SegmentState {
+            done: next.is_none(),
+            cursor: next,
+        };
+        if !self.settled {
+            return Ok(());
+        }
+        checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .advance(self.segment, self.at.cursor.clone(), save)
     }
 }
 
@@ -201,10 +271,25 @@ pub async fn next_page(
 /// Ids listed in a report, at most.
 pub const MAX_LISTED: usize = 1000;
 
-/// Keep up to [`MAX_LISTED`] ids.
-pub fn list_id(list: &mut Vec<String>, id: &str) {
+/// Count a record in `count` and list its id, up to [`MAX_LISTED`] ids.
+pub fn note(count: &mut u64, list: &mut Vec<String>, id: &str) {
+    *count += 1;
     if list.len() < MAX_LISTED {
         list.push(id.to_string());
+    }
+}
+
+/// `{prefix}{id:?}` for each listed id, and a line for those counted but
+/// not listed.
+pub fn list_lines(out: &mut String, prefix: &str, ids: &[String], count: u64) {
+    for id in ids {
+        out.push_str(&format!("{prefix}{id:?}\n"));
+    }
+    let unlisted = count.saturating_sub(ids.len() as u64);
+    if unlisted > 0 {
+        out.push_str(&format!(
+            "{prefix}{unlisted} more not listed (the first {MAX_LISTED} are; the log names each)\n"
+        ));
     }
 }
 
@@ -241,5 +326,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("did not record its stores"), "{err}");
+    }
+
+    /// A checkpoint is saved beside itself by bytes: a path that is not
+    /// UTF-8 is written, where its lossy spelling named a missing directory.
+    #[test]
+    fn a_checkpoint_path_need_not_be_utf8() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join(std::ffi::OsStr::from_bytes(b"bad\xffdir"));
+        std::fs::create_dir(&odd).unwrap();
+        let path = odd.join("cp.json");
+        let mut saved = Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1).unwrap();
+        saved.advance(0, Some("c/9".into()), Some(&path)).unwrap();
+        assert_eq!(
+            Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1).unwrap(),
+            saved
+        );
     }
 }

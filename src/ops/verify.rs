@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use rand::Rng;
 use serde::Serialize;
 
-use super::{failed_id, list_id, next_page, progress, KmsBudget, SegmentState};
+use super::{failed_id, list_lines, next_page, note, progress, KmsBudget, SegmentState};
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms, KmsErrorKind};
 use crate::report::chain;
@@ -46,8 +46,11 @@ pub struct Report {
     pub complete: u64,
     pub regions: BTreeMap<String, RegionReport>,
     /// Records whose regions decrypt to different keys.
-    pub mismatched_ids: Vec<String>,
+    pub mismatched: u64,
     /// Records the store cannot decode.
+    pub corrupt: u64,
+    /// The first [`super::MAX_LISTED`] ids of each.
+    pub mismatched_ids: Vec<String>,
     pub corrupt_ids: Vec<String>,
     /// Whether every record is recoverable in every region.
     pub recoverable: bool,
@@ -72,22 +75,32 @@ impl Report {
                 "  {region}: {} ok, {} missing, {} undecryptable, {} unavailable\n",
                 r.ok, r.missing, r.undecryptable, r.unavailable
             ));
-            for (what, ids) in [
-                ("missing", &r.missing_ids),
-                ("undecryptable", &r.undecryptable_ids),
-                ("unavailable", &r.unavailable_ids),
-            ] {
-                for id in ids {
-                    out.push_str(&format!("    {what}: {id:?}\n"));
-                }
-            }
+            list_lines(&mut out, "    missing: ", &r.missing_ids, r.missing);
+            list_lines(
+                &mut out,
+                "    undecryptable: ",
+                &r.undecryptable_ids,
+                r.undecryptable,
+            );
+            list_lines(
+                &mut out,
+                "    unavailable: ",
+                &r.unavailable_ids,
+                r.unavailable,
+            );
         }
-        for id in &self.mismatched_ids {
-            out.push_str(&format!("  regions disagree on the key of {id:?}\n"));
-        }
-        for id in &self.corrupt_ids {
-            out.push_str(&format!("  corrupt record {id:?}\n"));
-        }
+        list_lines(
+            &mut out,
+            "  regions disagree on the key of ",
+            &self.mismatched_ids,
+            self.mismatched,
+        );
+        list_lines(
+            &mut out,
+            "  corrupt record ",
+            &self.corrupt_ids,
+            self.corrupt,
+        );
         out
     }
 }
@@ -133,8 +146,9 @@ pub async fn run(
                             tracing::error!(error = %crate::report::chain(&e), "corrupt record");
                             let id = failed_id(&e);
                             let mut r = report.lock().unwrap_or_else(|p| p.into_inner());
+                            let r = &mut *r;
                             r.records += 1;
-                            list_id(&mut r.corrupt_ids, &id);
+                            note(&mut r.corrupt, &mut r.corrupt_ids, &id);
                             continue;
                         }
                     };
@@ -226,22 +240,14 @@ async fn check(
         let entry = r.regions.entry(region.to_string()).or_default();
         match *outcome {
             "ok" => entry.ok += 1,
-            "missing" => {
-                entry.missing += 1;
-                list_id(&mut entry.missing_ids, id);
-            }
-            "unavailable" => {
-                entry.unavailable += 1;
-                list_id(&mut entry.unavailable_ids, id);
-            }
-            _ => {
-                entry.undecryptable += 1;
-                list_id(&mut entry.undecryptable_ids, id);
-            }
+            "missing" => note(&mut entry.missing, &mut entry.missing_ids, id),
+            "unavailable" => note(&mut entry.unavailable, &mut entry.unavailable_ids, id),
+            _ => note(&mut entry.undecryptable, &mut entry.undecryptable_ids, id),
         }
     }
     if !agree {
-        list_id(&mut r.mismatched_ids, id);
+        let r = &mut *r;
+        note(&mut r.mismatched, &mut r.mismatched_ids, id);
     }
     if agree && outcomes.iter().all(|(_, o)| *o == "ok") {
         r.complete += 1;

@@ -384,6 +384,25 @@ pub fn store_identity(settings: &Settings) -> String {
     }
 }
 
+/// Whether two configs name one store: the same identity (see
+/// [`store_identity`]), or for SQLite one file reached by two paths (a hard
+/// link). Two memory stores are two stores.
+pub fn same_store(a: &Settings, b: &Settings) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (a.store.backend, b.store.backend) {
+        (StoreBackend::Memory, _) | (_, StoreBackend::Memory) => false,
+        (StoreBackend::Sqlite, StoreBackend::Sqlite) => {
+            let file = |s: &Settings| {
+                std::fs::metadata(&s.store.sqlite.path)
+                    .ok()
+                    .map(|m| (m.dev(), m.ino()))
+            };
+            store_identity(a) == store_identity(b) || file(a).is_some_and(|f| Some(f) == file(b))
+        }
+        _ => store_identity(a) == store_identity(b),
+    }
+}
+
 /// `path` with links, `.` and `..` resolved by the file system, as far as
 /// it exists; the rest (a file a first run makes) appended as written, so
 /// the answer is the same before and after the file exists.

@@ -27,7 +27,7 @@ use crate::tls::Tls;
 mod backends;
 mod serve;
 mod watchdog;
-pub use backends::{backends, store, store_identity, Access};
+pub use backends::{backends, same_store, store, store_identity, Access};
 use serve::serve;
 
 pub struct Application {

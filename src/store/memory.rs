@@ -165,10 +165,16 @@ impl Store for MemoryStore {
     ) -> Result<ScanPage, StoreError> {
         self.enter("scan")?;
         let records = self.lock();
-        let mut page: Vec<KeyRecord> = records
+        // The map has no order: sort what is past the cursor, so pages
+        // follow one another and the cursor is the greatest id returned.
+        let mut after: Vec<&KeyRecord> = records
             .values()
             .filter(|r| cursor.is_none_or(|c| r.id.as_str() > c))
             .filter(|r| u32::from(r.id.as_str().as_bytes()[0]) % segments.max(1) == segment)
+            .collect();
+        after.sort_unstable_by(|a, b| a.id.as_str().cmp(b.id.as_str()));
+        let mut page: Vec<KeyRecord> = after
+            .into_iter()
             .take(limit.saturating_add(1))
             .cloned()
             .collect();

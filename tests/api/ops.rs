@@ -152,7 +152,7 @@ async fn an_interrupted_backfill_resumes_without_rewriting_or_skipping() {
     );
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("12 records scanned") && out.contains("stopped early"),
+        out.contains("12 records scanned") && out.contains("stopped at --max-records, run again"),
         "{out}"
     );
     let halfway = stored(dir.path());
@@ -318,4 +318,53 @@ async fn copy_takes_configs_whose_clients_read_tokens_from_the_environment() {
         .query_row("SELECT count(*) FROM rkms_keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(copied, 3, "{out}");
+}
+
+/// A copy of a store onto itself is refused, however the two configs spell
+/// the file: by another path, or through a hard link.
+#[tokio::test]
+async fn a_copy_onto_its_own_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    create_keys(dir.path(), 1).await;
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::hard_link(
+        dir.path().join("rkms.sqlite3"),
+        dir.path().join("linked.sqlite3"),
+    )
+    .unwrap();
+    let config = |name: &str, db: &Path| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, format!("[store.sqlite]\npath = {db:?}\n")).unwrap();
+        path
+    };
+    let from = config("from.toml", &dir.path().join("rkms.sqlite3"));
+    for (name, db) in [
+        ("same.toml", dir.path().join("sub/../rkms.sqlite3")),
+        ("linked.toml", dir.path().join("linked.sqlite3")),
+    ] {
+        let to = config(name, &db);
+        let out = rkms(dir.path())
+            .args(["copy", "--from"])
+            .arg(&from)
+            .arg("--to")
+            .arg(&to)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(stderr.contains("name the same store"), "{name}: {stderr}");
+    }
+    // A config file that is missing is named by its flag.
+    let out = rkms(dir.path())
+        .args(["copy", "--from"])
+        .arg(&from)
+        .args(["--to", "missing.toml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("config error: --to: cannot read missing.toml"),
+        "{stderr}"
+    );
 }
