@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{failed_id, list_lines, note, progress, Checkpoint, Walk};
@@ -96,7 +97,9 @@ pub async fn run(
         tasks.spawn(async move {
             let mut walk = Walk::resume(&checkpoint, segment, segments);
             loop {
-                let Some(page) = walk.next(&from).await? else {
+                // A copy has two stores: say which one failed.
+                let page = walk.next(&from).await;
+                let Some(page) = page.context("reading the source store (--from)")? else {
                     return anyhow::Ok(());
                 };
                 for record in page.records {

@@ -98,7 +98,20 @@ pub(super) fn scan_rows(
         next: more
             .then(|| rows.last().map(|(rowid, _)| rowid.to_string()))
             .flatten(),
-        records: rows.into_iter().map(|(_, record)| record).collect(),
+        // A corrupt row's id may be NULL, a blob or not UTF-8, and then
+        // cannot be looked up by it: say where the row is.
+        records: rows
+            .into_iter()
+            .map(|(rowid, record)| {
+                record.map_err(|e| match e {
+                    StoreError::Corrupt { id, reason } => StoreError::Corrupt {
+                        id,
+                        reason: format!("{reason} (SQLite rowid {rowid})"),
+                    },
+                    e => e,
+                })
+            })
+            .collect(),
     })
 }
 

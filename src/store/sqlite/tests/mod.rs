@@ -238,7 +238,7 @@ mod unit {
             assert_corrupt(store.get(&KeyId::parse(id).unwrap()).await, id, reason);
         }
         // A well-formed row beside them still reads, and a scan names
-        // every bad row and reaches the good one after them.
+        // every bad row, where it lies, and reaches the good one after them.
         write_behind(
             &path,
             "INSERT INTO rkms_keys (id, keys, v, key_ids, created_at) VALUES \
@@ -263,7 +263,11 @@ mod unit {
             .collect();
         let mut expected: Vec<(String, Option<String>)> = cases
             .iter()
-            .map(|(id, reason)| (id.to_string(), Some(reason.to_string())))
+            .zip(1..)
+            .map(|((id, reason), rowid)| {
+                let reason = format!("{reason} (SQLite rowid {rowid})");
+                (id.to_string(), Some(reason))
+            })
             .collect();
         expected.push(("good".into(), None));
         assert_eq!(read, expected);
