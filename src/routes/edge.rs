@@ -270,6 +270,9 @@ impl EdgeInner {
         if let Some(refused) = oversized(&self.state.limits, &request) {
             return refused.into_response();
         }
+        if let Some(refused) = bad_host(&request) {
+            return refused.into_response();
+        }
         let api = self.listener == Listener::Api;
         let _permit = if api && route.limited() {
             match self.state.limits.in_flight.try_acquire() {
@@ -319,6 +322,20 @@ impl EdgeInner {
             source: None,
         }
         .into_response()
+    }
+}
+
+/// 400 for a request with more than one `Host` header, or an HTTP/1.1
+/// request with none (RFC 9112, 3.2: which host was meant is unknown).
+/// The HTTP library passes both through.
+fn bad_host(request: &Request) -> Option<ApiError> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Some(ApiError::BadRequest("more than one Host header".into())),
+        (None, _) if request.version() == axum::http::Version::HTTP_11 => Some(
+            ApiError::BadRequest("an HTTP/1.1 request needs a Host header".into()),
+        ),
+        _ => None,
     }
 }
 

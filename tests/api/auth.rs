@@ -286,6 +286,38 @@ async fn oversized_targets_and_headers_are_414_and_431() {
     );
 }
 
+/// A request with two Host headers, or an HTTP/1.1 request with none, is
+/// 400 before anything else is looked at: which host it was for is not
+/// known. HTTP/1.0 needs none.
+#[tokio::test]
+async fn a_missing_or_repeated_host_is_400() {
+    let app = token_app(|_| {}).await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    for (head, status) in [
+        ("GET /key?id=billing/h HTTP/1.1\r\n", "400"),
+        (
+            "GET /key?id=billing/h HTTP/1.1\r\nHost: a\r\nHost: b\r\n",
+            "400",
+        ),
+        ("GET /healthz HTTP/1.1\r\n", "400"),
+        (
+            "GET /key?id=billing/h HTTP/1.0\r\nHost: a\r\nHost: a\r\n",
+            "400",
+        ),
+        ("GET /key?id=billing/h HTTP/1.0\r\n", "200"),
+        ("GET /key?id=billing/h HTTP/1.1\r\nHost: a\r\n", "200"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request = format!("{head}authorization: Bearer {WRITER}\r\nconnection: close\r\n\r\n");
+        let answer = exchange(&mut stream, request.as_bytes()).await;
+        assert_eq!(answer.split(' ').nth(1), Some(status), "{head:?}: {answer}");
+        if status == "400" {
+            assert!(answer.contains("\"error_type\":\"BadRequest\""), "{answer}");
+            assert!(answer.contains("Host header"), "{answer}");
+        }
+    }
+}
+
 /// More requests than `server.max_concurrent_requests` at once: the excess
 /// is shed with 503 and Retry-After, probes still answer, and once the load
 /// is gone every request succeeds again.

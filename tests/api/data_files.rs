@@ -448,15 +448,25 @@ fn checks_make_no_store_or_keyring_and_an_empty_store_verifies_nothing() {
         ),
     )
     .unwrap();
+    let target = dir.path().join("to.toml");
+    std::fs::write(
+        &target,
+        format!(
+            "[store.sqlite]\npath = {:?}\n",
+            dir.path().join("to.sqlite3")
+        ),
+    )
+    .unwrap();
     let mut cmd = command(dir.path());
     cmd.arg("copy")
         .arg("--from")
         .arg(&config)
         .arg("--to")
-        .arg(&config);
+        .arg(&target);
     let (code, stderr) = crate::process::run_to_exit(cmd);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(!dir.path().join("typo").exists(), "{stderr}");
+    assert!(!dir.path().join("to.sqlite3").exists(), "{stderr}");
 
     // The server makes the store, and says so (a mistyped path shows up
     // here); a store that exists and is empty: verify says so and fails.
