@@ -44,6 +44,15 @@ fn bad_values_name_the_key() {
             "[kms]\nprovider = \"aws\"\nregions = [\"r1\"]\nmin_regions_on_create = 1\n[kms.aws]\nattempt_timeout_ms = 5000\n[kms.aws.key_ids]\nr1 = \"alias/x\"",
             "kms.aws.attempt_timeout_ms",
         ),
+        // Two regions' ARNs swapped, and a key id with a newline in it.
+        (
+            "[kms]\nprovider = \"aws\"\nregions = [\"us-east-1\", \"us-west-2\"]\nmin_regions_on_create = 1\n[kms.aws.key_ids]\nus-east-1 = \"arn:aws:kms:us-west-2:1:key/b\"\nus-west-2 = \"arn:aws:kms:us-east-1:1:key/a\"",
+            "kms.aws.key_ids.us-east-1",
+        ),
+        (
+            "[kms]\nprovider = \"aws\"\nregions = [\"us-east-1\"]\nmin_regions_on_create = 1\n[kms.aws.key_ids]\nus-east-1 = \"alias/a\\nalias/b\"",
+            "kms.aws.key_ids.us-east-1",
+        ),
         ("[store]\nbackend = \"dynamodb\"\n[store.dynamodb]\ntable = \"\"", "store.dynamodb.table"),
         ("[store]\nbackend = \"dynamodb\"\n[store.dynamodb]\nregion = \"\"", "store.dynamodb.region"),
         ("[store.dynamodb]\nendpoint = \"ftp://x\"\n[store]\nbackend = \"dynamodb\"", "store.dynamodb.endpoint"),

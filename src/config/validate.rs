@@ -217,11 +217,12 @@ impl Settings {
             }
             KmsProvider::Aws => {
                 for region in &kms.regions {
+                    let key = format!("kms.aws.key_ids.{region}");
                     match kms.aws.key_ids.get(region) {
-                        Some(id) if !id.trim().is_empty() => {}
+                        Some(id) if !id.trim().is_empty() => check_key_id(&key, region, id)?,
                         _ => {
                             return Err(ConfigError::new(
-                                format!("kms.aws.key_ids.{region}"),
+                                key,
                                 "provider \"aws\" needs a KMS key id, ARN or alias for every region in kms.regions",
                             ))
                         }
@@ -330,4 +331,29 @@ pub(super) fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
             format!("{url:?} is not an http:// or https:// URL"),
         )),
     }
+}
+
+/// A KMS key id, ARN or alias has no whitespace or control character, and
+/// an ARN names the region it is configured for: KMS refuses a key of
+/// another region, so a region given another's ARN could never serve.
+fn check_key_id(key: &str, region: &str, id: &str) -> Result<(), ConfigError> {
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(
+            key,
+            format!("{id:?} holds whitespace or a control character"),
+        ));
+    }
+    // arn:PARTITION:kms:REGION:ACCOUNT:key/ID or alias/NAME
+    if let Some(rest) = id.strip_prefix("arn:") {
+        let arn_region = rest.split(':').nth(2).unwrap_or("");
+        if arn_region != region {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "the ARN {id:?} is of a key in region {arn_region:?}, not {region:?}: KMS in {region} refuses it (are two regions' key ids swapped?)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
