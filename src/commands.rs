@@ -212,9 +212,22 @@ pub fn check_connect(settings: Settings) -> ExitCode {
 }
 
 pub fn hash_token() -> ExitCode {
-    use std::io::Read;
+    use std::io::{BufRead, IsTerminal, Read};
+    let stdin = std::io::stdin();
     let mut input = zeroize::Zeroizing::new(Vec::new());
-    if let Err(e) = std::io::stdin().lock().read_to_end(&mut input) {
+    let read = if stdin.is_terminal() {
+        // Typed by hand: ask, and keep the token off the screen (and out of
+        // the terminal's scrollback) while it is typed.
+        eprint!("rkms: hash-token: type the token, then Enter (it is not shown): ");
+        let echo = NoEcho::on(&stdin);
+        let read = stdin.lock().read_until(b'\n', &mut input);
+        drop(echo);
+        eprintln!();
+        read
+    } else {
+        stdin.lock().read_to_end(&mut input)
+    };
+    if let Err(e) = read {
         eprintln!("rkms: hash-token: cannot read stdin: {e}");
         return ExitCode::FAILURE;
     }
@@ -226,8 +239,10 @@ pub fn hash_token() -> ExitCode {
         eprintln!("rkms: hash-token: the token is not UTF-8 text");
         return ExitCode::from(2);
     };
-    if token.is_empty() || token.chars().any(char::is_whitespace) {
-        eprintln!("rkms: hash-token: give one token with no whitespace on stdin");
+    if !rkms::config::sendable_token(token) {
+        eprintln!(
+            "rkms: hash-token: give one token with no whitespace or control characters on stdin"
+        );
         return ExitCode::from(2);
     }
     if token.len() < rkms::config::MIN_TOKEN_LEN {
@@ -239,6 +254,34 @@ pub fn hash_token() -> ExitCode {
     match print(&format!("{}\n", rkms::auth::token_digest(token))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
+    }
+}
+
+/// A terminal's echo turned off until dropped, when it can be.
+struct NoEcho<'a> {
+    fd: std::os::fd::BorrowedFd<'a>,
+    was: Option<rustix::termios::Termios>,
+}
+
+impl<'a> NoEcho<'a> {
+    fn on(stdin: &'a std::io::Stdin) -> Self {
+        use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+        use std::os::fd::AsFd;
+        let fd = stdin.as_fd();
+        let was = tcgetattr(fd).ok().filter(|was| {
+            let mut quiet = was.clone();
+            quiet.local_modes.remove(LocalModes::ECHO);
+            tcsetattr(fd, OptionalActions::Now, &quiet).is_ok()
+        });
+        Self { fd, was }
+    }
+}
+
+impl Drop for NoEcho<'_> {
+    fn drop(&mut self) {
+        if let Some(was) = &self.was {
+            let _ = rustix::termios::tcsetattr(self.fd, rustix::termios::OptionalActions::Now, was);
+        }
     }
 }
 

@@ -241,6 +241,13 @@ fn rehashed(clients: &[AuthClient]) -> Vec<(TokenHash, usize)> {
 /// Tokens read from files or the environment shorter than this are refused.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Whether a token can be sent as `Authorization: Bearer <token>`: one
+/// word, with no whitespace or control character (a header value cannot
+/// carry them, so such a token's hash could never match).
+pub fn sendable_token(token: &str) -> bool {
+    !token.is_empty() && !token.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 impl Settings {
     pub(super) fn validate_auth(&self) -> Result<(), ConfigError> {
         let auth = &self.auth;

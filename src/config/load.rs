@@ -112,9 +112,9 @@ fn token_hash(
     if let Some(j) = super::spells_a_configured_hash(token, configured) {
         return Err(super::hash_as_token_error(j));
     }
-    if token.len() < super::MIN_TOKEN_LEN || token.chars().any(char::is_whitespace) {
+    if token.len() < super::MIN_TOKEN_LEN || !super::sendable_token(token) {
         return Err(format!(
-            "the token must be at least {} characters with no whitespace",
+            "the token must be at least {} characters with no whitespace or control characters",
             super::MIN_TOKEN_LEN
         ));
     }

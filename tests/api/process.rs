@@ -620,6 +620,70 @@ fn hash_token_prints_the_digest_the_config_expects() {
     );
 }
 
+/// A token that no Authorization header can carry (a control character in
+/// it) is refused, not hashed into a digest no client could ever match.
+#[test]
+fn hash_token_refuses_a_token_no_client_can_send() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    for token in [
+        &b"a-long-enough-token\x01-123\n"[..],
+        b"a-long-enough token\n",
+    ] {
+        let mut child = command(dir.path())
+            .arg("hash-token")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(token).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{token:?}");
+        assert!(out.stdout.is_empty());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("control characters"));
+    }
+}
+
+/// Typed at a terminal, the token is asked for and not echoed: run under
+/// `script`, which gives the command a terminal, and typed only once the
+/// prompt shows, so the terminal's echo is what is tested.
+#[test]
+fn hash_token_at_a_terminal_does_not_show_the_token() {
+    use std::io::{Read, Write};
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no script(1) here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_rkms");
+    let mut child = Command::new("script")
+        .args(["-qec", &format!("{bin} hash-token"), "/dev/null"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("(it is not shown): ") {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "no prompt: {seen:?}");
+        seen.push(byte[0]);
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"a-long-enough-token-123\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success(), "{rest}");
+    assert!(!rest.contains("a-long-enough-token-123"), "echoed: {rest}");
+    assert!(
+        rest.contains(&rkms::auth::token_digest("a-long-enough-token-123")),
+        "{rest}"
+    );
+}
+
 /// RUST_LOG can silence the application log, never the audit trail.
 #[tokio::test]
 async fn rust_log_off_does_not_silence_audit_events() {
