@@ -235,23 +235,29 @@ pub(super) fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), Ke
     let dir = keyring_dir(path)?;
     let body =
         Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?);
+    // A name of its own each time: a process id repeats (a container's
+    // server is often process 1 at every start), and a file left by a
+    // write that was killed would then block every later one.
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("keyring"),
-        std::process::id()
+        uuid::Uuid::new_v4().simple()
     ));
-    {
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(err)?;
-        out.write_all(&body).map_err(err)?;
-        out.sync_all().map_err(err)?;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    // A write that fails (a full disk) leaves no file behind.
+    if let Err(e) = out.write_all(&body).and_then(|()| out.sync_all()) {
+        drop(out);
+        let _ = fs::remove_file(&tmp);
+        return Err(err(e));
     }
+    drop(out);
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         err(e)

@@ -112,6 +112,32 @@ mod unit {
         ));
     }
 
+    /// A temporary file left by a write that was killed (here under this
+    /// process's id, as a container's server is process 1 at every start)
+    /// does not stop the keyring being written, and a write leaves no
+    /// temporary file of its own.
+    #[test]
+    fn a_write_killed_before_does_not_block_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let left = dir
+            .path()
+            .join(format!(".keyring.json.tmp-{}", std::process::id()));
+        fs::write(&left, b"{\"partial").unwrap();
+        drop(LocalKms::open(&path, &regions(&["a"])).unwrap());
+        assert!(LocalKms::open_existing(&path)
+            .unwrap()
+            .has_master_key(&Region::new("a")));
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let leftover = left.file_name().unwrap().to_string_lossy().into_owned();
+        let expected = [leftover.as_str(), "keyring.json", "keyring.json.lock"];
+        assert_eq!(names, expected);
+    }
+
     #[tokio::test]
     async fn reopening_keeps_keys_and_adding_a_region_keeps_the_others() {
         let dir = tempfile::tempdir().unwrap();
