@@ -218,8 +218,10 @@ pub fn hash_token() -> ExitCode {
     let read = if stdin.is_terminal() {
         // Typed by hand: ask, and keep the token off the screen (and out of
         // the terminal's scrollback) while it is typed.
-        eprint!("rkms: hash-token: type the token, then Enter (it is not shown): ");
+        // Echo goes off before the prompt shows: what is typed after it is
+        // never echoed.
         let echo = NoEcho::on(&stdin);
+        eprint!("rkms: hash-token: type the token, then Enter (it is not shown): ");
         let read = stdin.lock().read_until(b'\n', &mut input);
         drop(echo);
         eprintln!();

@@ -264,6 +264,12 @@ impl Authenticator {
         self.mode
     }
 
+    /// Whether clients prove who they are with a certificate (mtls), not
+    /// a token: what a 401 asks for.
+    pub fn by_certificate(&self) -> bool {
+        self.mode == AuthMode::Mtls
+    }
+
     /// Identify the caller from its `Authorization` header (token mode) or
     /// the names of its verified certificate (mtls mode).
     pub fn authenticate(

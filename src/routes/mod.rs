@@ -26,7 +26,6 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{AuthFailure, Authenticator, PeerNames};
 use crate::broker::KeyBroker;
-use crate::config::AuthMode;
 use crate::error::{ApiError, Challenge};
 use crate::metrics::Metrics;
 
@@ -78,12 +77,12 @@ impl AppState {
             .auth_failures
             .with_label_values(&[failure.reason()])
             .inc();
-        let mode = self.auth.mode();
-        let challenge = match mode {
-            AuthMode::Mtls => Challenge::ClientCertificate,
-            AuthMode::Token | AuthMode::None => Challenge::Bearer,
+        let challenge = if self.auth.by_certificate() {
+            Challenge::ClientCertificate
+        } else {
+            Challenge::Bearer
         };
-        ApiError::Unauthorized(failure.message(mode).into(), challenge)
+        ApiError::Unauthorized(failure.message(self.auth.mode()).into(), challenge)
     }
 }
 
