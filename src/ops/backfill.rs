@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{failed_id, list_lines, note, progress, Checkpoint, KmsBudget, Walk};
+use super::{failed_id, list_lines, note, progress, Checkpoint, KmsBudget, Walk, PAGE};
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms};
 use crate::report::chain;
@@ -129,17 +129,31 @@ pub async fn run(
         tasks.spawn(async move {
             let mut walk = Walk::resume(&checkpoint, segment, segments);
             loop {
-                let Some(page) = walk.next(&store).await? else {
+                // With --max-records, a page is no larger than what is left
+                // of it, so the run stops at a page's end, where its place
+                // is saved (stopping inside a page saved nothing, and each
+                // run began again at the same records).
+                let want = match options.max_records {
+                    None => PAGE,
+                    Some(max) => match reserve(&taken, max, PAGE) {
+                        0 => {
+                            if !walk.done() {
+                                summary.lock().unwrap_or_else(|p| p.into_inner()).partial = true;
+                            }
+                            return anyhow::Ok(());
+                        }
+                        n => n,
+                    },
+                };
+                let Some(page) = walk.next_up_to(&store, want).await? else {
                     return anyhow::Ok(());
                 };
+                // A short page gives back what it did not use.
+                taken.fetch_sub(
+                    want.saturating_sub(page.records.len()) as u64,
+                    Ordering::SeqCst,
+                );
                 for record in page.records {
-                    if options
-                        .max_records
-                        .is_some_and(|max| taken.fetch_add(1, Ordering::SeqCst) >= max)
-                    {
-                        summary.lock().unwrap_or_else(|p| p.into_inner()).partial = true;
-                        return Ok(());
-                    }
                     bar.inc(1);
                     let record = match record {
                         Ok(r) => r,
@@ -183,6 +197,17 @@ pub async fn run(
     bar.finish_and_clear();
     let summary = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(summary)
+}
+
+/// Take up to `page` of the `max` records a run may scan, shared by the
+/// segments; 0 once they are all taken.
+fn reserve(taken: &AtomicU64, max: u64, page: usize) -> usize {
+    let mut got = 0;
+    let _ = taken.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
+        got = max.saturating_sub(t).min(page as u64);
+        Some(t + got)
+    });
+    got as usize
 }
 
 async fn fill(

@@ -178,7 +178,28 @@ impl Walk {
 
     /// The next page, or `None` when the segment is done.
     pub async fn next(&self, store: &Arc<dyn Store>) -> Result<Option<ScanPage>, StoreError> {
-        next_page(store, self.segment, self.segments, &self.at).await
+        self.next_up_to(store, PAGE).await
+    }
+
+    /// The next page of at most `limit` records, or `None` when the
+    /// segment is done.
+    pub async fn next_up_to(
+        &self,
+        store: &Arc<dyn Store>,
+        limit: usize,
+    ) -> Result<Option<ScanPage>, StoreError> {
+        if self.at.done {
+            return Ok(None);
+        }
+        store
+            .scan(self.segment, self.segments, self.at.cursor.as_deref(), limit)
+            .await
+            .map(Some)
+    }
+
+    /// Whether the segment has been read to its end.
+    pub fn done(&self) -> bool {
+        self.at.done
     }
 
     /// A record of the page being processed was not settled.

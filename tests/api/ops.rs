@@ -163,13 +163,16 @@ async fn an_interrupted_backfill_resumes_without_rewriting_or_skipping() {
         .collect();
     assert_eq!(done.len(), 12, "{out}");
 
+    // Stopped at a page's end, its place saved: the next run reads only
+    // the rest (it used to save nothing and read all 25 again).
+    assert!(checkpoint.exists(), "{out}");
     let (code, out) = run(
         with_four_regions(dir.path()),
         &["backfill", "--segments", "1", "--checkpoint", cp],
     );
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("gained 13"),
+        out.contains("13 records scanned") && out.contains("gained 13"),
         "the rest, and only the rest: {out}"
     );
     let after = stored(dir.path());
