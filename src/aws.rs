@@ -50,28 +50,60 @@ pub struct Failure<'a> {
     pub code: Option<&'a str>,
     /// The HTTP status, when an answer arrived.
     pub status: Option<u16>,
+    /// No call was sent because the SDK found no usable AWS credentials:
+    /// a setting to fix, not an outage to wait out.
+    pub no_credentials: bool,
 }
 
-pub fn inspect<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Failure<'_> {
+pub fn inspect<E>(err: &SdkError<E, HttpResponse>) -> Failure<'_>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let failure = |transport, code, status| Failure {
+        transport,
+        code,
+        status,
+        no_credentials: false,
+    };
     match err {
+        SdkError::DispatchFailure(_) if lacks_credentials(err) => Failure {
+            no_credentials: true,
+            ..failure(false, None, None)
+        },
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            Failure {
-                transport: true,
-                code: None,
-                status: None,
-            }
+            failure(true, None, None)
         }
-        SdkError::ServiceError(se) => Failure {
-            transport: false,
-            code: se.err().code(),
-            status: Some(se.raw().status().as_u16()),
-        },
-        _ => Failure {
-            transport: false,
-            code: None,
-            status: None,
-        },
+        SdkError::ServiceError(se) => {
+            failure(false, se.err().code(), Some(se.raw().status().as_u16()))
+        }
+        _ => failure(false, None, None),
     }
+}
+
+/// A call that found no credentials, said so that an operator can act on
+/// it (the SDK says only that a provider "was not enabled").
+#[derive(Debug, thiserror::Error)]
+#[error("no AWS credentials found: give the process AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity token (IRSA) or an instance role")]
+pub struct NoCredentials(#[source] pub crate::report::BoxError);
+
+/// Whether the credential chain found nothing to use (no variables, no
+/// profile, no role) or was set up wrong. A provider that timed out or
+/// failed (the instance metadata service slow to answer) may work on the
+/// next call, and is left a transport failure.
+fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return matches!(
+                c,
+                CredentialsError::CredentialsNotLoaded(_)
+                    | CredentialsError::InvalidConfiguration(_)
+            );
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// Codes every AWS service uses for "too many requests".

@@ -130,7 +130,9 @@ pub async fn run(deps: &Dependencies) -> Vec<Check> {
 /// The message, and whether the failure is transient.
 fn store_problem(store: &str, e: &StoreError) -> (String, bool) {
     let detail = chain(e);
-    let (fix, transient) = if detail.contains("ResourceNotFoundException") {
+    let (fix, transient) = if detail.contains("no AWS credentials found") {
+        ("the AWS SDK found no credentials to sign with", false)
+    } else if detail.contains("ResourceNotFoundException") {
         ("the table does not exist: create it (hash key id, type S) or fix store.dynamodb.table and store.dynamodb.region", false)
     } else if detail.contains("AccessDenied") {
         ("access denied: the role needs dynamodb:DescribeTable, GetItem, PutItem and UpdateItem on the table", false)
@@ -145,6 +147,9 @@ fn store_problem(store: &str, e: &StoreError) -> (String, bool) {
 fn kms_problem(region: &Region, e: &KmsError) -> String {
     let detail = chain(e);
     let fix = match e.kind {
+        _ if detail.contains("no AWS credentials found") => {
+            format!("the AWS SDK found no credentials to sign with in {region}")
+        }
         _ if detail.contains("NotFoundException") => format!(
             "the key does not exist in {region}: fix kms.aws.key_ids.{region} (id, ARN or alias/...)"
         ),

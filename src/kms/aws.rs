@@ -135,6 +135,10 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let failure = inspect(&err);
+    if failure.no_credentials {
+        let err = crate::aws::NoCredentials(Box::new(err));
+        return KmsError::new(KmsErrorKind::Misconfigured, region, op, err);
+    }
     let kind = match failure {
         f if f.transport => KmsErrorKind::Unavailable,
         crate::aws::Failure {

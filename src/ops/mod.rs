@@ -192,7 +192,12 @@ impl Walk {
             return Ok(None);
         }
         store
-            .scan(self.segment, self.segments, self.at.cursor.as_deref(), limit)
+            .scan(
+                self.segment,
+                self.segments,
+                self.at.cursor.as_deref(),
+                limit,
+            )
             .await
             .map(Some)
     }

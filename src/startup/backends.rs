@@ -67,7 +67,8 @@ pub async fn backends(
     let store = store(settings, access.make_store, access.write_store).await?;
     let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
     // Read once, for both checks of the store against the settings.
-    let first = first_records(store.as_ref()).await;
+    let local = settings.kms.provider == KmsProvider::Local;
+    let first = first_records(store.as_ref(), local).await;
     refuse_regions_no_record_is_in(&regions, first.as_ref())?;
     let kms: Arc<dyn Kms> = match settings.kms.provider {
         KmsProvider::Local => {
@@ -116,13 +117,18 @@ pub async fn backends(
 /// against the settings. A store that does not answer now is an outage,
 /// which never stops a start (readiness says so): `None`, and the checks
 /// wait for the next start.
-async fn first_records(store: &dyn Store) -> Option<ScanPage> {
+async fn first_records(store: &dyn Store, local_kms: bool) -> Option<ScanPage> {
     match store.scan(0, 1, None, 10).await {
         Ok(page) => Some(page),
         Err(e) => {
+            let what = if local_kms {
+                "cannot check that kms.local.keyring belongs to the store, nor that kms.regions does: reading its first records failed"
+            } else {
+                "cannot check that kms.regions fits the stored records: reading its first records failed"
+            };
             tracing::warn!(
                 error = %crate::report::chain(&e),
-                "cannot check that kms.local.keyring belongs to the store, nor that kms.regions does: reading its first records failed"
+                "{what}"
             );
             None
         }

@@ -43,6 +43,12 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let f = inspect(&err);
+    if f.no_credentials {
+        return StoreError::Other {
+            op,
+            source: Box::new(crate::aws::NoCredentials(Box::new(err))),
+        };
+    }
     // A missing table is an outage of the store, not a bug in the request:
     // answer 503 and say which table in the log.
     let transient = f.transport

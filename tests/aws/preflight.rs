@@ -106,6 +106,40 @@ async fn a_strict_start_refuses_a_missing_table_or_a_wrong_alias_in_one_line() {
     );
 }
 
+/// No credentials anywhere in the SDK's chain: a setting to fix, not an
+/// outage. A strict start stops and says so, where it took every check
+/// for an unreachable dependency, started, and answered every key 503.
+#[tokio::test]
+async fn a_strict_start_without_credentials_stops_and_says_so() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = rkms(&cloud, dir.path(), &[])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that starts anyway would serve until stopped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("started anyway: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("rkms: preflight failed"), "{stderr}");
+    assert!(last.contains("no AWS credentials found"), "{last}");
+}
+
 #[tokio::test]
 async fn check_config_connect_names_the_failing_dependency_and_exits_non_zero() {
     let cloud = Cloud::start(false).await;
