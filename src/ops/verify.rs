@@ -3,8 +3,9 @@
 //! region alone, and check that every region yields the same data key. A
 //! record is recoverable in a region only when that decrypt succeeds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::Serialize;
@@ -120,6 +121,7 @@ pub async fn run(
         ..Report::default()
     }));
     let budget = KmsBudget::per_second(options.max_rps);
+    let down = Arc::new(Down::default());
     let bar = progress("verify");
     // With a sample, the scan only collects (reservoir sampling, per
     // segment in proportion), then the sample is verified.
@@ -127,11 +129,12 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     for segment in 0..segments {
         let (kms, store, regions) = (Arc::clone(&kms), Arc::clone(&store), regions.clone());
-        let (report, budget, bar, sampled) = (
+        let (report, budget, bar, sampled, down) = (
             Arc::clone(&report),
             budget.clone(),
             bar.clone(),
             Arc::clone(&sampled),
+            Arc::clone(&down),
         );
         let sample = options.sample;
         tasks.spawn(async move {
@@ -154,7 +157,7 @@ pub async fn run(
                     };
                     match sample {
                         Some(n) => reservoir(&sampled, n, record),
-                        None => check(&kms, &regions, &budget, &record, &report).await,
+                        None => check(&kms, &regions, &budget, &down, &record, &report).await,
                     }
                 }
                 state.done = page.next.is_none();
@@ -168,7 +171,7 @@ pub async fn run(
     }
     let picked = std::mem::take(&mut sampled.lock().unwrap_or_else(|p| p.into_inner()).1);
     for record in picked {
-        check(&kms, &regions, &budget, &record, &report).await;
+        check(&kms, &regions, &budget, &down, &record, &report).await;
     }
     bar.finish_and_clear();
     let mut report = report.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -194,10 +197,47 @@ fn reservoir(sampled: &Mutex<(u64, Vec<KeyRecord>)>, n: usize, record: KeyRecord
     }
 }
 
+/// How long a region that could not be asked (a timeout, throttling) is
+/// left alone before the next record tries it again.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// Regions that could not be asked, and until when they are left alone.
+/// Without it a region that hangs costs every record a whole call timeout:
+/// a drill over a million records would take days to say what the first
+/// few calls had shown. Records meanwhile count as `unavailable` in that
+/// region, as a failed call would: not verified, so the drill fails.
+#[derive(Default)]
+struct Down(Mutex<HashMap<Region, Instant>>);
+
+impl Down {
+    fn is_down(&self, region: &Region) -> bool {
+        let mut down = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match down.get(region) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                down.remove(region);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn mark(&self, region: &Region) {
+        let mut down = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if down
+            .insert(region.clone(), Instant::now() + DOWN_FOR)
+            .is_none()
+        {
+            tracing::warn!(%region, "verify: KMS in this region cannot be asked; its ciphertexts count as unavailable, without a call, for the next {}s", DOWN_FOR.as_secs());
+        }
+    }
+}
+
 async fn check(
     kms: &Arc<dyn Kms>,
     regions: &[Region],
     budget: &KmsBudget,
+    down: &Down,
     record: &KeyRecord,
     report: &Mutex<Report>,
 ) {
@@ -211,6 +251,7 @@ async fn check(
     for region in regions {
         let outcome = match record.keys.get(region) {
             None => "missing",
+            Some(_) if down.is_down(region) => "unavailable",
             Some(ciphertext) => {
                 budget.take().await;
                 match kms.decrypt(region, ciphertext, context).await {
@@ -221,9 +262,11 @@ async fn check(
                     Err(e) => {
                         tracing::warn!(key_id = %record.id, %region, error = %chain(&e), "verify: decrypt failed");
                         match e.kind {
-                            KmsErrorKind::Unavailable
-                            | KmsErrorKind::Throttled
-                            | KmsErrorKind::Saturated => "unavailable",
+                            KmsErrorKind::Unavailable | KmsErrorKind::Throttled => {
+                                down.mark(region);
+                                "unavailable"
+                            }
+                            KmsErrorKind::Saturated => "unavailable",
                             _ => "undecryptable",
                         }
                     }
@@ -251,5 +294,60 @@ async fn check(
     }
     if agree && outcomes.iter().all(|(_, o)| *o == "ok") {
         r.complete += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::KeyId;
+    use crate::kms::faulty::{Fault, FaultyKms};
+    use crate::kms::local::LocalKms;
+    use crate::store::memory::MemoryStore;
+
+    /// A region that cannot be asked costs one call, not one per record:
+    /// the records after it count as unavailable there at once, and the
+    /// drill fails, as it would had each call timed out.
+    #[tokio::test]
+    async fn a_region_that_cannot_be_asked_is_left_alone() {
+        let (a, b) = (Region::new("a"), Region::new("b"));
+        let dir = tempfile::tempdir().unwrap();
+        let local =
+            LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap();
+        let store = MemoryStore::new();
+        for i in 0..30 {
+            let id = KeyId::parse(&format!("v/{i:02}")).unwrap();
+            let context = Context::Bound(&id);
+            let (key, in_a) = local.generate_data_key(&a, 32, context).await.unwrap();
+            let in_b = local.encrypt(&b, &key, context).await.unwrap();
+            let record = KeyRecord {
+                id: id.clone(),
+                keys: [(a.clone(), in_a.ciphertext), (b.clone(), in_b.ciphertext)].into(),
+                version: Some(2),
+                key_ids: [(a.clone(), in_a.key_arn), (b.clone(), in_b.key_arn)].into(),
+                created_at: None,
+            };
+            store.put_if_absent(&record).await.unwrap();
+        }
+        let kms = Arc::new(FaultyKms::new(Arc::new(local)));
+        kms.set_fault(&b, Some(Fault::Fail(KmsErrorKind::Unavailable)));
+        let options = Options {
+            segments: 1,
+            max_rps: 0,
+            sample: None,
+        };
+        let report = run(
+            Arc::clone(&kms) as Arc<dyn Kms>,
+            Arc::new(store),
+            vec![a.clone(), b.clone()],
+            options,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.regions["a"].ok, 30);
+        assert_eq!(report.regions["b"].unavailable, 30);
+        assert!(!report.recoverable);
+        assert_eq!(kms.calls(&a, "decrypt"), 30);
+        assert_eq!(kms.calls(&b, "decrypt"), 1, "asked once, then left alone");
     }
 }
