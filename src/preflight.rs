@@ -138,8 +138,13 @@ fn store_problem(store: &str, e: &StoreError) -> (String, bool) {
         ("access denied: the role needs dynamodb:DescribeTable, GetItem, PutItem and UpdateItem on the table", false)
     } else if matches!(e, StoreError::Unavailable { .. }) {
         ("the store is unreachable or failing", true)
+    } else if store.starts_with("DynamoDB") {
+        (
+            "check store.dynamodb.table, store.dynamodb.region and store.dynamodb.endpoint",
+            false,
+        )
     } else {
-        ("check the store settings", false)
+        ("check store.sqlite.path", false)
     };
     (format!("{store}: {fix} ({detail})"), transient)
 }
@@ -160,7 +165,9 @@ fn kms_problem(region: &Region, e: &KmsError) -> String {
         KmsErrorKind::Unavailable | KmsErrorKind::Throttled | KmsErrorKind::Saturated => {
             format!("KMS in {region} is unreachable or failing")
         }
-        _ => format!("KMS in {region} refused the check"),
+        _ => format!(
+            "KMS in {region} refused the check: check kms.aws.key_ids.{region}, and kms.aws.endpoints.{region} if it is set"
+        ),
     };
     format!("{fix} ({detail})")
 }

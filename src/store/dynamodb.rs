@@ -35,9 +35,19 @@ impl std::fmt::Debug for DynamoStore {
     }
 }
 
+/// The table the settings name is not there (or not in this region).
+#[derive(Debug, thiserror::Error)]
+#[error("table {table:?} does not exist in this region: create it (hash key id, type S) or fix store.dynamodb.table and store.dynamodb.region")]
+struct NoSuchTable {
+    table: String,
+    #[source]
+    source: crate::report::BoxError,
+}
+
 fn map_err<E>(
     err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
     op: &'static str,
+    table: &str,
 ) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -58,6 +68,14 @@ where
             Some("InternalServerError" | "ServiceUnavailable" | "ResourceNotFoundException")
         )
         || f.status.is_some_and(|s| s >= 500);
+    if f.code == Some("ResourceNotFoundException") {
+        let source = Box::new(err);
+        let table = table.to_string();
+        return StoreError::Unavailable {
+            op,
+            source: Box::new(NoSuchTable { table, source }),
+        };
+    }
     if transient {
         StoreError::Unavailable {
             op,
@@ -100,7 +118,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| map_err(e, op))?;
+            .map_err(|e| map_err(e, op, &self.table))?;
         out.item.map(|item| decode_item(id, item)).transpose()
     }
 }
@@ -215,7 +233,7 @@ impl Store for DynamoStore {
                     }),
                 }
             }
-            Err(e) => Err(map_err(e, OP)),
+            Err(e) => Err(map_err(e, OP, &self.table)),
         }
     }
 
@@ -298,7 +316,7 @@ impl Store for DynamoStore {
             {
                 Ok(0)
             }
-            Err(e) => Err(map_err(e, OP)),
+            Err(e) => Err(map_err(e, OP, &self.table)),
         }
     }
 
@@ -309,7 +327,7 @@ impl Store for DynamoStore {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| map_err(e, "ping"))
+            .map_err(|e| map_err(e, "ping", &self.table))
     }
 
     async fn scan(
@@ -335,7 +353,10 @@ impl Store for DynamoStore {
         if let Some(after) = cursor {
             request = request.exclusive_start_key("id", AttributeValue::S(after.to_owned()));
         }
-        let out = request.send().await.map_err(|e| map_err(e, OP))?;
+        let out = request
+            .send()
+            .await
+            .map_err(|e| map_err(e, OP, &self.table))?;
         let next = out
             .last_evaluated_key
             .as_ref()
@@ -365,7 +386,7 @@ impl Store for DynamoStore {
             .table_name(&self.table)
             .send()
             .await
-            .map_err(|e| map_err(e, OP))?;
+            .map_err(|e| map_err(e, OP, &self.table))?;
         let wrong = |why: String| StoreError::Other {
             op: OP,
             source: format!("table {} {why}", self.table).into(),

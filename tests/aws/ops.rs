@@ -294,3 +294,24 @@ async fn copy_from_sqlite_to_dynamodb_and_back_keeps_every_record() {
         "{out}"
     );
 }
+
+/// A tool pointed at a table that is not there says which table, and
+/// exits non-zero (it said only "store unavailable during scan").
+#[tokio::test]
+async fn a_tool_on_a_missing_table_names_it() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    for tool in ["verify", "backfill"] {
+        let out = rkms(dir.path(), &cloud)
+            .env("RKMS__STORE__DYNAMODB__TABLE", "rkms_nosuch")
+            .arg(tool)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{tool}: {stderr}");
+        assert!(
+            stderr.contains("table \"rkms_nosuch\" does not exist"),
+            "{tool}: {stderr}"
+        );
+    }
+}
