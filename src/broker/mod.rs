@@ -283,12 +283,20 @@ impl KeyBroker {
 
     /// Readiness: the store answers within `timeout`, and at least one region's
     /// breaker lets calls through. Returns the failing checks by name.
-    pub async fn readiness(&self, timeout: Duration) -> Result<(), Vec<(&'static str, String)>> {
+    pub async fn readiness(&self, timeout: Duration) -> Result<(), Vec<NotReady>> {
         let mut failed = Vec::new();
         match tokio::time::timeout(timeout, self.inner.store.ping()).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => failed.push(("store", crate::report::chain(&e))),
-            Err(_) => failed.push(("store", format!("no answer within {timeout:?}"))),
+            Ok(Err(e)) => failed.push(NotReady {
+                check: "store",
+                unreachable: e.is_outage(),
+                detail: crate::report::chain(&e),
+            }),
+            Err(_) => failed.push(NotReady {
+                check: "store",
+                unreachable: true,
+                detail: format!("no answer within {timeout:?}"),
+            }),
         }
         if !self.inner.breakers.any_usable() {
             let open: Vec<String> = self
@@ -298,10 +306,11 @@ impl KeyBroker {
                 .iter()
                 .map(Region::to_string)
                 .collect();
-            failed.push((
-                "kms",
-                format!("every region's breaker is open: {}", open.join(", ")),
-            ));
+            failed.push(NotReady {
+                check: "kms",
+                unreachable: true,
+                detail: format!("every region's breaker is open: {}", open.join(", ")),
+            });
         }
         if failed.is_empty() {
             Ok(())
@@ -379,3 +388,15 @@ impl KeyBroker {
 
 #[cfg(test)]
 mod tests;
+
+/// A readiness check that did not pass.
+#[derive(Debug)]
+pub struct NotReady {
+    /// `store` or `kms`.
+    pub check: &'static str,
+    /// An outage (no answer, a timeout, every breaker open), not a wrong
+    /// configuration.
+    pub unreachable: bool,
+    /// Why, for the log.
+    pub detail: String,
+}

@@ -25,7 +25,8 @@ pub async fn healthz() -> Json<Value> {
 /// dependency check has passed since start. The body names each check
 /// (`store`, `kms`, `kms.<region>`) with `ok` or why not: `failed` (the
 /// configuration or resource is wrong; the log says why), `unreachable`
-/// or `breaker_open`. Nothing secret.
+/// (no answer, a timeout, every breaker open) or `breaker_open`. `kms` is
+/// `ok` while any region's key checks ok. Nothing secret.
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     if state.draining.load(Ordering::SeqCst) {
         return (
@@ -47,14 +48,25 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             checks.insert(name, "breaker_open");
         }
     }
-    checks.insert("kms".into(), "ok");
+    let kms = kms_as_a_whole(&checks);
+    checks.insert("kms".into(), kms);
     match state.broker.readiness(READY_TIMEOUT).await {
         Ok(()) => {}
         Err(failed) => {
             ready = false;
-            for (check, detail) in &failed {
-                tracing::warn!(check, detail = %detail, "readiness check failed");
-                checks.insert((*check).to_string(), "failed");
+            for not in &failed {
+                tracing::warn!(check = not.check, detail = %not.detail, "readiness check failed");
+                // A check that found a wrong configuration keeps saying so
+                // (a missing table also fails to answer).
+                let outcome = if not.unreachable {
+                    "unreachable"
+                } else {
+                    "failed"
+                };
+                let entry = checks.entry(not.check.to_string()).or_insert(outcome);
+                if *entry != "failed" {
+                    *entry = outcome;
+                }
             }
         }
     }
@@ -68,5 +80,46 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not_ready", "checks": checks})),
         )
+    }
+}
+
+/// KMS as a whole: `ok` while a region's key checks ok (or none has been
+/// checked yet); `failed` when every region's key is wrong (no
+/// credentials, say); else `unreachable`.
+fn kms_as_a_whole(checks: &BTreeMap<String, &str>) -> &'static str {
+    let regions: Vec<&str> = checks
+        .iter()
+        .filter(|(name, _)| name.starts_with("kms."))
+        .map(|(_, outcome)| *outcome)
+        .collect();
+    if regions.is_empty() || regions.contains(&"ok") {
+        "ok"
+    } else if regions.iter().all(|o| *o == "failed") {
+        "failed"
+    } else {
+        "unreachable"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kms_as_a_whole_follows_its_regions() {
+        let of = |regions: &[&'static str]| {
+            let checks: BTreeMap<String, &str> = regions
+                .iter()
+                .enumerate()
+                .map(|(i, o)| (format!("kms.r{i}"), *o))
+                .chain([("store".to_string(), "failed")])
+                .collect();
+            kms_as_a_whole(&checks)
+        };
+        assert_eq!(of(&[]), "ok");
+        assert_eq!(of(&["failed", "ok", "breaker_open"]), "ok");
+        assert_eq!(of(&["failed", "failed"]), "failed", "no credentials");
+        assert_eq!(of(&["failed", "breaker_open"]), "unreachable");
+        assert_eq!(of(&["unreachable", "unreachable"]), "unreachable");
     }
 }

@@ -38,7 +38,7 @@ impl std::fmt::Debug for DynamoStore {
 /// The table the settings name is not there (or not in this region).
 #[derive(Debug, thiserror::Error)]
 #[error("table {table:?} does not exist in this region: create it (hash key id, type S) or fix store.dynamodb.table and store.dynamodb.region")]
-struct NoSuchTable {
+pub(crate) struct NoSuchTable {
     table: String,
     #[source]
     source: crate::report::BoxError,

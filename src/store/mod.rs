@@ -39,6 +39,26 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// An outage that may pass by itself (no answer, throttling), as
+    /// against a store that is not where the settings say: a missing
+    /// table, a database file moved away. Both are 503 to a request; only
+    /// the second needs an operator, and readiness says `failed` for it.
+    pub fn is_outage(&self) -> bool {
+        let StoreError::Unavailable { source, .. } = self else {
+            return false;
+        };
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+        while let Some(e) = next {
+            if e.is::<sqlite::FileChanged>() || e.is::<dynamodb::NoSuchTable>() {
+                return false;
+            }
+            next = e.source();
+        }
+        true
+    }
+}
+
 /// Result of a conditional create.
 #[derive(Debug)]
 pub enum PutOutcome {

@@ -207,7 +207,7 @@ async fn health_and_readiness() {
     app.memory.as_ref().unwrap().set_unavailable(true);
     let (status, body) = app.get("/readyz").await;
     assert_eq!(status, 503);
-    assert_eq!(body["checks"]["store"], "failed");
+    assert_eq!(body["checks"]["store"], "unreachable");
     assert_eq!(body["checks"]["kms"], "ok");
     let (status, _) = app.get("/healthz").await;
     assert_eq!(status, 200, "liveness has no dependencies");

@@ -64,7 +64,7 @@ impl FileId {
         ", or restart rkms to use the file now at that path"
     }
 )]
-struct FileChanged {
+pub(crate) struct FileChanged {
     path: PathBuf,
     /// Why the path names no file at all.
     #[source]

@@ -38,6 +38,7 @@ use rows::{read, refuse_blob_id, scan_rows, to_json};
 use writer::{Done, Write, Writer};
 
 mod file;
+pub(crate) use file::FileChanged;
 mod reader;
 mod rows;
 mod writer;
