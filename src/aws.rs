@@ -95,16 +95,25 @@ fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(err);
     while let Some(e) = next {
         if let Some(c) = e.downcast_ref::<CredentialsError>() {
-            return matches!(
+            let not_loaded = matches!(
                 c,
                 CredentialsError::CredentialsNotLoaded(_)
                     | CredentialsError::InvalidConfiguration(_)
             );
+            // The chain also says "not loaded" when the instance metadata
+            // service could not be reached (a node at boot, a network
+            // blip): an outage, which must never stop a start. The SDK
+            // names it only in text; the type is private.
+            return not_loaded && !crate::report::chain(c).contains(IMDS_UNREACHABLE);
         }
         next = e.source();
     }
     false
 }
+
+/// How the SDK's credential chain says the instance metadata service did
+/// not answer.
+const IMDS_UNREACHABLE: &str = "could not communicate with IMDS";
 
 /// Codes every AWS service uses for "too many requests".
 pub fn is_throttling(code: Option<&str>, status: Option<u16>) -> bool {
@@ -123,6 +132,31 @@ pub fn is_throttling(code: Option<&str>, status: Option<u16>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Nothing in the chain is a setting to fix; an instance metadata
+    /// service that did not answer, or a provider that timed out, is an
+    /// outage.
+    #[test]
+    fn only_a_chain_with_nothing_to_use_lacks_credentials() {
+        use aws_credential_types::provider::error::CredentialsError;
+        let imds = std::io::Error::other(format!("Ec2InstanceMetadata: {IMDS_UNREACHABLE}"));
+        assert!(lacks_credentials(&CredentialsError::not_loaded(
+            "no credentials found in chain"
+        )));
+        assert!(lacks_credentials(&CredentialsError::invalid_configuration(
+            "bad profile"
+        )));
+        assert!(!lacks_credentials(&CredentialsError::not_loaded(imds)));
+        assert!(!lacks_credentials(&CredentialsError::provider_timed_out(
+            std::time::Duration::from_secs(1)
+        )));
+        assert!(!lacks_credentials(&CredentialsError::provider_error(
+            "IMDS 500"
+        )));
+        assert!(!lacks_credentials(&std::io::Error::other(
+            "connection refused"
+        )));
+    }
 
     #[test]
     fn every_call_is_bounded_by_the_call_timeout() {

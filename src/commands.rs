@@ -221,7 +221,14 @@ pub fn hash_token() -> ExitCode {
         // Echo goes off before the prompt shows: what is typed after it is
         // never echoed.
         let echo = NoEcho::on(&stdin);
-        eprint!("rkms: hash-token: type the token, then Enter (it is not shown): ");
+        eprint!(
+            "rkms: hash-token: type the token, then Enter ({}): ",
+            if echo.was.is_some() {
+                "it is not shown"
+            } else {
+                "the terminal's echo could not be turned off: it IS shown"
+            }
+        );
         let read = stdin.lock().read_until(b'\n', &mut input);
         drop(echo);
         eprintln!();

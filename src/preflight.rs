@@ -136,7 +136,7 @@ fn store_problem(store: &str, e: &StoreError) -> (String, bool) {
         ("the table does not exist: create it (hash key id, type S) or fix store.dynamodb.table and store.dynamodb.region", false)
     } else if detail.contains("AccessDenied") {
         ("access denied: the role needs dynamodb:DescribeTable, GetItem, PutItem and UpdateItem on the table", false)
-    } else if matches!(e, StoreError::Unavailable { .. }) {
+    } else if e.is_outage() {
         ("the store is unreachable or failing", true)
     } else if store.starts_with("DynamoDB") {
         (

@@ -242,8 +242,10 @@ fn rehashed(clients: &[AuthClient]) -> Vec<(TokenHash, usize)> {
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Whether a token can be sent as `Authorization: Bearer <token>`: one
-/// word, with no whitespace or control character (a header value cannot
-/// carry them, so such a token's hash could never match).
+/// word, with no whitespace or control character. A header value cannot
+/// carry ASCII controls; C1 controls (U+0080 to U+009F) would pass as
+/// bytes, but no client sends them in a token, and a token holding one is
+/// far likelier a mistake (a pasted escape) than meant.
 pub fn sendable_token(token: &str) -> bool {
     !token.is_empty() && !token.chars().any(|c| c.is_whitespace() || c.is_control())
 }

@@ -86,6 +86,21 @@ pub struct KmsError {
 }
 
 impl KmsError {
+    /// The call found no AWS credentials to sign with: a setting, the same
+    /// for every call, not a verdict on the ciphertext or the key.
+    pub fn no_credentials(&self) -> bool {
+        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
+        while let Some(e) = next {
+            if e.is::<crate::aws::NoCredentials>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
+}
+
+impl KmsError {
     pub fn new(
         kind: KmsErrorKind,
         region: &Region,

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -114,18 +113,14 @@ pub async fn run(
         ..Summary::default()
     }));
     let budget = KmsBudget::per_second(options.max_rps);
-    let taken = Arc::new(AtomicU64::new(0));
+    let limit = options.max_records.map(|max| Arc::new(Limit::new(max)));
     let bar = progress("backfill");
     let mut tasks = tokio::task::JoinSet::new();
     for segment in 0..segments {
         let (kms, store, regions) = (Arc::clone(&kms), Arc::clone(&store), regions.clone());
         let (checkpoint, summary) = (Arc::clone(&checkpoint), Arc::clone(&summary));
-        let (budget, taken, bar, options) = (
-            budget.clone(),
-            Arc::clone(&taken),
-            bar.clone(),
-            options.clone(),
-        );
+        let (budget, limit, bar, options) =
+            (budget.clone(), limit.clone(), bar.clone(), options.clone());
         tasks.spawn(async move {
             let mut walk = Walk::resume(&checkpoint, segment, segments);
             loop {
@@ -133,26 +128,33 @@ pub async fn run(
                 // of it, so the run stops at a page's end, where its place
                 // is saved (stopping inside a page saved nothing, and each
                 // run began again at the same records).
-                let want = match options.max_records {
+                // A segment read to its end takes nothing from the others.
+                if walk.done() {
+                    return anyhow::Ok(());
+                }
+                let want = match &limit {
                     None => PAGE,
-                    Some(max) => match reserve(&taken, max, PAGE) {
+                    Some(limit) => match limit.reserve(PAGE).await {
                         0 => {
-                            if !walk.done() {
-                                summary.lock().unwrap_or_else(|p| p.into_inner()).partial = true;
-                            }
+                            summary.lock().unwrap_or_else(|p| p.into_inner()).partial = true;
                             return anyhow::Ok(());
                         }
                         n => n,
                     },
                 };
-                let Some(page) = walk.next_up_to(&store, want).await? else {
+                let page = walk.next_up_to(&store, want).await;
+                // What the page did not use (all of it, when there was none)
+                // goes back for the other segments.
+                if let Some(limit) = &limit {
+                    let used = match &page {
+                        Ok(Some(p)) => p.records.len(),
+                        _ => 0,
+                    };
+                    limit.settle(want, used);
+                }
+                let Some(page) = page? else {
                     return anyhow::Ok(());
                 };
-                // A short page gives back what it did not use.
-                taken.fetch_sub(
-                    want.saturating_sub(page.records.len()) as u64,
-                    Ordering::SeqCst,
-                );
                 for record in page.records {
                     bar.inc(1);
                     let record = match record {
@@ -199,15 +201,54 @@ pub async fn run(
     Ok(summary)
 }
 
-/// Take up to `page` of the `max` records a run may scan, shared by the
-/// segments; 0 once they are all taken.
-fn reserve(taken: &AtomicU64, max: u64, page: usize) -> usize {
-    let mut got = 0;
-    let _ = taken.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| {
-        got = max.saturating_sub(t).min(page as u64);
-        Some(t + got)
-    });
-    got as usize
+/// `--max-records`, shared by the segments: each takes up to a page of
+/// what is left before it reads, and gives back what its page did not use.
+struct Limit {
+    /// Records not yet taken, and records taken by pages still being read.
+    left: Mutex<(u64, u64)>,
+    given_back: tokio::sync::Notify,
+}
+
+impl Limit {
+    fn new(max: u64) -> Self {
+        Self {
+            left: Mutex::new((max, 0)),
+            given_back: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Up to `page` records; 0 only once every record of the limit is
+    /// used. While other segments' pages may still give some back, wait
+    /// for them rather than end the segment with records unused.
+    async fn reserve(&self, page: usize) -> usize {
+        loop {
+            let given_back = self.given_back.notified();
+            {
+                let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+                let (free, out) = &mut *left;
+                if *free > 0 {
+                    let got = (*free).min(page as u64);
+                    *free -= got;
+                    *out += got;
+                    return got as usize;
+                }
+                if *out == 0 {
+                    return 0;
+                }
+            }
+            given_back.await;
+        }
+    }
+
+    /// A page reserved `reserved` records and read `used` of them.
+    fn settle(&self, reserved: usize, used: usize) {
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        let (free, out) = &mut *left;
+        *free += reserved.saturating_sub(used) as u64;
+        *out = out.saturating_sub(reserved as u64);
+        drop(left);
+        self.given_back.notify_waiters();
+    }
 }
 
 async fn fill(
@@ -299,5 +340,78 @@ async fn fill(
         (true, 0) => Outcome::Complete,
         (true, n) => Outcome::Added(n),
         (false, _) => Outcome::Failed(failures.join("; ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::KeyId;
+    use crate::kms::local::LocalKms;
+    use crate::store::memory::MemoryStore;
+
+    /// `--max-records` over several segments, resumed run after run: each
+    /// run does its full share until the store is done. A segment already
+    /// read to its end (here the first, which holds the fewest ids) takes
+    /// none of the share; it used to take it all, find nothing, and leave
+    /// the run to do nothing.
+    #[tokio::test]
+    async fn limited_runs_over_segments_each_do_their_share() {
+        let (a, b) = (Region::new("a"), Region::new("b"));
+        let dir = tempfile::tempdir().unwrap();
+        let kms = Arc::new(
+            LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
+        );
+        let store = Arc::new(MemoryStore::new());
+        // Segment n of 4 holds the ids whose first byte is n modulo 4:
+        // 'd' (100) is segment 0, with 3 ids; 'a', 'b', 'c' hold 12 each.
+        let mut ids = Vec::new();
+        for (prefix, n) in [("d", 3), ("a", 12), ("b", 12), ("c", 12)] {
+            ids.extend((0..n).map(|i| format!("{prefix}{i:02}")));
+        }
+        for id in &ids {
+            let id = KeyId::parse(id).unwrap();
+            let (_, wrapped) = kms
+                .generate_data_key(&a, 32, Context::Bound(&id))
+                .await
+                .unwrap();
+            let record = KeyRecord {
+                id: id.clone(),
+                keys: [(a.clone(), wrapped.ciphertext)].into(),
+                version: Some(2),
+                key_ids: [(a.clone(), wrapped.key_arn)].into(),
+                created_at: None,
+            };
+            store.put_if_absent(&record).await.unwrap();
+        }
+        let checkpoint = dir.path().join("cp.json");
+        let mut repaired = Vec::new();
+        for _ in 0..8 {
+            let options = Options {
+                segments: 4,
+                max_rps: 0,
+                dry_run: false,
+                checkpoint: Some(checkpoint.clone()),
+                max_records: Some(10),
+                scope: "test".into(),
+            };
+            let summary = run(
+                Arc::clone(&kms) as Arc<dyn Kms>,
+                Arc::clone(&store) as Arc<dyn Store>,
+                vec![a.clone(), b.clone()],
+                options,
+            )
+            .await
+            .unwrap();
+            assert!(summary.ok(), "{}", summary.text());
+            repaired.push(summary.repaired);
+        }
+        // 39 records, 10 a run: the whole share each time, then nothing.
+        assert_eq!(repaired, [10, 10, 10, 9, 0, 0, 0, 0]);
+        let left = ids.iter().filter(|id| {
+            let id = KeyId::parse(id).unwrap();
+            !store.snapshot(&id).is_some_and(|r| r.keys.contains_key(&b))
+        });
+        assert_eq!(left.count(), 0);
     }
 }

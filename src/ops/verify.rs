@@ -197,8 +197,8 @@ fn reservoir(sampled: &Mutex<(u64, Vec<KeyRecord>)>, n: usize, record: KeyRecord
     }
 }
 
-/// How long a region that could not be asked (a timeout, throttling) is
-/// left alone before the next record tries it again.
+/// How long a region that could not be asked (a timeout, no credentials)
+/// is left alone before the next record tries it again.
 const DOWN_FOR: Duration = Duration::from_secs(10);
 
 /// Regions that could not be asked, and until when they are left alone.
@@ -262,10 +262,17 @@ async fn check(
                     Err(e) => {
                         tracing::warn!(key_id = %record.id, %region, error = %chain(&e), "verify: decrypt failed");
                         match e.kind {
-                            KmsErrorKind::Unavailable | KmsErrorKind::Throttled => {
+                            // Not verified, and the same for every record:
+                            // never "undecryptable", which reads as a lost key.
+                            _ if e.no_credentials() => {
                                 down.mark(region);
                                 "unavailable"
                             }
+                            KmsErrorKind::Unavailable => {
+                                down.mark(region);
+                                "unavailable"
+                            }
+                            KmsErrorKind::Throttled => "unavailable",
                             KmsErrorKind::Saturated => "unavailable",
                             _ => "undecryptable",
                         }

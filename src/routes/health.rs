@@ -49,6 +49,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         }
     }
     let kms = kms_as_a_whole(&checks);
+    // No region's key can serve (every one wrong, or no credentials): no
+    // breaker opens for that, so say it here.
+    if kms == "failed" {
+        ready = false;
+    }
     checks.insert("kms".into(), kms);
     match state.broker.readiness(READY_TIMEOUT).await {
         Ok(()) => {}

@@ -53,8 +53,10 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let f = inspect(&err);
+    // 503 to a request, as every store failure that is not the request's
+    // own; readiness and preflight say `failed` (see `is_outage`).
     if f.no_credentials {
-        return StoreError::Other {
+        return StoreError::Unavailable {
             op,
             source: Box::new(crate::aws::NoCredentials(Box::new(err))),
         };

@@ -42,7 +42,7 @@ pub enum StoreError {
 impl StoreError {
     /// An outage that may pass by itself (no answer, throttling), as
     /// against a store that is not where the settings say: a missing
-    /// table, a database file moved away. Both are 503 to a request; only
+    /// table, a database file moved away, no AWS credentials. Both are 503 to a request; only
     /// the second needs an operator, and readiness says `failed` for it.
     pub fn is_outage(&self) -> bool {
         let StoreError::Unavailable { source, .. } = self else {
@@ -50,7 +50,10 @@ impl StoreError {
         };
         let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(e) = next {
-            if e.is::<sqlite::FileChanged>() || e.is::<dynamodb::NoSuchTable>() {
+            if e.is::<sqlite::FileChanged>()
+                || e.is::<dynamodb::NoSuchTable>()
+                || e.is::<crate::aws::NoCredentials>()
+            {
                 return false;
             }
             next = e.source();

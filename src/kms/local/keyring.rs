@@ -238,13 +238,13 @@ pub(super) fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), Ke
     // A name of its own each time: a process id repeats (a container's
     // server is often process 1 at every start), and a file left by a
     // write that was killed would then block every later one.
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+    let prefix = format!(
+        ".{}.tmp-",
         path.file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or("keyring"),
-        uuid::Uuid::new_v4().simple()
-    ));
+            .unwrap_or("keyring")
+    );
+    let tmp = dir.join(format!("{prefix}{}", uuid::Uuid::new_v4().simple()));
     let mut out = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -266,5 +266,25 @@ pub(super) fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), Ke
     fs::File::open(&dir)
         .and_then(|d| d.sync_all())
         .map_err(err)?;
+    remove_abandoned(&dir, &prefix);
     Ok(())
+}
+
+/// Temporary files of writes killed mid-way (each may hold master keys),
+/// once old enough that no other process can still be writing one.
+fn remove_abandoned(dir: &Path, prefix: &str) {
+    const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
+        if name.to_str().is_some_and(|n| n.starts_with(prefix)) && old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }

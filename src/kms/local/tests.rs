@@ -136,6 +136,17 @@ mod unit {
         let leftover = left.file_name().unwrap().to_string_lossy().into_owned();
         let expected = [leftover.as_str(), "keyring.json", "keyring.json.lock"];
         assert_eq!(names, expected);
+        // Once it is old enough that no write can still be making it, the
+        // next write removes it: it may hold master keys.
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        fs::File::options()
+            .write(true)
+            .open(&left)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        drop(LocalKms::open(&path, &regions(&["a", "b"])).unwrap());
+        assert!(!left.exists(), "an abandoned temporary file is removed");
     }
 
     #[tokio::test]
