@@ -84,7 +84,7 @@ where
 /// it (the SDK says only that a provider "was not enabled").
 #[derive(Debug, thiserror::Error)]
 #[error("no AWS credentials found: give the process AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity token (IRSA) or an instance role")]
-pub struct NoCredentials(#[source] pub crate::report::BoxError);
+pub struct NoCredentials(#[source] pub Box<dyn std::error::Error + Send + Sync + 'static>);
 
 /// Whether the credential chain found nothing to use (no variables, no
 /// profile, no role) or was set up wrong. A provider that timed out or
@@ -104,7 +104,19 @@ fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
             // service could not be reached (a node at boot, a network
             // blip): an outage, which must never stop a start. The SDK
             // names it only in text; the type is private.
-            return not_loaded && !crate::report::chain(c).contains(IMDS_UNREACHABLE);
+            return not_loaded && !mentions(c, IMDS_UNREACHABLE);
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// Whether `err` or one of its sources says `text`.
+fn mentions(err: &(dyn std::error::Error + 'static), text: &str) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.to_string().contains(text) {
+            return true;
         }
         next = e.source();
     }
