@@ -50,9 +50,20 @@ pub struct Failure<'a> {
     pub code: Option<&'a str>,
     /// The HTTP status, when an answer arrived.
     pub status: Option<u16>,
-    /// No call was sent because the SDK found no usable AWS credentials:
-    /// a setting to fix, not an outage to wait out.
-    pub no_credentials: bool,
+    /// No call was sent for want of AWS credentials, and why.
+    pub credentials: Option<NoCredentialsWhy>,
+}
+
+/// Why the SDK had no credentials to sign a call with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoCredentialsWhy {
+    /// Nothing in the chain to use (no variables, no profile, no role), or
+    /// a chain set up wrong: a setting to fix, not an outage to wait out.
+    Missing,
+    /// The instance metadata service did not answer. On EC2 that is an
+    /// outage that passes; off EC2 it is how missing credentials look
+    /// unless `AWS_EC2_METADATA_DISABLED=true`. Never stops a start.
+    MetadataUnreachable,
 }
 
 pub fn inspect<E>(err: &SdkError<E, HttpResponse>) -> Failure<'_>
@@ -63,16 +74,20 @@ where
         transport,
         code,
         status,
-        no_credentials: false,
+        credentials: None,
     };
     match err {
-        SdkError::DispatchFailure(_) if lacks_credentials(err) => Failure {
-            no_credentials: true,
-            ..failure(false, None, None)
+        SdkError::DispatchFailure(_) => match lacks_credentials(err) {
+            Some(NoCredentialsWhy::Missing) => Failure {
+                credentials: Some(NoCredentialsWhy::Missing),
+                ..failure(false, None, None)
+            },
+            why => Failure {
+                credentials: why,
+                ..failure(true, None, None)
+            },
         },
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            failure(true, None, None)
-        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => failure(true, None, None),
         SdkError::ServiceError(se) => {
             failure(false, se.err().code(), Some(se.raw().status().as_u16()))
         }
@@ -80,17 +95,51 @@ where
     }
 }
 
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A call that found no credentials, said so that an operator can act on
 /// it (the SDK says only that a provider "was not enabled").
 #[derive(Debug, thiserror::Error)]
-#[error("no AWS credentials found: give the process AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity token (IRSA) or an instance role")]
-pub struct NoCredentials(#[source] pub Box<dyn std::error::Error + Send + Sync + 'static>);
+pub enum NoCredentials {
+    #[error("no AWS credentials found: give the process AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity token (IRSA) or an instance role")]
+    Missing(#[source] Source),
+    #[error("no AWS credentials yet: the instance metadata service did not answer (on EC2 this passes once it answers; elsewhere give the process credentials, or set AWS_EC2_METADATA_DISABLED=true so that missing credentials are reported as such)")]
+    MetadataUnreachable(#[source] Source),
+}
+
+impl NoCredentials {
+    pub fn new(why: NoCredentialsWhy, source: Source) -> Self {
+        match why {
+            NoCredentialsWhy::Missing => Self::Missing(source),
+            NoCredentialsWhy::MetadataUnreachable => Self::MetadataUnreachable(source),
+        }
+    }
+
+    /// A setting to fix, rather than an outage.
+    pub fn is_setting(&self) -> bool {
+        matches!(self, Self::Missing(_))
+    }
+}
+
+/// The [`NoCredentials`] among `err` and its sources, if any.
+pub fn no_credentials_in<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a NoCredentials> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<NoCredentials>() {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
 
 /// Whether the credential chain found nothing to use (no variables, no
-/// profile, no role) or was set up wrong. A provider that timed out or
-/// failed (the instance metadata service slow to answer) may work on the
-/// next call, and is left a transport failure.
-fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
+/// profile, no role) or was set up wrong, or could not reach the instance
+/// metadata service. A provider that timed out or failed otherwise may
+/// work on the next call: `None`, a plain transport failure.
+fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> Option<NoCredentialsWhy> {
     use aws_credential_types::provider::error::CredentialsError;
     let mut next = Some(err);
     while let Some(e) = next {
@@ -104,11 +153,15 @@ fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> bool {
             // service could not be reached (a node at boot, a network
             // blip): an outage, which must never stop a start. The SDK
             // names it only in text; the type is private.
-            return not_loaded && !mentions(c, IMDS_UNREACHABLE);
+            return match (not_loaded, mentions(c, IMDS_UNREACHABLE)) {
+                (false, _) => None,
+                (true, false) => Some(NoCredentialsWhy::Missing),
+                (true, true) => Some(NoCredentialsWhy::MetadataUnreachable),
+            };
         }
         next = e.source();
     }
-    false
+    None
 }
 
 /// Whether `err` or one of its sources says `text`.
@@ -151,23 +204,21 @@ mod tests {
     #[test]
     fn only_a_chain_with_nothing_to_use_lacks_credentials() {
         use aws_credential_types::provider::error::CredentialsError;
+        use NoCredentialsWhy::{MetadataUnreachable, Missing};
         let imds = std::io::Error::other(format!("Ec2InstanceMetadata: {IMDS_UNREACHABLE}"));
-        assert!(lacks_credentials(&CredentialsError::not_loaded(
-            "no credentials found in chain"
-        )));
-        assert!(lacks_credentials(&CredentialsError::invalid_configuration(
-            "bad profile"
-        )));
-        assert!(!lacks_credentials(&CredentialsError::not_loaded(imds)));
-        assert!(!lacks_credentials(&CredentialsError::provider_timed_out(
-            std::time::Duration::from_secs(1)
-        )));
-        assert!(!lacks_credentials(&CredentialsError::provider_error(
-            "IMDS 500"
-        )));
-        assert!(!lacks_credentials(&std::io::Error::other(
-            "connection refused"
-        )));
+        let missing = CredentialsError::not_loaded("no credentials found in chain");
+        assert_eq!(lacks_credentials(&missing), Some(Missing));
+        let wrong = CredentialsError::invalid_configuration("bad profile");
+        assert_eq!(lacks_credentials(&wrong), Some(Missing));
+        let unreachable = CredentialsError::not_loaded(imds);
+        assert_eq!(lacks_credentials(&unreachable), Some(MetadataUnreachable));
+        let slow = CredentialsError::provider_timed_out(std::time::Duration::from_secs(1));
+        assert_eq!(lacks_credentials(&slow), None);
+        assert_eq!(
+            lacks_credentials(&CredentialsError::provider_error("IMDS 500")),
+            None
+        );
+        assert_eq!(lacks_credentials(&std::io::Error::other("refused")), None);
     }
 
     #[test]

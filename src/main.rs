@@ -59,8 +59,8 @@ enum Command {
         /// Parallel scan segments, 1 to 1000 (each runs as its own task).
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
         segments: u32,
-        /// Stop after this many records (resume with --checkpoint).
-        #[arg(long)]
+        /// Stop after this many records, at least 1 (resume with --checkpoint).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         max_records: Option<u64>,
     },
     /// Decrypt every record's ciphertext in each region separately; exit 0

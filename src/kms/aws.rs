@@ -135,9 +135,13 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let failure = inspect(&err);
-    if failure.no_credentials {
-        let err = crate::aws::NoCredentials(Box::new(err));
-        return KmsError::new(KmsErrorKind::Misconfigured, region, op, err);
+    if let Some(why) = failure.credentials {
+        let kind = match why {
+            crate::aws::NoCredentialsWhy::Missing => KmsErrorKind::Misconfigured,
+            crate::aws::NoCredentialsWhy::MetadataUnreachable => KmsErrorKind::Unavailable,
+        };
+        let err = crate::aws::NoCredentials::new(why, Box::new(err));
+        return KmsError::new(kind, region, op, err);
     }
     let kind = match failure {
         f if f.transport => KmsErrorKind::Unavailable,

@@ -89,18 +89,9 @@ impl KmsError {
     /// The call found no AWS credentials to sign with: a setting, the same
     /// for every call, not a verdict on the ciphertext or the key.
     pub fn no_credentials(&self) -> bool {
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(self.source.as_ref());
-        while let Some(e) = next {
-            if e.is::<crate::aws::NoCredentials>() {
-                return true;
-            }
-            next = e.source();
-        }
-        false
+        crate::aws::no_credentials_in(self.source.as_ref()).is_some()
     }
-}
 
-impl KmsError {
     pub fn new(
         kind: KmsErrorKind,
         region: &Region,

@@ -55,10 +55,10 @@ where
     let f = inspect(&err);
     // 503 to a request, as every store failure that is not the request's
     // own; readiness and preflight say `failed` (see `is_outage`).
-    if f.no_credentials {
+    if let Some(why) = f.credentials {
         return StoreError::Unavailable {
             op,
-            source: Box::new(crate::aws::NoCredentials(Box::new(err))),
+            source: Box::new(crate::aws::NoCredentials::new(why, Box::new(err))),
         };
     }
     // A missing table is an outage of the store, not a bug in the request:

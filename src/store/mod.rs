@@ -20,7 +20,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The store did not answer or refused for load: try again later.
+    /// The store cannot serve now (no answer, throttling, or a resource
+    /// that is not there: see [`StoreError::is_outage`]): 503, try again.
     #[error("store unavailable during {op}")]
     Unavailable {
         op: &'static str,
@@ -48,12 +49,12 @@ impl StoreError {
         let StoreError::Unavailable { source, .. } = self else {
             return false;
         };
+        if crate::aws::no_credentials_in(source.as_ref()).is_some_and(|n| n.is_setting()) {
+            return false;
+        }
         let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
         while let Some(e) = next {
-            if e.is::<sqlite::FileChanged>()
-                || e.is::<dynamodb::NoSuchTable>()
-                || e.is::<crate::aws::NoCredentials>()
-            {
+            if e.is::<sqlite::FileChanged>() || e.is::<dynamodb::NoSuchTable>() {
                 return false;
             }
             next = e.source();

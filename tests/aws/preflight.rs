@@ -140,6 +140,37 @@ async fn a_strict_start_without_credentials_stops_and_says_so() {
     assert!(last.contains("no AWS credentials found"), "{last}");
 }
 
+/// No credentials, and an instance metadata service that does not answer
+/// (off EC2 with it left enabled): an outage, as on EC2 it passes, so not
+/// a reason to stop a start; the checks say why in terms of credentials.
+#[tokio::test]
+async fn an_unreachable_metadata_service_is_an_outage_named_as_such() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let out = rkms(&cloud, dir.path(), &[])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_PROFILE")
+        .env("AWS_EC2_METADATA_DISABLED", "false")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)
+        .args(["check-config", "--connect"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert_eq!(failed.len(), 4, "the store and three regions: {stdout}");
+    for line in failed {
+        assert!(line.contains("unreachable"), "an outage: {line}");
+        assert!(line.contains("no AWS credentials yet"), "{line}");
+    }
+}
+
 #[tokio::test]
 async fn check_config_connect_names_the_failing_dependency_and_exits_non_zero() {
     let cloud = Cloud::start(false).await;

@@ -283,7 +283,13 @@ fn remove_abandoned(dir: &Path, prefix: &str) {
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > ABANDONED_AFTER));
-        if name.to_str().is_some_and(|n| n.starts_with(prefix)) && old {
+        // Exactly our names: the prefix and a 32-digit hex UUID, so that
+        // no other file (another keyring named like one) is touched.
+        let ours = name.to_str().is_some_and(|n| {
+            n.strip_prefix(prefix)
+                .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        });
+        if ours && old {
             let _ = fs::remove_file(entry.path());
         }
     }

@@ -122,7 +122,7 @@ mod unit {
         let path = dir.path().join("keyring.json");
         let left = dir
             .path()
-            .join(format!(".keyring.json.tmp-{}", std::process::id()));
+            .join(format!(".keyring.json.tmp-{:032x}", std::process::id()));
         fs::write(&left, b"{\"partial").unwrap();
         drop(LocalKms::open(&path, &regions(&["a"])).unwrap());
         assert!(LocalKms::open_existing(&path)
