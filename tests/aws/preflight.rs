@@ -106,6 +106,19 @@ async fn a_strict_start_refuses_a_missing_table_or_a_wrong_alias_in_one_line() {
     );
 }
 
+/// `cmd` with none of the test credentials the cloud's environment gives.
+fn without_credentials(mut cmd: Command) -> Command {
+    for name in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+    ] {
+        cmd.env_remove(name);
+    }
+    cmd
+}
+
 /// No credentials anywhere in the SDK's chain: a setting to fix, not an
 /// outage. A strict start stops and says so, where it took every check
 /// for an unreachable dependency, started, and answered every key 503.
@@ -113,11 +126,7 @@ async fn a_strict_start_refuses_a_missing_table_or_a_wrong_alias_in_one_line() {
 async fn a_strict_start_without_credentials_stops_and_says_so() {
     let cloud = Cloud::start(false).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = rkms(&cloud, dir.path(), &[])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
+    let mut child = without_credentials(rkms(&cloud, dir.path(), &[]))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -151,11 +160,7 @@ async fn an_unreachable_metadata_service_is_an_outage_named_as_such() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let out = rkms(&cloud, dir.path(), &[])
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("AWS_PROFILE")
+    let out = without_credentials(rkms(&cloud, dir.path(), &[]))
         .env("AWS_EC2_METADATA_DISABLED", "false")
         .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &endpoint)
         .args(["check-config", "--connect"])
