@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::{failed_id, list_lines, note, progress, Checkpoint, KmsBudget, Walk, PAGE};
+use super::{
+    failed_id, join_segments, list_lines, note, progress, Checkpoint, KmsBudget, Walk, PAGE,
+};
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms};
 use crate::report::chain;
@@ -193,10 +195,10 @@ pub async fn run(
             }
         });
     }
-    while let Some(joined) = tasks.join_next().await {
-        joined??;
-    }
+    let so_far = || summary.lock().unwrap_or_else(|p| p.into_inner()).text();
+    let joined = join_segments(&mut tasks, so_far).await;
     bar.finish_and_clear();
+    joined?;
     let summary = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(summary)
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::{failed_id, list_lines, note, progress, Checkpoint, Walk};
+use super::{failed_id, join_segments, list_lines, note, progress, Checkpoint, Walk};
 use crate::report::chain;
 use crate::store::{PutOutcome, Store};
 
@@ -150,10 +150,10 @@ pub async fn run(
             }
         });
     }
-    while let Some(joined) = tasks.join_next().await {
-        joined??;
-    }
+    let so_far = || summary.lock().unwrap_or_else(|p| p.into_inner()).text();
+    let joined = join_segments(&mut tasks, so_far).await;
     bar.finish_and_clear();
+    joined?;
     let summary = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok(summary)
 }
@@ -238,6 +238,23 @@ mod tests {
         assert!(settled.ok(), "{}", settled.text());
         let saved = Checkpoint::load_or_new(Some(&cp), "copy", "copy from A to B", 1).unwrap();
         assert!(saved.finished());
+    }
+
+    /// A copy that cannot read its source fails saying which store and
+    /// how far it got, where it printed nothing of what it had done.
+    #[tokio::test]
+    async fn a_copy_that_fails_says_how_far_it_got() {
+        let from = MemoryStore::new();
+        from.put_if_absent(&record("e/1", 1)).await.unwrap();
+        from.set_unavailable(true);
+        let to = store_of([]).await;
+        let err = run(Arc::new(from), to, options(None)).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("stopped before the end, after copy: 0 records scanned"),
+            "{text}"
+        );
+        assert!(text.contains("reading the source store (--from)"), "{text}");
     }
 
     /// Counts are of every record; only the list of ids is cut short.

@@ -234,6 +234,28 @@ impl Walk {
     }
 }
 
+/// Wait for every segment. On the first that fails, stop the others and
+/// fail saying what had been done by then (`done`: the summary so far),
+/// which a failed run printed nothing of.
+pub async fn join_segments(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<()>>,
+    done: impl Fn() -> String,
+) -> anyhow::Result<()> {
+    while let Some(joined) = tasks.join_next().await {
+        let failed = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e,
+            Err(e) => anyhow::Error::new(e),
+        };
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let done = done();
+        let first = done.lines().next().unwrap_or_default().to_string();
+        return Err(failed.context(format!("stopped before the end, after {first}")));
+    }
+    Ok(())
+}
+
 /// The id a failed record decode names, for reports.
 pub fn failed_id(error: &StoreError) -> String {
     match error {
