@@ -282,6 +282,42 @@ impl Health {
 mod tests {
     use super::*;
 
+    /// A check that fails for a reason without a hint of its own names
+    /// the settings to look at, for the store the settings name.
+    #[test]
+    fn fallback_messages_name_the_settings() {
+        let other = |why: &str| StoreError::Other {
+            op: "describe_table",
+            source: why.to_string().into(),
+        };
+        let (dynamo, transient) = store_problem("DynamoDB table t in r at x", &other("odd"));
+        assert!(!transient);
+        assert!(
+            dynamo.contains(
+                "store.dynamodb.table, store.dynamodb.region and store.dynamodb.endpoint"
+            ),
+            "{dynamo}"
+        );
+        let (sqlite, _) = store_problem("SQLite /tmp/x", &other("odd"));
+        assert!(sqlite.contains("check store.sqlite.path"), "{sqlite}");
+        let outage = StoreError::Unavailable {
+            op: "ping",
+            source: "timed out".into(),
+        };
+        let (down, transient) = store_problem("DynamoDB table t in r at x", &outage);
+        assert!(
+            transient && down.contains("unreachable or failing"),
+            "{down}"
+        );
+        let region = Region::new("eu-west-1");
+        let refused = KmsError::new(KmsErrorKind::Other, &region, "describe_key", "Error");
+        let kms = kms_problem(&region, &refused);
+        assert!(
+            kms.contains("kms.aws.key_ids.eu-west-1, and kms.aws.endpoints.eu-west-1"),
+            "{kms}"
+        );
+    }
+
     fn check(name: &str, ok: bool) -> Check {
         Check {
             name: name.into(),
