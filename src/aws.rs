@@ -121,18 +121,18 @@ impl NoCredentials {
     }
 }
 
+/// `err` and its sources, outermost first.
+pub fn sources<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
 /// The [`NoCredentials`] among `err` and its sources, if any.
 pub fn no_credentials_in<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a NoCredentials> {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(found) = e.downcast_ref::<NoCredentials>() {
-            return Some(found);
-        }
-        next = e.source();
-    }
-    None
+    sources(err).find_map(|e| e.downcast_ref::<NoCredentials>())
 }
 
 /// Whether the credential chain found nothing to use (no variables, no
@@ -141,39 +141,21 @@ pub fn no_credentials_in<'a>(
 /// work on the next call: `None`, a plain transport failure.
 fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> Option<NoCredentialsWhy> {
     use aws_credential_types::provider::error::CredentialsError;
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if let Some(c) = e.downcast_ref::<CredentialsError>() {
-            let not_loaded = matches!(
-                c,
-                CredentialsError::CredentialsNotLoaded(_)
-                    | CredentialsError::InvalidConfiguration(_)
-            );
-            // The chain also says "not loaded" when the instance metadata
-            // service could not be reached (a node at boot, a network
-            // blip): an outage, which must never stop a start. The SDK
-            // names it only in text; the type is private.
-            return match (not_loaded, mentions(c, IMDS_UNREACHABLE)) {
-                (false, _) => None,
-                (true, false) => Some(NoCredentialsWhy::Missing),
-                (true, true) => Some(NoCredentialsWhy::MetadataUnreachable),
-            };
-        }
-        next = e.source();
+    let c = sources(err).find_map(|e| e.downcast_ref::<CredentialsError>())?;
+    let not_loaded = matches!(
+        c,
+        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_)
+    );
+    // The chain also says "not loaded" when the instance metadata service
+    // could not be reached (a node at boot, a network blip): an outage,
+    // which must never stop a start. The SDK names it only in text; the
+    // type is private.
+    let unreachable = sources(c).any(|e| e.to_string().contains(IMDS_UNREACHABLE));
+    match (not_loaded, unreachable) {
+        (false, _) => None,
+        (true, false) => Some(NoCredentialsWhy::Missing),
+        (true, true) => Some(NoCredentialsWhy::MetadataUnreachable),
     }
-    None
-}
-
-/// Whether `err` or one of its sources says `text`.
-fn mentions(err: &(dyn std::error::Error + 'static), text: &str) -> bool {
-    let mut next = Some(err);
-    while let Some(e) = next {
-        if e.to_string().contains(text) {
-            return true;
-        }
-        next = e.source();
-    }
-    false
 }
 
 /// How the SDK's credential chain says the instance metadata service did

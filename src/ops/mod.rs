@@ -188,18 +188,7 @@ impl Walk {
         store: &Arc<dyn Store>,
         limit: usize,
     ) -> Result<Option<ScanPage>, StoreError> {
-        if self.at.done {
-            return Ok(None);
-        }
-        store
-            .scan(
-                self.segment,
-                self.segments,
-                self.at.cursor.as_deref(),
-                limit,
-            )
-            .await
-            .map(Some)
+        next_page(store, self.segment, self.segments, &self.at, limit).await
     }
 
     /// Whether the segment has been read to its end.
@@ -300,18 +289,20 @@ pub fn progress(what: &str) -> indicatif::ProgressBar {
     bar
 }
 
-/// Read the next page of `segment`, or `None` when it is done.
+/// Read the next page (at most `limit` records) of `segment`, or `None`
+/// when it is done.
 pub async fn next_page(
     store: &Arc<dyn Store>,
     segment: u32,
     segments: u32,
     state: &SegmentState,
+    limit: usize,
 ) -> Result<Option<ScanPage>, StoreError> {
     if state.done {
         return Ok(None);
     }
     store
-        .scan(segment, segments, state.cursor.as_deref(), PAGE)
+        .scan(segment, segments, state.cursor.as_deref(), limit)
         .await
         .map(Some)
 }

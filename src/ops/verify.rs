@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use serde::Serialize;
 
-use super::{failed_id, list_lines, next_page, note, progress, KmsBudget, SegmentState};
+use super::{failed_id, list_lines, next_page, note, progress, KmsBudget, SegmentState, PAGE};
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms, KmsErrorKind};
 use crate::report::chain;
@@ -139,7 +139,7 @@ pub async fn run(
         let sample = options.sample;
         tasks.spawn(async move {
             let mut state = SegmentState::default();
-            while let Some(page) = next_page(&store, segment, segments, &state).await? {
+            while let Some(page) = next_page(&store, segment, segments, &state, PAGE).await? {
                 for record in page.records {
                     bar.inc(1);
                     let record = match record {

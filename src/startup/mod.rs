@@ -25,9 +25,11 @@ use crate::store::Store;
 use crate::tls::Tls;
 
 mod backends;
+mod identity;
 mod serve;
 mod watchdog;
-pub use backends::{backends, same_store, store, store_identity, Access};
+pub use backends::{backends, store, Access};
+pub use identity::{same_store, store_identity};
 use serve::serve;
 
 pub struct Application {

@@ -43,23 +43,19 @@ pub enum StoreError {
 impl StoreError {
     /// An outage that may pass by itself (no answer, throttling), as
     /// against a store that is not where the settings say: a missing
-    /// table, a database file moved away, no AWS credentials. Both are 503 to a request; only
-    /// the second needs an operator, and readiness says `failed` for it.
+    /// table, a database file moved away, no AWS credentials. Both are 503
+    /// to a request; only the second needs an operator, and readiness says
+    /// `failed` for it.
     pub fn is_outage(&self) -> bool {
         let StoreError::Unavailable { source, .. } = self else {
             return false;
         };
-        if crate::aws::no_credentials_in(source.as_ref()).is_some_and(|n| n.is_setting()) {
-            return false;
-        }
-        let mut next: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
-        while let Some(e) = next {
-            if e.is::<sqlite::FileChanged>() || e.is::<dynamodb::NoSuchTable>() {
-                return false;
-            }
-            next = e.source();
-        }
-        true
+        !crate::aws::sources(source.as_ref()).any(|e| {
+            e.is::<sqlite::FileChanged>()
+                || e.is::<dynamodb::NoSuchTable>()
+                || e.downcast_ref::<crate::aws::NoCredentials>()
+                    .is_some_and(crate::aws::NoCredentials::is_setting)
+        })
     }
 }
 
