@@ -212,29 +212,15 @@ pub fn check_connect(settings: Settings) -> ExitCode {
 }
 
 pub fn hash_token() -> ExitCode {
-    use std::io::{BufRead, IsTerminal, Read};
+    use std::io::{IsTerminal, Read};
     let stdin = std::io::stdin();
     let mut input = zeroize::Zeroizing::new(Vec::new());
     let read = if stdin.is_terminal() {
         // Typed by hand: ask, and keep the token off the screen (and out of
         // the terminal's scrollback) while it is typed.
-        // Echo goes off before the prompt shows: what is typed after it is
-        // never echoed.
-        let echo = NoEcho::on(&stdin);
-        eprint!(
-            "rkms: hash-token: type the token, then Enter ({}): ",
-            if echo.was.is_some() {
-                "it is not shown"
-            } else {
-                "the terminal's echo could not be turned off: it IS shown"
-            }
-        );
-        let read = stdin.lock().read_until(b'\n', &mut input);
-        drop(echo);
-        eprintln!();
-        read
+        read_typed_line(&stdin).map(|typed| input = typed)
     } else {
-        stdin.lock().read_to_end(&mut input)
+        stdin.lock().read_to_end(&mut input).map(|_| ())
     };
     if let Err(e) = read {
         eprintln!("rkms: hash-token: cannot read stdin: {e}");
@@ -264,6 +250,58 @@ pub fn hash_token() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(code) => code,
     }
+}
+
+/// One line typed at the terminal, with its echo off while it is typed
+/// (off before the prompt shows, so nothing typed after it is echoed). A
+/// signal that ends the process meanwhile (Ctrl-C, Ctrl-\\, a hang-up, a
+/// kill) turns the echo back on first: a shell that does not restore the
+/// terminal itself (sh, dash) would be left with it off.
+fn read_typed_line(stdin: &std::io::Stdin) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        // Listening before the echo goes off: no moment when a signal
+        // would end the process with it off.
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut quit = signal(SignalKind::quit())?;
+        let mut hangup = signal(SignalKind::hangup())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        let echo = NoEcho::on(stdin);
+        eprint!(
+            "rkms: hash-token: type the token, then Enter ({}): ",
+            if echo.was.is_some() {
+                "it is not shown"
+            } else {
+                "the terminal's echo could not be turned off: it IS shown"
+            }
+        );
+        let line = tokio::task::spawn_blocking(|| {
+            use std::io::BufRead;
+            let mut line = zeroize::Zeroizing::new(Vec::new());
+            std::io::stdin()
+                .lock()
+                .read_until(b'\n', &mut line)
+                .map(|_| line)
+        });
+        // The exit status a shell gives a process its signal ended: 128 + N.
+        let signalled = tokio::select! {
+            line = line => {
+                drop(echo);
+                eprintln!();
+                return line.map_err(std::io::Error::other)?;
+            }
+            _ = interrupt.recv() => 130,
+            _ = quit.recv() => 131,
+            _ = hangup.recv() => 129,
+            _ = terminate.recv() => 143,
+        };
+        drop(echo);
+        eprintln!();
+        std::process::exit(signalled)
+    })
 }
 
 /// A terminal's echo turned off until dropped, when it can be.

@@ -684,6 +684,48 @@ fn hash_token_at_a_terminal_does_not_show_the_token() {
     );
 }
 
+/// Ctrl-C while the token is typed turns the terminal's echo back on
+/// before the process ends: sh does not restore it, and every later
+/// command of that terminal would type blind.
+#[test]
+fn hash_token_interrupted_at_a_terminal_turns_echo_back_on() {
+    use std::io::{Read, Write};
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no script(1) here");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_rkms");
+    // The trap keeps sh alive through the SIGINT (a trap with a command is
+    // not inherited, so rkms gets the default), to report what is left.
+    let shell = format!("trap : INT; {bin} hash-token; echo rc=$?; stty -a");
+    let mut child = Command::new("script")
+        .args(["-qec", &format!("sh -c '{shell}'"), "/dev/null"])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains("(it is not shown): ") {
+        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "no prompt: {seen:?}");
+        seen.push(byte[0]);
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"half-typed\x03").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    drop(stdin);
+    child.wait().unwrap();
+    assert!(rest.contains("rc=130"), "{rest}");
+    let modes: Vec<&str> = rest.split_whitespace().collect();
+    assert!(modes.contains(&"echo"), "echo left off: {rest}");
+    assert!(!modes.contains(&"-echo"), "echo left off: {rest}");
+    assert!(!rest.contains("half-typed"), "echoed: {rest}");
+}
+
 /// RUST_LOG can silence the application log, never the audit trail.
 #[tokio::test]
 async fn rust_log_off_does_not_silence_audit_events() {
