@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::{
-    failed_id, join_segments, list_lines, note, progress, Checkpoint, KmsBudget, Walk, PAGE,
+    corrupt_id, failed_id, join_segments, list_lines, note, progress, retried, Checkpoint,
+    KmsBudget, Walk, PAGE,
 };
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms};
 use crate::report::chain;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -38,6 +39,9 @@ pub struct Options {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Summary {
     pub scanned: u64,
+    /// Records the checkpoint carried as unsettled, read again by id
+    /// (counted in `scanned` unless deleted since).
+    pub retried: u64,
     /// Records that already had every configured region.
     pub complete: u64,
     /// Records that gained at least one region (or would, in a dry run).
@@ -66,9 +70,10 @@ impl Summary {
     pub fn text(&self) -> String {
         let verb = if self.dry_run { "would gain" } else { "gained" };
         let mut out = format!(
-            "backfill{}: {} records scanned: {} complete, {} {verb} {} region ciphertexts, {} RKMS (Go) records left unchanged, {} failed, {} corrupt{}\n",
+            "backfill{}: {} records scanned{}: {} complete, {} {verb} {} region ciphertexts, {} RKMS (Go) records left unchanged, {} failed, {} corrupt{}\n",
             if self.dry_run { " (dry run)" } else { "" },
             self.scanned,
+            retried(self.retried),
             self.complete,
             self.repaired,
             self.regions_added,
@@ -125,6 +130,42 @@ pub async fn run(
             (budget.clone(), limit.clone(), bar.clone(), options.clone());
         tasks.spawn(async move {
             let mut walk = Walk::resume(&checkpoint, segment, segments);
+            let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
+            let each = Each {
+                kms,
+                store: Arc::clone(&store),
+                regions,
+                budget,
+                summary: Arc::clone(&summary),
+                dry_run: options.dry_run,
+            };
+            // First the records the checkpoint carries as unsettled, each
+            // read again by its id (one deleted since needs nothing).
+            while walk.retrying() {
+                let Some(want) = take(limit.as_deref(), &summary).await else {
+                    return anyhow::Ok(());
+                };
+                let ids = walk.next_retries(want);
+                if let Some(limit) = &limit {
+                    limit.settle(want, ids.len());
+                }
+                for id in ids {
+                    bar.inc(1);
+                    let read = match store.get(&id).await {
+                        Ok(found) => found.map(Ok),
+                        Err(e @ StoreError::Corrupt { .. }) => Some(Err(e)),
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e)
+                                .context(format!("reading {id} again, as the checkpoint asks")))
+                        }
+                    };
+                    lock(&summary).retried += 1;
+                    if let Some(read) = read {
+                        each.settle(read, &mut walk).await;
+                    }
+                }
+                walk.keep(&checkpoint, save)?;
+            }
             loop {
                 // With --max-records, a page is no larger than what is left
                 // of it, so the run stops at a page's end, where its place
@@ -134,15 +175,8 @@ pub async fn run(
                 if walk.done() {
                     return anyhow::Ok(());
                 }
-                let want = match &limit {
-                    None => PAGE,
-                    Some(limit) => match limit.reserve(PAGE).await {
-                        0 => {
-                            summary.lock().unwrap_or_else(|p| p.into_inner()).partial = true;
-                            return anyhow::Ok(());
-                        }
-                        n => n,
-                    },
+                let Some(want) = take(limit.as_deref(), &summary).await else {
+                    return anyhow::Ok(());
                 };
                 let page = walk.next_up_to(&store, want).await;
                 // What the page did not use (all of it, when there was none)
@@ -159,48 +193,92 @@ pub async fn run(
                 };
                 for record in page.records {
                     bar.inc(1);
-                    let record = match record {
-                        Ok(r) => r,
-                        Err(e) => {
-                            tracing::error!(error = %chain(&e), "corrupt record skipped");
-                            walk.unsettled();
-                            let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
-                            let s = &mut *s;
-                            s.scanned += 1;
-                            note(&mut s.corrupt, &mut s.corrupt_ids, &failed_id(&e));
-                            continue;
-                        }
-                    };
-                    let outcome =
-                        fill(&kms, &store, &regions, &budget, &record, options.dry_run).await;
-                    let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
-                    let s = &mut *s;
-                    s.scanned += 1;
-                    match outcome {
-                        Outcome::Complete => s.complete += 1,
-                        Outcome::Legacy => s.legacy_skipped += 1,
-                        Outcome::Added(n) => {
-                            s.repaired += 1;
-                            s.regions_added += n;
-                        }
-                        Outcome::Failed(why) => {
-                            tracing::error!(key_id = %record.id, reason = %why, "backfill failed for a record");
-                            walk.unsettled();
-                            note(&mut s.failed, &mut s.failed_ids, record.id.as_str());
-                        }
-                    }
+                    each.settle(record, &mut walk).await;
                 }
-                let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
                 walk.page_done(page.next, &checkpoint, save)?;
             }
         });
     }
-    let so_far = || summary.lock().unwrap_or_else(|p| p.into_inner()).text();
+    let so_far = || lock(&summary).text();
     let joined = join_segments(&mut tasks, so_far).await;
     bar.finish_and_clear();
     joined?;
-    let summary = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let summary = lock(&summary).clone();
     Ok(summary)
+}
+
+fn lock(summary: &Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
+    summary.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How many records the next read may take: a page, or no more than is
+/// left of `--max-records`; `None` once that is used up (the run is then
+/// partial).
+async fn take(limit: Option<&Limit>, summary: &Mutex<Summary>) -> Option<usize> {
+    let Some(limit) = limit else {
+        return Some(PAGE);
+    };
+    match limit.reserve(PAGE).await {
+        0 => {
+            lock(summary).partial = true;
+            None
+        }
+        n => Some(n),
+    }
+}
+
+/// What a segment needs to settle a record.
+struct Each {
+    kms: Arc<dyn Kms>,
+    store: Arc<dyn Store>,
+    regions: Vec<Region>,
+    budget: KmsBudget,
+    summary: Arc<Mutex<Summary>>,
+    dry_run: bool,
+}
+
+impl Each {
+    /// Fill the regions `read` lacks and count it; one not settled is
+    /// carried by `walk`.
+    async fn settle(&self, read: Result<KeyRecord, StoreError>, walk: &mut Walk) {
+        let record = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "corrupt record skipped");
+                walk.unsettled(corrupt_id(&e));
+                let mut s = lock(&self.summary);
+                let s = &mut *s;
+                s.scanned += 1;
+                note(&mut s.corrupt, &mut s.corrupt_ids, &failed_id(&e));
+                return;
+            }
+        };
+        let outcome = fill(
+            &self.kms,
+            &self.store,
+            &self.regions,
+            &self.budget,
+            &record,
+            self.dry_run,
+        )
+        .await;
+        let mut s = lock(&self.summary);
+        let s = &mut *s;
+        s.scanned += 1;
+        match outcome {
+            Outcome::Complete => s.complete += 1,
+            Outcome::Legacy => s.legacy_skipped += 1,
+            Outcome::Added(n) => {
+                s.repaired += 1;
+                s.regions_added += n;
+            }
+            Outcome::Failed(why) => {
+                tracing::error!(key_id = %record.id, reason = %why, "backfill failed for a record");
+                walk.unsettled(Some(record.id.as_str()));
+                note(&mut s.failed, &mut s.failed_ids, record.id.as_str());
+            }
+        }
+    }
 }
 
 /// `--max-records`, shared by the segments: each takes up to a page of
@@ -351,6 +429,98 @@ mod tests {
     use crate::domain::KeyId;
     use crate::kms::local::LocalKms;
     use crate::store::memory::MemoryStore;
+
+    /// A record that stays failed is carried in the checkpoint and read
+    /// again, by id, at the start of each run; limited runs go on past it.
+    /// They used to hold the checkpoint before its page, so every run
+    /// limited to N records read the same N and the store was never done.
+    #[tokio::test]
+    async fn limited_runs_go_on_past_a_record_that_stays_failed() {
+        let (a, b) = (Region::new("a"), Region::new("b"));
+        let dir = tempfile::tempdir().unwrap();
+        let kms = Arc::new(
+            LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
+        );
+        let store = Arc::new(MemoryStore::new());
+        let ids: Vec<String> = (0..30).map(|i| format!("x{i:02}")).collect();
+        for id in &ids {
+            let id = KeyId::parse(id).unwrap();
+            let (_, mut wrapped) = kms
+                .generate_data_key(&a, 32, Context::Bound(&id))
+                .await
+                .unwrap();
+            if id.as_str() == "x05" {
+                // No region can decrypt it: it fails in every run.
+                wrapped.ciphertext = vec![7; 60];
+            }
+            store.insert_raw(KeyRecord {
+                id: id.clone(),
+                keys: [(a.clone(), wrapped.ciphertext)].into(),
+                version: Some(2),
+                key_ids: [(a.clone(), wrapped.key_arn)].into(),
+                created_at: None,
+            });
+        }
+        let checkpoint = dir.path().join("cp.json");
+        let mut runs = Vec::new();
+        for _ in 0..5 {
+            let options = Options {
+                segments: 1,
+                max_rps: 0,
+                dry_run: false,
+                checkpoint: Some(checkpoint.clone()),
+                max_records: Some(10),
+                scope: "test".into(),
+            };
+            let summary = run(
+                Arc::clone(&kms) as Arc<dyn Kms>,
+                Arc::clone(&store) as Arc<dyn Store>,
+                vec![a.clone(), b.clone()],
+                options,
+            )
+            .await
+            .unwrap();
+            assert_eq!(summary.failed_ids, ["x05"], "{}", summary.text());
+            runs.push((summary.repaired, summary.retried));
+        }
+        // Each run after the first reads x05 again (1 of its 10), then 9
+        // more, until the store is read.
+        assert_eq!(runs, [(9, 0), (9, 1), (9, 1), (2, 1), (0, 1)]);
+        for id in ids.iter().filter(|id| *id != "x05") {
+            let record = store.snapshot(&KeyId::parse(id).unwrap()).unwrap();
+            assert!(record.keys.contains_key(&b), "{id} not backfilled");
+        }
+        let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
+        assert_eq!(saved.segments[0].retry, ["x05"]);
+        assert!(
+            !saved.finished(),
+            "a run with a failed record is not finished"
+        );
+
+        // Mended (here: removed), the next run reads it again, finds nothing
+        // to do, and the checkpoint records a finished run.
+        store.remove(&KeyId::parse("x05").unwrap());
+        let options = Options {
+            segments: 1,
+            max_rps: 0,
+            dry_run: false,
+            checkpoint: Some(checkpoint.clone()),
+            max_records: Some(10),
+            scope: "test".into(),
+        };
+        let summary = run(
+            Arc::clone(&kms) as Arc<dyn Kms>,
+            Arc::clone(&store) as Arc<dyn Store>,
+            vec![a.clone(), b.clone()],
+            options,
+        )
+        .await
+        .unwrap();
+        assert!(summary.ok(), "{}", summary.text());
+        assert_eq!(summary.retried, 1);
+        let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
+        assert!(saved.finished());
+    }
 
     /// `--max-records` over several segments, resumed run after run: each
     /// run does its full share until the store is done. A segment already

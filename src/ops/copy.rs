@@ -9,9 +9,13 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use super::{failed_id, join_segments, list_lines, note, progress, Checkpoint, Walk};
+use super::{
+    corrupt_id, failed_id, join_segments, list_lines, note, progress, retried, Checkpoint, Walk,
+    PAGE,
+};
+use crate::domain::KeyRecord;
 use crate::report::chain;
-use crate::store::{PutOutcome, Store};
+use crate::store::{PutOutcome, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -25,6 +29,9 @@ pub struct Options {
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Summary {
     pub scanned: u64,
+    /// Records the checkpoint carried as unsettled, read again by id
+    /// (counted in `scanned` unless deleted since).
+    pub retried: u64,
     /// Written to the target (or would be, in a dry run).
     pub copied: u64,
     /// Already in the target with the same record.
@@ -50,9 +57,10 @@ impl Summary {
 
     pub fn text(&self) -> String {
         let mut out = format!(
-            "copy{}: {} records scanned: {} {}, {} already present and identical, {} present with a different record (untouched), {} failed, {} corrupt\n",
+            "copy{}: {} records scanned{}: {} {}, {} already present and identical, {} present with a different record (untouched), {} failed, {} corrupt\n",
             if self.dry_run { " (dry run)" } else { "" },
             self.scanned,
+            retried(self.retried),
             self.copied,
             if self.dry_run { "would be copied" } else { "copied" },
             self.identical,
@@ -96,6 +104,34 @@ pub async fn run(
         );
         tasks.spawn(async move {
             let mut walk = Walk::resume(&checkpoint, segment, segments);
+            let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
+            let each = Each {
+                to,
+                summary: Arc::clone(&summary),
+                dry_run: options.dry_run,
+            };
+            // First the records the checkpoint carries as unsettled, each
+            // read again by its id (one deleted from the source since needs
+            // nothing).
+            while walk.retrying() {
+                for id in walk.next_retries(PAGE) {
+                    bar.inc(1);
+                    let read = match from.get(&id).await {
+                        Ok(found) => found.map(Ok),
+                        Err(e @ StoreError::Corrupt { .. }) => Some(Err(e)),
+                        Err(e) => {
+                            return Err(anyhow::Error::new(e).context(format!(
+                                "reading {id} again from the source store (--from), as the checkpoint asks"
+                            )))
+                        }
+                    };
+                    lock(&summary).retried += 1;
+                    if let Some(read) = read {
+                        each.settle(read, &mut walk).await;
+                    }
+                }
+                walk.keep(&checkpoint, save)?;
+            }
             loop {
                 // A copy has two stores: say which one failed.
                 let page = walk.next(&from).await;
@@ -104,64 +140,81 @@ pub async fn run(
                 };
                 for record in page.records {
                     bar.inc(1);
-                    let record = match record {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let id = failed_id(&e);
-                            tracing::error!(error = %chain(&e), "corrupt record not copied");
-                            walk.unsettled();
-                            let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
-                            s.scanned += 1;
-                            let s = &mut *s;
-                            note(&mut s.corrupt, &mut s.corrupt_ids, &id);
-                            continue;
-                        }
-                    };
-                    let outcome = if options.dry_run {
-                        to.get(&record.id).await.map(|found| match found {
-                            Some(existing) => PutOutcome::Exists(existing),
-                            None => PutOutcome::Created,
-                        })
-                    } else {
-                        to.put_if_absent(&record).await
-                    };
-                    let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
-                    let s = &mut *s;
-                    s.scanned += 1;
-                    match outcome {
-                        Ok(PutOutcome::Created) => s.copied += 1,
-                        Ok(PutOutcome::Exists(existing)) if existing == record => {
-                            s.identical += 1;
-                        }
-                        Ok(PutOutcome::Exists(_)) => {
-                            tracing::warn!(key_id = %record.id, "the target holds a different record for this id; left untouched");
-                            walk.unsettled();
-                            note(&mut s.different, &mut s.different_ids, record.id.as_str());
-                        }
-                        Err(e) => {
-                            tracing::error!(key_id = %record.id, error = %chain(&e), "copy failed for a record");
-                            walk.unsettled();
-                            note(&mut s.failed, &mut s.failed_ids, record.id.as_str());
-                        }
-                    }
+                    each.settle(record, &mut walk).await;
                 }
-                let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
                 walk.page_done(page.next, &checkpoint, save)?;
             }
         });
     }
-    let so_far = || summary.lock().unwrap_or_else(|p| p.into_inner()).text();
+    let so_far = || lock(&summary).text();
     let joined = join_segments(&mut tasks, so_far).await;
     bar.finish_and_clear();
     joined?;
-    let summary = summary.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let summary = lock(&summary).clone();
     Ok(summary)
+}
+
+fn lock(summary: &Mutex<Summary>) -> std::sync::MutexGuard<'_, Summary> {
+    summary.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a segment needs to settle a record.
+struct Each {
+    to: Arc<dyn Store>,
+    summary: Arc<Mutex<Summary>>,
+    dry_run: bool,
+}
+
+impl Each {
+    /// Copy `read` unless the target has its id, and count it; one not
+    /// settled is carried by `walk`.
+    async fn settle(&self, read: Result<KeyRecord, StoreError>, walk: &mut Walk) {
+        let record = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %chain(&e), "corrupt record not copied");
+                walk.unsettled(corrupt_id(&e));
+                let mut s = lock(&self.summary);
+                let s = &mut *s;
+                s.scanned += 1;
+                note(&mut s.corrupt, &mut s.corrupt_ids, &failed_id(&e));
+                return;
+            }
+        };
+        let outcome = if self.dry_run {
+            self.to.get(&record.id).await.map(|found| match found {
+                Some(existing) => PutOutcome::Exists(existing),
+                None => PutOutcome::Created,
+            })
+        } else {
+            self.to.put_if_absent(&record).await
+        };
+        let mut s = lock(&self.summary);
+        let s = &mut *s;
+        s.scanned += 1;
+        match outcome {
+            Ok(PutOutcome::Created) => s.copied += 1,
+            Ok(PutOutcome::Exists(existing)) if existing == record => {
+                s.identical += 1;
+            }
+            Ok(PutOutcome::Exists(_)) => {
+                tracing::warn!(key_id = %record.id, "the target holds a different record for this id; left untouched");
+                walk.unsettled(Some(record.id.as_str()));
+                note(&mut s.different, &mut s.different_ids, record.id.as_str());
+            }
+            Err(e) => {
+                tracing::error!(key_id = %record.id, error = %chain(&e), "copy failed for a record");
+                walk.unsettled(Some(record.id.as_str()));
+                note(&mut s.failed, &mut s.failed_ids, record.id.as_str());
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{KeyId, KeyRecord, Region};
+    use crate::domain::{KeyId, Region};
     use crate::store::memory::MemoryStore;
 
     fn record(id: &str, ciphertext: u8) -> KeyRecord {
@@ -192,9 +245,9 @@ mod tests {
         }
     }
 
-    /// A checkpoint never moves past a record the copy could not settle:
-    /// a resumed run meets it again and fails again, where it used to
-    /// resume after it, scan nothing and exit 0.
+    /// A checkpoint never passes a record the copy could not settle by:
+    /// it carries it, and a resumed run reads it again and fails again,
+    /// where it used to resume after it, scan nothing and exit 0.
     #[tokio::test]
     async fn a_resumed_copy_meets_again_what_it_could_not_settle() {
         let ids: Vec<String> = (0..250).map(|i| format!("c/{i:03}")).collect();
@@ -225,6 +278,15 @@ mod tests {
         .unwrap();
         assert_eq!(again.different_ids, vec!["c/042".to_string()]);
         assert!(!again.ok(), "{}", again.text());
+        // Read again by its id; the pages after it are not read again.
+        assert_eq!((again.scanned, again.retried), (1, 1), "{}", again.text());
+        assert!(
+            again
+                .text()
+                .contains("1 records scanned (1 read again by id"),
+            "{}",
+            again.text()
+        );
         // Settled by hand: the next run passes it, and then the checkpoint
         // records a finished run.
         let to = store_of(ids.iter().map(|id| record(id, 1))).await;

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::KeyId;
 use crate::store::{ScanPage, Store, StoreError};
 
 /// Records asked for per scan page.
@@ -28,8 +29,8 @@ pub const PAGE: usize = 100;
 /// interrupted run resumes where it stopped. Pages are processed before
 /// their cursor is saved, so a resumed run may see the last page again;
 /// every command is idempotent, so that costs a read, never a second write.
-/// A segment's cursor stops before the first page with a record that was
-/// not settled (see [`Walk`]).
+/// The records a segment passed without settling them are carried with
+/// its cursor, and read again first (see [`Walk`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Checkpoint {
     /// What the checkpoint is for ("backfill", "copy"), so one command's
@@ -48,6 +49,11 @@ pub struct Checkpoint {
 pub struct SegmentState {
     pub cursor: Option<String>,
     pub done: bool,
+    /// Ids before `cursor` whose records were not settled (they failed,
+    /// were corrupt, or for `copy` differed): a resumed run reads each
+    /// again, by its id, before it reads on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry: Vec<String>,
 }
 
 impl Checkpoint {
@@ -78,6 +84,17 @@ impl Checkpoint {
                         path.display(),
                         loaded.command,
                         loaded.segments.len()
+                    );
+                }
+                if let Some(bad) = loaded
+                    .segments
+                    .iter()
+                    .flat_map(|s| &s.retry)
+                    .find(|id| KeyId::parse(id).is_err())
+                {
+                    anyhow::bail!(
+                        "checkpoint {} is not readable: {bad:?} is not a key id; remove it to start over",
+                        path.display()
                     );
                 }
                 if loaded.scope != scope {
@@ -120,21 +137,20 @@ impl Checkpoint {
             .map_err(|e| anyhow::anyhow!("cannot write checkpoint {}: {e}", path.display()))
     }
 
+    /// Every segment read to its end, with nothing left to read again.
     pub fn finished(&self) -> bool {
-        self.segments.iter().all(|s| s.done)
+        self.segments.iter().all(|s| s.done && s.retry.is_empty())
     }
 
-    /// Record that `segment` has processed a page ending at `next`, and
-    /// save to `path` when given.
-    pub fn advance(
+    /// Record where `segment` is, and save to `path` when given.
+    pub fn set(
         &mut self,
         segment: u32,
-        next: Option<String>,
+        state: SegmentState,
         path: Option<&Path>,
     ) -> anyhow::Result<()> {
         if let Some(seg) = self.segments.get_mut(segment as usize) {
-            seg.done = next.is_none();
-            seg.cursor = next;
+            *seg = state;
         }
         match path {
             Some(path) => self.save(path),
@@ -143,37 +159,71 @@ impl Checkpoint {
     }
 }
 
-/// One segment's walk through a store, page by page from where the
-/// checkpoint left it. Its place is saved after a page only while every
-/// record so far was settled. After a record that failed, is corrupt or
-/// (for `copy`) differs, the checkpoint stays before that record's page for
-/// the rest of the run, which still reads on and reports every record. So a
-/// resumed run meets that record again and reports it, where it would pass
-/// it by and exit 0. Every command is idempotent, so the pages read again
-/// cost reads, never a second write.
+/// Unsettled records a segment carries in its checkpoint, at most. Past
+/// that (every record failing, as when a region's key is gone), the
+/// checkpoint holds where it is.
+pub const MAX_RETRY: usize = 1000;
+
+/// One segment's walk through a store: first the records its checkpoint
+/// carries as unsettled, each read again by its id, then page by page from
+/// where the checkpoint left it. A record that failed, is corrupt or (for
+/// `copy`) differs is carried in the checkpoint saved after its page, so a
+/// resumed run reads it again and reports it (where it would pass it by
+/// and exit 0), and a run limited to N records moves on past it. A record
+/// that cannot be carried (its id is not readable, or the segment already
+/// carries [`MAX_RETRY`]) holds the checkpoint where it is for the rest of
+/// the run, which still reads on and reports every record; a resumed run
+/// then reads those pages again. Every command is idempotent, so records
+/// read again cost reads, never a second write.
 pub struct Walk {
     segment: u32,
     segments: u32,
+    /// How far the pages have been read (`retry` unused).
     at: SegmentState,
-    settled: bool,
+    /// Carried from the checkpoint, not yet read again in this run.
+    to_retry: std::collections::VecDeque<String>,
+    /// Read in this run, again or in a page, and not settled.
+    unsettled: Vec<String>,
+    /// An unsettled record could not be carried: save nothing more.
+    held: bool,
 }
 
 impl Walk {
     /// Segment `segment` of `segments`, from where `checkpoint` left it.
     pub fn resume(checkpoint: &Mutex<Checkpoint>, segment: u32, segments: u32) -> Self {
-        let at = checkpoint
+        let mut at = checkpoint
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .segments
             .get(segment as usize)
             .cloned()
             .unwrap_or_default();
+        let to_retry = std::mem::take(&mut at.retry).into();
         Self {
             segment,
             segments,
             at,
-            settled: true,
+            to_retry,
+            unsettled: Vec::new(),
+            held: false,
         }
+    }
+
+    /// Whether records carried from the checkpoint are still to be read
+    /// again.
+    pub fn retrying(&self) -> bool {
+        !self.to_retry.is_empty()
+    }
+
+    /// Up to `n` of the records carried from the checkpoint, to read again
+    /// by id. Until [`Walk::keep`] saves, the checkpoint still carries them.
+    pub fn next_retries(&mut self, n: usize) -> Vec<KeyId> {
+        let n = n.min(self.to_retry.len());
+        self.to_retry
+            .drain(..n)
+            // Checked when the checkpoint was loaded.
+            .filter_map(|id| KeyId::parse(&id).ok())
+            .collect()
     }
 
     /// The next page, or `None` when the segment is done.
@@ -196,13 +246,18 @@ impl Walk {
         self.at.done
     }
 
-    /// A record of the page being processed was not settled.
-    pub fn unsettled(&mut self) {
-        self.settled = false;
+    /// A record read was not settled: carry it (`id`, when the store could
+    /// name it) to the next run.
+    pub fn unsettled(&mut self, id: Option<&str>) {
+        let carried = self.unsettled.len() + self.to_retry.len();
+        match id.filter(|id| KeyId::parse(id).is_ok()) {
+            Some(id) if self.unsettled.iter().any(|u| u == id) => {}
+            Some(id) if carried < MAX_RETRY => self.unsettled.push(id.to_string()),
+            _ => self.held = true,
+        }
     }
 
-    /// The page ending at `next` is processed: move on, and record it in
-    /// `checkpoint` (saved to `save`, when given) while all is settled.
+    /// The page ending at `next` is processed: move on, and [`Walk::keep`].
     pub fn page_done(
         &mut self,
         next: Option<String>,
@@ -212,14 +267,30 @@ impl Walk {
         self.at = SegmentState {
             done: next.is_none(),
             cursor: next,
+            retry: Vec::new(),
         };
-        if !self.settled {
+        self.keep(checkpoint, save)
+    }
+
+    /// Record where the segment is in `checkpoint` (saved to `save`, when
+    /// given), with what it carries: unless it is held.
+    pub fn keep(&self, checkpoint: &Mutex<Checkpoint>, save: Option<&Path>) -> anyhow::Result<()> {
+        if self.held {
             return Ok(());
         }
+        let state = SegmentState {
+            retry: self
+                .to_retry
+                .iter()
+                .chain(&self.unsettled)
+                .cloned()
+                .collect(),
+            ..self.at.clone()
+        };
         checkpoint
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .advance(self.segment, self.at.cursor.clone(), save)
+            .set(self.segment, state, save)
     }
 }
 
@@ -247,9 +318,23 @@ pub async fn join_segments(
 
 /// The id a failed record decode names, for reports.
 pub fn failed_id(error: &StoreError) -> String {
+    corrupt_id(error).unwrap_or("<unknown>").to_string()
+}
+
+/// The id a failed record decode names, if it does.
+pub fn corrupt_id(error: &StoreError) -> Option<&str> {
     match error {
-        StoreError::Corrupt { id, .. } => id.clone(),
-        _ => "<unknown>".into(),
+        StoreError::Corrupt { id, .. } => Some(id),
+        _ => None,
+    }
+}
+
+/// For a summary's first line: how many of the records scanned the
+/// checkpoint carried as unsettled, read again by id.
+pub fn retried(n: u64) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" ({n} read again by id, as the checkpoint carried them unsettled)"),
     }
 }
 
@@ -345,9 +430,11 @@ mod tests {
         let path = dir.path().join("cp.json");
         let mut saved =
             Checkpoint::load_or_new(Some(&path), "copy", "copy from A to B", 2).unwrap();
-        saved
-            .advance(0, Some("after-7".into()), Some(&path))
-            .unwrap();
+        let after_7 = SegmentState {
+            cursor: Some("after-7".into()),
+            ..SegmentState::default()
+        };
+        saved.set(0, after_7, Some(&path)).unwrap();
 
         let again = Checkpoint::load_or_new(Some(&path), "copy", "copy from A to B", 2).unwrap();
         assert_eq!(again, saved);
@@ -367,6 +454,67 @@ mod tests {
         assert!(err.contains("did not record its stores"), "{err}");
     }
 
+    /// A segment carries what it could not settle, up to MAX_RETRY
+    /// records; a record past that, or one without an id to read it by,
+    /// holds the checkpoint where it was.
+    #[test]
+    fn a_walk_carries_unsettled_records_until_it_cannot() {
+        let checkpoint = Mutex::new(Checkpoint::load_or_new(None, "copy", "A to B", 1).unwrap());
+        let mut walk = Walk::resume(&checkpoint, 0, 1);
+        walk.unsettled(Some("u/1"));
+        walk.unsettled(Some("u/1"));
+        walk.page_done(Some("p/1".into()), &checkpoint, None)
+            .unwrap();
+        let state = checkpoint.lock().unwrap().segments[0].clone();
+        assert_eq!(state.cursor.as_deref(), Some("p/1"));
+        assert_eq!(state.retry, ["u/1"]);
+
+        // Resumed: the carried record is read again first, and carried on
+        // when it is still not settled.
+        let mut walk = Walk::resume(&checkpoint, 0, 1);
+        let again = walk.next_retries(10);
+        assert_eq!(again, [KeyId::parse("u/1").unwrap()]);
+        assert!(!walk.retrying());
+        walk.unsettled(Some("u/1"));
+        for i in 2..=MAX_RETRY {
+            walk.unsettled(Some(&format!("u/{i}")));
+        }
+        walk.page_done(Some("p/2".into()), &checkpoint, None)
+            .unwrap();
+        let state = checkpoint.lock().unwrap().segments[0].clone();
+        assert_eq!(state.cursor.as_deref(), Some("p/2"));
+        assert_eq!(state.retry.len(), MAX_RETRY);
+
+        // One more than it carries: held at p/2 for the rest of the run.
+        let mut walk = Walk::resume(&checkpoint, 0, 1);
+        walk.unsettled(Some("u/extra"));
+        walk.page_done(Some("p/3".into()), &checkpoint, None)
+            .unwrap();
+        walk.page_done(None, &checkpoint, None).unwrap();
+        assert_eq!(checkpoint.lock().unwrap().segments[0], state);
+
+        // A corrupt record whose id is not a key id cannot be read again.
+        let fresh = Mutex::new(Checkpoint::load_or_new(None, "copy", "A to B", 1).unwrap());
+        let mut walk = Walk::resume(&fresh, 0, 1);
+        walk.unsettled(Some("bad id\n"));
+        walk.page_done(Some("p/1".into()), &fresh, None).unwrap();
+        assert_eq!(fresh.lock().unwrap().segments[0], SegmentState::default());
+    }
+
+    /// A checkpoint that carries something other than a key id is refused
+    /// when loaded, not read again as one.
+    #[test]
+    fn a_checkpoint_carrying_a_bad_id_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let text = r#"{"command":"copy","scope":"A to B","segments":[{"cursor":"c/1","done":false,"retry":["ok/1","bad\nid"]}]}"#;
+        std::fs::write(&path, text).unwrap();
+        let err = Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r#""bad\nid" is not a key id"#), "{err}");
+    }
+
     /// A checkpoint is saved beside itself by bytes: a path that is not
     /// UTF-8 is written, where its lossy spelling named a missing directory.
     #[test]
@@ -377,7 +525,12 @@ mod tests {
         std::fs::create_dir(&odd).unwrap();
         let path = odd.join("cp.json");
         let mut saved = Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1).unwrap();
-        saved.advance(0, Some("c/9".into()), Some(&path)).unwrap();
+        let state = SegmentState {
+            cursor: Some("c/9".into()),
+            done: false,
+            retry: vec!["c/3".into()],
+        };
+        saved.set(0, state, Some(&path)).unwrap();
         assert_eq!(
             Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1).unwrap(),
             saved
