@@ -49,7 +49,54 @@ pub(super) struct KeyringFile {
     pub(super) format: u32,
     pub(super) note: String,
     /// Region -> base64 master key.
+    #[serde(deserialize_with = "each_region_once")]
     pub(super) master_keys: BTreeMap<String, String>,
+}
+
+/// `master_keys`, refused when it names a region twice: a map would keep
+/// the last entry only, and the next write of the keyring would drop the
+/// other master key, and every key wrapped by it, for good.
+fn each_region_once<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    /// The entries read so far, wiped when dropped (on an error too).
+    struct Read(BTreeMap<String, String>);
+    impl Drop for Read {
+        fn drop(&mut self) {
+            for encoded in self.0.values_mut() {
+                zeroize::Zeroize::zeroize(encoded);
+            }
+        }
+    }
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a map of region to base64 master key")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut read = Read(BTreeMap::new());
+            while let Some(region) = map.next_key::<String>()? {
+                let mut encoded = Zeroizing::new(map.next_value::<String>()?);
+                if read.0.contains_key(&region) {
+                    // Named without quotes, so the message is kept (see
+                    // `describe_json_error`); the line and column find it.
+                    return Err(serde::de::Error::custom(
+                        "master_keys names one region twice, and only one of its two master keys could be kept",
+                    ));
+                }
+                read.0.insert(region, std::mem::take(&mut *encoded));
+            }
+            Ok(std::mem::take(&mut read.0))
+        }
+    }
+    deserializer.deserialize_map(Entries)
 }
 
 impl Drop for KeyringFile {

@@ -172,6 +172,31 @@ mod unit {
             .is_ok());
     }
 
+    /// A keyring that names a region twice is refused and left as it is.
+    /// It was read as the last entry, and a start that added a region
+    /// wrote the keyring back without the other master key: the keys it
+    /// wrapped were lost for good.
+    #[test]
+    fn a_keyring_naming_a_region_twice_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        LocalKms::open(&path, &regions(&["a"])).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let real = doc["master_keys"]["a"].as_str().unwrap().to_string();
+        let other = B64.encode([9u8; 32]);
+        let twice = format!(
+            r#"{{"format": 1, "note": "n", "master_keys": {{"a": "{real}", "a": "{other}"}}}}"#
+        );
+        fs::write(&path, &twice).unwrap();
+        let err = LocalKms::open(&path, &regions(&["a", "b"])).unwrap_err();
+        assert!(matches!(err, KeyringError::Corrupt { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("names one region twice"), "{message}");
+        assert!(!message.contains(&real) && !message.contains(&other));
+        assert_eq!(fs::read_to_string(&path).unwrap(), twice);
+    }
+
     #[test]
     fn corrupt_or_exposed_keyrings_are_refused_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
