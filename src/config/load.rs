@@ -326,7 +326,7 @@ fn check_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
     let source_line = text[line_start..].lines().next().unwrap_or("");
     let gutter = line.to_string();
     let message = e.message().trim_end().replace('\n', "; ");
-    let (shown, redacted) = without_hashes(source_line);
+    let (shown, redacted) = shown_line(&text[..line_start], source_line);
     // The caret points into the line as written; with a hash taken out it
     // would point elsewhere, so the line and column say where instead.
     let caret = if redacted {
@@ -338,6 +338,38 @@ fn check_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
         format!("{file}:{line}:{column}"),
         format!("TOML syntax error: {message}\n {gutter} | {shown}{caret}"),
     ))
+}
+
+/// The line a syntax error shows, and whether anything was taken out of
+/// it. Its value is taken out where it may be a secret: any line of an
+/// `[auth…]` table (or a key under `auth.`), a key naming a token, and a
+/// line that is no `key = value` at all (a token pasted on a line of its
+/// own). Elsewhere, long runs of hex digits are (see [`without_hashes`]).
+/// `before`: the text before the line, for the table it is in.
+fn shown_line(before: &str, line: &str) -> (String, bool) {
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim_start)
+        .find(|l| l.starts_with('['))
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_start();
+    let bare = line.trim();
+    let (key, value) = match line.split_once('=') {
+        Some((key, _)) => (key.trim_end(), true),
+        None => ("", false),
+    };
+    let named = key.trim_start().to_ascii_lowercase();
+    let secret = table.starts_with("auth")
+        || named.starts_with("auth")
+        || named.contains("token")
+        || (!value && !bare.is_empty() && !bare.starts_with(['[', '#']));
+    match (secret, value) {
+        (false, _) => without_hashes(line),
+        (true, true) => (format!("{key} = [REDACTED]"), true),
+        (true, false) => ("[REDACTED]".into(), true),
+    }
 }
 
 /// `line` with each run of 16 or more hex digits replaced (a

@@ -332,11 +332,47 @@ fn toml_syntax_errors_never_echo_a_token_hash() {
     let err = Settings::load_with_env(&Source::File(path.clone()), &[]).unwrap_err();
     let text = err.to_string();
     assert!(text.contains("TOML syntax error"), "{text}");
-    assert!(
-        text.contains(" 3 | token_sha256 = \"[REDACTED]\" x"),
-        "{text}"
-    );
+    assert!(text.contains(" 3 | token_sha256 = [REDACTED]"), "{text}");
     assert!(!text.contains(&hash[..32]), "a hash echoed: {text}");
+}
+
+/// Nor a token pasted where its hash should go, unquoted or with its
+/// closing quote missing, nor one pasted on a line of its own: only
+/// runs of hex digits were taken out, and these lines were shown whole.
+#[test]
+fn toml_syntax_errors_never_echo_a_pasted_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rkms.toml");
+    let token = "tok_9fK2LmQp7RzX8vW1-Super+Secret/Value";
+    for (text, shown) in [
+        (
+            format!("[[auth.clients]]\nname = \"app\"\ntoken_sha256 = \"{token}\n"),
+            " 3 | token_sha256 = [REDACTED]",
+        ),
+        (
+            format!("[[auth.clients]]\nname = \"app\"\ntoken_sha256 = {token}\n"),
+            " 3 | token_sha256 = [REDACTED]",
+        ),
+        (
+            format!("[auth]\nmode = \"token\"\n{token}\n"),
+            " 3 | [REDACTED]",
+        ),
+        (
+            format!("[server]\nlisten = \"127.0.0.1:8080\"\n{token}\n"),
+            " 3 | [REDACTED]",
+        ),
+        (
+            format!("auth.clients = [{{ name = \"a\", token_sha256 = {token} }}]\n"),
+            " 1 | auth.clients = [REDACTED]",
+        ),
+    ] {
+        std::fs::write(&path, &text).unwrap();
+        let err = Settings::load_with_env(&Source::File(path.clone()), &[]).unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("TOML syntax error"), "{message}");
+        assert!(message.contains(shown), "{message}");
+        assert!(!message.contains("Secret"), "a token echoed: {message}");
+    }
 }
 
 #[test]
