@@ -187,18 +187,34 @@ impl Settings {
             figment = figment.merge(Toml::string(&text));
         }
         let mut from_env = Vec::new();
-        let mut overrides: Vec<(String, &String, &str)> = env
-            .iter()
-            .filter_map(|(name, raw)| {
-                Some((env_key(name.strip_prefix(ENV_PREFIX)?), name, raw.as_str()))
-            })
-            .collect();
+        let mut overrides: Vec<(String, &String, &str)> = Vec::new();
+        for (name, raw) in env {
+            let Some(rest) = override_name(name)? else {
+                continue;
+            };
+            let path = env_key(rest);
+            // Two spellings of one key (`RKMS__SERVER__LISTEN` and
+            // `RKMS__server__listen`): which one wins would depend on the
+            // order the environment lists them in.
+            if let Some((_, other, _)) = overrides.iter().find(|(p, _, _)| *p == path) {
+                return Err(ConfigError::new(
+                    path,
+                    format!("set by two environment variables, {other} and {name}: keep one"),
+                ));
+            }
+            overrides.push((path, name, raw.as_str()));
+        }
         // Parents before children (`RKMS__KMS__AWS` before
         // `RKMS__KMS__AWS__KEY_IDS`), whatever order the environment lists
         // them in: the more specific variable wins.
         overrides.sort_by_key(|(path, _, _)| path.matches('.').count());
         for (path, name, raw) in overrides {
-            let value = env_value(raw);
+            let value = env_value(raw).map_err(|why| {
+                ConfigError::new(
+                    &path,
+                    format!("the environment variable {name} is not usable JSON: {why}"),
+                )
+            })?;
             // Into the profile the file's values are in, after them. A map
             // keyed by region names replaces the file's whole, as README
             // says (a region left out is gone): a value that is not a map
@@ -213,6 +229,7 @@ impl Settings {
             figment = figment.merge(Serialized::default(&path, value));
             from_env.push((path, name.clone()));
         }
+        check_rust_log(env)?;
         let mut settings: Settings = figment
             .extract()
             .map_err(figment_error)
@@ -300,16 +317,138 @@ impl Settings {
 /// so tables, arrays of tables and maps keyed by region names with hyphens
 /// can be given; else the TOML-like scalar syntax (`7`, `true`, `"x"`,
 /// `[a, b]`); else the text as it is.
-fn env_value(raw: &str) -> figment::value::Value {
+fn env_value(raw: &str) -> Result<figment::value::Value, String> {
     let trimmed = raw.trim_start();
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
         if let Ok(json) = serde_json::from_str::<serde_json::Value>(raw) {
+            // A JSON object keeps the last of two entries with one name, so
+            // `{"ids": ["billing/*"], "ids": ["*"]}` would widen a client
+            // unseen; the same in the file is an error.
+            serde_json::from_str::<EachNameOnce>(raw).map_err(|e| e.to_string())?;
             if let Ok(value) = figment::value::Value::serialize(json) {
-                return value;
+                return Ok(value);
             }
         }
     }
-    raw.parse().unwrap_or_else(|_| raw.to_string().into())
+    Ok(raw.parse().unwrap_or_else(|_| raw.to_string().into()))
+}
+
+/// The part of `name` after [`ENV_PREFIX`] when it is an override, `None`
+/// for other variables, and an error for a near miss that would otherwise
+/// be ignored unseen: the prefix in other letter cases (`rkms__…`), or
+/// one underscore where two belong (`RKMS_SERVER_LISTEN`).
+fn override_name(name: &str) -> Result<Option<&str>, ConfigError> {
+    if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+        return Ok(Some(rest));
+    }
+    let upper = name.to_ascii_uppercase();
+    let key = if let Some(rest) = upper.strip_prefix(ENV_PREFIX) {
+        env_key(rest)
+    } else {
+        // One underscore where two belong: only a name that spells a
+        // setting, so that a token's variable (`RKMS_AUTH_TOKEN`) is left
+        // alone.
+        let Some(key) = upper
+            .strip_prefix("RKMS_")
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(table, key)| format!("{}.{}", table, key).to_ascii_lowercase())
+            .filter(|key| a_setting(key))
+        else {
+            return Ok(None);
+        };
+        key
+    };
+    Err(ConfigError::new(
+        key,
+        format!(
+            "the environment variable {name} is not read: overrides are spelt {ENV_PREFIX}TABLE__KEY, in capitals with two underscores (e.g. RKMS__SERVER__LISTEN)"
+        ),
+    ))
+}
+
+/// Whether `key` (`table.key`) names a setting of a top-level table.
+fn a_setting(key: &str) -> bool {
+    let Some((table, key)) = key.split_once('.') else {
+        return false;
+    };
+    toml::Value::try_from(Settings::default())
+        .ok()
+        .and_then(|all| all.get(table)?.get(key).map(|_| ()))
+        .is_some()
+}
+
+/// Any JSON value, refused when an object names a field twice.
+struct EachNameOnce;
+
+impl<'de> serde::Deserialize<'de> for EachNameOnce {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(EachNameOnce)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for EachNameOnce {
+    type Value = EachNameOnce;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            map.next_value::<EachNameOnce>()?;
+            if !seen.insert(name.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "an object names {name:?} twice"
+                )));
+            }
+        }
+        Ok(self)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<EachNameOnce>()?.is_some() {}
+        Ok(self)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+}
+
+/// `RUST_LOG`, when set and not blank, must be a filter: one that is not
+/// was dropped for `log.level` unseen (and a blank one, read as a filter,
+/// hid every line below ERROR, the warnings a start gives included).
+fn check_rust_log(env: &[(String, String)]) -> Result<(), ConfigError> {
+    let Some((_, filter)) = env.iter().find(|(name, _)| name == "RUST_LOG") else {
+        return Ok(());
+    };
+    if filter.trim().is_empty() {
+        return Ok(());
+    }
+    tracing_subscriber::EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|e| {
+            ConfigError::new(
+                "RUST_LOG",
+                format!("not a log filter ({e}); unset it to log at log.level"),
+            )
+        })
 }
 
 /// TOML syntax errors, reported with the file, line and column, and the

@@ -478,3 +478,82 @@ fn redacted_output_hides_token_hashes() {
             .unwrap();
     assert_eq!(reloaded, s);
 }
+
+/// A JSON override that names a field twice is refused, as the same in
+/// the file is: the last entry won, and could widen a client unseen.
+#[test]
+fn a_json_override_naming_a_field_twice_is_refused() {
+    let hash = "11".repeat(32);
+    let clients =
+        format!(r#"[{{"name":"a","ids":["billing/*"],"ids":["*"],"token_sha256":"{hash}"}}]"#);
+    let env = env(&[
+        ("RKMS__AUTH__MODE", "token"),
+        ("RKMS__AUTH__CLIENTS", &clients),
+    ]);
+    let err = Settings::load_with_env(&Source::Defaults, &env).unwrap_err();
+    assert_eq!(err.key, "auth.clients", "{err}");
+    let text = err.to_string();
+    assert!(text.contains(r#"names "ids" twice"#), "{text}");
+    assert!(text.contains("RKMS__AUTH__CLIENTS"), "{text}");
+    assert!(!text.contains(&hash), "{text}");
+}
+
+/// Near misses of the override prefix are refused, naming the variable,
+/// where they were ignored and the file's value used unseen; two
+/// spellings of one key are refused, where the one listed last won.
+#[test]
+fn misspelt_and_doubled_overrides_are_refused() {
+    for name in [
+        "rkms__server__listen",
+        "Rkms__SERVER__LISTEN",
+        "RKMS_SERVER_LISTEN",
+        "RKMS_CACHE_TTL_SECONDS",
+    ] {
+        let err = Settings::load_with_env(&Source::Defaults, &env(&[(name, "1")])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(name) && text.contains("is not read"),
+            "{name}: {text}"
+        );
+    }
+    // A variable of the app's own that only starts like one is left alone.
+    for name in ["RKMS_AUTH_TOKEN", "RKMS_TOKEN", "RKMS_CONFIG"] {
+        Settings::load_with_env(&Source::Defaults, &env(&[(name, "x")])).unwrap();
+    }
+    let err = Settings::load_with_env(
+        &Source::Defaults,
+        &env(&[
+            ("RKMS__SERVER__LISTEN", "127.0.0.1:1"),
+            ("RKMS__server__listen", "127.0.0.1:2"),
+        ]),
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "server.listen", "{err}");
+    assert!(
+        err.to_string()
+            .contains("two environment variables, RKMS__SERVER__LISTEN and RKMS__server__listen"),
+        "{err}"
+    );
+}
+
+/// RUST_LOG that is not a filter stops the start naming it (it was
+/// dropped for log.level unseen); a blank one counts as unset.
+#[test]
+fn rust_log_must_be_a_filter_when_set() {
+    let err =
+        Settings::load_with_env(&Source::Defaults, &env(&[("RUST_LOG", "garbage[[")])).unwrap_err();
+    assert_eq!(err.key, "RUST_LOG", "{err}");
+    for ok in ["", " ", "debug", "rkms=debug,hyper=warn"] {
+        Settings::load_with_env(&Source::Defaults, &env(&[("RUST_LOG", ok)])).unwrap();
+    }
+}
+
+/// Stale keys come from the cache: with the cache off, a stale window
+/// would be ignored unseen.
+#[test]
+fn stale_keys_need_the_cache() {
+    let err = Settings::from_toml("[cache]\nttl_seconds = 0\nstale_if_error_seconds = 3600\n")
+        .unwrap_err();
+    assert_eq!(err.key, "cache.stale_if_error_seconds", "{err}");
+    Settings::from_toml("[cache]\nttl_seconds = 0\nstale_if_error_seconds = 0\n").unwrap();
+}

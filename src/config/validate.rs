@@ -130,6 +130,14 @@ impl Settings {
                 "must be at least 1 while cache.ttl_seconds > 0 (set ttl_seconds = 0 to disable the cache)",
             ));
         }
+        // Stale keys are served from the cache, which ttl_seconds = 0 turns
+        // off: the setting would be ignored unseen.
+        if self.cache.ttl_seconds == 0 && self.cache.stale_if_error_seconds > 0 {
+            return Err(ConfigError::new(
+                "cache.stale_if_error_seconds",
+                "must be 0 while cache.ttl_seconds = 0: stale keys are served from the cache, which is then off",
+            ));
+        }
         self.validate_auth()
     }
 

@@ -60,8 +60,13 @@ fn format_layer(format: LogFormat, writer: Buffer) -> BoxedLayer {
 /// Install the global subscriber. Call once, from `main`.
 pub fn init(settings: &LogSettings) -> Option<LogGuard> {
     let shared = Arc::new(Shared::new());
-    let app_filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
+    // A blank RUST_LOG is unset (as a filter it would hide all but
+    // errors); one that is not a filter is refused with the config.
+    let app_filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|f| !f.trim().is_empty())
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(&settings.level));
     let app = format_layer(settings.format, Buffer::new(&shared, APP_LIMIT_BYTES))
         .with_filter(app_filter);
     if let Err(e) = tracing_subscriber::registry().with(app).try_init() {
