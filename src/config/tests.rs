@@ -557,3 +557,16 @@ fn stale_keys_need_the_cache() {
     assert_eq!(err.key, "cache.stale_if_error_seconds", "{err}");
     Settings::from_toml("[cache]\nttl_seconds = 0\nstale_if_error_seconds = 0\n").unwrap();
 }
+
+/// A region name too long for the records and the local keyring is a
+/// config error; it passed, and every wrap in that region failed.
+#[test]
+fn an_overlong_region_name_is_refused() {
+    let long = "r".repeat(300);
+    let err = Settings::from_toml(&format!(
+        "[kms]\nregions = [\"{long}\", \"local-2\"]\nmin_regions_on_create = 1\n"
+    ))
+    .unwrap_err();
+    assert_eq!(err.key, "kms.regions", "{err}");
+    assert!(err.to_string().contains("300 bytes"), "{err}");
+}

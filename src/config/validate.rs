@@ -8,6 +8,9 @@ use super::{ConfigError, KmsProvider, Settings, StoreBackend};
 /// The longest request target hyper passes on (`u16::MAX - 1` bytes).
 const MAX_URI_BYTES_SERVED: u32 = 65_534;
 
+/// The longest region name, in bytes (AWS's are about 15).
+const MAX_REGION_BYTES: usize = 64;
+
 impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         // Durations past these are mistakes (a value in the wrong unit),
@@ -157,6 +160,18 @@ impl Settings {
                 return Err(ConfigError::new(
                     "kms.regions",
                     format!("{region:?} is not a valid region name"),
+                ));
+            }
+            // Region names go into every stored record, metric labels and
+            // the local keyring's sealed ciphertexts (which take 255 bytes
+            // at most): a longer one passed here and failed every wrap.
+            if region.len() > MAX_REGION_BYTES {
+                return Err(ConfigError::new(
+                    "kms.regions",
+                    format!(
+                        "a region name is {} bytes; at most {MAX_REGION_BYTES}",
+                        region.len()
+                    ),
                 ));
             }
             if !seen.insert(region) {
