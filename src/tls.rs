@@ -213,8 +213,12 @@ pub fn peer_names(cert: &CertificateDer<'_>) -> (Vec<String>, Option<i64>) {
         .general_names
         .iter()
         .filter_map(|name| match name {
-            GeneralName::DNSName(dns) if !dns.contains([':', '/']) => Some((*dns).to_string()),
-            GeneralName::URI(uri) if uri.contains(':') => Some((*uri).to_string()),
+            GeneralName::DNSName(dns) if !dns.contains([':', '/']) => {
+                Some(crate::config::certificate_name(dns))
+            }
+            GeneralName::URI(uri) if uri.contains(':') => {
+                Some(crate::config::certificate_name(uri))
+            }
             _ => None,
         })
         .collect();

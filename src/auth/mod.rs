@@ -232,10 +232,12 @@ impl Authenticator {
                 }),
             })
             .collect();
+        // A certificate's names are compared as `certificate_name` gives
+        // them (its DNS names in lower case), and so are these.
         let by_name = clients
             .iter()
             .enumerate()
-            .map(|(i, c)| (c.name.clone(), i))
+            .map(|(i, c)| (crate::config::certificate_name(&c.name), i))
             .collect();
         let tokens: Tokens = settings
             .clients

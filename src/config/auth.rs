@@ -199,6 +199,26 @@ pub fn hash_as_token_error(j: usize) -> String {
 
 /// Each configured `token_sha256`, with its client's index: none may be
 /// taken as a token ([`spells_a_configured_hash`]).
+/// A certificate name as it is compared: a DNS name (no ':') in lower
+/// case, as DNS names match whatever their letter case; a URI with its
+/// scheme and authority in lower case (`spiffe://Example.org/Path` is
+/// `spiffe://example.org/Path`). Config names and a certificate's SANs
+/// both go through it.
+pub fn certificate_name(name: &str) -> String {
+    let Some((scheme, rest)) = name.split_once("://") else {
+        if name.contains(':') {
+            return name.to_string();
+        }
+        return name.to_ascii_lowercase();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    format!(
+        "{}://{}{path}",
+        scheme.to_ascii_lowercase(),
+        authority.to_ascii_lowercase()
+    )
+}
+
 pub fn configured_hashes(clients: &[AuthClient]) -> Vec<(TokenHash, usize)> {
     clients
         .iter()
@@ -346,6 +366,22 @@ impl Settings {
                         format!("{key}.name"),
                         format!("{:?} can match no certificate: in mtls mode a name is a DNS name (no ':' or '/') or a URI with its scheme (spiffe://...), without spaces", client.name),
                     ));
+                }
+                AuthMode::Mtls => {
+                    let same = certificate_name(&client.name);
+                    if let Some((j, other)) = auth.clients[..i]
+                        .iter()
+                        .enumerate()
+                        .find(|(_, c)| certificate_name(&c.name) == same)
+                    {
+                        return Err(ConfigError::new(
+                            format!("{key}.name"),
+                            format!(
+                                "{:?} matches the same certificates as auth.clients[{j}] ({:?}): names are compared whatever their letter case",
+                                client.name, other.name
+                            ),
+                        ));
+                    }
                 }
                 _ => {}
             }

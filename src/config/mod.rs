@@ -19,8 +19,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use self::auth::{
-    configured_hashes, hash_as_token_error, sendable_token, spells_a_configured_hash, AuthClient,
-    AuthMode, AuthSettings, IdPattern, TokenHash, MIN_TOKEN_LEN,
+    certificate_name, configured_hashes, hash_as_token_error, sendable_token,
+    spells_a_configured_hash, AuthClient, AuthMode, AuthSettings, IdPattern, TokenHash,
+    MIN_TOKEN_LEN,
 };
 pub use self::load::{read_small_file, token_file_hashes, Source, ENV_PREFIX};
 

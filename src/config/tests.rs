@@ -570,3 +570,26 @@ fn an_overlong_region_name_is_refused() {
     assert_eq!(err.key, "kms.regions", "{err}");
     assert!(err.to_string().contains("300 bytes"), "{err}");
 }
+
+/// In mtls mode two clients whose names differ only in letter case would
+/// match the same certificates: refused.
+#[test]
+fn mtls_client_names_differing_only_in_case_are_refused() {
+    let text = |a: &str, b: &str| {
+        format!(
+            "[server.tls]\ncert = \"c\"\nkey = \"k\"\nclient_ca = \"ca\"\n[auth]\nmode = \"mtls\"\n\
+             [[auth.clients]]\nname = \"{a}\"\nids = [\"*\"]\n[[auth.clients]]\nname = \"{b}\"\nids = [\"*\"]\n"
+        )
+    };
+    let err = Settings::from_toml(&text("billing", "BILLING")).unwrap_err();
+    assert_eq!(err.key, "auth.clients[1].name", "{err}");
+    assert!(err.to_string().contains("auth.clients[0]"), "{err}");
+    let err = Settings::from_toml(&text("spiffe://td/a", "SPIFFE://TD/a")).unwrap_err();
+    assert_eq!(err.key, "auth.clients[1].name", "{err}");
+    // A URI's path keeps its case.
+    Settings::from_toml(&text("spiffe://td/a", "spiffe://td/A")).unwrap();
+    assert_eq!(
+        crate::config::certificate_name("Web.Example"),
+        "web.example"
+    );
+}

@@ -453,6 +453,15 @@ async fn certificate_names_are_matched_by_kind_and_must_name_one_client() {
     };
     let posing = ca.client(dns("spiffe://test/ns/billing/sa/app"), false);
     assert_eq!(status(posing).await, 401);
+    // DNS names match whatever their letter case (they were compared
+    // exactly: "REPORTS.Example" was no client, 401), as do a URI's scheme
+    // and authority. reports.example may not create: 403 says it is known.
+    let shouting = ca.client(dns("REPORTS.Example"), false);
+    assert_eq!(status(shouting).await, 403);
+    let spiffe = ca.client(uri("SPIFFE://TEST/ns/billing/sa/app"), false);
+    assert_eq!(status(spiffe).await, 200);
+    let other_path = ca.client(uri("spiffe://test/NS/billing/sa/app"), false);
+    assert_eq!(status(other_path).await, 401);
     for sans in [
         vec![
             dns("reports.example"),
