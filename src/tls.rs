@@ -107,6 +107,7 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
         anyhow::bail!("server.tls.cert and server.tls.key are both required");
     };
     let chain = certificates(cert, "server.tls.cert")?;
+    within_validity(&chain[0], cert)?;
     let key_bytes = read_pem_file(key, "server.tls.key")?;
     let key = PrivateKeyDer::from_pem_slice(&key_bytes).with_context(|| {
         format!(
@@ -194,6 +195,45 @@ fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'st
     Ok(certs)
 }
 
+/// Warned of at a load: a server certificate that expires sooner.
+const EXPIRES_SOON: i64 = 7 * 24 * 3600;
+
+/// A server certificate outside its validity period fails every client
+/// that checks it, so it is refused, naming the setting, where it was
+/// served: at start that stops rkms in one line; at a reload the previous
+/// certificate is kept. One that expires within a week is loaded, with a
+/// warning. (`with_single_cert` judges a certificate that cannot be parsed.)
+fn within_validity(leaf: &CertificateDer<'_>, path: &Path) -> anyhow::Result<()> {
+    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return Ok(());
+    };
+    let validity = parsed.validity();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let (not_before, not_after) = (validity.not_before, validity.not_after);
+    if now > not_after.timestamp() {
+        anyhow::bail!(
+            "server.tls.cert: the certificate in {} expired on {not_after}; renew it",
+            path.display()
+        );
+    }
+    if now < not_before.timestamp() {
+        anyhow::bail!(
+            "server.tls.cert: the certificate in {} is not valid before {not_before} (or this machine's clock is wrong)",
+            path.display()
+        );
+    }
+    if not_after.timestamp() - now < EXPIRES_SOON {
+        tracing::warn!(
+            cert = %path.display(),
+            expires = %not_after,
+            "the server certificate expires within a week; renew it (rkms reloads it without a restart)"
+        );
+    }
+    Ok(())
+}
+
 /// The names a verified client certificate carries, and its `notAfter`
 /// (Unix seconds). The names are its DNS subject alternative names in DNS
 /// syntax (no `:` or `/`) and its URI ones with a scheme (SPIFFE ids), so
@@ -231,6 +271,40 @@ mod tests {
 
     /// Server files for `dir`: a self-signed certificate (which is also
     /// the client CA).
+    /// A server certificate past its notAfter (or before its notBefore)
+    /// is refused naming server.tls.cert; it was served, and every client
+    /// that checks it failed its handshake.
+    #[test]
+    fn a_server_certificate_out_of_its_validity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, from, to, says) in [
+            ("expired", (2019, 1, 1), (2020, 1, 2), "expired on"),
+            ("future", (2999, 1, 1), (3000, 1, 1), "is not valid before"),
+        ] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["rkms.test".into()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+            params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+            let cert = params.self_signed(&key).unwrap();
+            let cert_path = dir.path().join(format!("{name}.crt"));
+            let key_path = dir.path().join(format!("{name}.key"));
+            std::fs::write(&cert_path, cert.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            let settings = TlsSettings {
+                cert: Some(cert_path),
+                key: Some(key_path),
+                client_ca: None,
+            };
+            let err = format!("{:#}", Tls::from_settings(&settings).unwrap_err());
+            assert!(
+                err.starts_with("server.tls.cert: ") && err.contains(says),
+                "{err}"
+            );
+        }
+        // One within its validity loads.
+        assert!(Tls::from_settings(&files(dir.path())).unwrap().is_some());
+    }
+
     fn files(dir: &Path) -> TlsSettings {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["rkms.test".to_string()])
