@@ -96,7 +96,7 @@ pub fn copy(
         Settings::load_with_env(&Source::File(path.to_path_buf()), &env).map_err(|mut e| {
             // The file itself is missing or unreadable: name the flag that
             // gave it, not `--config`.
-            if e.key == "--config" {
+            if e.key == rkms::config::CONFIG_FILE {
                 e.key = flag.into();
                 e.to_string()
             } else {

@@ -11,6 +11,10 @@ use sha2::Digest as _;
 
 use super::{ConfigError, Settings};
 
+/// What an error names when the config file itself cannot be read (it
+/// may come from `--config`, `RKMS_CONFIG` or `./config.toml`).
+pub const CONFIG_FILE: &str = "config file";
+
 /// Environment prefix for overrides: `RKMS__SERVER__LISTEN=0.0.0.0:8080`.
 pub const ENV_PREFIX: &str = "RKMS__";
 
@@ -131,7 +135,7 @@ impl Settings {
         match explicit {
             Some(path) if path.is_file() => Ok(Source::File(path.to_path_buf())),
             Some(path) => Err(ConfigError::new(
-                "--config",
+                "--config (or RKMS_CONFIG)",
                 format!("{} does not exist or is not a file", path.display()),
             )),
             None if Path::new("config.toml").is_file() => {
@@ -181,7 +185,7 @@ impl Settings {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Source::File(path) = source {
             let text = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+                ConfigError::new(CONFIG_FILE, format!("cannot read {}: {e}", path.display()))
             })?;
             check_syntax(&path.display().to_string(), &text)?;
             figment = figment.merge(Toml::string(&text));
@@ -235,7 +239,8 @@ impl Settings {
             .map_err(figment_error)
             .map_err(|e| e.with_env_origin(&from_env))?;
         settings
-            .resolve_tokens(env)
+            .check_paths()
+            .and_then(|()| settings.resolve_tokens(env))
             .map_err(|e| e.with_env_origin(&from_env))?;
         settings
             .validate()
@@ -250,6 +255,7 @@ impl Settings {
             .merge(Toml::string(text))
             .extract()
             .map_err(figment_error)?;
+        settings.check_paths()?;
         settings.resolve_tokens(&[])?;
         settings.validate()?;
         Ok(settings)
@@ -339,6 +345,14 @@ fn env_value(raw: &str) -> Result<figment::value::Value, String> {
 /// one underscore where two belong (`RKMS_SERVER_LISTEN`).
 fn override_name(name: &str) -> Result<Option<&str>, ConfigError> {
     if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+        // `RKMS__SERVER__LISTEN__` or `RKMS__SERVER____LISTEN`: a key with
+        // an empty part, which names no setting as written.
+        if rest.split("__").any(str::is_empty) {
+            return Err(ConfigError::new(
+                env_key(rest.trim_matches('_')),
+                format!("the environment variable {name} is not read: it has an empty part (two underscores too many)"),
+            ));
+        }
         return Ok(Some(rest));
     }
     let upper = name.to_ascii_uppercase();

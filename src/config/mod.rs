@@ -23,7 +23,7 @@ pub use self::auth::{
     spells_a_configured_hash, AuthClient, AuthMode, AuthSettings, IdPattern, TokenHash,
     MIN_TOKEN_LEN,
 };
-pub use self::load::{read_small_file, token_file_hashes, Source, ENV_PREFIX};
+pub use self::load::{read_small_file, token_file_hashes, Source, CONFIG_FILE, ENV_PREFIX};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("config error: {key}: {problem}")]

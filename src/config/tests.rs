@@ -593,3 +593,32 @@ fn mtls_client_names_differing_only_in_case_are_refused() {
         "web.example"
     );
 }
+
+/// A path with a control character is refused naming its key; it was
+/// printed raw, splitting the one-line error (or cutting it at a NUL).
+#[test]
+fn paths_with_control_characters_are_refused() {
+    for (text, key) in [
+        ("[kms.local]\nkeyring = \"data/k\\n.json\"\n", "kms.local.keyring"),
+        ("[store.sqlite]\npath = \"data/a\\u0000b\"\n", "store.sqlite.path"),
+        (
+            "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\nids = [\"*\"]\ntoken_file = \"t\\n\"\n",
+            "auth.clients[0].token_file",
+        ),
+    ] {
+        let err = Settings::from_toml(text).unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+        assert!(!err.to_string().contains(['\n', '\0']), "{err}");
+    }
+}
+
+/// An override with an empty part names no setting as written: refused,
+/// where it was applied without saying it came from the environment.
+#[test]
+fn an_override_with_an_empty_part_is_refused() {
+    for name in ["RKMS__SERVER__LISTEN__", "RKMS__SERVER____LISTEN"] {
+        let err =
+            Settings::load_with_env(&Source::Defaults, &env(&[(name, "1.2.3.4:5")])).unwrap_err();
+        assert!(err.to_string().contains(name), "{err}");
+    }
+}

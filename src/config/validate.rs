@@ -12,6 +12,41 @@ const MAX_URI_BYTES_SERVED: u32 = 65_534;
 const MAX_REGION_BYTES: usize = 64;
 
 impl Settings {
+    /// Paths with a control character (a newline, a NUL) are refused:
+    /// a typo, and one that would split or cut the messages that name
+    /// them.
+    pub(super) fn check_paths(&self) -> Result<(), ConfigError> {
+        let tls = &self.server.tls;
+        let mut paths: Vec<(String, &std::path::Path)> = vec![
+            ("kms.local.keyring".into(), &self.kms.local.keyring),
+            ("store.sqlite.path".into(), &self.store.sqlite.path),
+        ];
+        for (key, path) in [
+            ("server.tls.cert", &tls.cert),
+            ("server.tls.key", &tls.key),
+            ("server.tls.client_ca", &tls.client_ca),
+        ] {
+            if let Some(path) = path {
+                paths.push((key.into(), path));
+            }
+        }
+        for (i, client) in self.auth.clients.iter().enumerate() {
+            if let Some(path) = &client.token_file {
+                paths.push((format!("auth.clients[{i}].token_file"), path));
+            }
+        }
+        for (key, path) in paths {
+            use std::os::unix::ffi::OsStrExt;
+            if path.as_os_str().as_bytes().iter().any(u8::is_ascii_control) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{path:?} holds a control character (a newline, a NUL)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         // Durations past these are mistakes (a value in the wrong unit),
         // and timers that far out overflow the clock.

@@ -98,7 +98,9 @@ pub async fn backends(
                 if let Some(existing) = &existing {
                     refuse_a_keyring_of_other_keys(existing, settings, first.as_ref()).await?;
                 }
-                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions)).await??
+                tokio::task::spawn_blocking(move || LocalKms::open(&path, &regions))
+                    .await?
+                    .context("kms.local.keyring")?
             } else {
                 let existing = tokio::task::spawn_blocking(move || LocalKms::open_existing(&path))
                     .await?
