@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::{
-    corrupt_id, failed_id, join_segments, list_lines, note, progress, retried, Checkpoint,
-    KmsBudget, Walk, PAGE,
+    join_segments, list_lines, note, progress, read_again, retried, Checkpoint, KmsBudget, Walk,
+    PAGE,
 };
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms};
@@ -151,14 +151,10 @@ pub async fn run(
                 }
                 for id in ids {
                     bar.inc(1);
-                    let read = match store.get(&id).await {
-                        Ok(found) => found.map(Ok),
-                        Err(e @ StoreError::Corrupt { .. }) => Some(Err(e)),
-                        Err(e) => {
-                            return Err(anyhow::Error::new(e)
-                                .context(format!("reading {id} again, as the checkpoint asks")))
-                        }
-                    };
+                    let read = read_again(&store, &id).await.map_err(|e| {
+                        anyhow::Error::new(e)
+                            .context(format!("reading {id} again, as the checkpoint asks"))
+                    })?;
                     lock(&summary).retried += 1;
                     if let Some(read) = read {
                         each.settle(read, &mut walk).await;
@@ -244,12 +240,11 @@ impl Each {
         let record = match read {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %chain(&e), "corrupt record skipped");
-                walk.unsettled(corrupt_id(&e));
+                let id = walk.corrupt(&e);
                 let mut s = lock(&self.summary);
                 let s = &mut *s;
                 s.scanned += 1;
-                note(&mut s.corrupt, &mut s.corrupt_ids, &failed_id(&e));
+                note(&mut s.corrupt, &mut s.corrupt_ids, &id);
                 return;
             }
         };
@@ -430,6 +425,33 @@ mod tests {
     use crate::kms::local::LocalKms;
     use crate::store::memory::MemoryStore;
 
+    /// One run of backfill over `store`, limited to 10 records, resumed
+    /// from `checkpoint`, into `regions`.
+    async fn ten_records(
+        kms: &Arc<LocalKms>,
+        store: &Arc<MemoryStore>,
+        regions: [&Region; 2],
+        checkpoint: &std::path::Path,
+        segments: u32,
+    ) -> Summary {
+        let options = Options {
+            segments,
+            max_rps: 0,
+            dry_run: false,
+            checkpoint: Some(checkpoint.to_path_buf()),
+            max_records: Some(10),
+            scope: "test".into(),
+        };
+        run(
+            Arc::clone(kms) as Arc<dyn Kms>,
+            Arc::clone(store) as Arc<dyn Store>,
+            regions.into_iter().cloned().collect(),
+            options,
+        )
+        .await
+        .unwrap()
+    }
+
     /// A record that stays failed is carried in the checkpoint and read
     /// again, by id, at the start of each run; limited runs go on past it.
     /// They used to hold the checkpoint before its page, so every run
@@ -464,22 +486,7 @@ mod tests {
         let checkpoint = dir.path().join("cp.json");
         let mut runs = Vec::new();
         for _ in 0..5 {
-            let options = Options {
-                segments: 1,
-                max_rps: 0,
-                dry_run: false,
-                checkpoint: Some(checkpoint.clone()),
-                max_records: Some(10),
-                scope: "test".into(),
-            };
-            let summary = run(
-                Arc::clone(&kms) as Arc<dyn Kms>,
-                Arc::clone(&store) as Arc<dyn Store>,
-                vec![a.clone(), b.clone()],
-                options,
-            )
-            .await
-            .unwrap();
+            let summary = ten_records(&kms, &store, [&a, &b], &checkpoint, 1).await;
             assert_eq!(summary.failed_ids, ["x05"], "{}", summary.text());
             runs.push((summary.repaired, summary.retried));
         }
@@ -500,22 +507,7 @@ mod tests {
         // Mended (here: removed), the next run reads it again, finds nothing
         // to do, and the checkpoint records a finished run.
         store.remove(&KeyId::parse("x05").unwrap());
-        let options = Options {
-            segments: 1,
-            max_rps: 0,
-            dry_run: false,
-            checkpoint: Some(checkpoint.clone()),
-            max_records: Some(10),
-            scope: "test".into(),
-        };
-        let summary = run(
-            Arc::clone(&kms) as Arc<dyn Kms>,
-            Arc::clone(&store) as Arc<dyn Store>,
-            vec![a.clone(), b.clone()],
-            options,
-        )
-        .await
-        .unwrap();
+        let summary = ten_records(&kms, &store, [&a, &b], &checkpoint, 1).await;
         assert!(summary.ok(), "{}", summary.text());
         assert_eq!(summary.retried, 1);
         let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
@@ -559,22 +551,7 @@ mod tests {
         let checkpoint = dir.path().join("cp.json");
         let mut repaired = Vec::new();
         for _ in 0..8 {
-            let options = Options {
-                segments: 4,
-                max_rps: 0,
-                dry_run: false,
-                checkpoint: Some(checkpoint.clone()),
-                max_records: Some(10),
-                scope: "test".into(),
-            };
-            let summary = run(
-                Arc::clone(&kms) as Arc<dyn Kms>,
-                Arc::clone(&store) as Arc<dyn Store>,
-                vec![a.clone(), b.clone()],
-                options,
-            )
-            .await
-            .unwrap();
+            let summary = ten_records(&kms, &store, [&a, &b], &checkpoint, 4).await;
             assert!(summary.ok(), "{}", summary.text());
             repaired.push(summary.repaired);
         }

@@ -10,8 +10,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{
-    corrupt_id, failed_id, join_segments, list_lines, note, progress, retried, Checkpoint, Walk,
-    PAGE,
+    join_segments, list_lines, note, progress, read_again, retried, Checkpoint, Walk, PAGE,
 };
 use crate::domain::KeyRecord;
 use crate::report::chain;
@@ -116,15 +115,11 @@ pub async fn run(
             while walk.retrying() {
                 for id in walk.next_retries(PAGE) {
                     bar.inc(1);
-                    let read = match from.get(&id).await {
-                        Ok(found) => found.map(Ok),
-                        Err(e @ StoreError::Corrupt { .. }) => Some(Err(e)),
-                        Err(e) => {
-                            return Err(anyhow::Error::new(e).context(format!(
-                                "reading {id} again from the source store (--from), as the checkpoint asks"
-                            )))
-                        }
-                    };
+                    let read = read_again(&from, &id).await.map_err(|e| {
+                        anyhow::Error::new(e).context(format!(
+                            "reading {id} again from the source store (--from), as the checkpoint asks"
+                        ))
+                    })?;
                     lock(&summary).retried += 1;
                     if let Some(read) = read {
                         each.settle(read, &mut walk).await;
@@ -172,12 +167,11 @@ impl Each {
         let record = match read {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %chain(&e), "corrupt record not copied");
-                walk.unsettled(corrupt_id(&e));
+                let id = walk.corrupt(&e);
                 let mut s = lock(&self.summary);
                 let s = &mut *s;
                 s.scanned += 1;
-                note(&mut s.corrupt, &mut s.corrupt_ids, &failed_id(&e));
+                note(&mut s.corrupt, &mut s.corrupt_ids, &id);
                 return;
             }
         };

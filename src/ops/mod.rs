@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::KeyId;
+use crate::domain::{KeyId, KeyRecord};
 use crate::store::{ScanPage, Store, StoreError};
 
 /// Records asked for per scan page.
@@ -257,6 +257,14 @@ impl Walk {
         }
     }
 
+    /// A record the store cannot decode, left as it is: logged, and
+    /// carried when its id can be read again. Its id for the summary.
+    pub fn corrupt(&mut self, error: &StoreError) -> String {
+        tracing::error!(error = %crate::report::chain(error), "corrupt record left as it is");
+        self.unsettled(corrupt_id(error));
+        failed_id(error)
+    }
+
     /// The page ending at `next` is processed: move on, and [`Walk::keep`].
     pub fn page_done(
         &mut self,
@@ -291,6 +299,19 @@ impl Walk {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .set(self.segment, state, save)
+    }
+}
+
+/// A record the checkpoint carries, read again by its id: `None` when it
+/// is gone (nothing left to settle), a corrupt one as the scan gives it.
+pub async fn read_again(
+    store: &Arc<dyn Store>,
+    id: &KeyId,
+) -> Result<Option<Result<KeyRecord, StoreError>>, StoreError> {
+    match store.get(id).await {
+        Ok(found) => Ok(found.map(Ok)),
+        Err(e @ StoreError::Corrupt { .. }) => Ok(Some(Err(e))),
+        Err(e) => Err(e),
     }
 }
 

@@ -645,20 +645,23 @@ fn hash_token_refuses_a_token_no_client_can_send() {
     }
 }
 
-/// Typed at a terminal, the token is asked for and not echoed: run under
-/// `script`, which gives the command a terminal, and typed only once the
-/// prompt shows, so the terminal's echo is what is tested.
-#[test]
-fn hash_token_at_a_terminal_does_not_show_the_token() {
+/// Run `command` with a terminal (under `script`, so that the terminal's
+/// own echo is what is tested), type `typed` once `prompt` shows, and
+/// return its exit status and what it wrote after the prompt. `None`
+/// (skipped) where there is no script(1).
+fn typed_at_a_terminal(
+    command: &str,
+    prompt: &str,
+    typed: &[u8],
+) -> Option<(std::process::ExitStatus, String)> {
     use std::io::{Read, Write};
     if Command::new("script").arg("--version").output().is_err() {
         eprintln!("skipped: no script(1) here");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_rkms");
     let mut child = Command::new("script")
-        .args(["-qec", &format!("{bin} hash-token"), "/dev/null"])
+        .args(["-qec", command, "/dev/null"])
         .current_dir(dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -667,16 +670,32 @@ fn hash_token_at_a_terminal_does_not_show_the_token() {
     let mut stdout = child.stdout.take().unwrap();
     let mut seen = Vec::new();
     let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("(it is not shown): ") {
+    while !String::from_utf8_lossy(&seen).contains(prompt) {
         assert_eq!(stdout.read(&mut byte).unwrap(), 1, "no prompt: {seen:?}");
         seen.push(byte[0]);
     }
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"a-long-enough-token-123\n").unwrap();
+    stdin.write_all(typed).unwrap();
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     drop(stdin);
-    assert!(child.wait().unwrap().success(), "{rest}");
+    Some((child.wait().unwrap(), rest))
+}
+
+/// Typed at a terminal, the token is asked for and not echoed: run under
+/// `script`, which gives the command a terminal, and typed only once the
+/// prompt shows, so the terminal's echo is what is tested.
+#[test]
+fn hash_token_at_a_terminal_does_not_show_the_token() {
+    let bin = env!("CARGO_BIN_EXE_rkms");
+    let Some((status, rest)) = typed_at_a_terminal(
+        &format!("{bin} hash-token"),
+        "(it is not shown): ",
+        b"a-long-enough-token-123\n",
+    ) else {
+        return;
+    };
+    assert!(status.success(), "{rest}");
     assert!(!rest.contains("a-long-enough-token-123"), "echoed: {rest}");
     assert!(
         rest.contains(&rkms::auth::token_digest("a-long-enough-token-123")),
@@ -689,36 +708,17 @@ fn hash_token_at_a_terminal_does_not_show_the_token() {
 /// command of that terminal would type blind.
 #[test]
 fn hash_token_interrupted_at_a_terminal_turns_echo_back_on() {
-    use std::io::{Read, Write};
-    if Command::new("script").arg("--version").output().is_err() {
-        eprintln!("skipped: no script(1) here");
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_rkms");
     // The trap keeps sh alive through the SIGINT (a trap with a command is
     // not inherited, so rkms gets the default), to report what is left.
     let shell = format!("trap : INT; {bin} hash-token; echo rc=$?; stty -a");
-    let mut child = Command::new("script")
-        .args(["-qec", &format!("sh -c '{shell}'"), "/dev/null"])
-        .current_dir(dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("(it is not shown): ") {
-        assert_eq!(stdout.read(&mut byte).unwrap(), 1, "no prompt: {seen:?}");
-        seen.push(byte[0]);
-    }
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(b"half-typed\x03").unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    drop(stdin);
-    child.wait().unwrap();
+    let Some((_, rest)) = typed_at_a_terminal(
+        &format!("sh -c '{shell}'"),
+        "(it is not shown): ",
+        b"half-typed\x03",
+    ) else {
+        return;
+    };
     assert!(rest.contains("rc=130"), "{rest}");
     let modes: Vec<&str> = rest.split_whitespace().collect();
     assert!(modes.contains(&"echo"), "echo left off: {rest}");
