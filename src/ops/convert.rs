@@ -17,7 +17,14 @@ pub struct Converted {
 
 pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
     let doc: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        anyhow::anyhow!("{source_name}: not TOML: {}", e.message())
+        // One line, with where: the message alone spans lines and says
+        // nothing of the place.
+        let at = e.span().map_or(0, |s| s.start).min(text.len());
+        let line = text[..at].matches('\n').count() + 1;
+        anyhow::anyhow!(
+            "{source_name}:{line}: not TOML: {}",
+            e.message().trim_end().replace('\n', "; ")
+        )
     })?;
     let mut used: Vec<String> = Vec::new();
     let mut notes = Vec::new();
@@ -92,8 +99,10 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
         None => None,
     };
     let table = get("dynamodb", "table_name", &mut used)
-        .and_then(|v| v.as_str().map(String::from))
-        .ok_or_else(|| anyhow::anyhow!("{source_name}: dynamodb.table_name is missing"))?;
+        .ok_or_else(|| anyhow::anyhow!("{source_name}: dynamodb.table_name is missing"))?
+        .as_str()
+        .map(String::from)
+        .ok_or_else(|| anyhow::anyhow!("{source_name}: dynamodb.table_name is not a string"))?;
     let table_region = match get("dynamodb", "region", &mut used) {
         Some(v) => v
             .as_str()

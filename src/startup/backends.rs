@@ -220,7 +220,12 @@ fn refuse_new_store_beside_a_keyring(settings: &Settings) -> anyhow::Result<()> 
     }
     let (keyring, path) = (&settings.kms.local.keyring, &settings.store.sqlite.path);
     let store_holds_something = match std::fs::metadata(path) {
-        Ok(meta) => meta.len() > 0,
+        // A database without rkms's table holds nothing either: a store
+        // whose log was lost leaves one page with no table. (The keyring
+        // is written after the table, so a store that another process is
+        // opening at this moment already has it.) A file that cannot be
+        // read as one: opening the store reports it.
+        Ok(meta) => meta.len() > 0 && crate::store::sqlite::holds_a_store(path).unwrap_or(true),
         // Cannot tell: opening the store reports it.
         Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     };
@@ -235,7 +240,7 @@ fn refuse_new_store_beside_a_keyring(settings: &Settings) -> anyhow::Result<()> 
         return Ok(());
     }
     anyhow::bail!(
-        "store.sqlite.path {} does not exist or is empty, but kms.local.keyring {} does: the keys it wraps are stored in another file. \
+        "store.sqlite.path {} does not exist or holds no keys table, but kms.local.keyring {} does: the keys it wraps are stored in another file (or were, in a log since lost). \
          Fix store.sqlite.path or put the file back (to start over with no keys, remove the keyring too)",
         path.display(),
         keyring.display()

@@ -52,6 +52,8 @@ impl StoreError {
         };
         !crate::aws::sources(source.as_ref()).any(|e| {
             e.is::<sqlite::FileChanged>()
+                || e.is::<sqlite::LogChanged>()
+                || e.is::<sqlite::NotWritable>()
                 || e.is::<dynamodb::NoSuchTable>()
                 || e.downcast_ref::<crate::aws::NoCredentials>()
                     .is_some_and(crate::aws::NoCredentials::is_setting)

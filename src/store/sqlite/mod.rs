@@ -30,15 +30,16 @@ use rusqlite::Connection;
 use super::{PutOutcome, ScanPage, Store, StoreError};
 use crate::domain::{KeyId, KeyRecord, Region};
 use file::{
-    an_existing_store, connect, low_space_hint, refuse_foreign, until_not_busy, CreateDir, FileId,
-    Mode, Reopen, OPEN_PATIENCE,
+    an_existing_store, connect, log_path, low_space_hint, refuse_foreign, until_not_busy,
+    CreateDir, FileId, Mode, Reopen, OPEN_PATIENCE,
 };
 use reader::Reader;
 use rows::{read, refuse_blob_id, scan_rows, to_json};
 use writer::{Done, Write, Writer};
 
 mod file;
-pub(crate) use file::FileChanged;
+pub use file::holds_a_store;
+pub(crate) use file::{FileChanged, LogChanged};
 mod reader;
 mod rows;
 mod writer;
@@ -86,6 +87,14 @@ impl std::fmt::Debug for SqliteStore {
 /// written in the meantime (a failed write leaves the file as it was).
 fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| match e {
+        // Permissions changed, or a read-only mount: an operator's to
+        // mend, and no fault of the request (it was a 500).
+        rusqlite::Error::SqliteFailure(ref f, _) if f.code == rusqlite::ErrorCode::ReadOnly => {
+            StoreError::Unavailable {
+                op,
+                source: Box::new(NotWritable(Box::new(e))),
+            }
+        }
         rusqlite::Error::SqliteFailure(ref f, _)
             if matches!(
                 f.code,
@@ -105,6 +114,11 @@ fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
         },
     }
 }
+
+/// SQLite refused a write to the database or its log.
+#[derive(Debug, thiserror::Error)]
+#[error("the database file or its -wal cannot be written (its owner or mode changed, or the file system is mounted read-only); keys are not created or repaired until it can be")]
+pub(crate) struct NotWritable(#[source] pub(super) crate::report::BoxError);
 
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and its directory.
@@ -197,10 +211,17 @@ impl SqliteStore {
                 first.execute_batch(SCHEMA)
             })?;
         }
+        // The log exists once a connection has written (the schema): one
+        // that cannot be found is not checked.
+        let log = match mode {
+            Mode::ReadWrite => FileId::of(&log_path(path)).ok(),
+            Mode::ReadOnly => None,
+        };
         let idle = Arc::new(Mutex::new(idle));
         let reopen = Arc::new(Reopen {
             path: path.to_path_buf(),
             opened,
+            log,
             busy_timeout,
             mode,
         });
@@ -335,7 +356,8 @@ impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let reopen = Arc::clone(&self.reopen);
         self.with_conn("ping", move |conn| {
-            reopen.opened.still_at(&reopen.path, "ping")?;
+            reopen.still_there("ping", Some(conn))?;
+            reopen.writable("ping")?;
             conn.query_row(
                 "SELECT count(*) FROM (SELECT 1 FROM rkms_keys LIMIT 1)",
                 [],

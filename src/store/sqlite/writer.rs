@@ -231,7 +231,7 @@ fn drain(queue: &Mutex<Queue>, reopen: &Reopen, batches: &AtomicU64) {
             continue;
         }
         let op = batch.first().map_or("write", |job| job.write.op());
-        if let Err(e) = reopen.opened.still_at(&reopen.path, op) {
+        if let Err(e) = reopen.still_there(op, conn.as_ref()) {
             lock(queue).conn = conn;
             answer_all(batch, e);
             continue;
@@ -326,13 +326,15 @@ struct Shared(Arc<dyn std::error::Error + Send + Sync>);
 
 impl std::fmt::Display for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
+        f.write_str("its group of writes failed")
     }
 }
 
+/// The cause itself is the source, so that what looks through an error's
+/// sources for a cause (`StoreError::is_outage`) finds it.
 impl std::error::Error for Shared {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
+        Some(&*self.0)
     }
 }
 

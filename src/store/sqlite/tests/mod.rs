@@ -62,6 +62,66 @@ mod unit {
         );
     }
 
+    /// SQLite refusing a write (the file's mode or owner changed, a
+    /// read-only mount; here a store opened read-only) is 503 and needs an
+    /// operator: readiness says `failed`. It was a 500.
+    #[tokio::test]
+    async fn a_write_sqlite_refuses_is_unavailable_not_internal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let store = SqliteStore::open(&path, SECOND).unwrap();
+        store.put_if_absent(&record("k", &["a"])).await.unwrap();
+        drop(store);
+        let read_only = SqliteStore::open_read_only(&path, SECOND).unwrap();
+        let err = read_only
+            .put_if_absent(&record("new", &["a"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert!(!err.is_outage(), "an operator's to mend: {err:?}");
+        assert!(
+            crate::report::chain(&err).contains("cannot be written"),
+            "{}",
+            crate::report::chain(&err)
+        );
+    }
+
+    /// The store's write-ahead log removed while it is open: writes are
+    /// refused, and the writes the log held are copied into the database
+    /// first, so the database file alone holds them.
+    #[tokio::test]
+    async fn a_removed_log_refuses_writes_and_its_writes_reach_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite3");
+        let store = SqliteStore::open(&path, SECOND).unwrap();
+        store.put_if_absent(&record("kept", &["a"])).await.unwrap();
+        std::fs::remove_file(log_path(&path)).unwrap();
+        let err = store
+            .put_if_absent(&record("refused", &["a"]))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert!(!err.is_outage());
+        assert!(
+            crate::report::chain(&err).contains("are copied into the database"),
+            "{}",
+            crate::report::chain(&err)
+        );
+        assert!(store.ping().await.is_err());
+        // The database file alone, as a crash would leave it.
+        let alone = dir.path().join("alone.sqlite3");
+        std::fs::copy(&path, &alone).unwrap();
+        let conn = rusqlite::Connection::open(&alone).unwrap();
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM rkms_keys")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ids, ["kept"]);
+    }
+
     #[tokio::test]
     async fn add_missing_regions_never_replaces() {
         let dir = tempfile::tempdir().unwrap();
