@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import json
 import os
 import re
@@ -40,6 +41,12 @@ KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 # The mount prefix of the tokens and TLS Secrets in the pod.
 SECRETS_DIR = "/var/run/secrets/rkms"
+
+# The AWS provider the Terraform checks validate with (a local filesystem
+# mirror: TF_PROVIDER_MIRROR, default /opt/tf-plugins); every module's
+# constraint must admit it and have an upper bound.
+AWS_PROVIDER_VERSION = "5.100.0"
+TF_PROVIDER_MIRROR = Path(os.environ.get("TF_PROVIDER_MIRROR", "/opt/tf-plugins"))
 
 # The IAM grant of rkms, exactly (terraform/modules/access).
 KMS_ACTIONS = {"kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt"}
@@ -86,10 +93,20 @@ def load_values(name: str) -> dict:
     return yaml.safe_load((DEPLOY / name).read_text()) or {}
 
 
-def render(values: dict) -> dict[str, str]:
-    """The chart rendered as for `helm install`: template path -> text."""
+def plaintext_ok(values: dict) -> dict:
+    """`values` with plain HTTP accepted (tls.allowPlaintext) unless they
+    turn TLS on: the chart refuses plain HTTP by default, and most checks
+    are about other things. `schema_rejects` checks that refusal."""
+    if values.get("tls", {}).get("enabled"):
+        return values
+    return deep_merge(values, {"tls": {"allowPlaintext": True}})
+
+
+def render(values: dict, plaintext: bool = True) -> dict[str, str]:
+    """The chart rendered as for `helm install`: template path -> text.
+    `plaintext`: accept plain HTTP (see `plaintext_ok`)."""
     return Chart.load(str(CHART)).render(
-        values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        plaintext_ok(values) if plaintext else values, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
 
 def documents(rendered: dict[str, str]) -> list[dict]:
@@ -121,6 +138,18 @@ VALUE_SETS = {
     "token-sources": load_values("values-token-sources.yaml"),
 }
 
+# Further value sets whose rendered config.toml must pass check-config: an
+# IPv6 listen address, and region sets other than the default three (Helm
+# merges key_ids into the default map; only kms.regions may reach the config).
+CONFIG_VALUE_SETS = {
+    "listenAddress ::": {"listenAddress": "::"},
+    "two of the default regions": {"config": {"kms": {"regions": ["us-east-1", "us-west-2"]}}},
+    "other regions": {"config": {
+        "kms": {"regions": ["ap-southeast-2", "eu-central-1"],
+                "aws": {"key_ids": {"ap-southeast-2": "alias/rkms", "eu-central-1": "alias/rkms"}}},
+        "store": {"dynamodb": {"region": "ap-southeast-2"}}}},
+}
+
 
 class Checker:
     def __init__(self, args: argparse.Namespace):
@@ -131,7 +160,8 @@ class Checker:
 
     def rendered(self, value_set: str) -> dict[str, str]:
         if value_set not in self._rendered:
-            self._rendered[value_set] = render(VALUE_SETS[value_set])
+            values = VALUE_SETS[value_set] if value_set in VALUE_SETS else CONFIG_VALUE_SETS[value_set]
+            self._rendered[value_set] = render(values)
         return self._rendered[value_set]
 
     def check(self, name: str, fn, *a) -> None:
@@ -213,7 +243,7 @@ class Checker:
     # ----- Helm chart -----
 
     def helm_lint(self, value_set: str) -> str:
-        result = lint(str(CHART), VALUE_SETS[value_set], strict=True, namespace=NAMESPACE)
+        result = lint(str(CHART), plaintext_ok(VALUE_SETS[value_set]), strict=True, namespace=NAMESPACE)
         findings = [m for m in result.get("messages", []) if m.get("severity", 0) >= 2]
         if result.get("errors") or findings:
             raise CheckFailed(json.dumps({"errors": result.get("errors"), "messages": findings}, indent=2))
@@ -287,6 +317,20 @@ class Checker:
             "IRSA on a service account the chart does not create": {
                 "serviceAccount": {"create": False, "irsaRoleArn": "arn:aws:iam::123456789012:role/rkms"}},
             "mtls without TLS": {"auth": {"mode": "mtls", "clients": [{"name": "a.example", "ids": ["*"]}]}},
+            # RKMS__ overrides in extraEnv would bypass the guards above.
+            "extraEnv RKMS__ overrides to sqlite and the local KMS": {"replicaCount": 3, "extraEnv": [
+                {"name": "RKMS__STORE__BACKEND", "value": "sqlite"}, {"name": "RKMS__KMS__PROVIDER", "value": "local"}]},
+            "extraEnv RKMS__AUTH__MODE=none": {"extraEnv": [{"name": "RKMS__AUTH__MODE", "value": "none"}]},
+            "extraEnv rkms__ in lower case": {"extraEnv": [{"name": "rkms__cache__ttl_seconds", "value": "0"}]},
+            "extraEnv RKMS__ from a Secret": {"extraEnv": [
+                {"name": "RKMS__SERVER__LISTEN", "valueFrom": {"secretKeyRef": {"name": "x", "key": "y"}}}]},
+            # A token-mode client's name is a Secret key and a file name.
+            "a token-mode client name with ':'": {"auth": {"clients": [{"name": "app:prod", "ids": ["*"]}]}},
+            "a token-mode client name with '/'": {"auth": {"clients": [{"name": "team/app", "ids": ["*"]}]}},
+            "a token-mode client name '..'": {"auth": {"clients": [{"name": "..", "ids": ["*"]}]}},
+            "a token-mode spiffe:// client name": {"auth": {"clients": [{"name": "spiffe://example.org/app", "ids": ["*"]}]}},
+            # A region of kms.regions without a key id (the defaults no longer cover it).
+            "a region without a key id": {"config": {"kms": {"regions": ["us-east-1", "ap-southeast-2"]}}},
         }
         accepted = []
         for what, values in bad.items():
@@ -295,9 +339,41 @@ class Checker:
                 accepted.append(what)
             except Exception:
                 pass
+        # Plain HTTP unless asked for: data keys and tokens in the clear.
+        for what, values in {
+            "the defaults (plain HTTP, not allowed)": {},
+            "tls.enabled false, allowPlaintext false": {"tls": {"enabled": False, "allowPlaintext": False}},
+        }.items():
+            try:
+                render(values, plaintext=False)
+                accepted.append(what)
+            except Exception:
+                pass
         if accepted:
             raise CheckFailed("rendered although invalid: " + "; ".join(accepted))
-        return f"{len(bad)} invalid value sets refused"
+        # The guards refuse no more than they should.
+        good = {
+            "an extraEnv RKMS_ token variable (one underscore)": {
+                "extraEnv": [{"name": "RKMS_APP_TOKEN", "value": "x"}],
+                "auth": {"clients": [{"name": "app", "ids": ["*"], "token_env": "RKMS_APP_TOKEN"}]}},
+            "a token_env client named with ':' and '/'": {
+                "extraEnv": [{"name": "APP_TOKEN", "value": "x"}],
+                "auth": {"clients": [{"name": "spiffe://example.org/app", "ids": ["*"], "token_env": "APP_TOKEN"}]}},
+            "an mtls spiffe:// client": {
+                "tls": {"enabled": True, "secretName": "rkms-tls"},
+                "auth": {"mode": "mtls", "clients": [{"name": "spiffe://example.org/ns/a/sa/b", "ids": ["*"]}]}},
+        }
+        good["plain HTTP allowed on purpose"] = {"tls": {"allowPlaintext": True}}
+        refused = []
+        for what, values in good.items():
+            try:
+                # As given when they set tls themselves.
+                render(values, plaintext="tls" not in values)
+            except Exception as e:
+                refused.append(f"{what}: {str(e).strip().splitlines()[-1]}")
+        if refused:
+            raise CheckFailed("refused although valid: " + "; ".join(refused))
+        return f"{len(bad) + 2} invalid value sets refused, {len(good)} valid ones near them rendered"
 
     def pod_hardening(self, value_set: str) -> str:
         docs = documents(self.rendered(value_set))
@@ -451,9 +527,31 @@ class Checker:
     def rendered_config(self, value_set: str) -> str:
         """The config.toml from the rendered ConfigMap passes `rkms check-config`,
         with the Secrets' files laid out as the pod sees them."""
+        return self.check_rendered_config(documents(self.rendered(value_set)), value_set)
+
+    def rendered_config_extra(self, value_set: str) -> str:
+        """As rendered_config, and the config holds what the values asked for:
+        key_ids for exactly kms.regions, listen addresses rkms parses."""
+        values = deep_merge(yaml.safe_load((CHART / "values.yaml").read_text()), CONFIG_VALUE_SETS[value_set])
         docs = documents(self.rendered(value_set))
         config = find(docs, "ConfigMap")["data"]["config.toml"]
-        root = self.work / f"secrets-{value_set}"
+        regions = values["config"]["kms"]["regions"]
+        key_ids = re.search(r"(?ms)^\[kms\.aws\.key_ids\]\n(.*?)(?:\n\n|\Z)", config)
+        got = re.findall(r'(?m)^"?([^"=\s]+)"?\s*=', key_ids.group(1)) if key_ids else []
+        if sorted(got) != sorted(regions):
+            raise CheckFailed(f"kms.aws.key_ids has {sorted(got)}; want exactly kms.regions {sorted(regions)}")
+        address = values["listenAddress"]
+        host = f"[{address}]" if ":" in address else address
+        want = f'listen = "{host}:{values["containerPorts"]["http"]}"'
+        if want not in config:
+            raise CheckFailed(f"no `{want}` in the rendered config")
+        return self.check_rendered_config(docs, re.sub(r"\W+", "-", value_set))
+
+    def check_rendered_config(self, docs: list[dict], label: str) -> str:
+        """`rkms check-config` of the rendered ConfigMap's config.toml, with
+        the Secrets' files laid out as the pod sees them."""
+        config = find(docs, "ConfigMap")["data"]["config.toml"]
+        root = self.work / f"secrets-{label}"
         shutil.rmtree(root, ignore_errors=True)
         (root / "tokens").mkdir(parents=True)
         (root / "tls").mkdir()
@@ -463,7 +561,7 @@ class Checker:
                 (root / "tokens" / key).write_bytes(base64.b64decode(value))
         if "/tls/" in config:
             make_tls_files(root / "tls")
-        path = self.work / f"config-{value_set}.toml"
+        path = self.work / f"config-{label}.toml"
         path.write_text(config.replace(SECRETS_DIR, str(root)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RKMS")}
         for entry in server_deployment(docs)["spec"]["template"]["spec"]["containers"][0].get("env", []):
@@ -486,6 +584,62 @@ class Checker:
         path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
         run([promtool, "check", "rules", str(path)])
         return f"promtool check rules: {sum(len(g['rules']) for g in rule['spec']['groups'])} rules"
+
+    def prometheus_rule_selector(self) -> str:
+        """The alerts' default series selector matches this release's server
+        pods as each way of scraping labels them (and no other release's):
+        the pod-annotation scrape (the chart's default; Prometheus's
+        kubernetes-pods example job keeps namespace, pod and the pod's labels)
+        and a ServiceMonitor (namespace, service, pod, endpoint, job)."""
+        problems, checked = [], 0
+        cases = {
+            "pod annotations (the default)": ({"metrics": {"prometheusRule": {"enabled": True}}}, "annotations"),
+            "a ServiceMonitor": ({"metrics": {"scrapeAnnotations": False, "serviceMonitor": {"enabled": True},
+                                              "prometheusRule": {"enabled": True}}}, "servicemonitor"),
+            "release keys, pod annotations": ({"fullnameOverride": "keys", "metrics": {"prometheusRule": {"enabled": True}}},
+                                              "annotations"),
+        }
+        for what, (values, scrape) in cases.items():
+            docs = documents(render(values))
+            dep = server_deployment(docs)
+            name = dep["metadata"]["name"]
+            pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+            pod_annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
+            pod = f"{name}-5d8f7c9b4-x2bq4"
+            if scrape == "annotations":
+                if pod_annotations.get("prometheus.io/scrape") != "true":
+                    problems.append(f"{what}: the pods are not annotated for scraping")
+                labels = {re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in pod_labels.items()}
+                labels.update(namespace=NAMESPACE, pod=pod, instance="10.0.0.1:9090", job="kubernetes-pods")
+            else:
+                monitor = find(docs, "ServiceMonitor")
+                svc = find(docs, "Service")
+                if monitor["spec"]["selector"]["matchLabels"].items() - svc["metadata"]["labels"].items():
+                    problems.append(f"{what}: the ServiceMonitor does not select the Service")
+                labels = dict(namespace=NAMESPACE, pod=pod, service=svc["metadata"]["name"], job=svc["metadata"]["name"],
+                              endpoint="metrics", container="rkms", instance="10.0.0.1:9090")
+            # A pod of another release, <fullname>-canary, in the same namespace.
+            other = {k: (v.replace(name, f"{name}-canary") if k in ("pod", "service", "job") else v)
+                     for k, v in labels.items()}
+            rule = find(docs, "PrometheusRule")
+            for group in rule["spec"]["groups"]:
+                for r in group["rules"]:
+                    for selector in re.findall(r"rkms_\w+\{([^}]*)\}", r.get("expr", "")):
+                        matchers = [(n, op, json.loads(f'"{v}"')) for n, op, v in
+                                    re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', selector)]
+                        release = [m for m in matchers if m[0] not in ("state", "status", "outcome")]
+                        checked += 1
+                        if not release:
+                            problems.append(f"{what}: {r.get('alert')} selects no release labels: {{{selector}}}")
+                        elif not all(matches(labels, m) for m in release):
+                            problems.append(f"{what}: {{{selector}}} does not match the server pods' series, labelled "
+                                            + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())
+                                                        if not k.startswith(("helm_", "app_kubernetes_io_version"))))
+                        elif all(matches(other, m) for m in release):
+                            problems.append(f"{what}: {r.get('alert')} {{{selector}}} also matches pod {other['pod']}")
+        if problems:
+            raise CheckFailed("\n".join(sorted(set(problems))))
+        return f"{checked} selectors match the server pods' series with pod annotations and with a ServiceMonitor"
 
     # ----- Terraform -----
 
@@ -545,10 +699,31 @@ class Checker:
 
     def key_policy(self) -> str:
         doc = policy_document(TERRAFORM / "modules" / "region-key" / "main.tf", "master_key")
-        use = {"kms:GenerateDataKey", "kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:*"}
-        admin = next(st for st in doc if st.get("sid") == "KeyAdministration")
-        if set(admin["actions"]) & use or any(a.startswith(("kms:Encrypt", "kms:Decrypt", "kms:Generate", "kms:ReEncrypt")) for a in admin["actions"]):
-            raise CheckFailed("administrators may use the key")
+        # Actions an administrator must not get, however spelled (IAM action
+        # names are case-insensitive and may use * and ? wildcards):
+        # using the key, and kms:CreateGrant, which can give anyone Decrypt.
+        forbidden = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
+                     "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair", "kms:GenerateMac",
+                     "kms:Sign", "kms:CreateGrant"]
+        main_tf = (TERRAFORM / "modules" / "region-key" / "main.tf").read_text()
+        for policy in ("master_key", "table_key"):
+            admin = next(st for st in policy_document(TERRAFORM / "modules" / "region-key" / "main.tf", policy)
+                         if st.get("sid") == "KeyAdministration")
+            actions = admin["actions"]
+            if isinstance(actions, str) and (m := re.fullmatch(r"\$\{local\.(\w+)\}", actions)):
+                actions = next((block[m.group(1)] for block in load_hcl(TERRAFORM / "modules" / "region-key" / "main.tf").get("locals", [])
+                                if m.group(1) in block), actions)
+            if not isinstance(actions, list):
+                raise CheckFailed(f"{policy}: cannot read the administrators' actions: {actions!r}")
+            for pattern in actions:
+                hit = [a for a in forbidden if fnmatch.fnmatchcase(a.lower(), pattern.lower())]
+                if hit:
+                    raise CheckFailed(f"{policy}: administrators get {pattern}, which allows {', '.join(hit)}")
+                if pattern.lower().startswith("kms:create") and pattern.lower() != "kms:createalias":
+                    raise CheckFailed(f"{policy}: administrators get {pattern}; of the Create actions only kms:CreateAlias")
+            puts = [a for a in actions if fnmatch.fnmatchcase("kms:putkeypolicy", a.lower())]
+            if puts and (puts != ["kms:PutKeyPolicy"] or "Break-glass" not in main_tf):
+                raise CheckFailed(f"{policy}: administrators get {puts}: only kms:PutKeyPolicy, named alone and commented as break-glass")
         rkms = [st for st in doc if st.get("sid", "").startswith("Rkms") and not st.get("dynamic")]
         wrap = [st for st in rkms if set(st["actions"]) & KMS_ACTIONS]
         if len(wrap) != 1 or set(wrap[0]["actions"]) != KMS_ACTIONS or not has_id_context(wrap[0]):
@@ -561,7 +736,7 @@ class Checker:
                 raise CheckFailed(f"the master key needs {needed}")
         if "default     = 30" not in (TERRAFORM / "modules" / "region-key" / "variables.tf").read_text():
             raise CheckFailed("deletion_window_in_days must default to 30")
-        return "admins manage only; rkms wraps only with the rkms:id context, DescribeKey for preflight; rotation, 30-day window, prevent_destroy"
+        return "admins manage only (no use, no CreateGrant, PutKeyPolicy as break-glass); rkms wraps only with the rkms:id context, DescribeKey for preflight; rotation, 30-day window, prevent_destroy"
 
     def table_and_trust(self) -> str:
         table = load_hcl(TERRAFORM / "modules" / "table" / "main.tf")
@@ -577,11 +752,28 @@ class Checker:
         sse = t["server_side_encryption"][0]
         if sse.get("enabled") is not True or "kms_key_arn" not in sse:
             raise CheckFailed("encryption at rest must use a customer managed KMS key")
+        # Replicas: aws_dynamodb_table_replica (modules/table-replica), never
+        # the inline block, which cannot protect a replica from deletion.
+        if "replica" in t or "replica" in str(t.get("dynamic", "")):
+            raise CheckFailed("the table has an inline replica block: replicas are modules/table-replica")
+        lifecycle = t.get("lifecycle", [{}])[0]
+        if lifecycle.get("prevent_destroy") is not True or "replica" not in str(lifecycle.get("ignore_changes")):
+            raise CheckFailed("the table needs prevent_destroy and ignore_changes = [replica]")
+        replica_tf = load_hcl(TERRAFORM / "modules" / "table-replica" / "main.tf")
+        r = replica_tf["resource"][0]["aws_dynamodb_table_replica"]["keys"]
+        want = {"deletion_protection_enabled": True, "point_in_time_recovery": True}
+        for key, value in want.items():
+            if r.get(key) != value:
+                raise CheckFailed(f"table replica {key} = {r.get(key)!r}, want {value!r}")
+        if "kms_key_arn" not in r:
+            raise CheckFailed("a table replica must use a customer managed KMS key")
+        if r.get("lifecycle", [{}])[0].get("prevent_destroy") is not True:
+            raise CheckFailed("a table replica needs prevent_destroy")
         trust = policy_document(TERRAFORM / "modules" / "access" / "main.tf", "irsa_trust")[0]
         variables = {c["variable"].rsplit(":", 1)[-1]: c for c in trust["condition"]}
         if set(variables) != {"sub", "aud"} or variables["aud"]["values"] != ["sts.amazonaws.com"]:
             raise CheckFailed("the IRSA trust policy must check <issuer>:sub and <issuer>:aud = sts.amazonaws.com")
-        return "table: id S, on demand, PITR, deletion protection, CMK; IRSA trust checks sub and aud"
+        return "table and replicas: id S, on demand, PITR, deletion protection, CMK, prevent_destroy; IRSA trust checks sub and aud"
 
     def terraform_config(self) -> str:
         """modules/config renders a config that `rkms check-config` accepts, and
@@ -594,31 +786,103 @@ class Checker:
         root.mkdir()
         token = root / "app.token"
         token.write_text("example-token-for-the-terraform-check\n")
-        (root / "main.tf").write_text(f'''
-module "config" {{
+        # Three regions, the chart's defaults among them, and two that are not:
+        # the chart must render key_ids for exactly the module's regions.
+        sets = {
+            "three": (["us-east-1", "us-west-2", "eu-west-1"], "us-east-1"),
+            "two": (["ap-southeast-2", "eu-central-1"], "ap-southeast-2"),
+        }
+        tf = []
+        for name, (regions, home) in sets.items():
+            key_ids = ", ".join(f'"{r}" = "alias/rkms-{r}"' for r in regions)
+            tf.append(f'''
+module "config_{name}" {{
   source       = "{TERRAFORM / 'modules' / 'config'}"
-  regions      = ["us-east-1", "us-west-2", "eu-west-1"]
-  key_ids      = {{ "us-east-1" = "alias/rkms", "us-west-2" = "alias/rkms", "eu-west-1" = "alias/rkms" }}
+  regions      = {json.dumps(regions)}
+  key_ids      = {{ {key_ids} }}
   table_name   = "rkms_keys"
-  table_region = "us-east-1"
+  table_region = "{home}"
   clients      = [{{ name = "app", token_file = "{token}", ids = ["*"], create = true }}]
 }}
-output "config_toml" {{ value = module.config.config_toml }}
-output "helm_values" {{ value = module.config.helm_values }}
+output "config_toml_{name}" {{ value = module.config_{name}.config_toml }}
+output "helm_values_{name}" {{ value = module.config_{name}.helm_values }}
 ''')
+        (root / "main.tf").write_text("".join(tf))
         env = self.terraform_env()
         run([terraform, "init", "-input=false", "-backend=false", "-no-color"], cwd=root, env=env)
         run([terraform, "validate", "-no-color"], cwd=root, env=env)
         run([terraform, "apply", "-auto-approve", "-input=false", "-no-color", "-state=out.tfstate"], cwd=root, env=env)
-        config = run([terraform, "output", "-state=out.tfstate", "-raw", "config_toml"], cwd=root, env=env)
-        values = yaml.safe_load(run([terraform, "output", "-state=out.tfstate", "-raw", "helm_values"], cwd=root, env=env))
-        (root / "config.toml").write_text(config)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RKMS")}
-        run([self.args.rkms, "check-config", "--config", str(root / "config.toml")], env=clean)
-        got = find(documents(render(values)), "ConfigMap")["data"]["config.toml"]
-        if '"us-west-2" = "alias/rkms"' not in got or 'table = "rkms_keys"' not in got:
-            raise CheckFailed("the chart did not take the Terraform values")
-        return "config.toml accepted by check-config; helm_values render in the chart"
+        for name, (regions, home) in sets.items():
+            config = run([terraform, "output", "-state=out.tfstate", "-raw", f"config_toml_{name}"], cwd=root, env=env)
+            values = yaml.safe_load(run([terraform, "output", "-state=out.tfstate", "-raw", f"helm_values_{name}"], cwd=root, env=env))
+            (root / f"config-{name}.toml").write_text(config)
+            run([self.args.rkms, "check-config", "--config", str(root / f"config-{name}.toml")], env=clean)
+            docs = documents(render(values))
+            got = find(docs, "ConfigMap")["data"]["config.toml"]
+            for region in regions:
+                if f'"{region}" = "alias/rkms-{region}"' not in got:
+                    raise CheckFailed(f"{name} regions: the chart did not take the Terraform key id of {region}")
+            if 'alias/rkms"' in got or 'table = "rkms_keys"' not in got:
+                raise CheckFailed(f"{name} regions: the chart kept a default key id or lost the table:\n{got}")
+            self.check_rendered_config(docs, f"terraform-{name}")
+        return ("config.toml accepted by check-config; helm_values for three and for two other regions "
+                "render in the chart to configs check-config accepts")
+
+    def provider_constraints(self) -> str:
+        """Every required provider has a bounded version constraint, and the
+        AWS provider the checks validate with satisfies each."""
+        problems, seen = [], 0
+        for f in sorted(TERRAFORM.rglob("versions.tf")):
+            if ".terraform" in f.parts:
+                continue
+            for block in load_hcl(f).get("terraform", []):
+                for providers in block.get("required_providers", []):
+                    for name, spec in providers.items():
+                        seen += 1
+                        where = f"{f.relative_to(ROOT)}: {name}"
+                        constraint = spec.get("version", "") if isinstance(spec, dict) else ""
+                        parts = [c.strip() for c in constraint.split(",") if c.strip()]
+                        if not any(c.startswith(("<", "~>")) for c in parts):
+                            problems.append(f"{where} = {constraint!r} has no upper bound")
+                        if name == "aws" and not version_satisfies(AWS_PROVIDER_VERSION, parts):
+                            problems.append(f"{where} = {constraint!r} excludes {AWS_PROVIDER_VERSION}, the version checked")
+        if problems:
+            raise CheckFailed("\n".join(problems))
+        return f"{seen} provider constraints bounded; aws admits {AWS_PROVIDER_VERSION}"
+
+    def terraform_validate(self) -> str:
+        """`terraform validate` of every module and the example, with the AWS
+        provider from a local filesystem mirror (nothing is downloaded)."""
+        terraform = shutil.which("terraform")
+        if not terraform:
+            raise CheckFailed("terraform is not on PATH")
+        aws = TF_PROVIDER_MIRROR / "registry.terraform.io" / "hashicorp" / "aws" / AWS_PROVIDER_VERSION
+        if not aws.is_dir():
+            raise Skipped(f"no AWS provider {AWS_PROVIDER_VERSION} in the mirror {TF_PROVIDER_MIRROR} (set TF_PROVIDER_MIRROR)")
+        mirrored = sorted(f"registry.terraform.io/hashicorp/{p.name}"
+                          for p in (TF_PROVIDER_MIRROR / "registry.terraform.io" / "hashicorp").iterdir())
+        cli_config = self.work / "terraformrc-mirror"
+        cli_config.write_text(f'''provider_installation {{
+  filesystem_mirror {{
+    path    = "{TF_PROVIDER_MIRROR}"
+    include = {json.dumps(mirrored)}
+  }}
+}}
+''')
+        env = dict(self.terraform_env(), TF_CLI_CONFIG_FILE=str(cli_config))
+        copy_root = self.work / "tf-validate"
+        shutil.rmtree(copy_root, ignore_errors=True)
+        shutil.copytree(TERRAFORM, copy_root, ignore=shutil.ignore_patterns(".terraform", ".terraform.lock.hcl", "rendered"))
+        dirs = sorted({f.parent for f in copy_root.rglob("*.tf")})
+        notes = []
+        for d in dirs:
+            if "hashicorp/local" not in " ".join(mirrored) and strip_local_files(d):
+                notes.append(f"{d.relative_to(copy_root)} without its local_file outputs (hashicorp/local is not mirrored)")
+            run([terraform, "init", "-input=false", "-backend=false", "-no-color"], cwd=d, env=env)
+            run([terraform, "validate", "-no-color"], cwd=d, env=env)
+        return (f"{len(dirs)} configurations valid with hashicorp/aws {AWS_PROVIDER_VERSION}"
+                + (f"; {'; '.join(notes)}" if notes else ""))
 
     def checkov_terraform(self) -> str:
         return self.checkov(["-d", str(TERRAFORM), "--framework", "terraform"])
@@ -637,6 +901,8 @@ output "helm_values" {{ value = module.config.helm_values }}
             self.check(f"chart[{value_set}]: pod hardening", self.pod_hardening, value_set)
             self.check(f"chart[{value_set}]: Deployment contract", self.deployment_contract, value_set)
             self.check(f"chart[{value_set}]: rendered config.toml passes check-config", self.rendered_config, value_set)
+        for value_set in CONFIG_VALUE_SETS:
+            self.check(f"chart[{value_set}]: rendered config.toml passes check-config", self.rendered_config_extra, value_set)
         for value_set in ("defaults", "all-on"):
             self.check(f"chart[{value_set}]: checkov kubernetes", self.checkov_chart, value_set)
         self.check("chart: values.schema.json and template guards refuse bad values", self.schema_rejects)
@@ -644,8 +910,11 @@ output "helm_values" {{ value = module.config.helm_values }}
         self.check("chart: PDB allows an eviction at replicas=1", self.pdb_allows_eviction)
         self.check("chart: client tokens Secret", self.secret_stable)
         self.check("chart: PrometheusRule alerts", self.prometheus_rules)
+        self.check("chart: PrometheusRule selects the release's series as scraped", self.prometheus_rule_selector)
         self.check("terraform: fmt -check -recursive", self.terraform_fmt)
         self.check("terraform: python-hcl2 parse", self.terraform_parse)
+        self.check("terraform: provider versions bounded", self.provider_constraints)
+        self.check("terraform: validate (provider mirror)", self.terraform_validate)
         self.check("terraform: rkms IAM policy is least privilege", self.iam_policy)
         self.check("terraform: master key policy", self.key_policy)
         self.check("terraform: table and IRSA trust", self.table_and_trust)
@@ -667,7 +936,8 @@ def load_hcl(path: Path):
 
 def normalize(node):
     if isinstance(node, dict):
-        return {unquote(k): normalize(v) for k, v in node.items() if k not in ("__is_block__", "__comments__")}
+        return {unquote(k): normalize(v) for k, v in node.items()
+                if k not in ("__is_block__", "__comments__", "__inline_comments__")}
     if isinstance(node, list):
         return [normalize(v) for v in node]
     if isinstance(node, str):
@@ -702,6 +972,61 @@ def has_id_context(statement: dict) -> bool:
     conds = {(c["test"], c["variable"]): c["values"] for c in statement.get("condition", [])}
     return (conds.get(("ForAllValues:StringEquals", "kms:EncryptionContextKeys")) == ["rkms:id"]
             and conds.get(("Null", "kms:EncryptionContextKeys")) == ["false"])
+
+
+def matches(labels: dict[str, str], matcher: tuple[str, str, str]) -> bool:
+    """A PromQL label matcher against a series' labels (absent = "")."""
+    name, op, value = matcher
+    got = labels.get(name, "")
+    if op in ("=~", "!~"):
+        hit = re.fullmatch(value, got) is not None
+        return hit if op == "=~" else not hit
+    return (got == value) if op == "=" else (got != value)
+
+
+def version_satisfies(version: str, constraints: list[str]) -> bool:
+    """Terraform version constraints (=, !=, >, >=, <, <=, ~>) for a plain
+    x.y.z version."""
+    def parse(v: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in v.strip().lstrip("v").split("."))
+    have = parse(version)
+    for c in constraints:
+        m = re.fullmatch(r"(~>|>=|<=|!=|>|<|=)?\s*([0-9.]+)", c)
+        if not m:
+            return False
+        op, want = m.group(1) or "=", parse(m.group(2))
+        padded = want + (0,) * (len(have) - len(want))
+        ok = {
+            "=": have == padded, "!=": have != padded, ">": have > padded, ">=": have >= padded,
+            "<": have < padded, "<=": have <= padded,
+            "~>": have >= padded and have[:len(want) - 1] == want[:len(want) - 1],
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def strip_local_files(directory: Path) -> bool:
+    """Remove `resource "local_file"` blocks and the hashicorp/local
+    requirement from the .tf files of a copied configuration; True when
+    there were any."""
+    changed = False
+    for f in directory.glob("*.tf"):
+        text = f.read_text()
+        out = text
+        for pattern in (r'(?m)^resource "local_file" "[^"]+" \{', r"(?m)^    local = \{"):
+            while (m := re.search(pattern, out)):
+                depth, i = 0, m.end() - 1
+                while True:
+                    depth += {"{": 1, "}": -1}.get(out[i], 0)
+                    i += 1
+                    if depth == 0:
+                        break
+                out = out[:m.start()] + out[i:]
+        if out != text:
+            f.write_text(out)
+            changed = True
+    return changed
 
 
 def make_tls_files(directory: Path) -> None:

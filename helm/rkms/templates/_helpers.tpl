@@ -119,6 +119,17 @@ margin for the process to exit before Kubernetes sends SIGKILL.
 {{- end -}}
 
 {{/*
+A listen address: address:port, an IPv6 address in brackets ([::]:8080).
+*/}}
+{{- define "rkms.listenOn" -}}
+{{- if contains ":" (toString .address) -}}
+{{- printf "[%s]:%d" (toString .address) (int .port) -}}
+{{- else -}}
+{{- printf "%s:%d" (toString .address) (int .port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 The rkms config file. `config` is passed through as it is; the chart owns
 what depends on the pod: the listen addresses, the TLS file paths and [auth]
 (with token files from the tokens Secret).
@@ -126,9 +137,9 @@ what depends on the pod: the listen addresses, the TLS file paths and [auth]
 {{- define "rkms.configToml" -}}
 {{- $cfg := deepCopy (.Values.config | default dict) -}}
 {{- $server := deepCopy (get $cfg "server" | default dict) -}}
-{{- $_ := set $server "listen" (printf "%s:%d" .Values.listenAddress (int .Values.containerPorts.http)) -}}
+{{- $_ := set $server "listen" (include "rkms.listenOn" (dict "address" .Values.listenAddress "port" .Values.containerPorts.http)) -}}
 {{- if .Values.metrics.enabled -}}
-{{- $_ := set $server "metrics_listen" (printf "%s:%d" .Values.listenAddress (int .Values.containerPorts.metrics)) -}}
+{{- $_ := set $server "metrics_listen" (include "rkms.listenOn" (dict "address" .Values.listenAddress "port" .Values.containerPorts.metrics)) -}}
 {{- else -}}
 {{- $_ := set $server "metrics_listen" "" -}}
 {{- end -}}
@@ -142,10 +153,36 @@ what depends on the pod: the listen addresses, the TLS file paths and [auth]
 {{- fail "auth.mode = \"mtls\" needs tls.enabled = true and tls.secretName (with ca.crt)" -}}
 {{- end -}}
 {{- $_ := set $cfg "server" $server -}}
+{{- /* kms.aws.key_ids for the regions in kms.regions only: Helm merges a
+user's key_ids map into the default one, so entries of default regions a
+user did not list would otherwise stay, and rkms refuses a key id for a
+region that is not in kms.regions. */ -}}
+{{- $kms := deepCopy (get $cfg "kms" | default dict) -}}
+{{- $kmsAws := deepCopy (get $kms "aws" | default dict) -}}
+{{- $allKeyIds := get $kmsAws "key_ids" | default dict -}}
+{{- $keyIds := dict -}}
+{{- $missing := list -}}
+{{- range $region := get $kms "regions" | default list -}}
+{{- $id := get $allKeyIds (toString $region) -}}
+{{- if $id -}}
+{{- $_ := set $keyIds (toString $region) $id -}}
+{{- else -}}
+{{- $missing = append $missing (toString $region) -}}
+{{- end -}}
+{{- end -}}
+{{- if $missing -}}
+{{- fail (printf "config.kms.aws.key_ids has no KMS key for %s (in config.kms.regions): set config.kms.aws.key_ids.<region> to the key's id, ARN or alias for every region in config.kms.regions (Terraform's modules/config output helm_values does)" (join ", " $missing)) -}}
+{{- end -}}
+{{- $_ := set $kmsAws "key_ids" $keyIds -}}
+{{- $_ := set $kms "aws" $kmsAws -}}
+{{- $_ := set $cfg "kms" $kms -}}
 {{- $clients := list -}}
 {{- range .Values.auth.clients -}}
 {{- $client := omit . "token" -}}
 {{- if and (eq $.Values.auth.mode "token") (not (or .token_sha256 .token_env .token_file)) -}}
+{{- if or (not (regexMatch "^[-._a-zA-Z0-9]{1,253}$" .name)) (regexMatch "^[.][.]?$|^[.][.]" .name) -}}
+{{- fail (printf "auth.clients name %q: in token mode a client whose token is a file from the tokens Secret needs a name of letters, digits, '-', '_' and '.' (not starting with \"..\"): the name is the Secret key and the file name. Rename it, or give it token_sha256 or token_env" .name) -}}
+{{- end -}}
 {{- $_ := set $client "token_file" (printf "%s/%s" (include "rkms.tokensDir" $) .name) -}}
 {{- end -}}
 {{- $clients = append $clients $client -}}

@@ -61,9 +61,18 @@ module "table" {
   source    = "../../modules/table"
   providers = { aws = aws.use1 }
 
-  name        = "rkms_keys"
-  kms_key_arn = module.key_use1.table_key_arn
-  replicas    = [{ region = "us-west-2", kms_key_arn = module.key_usw2.table_key_arn }]
+  name            = "rkms_keys"
+  kms_key_arn     = module.key_use1.table_key_arn
+  replica_regions = ["us-west-2"]
+  tags            = local.tags
+}
+
+module "table_replica_usw2" {
+  source    = "../../modules/table-replica"
+  providers = { aws = aws.usw2 }
+
+  table_arn   = module.table.arn
+  kms_key_arn = module.key_usw2.table_key_arn
   tags        = local.tags
 }
 

@@ -3,11 +3,11 @@ terraform {
   required_providers {
     aws = {
       source  = "hashicorp/aws"
-      version = ">= 5.0"
+      version = ">= 5.80, < 7.0"
     }
     local = {
       source  = "hashicorp/local"
-      version = ">= 2.4"
+      version = ">= 2.4, < 3.0"
     }
   }
 }

@@ -1,7 +1,8 @@
 # One region's rkms master key: a symmetric KMS key with rotation, an alias,
 # and a key policy under which rkms may use the key only for data keys bound
 # to an rkms id (encryption context {"rkms:id": ID}), and administrators may
-# manage it but not use it. Optionally a second key for DynamoDB encryption
+# manage it but not use it (short of rewriting the policy: PutKeyPolicy is
+# break-glass, see admin_actions). Optionally a second key for DynamoDB encryption
 # at rest in the same region. Called once per region, each call with that
 # region's provider.
 
@@ -10,17 +11,25 @@ data "aws_caller_identity" "current" {}
 
 locals {
   region = data.aws_region.current.name
-  # Everything a key administrator may do, and nothing that reads or writes data.
+  # What a key administrator may do: nothing that reads or writes data, and
+  # no kms:CreateGrant (a grant could give the administrator Decrypt), so
+  # no kms:Create* either.
   admin_actions = [
     "kms:CancelKeyDeletion",
-    "kms:Create*",
+    "kms:CreateAlias",
     "kms:Delete*",
     "kms:Describe*",
     "kms:Disable*",
     "kms:Enable*",
     "kms:Get*",
     "kms:List*",
-    "kms:Put*",
+    # Break-glass: PutKeyPolicy is the only way to change the key policy
+    # (add or remove administrators or rkms roles, allow_legacy_decrypt), and
+    # KMS refuses a policy that would lock out the principal setting it, so
+    # Terraform's own role needs it. It also lets an administrator rewrite
+    # the policy to grant itself use of the key: a change CloudTrail records
+    # (alert on PutKeyPolicy) and that this policy then no longer describes.
+    "kms:PutKeyPolicy",
     "kms:Revoke*",
     "kms:RotateKeyOnDemand",
     "kms:ScheduleKeyDeletion",

@@ -1,6 +1,8 @@
 # The rkms key records: hash key `id` (S), billed per request, with
 # point-in-time recovery, deletion protection and encryption under a
-# customer managed KMS key; optionally replicated as a global table.
+# customer managed KMS key. A global table's replicas are the table-replica
+# module, one call per replica region with that region's provider: the
+# inline `replica` block cannot turn on a replica's deletion protection.
 
 resource "aws_dynamodb_table" "keys" {
   name                        = var.name
@@ -8,8 +10,8 @@ resource "aws_dynamodb_table" "keys" {
   hash_key                    = "id"
   deletion_protection_enabled = true
   # Global tables replicate through the stream.
-  stream_enabled   = length(var.replicas) > 0
-  stream_view_type = length(var.replicas) > 0 ? "NEW_AND_OLD_IMAGES" : null
+  stream_enabled   = length(var.replica_regions) > 0
+  stream_view_type = length(var.replica_regions) > 0 ? "NEW_AND_OLD_IMAGES" : null
   tags             = var.tags
 
   attribute {
@@ -26,17 +28,10 @@ resource "aws_dynamodb_table" "keys" {
     kms_key_arn = var.kms_key_arn
   }
 
-  dynamic "replica" {
-    for_each = var.replicas
-    content {
-      region_name            = replica.value.region
-      kms_key_arn            = replica.value.kms_key_arn
-      point_in_time_recovery = true
-      propagate_tags         = true
-    }
-  }
-
   lifecycle {
     prevent_destroy = true
+    # Replicas are aws_dynamodb_table_replica resources (table-replica):
+    # the table must not manage, nor remove, them itself.
+    ignore_changes = [replica]
   }
 }

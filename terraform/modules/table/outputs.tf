@@ -16,6 +16,6 @@ output "arn" {
 output "arns" {
   description = "ARNs of the table in its home region and in every replica region."
   value = concat([aws_dynamodb_table.keys.arn], [
-    for r in var.replicas : replace(aws_dynamodb_table.keys.arn, ":${split(":", aws_dynamodb_table.keys.arn)[3]}:", ":${r.region}:")
+    for r in var.replica_regions : replace(aws_dynamodb_table.keys.arn, ":${split(":", aws_dynamodb_table.keys.arn)[3]}:", ":${r}:")
   ])
 }

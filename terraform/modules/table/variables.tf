@@ -13,13 +13,10 @@ variable "kms_key_arn" {
   type        = string
 }
 
-variable "replicas" {
-  description = "Other regions holding a replica (a global table), each with its region's encryption key. rkms sends every request to the home region (store.dynamodb.region); a replica is for failing over to by changing that setting."
-  type = list(object({
-    region      = string
-    kms_key_arn = string
-  }))
-  default = []
+variable "replica_regions" {
+  description = "Regions holding a replica (a global table), each created by a table-replica module call with that region's provider. Turns on the stream replication needs and adds the replicas to the arns output. rkms sends every request to the home region (store.dynamodb.region); a replica is for failing over to by changing that setting."
+  type        = list(string)
+  default     = []
 }
 
 variable "tags" {
