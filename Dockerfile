@@ -38,6 +38,6 @@ EXPOSE 8080 9090
 # SIGTERM drains in-flight requests (server.shutdown_grace_ms), then exits 0.
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["/usr/local/bin/rkms", "healthcheck", "--url", "http://127.0.0.1:8080/healthz"]
+  CMD ["/usr/local/bin/rkms", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/rkms"]
 CMD ["serve"]

@@ -106,7 +106,13 @@ enum Command {
     /// Exit 0 when the server answers /healthz with 200 (for container
     /// health checks: the image has no curl).
     Healthcheck {
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        /// What to ask (a container whose config serves elsewhere, or
+        /// over TLS, sets RKMS_HEALTHCHECK_URL, e.g. to its metrics_listen).
+        #[arg(
+            long,
+            env = "RKMS_HEALTHCHECK_URL",
+            default_value = "http://127.0.0.1:8080/healthz"
+        )]
         url: String,
         /// For an https:// URL: the CA certificates (PEM) that sign the
         /// server's certificate, which must name the URL's host.

@@ -906,6 +906,14 @@ fn healthcheck_reports_whether_the_server_answers() {
         run_to_exit(cmd).0
     };
     assert_eq!(check(port), Some(0));
+    // A container sets the URL in its environment (the image's
+    // HEALTHCHECK gives none): a config serving on another port.
+    let mut by_env = Command::new(env!("CARGO_BIN_EXE_rkms"));
+    by_env.arg("healthcheck").env(
+        "RKMS_HEALTHCHECK_URL",
+        format!("http://127.0.0.1:{port}/healthz"),
+    );
+    assert_eq!(run_to_exit(by_env).0, Some(0));
     // Each address the host resolves to is tried (localhost may be ::1
     // first, with the server on 127.0.0.1); a URL with a password, which
     // messages would print, is refused.
