@@ -255,9 +255,11 @@ pub fn hash_token() -> ExitCode {
 /// One line typed at the terminal, with its echo off while it is typed
 /// (off before the prompt shows, so nothing typed after it is echoed). A
 /// signal that ends the process meanwhile (Ctrl-C, Ctrl-\\, a hang-up, a
-/// kill) turns the echo back on first: a shell that does not restore the
-/// terminal itself (sh, dash) would be left with it off.
+/// kill) turns the echo back on first, and then ends it as that signal
+/// would have: a shell that does not restore the terminal itself (sh,
+/// dash) would be left with it off.
 fn read_typed_line(stdin: &std::io::Stdin) -> std::io::Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Write;
     use tokio::signal::unix::{signal, SignalKind};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -286,21 +288,26 @@ fn read_typed_line(stdin: &std::io::Stdin) -> std::io::Result<zeroize::Zeroizing
                 .read_until(b'\n', &mut line)
                 .map(|_| line)
         });
-        // The exit status a shell gives a process its signal ended: 128 + N.
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
         let signalled = tokio::select! {
             line = line => {
                 drop(echo);
                 eprintln!();
                 return line.map_err(std::io::Error::other)?;
             }
-            _ = interrupt.recv() => 130,
-            _ = quit.recv() => 131,
-            _ = hangup.recv() => 129,
-            _ = terminate.recv() => 143,
+            _ = interrupt.recv() => SIGINT,
+            _ = quit.recv() => SIGQUIT,
+            _ = hangup.recv() => SIGHUP,
+            _ = terminate.recv() => SIGTERM,
         };
         drop(echo);
-        eprintln!();
-        std::process::exit(signalled)
+        // The terminal may be gone (a hang-up): never a panic for that.
+        let _ = writeln!(std::io::stderr());
+        // Ended by the signal itself, as without this handler: a shell
+        // script running hash-token stops at Ctrl-C only when its child
+        // did (an exit status of 130 would let it carry on).
+        let _ = signal_hook::low_level::emulate_default_handler(signalled);
+        std::process::exit(128 + signalled)
     })
 }
 

@@ -71,23 +71,32 @@ impl Tls {
         let tls = self.clone();
         tokio::spawn(async move {
             let mut seen = tls.stamps();
+            // Files that changed and did not load are tried again at each
+            // look (a certificate not valid yet becomes valid), and logged
+            // once per change.
+            let mut refused = None;
             loop {
                 tokio::time::sleep(RELOAD_EVERY).await;
                 let now = tls.stamps();
                 if now == seen {
                     continue;
                 }
-                seen = now;
                 let settings = tls.settings.clone();
                 match tokio::task::spawn_blocking(move || build(&settings)).await {
                     Ok(Ok(config)) => {
                         *tls.current.write().unwrap_or_else(|p| p.into_inner()) = config;
                         tracing::info!("TLS certificate files changed; reloaded");
+                        seen = now;
+                        refused = None;
                     }
-                    Ok(Err(e)) => tracing::error!(
-                        error = %format!("{e:#}"),
-                        "TLS certificate files changed but cannot be loaded; still serving the previous ones"
-                    ),
+                    Ok(Err(e)) if refused.as_ref() != Some(&now) => {
+                        tracing::error!(
+                            error = %format!("{e:#}"),
+                            "TLS certificate files changed but cannot be loaded; still serving the previous ones, and trying again every 5 s"
+                        );
+                        refused = Some(now);
+                    }
+                    Ok(Err(_)) => {}
                     Err(e) => tracing::error!(error = %e, "TLS reload task failed"),
                 }
             }
@@ -198,11 +207,17 @@ fn certificates(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'st
 /// Warned of at a load: a server certificate that expires sooner.
 const EXPIRES_SOON: i64 = 7 * 24 * 3600;
 
+/// How far this machine's clock may lag the issuer's: a certificate
+/// issued just now (`notBefore` = the issuer's now, as some issuers stamp
+/// it) loads.
+const CLOCK_SKEW: i64 = 5 * 60;
+
 /// A server certificate outside its validity period fails every client
 /// that checks it, so it is refused, naming the setting, where it was
 /// served: at start that stops rkms in one line; at a reload the previous
-/// certificate is kept. One that expires within a week is loaded, with a
-/// warning. (`with_single_cert` judges a certificate that cannot be parsed.)
+/// certificate is kept, and the files are tried again. A `notBefore` up to
+/// five minutes ahead of this clock is accepted (clocks differ). One that
+/// expires within a week is loaded, with a warning. (`with_single_cert` judges a certificate that cannot be parsed.)
 fn within_validity(leaf: &CertificateDer<'_>, path: &Path) -> anyhow::Result<()> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
         return Ok(());
@@ -218,7 +233,7 @@ fn within_validity(leaf: &CertificateDer<'_>, path: &Path) -> anyhow::Result<()>
             path.display()
         );
     }
-    if now < not_before.timestamp() {
+    if now + CLOCK_SKEW < not_before.timestamp() {
         anyhow::bail!(
             "server.tls.cert: the certificate in {} is not valid before {not_before} (or this machine's clock is wrong)",
             path.display()
@@ -303,6 +318,32 @@ mod tests {
         }
         // One within its validity loads.
         assert!(Tls::from_settings(&files(dir.path())).unwrap().is_some());
+        // One issued a minute ahead of this clock (clocks differ) loads; one
+        // an hour ahead does not.
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap();
+        for (ahead, loads) in [(60, true), (3600, false)] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["rkms.test".into()]).unwrap();
+            params.not_before =
+                rcgen::date_time_ymd(1970, 1, 1) + since_epoch + Duration::from_secs(ahead);
+            params.not_after = rcgen::date_time_ymd(2999, 1, 1);
+            let cert = params.self_signed(&key).unwrap();
+            let (cert_path, key_path) = (dir.path().join("soon.crt"), dir.path().join("soon.key"));
+            std::fs::write(&cert_path, cert.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            let settings = TlsSettings {
+                cert: Some(cert_path),
+                key: Some(key_path),
+                client_ca: None,
+            };
+            assert_eq!(
+                Tls::from_settings(&settings).is_ok(),
+                loads,
+                "{ahead} s ahead"
+            );
+        }
     }
 
     fn files(dir: &Path) -> TlsSettings {
