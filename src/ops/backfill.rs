@@ -140,12 +140,20 @@ pub async fn run(
                 dry_run: options.dry_run,
             };
             // First the records the checkpoint carries as unsettled, each
-            // read again by its id (one deleted since needs nothing).
+            // read again by its id (one deleted since needs nothing). A
+            // limited run gives them half of what it takes (at least one),
+            // once, and reads on with the rest: records that stay failed
+            // would otherwise take every limited run whole.
             while walk.retrying() {
                 let Some(want) = take(limit.as_deref(), &summary).await else {
                     return anyhow::Ok(());
                 };
-                let ids = walk.next_retries(want);
+                let share = if limit.is_some() {
+                    (want / 2).max(1)
+                } else {
+                    want
+                };
+                let ids = walk.next_retries(share);
                 if let Some(limit) = &limit {
                     limit.settle(want, ids.len());
                 }
@@ -161,6 +169,9 @@ pub async fn run(
                     }
                 }
                 walk.keep(&checkpoint, save)?;
+                if limit.is_some() {
+                    break;
+                }
             }
             loop {
                 // With --max-records, a page is no larger than what is left
@@ -512,6 +523,70 @@ mod tests {
         assert_eq!(summary.retried, 1);
         let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
         assert!(saved.finished());
+    }
+
+    /// As many records that stay failed as a run may take: they get half
+    /// of each limited run, and the records after them are repaired. They
+    /// took every run whole, and the store was never done.
+    #[tokio::test]
+    async fn limited_runs_go_on_past_as_many_failures_as_they_take() {
+        let (a, b) = (Region::new("a"), Region::new("b"));
+        let dir = tempfile::tempdir().unwrap();
+        let kms = Arc::new(
+            LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
+        );
+        let store = Arc::new(MemoryStore::new());
+        let failing: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+        let good: Vec<String> = (0..10).map(|i| format!("g{i:02}")).collect();
+        for id in failing.iter().chain(&good) {
+            let id = KeyId::parse(id).unwrap();
+            let (_, mut wrapped) = kms
+                .generate_data_key(&a, 32, Context::Bound(&id))
+                .await
+                .unwrap();
+            if id.as_str().starts_with('f') {
+                wrapped.ciphertext = vec![7; 60];
+            }
+            store.insert_raw(KeyRecord {
+                id: id.clone(),
+                keys: [(a.clone(), wrapped.ciphertext)].into(),
+                version: Some(2),
+                key_ids: [(a.clone(), wrapped.key_arn)].into(),
+                created_at: None,
+            });
+        }
+        let checkpoint = dir.path().join("cp.json");
+        let mut repaired = Vec::new();
+        for _ in 0..5 {
+            let options = Options {
+                segments: 1,
+                max_rps: 0,
+                dry_run: false,
+                checkpoint: Some(checkpoint.clone()),
+                max_records: Some(5),
+                scope: "test".into(),
+            };
+            let summary = run(
+                Arc::clone(&kms) as Arc<dyn Kms>,
+                Arc::clone(&store) as Arc<dyn Store>,
+                vec![a.clone(), b.clone()],
+                options,
+            )
+            .await
+            .unwrap();
+            repaired.push(summary.repaired);
+        }
+        // Run 1 reads f0..f4; then each run reads 2 of the carried again
+        // and 3 records on.
+        assert_eq!(repaired, [0, 2, 3, 3, 2]);
+        for id in &good {
+            let record = store.snapshot(&KeyId::parse(id).unwrap()).unwrap();
+            assert!(record.keys.contains_key(&b), "{id} not backfilled");
+        }
+        let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
+        let mut carried = saved.segments[0].retry.clone();
+        carried.sort();
+        assert_eq!(carried, failing, "every failing record still carried");
     }
 
     /// `--max-records` over several segments, resumed run after run: each

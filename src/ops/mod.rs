@@ -65,8 +65,12 @@ impl Checkpoint {
         scope: &str,
         segments: u32,
     ) -> anyhow::Result<Self> {
+        // Files are written under `backfill+retry` (`copy+retry`): an rkms
+        // from before segments carried their unsettled records reads no
+        // `retry` and would drop them; it refuses another command's file.
+        let written_as = format!("{command}{CARRIES}");
         let fresh = Self {
-            command: command.into(),
+            command: written_as.clone(),
             scope: scope.into(),
             segments: vec![SegmentState::default(); segments as usize],
         };
@@ -75,17 +79,23 @@ impl Checkpoint {
         };
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let loaded: Self = serde_json::from_str(&text).map_err(|e| {
+                let mut loaded: Self = serde_json::from_str(&text).map_err(|e| {
                     anyhow::anyhow!("checkpoint {} is not readable: {e}", path.display())
                 })?;
-                if loaded.command != command || loaded.segments.len() != segments as usize {
+                // One written before segments carried records is resumed,
+                // and written in the new form.
+                let of = loaded
+                    .command
+                    .strip_suffix(CARRIES)
+                    .unwrap_or(&loaded.command);
+                if of != command || loaded.segments.len() != segments as usize {
                     anyhow::bail!(
-                        "checkpoint {} is for `{}` with {} segments, not `{command}` with {segments}; remove it to start over",
+                        "checkpoint {} is for `{of}` with {} segments, not `{command}` with {segments}; remove it to start over",
                         path.display(),
-                        loaded.command,
                         loaded.segments.len()
                     );
                 }
+                loaded.command = written_as;
                 if let Some(bad) = loaded
                     .segments
                     .iter()
@@ -158,6 +168,10 @@ impl Checkpoint {
         }
     }
 }
+
+/// Appended to a checkpoint's `command` by an rkms whose segments carry
+/// their unsettled records.
+const CARRIES: &str = "+retry";
 
 /// Unsettled records a segment carries in its checkpoint, at most. Past
 /// that (every record failing, as when a region's key is gone), the
@@ -261,7 +275,10 @@ impl Walk {
     /// carried when its id can be read again. Its id for the summary.
     pub fn corrupt(&mut self, error: &StoreError) -> String {
         tracing::error!(error = %crate::report::chain(error), "corrupt record left as it is");
-        self.unsettled(corrupt_id(error));
+        // An id that is not the stored one (not UTF-8 there, shown with
+        // U+FFFD in its place) would not find the record again: read by it,
+        // the record would seem deleted, and leave the checkpoint.
+        self.unsettled(corrupt_id(error).filter(|id| !id.contains('\u{FFFD}')));
         failed_id(error)
     }
 
@@ -520,6 +537,47 @@ mod tests {
         walk.unsettled(Some("bad id\n"));
         walk.page_done(Some("p/1".into()), &fresh, None).unwrap();
         assert_eq!(fresh.lock().unwrap().segments[0], SegmentState::default());
+    }
+
+    /// A checkpoint is written under a name an rkms that does not carry
+    /// records refuses (it would drop them), and one written by such an
+    /// rkms is resumed.
+    #[test]
+    fn a_checkpoint_is_written_so_older_rkms_refuse_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.json");
+        let old =
+            r#"{"command":"copy","scope":"A to B","segments":[{"cursor":"c/1","done":false}]}"#;
+        std::fs::write(&path, old).unwrap();
+        let mut loaded = Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1).unwrap();
+        assert_eq!(loaded.segments[0].cursor.as_deref(), Some("c/1"));
+        loaded.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(r#""command": "copy+retry""#), "{text}");
+        let err = Checkpoint::load_or_new(Some(&path), "backfill", "A to B", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is for `copy`"), "{err}");
+    }
+
+    /// A corrupt record whose stored id is not UTF-8 is named with U+FFFD,
+    /// which finds nothing when read again: it holds the checkpoint, where
+    /// carrying it would drop it at the next run.
+    #[test]
+    fn a_corrupt_record_named_lossily_holds_the_checkpoint() {
+        let checkpoint = Mutex::new(Checkpoint::load_or_new(None, "copy", "A to B", 1).unwrap());
+        let mut walk = Walk::resume(&checkpoint, 0, 1);
+        let lossy = StoreError::Corrupt {
+            id: "bad\u{FFFD}id".into(),
+            reason: "the stored id is not UTF-8".into(),
+        };
+        assert_eq!(walk.corrupt(&lossy), "bad\u{FFFD}id");
+        walk.page_done(Some("p/1".into()), &checkpoint, None)
+            .unwrap();
+        assert_eq!(
+            checkpoint.lock().unwrap().segments[0],
+            SegmentState::default()
+        );
     }
 
     /// A checkpoint that carries something other than a key id is refused
