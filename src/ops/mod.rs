@@ -549,7 +549,7 @@ mod tests {
         let old =
             r#"{"command":"copy","scope":"A to B","segments":[{"cursor":"c/1","done":false}]}"#;
         std::fs::write(&path, old).unwrap();
-        let mut loaded = Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1).unwrap();
+        let loaded = Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1).unwrap();
         assert_eq!(loaded.segments[0].cursor.as_deref(), Some("c/1"));
         loaded.save(&path).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
