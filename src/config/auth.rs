@@ -202,12 +202,13 @@ pub fn hash_as_token_error(j: usize) -> String {
 /// A certificate name as it is compared: a DNS name (no ':') in lower
 /// case, as DNS names match whatever their letter case; a URI with its
 /// scheme and authority in lower case (`spiffe://Example.org/Path` is
-/// `spiffe://example.org/Path`). Config names and a certificate's SANs
+/// `spiffe://example.org/Path`; `URN:Example:x` is `urn:Example:x`). Config names and a certificate's SANs
 /// both go through it.
 pub fn certificate_name(name: &str) -> String {
     let Some((scheme, rest)) = name.split_once("://") else {
-        if name.contains(':') {
-            return name.to_string();
+        // A URI without an authority (`urn:example:billing`): its scheme.
+        if let Some((scheme, rest)) = name.split_once(':') {
+            return format!("{}:{rest}", scheme.to_ascii_lowercase());
         }
         return name.to_ascii_lowercase();
     };

@@ -588,6 +588,10 @@ fn mtls_client_names_differing_only_in_case_are_refused() {
     assert_eq!(err.key, "auth.clients[1].name", "{err}");
     // A URI's path keeps its case.
     Settings::from_toml(&text("spiffe://td/a", "spiffe://td/A")).unwrap();
+    // A URI without an authority: its scheme alone.
+    let err = Settings::from_toml(&text("urn:example:billing", "URN:example:billing")).unwrap_err();
+    assert_eq!(err.key, "auth.clients[1].name", "{err}");
+    Settings::from_toml(&text("urn:example:billing", "urn:EXAMPLE:billing")).unwrap();
     assert_eq!(
         crate::config::certificate_name("Web.Example"),
         "web.example"
