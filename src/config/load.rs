@@ -554,13 +554,19 @@ fn without_hashes(line: &str) -> (String, bool) {
 }
 
 fn figment_error(error: figment::Error) -> ConfigError {
-    let key = error
-        .path
-        .iter()
-        .filter(|p| p.as_str() != "default")
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(".");
+    // `auth.clients[0].token_sha256`, as validation spells a list's item
+    // (figment's path says `auth.clients.0.token_sha256`).
+    let mut key = String::new();
+    for part in error.path.iter().filter(|p| p.as_str() != "default") {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
     let key = if key.is_empty() {
         "config".to_string()
     } else {

@@ -66,7 +66,7 @@ fn bad_values_name_the_key() {
         ("[server]\nlisten = \"0.0.0.0:8080\"", "auth.mode"),
         (
             "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"00zz\"\nids = [\"a/*\"]",
-            "auth.clients.0.token_sha256",
+            "auth.clients[0].token_sha256",
         ),
         (
             &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{h}\"\nids = [\"a/*\"]\n[[auth.clients]]\nname = \"b\"\ntoken_sha256 = \"{h}\"\nids = [\"b/*\"]", h = "ab".repeat(32)),
@@ -78,7 +78,7 @@ fn bad_values_name_the_key() {
         ),
         (
             &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nids = [\"a*b\"]", "ab".repeat(32)),
-            "auth.clients.0.ids.0",
+            "auth.clients[0].ids[0]",
         ),
         (
             &format!("[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"", "ab".repeat(32)),
