@@ -191,6 +191,22 @@ impl Breakers {
         regions.iter().any(|r| self.usable(r))
     }
 
+    /// Bring the gauges up to the time: a breaker whose open time has
+    /// passed shows as half-open (up), as it would be at the next call. It
+    /// turns half-open only at a call, so with none (every read served from
+    /// the cache) the gauges said down long after the region came back.
+    pub fn refresh_gauges(&self) {
+        let now = Instant::now();
+        let states = self.lock();
+        for (region, state) in states.iter() {
+            let shown = match *state {
+                State::Open { until } if now >= until => State::HalfOpen { probing: false },
+                other => other,
+            };
+            self.publish(region, shown);
+        }
+    }
+
     /// Regions whose breaker is open (for readiness output).
     pub fn open_regions(&self) -> Vec<Region> {
         let mut regions: Vec<Region> = self.lock().keys().cloned().collect();
@@ -244,6 +260,28 @@ mod tests {
             .collect::<Vec<_>>();
         assert_eq!(current.len(), 1, "exactly one state is 1: {current:?}");
         (current[0], g.up.with_label_values(&["r"]).get())
+    }
+
+    /// With no call to the region, the gauges still stop saying down once
+    /// the breaker's open time has passed (at the next scrape), where they
+    /// said down until a call came: an alert on rkms_region_up == 0 kept
+    /// firing on an instance serving from its cache.
+    #[tokio::test(start_paused = true)]
+    async fn the_gauges_follow_the_time_without_a_call() {
+        let (b, r, g) = breakers();
+        for _ in 0..3 {
+            b.record(&r, Permit::Normal, Health::Fault);
+        }
+        b.refresh_gauges();
+        assert_eq!(state(&g), ("open", 0));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        b.refresh_gauges();
+        assert_eq!(state(&g), ("half_open", 1));
+        // The state itself moves only at a call, as before.
+        assert_eq!(b.acquire(&r), Some(Permit::Probe));
+        assert!(b.record(&r, Permit::Probe, Health::Fault));
+        b.refresh_gauges();
+        assert_eq!(state(&g), ("open", 0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -324,6 +324,11 @@ impl KeyBroker {
         self.inner.breakers.open_regions()
     }
 
+    /// Bring the region gauges up to the time (before a metrics scrape).
+    pub fn refresh_gauges(&self) {
+        self.inner.breakers.refresh_gauges();
+    }
+
     /// Drop every cached key (they are wiped as their last reference goes).
     pub async fn clear_cache(&self) {
         if let Some(cache) = &self.inner.cache {

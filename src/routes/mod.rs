@@ -151,6 +151,7 @@ async fn authenticated_metrics(
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    state.broker.refresh_gauges();
     match state.metrics.render() {
         Ok(text) => (
             [(axum::http::header::CONTENT_TYPE, Metrics::content_type())],
