@@ -11,6 +11,7 @@ use aws_config::BehaviorVersion;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::Client;
+use std::sync::Arc;
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
@@ -24,8 +25,15 @@ struct RegionClient {
     /// The configured key: id, ARN or alias.
     key_id: String,
     /// Its key ARN, resolved once (DescribeKey) unless configured as one:
-    /// a decrypt is accepted only when KMS says this key unwrapped it.
+    /// every call names it, and its answer must name it too, so one process
+    /// wraps and unwraps with one key even if an alias is moved meanwhile.
     arn: OnceCell<String>,
+    /// One lookup at a time; callers that waited for one that failed get
+    /// its failure rather than each trying again in turn (a hung region
+    /// cost each of them a call timeout, one after the other).
+    lookup: tokio::sync::Mutex<()>,
+    /// When the last lookup failed, and how.
+    failed: std::sync::Mutex<Option<(std::time::Instant, Arc<KmsError>)>>,
 }
 
 pub struct AwsKms {
@@ -77,6 +85,8 @@ impl AwsKms {
                     client: Client::from_conf(conf.build()),
                     key_id,
                     arn,
+                    lookup: tokio::sync::Mutex::new(()),
+                    failed: std::sync::Mutex::new(None),
                 };
                 (Region::new(name), client)
             })
@@ -188,15 +198,17 @@ impl Kms for AwsKms {
         let rc = self.region(region, OP)?;
         let bytes = i32::try_from(bytes)
             .map_err(|_| KmsError::new(KmsErrorKind::Other, region, OP, "key size too large"))?;
+        let expected = self.key_arn(region, rc).await?;
         let out = rc
             .client
             .generate_data_key()
-            .key_id(&rc.key_id)
+            .key_id(expected)
             .number_of_bytes(bytes)
             .set_encryption_context(context_map(context))
             .send()
             .await
             .map_err(|e| map_err(e, region, OP))?;
+        wrapped_by(expected, out.key_id.as_deref(), region, OP)?;
         let plaintext = out
             .plaintext
             .map(|b| Zeroizing::new(b.into_inner()))
@@ -209,7 +221,7 @@ impl Kms for AwsKms {
             DataKey::from_bytes(plaintext),
             Wrapped {
                 ciphertext,
-                key_arn: out.key_id.unwrap_or_else(|| rc.key_id.clone()),
+                key_arn: expected.clone(),
             },
         ))
     }
@@ -222,10 +234,11 @@ impl Kms for AwsKms {
     ) -> Result<Wrapped, KmsError> {
         const OP: &str = "encrypt";
         let rc = self.region(region, OP)?;
+        let expected = self.key_arn(region, rc).await?;
         let out = rc
             .client
             .encrypt()
-            .key_id(&rc.key_id)
+            .key_id(expected)
             // Copies rkms cannot wipe: the SDK takes this Vec by value and
             // serialises it (base64) into its request body; both are the
             // SDK's to drop. Likewise the response bodies of Decrypt and
@@ -236,13 +249,14 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| map_err(e, region, OP))?;
+        wrapped_by(expected, out.key_id.as_deref(), region, OP)?;
         let ciphertext = out
             .ciphertext_blob
             .map(Blob::into_inner)
             .ok_or_else(|| incomplete(region, OP, "ciphertext"))?;
         Ok(Wrapped {
             ciphertext,
-            key_arn: out.key_id.unwrap_or_else(|| rc.key_id.clone()),
+            key_arn: expected.clone(),
         })
     }
 
@@ -272,17 +286,7 @@ impl Kms for AwsKms {
             .map(|b| Zeroizing::new(b.into_inner()))
             .ok_or_else(|| incomplete(region, OP, "plaintext"))?;
         // And the answer must say so too.
-        if out.key_id.as_deref() != Some(expected.as_str()) {
-            return Err(KmsError::new(
-                KmsErrorKind::Integrity,
-                region,
-                OP,
-                format!(
-                    "the ciphertext was unwrapped by {}, not the configured key {expected}",
-                    out.key_id.as_deref().unwrap_or("an unnamed key")
-                ),
-            ));
-        }
+        wrapped_by(expected, out.key_id.as_deref(), region, OP)?;
         Ok(DataKey::from_bytes(plaintext))
     }
 
@@ -341,31 +345,104 @@ impl AwsKms {
             )));
         }
         let arn = meta.arn.ok_or_else(|| incomplete(region, OP, "key ARN"))?;
+        // An alias moved while rkms runs: calls go on naming the key it
+        // named at first use, and this check must not call the new one ok.
+        if let Some(pinned) = rc.arn.get().filter(|pinned| **pinned != arn) {
+            return Err(unusable(format!(
+                "now names {arn}, but this process wraps and unwraps with {pinned}, which it named when first used: it was moved while rkms ran. Move it back; rkms started now would use {arn}, which cannot unwrap the ciphertexts stored for this region"
+            )));
+        }
         let _ = rc.arn.set(arn.clone());
         Ok(format!("{} is {arn}, enabled, symmetric", rc.key_id))
     }
 
-    /// The configured key's ARN in `region`, looked up once.
+    /// The configured key's ARN in `region`, looked up once. Callers that
+    /// waited while a lookup failed get that failure.
     async fn key_arn<'a>(
         &self,
         region: &Region,
         rc: &'a RegionClient,
     ) -> Result<&'a String, KmsError> {
         const OP: &str = "describe_key";
-        rc.arn
-            .get_or_try_init(|| async {
-                let out = rc
-                    .client
-                    .describe_key()
-                    .key_id(&rc.key_id)
-                    .send()
-                    .await
-                    .map_err(|e| map_err(e, region, OP))?;
+        if let Some(arn) = rc.arn.get() {
+            return Ok(arn);
+        }
+        let asked = std::time::Instant::now();
+        let _turn = rc.lookup.lock().await;
+        if let Some(arn) = rc.arn.get() {
+            return Ok(arn);
+        }
+        let shared =
+            |e: &Arc<KmsError>| KmsError::new(e.kind, region, OP, SharedFailure(Arc::clone(e)));
+        let last = rc.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((_, e)) = last.filter(|(at, _)| *at >= asked) {
+            return Err(shared(&e));
+        }
+        let looked_up = rc
+            .client
+            .describe_key()
+            .key_id(&rc.key_id)
+            .send()
+            .await
+            .map_err(|e| map_err(e, region, OP))
+            .and_then(|out| {
                 out.key_metadata
                     .and_then(|m| m.arn)
                     .ok_or_else(|| incomplete(region, OP, "key ARN"))
-            })
-            .await
+            });
+        match looked_up {
+            Ok(arn) => {
+                let _ = rc.arn.set(arn);
+                rc.arn
+                    .get()
+                    .ok_or_else(|| incomplete(region, OP, "key ARN"))
+            }
+            Err(e) => {
+                let e = Arc::new(e);
+                *rc.failed.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((std::time::Instant::now(), Arc::clone(&e)));
+                Err(shared(&e))
+            }
+        }
+    }
+}
+
+/// A call's answer must name the configured key: a ciphertext from any
+/// other is refused, never stored or unwrapped.
+fn wrapped_by(
+    expected: &str,
+    named: Option<&str>,
+    region: &Region,
+    op: &'static str,
+) -> Result<(), KmsError> {
+    if named == Some(expected) {
+        return Ok(());
+    }
+    Err(KmsError::new(
+        KmsErrorKind::Integrity,
+        region,
+        op,
+        format!(
+            "KMS answered with {}, not the configured key {expected}",
+            named.unwrap_or("an unnamed key")
+        ),
+    ))
+}
+
+/// A key lookup's failure, given to each caller that waited for it: it
+/// reads as that failure, with its sources.
+#[derive(Debug)]
+struct SharedFailure(Arc<KmsError>);
+
+impl std::fmt::Display for SharedFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0.source, f)
+    }
+}
+
+impl std::error::Error for SharedFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source.source()
     }
 }
 

@@ -304,6 +304,46 @@ async fn refusing_kms(code: &'static str) -> String {
     format!("http://{addr}")
 }
 
+/// A KMS endpoint that takes every request and never answers (a hung
+/// region), counting the requests it got.
+async fn hung_kms() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let got = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&got);
+    let app = axum::Router::new().fallback(move || {
+        let counter = std::sync::Arc::clone(&counter);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<()>().await;
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), got)
+}
+
+/// Calls that wait for the key's lookup (DescribeKey) in a hung region
+/// get that lookup's failure: one request to the region, where each
+/// waiter tried again in turn, each costing a call timeout (`verify
+/// --segments 8` took 8 of them per round).
+#[tokio::test]
+async fn callers_waiting_for_a_hung_key_lookup_share_its_failure() {
+    use rkms::kms::{Context, Kms};
+    let cloud = Cloud::start(false).await;
+    let (hung, got) = hung_kms().await;
+    let mut settings = cloud.settings();
+    settings.kms.call_timeout_ms = 300;
+    settings.kms.aws.endpoints.insert("us-east-1".into(), hung);
+    let kms = rkms::kms::aws::AwsKms::new(&settings.kms).await;
+    let region = rkms::domain::Region::new("us-east-1");
+    let id = rkms::domain::KeyId::parse("x").unwrap();
+    let calls = (0..4).map(|_| kms.decrypt(&region, b"ciphertext", Context::Bound(&id)));
+    let failed = futures::future::join_all(calls).await;
+    assert!(failed.iter().all(Result::is_err));
+    assert_eq!(got.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn throttling_or_access_denied_in_one_region_falls_back_and_is_logged() {
     let cloud = Cloud::start(false).await;
@@ -362,6 +402,46 @@ async fn throttling_or_access_denied_in_one_region_falls_back_and_is_logged() {
             logged,
             "the {code} from us-east-1 is in the logs: {logs:#?}"
         );
+    }
+}
+
+/// An alias moved to another key while rkms runs: the process goes on
+/// wrapping with the key it named at first use, as it unwraps with it. It
+/// wrapped new keys under the alias's new key, which its own decrypts
+/// refused: with the other regions down, such a key could not be read.
+#[tokio::test]
+async fn an_alias_moved_while_running_does_not_split_the_keys_used() {
+    let cloud = Cloud::start(true).await;
+    let server = serve(no_cache(&cloud)).await;
+    server.key("before").await;
+    let west = "us-west-2";
+    let kms = kms_client(cloud.endpoint(west), west).await;
+    let other = kms.create_key().send().await.unwrap().key_metadata.unwrap();
+    kms.update_alias()
+        .alias_name(format!("alias/rkms-{west}"))
+        .target_key_id(other.key_id)
+        .send()
+        .await
+        .unwrap();
+
+    let key = server.key("after").await;
+    let stored = item(&cloud, "after").await.unwrap();
+    assert_eq!(
+        stored["key_ids"].as_m().unwrap()[west].as_s().unwrap(),
+        &cloud.key_arns[west],
+        "wrapped under the key named at first use"
+    );
+    for region in ["us-east-1", "eu-west-1"] {
+        cloud.moto(region).freeze();
+    }
+    let (status, body) = server.get("after", false).await;
+    assert_eq!(
+        (status, body["key"].as_str()),
+        (200, Some(key.as_str())),
+        "{body}"
+    );
+    for region in ["us-east-1", "eu-west-1"] {
+        cloud.moto(region).thaw();
     }
 }
 
