@@ -286,6 +286,28 @@ mod tests {
 
     /// Server files for `dir`: a self-signed certificate (which is also
     /// the client CA).
+    /// Server files in `dir` (`name`.crt, `name`.key): a self-signed
+    /// certificate whose validity `valid` sets.
+    fn valid_between(
+        dir: &Path,
+        name: &str,
+        valid: impl FnOnce(&mut rcgen::CertificateParams),
+    ) -> TlsSettings {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["rkms.test".into()]).unwrap();
+        valid(&mut params);
+        let cert = params.self_signed(&key).unwrap();
+        let cert_path = dir.join(format!("{name}.crt"));
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        TlsSettings {
+            cert: Some(cert_path),
+            key: Some(key_path),
+            client_ca: None,
+        }
+    }
+
     /// A server certificate past its notAfter (or before its notBefore)
     /// is refused naming server.tls.cert; it was served, and every client
     /// that checks it failed its handshake.
@@ -296,20 +318,10 @@ mod tests {
             ("expired", (2019, 1, 1), (2020, 1, 2), "expired on"),
             ("future", (2999, 1, 1), (3000, 1, 1), "is not valid before"),
         ] {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let mut params = rcgen::CertificateParams::new(vec!["rkms.test".into()]).unwrap();
-            params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-            params.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
-            let cert = params.self_signed(&key).unwrap();
-            let cert_path = dir.path().join(format!("{name}.crt"));
-            let key_path = dir.path().join(format!("{name}.key"));
-            std::fs::write(&cert_path, cert.pem()).unwrap();
-            std::fs::write(&key_path, key.serialize_pem()).unwrap();
-            let settings = TlsSettings {
-                cert: Some(cert_path),
-                key: Some(key_path),
-                client_ca: None,
-            };
+            let settings = valid_between(dir.path(), name, |p| {
+                p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+                p.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
+            });
             let err = format!("{:#}", Tls::from_settings(&settings).unwrap_err());
             assert!(
                 err.starts_with("server.tls.cert: ") && err.contains(says),
@@ -324,20 +336,11 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap();
         for (ahead, loads) in [(60, true), (3600, false)] {
-            let key = rcgen::KeyPair::generate().unwrap();
-            let mut params = rcgen::CertificateParams::new(vec!["rkms.test".into()]).unwrap();
-            params.not_before =
-                rcgen::date_time_ymd(1970, 1, 1) + since_epoch + Duration::from_secs(ahead);
-            params.not_after = rcgen::date_time_ymd(2999, 1, 1);
-            let cert = params.self_signed(&key).unwrap();
-            let (cert_path, key_path) = (dir.path().join("soon.crt"), dir.path().join("soon.key"));
-            std::fs::write(&cert_path, cert.pem()).unwrap();
-            std::fs::write(&key_path, key.serialize_pem()).unwrap();
-            let settings = TlsSettings {
-                cert: Some(cert_path),
-                key: Some(key_path),
-                client_ca: None,
-            };
+            let settings = valid_between(dir.path(), "soon", |p| {
+                p.not_before =
+                    rcgen::date_time_ymd(1970, 1, 1) + since_epoch + Duration::from_secs(ahead);
+                p.not_after = rcgen::date_time_ymd(2999, 1, 1);
+            });
             assert_eq!(
                 Tls::from_settings(&settings).is_ok(),
                 loads,

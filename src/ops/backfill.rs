@@ -436,21 +436,51 @@ mod tests {
     use crate::kms::local::LocalKms;
     use crate::store::memory::MemoryStore;
 
-    /// One run of backfill over `store`, limited to 10 records, resumed
+    /// Records for `ids` with a ciphertext in region `a` only, in a memory
+    /// store; those `failing` picks get one no region can decrypt.
+    async fn store_of(
+        kms: &LocalKms,
+        a: &Region,
+        ids: &[String],
+        failing: impl Fn(&str) -> bool,
+    ) -> Arc<MemoryStore> {
+        let store = Arc::new(MemoryStore::new());
+        for id in ids {
+            let id = KeyId::parse(id).unwrap();
+            let (_, mut wrapped) = kms
+                .generate_data_key(a, 32, Context::Bound(&id))
+                .await
+                .unwrap();
+            if failing(id.as_str()) {
+                wrapped.ciphertext = vec![7; 60];
+            }
+            store.insert_raw(KeyRecord {
+                id: id.clone(),
+                keys: [(a.clone(), wrapped.ciphertext)].into(),
+                version: Some(2),
+                key_ids: [(a.clone(), wrapped.key_arn)].into(),
+                created_at: None,
+            });
+        }
+        store
+    }
+
+    /// One run of backfill over `store`, limited to `max` records, resumed
     /// from `checkpoint`, into `regions`.
-    async fn ten_records(
+    async fn limited(
         kms: &Arc<LocalKms>,
         store: &Arc<MemoryStore>,
         regions: [&Region; 2],
         checkpoint: &std::path::Path,
         segments: u32,
+        max: u64,
     ) -> Summary {
         let options = Options {
             segments,
             max_rps: 0,
             dry_run: false,
             checkpoint: Some(checkpoint.to_path_buf()),
-            max_records: Some(10),
+            max_records: Some(max),
             scope: "test".into(),
         };
         run(
@@ -474,30 +504,13 @@ mod tests {
         let kms = Arc::new(
             LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
         );
-        let store = Arc::new(MemoryStore::new());
         let ids: Vec<String> = (0..30).map(|i| format!("x{i:02}")).collect();
-        for id in &ids {
-            let id = KeyId::parse(id).unwrap();
-            let (_, mut wrapped) = kms
-                .generate_data_key(&a, 32, Context::Bound(&id))
-                .await
-                .unwrap();
-            if id.as_str() == "x05" {
-                // No region can decrypt it: it fails in every run.
-                wrapped.ciphertext = vec![7; 60];
-            }
-            store.insert_raw(KeyRecord {
-                id: id.clone(),
-                keys: [(a.clone(), wrapped.ciphertext)].into(),
-                version: Some(2),
-                key_ids: [(a.clone(), wrapped.key_arn)].into(),
-                created_at: None,
-            });
-        }
+        // No region can decrypt x05: it fails in every run.
+        let store = store_of(&kms, &a, &ids, |id| id == "x05").await;
         let checkpoint = dir.path().join("cp.json");
         let mut runs = Vec::new();
         for _ in 0..5 {
-            let summary = ten_records(&kms, &store, [&a, &b], &checkpoint, 1).await;
+            let summary = limited(&kms, &store, [&a, &b], &checkpoint, 1, 10).await;
             assert_eq!(summary.failed_ids, ["x05"], "{}", summary.text());
             runs.push((summary.repaired, summary.retried));
         }
@@ -518,7 +531,7 @@ mod tests {
         // Mended (here: removed), the next run reads it again, finds nothing
         // to do, and the checkpoint records a finished run.
         store.remove(&KeyId::parse("x05").unwrap());
-        let summary = ten_records(&kms, &store, [&a, &b], &checkpoint, 1).await;
+        let summary = limited(&kms, &store, [&a, &b], &checkpoint, 1, 10).await;
         assert!(summary.ok(), "{}", summary.text());
         assert_eq!(summary.retried, 1);
         let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
@@ -535,45 +548,14 @@ mod tests {
         let kms = Arc::new(
             LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
         );
-        let store = Arc::new(MemoryStore::new());
         let failing: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
         let good: Vec<String> = (0..10).map(|i| format!("g{i:02}")).collect();
-        for id in failing.iter().chain(&good) {
-            let id = KeyId::parse(id).unwrap();
-            let (_, mut wrapped) = kms
-                .generate_data_key(&a, 32, Context::Bound(&id))
-                .await
-                .unwrap();
-            if id.as_str().starts_with('f') {
-                wrapped.ciphertext = vec![7; 60];
-            }
-            store.insert_raw(KeyRecord {
-                id: id.clone(),
-                keys: [(a.clone(), wrapped.ciphertext)].into(),
-                version: Some(2),
-                key_ids: [(a.clone(), wrapped.key_arn)].into(),
-                created_at: None,
-            });
-        }
+        let all: Vec<String> = failing.iter().chain(&good).cloned().collect();
+        let store = store_of(&kms, &a, &all, |id| id.starts_with('f')).await;
         let checkpoint = dir.path().join("cp.json");
         let mut repaired = Vec::new();
         for _ in 0..5 {
-            let options = Options {
-                segments: 1,
-                max_rps: 0,
-                dry_run: false,
-                checkpoint: Some(checkpoint.clone()),
-                max_records: Some(5),
-                scope: "test".into(),
-            };
-            let summary = run(
-                Arc::clone(&kms) as Arc<dyn Kms>,
-                Arc::clone(&store) as Arc<dyn Store>,
-                vec![a.clone(), b.clone()],
-                options,
-            )
-            .await
-            .unwrap();
+            let summary = limited(&kms, &store, [&a, &b], &checkpoint, 1, 5).await;
             repaired.push(summary.repaired);
         }
         // Run 1 reads f0..f4; then each run reads 2 of the carried again
@@ -626,7 +608,7 @@ mod tests {
         let checkpoint = dir.path().join("cp.json");
         let mut repaired = Vec::new();
         for _ in 0..8 {
-            let summary = ten_records(&kms, &store, [&a, &b], &checkpoint, 4).await;
+            let summary = limited(&kms, &store, [&a, &b], &checkpoint, 4, 10).await;
             assert!(summary.ok(), "{}", summary.text());
             repaired.push(summary.repaired);
         }
