@@ -818,7 +818,10 @@ output "helm_values_{name}" {{ value = module.config_{name}.helm_values }}
             values = yaml.safe_load(run([terraform, "output", "-state=out.tfstate", "-raw", f"helm_values_{name}"], cwd=root, env=env))
             (root / f"config-{name}.toml").write_text(config)
             run([self.args.rkms, "check-config", "--config", str(root / f"config-{name}.toml")], env=clean)
-            docs = documents(render(values))
+            # As terraform/README.md installs it: with TLS, and no
+            # allowance for plain HTTP (the chart's default refusal).
+            with_tls = deep_merge(values, {"tls": {"enabled": True, "secretName": "rkms-tls"}})
+            docs = documents(render(with_tls, plaintext=False))
             got = find(docs, "ConfigMap")["data"]["config.toml"]
             for region in regions:
                 if f'"{region}" = "alias/rkms-{region}"' not in got:

@@ -280,6 +280,8 @@ impl Inner {
         self.observe(region, op, took, &result);
         let health = match &result {
             Ok(_) => Health::Up,
+            // Counted once, by the call that failed.
+            Err(e) if e.waited_for_another() => Health::Neutral,
             Err(e) => health(e.kind),
         };
         if self.breakers.record(region, permit, health) {

@@ -372,11 +372,16 @@ impl AwsKms {
         if let Some(arn) = rc.arn.get() {
             return Ok(arn);
         }
-        let shared =
-            |e: &Arc<KmsError>| KmsError::new(e.kind, region, OP, SharedFailure(Arc::clone(e)));
+        let failed = |e: &Arc<KmsError>, waited: bool| {
+            let lookup = LookupFailed {
+                failure: Arc::clone(e),
+                waited,
+            };
+            KmsError::new(e.kind, region, OP, lookup)
+        };
         let last = rc.failed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some((_, e)) = last.filter(|(at, _)| *at >= asked) {
-            return Err(shared(&e));
+            return Err(failed(&e, true));
         }
         let looked_up = rc
             .client
@@ -401,7 +406,7 @@ impl AwsKms {
                 let e = Arc::new(e);
                 *rc.failed.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((std::time::Instant::now(), Arc::clone(&e)));
-                Err(shared(&e))
+                Err(failed(&e, false))
             }
         }
     }
@@ -429,20 +434,31 @@ fn wrapped_by(
     ))
 }
 
-/// A key lookup's failure, given to each caller that waited for it: it
-/// reads as that failure, with its sources.
+/// A failed key lookup (DescribeKey), as the call that made it and each
+/// call that waited for it see it. Its cause is its source, so what looks
+/// through an error's sources (no AWS credentials) finds it. Only the call
+/// that made the lookup counts against the region's breaker: one failure
+/// shared by several waiting calls is one failure.
 #[derive(Debug)]
-struct SharedFailure(Arc<KmsError>);
+pub struct LookupFailed {
+    failure: Arc<KmsError>,
+    /// Given to a call that waited for another's lookup.
+    pub waited: bool,
+}
 
-impl std::fmt::Display for SharedFailure {
+impl std::fmt::Display for LookupFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0.source, f)
+        f.write_str(if self.waited {
+            "the key lookup this call waited for failed"
+        } else {
+            "looking up the key failed"
+        })
     }
 }
 
-impl std::error::Error for SharedFailure {
+impl std::error::Error for LookupFailed {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source.source()
+        Some(&*self.failure.source)
     }
 }
 

@@ -92,6 +92,15 @@ impl KmsError {
         crate::aws::no_credentials_in(self.source.as_ref()).is_some()
     }
 
+    /// The failure of another call's lookup of the key, which this call
+    /// waited for: it says nothing more of the region than that call's own
+    /// failure did.
+    pub fn waited_for_another(&self) -> bool {
+        self.source
+            .downcast_ref::<aws::LookupFailed>()
+            .is_some_and(|lookup| lookup.waited)
+    }
+
     pub fn new(
         kind: KmsErrorKind,
         region: &Region,

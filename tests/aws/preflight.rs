@@ -149,6 +149,48 @@ async fn a_strict_start_without_credentials_stops_and_says_so() {
     assert!(last.contains("no AWS credentials found"), "{last}");
 }
 
+/// verify without credentials, keys named by alias (so each region's key
+/// is looked up first): every ciphertext is unavailable, never
+/// undecryptable, which reads as a lost key. The lookup's failure hid the
+/// missing credentials from the check, and verify said undecryptable.
+#[tokio::test]
+async fn verify_without_credentials_finds_nothing_undecryptable() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keys.sqlite3");
+    let mut settings = cloud.settings();
+    settings.store.backend = rkms::config::StoreBackend::Sqlite;
+    settings.store.sqlite.path = db.clone();
+    {
+        let server = serve(settings).await;
+        server.key("a").await;
+        server.key("b").await;
+    }
+    let sqlite = [
+        ("RKMS__STORE__BACKEND".to_string(), "sqlite".to_string()),
+        (
+            "RKMS__STORE__SQLITE__PATH".to_string(),
+            db.to_string_lossy().into_owned(),
+        ),
+    ];
+    let out = without_credentials(rkms(&cloud, dir.path(), &sqlite))
+        .arg("verify")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    for region in REGIONS {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{region}:")))
+            .unwrap_or_else(|| panic!("no line for {region}: {stdout}"));
+        assert!(
+            line.contains("0 undecryptable") && line.contains("2 unavailable"),
+            "{line}"
+        );
+    }
+}
+
 /// No credentials, and an instance metadata service that does not answer
 /// (off EC2 with it left enabled): an outage, as on EC2 it passes, so not
 /// a reason to stop a start; the checks say why in terms of credentials.
