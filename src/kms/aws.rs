@@ -296,6 +296,13 @@ impl Kms for AwsKms {
 }
 
 impl AwsKms {
+    /// The ARN of the key this process uses in `region`: looked up once,
+    /// then fixed for the process's life.
+    pub async fn key_arn_in(&self, region: &Region) -> Result<String, KmsError> {
+        let rc = self.region(region, "describe_key")?;
+        self.key_arn(region, rc).await.cloned()
+    }
+
     /// DescribeKey, with what preflight requires of the key.
     async fn describe(&self, region: &Region) -> Result<String, KmsError> {
         const OP: &str = "describe_key";

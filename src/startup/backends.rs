@@ -112,9 +112,59 @@ pub async fn backends(
             };
             Arc::new(local)
         }
-        KmsProvider::Aws => Arc::new(AwsKms::new(&settings.kms).await),
+        KmsProvider::Aws => {
+            let aws = AwsKms::new(&settings.kms).await;
+            refuse_keys_other_than_the_stored_ones(&aws, &regions, first.as_ref()).await?;
+            Arc::new(aws)
+        }
     };
     Ok((kms, store))
+}
+
+/// Each region's configured key must be one the stored records were
+/// wrapped under: of the first stored records (up to 10) with a key ARN in
+/// a region, one must name the key its configured id (an alias, usually)
+/// names now. An alias moved to another key, or a key id changed in the
+/// config, would unwrap none of the region's ciphertexts (calls name the
+/// key), and wrap new keys under a key the rest cannot be read with.
+/// A region that cannot be asked now passes (an outage, for readiness),
+/// as do an empty store and records without key ARNs (RKMS (Go)).
+async fn refuse_keys_other_than_the_stored_ones(
+    kms: &AwsKms,
+    regions: &[Region],
+    first: Option<&ScanPage>,
+) -> anyhow::Result<()> {
+    let Some(page) = first else {
+        return Ok(());
+    };
+    let stored_in = |region: &Region| -> std::collections::BTreeSet<&str> {
+        page.records
+            .iter()
+            .flatten()
+            .filter_map(|r| r.key_ids.get(region).map(String::as_str))
+            .collect()
+    };
+    let asked: Vec<&Region> = regions
+        .iter()
+        .filter(|r| !stored_in(r).is_empty())
+        .collect();
+    // The regions at once: a hung one costs one call timeout, not one each.
+    let arns = futures::future::join_all(asked.iter().map(|r| kms.key_arn_in(r))).await;
+    for (region, arn) in asked.into_iter().zip(arns) {
+        let stored = stored_in(region);
+        let Ok(arn) = arn else {
+            continue;
+        };
+        if !stored.contains(arn.as_str()) {
+            anyhow::bail!(
+                "kms.aws.key_ids.{region} names {arn}, but the stored records were wrapped in {region} under {}: \
+                 their ciphertexts there cannot be unwrapped with it (an alias moved to another key, or another key configured). \
+                 Point the alias (or the setting) back at that key; rotate keys with KMS's own rotation, which keeps the key",
+                stored.into_iter().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The first stored records (up to 10), which the checks at start hold

@@ -149,6 +149,77 @@ async fn a_strict_start_without_credentials_stops_and_says_so() {
     assert!(last.contains("no AWS credentials found"), "{last}");
 }
 
+/// A start after an alias was moved to another key stops, naming the
+/// setting and both keys: it would unwrap none of the region's stored
+/// ciphertexts and wrap new keys under a key the rest cannot be read
+/// with. It started, and the region failed every stored id.
+#[tokio::test]
+async fn a_start_refuses_a_key_the_stored_records_were_not_wrapped_under() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let server = serve(cloud.settings()).await;
+        server.key("kept").await;
+    }
+    let west = "us-west-2";
+    let kms = kms_client(cloud.endpoint(west), west).await;
+    let other = kms.create_key().send().await.unwrap().key_metadata.unwrap();
+    kms.update_alias()
+        .alias_name(format!("alias/rkms-{west}"))
+        .target_key_id(other.key_id)
+        .send()
+        .await
+        .unwrap();
+    for args in [
+        &["serve"][..],
+        &["check-config", "--connect"][..],
+        &["verify"][..],
+    ] {
+        let mut child = rkms(&cloud, dir.path(), &[])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A server that starts anyway would serve until stopped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?}: started anyway");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{args:?}: started anyway");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!(
+                "kms.aws.key_ids.{west} names {}",
+                other.arn.as_deref().unwrap()
+            )) && last.contains(&cloud.key_arns[west]),
+            "{args:?}: {stderr}"
+        );
+    }
+    // Pointed back, it starts.
+    kms.update_alias()
+        .alias_name(format!("alias/rkms-{west}"))
+        .target_key_id(&cloud.key_arns[west])
+        .send()
+        .await
+        .unwrap();
+    let out = rkms(&cloud, dir.path(), &[])
+        .args(["check-config", "--connect"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 /// verify without credentials, keys named by alias (so each region's key
 /// is looked up first): every ciphertext is unavailable, never
 /// undecryptable, which reads as a lost key. The lookup's failure hid the
