@@ -424,14 +424,7 @@ async fn an_alias_moved_while_running_does_not_split_the_keys_used() {
     let server = serve(no_cache(&cloud)).await;
     server.key("before").await;
     let west = "us-west-2";
-    let kms = kms_client(cloud.endpoint(west), west).await;
-    let other = kms.create_key().send().await.unwrap().key_metadata.unwrap();
-    kms.update_alias()
-        .alias_name(format!("alias/rkms-{west}"))
-        .target_key_id(other.key_id)
-        .send()
-        .await
-        .unwrap();
+    cloud.move_alias(west).await;
 
     let key = server.key("after").await;
     let stored = item(&cloud, "after").await.unwrap();

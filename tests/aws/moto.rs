@@ -228,6 +228,27 @@ impl Cloud {
         }
     }
 
+    /// Point `region`'s alias at `key` (its id or ARN).
+    pub async fn point_alias(&self, region: &str, key: &str) {
+        kms_client(self.endpoint(region), region)
+            .await
+            .update_alias()
+            .alias_name(format!("alias/rkms-{region}"))
+            .target_key_id(key)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Move `region`'s alias to a new key; that key's ARN.
+    pub async fn move_alias(&self, region: &str) -> String {
+        let kms = kms_client(self.endpoint(region), region).await;
+        let other = kms.create_key().send().await.unwrap().key_metadata.unwrap();
+        let arn = other.arn.unwrap();
+        self.point_alias(region, &arn).await;
+        arn
+    }
+
     pub fn moto(&self, region: &str) -> &Moto {
         &self.kms[region]
     }

@@ -162,14 +162,7 @@ async fn a_start_refuses_a_key_the_stored_records_were_not_wrapped_under() {
         server.key("kept").await;
     }
     let west = "us-west-2";
-    let kms = kms_client(cloud.endpoint(west), west).await;
-    let other = kms.create_key().send().await.unwrap().key_metadata.unwrap();
-    kms.update_alias()
-        .alias_name(format!("alias/rkms-{west}"))
-        .target_key_id(other.key_id)
-        .send()
-        .await
-        .unwrap();
+    let other = cloud.move_alias(west).await;
     for args in [
         &["serve"][..],
         &["check-config", "--connect"][..],
@@ -195,20 +188,13 @@ async fn a_start_refuses_a_key_the_stored_records_were_not_wrapped_under() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr.lines().last().unwrap_or_default();
         assert!(
-            last.contains(&format!(
-                "kms.aws.key_ids.{west} names {}",
-                other.arn.as_deref().unwrap()
-            )) && last.contains(&cloud.key_arns[west]),
+            last.contains(&format!("kms.aws.key_ids.{west} names {other}"))
+                && last.contains(&cloud.key_arns[west]),
             "{args:?}: {stderr}"
         );
     }
     // Pointed back, it starts.
-    kms.update_alias()
-        .alias_name(format!("alias/rkms-{west}"))
-        .target_key_id(&cloud.key_arns[west])
-        .send()
-        .await
-        .unwrap();
+    cloud.point_alias(west, &cloud.key_arns[west]).await;
     let out = rkms(&cloud, dir.path(), &[])
         .args(["check-config", "--connect"])
         .output()
