@@ -222,7 +222,16 @@ pub(super) async fn get_key(
     };
     let query = match query {
         Ok(q) => q,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            // Refused before any id was read: no key_id.
+            Audit {
+                request_id,
+                client: identity.name(),
+                key_id: "",
+            }
+            .emit("denied", "none", e.error_type());
+            return e.into_response();
+        }
     };
     let audit = Audit {
         request_id,

@@ -755,6 +755,37 @@ async fn rust_log_off_does_not_silence_audit_events() {
     );
 }
 
+/// A client's query that is refused (400) is in the audit trail too, with
+/// its client and request id; it was written nowhere, while the same query
+/// without credentials was.
+#[tokio::test]
+async fn a_refused_query_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let child = common::start_on_port(command(dir.path()), port, Stdio::piped());
+    let client = reqwest::Client::new();
+    let res = client
+        .get(format!("http://127.0.0.1:{port}/key?id=a&create=FALSE"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+    common::sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let audit: Vec<Value> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "audit")
+        .collect();
+    assert_eq!(audit.len(), 1, "{audit:#?}");
+    let line = &audit[0];
+    assert_eq!(line["request_id"], request_id.as_str());
+    assert_eq!(line["client"], "anonymous");
+    assert_eq!(line["action"], "denied");
+    assert_eq!(line["outcome"], "BadRequest");
+}
+
 /// Nobody reads the server's stderr (a stalled log pipeline): requests are
 /// still answered, and the dropped lines are counted.
 #[tokio::test]
