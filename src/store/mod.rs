@@ -171,10 +171,21 @@ pub fn decode_keys<'a>(
 }
 
 /// One stored ciphertext from its base64; `Corrupt` unless it decodes to
-/// at least one byte.
+/// at least one byte. Line breaks inside it are skipped, as RKMS (Go)'s
+/// decoder skips them: base64 written in lines of 76 was served by it.
 fn decode_ciphertext(id: &str, region: &str, encoded: &str) -> Result<Vec<u8>, StoreError> {
+    let encoded = encoded.trim();
+    let joined: std::borrow::Cow<'_, str> = if encoded.contains(['\r', '\n']) {
+        encoded
+            .chars()
+            .filter(|c| !matches!(c, '\r' | '\n'))
+            .collect::<String>()
+            .into()
+    } else {
+        encoded.into()
+    };
     let raw = B64
-        .decode(encoded.trim())
+        .decode(joined.as_bytes())
         .map_err(|_| StoreError::Corrupt {
             id: id.to_string(),
             reason: format!("ciphertext for region {region:?} is not base64"),
@@ -251,4 +262,30 @@ pub fn region_map(map: &BTreeMap<Region, String>) -> BTreeMap<String, String> {
     map.iter()
         .map(|(r, v)| (r.to_string(), v.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ciphertext stored as base64 in lines (as MIME writes it) reads as
+    /// RKMS (Go) read it: it was corrupt, a 500, and `copy` left it out.
+    /// Other spellings stay corrupt.
+    #[test]
+    fn line_broken_base64_reads_as_rkms_go_read_it() {
+        let raw: Vec<u8> = (0..=255u8).cycle().take(180).collect();
+        let one_line = B64.encode(&raw);
+        let lines: String = one_line
+            .as_bytes()
+            .chunks(76)
+            .map(|c| format!("{}\r\n", std::str::from_utf8(c).unwrap()))
+            .collect();
+        let keys = decode_keys("g", [("r", lines.as_str())]).unwrap();
+        assert_eq!(keys[&Region::new("r")], raw);
+        let url_safe = base64::engine::general_purpose::URL_SAFE.encode(&raw);
+        assert!(matches!(
+            decode_keys("g", [("r", url_safe.as_str())]),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
 }
