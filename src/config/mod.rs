@@ -8,6 +8,7 @@
 //! Must not: build backends, or know what the broker does with a value.
 
 mod auth;
+mod env;
 mod load;
 mod validate;
 
@@ -23,7 +24,8 @@ pub use self::auth::{
     spells_a_configured_hash, AuthClient, AuthMode, AuthSettings, IdPattern, TokenHash,
     MIN_TOKEN_LEN,
 };
-pub use self::load::{read_small_file, token_file_hashes, Source, CONFIG_FILE, ENV_PREFIX};
+pub use self::env::ENV_PREFIX;
+pub use self::load::{read_small_file, token_file_hashes, Source, CONFIG_FILE};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("config error: {key}: {problem}")]

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::BehaviorVersion;
-use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use aws_sdk_kms::Client;
 use std::sync::Arc;
@@ -16,9 +15,11 @@ use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
 use super::{Context, Kms, KmsError, KmsErrorKind, Wrapped};
-use crate::aws::{inspect, is_throttling, sdk_timeouts};
+use crate::aws::sdk_timeouts;
 use crate::config::KmsSettings;
 use crate::domain::{DataKey, Region, CONTEXT_KEY};
+pub use errors::LookupFailed;
+use errors::{incomplete, map_err, wrapped_by};
 
 struct RegionClient {
     client: Client,
@@ -104,75 +105,6 @@ impl AwsKms {
             )
         })
     }
-}
-
-fn classify_code(code: Option<&str>, status: u16) -> KmsErrorKind {
-    match code {
-        _ if is_throttling(code, Some(status)) => KmsErrorKind::Throttled,
-        Some("InvalidCiphertextException" | "IncorrectKeyException") => KmsErrorKind::Integrity,
-        Some(
-            "AccessDeniedException"
-            | "NotFoundException"
-            | "DisabledException"
-            | "KMSInvalidStateException"
-            | "InvalidKeyUsageException"
-            | "UnrecognizedClientException"
-            | "InvalidClientTokenId"
-            | "InvalidSignatureException"
-            | "ExpiredTokenException"
-            | "IncompleteSignature"
-            | "MissingAuthenticationToken",
-        ) => KmsErrorKind::Misconfigured,
-        Some(
-            "KMSInternalException"
-            | "DependencyTimeoutException"
-            | "KeyUnavailableException"
-            | "InternalFailure"
-            | "ServiceUnavailable",
-        ) => KmsErrorKind::Unavailable,
-        _ if status >= 500 => KmsErrorKind::Unavailable,
-        _ if status == 401 || status == 403 => KmsErrorKind::Misconfigured,
-        _ => KmsErrorKind::Other,
-    }
-}
-
-fn map_err<E>(
-    err: SdkError<E, aws_sdk_kms::config::http::HttpResponse>,
-    region: &Region,
-    op: &'static str,
-) -> KmsError
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let failure = inspect(&err);
-    if let Some(why) = failure.credentials {
-        let kind = match why {
-            crate::aws::NoCredentialsWhy::Missing => KmsErrorKind::Misconfigured,
-            crate::aws::NoCredentialsWhy::MetadataUnreachable => KmsErrorKind::Unavailable,
-        };
-        let err = crate::aws::NoCredentials::new(why, Box::new(err));
-        return KmsError::new(kind, region, op, err);
-    }
-    let kind = match failure {
-        f if f.transport => KmsErrorKind::Unavailable,
-        crate::aws::Failure {
-            code,
-            status: Some(status),
-            ..
-        } => classify_code(code, status),
-        _ => KmsErrorKind::Other,
-    };
-    KmsError::new(kind, region, op, err)
-}
-
-/// KMS answered 200 without a field it must send.
-fn incomplete(region: &Region, op: &'static str, field: &str) -> KmsError {
-    KmsError::new(
-        KmsErrorKind::Other,
-        region,
-        op,
-        format!("response has no {field}"),
-    )
 }
 
 /// The encryption context KMS receives: `{"rkms:id": id}`, or none for legacy records.
@@ -419,93 +351,7 @@ impl AwsKms {
     }
 }
 
-/// A call's answer must name the configured key: a ciphertext from any
-/// other is refused, never stored or unwrapped.
-fn wrapped_by(
-    expected: &str,
-    named: Option<&str>,
-    region: &Region,
-    op: &'static str,
-) -> Result<(), KmsError> {
-    if named == Some(expected) {
-        return Ok(());
-    }
-    Err(KmsError::new(
-        KmsErrorKind::Integrity,
-        region,
-        op,
-        format!(
-            "KMS answered with {}, not the configured key {expected}",
-            named.unwrap_or("an unnamed key")
-        ),
-    ))
-}
-
-/// A failed key lookup (DescribeKey), as the call that made it and each
-/// call that waited for it see it. Its cause is its source, so what looks
-/// through an error's sources (no AWS credentials) finds it. Only the call
-/// that made the lookup counts against the region's breaker: one failure
-/// shared by several waiting calls is one failure.
-#[derive(Debug)]
-pub struct LookupFailed {
-    failure: Arc<KmsError>,
-    /// Given to a call that waited for another's lookup.
-    pub waited: bool,
-}
-
-impl std::fmt::Display for LookupFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.waited {
-            "the key lookup this call waited for failed"
-        } else {
-            "looking up the key failed"
-        })
-    }
-}
-
-impl std::error::Error for LookupFailed {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.failure.source)
-    }
-}
+mod errors;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_arns_are_told_from_ids_and_aliases() {
-        assert!(is_key_arn(
-            "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
-        ));
-        assert!(is_key_arn("arn:aws-cn:kms:cn-north-1:1:key/x"));
-        assert!(!is_key_arn("arn:aws:kms:us-east-1:123456789012:alias/rkms"));
-        assert!(!is_key_arn("alias/rkms"));
-        assert!(!is_key_arn("1234abcd-12ab-34cd-56ef-1234567890ab"));
-    }
-
-    #[test]
-    fn error_codes_map_to_kinds_the_broker_acts_on() {
-        let cases = [
-            (Some("ThrottlingException"), 400, KmsErrorKind::Throttled),
-            (
-                Some("InvalidCiphertextException"),
-                400,
-                KmsErrorKind::Integrity,
-            ),
-            (
-                Some("AccessDeniedException"),
-                400,
-                KmsErrorKind::Misconfigured,
-            ),
-            (Some("DisabledException"), 400, KmsErrorKind::Misconfigured),
-            (Some("KMSInternalException"), 500, KmsErrorKind::Unavailable),
-            (None, 503, KmsErrorKind::Unavailable),
-            (None, 429, KmsErrorKind::Throttled),
-            (Some("Weird"), 400, KmsErrorKind::Other),
-        ];
-        for (code, status, kind) in cases {
-            assert_eq!(classify_code(code, status), kind, "{code:?} {status}");
-        }
-    }
-}
+mod tests;

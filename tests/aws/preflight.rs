@@ -106,6 +106,26 @@ async fn a_strict_start_refuses_a_missing_table_or_a_wrong_alias_in_one_line() {
     );
 }
 
+/// Run `cmd`, which must stop by itself: a server that starts anyway
+/// would serve until stopped, so it is killed after 30 s and the test fails.
+fn refused(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!("started anyway: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `cmd` with none of the test credentials the cloud's environment gives.
 fn without_credentials(mut cmd: Command) -> Command {
     for name in [
@@ -126,22 +146,7 @@ fn without_credentials(mut cmd: Command) -> Command {
 async fn a_strict_start_without_credentials_stops_and_says_so() {
     let cloud = Cloud::start(false).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = without_credentials(rkms(&cloud, dir.path(), &[]))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A server that starts anyway would serve until stopped.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!("started anyway: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = refused(without_credentials(rkms(&cloud, dir.path(), &[])));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
@@ -168,22 +173,9 @@ async fn a_start_refuses_a_key_the_stored_records_were_not_wrapped_under() {
         &["check-config", "--connect"][..],
         &["verify"][..],
     ] {
-        let mut child = rkms(&cloud, dir.path(), &[])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // A server that starts anyway would serve until stopped.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while child.try_wait().unwrap().is_none() {
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{args:?}: started anyway");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
+        let mut cmd = rkms(&cloud, dir.path(), &[]);
+        cmd.args(args);
+        let out = refused(cmd);
         assert!(!out.status.success(), "{args:?}: started anyway");
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr.lines().last().unwrap_or_default();

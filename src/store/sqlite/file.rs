@@ -187,125 +187,12 @@ pub(super) fn connect(
     Ok(conn)
 }
 
-/// What an open store needs to open another connection (for one lost to a
-/// panic, or a reading or writing task's own), to the file it opened and
-/// no other.
-#[derive(Debug)]
-pub(super) struct Reopen {
-    pub(super) path: PathBuf,
-    /// The file opened at `path`; writes and pings check it is still there.
-    pub(super) opened: FileId,
-    /// Its write-ahead log (`-wal`) as opened, when the store writes: the
-    /// latest writes are only there until SQLite copies them into the
-    /// database. SQLite keeps writing to the log it opened when the file
-    /// at its path is removed, and nothing reads that log after a crash.
-    pub(super) log: Option<FileId>,
-    pub(super) busy_timeout: Duration,
-    pub(super) mode: Mode,
-}
-
-impl Reopen {
-    pub(super) fn connect(&self) -> Result<Connection, StoreError> {
-        self.still_there("open", None)?;
-        let conn = connect(&self.path, self.busy_timeout, self.mode)?;
-        self.still_there("open", None)?;
-        Ok(conn)
-    }
-
-    /// `Unavailable` unless the path still names the database opened and,
-    /// for a store that writes, the log opened beside it. Keys written
-    /// while either is away would be lost. When the log is gone, the
-    /// writes it holds are first copied into the database through `conn`
-    /// (a checkpoint), so a crash later loses none of them.
-    pub(super) fn still_there(
-        &self,
-        op: &'static str,
-        conn: Option<&Connection>,
-    ) -> Result<(), StoreError> {
-        self.opened.still_at(&self.path, op)?;
-        let Some(log) = self.log else {
-            return Ok(());
-        };
-        let path = log_path(&self.path);
-        if FileId::of(&path).is_ok_and(|now| now == log) {
-            return Ok(());
-        }
-        let copied = conn.map(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, i64>(2)?,
-                ))
-            })
-        });
-        let rescued = match copied {
-            // Not blocked, and every page of the log is in the database.
-            Some(Ok((0, pages, done))) if pages == done => true,
-            Some(Ok(_)) | Some(Err(_)) | None => false,
-        };
-        Err(StoreError::Unavailable {
-            op,
-            source: Box::new(LogChanged { path, rescued }),
-        })
-    }
-}
-
-impl Reopen {
-    /// For a store that writes: `Unavailable` when the database or its log
-    /// can no longer be written by this process (its owner or mode
-    /// changed), which readiness then reports before a create fails.
-    pub(super) fn writable(&self, op: &'static str) -> Result<(), StoreError> {
-        if self.mode == Mode::ReadOnly {
-            return Ok(());
-        }
-        for path in [self.path.clone(), log_path(&self.path)] {
-            match rustix::fs::access(&path, rustix::fs::Access::WRITE_OK) {
-                Ok(()) => {}
-                // No log yet (nothing written): nothing to check.
-                Err(rustix::io::Errno::NOENT) if path != self.path => {}
-                Err(e) => {
-                    return Err(StoreError::Unavailable {
-                        op,
-                        source: Box::new(super::NotWritable(
-                            format!("{}: {e}", path.display()).into(),
-                        )),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Whether the database at `path` holds rkms's table (read without
 /// writing to it, its log included). A file of one page and no tables is
 /// what a store whose log was lost leaves: it holds no store.
 pub fn holds_a_store(path: &Path) -> Result<bool, StoreError> {
     Ok(tables(path)?.rkms_keys > 0)
 }
-
-/// The write-ahead log beside the database at `path`.
-pub(super) fn log_path(path: &Path) -> PathBuf {
-    let mut log = path.as_os_str().to_owned();
-    log.push("-wal");
-    PathBuf::from(log)
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "{path}, the store's write-ahead log, was removed or replaced while rkms ran; keys are not created or repaired until rkms restarts, because they would be written where no later start reads them. {}",
-    if *rescued {
-        "The writes it held are copied into the database"
-    } else {
-        "The writes it held are not yet copied into the database: stop rkms with SIGTERM (a clean stop copies them), never with kill -9"
-    }
-)]
-pub(crate) struct LogChanged {
-    path: PathBuf,
-    rescued: bool,
-}
-
 /// How long opening waits for other processes opening the same file.
 pub(super) const OPEN_PATIENCE: Duration = Duration::from_secs(5);
 

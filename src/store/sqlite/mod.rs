@@ -30,17 +30,20 @@ use rusqlite::Connection;
 use super::{PutOutcome, ScanPage, Store, StoreError};
 use crate::domain::{KeyId, KeyRecord, Region};
 use file::{
-    an_existing_store, connect, log_path, low_space_hint, refuse_foreign, until_not_busy,
-    CreateDir, FileId, Mode, Reopen, OPEN_PATIENCE,
+    an_existing_store, connect, low_space_hint, refuse_foreign, until_not_busy, CreateDir, FileId,
+    Mode, OPEN_PATIENCE,
 };
 use reader::Reader;
+use reopen::{log_path, Reopen};
 use rows::{read, refuse_blob_id, scan_rows, to_json};
 use writer::{Done, Write, Writer};
 
 mod file;
 pub use file::holds_a_store;
-pub(crate) use file::{FileChanged, LogChanged};
+pub(crate) use file::FileChanged;
+pub(crate) use reopen::LogChanged;
 mod reader;
+mod reopen;
 mod rows;
 mod writer;
 

@@ -1,0 +1,191 @@
+//! Tests of backfill over a memory store and the local KMS: limited runs, carried records.
+
+use super::*;
+use crate::domain::KeyId;
+use crate::kms::local::LocalKms;
+use crate::store::memory::MemoryStore;
+
+/// Records for `ids` with a ciphertext in region `a` only, in a memory
+/// store; those `failing` picks get one no region can decrypt.
+async fn store_of(
+    kms: &LocalKms,
+    a: &Region,
+    ids: &[String],
+    failing: impl Fn(&str) -> bool,
+) -> Arc<MemoryStore> {
+    let store = Arc::new(MemoryStore::new());
+    for id in ids {
+        let id = KeyId::parse(id).unwrap();
+        let (_, mut wrapped) = kms
+            .generate_data_key(a, 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        if failing(id.as_str()) {
+            wrapped.ciphertext = vec![7; 60];
+        }
+        store.insert_raw(KeyRecord {
+            id: id.clone(),
+            keys: [(a.clone(), wrapped.ciphertext)].into(),
+            version: Some(2),
+            key_ids: [(a.clone(), wrapped.key_arn)].into(),
+            created_at: None,
+        });
+    }
+    store
+}
+
+/// One run of backfill over `store`, limited to `max` records, resumed
+/// from `checkpoint`, into `regions`.
+async fn limited(
+    kms: &Arc<LocalKms>,
+    store: &Arc<MemoryStore>,
+    regions: [&Region; 2],
+    checkpoint: &std::path::Path,
+    segments: u32,
+    max: u64,
+) -> Summary {
+    let options = Options {
+        segments,
+        max_rps: 0,
+        dry_run: false,
+        checkpoint: Some(checkpoint.to_path_buf()),
+        max_records: Some(max),
+        scope: "test".into(),
+    };
+    run(
+        Arc::clone(kms) as Arc<dyn Kms>,
+        Arc::clone(store) as Arc<dyn Store>,
+        regions.into_iter().cloned().collect(),
+        options,
+    )
+    .await
+    .unwrap()
+}
+
+/// A record that stays failed is carried in the checkpoint and read
+/// again, by id, at the start of each run; limited runs go on past it.
+/// They used to hold the checkpoint before its page, so every run
+/// limited to N records read the same N and the store was never done.
+#[tokio::test]
+async fn limited_runs_go_on_past_a_record_that_stays_failed() {
+    let (a, b) = (Region::new("a"), Region::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(
+        LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
+    );
+    let ids: Vec<String> = (0..30).map(|i| format!("x{i:02}")).collect();
+    // No region can decrypt x05: it fails in every run.
+    let store = store_of(&kms, &a, &ids, |id| id == "x05").await;
+    let checkpoint = dir.path().join("cp.json");
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        let summary = limited(&kms, &store, [&a, &b], &checkpoint, 1, 10).await;
+        assert_eq!(summary.failed_ids, ["x05"], "{}", summary.text());
+        runs.push((summary.repaired, summary.retried));
+    }
+    // Each run after the first reads x05 again (1 of its 10), then 9
+    // more, until the store is read.
+    assert_eq!(runs, [(9, 0), (9, 1), (9, 1), (2, 1), (0, 1)]);
+    for id in ids.iter().filter(|id| *id != "x05") {
+        let record = store.snapshot(&KeyId::parse(id).unwrap()).unwrap();
+        assert!(record.keys.contains_key(&b), "{id} not backfilled");
+    }
+    let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
+    assert_eq!(saved.segments[0].retry, ["x05"]);
+    assert!(
+        !saved.finished(),
+        "a run with a failed record is not finished"
+    );
+
+    // Mended (here: removed), the next run reads it again, finds nothing
+    // to do, and the checkpoint records a finished run.
+    store.remove(&KeyId::parse("x05").unwrap());
+    let summary = limited(&kms, &store, [&a, &b], &checkpoint, 1, 10).await;
+    assert!(summary.ok(), "{}", summary.text());
+    assert_eq!(summary.retried, 1);
+    let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
+    assert!(saved.finished());
+}
+
+/// As many records that stay failed as a run may take: they get half
+/// of each limited run, and the records after them are repaired. They
+/// took every run whole, and the store was never done.
+#[tokio::test]
+async fn limited_runs_go_on_past_as_many_failures_as_they_take() {
+    let (a, b) = (Region::new("a"), Region::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(
+        LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
+    );
+    let failing: Vec<String> = (0..6).map(|i| format!("f{i}")).collect();
+    let good: Vec<String> = (0..10).map(|i| format!("g{i:02}")).collect();
+    let all: Vec<String> = failing.iter().chain(&good).cloned().collect();
+    let store = store_of(&kms, &a, &all, |id| id.starts_with('f')).await;
+    let checkpoint = dir.path().join("cp.json");
+    let mut repaired = Vec::new();
+    for _ in 0..5 {
+        let summary = limited(&kms, &store, [&a, &b], &checkpoint, 1, 5).await;
+        repaired.push(summary.repaired);
+    }
+    // Run 1 reads f0..f4; then each run reads 2 of the carried again
+    // and 3 records on.
+    assert_eq!(repaired, [0, 2, 3, 3, 2]);
+    for id in &good {
+        let record = store.snapshot(&KeyId::parse(id).unwrap()).unwrap();
+        assert!(record.keys.contains_key(&b), "{id} not backfilled");
+    }
+    let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
+    let mut carried = saved.segments[0].retry.clone();
+    carried.sort();
+    assert_eq!(carried, failing, "every failing record still carried");
+}
+
+/// `--max-records` over several segments, resumed run after run: each
+/// run does its full share until the store is done. A segment already
+/// read to its end (here the first, which holds the fewest ids) takes
+/// none of the share; it used to take it all, find nothing, and leave
+/// the run to do nothing.
+#[tokio::test]
+async fn limited_runs_over_segments_each_do_their_share() {
+    let (a, b) = (Region::new("a"), Region::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(
+        LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
+    );
+    let store = Arc::new(MemoryStore::new());
+    // Segment n of 4 holds the ids whose first byte is n modulo 4:
+    // 'd' (100) is segment 0, with 3 ids; 'a', 'b', 'c' hold 12 each.
+    let mut ids = Vec::new();
+    for (prefix, n) in [("d", 3), ("a", 12), ("b", 12), ("c", 12)] {
+        ids.extend((0..n).map(|i| format!("{prefix}{i:02}")));
+    }
+    for id in &ids {
+        let id = KeyId::parse(id).unwrap();
+        let (_, wrapped) = kms
+            .generate_data_key(&a, 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        let record = KeyRecord {
+            id: id.clone(),
+            keys: [(a.clone(), wrapped.ciphertext)].into(),
+            version: Some(2),
+            key_ids: [(a.clone(), wrapped.key_arn)].into(),
+            created_at: None,
+        };
+        store.put_if_absent(&record).await.unwrap();
+    }
+    let checkpoint = dir.path().join("cp.json");
+    let mut repaired = Vec::new();
+    for _ in 0..8 {
+        let summary = limited(&kms, &store, [&a, &b], &checkpoint, 4, 10).await;
+        assert!(summary.ok(), "{}", summary.text());
+        repaired.push(summary.repaired);
+    }
+    // 39 records, 10 a run: the whole share each time, then nothing.
+    assert_eq!(repaired, [10, 10, 10, 9, 0, 0, 0, 0]);
+    let left = ids.iter().filter(|id| {
+        let id = KeyId::parse(id).unwrap();
+        !store.snapshot(&id).is_some_and(|r| r.keys.contains_key(&b))
+    });
+    assert_eq!(left.count(), 0);
+}
