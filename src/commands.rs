@@ -177,6 +177,9 @@ pub fn convert_config(path: &std::path::Path) -> ExitCode {
 
 /// `check-config --connect`: the server's preflight, one line per check.
 pub fn check_connect(settings: Settings) -> ExitCode {
+    // What the checks at start warn of (a store that cannot be read, key
+    // ARNs that disagree) is shown here as `serve` would log it.
+    let _log_guard = rkms::telemetry::init(&settings.log);
     let runtime = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

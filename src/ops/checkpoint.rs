@@ -40,6 +40,12 @@ pub struct SegmentState {
     /// again, by its id, before it reads on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retry: Vec<String>,
+    /// Corrupt records before `cursor` whose stored ids rkms cannot read
+    /// a record by (not UTF-8, a control character, too long), as the
+    /// store names them: every resumed run reports them again, unread,
+    /// until the checkpoint is removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 impl Checkpoint {
@@ -169,11 +175,12 @@ pub const MAX_RETRY: usize = 1000;
 /// where the checkpoint left it. A record that failed, is corrupt or (for
 /// `copy`) differs is carried in the checkpoint saved after its page, so a
 /// resumed run reads it again and reports it (where it would pass it by
-/// and exit 0), and a run limited to N records moves on past it. A record
-/// that cannot be carried (its id is not readable, or the segment already
-/// carries [`MAX_RETRY`]) holds the checkpoint where it is for the rest of
-/// the run, which still reads on and reports every record; a resumed run
-/// then reads those pages again. Every command is idempotent, so records
+/// and exit 0), and a run limited to N records moves on past it. A corrupt
+/// record whose id cannot be read by is carried by name and reported
+/// again, unread. A record that cannot be carried (the store does not name
+/// it, or the segment already carries [`MAX_RETRY`]) holds the checkpoint
+/// where it is for the rest of the run, which still reads on and reports
+/// every record; a resumed run then reads those pages again. Every command is idempotent, so records
 /// read again cost reads, never a second write.
 pub struct Walk {
     segment: u32,
@@ -184,6 +191,9 @@ pub struct Walk {
     to_retry: std::collections::VecDeque<String>,
     /// Read in this run, again or in a page, and not settled.
     unsettled: Vec<String>,
+    /// Corrupt records with ids no record can be read by: carried from
+    /// the checkpoint, and passed in this run.
+    unreadable: Vec<String>,
     /// An unsettled record could not be carried: save nothing more.
     held: bool,
 }
@@ -199,14 +209,26 @@ impl Walk {
             .cloned()
             .unwrap_or_default();
         let to_retry = std::mem::take(&mut at.retry).into();
+        let unreadable = std::mem::take(&mut at.unreadable);
         Self {
             segment,
             segments,
             at,
             to_retry,
             unsettled: Vec::new(),
+            unreadable,
             held: false,
         }
+    }
+
+    /// Corrupt records the checkpoint carries that cannot be read again by
+    /// their ids: the run reports them as it starts.
+    pub fn carried_unreadable(&self) -> &[String] {
+        &self.unreadable
+    }
+
+    fn carried(&self) -> usize {
+        self.unsettled.len() + self.to_retry.len() + self.unreadable.len()
     }
 
     /// Whether records carried from the checkpoint are still to be read
@@ -249,7 +271,7 @@ impl Walk {
     /// A record read was not settled: carry it (`id`, when the store could
     /// name it) to the next run.
     pub fn unsettled(&mut self, id: Option<&str>) {
-        let carried = self.unsettled.len() + self.to_retry.len();
+        let carried = self.carried();
         match id.filter(|id| KeyId::parse(id).is_ok()) {
             Some(id) if self.unsettled.iter().any(|u| u == id) => {}
             Some(id) if carried < MAX_RETRY => self.unsettled.push(id.to_string()),
@@ -258,13 +280,27 @@ impl Walk {
     }
 
     /// A record the store cannot decode, left as it is: logged, and
-    /// carried when its id can be read again. Its id for the summary.
+    /// carried (to be read again when its id can be, else to be reported
+    /// again). Its id for the summary.
     pub fn corrupt(&mut self, error: &StoreError) -> String {
         tracing::error!(error = %crate::report::chain(error), "corrupt record left as it is");
-        // An id that is not the stored one (not UTF-8 there, shown with
-        // U+FFFD in its place) would not find the record again: read by it,
-        // the record would seem deleted, and leave the checkpoint.
-        self.unsettled(corrupt_id(error).filter(|id| !id.contains('\u{FFFD}')));
+        match corrupt_id(error) {
+            // An id that is not the stored one (not UTF-8 there, shown with
+            // U+FFFD in its place) would not find the record again: read by
+            // it, the record would seem deleted and leave the checkpoint.
+            // Neither would one rkms cannot take as a key id (a control
+            // character, too long), which no request can ask for.
+            Some(id) if id.contains('\u{FFFD}') || KeyId::parse(id).is_err() => {
+                if !self.unreadable.iter().any(|u| u == id) {
+                    if self.carried() < MAX_RETRY {
+                        self.unreadable.push(id.to_string());
+                    } else {
+                        self.held = true;
+                    }
+                }
+            }
+            id => self.unsettled(id),
+        }
         failed_id(error)
     }
 
@@ -278,7 +314,7 @@ impl Walk {
         self.at = SegmentState {
             done: next.is_none(),
             cursor: next,
-            retry: Vec::new(),
+            ..SegmentState::default()
         };
         self.keep(checkpoint, save)
     }
@@ -296,6 +332,7 @@ impl Walk {
                 .chain(&self.unsettled)
                 .cloned()
                 .collect(),
+            unreadable: self.unreadable.clone(),
             ..self.at.clone()
         };
         checkpoint

@@ -109,6 +109,13 @@ pub async fn run(
                 summary: Arc::clone(&summary),
                 dry_run: options.dry_run,
             };
+            // Corrupt records that cannot be read by their ids are reported
+            // again, unread, by every run that resumes past them.
+            for id in walk.carried_unreadable() {
+                let mut s = lock(&summary);
+                let s = &mut *s;
+                note(&mut s.corrupt, &mut s.corrupt_ids, id);
+            }
             // First the records the checkpoint carries as unsettled, each
             // read again by its id (one deleted from the source since needs
             // nothing).

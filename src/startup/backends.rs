@@ -14,7 +14,7 @@ use crate::config::{KmsProvider, Settings, StoreBackend};
 use crate::domain::Region;
 use crate::kms::aws::AwsKms;
 use crate::kms::local::{KeyringError, LocalKms};
-use crate::kms::{Context, Kms};
+use crate::kms::{Context, Kms, KmsErrorKind};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
@@ -128,7 +128,9 @@ pub async fn backends(
 /// config, would unwrap none of the region's ciphertexts (calls name the
 /// key), and wrap new keys under a key the rest cannot be read with.
 /// A region that cannot be asked now passes (an outage, for readiness),
-/// as do an empty store and records without key ARNs (RKMS (Go)).
+/// as do an empty store and records without key ARNs (RKMS (Go)). Key
+/// ARNs that differ are confirmed with KMS: a ciphertext the key unwraps
+/// passes (its record's key ARNs were edited).
 async fn refuse_keys_other_than_the_stored_ones(
     kms: &AwsKms,
     regions: &[Region],
@@ -155,14 +157,49 @@ async fn refuse_keys_other_than_the_stored_ones(
         let Ok(arn) = arn else {
             continue;
         };
-        if !stored.contains(arn.as_str()) {
-            anyhow::bail!(
-                "kms.aws.key_ids.{region} names {arn}, but the stored records were wrapped in {region} under {}: \
-                 their ciphertexts there cannot be unwrapped with it (an alias moved to another key, or another key configured). \
-                 Point the alias (or the setting) back at that key; rotate keys with KMS's own rotation, which keeps the key",
-                stored.into_iter().collect::<Vec<_>>().join(", ")
-            );
+        if stored.contains(arn.as_str()) {
+            continue;
         }
+        // A record's key ARNs are what it says of itself, and can be
+        // edited; its ciphertext is what KMS reads. One the key unwraps
+        // settles it.
+        let mut why = String::new();
+        let sample = page.records.iter().flatten().find(|r| {
+            r.keys.contains_key(region) && r.key_ids.get(region).is_some_and(|k| *k != arn)
+        });
+        if let Some(record) = sample {
+            let ciphertext = record.keys.get(region).map_or(&[][..], Vec::as_slice);
+            let context = if record.bound_to_id() {
+                Context::Bound(&record.id)
+            } else {
+                Context::Legacy
+            };
+            match kms.decrypt(region, ciphertext, context).await {
+                Ok(_) => {
+                    tracing::warn!(
+                        %region,
+                        key_arn = %arn,
+                        key_id = %record.id,
+                        "stored records name other keys in their key_ids than the key that unwraps their ciphertexts: the key_ids were edited"
+                    );
+                    continue;
+                }
+                Err(e) if matches!(
+                    e.kind,
+                    KmsErrorKind::Unavailable | KmsErrorKind::Throttled | KmsErrorKind::Saturated
+                ) => {
+                    tracing::warn!(error = %crate::report::chain(&e), "cannot check that kms.aws.key_ids.{region} unwraps the stored records");
+                    continue;
+                }
+                Err(e) => why = format!(" (unwrapping {}'s: {})", record.id, crate::report::chain(&e)),
+            }
+        }
+        anyhow::bail!(
+            "kms.aws.key_ids.{region} names {arn}, but the stored records were wrapped in {region} under {}: \
+             their ciphertexts there cannot be unwrapped with it{why} (an alias moved to another key, or another key configured). \
+             Point the alias (or the setting) back at that key; rotate keys with KMS's own rotation, which keeps the key",
+            stored.into_iter().collect::<Vec<_>>().join(", ")
+        );
     }
     Ok(())
 }

@@ -44,6 +44,36 @@ pub(crate) struct NoSuchTable {
     source: crate::report::BoxError,
 }
 
+/// The table answers, but not as rkms's table: it has another key (the
+/// settings name another table), or the credentials may not use it.
+/// Like a missing table, it needs an operator: 503, readiness `failed`.
+#[derive(Debug, thiserror::Error)]
+#[error("table {table:?} {why}")]
+pub(crate) struct TableRefused {
+    table: String,
+    why: &'static str,
+    #[source]
+    source: crate::report::BoxError,
+}
+
+/// What makes the table refuse every call: its key is not rkms's, or
+/// access is denied. Other validation errors are the call's own.
+fn refused_why(code: Option<&str>, message: Option<&str>) -> Option<&'static str> {
+    let message = message.unwrap_or_default().to_ascii_lowercase();
+    match code? {
+        "AccessDeniedException" => Some(
+            "refused the call (access denied): give rkms's role the table's permissions (terraform/ has the policy)",
+        ),
+        "ValidationException"
+            if message.contains("key element does not match the schema")
+                || message.contains("missing the key") =>
+        {
+            Some("does not have rkms's key: its only key must be the hash key id, type S; fix store.dynamodb.table")
+        }
+        _ => None,
+    }
+}
+
 fn map_err<E>(
     err: SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
     op: &'static str,
@@ -70,6 +100,17 @@ where
             Some("InternalServerError" | "ServiceUnavailable" | "ResourceNotFoundException")
         )
         || f.status.is_some_and(|s| s >= 500);
+    if let Some(why) = refused_why(f.code, err.message()) {
+        let table = table.to_string();
+        return StoreError::Unavailable {
+            op,
+            source: Box::new(TableRefused {
+                table,
+                why,
+                source: Box::new(err),
+            }),
+        };
+    }
     if f.code == Some("ResourceNotFoundException") {
         let source = Box::new(err);
         let table = table.to_string();
@@ -428,5 +469,22 @@ impl Store for DynamoStore {
             .map_or("UNKNOWN", |s| s.as_str())
             .to_string();
         Ok(format!("table {} ({status}), hash key id (S)", self.table))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Access denied and a key that is not rkms's make the table refuse
+    /// every call (an operator must look); other validation errors are
+    /// the call's own.
+    #[test]
+    fn calls_a_table_refuses_are_told_from_the_calls_own_errors() {
+        use super::refused_why;
+        assert!(refused_why(Some("AccessDeniedException"), None).is_some());
+        let schema = Some("The provided key element does not match the schema");
+        assert!(refused_why(Some("ValidationException"), schema).is_some());
+        let size = Some("Item size has exceeded the maximum allowed size");
+        assert!(refused_why(Some("ValidationException"), size).is_none());
+        assert!(refused_why(None, schema).is_none());
     }
 }

@@ -43,9 +43,9 @@ pub enum StoreError {
 impl StoreError {
     /// An outage that may pass by itself (no answer, throttling), as
     /// against a store that is not where the settings say: a missing
-    /// table, a database file moved away, no AWS credentials. Both are 503
-    /// to a request; only the second needs an operator, and readiness says
-    /// `failed` for it.
+    /// table, one with another key or refusing access, a database file
+    /// moved away, no AWS credentials. Both are 503 to a request; only the
+    /// second needs an operator, and readiness says `failed` for it.
     pub fn is_outage(&self) -> bool {
         let StoreError::Unavailable { source, .. } = self else {
             return false;
@@ -55,6 +55,7 @@ impl StoreError {
                 || e.is::<sqlite::LogChanged>()
                 || e.is::<sqlite::NotWritable>()
                 || e.is::<dynamodb::NoSuchTable>()
+                || e.is::<dynamodb::TableRefused>()
                 || e.downcast_ref::<crate::aws::NoCredentials>()
                     .is_some_and(crate::aws::NoCredentials::is_setting)
         })

@@ -198,6 +198,47 @@ async fn a_start_refuses_a_key_the_stored_records_were_not_wrapped_under() {
     );
 }
 
+/// Key ARNs edited in the stored records (the ciphertexts untouched) do
+/// not stop a start: the configured key unwraps the ciphertexts, which
+/// KMS is asked to show. Anyone who could edit the first records stopped
+/// every start, and `verify` with them.
+#[tokio::test]
+async fn a_start_goes_on_when_only_the_stored_key_arns_were_edited() {
+    let cloud = Cloud::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let server = serve(cloud.settings()).await;
+        server.key("kept").await;
+    }
+    let west = "us-west-2";
+    let dynamo = crate::moto::dynamo_client(&cloud.dynamo.endpoint).await;
+    dynamo
+        .update_item()
+        .table_name(crate::moto::TABLE)
+        .key(
+            "id",
+            aws_sdk_dynamodb::types::AttributeValue::S("kept".into()),
+        )
+        .update_expression("SET key_ids.#r = :k")
+        .expression_attribute_names("#r", west)
+        .expression_attribute_values(
+            ":k",
+            aws_sdk_dynamodb::types::AttributeValue::S(
+                "arn:aws:kms:us-west-2:123456789012:key/00000000-0000-0000-0000-000000000000".into(),
+            ),
+        )
+        .send()
+        .await
+        .unwrap();
+    for args in [&["check-config", "--connect"][..], &["verify"][..]] {
+        let out = rkms(&cloud, dir.path(), &[]).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stderr.contains("the key_ids were edited"), "{args:?}: {stderr} / {stdout}");
+    }
+}
+
 /// verify without credentials, keys named by alias (so each region's key
 /// is looked up first): every ciphertext is unavailable, never
 /// undecryptable, which reads as a lost key. The lookup's failure hid the
@@ -359,4 +400,49 @@ async fn under_warn_a_missing_table_is_503_on_key_never_500() {
     create_table(&cloud.dynamo.endpoint, "rkms_later").await;
     until_ready(&server.base).await;
     server.key("table/1").await;
+}
+
+/// A table whose key is not rkms's (the settings name another table):
+/// under `preflight = "warn"`, a request is 503 naming nothing internal,
+/// as for a missing table, and readiness fails. It was a 500.
+#[tokio::test]
+async fn under_warn_a_table_with_another_key_is_503_on_key_never_500() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let cloud = Cloud::start(false).await;
+    crate::moto::dynamo_client(&cloud.dynamo.endpoint)
+        .await
+        .create_table()
+        .table_name("other_app")
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("key")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("key")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap();
+    let mut settings = cloud.settings();
+    settings.server.preflight = Preflight::Warn;
+    settings.store.dynamodb.table = "other_app".into();
+    let server = serve(settings).await;
+    let (status, body) = readyz(&server.base).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["store"], "failed", "{body}");
+    for create in [true, false] {
+        let (status, body) = server.get("schema/1", create).await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error_type"], "ServiceUnavailable", "{body}");
+    }
 }

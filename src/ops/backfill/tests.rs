@@ -36,9 +36,9 @@ async fn store_of(
 
 /// One run of backfill over `store`, limited to `max` records, resumed
 /// from `checkpoint`, into `regions`.
-async fn limited(
+async fn limited<S: Store + 'static>(
     kms: &Arc<LocalKms>,
-    store: &Arc<MemoryStore>,
+    store: &Arc<S>,
     regions: [&Region; 2],
     checkpoint: &std::path::Path,
     segments: u32,
@@ -188,4 +188,63 @@ async fn limited_runs_over_segments_each_do_their_share() {
         !store.snapshot(&id).is_some_and(|r| r.keys.contains_key(&b))
     });
     assert_eq!(left.count(), 0);
+}
+
+/// A corrupt record whose id no record can be read by (a control
+/// character, which DynamoDB and SQLite store as any other text) is
+/// carried by name: limited runs go on past it, and each resumed run
+/// reports it again. It used to hold the checkpoint before its page, so
+/// every run limited to N records read the same N.
+#[tokio::test]
+async fn limited_runs_go_on_past_a_corrupt_record_with_an_unreadable_id() {
+    let (a, b) = (Region::new("a"), Region::new("b"));
+    let dir = tempfile::tempdir().unwrap();
+    let kms = Arc::new(
+        LocalKms::open(&dir.path().join("keyring.json"), &[a.clone(), b.clone()]).unwrap(),
+    );
+    let path = dir.path().join("rkms.sqlite3");
+    let store = Arc::new(
+        crate::store::sqlite::SqliteStore::open(&path, std::time::Duration::from_secs(5)).unwrap(),
+    );
+    let good: Vec<String> = (0..20).map(|i| format!("g{i:02}")).collect();
+    for (n, id) in good.iter().enumerate() {
+        if n == 3 {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO rkms_keys (id, keys, v, key_ids) VALUES ('bad\u{1}id', '{\"a\":\"AAAA\"}', 2, '{}')",
+                [],
+            )
+            .unwrap();
+        }
+        let id = KeyId::parse(id).unwrap();
+        let (_, wrapped) = kms
+            .generate_data_key(&a, 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        let record = KeyRecord {
+            id: id.clone(),
+            keys: [(a.clone(), wrapped.ciphertext)].into(),
+            version: Some(2),
+            key_ids: [(a.clone(), wrapped.key_arn)].into(),
+            created_at: None,
+        };
+        store.put_if_absent(&record).await.unwrap();
+    }
+    let checkpoint = dir.path().join("cp.json");
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        let summary = limited(&kms, &store, [&a, &b], &checkpoint, 1, 7).await;
+        assert_eq!(summary.corrupt_ids, ["bad\u{1}id"], "{}", summary.text());
+        assert!(!summary.ok());
+        runs.push(summary.repaired);
+    }
+    // 21 rows, 7 a run (the corrupt one among the first 7), then nothing.
+    assert_eq!(runs, [6, 7, 7, 0]);
+    for id in &good {
+        let record = store.get(&KeyId::parse(id).unwrap()).await.unwrap().unwrap();
+        assert!(record.keys.contains_key(&b), "{id} not backfilled");
+    }
+    let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
+    assert_eq!(saved.segments[0].unreadable, ["bad\u{1}id"]);
+    assert!(saved.segments[0].retry.is_empty());
 }
