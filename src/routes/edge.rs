@@ -325,9 +325,10 @@ impl EdgeInner {
     }
 }
 
-/// 400 for a request with more than one `Host` header, or an HTTP/1.1
-/// request with none (RFC 9112, 3.2: which host was meant is unknown).
-/// The HTTP library passes both through.
+/// 400 for a request with more than one `Host` header, an HTTP/1.1
+/// request with none, or one whose value is not a host and port (RFC
+/// 9112, 3.2: which host was meant is unknown; `a, b` is how two Host
+/// lines read once joined). The HTTP library passes all three through.
 fn bad_host(request: &Request) -> Option<ApiError> {
     let mut hosts = request.headers().get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {
@@ -335,7 +336,28 @@ fn bad_host(request: &Request) -> Option<ApiError> {
         (None, _) if request.version() == axum::http::Version::HTTP_11 => Some(
             ApiError::BadRequest("an HTTP/1.1 request needs a Host header".into()),
         ),
+        (Some(host), None) if !host_and_port(host.as_bytes()) => Some(ApiError::BadRequest(
+            "the Host header is not a host and port".into(),
+        )),
         _ => None,
+    }
+}
+
+/// `uri-host [ ":" port ]`: no user information, a port that fits 16
+/// bits. Empty is allowed (a request target without an authority).
+fn host_and_port(value: &[u8]) -> bool {
+    if value.is_empty() {
+        return true;
+    }
+    match axum::http::uri::Authority::try_from(value) {
+        Ok(a) => {
+            let port = a.as_str().get(a.host().len()..).unwrap_or_default();
+            let port = port.strip_prefix(':').unwrap_or(port);
+            !a.as_str().contains(['@', ','])
+                && !a.host().is_empty()
+                && (port.is_empty() || port.parse::<u16>().is_ok())
+        }
+        Err(_) => false,
     }
 }
 

@@ -184,14 +184,24 @@ async fn refuse_keys_other_than_the_stored_ones(
                     );
                     continue;
                 }
-                Err(e) if matches!(
-                    e.kind,
-                    KmsErrorKind::Unavailable | KmsErrorKind::Throttled | KmsErrorKind::Saturated
-                ) => {
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        KmsErrorKind::Unavailable
+                            | KmsErrorKind::Throttled
+                            | KmsErrorKind::Saturated
+                    ) =>
+                {
                     tracing::warn!(error = %crate::report::chain(&e), "cannot check that kms.aws.key_ids.{region} unwraps the stored records");
                     continue;
                 }
-                Err(e) => why = format!(" (unwrapping {}'s: {})", record.id, crate::report::chain(&e)),
+                Err(e) => {
+                    why = format!(
+                        " (unwrapping {}'s: {})",
+                        record.id,
+                        crate::report::chain(&e)
+                    )
+                }
             }
         }
         anyhow::bail!(

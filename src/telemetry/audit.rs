@@ -103,17 +103,48 @@ const PLAIN: [bool; 256] = {
     plain
 };
 
-/// `value` as a JSON string, as `serde_json` writes it. Most values need
-/// no escaping and are copied as they are (the key response uses it too).
+/// `value` as a JSON string, as `serde_json` writes it, but for the
+/// characters [`breaks_a_line`] names, written as `\uXXXX`. Most values
+/// need no escaping and are copied as they are (the key response uses it
+/// too).
 pub(crate) fn json_string(out: &mut Vec<u8>, value: &str) {
     if value.bytes().all(|b| PLAIN[usize::from(b)]) {
         out.push(b'"');
         out.extend_from_slice(value.as_bytes());
         out.push(b'"');
-    } else {
-        // A `&str` always serializes; the writer is a `Vec`.
-        let _ = serde_json::to_writer(&mut *out, value);
+        return;
     }
+    let start = out.len();
+    // A `&str` always serializes; the writer is a `Vec`.
+    let _ = serde_json::to_writer(&mut *out, value);
+    if value.contains(breaks_a_line) {
+        let written = out.split_off(start);
+        for c in String::from_utf8_lossy(&written).chars() {
+            if breaks_a_line(c) {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            } else {
+                let mut utf8 = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+}
+
+/// Characters JSON allows raw that split a log line for some readers
+/// (line and paragraph separators: JavaScript, Python's `splitlines`) or
+/// make it display other than it reads (bidirectional controls). A client
+/// chooses the ids these lines carry.
+pub(crate) fn breaks_a_line(c: char) -> bool {
+    matches!(
+        c,
+        '\u{2028}'
+            | '\u{2029}'
+            | '\u{061C}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+    )
 }
 
 fn fields<'a>(event: &Event<'a>) -> [(&'static str, &'a str); 6] {
@@ -169,13 +200,22 @@ mod tests {
 
     proptest::proptest! {
         /// The hand-written JSON string is what serde_json writes, byte for
-        /// byte: over all of ASCII (the plain path and every escape), and
-        /// any text.
+        /// byte, over all of ASCII (the plain path and every escape) and
+        /// any text without the characters that break a line; with them,
+        /// it reads back as the same text and holds none of them raw.
         #[test]
-        fn json_strings_are_what_serde_json_writes(value in "[\\x00-\\x7f]{0,40}|\\PC{0,20}|.{0,20}") {
+        fn json_strings_are_what_serde_json_writes(
+            value in "[\\x00-\\x7f]{0,40}|\\PC{0,20}|.{0,20}|[a\"\u{2028}\u{2029}\u{202e}\u{2066}\u{200f}\u{61c}\u{2027}\u{202f}é]{0,12}"
+        ) {
             let mut ours = Vec::new();
             json_string(&mut ours, &value);
-            proptest::prop_assert_eq!(ours, serde_json::to_vec(&value).unwrap());
+            if value.contains(breaks_a_line) {
+                let text = String::from_utf8(ours.clone()).unwrap();
+                proptest::prop_assert!(!text.contains(breaks_a_line), "{}", text);
+                proptest::prop_assert_eq!(serde_json::from_slice::<String>(&ours).unwrap(), value);
+            } else {
+                proptest::prop_assert_eq!(ours, serde_json::to_vec(&value).unwrap());
+            }
         }
     }
 

@@ -286,9 +286,9 @@ async fn oversized_targets_and_headers_are_414_and_431() {
     );
 }
 
-/// A request with two Host headers, or an HTTP/1.1 request with none, is
-/// 400 before anything else is looked at: which host it was for is not
-/// known. HTTP/1.0 needs none.
+/// A request with two Host headers, an HTTP/1.1 request with none, or one
+/// whose Host is not a host and port, is 400 before anything else is
+/// looked at: which host it was for is not known. HTTP/1.0 needs none.
 #[tokio::test]
 async fn a_missing_or_repeated_host_is_400() {
     let app = token_app(|_| {}).await;
@@ -306,6 +306,22 @@ async fn a_missing_or_repeated_host_is_400() {
         ),
         ("GET /key?id=billing/h HTTP/1.0\r\n", "200"),
         ("GET /key?id=billing/h HTTP/1.1\r\nHost: a\r\n", "200"),
+        (
+            "GET /key?id=billing/h HTTP/1.1\r\nHost: [::1]:8443\r\n",
+            "200",
+        ),
+        ("GET /key?id=billing/h HTTP/1.1\r\nHost:\r\n", "200"),
+        // Not a host and port: two joined, a space, user information, a
+        // port past 16 bits, no host.
+        ("GET /key?id=billing/h HTTP/1.1\r\nHost: a, b\r\n", "400"),
+        ("GET /key?id=billing/h HTTP/1.1\r\nHost: a,b\r\n", "400"),
+        ("GET /key?id=billing/h HTTP/1.1\r\nHost: a b\r\n", "400"),
+        ("GET /key?id=billing/h HTTP/1.1\r\nHost: u@a\r\n", "400"),
+        (
+            "GET /key?id=billing/h HTTP/1.1\r\nHost: [::1]:99999\r\n",
+            "400",
+        ),
+        ("GET /healthz HTTP/1.1\r\nHost: :80\r\n", "400"),
     ] {
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let request = format!("{head}authorization: Bearer {WRITER}\r\nconnection: close\r\n\r\n");

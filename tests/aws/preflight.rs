@@ -224,7 +224,8 @@ async fn a_start_goes_on_when_only_the_stored_key_arns_were_edited() {
         .expression_attribute_values(
             ":k",
             aws_sdk_dynamodb::types::AttributeValue::S(
-                "arn:aws:kms:us-west-2:123456789012:key/00000000-0000-0000-0000-000000000000".into(),
+                "arn:aws:kms:us-west-2:123456789012:key/00000000-0000-0000-0000-000000000000"
+                    .into(),
             ),
         )
         .send()
@@ -235,7 +236,10 @@ async fn a_start_goes_on_when_only_the_stored_key_arns_were_edited() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?}: {stderr}");
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stderr.contains("the key_ids were edited"), "{args:?}: {stderr} / {stdout}");
+        assert!(
+            stderr.contains("the key_ids were edited"),
+            "{args:?}: {stderr} / {stdout}"
+        );
     }
 }
 

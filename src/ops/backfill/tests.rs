@@ -241,7 +241,11 @@ async fn limited_runs_go_on_past_a_corrupt_record_with_an_unreadable_id() {
     // 21 rows, 7 a run (the corrupt one among the first 7), then nothing.
     assert_eq!(runs, [6, 7, 7, 0]);
     for id in &good {
-        let record = store.get(&KeyId::parse(id).unwrap()).await.unwrap().unwrap();
+        let record = store
+            .get(&KeyId::parse(id).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(record.keys.contains_key(&b), "{id} not backfilled");
     }
     let saved = Checkpoint::load_or_new(Some(&checkpoint), "backfill", "test", 1).unwrap();
