@@ -274,8 +274,8 @@ impl EdgeInner {
             return refused.into_response();
         }
         let api = self.listener == Listener::Api;
-        let _permit = if api && route.limited() {
-            match self.state.limits.in_flight.try_acquire() {
+        let permit = if api && route.limited() {
+            match Arc::clone(&self.state.limits.in_flight).try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => return self.shed(),
             }
@@ -291,7 +291,7 @@ impl EdgeInner {
                 }
                 // Ours or checked by `usable`: always visible ASCII.
                 let request_id = request_id.to_str().unwrap_or("");
-                key::get_key(&self.state, request, request_id, remembered).await
+                key::get_key(&self.state, request, request_id, remembered, permit).await
             }
             _ => match tokio::time::timeout(self.backstop, self.router.clone().oneshot(request))
                 .await

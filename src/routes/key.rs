@@ -9,6 +9,7 @@ use axum::extract::Request;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 use zeroize::Zeroizing;
 
 use super::AppState;
@@ -202,6 +203,7 @@ pub(super) async fn get_key(
     request: Request,
     request_id: &str,
     remembered: &Remembered,
+    permit: Option<OwnedSemaphorePermit>,
 ) -> Response {
     let headers = request.headers();
     // Who asks comes first: an unauthenticated caller learns nothing, not
@@ -261,7 +263,15 @@ pub(super) async fn get_key(
     let (result, action) = state
         .broker
         .get_or_create_within(&query.id, may_create, Some(state.request_timeout), || {
-            Some(audit.unanswered())
+            // The request's permit goes with the decision when the client
+            // stops waiting (hung up, timed out): a decision still running
+            // counts against `server.max_concurrent_requests` until it
+            // ends, so clients that hang up cannot start unbounded work.
+            let hook = audit.unanswered();
+            Some(Box::new(move |result, action, why| {
+                let _permit = permit;
+                hook(result, action, why);
+            }))
         })
         .await;
     match result {

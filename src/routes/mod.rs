@@ -65,7 +65,9 @@ impl std::ops::Deref for AppState {
 /// Request limits from `[server]`.
 pub struct Limits {
     /// Permits for requests doing work (`server.max_concurrent_requests`).
-    pub in_flight: Semaphore,
+    /// A request whose client stopped waiting hands its permit to the key
+    /// decision it started or joined, which holds it to its end.
+    pub in_flight: Arc<Semaphore>,
     pub max_uri_bytes: u32,
     pub max_header_bytes: u32,
 }

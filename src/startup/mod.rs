@@ -155,7 +155,9 @@ impl Application {
             request_timeout: settings.request_timeout(),
             health,
             limits: Limits {
-                in_flight: Semaphore::new(settings.server.max_concurrent_requests as usize),
+                in_flight: Arc::new(Semaphore::new(
+                    settings.server.max_concurrent_requests as usize,
+                )),
                 max_uri_bytes: settings.server.max_uri_bytes,
                 max_header_bytes: settings.server.max_header_bytes,
             },

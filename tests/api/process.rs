@@ -476,6 +476,82 @@ async fn a_create_whose_client_hung_up_still_has_its_audit_line() {
     );
 }
 
+/// Clients that hang up while their keys are being created cannot start
+/// more work than `server.max_concurrent_requests`: each decision still
+/// running holds its request's permit, so a request past the limit is
+/// shed (503) until they end, and then served. The permit was released
+/// with the hang-up, and creates piled up without bound behind a slow
+/// store.
+#[tokio::test]
+async fn clients_that_hang_up_cannot_run_more_than_the_request_limit() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__SERVER__MAX_CONCURRENT_REQUESTS", "3");
+    let proc = start(cmd);
+    // Another program holds the store's write lock: creates wait.
+    let lock = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let addr = proc.base.trim_start_matches("http://").to_owned();
+    for i in 0..3 {
+        let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let request = format!("GET /key?id=hung%2F{i} HTTP/1.1\r\nHost: rkms\r\n\r\n");
+        socket.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(socket);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/key?id=next", proc.base);
+    let res = client.get(&url).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 503, "not shed while 3 decisions run");
+    assert!(res.headers().contains_key("retry-after"));
+
+    // Probes are never shed.
+    let res = client
+        .get(format!("{}/healthz", proc.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+
+    lock.execute_batch("COMMIT").unwrap();
+    drop(lock);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = client.get(&url).send().await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "not served once the decisions ended");
+    let metrics = client
+        .get(format!("{}/metrics", proc.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let shed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rkms_requests_shed_total{reason=\"overload\"} "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(shed >= 1, "the 503 was not a shed: {metrics}");
+    // The hung-up creates were kept.
+    for i in 0..3 {
+        let res = client
+            .get(format!("{}/key?id=hung%2F{i}&create=false", proc.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "hung/{i}");
+    }
+    assert!(stop(proc).0.success());
+}
+
 /// When the shutdown grace period ends with a request still in flight
 /// (here a create waiting on another program's write lock), rkms gives up
 /// on it and exits 0, as README says, rather than failing on the way out,
