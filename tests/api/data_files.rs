@@ -874,3 +874,55 @@ async fn verify_reads_a_store_and_leaves_it_as_it_is() {
         "{stderr}"
     );
 }
+
+/// The store file's mode changed while rkms runs, so that its user may no
+/// longer write it: creates are 503 and readiness fails, as a restart
+/// would find it; mode restored, creates work again. SQLite's open handle
+/// went on writing, and only readiness said so. Run as `nobody` when the
+/// tests run as root (root may write whatever the mode); skipped otherwise.
+#[tokio::test]
+async fn a_store_file_made_read_only_while_running_refuses_creates() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run rkms as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+    let mut cmd = command(dir.path());
+    cmd.uid(65534).gid(65534);
+    let server = start(cmd);
+    let client = reqwest::Client::new();
+    let served = create(&client, &server.base, "before", 1).await;
+    let (id, key) = &served[0];
+    let db = dir.path().join("rkms.sqlite3");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o400)).unwrap();
+
+    let res = client
+        .get(format!("{}/key?id=while-read-only", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 503);
+    let (status, body) = readiness(&client, &server.base).await;
+    assert_eq!(
+        (status, &body["checks"]["store"]),
+        (503, &Value::from("failed")),
+        "{body}"
+    );
+    // Stored keys are still served.
+    assert_eq!(
+        stored(&client, &server.base, id).await.as_deref(),
+        Some(key.as_str())
+    );
+
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let res = client
+        .get(format!("{}/key?id=while-read-only", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(stop(server).0.success());
+}

@@ -231,7 +231,13 @@ fn drain(queue: &Mutex<Queue>, reopen: &Reopen, batches: &AtomicU64) {
             continue;
         }
         let op = batch.first().map_or("write", |job| job.write.op());
-        if let Err(e) = reopen.still_there(op, conn.as_ref()) {
+        // A file whose owner or mode no longer lets this process write is
+        // refused as readiness reports it: the open handle would go on
+        // writing, and a restart could not.
+        if let Err(e) = reopen
+            .still_there(op, conn.as_ref())
+            .and_then(|()| reopen.writable(op))
+        {
             lock(queue).conn = conn;
             answer_all(batch, e);
             continue;
