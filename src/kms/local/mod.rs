@@ -20,6 +20,7 @@ use base64::Engine;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
+mod held;
 mod keyring;
 
 pub use self::keyring::{decode_keyring, Keyring, KeyringError};
@@ -36,6 +37,9 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 pub struct LocalKms {
     keys: BTreeMap<Region, Aes256Gcm>,
     path: PathBuf,
+    /// Whether the file still holds the master keys: checked before a key
+    /// is wrapped and at readiness.
+    held: held::Held,
 }
 
 impl std::fmt::Debug for LocalKms {
@@ -85,6 +89,7 @@ impl LocalKms {
         if added {
             write_atomically(path, &file)?;
         }
+        let held = held::Held::new(path, &file);
         tracing::warn!(
             keyring = %path.display(),
             "kms provider \"local\" keeps master keys in a local file: for development only, not for production"
@@ -92,6 +97,7 @@ impl LocalKms {
         Ok(Self {
             keys,
             path: path.to_path_buf(),
+            held,
         })
     }
 
@@ -99,12 +105,13 @@ impl LocalKms {
     /// nothing: a missing file is an error, and a region it lacks has no
     /// master key (calls for it fail as misconfigured).
     pub fn open_existing(path: &Path) -> Result<Self, KeyringError> {
-        let Keyring { keys, .. } = read_keyring(path)?.ok_or_else(|| KeyringError::Missing {
+        let Keyring { keys, file } = read_keyring(path)?.ok_or_else(|| KeyringError::Missing {
             path: path.to_path_buf(),
         })?;
         Ok(Self {
             keys,
             path: path.to_path_buf(),
+            held: held::Held::new(path, &file),
         })
     }
 
@@ -129,6 +136,24 @@ impl LocalKms {
         })
     }
 
+    /// `Misconfigured` when the keyring file no longer holds the master
+    /// keys: a key wrapped now could be unwrapped only while this process
+    /// lives, so none is, until the file is restored.
+    fn still_held(&self, region: &Region, op: &'static str) -> Result<(), KmsError> {
+        self.held.still_in(&self.path).map_err(|why| {
+            KmsError::new(
+                KmsErrorKind::Misconfigured,
+                region,
+                op,
+                format!(
+                    "the keyring {} {why} while rkms ran: its master keys are now only in this process; \
+                     restore the file from a backup (or copy it from another rkms), then restart",
+                    self.path.display()
+                ),
+            )
+        })
+    }
+
     fn seal(
         &self,
         region: &Region,
@@ -137,6 +162,7 @@ impl LocalKms {
         op: &'static str,
     ) -> Result<Wrapped, KmsError> {
         let cipher = self.cipher(region, op)?;
+        self.still_held(region, op)?;
         let region_bytes = region.as_str().as_bytes();
         let region_len = u8::try_from(region_bytes.len()).map_err(|_| {
             KmsError::new(
@@ -252,6 +278,7 @@ impl Kms for LocalKms {
 
     async fn check_key(&self, region: &Region) -> Result<String, KmsError> {
         self.cipher(region, "check_key")?;
+        self.still_held(region, "check_key")?;
         Ok(format!("master key for {region} in the local keyring"))
     }
 }

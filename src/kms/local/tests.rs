@@ -34,6 +34,68 @@ mod unit {
             }
         }
     }
+    /// The keyring removed, or replaced by another, while rkms runs: no
+    /// key is wrapped (it could be unwrapped only while the process
+    /// lives) and the key check fails, while stored keys still unwrap.
+    /// The file restored, or written again with the same keys plus a
+    /// region (another rkms's start), wrapping goes on.
+    #[tokio::test]
+    async fn a_keyring_removed_or_replaced_while_running_wraps_no_new_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        let rs = regions(&["a", "b"]);
+        let kms = LocalKms::open(&path, &rs).unwrap();
+        let id = KeyId::parse("k").unwrap();
+        let (key, wrapped) = kms
+            .generate_data_key(&rs[0], 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        let saved = fs::read(&path).unwrap();
+
+        fs::remove_file(&path).unwrap();
+        let err = kms
+            .generate_data_key(&rs[0], 32, Context::Bound(&id))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, KmsErrorKind::Misconfigured);
+        let why = crate::report::chain(&err);
+        assert!(why.contains("was removed while rkms ran"), "{why}");
+        assert!(kms
+            .encrypt(&rs[1], &key, Context::Bound(&id))
+            .await
+            .is_err());
+        assert!(kms.check_key(&rs[0]).await.is_err());
+        let back = kms
+            .decrypt(&rs[0], &wrapped.ciphertext, Context::Bound(&id))
+            .await
+            .unwrap();
+        assert_eq!(back.expose(), key.expose());
+
+        // Another keyring in its place.
+        let other = dir.path().join("other.json");
+        LocalKms::open(&other, &rs).unwrap();
+        fs::rename(&other, &path).unwrap();
+        let why = crate::report::chain(&kms.check_key(&rs[0]).await.unwrap_err());
+        assert!(
+            why.contains("no longer holds the master key for a"),
+            "{why}"
+        );
+
+        // Restored from a backup: a new file with the same keys.
+        fs::write(&path, &saved).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        kms.generate_data_key(&rs[0], 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        // Another rkms adds a region: the file is written again, keeping
+        // these keys.
+        LocalKms::open(&path, &regions(&["a", "b", "c"])).unwrap();
+        kms.generate_data_key(&rs[1], 32, Context::Bound(&id))
+            .await
+            .unwrap();
+        kms.check_key(&rs[0]).await.unwrap();
+    }
+
     use crate::domain::KeyId;
 
     fn regions(names: &[&str]) -> Vec<Region> {
