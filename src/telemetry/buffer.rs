@@ -135,27 +135,59 @@ impl<'a> MakeWriter<'a> for Buffer {
     }
 }
 
+/// How long an exiting process waits for its last lines to be written.
+/// A reader that takes none (a pipe no one reads) would hold the exit for
+/// as long as it stalls; past this the lines are lost with the process.
+const LAST_WRITE: Duration = Duration::from_secs(5);
+
 /// Start the thread that writes the buffer to stderr.
 pub(super) fn start_flusher(shared: Arc<Shared>) -> LogGuard {
-    let flushing = Arc::clone(&shared);
-    let flusher = std::thread::Builder::new()
-        .name("rkms-log-flush".into())
-        .spawn(move || run_flusher(flushing, io::stderr()))
-        .ok();
-    LogGuard { shared, flusher }
+    start_flusher_to(shared, io::stderr(), LAST_WRITE)
 }
 
-/// Keep until exit: dropping it stops the flusher after a last write.
+fn start_flusher_to(
+    shared: Arc<Shared>,
+    out: impl Write + Send + 'static,
+    last_write: Duration,
+) -> LogGuard {
+    let flushing = Arc::clone(&shared);
+    let (done, finished) = std::sync::mpsc::channel();
+    let flusher = std::thread::Builder::new()
+        .name("rkms-log-flush".into())
+        .spawn(move || {
+            run_flusher(flushing, out);
+            let _ = done.send(());
+        })
+        .ok();
+    LogGuard {
+        shared,
+        flusher,
+        finished,
+        last_write,
+    }
+}
+
+/// Keep until exit: dropping it stops the flusher after a last write,
+/// waiting for it at most [`LAST_WRITE`].
 pub struct LogGuard {
     shared: Arc<Shared>,
     flusher: Option<JoinHandle<()>>,
+    finished: std::sync::mpsc::Receiver<()>,
+    last_write: Duration,
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
         self.shared.stop();
-        if let Some(flusher) = self.flusher.take() {
-            let _ = flusher.join();
+        let Some(flusher) = self.flusher.take() else {
+            return;
+        };
+        match self.finished.recv_timeout(self.last_write) {
+            Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = flusher.join();
+            }
+            // Stuck in a write: left to end with the process.
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
     }
 }
@@ -251,6 +283,71 @@ fn wait_for_lines(shared: &Shared, longest: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log reader that takes nothing (a pipe no one reads) does not hold
+    /// the exit: dropping the guard gives up on the last write after its
+    /// bound. It waited for the reader, for ever if it never went away.
+    #[test]
+    fn a_stalled_reader_does_not_hold_the_exit() {
+        struct Stalled(std::sync::mpsc::Receiver<()>);
+        impl Write for Stalled {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                let _ = self.0.recv();
+                Err(io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (_never, stalled) = std::sync::mpsc::channel();
+        let shared = Arc::new(Shared::new());
+        let buffer = Buffer {
+            shared: Arc::clone(&shared),
+            limit: 1 << 20,
+        };
+        let guard = start_flusher_to(
+            Arc::clone(&shared),
+            Stalled(stalled),
+            Duration::from_millis(100),
+        );
+        buffer.make_writer().write_all(b"a line\n").unwrap();
+        let (dropped, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(guard);
+            let _ = dropped.send(());
+        });
+        assert!(
+            done.recv_timeout(Duration::from_secs(30)).is_ok(),
+            "the guard waited for a reader that takes nothing"
+        );
+    }
+
+    /// A reader that takes the lines gets every one before the guard's drop
+    /// returns.
+    #[test]
+    fn the_last_lines_are_written_before_exit() {
+        #[derive(Clone, Default)]
+        struct Taken(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Taken {
+            fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let taken = Taken::default();
+        let shared = Arc::new(Shared::new());
+        let buffer = Buffer {
+            shared: Arc::clone(&shared),
+            limit: 1 << 20,
+        };
+        let guard = start_flusher_to(Arc::clone(&shared), taken.clone(), LAST_WRITE);
+        buffer.make_writer().write_all(b"last\n").unwrap();
+        drop(guard);
+        assert_eq!(*taken.0.lock().unwrap(), b"last\n");
+    }
 
     #[test]
     fn a_full_buffer_drops_and_counts_instead_of_blocking() {
