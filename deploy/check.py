@@ -421,7 +421,7 @@ class Checker:
             problems.append("no checksum/config annotation on the pod template")
         if "prometheus.io/port" in annotations and int(annotations["prometheus.io/port"]) != ports.get("metrics"):
             problems.append(f"prometheus.io/port {annotations['prometheus.io/port']} is not the metrics port {ports.get('metrics')}")
-        for probe, path in (("startupProbe", None), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        for probe, path in (("startupProbe", None), ("livenessProbe", "/healthz"), ("readinessProbe", "/healthz")):
             got = container.get(probe, {}).get("httpGet", {})
             if not got or (path and got.get("path") != path):
                 problems.append(f"{probe} must GET {path or 'a health path'}")
@@ -583,7 +583,61 @@ class Checker:
         path = self.work / "rules.yaml"
         path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
         run([promtool, "check", "rules", str(path)])
-        return f"promtool check rules: {sum(len(g['rules']) for g in rule['spec']['groups'])} rules"
+        tests = self.rule_tests(rule, server_deployment(documents(self.rendered("all-on")))["metadata"]["name"])
+        run([promtool, "test", "rules", str(tests)])
+        return (f"promtool check rules: {sum(len(g['rules']) for g in rule['spec']['groups'])} rules; "
+                "promtool test rules: region alerts fire through breaker probes, a first misconfigured "
+                "KMS or store call raises an alert, probes' 503s do not")
+
+    def rule_tests(self, rule: dict, fullname: str) -> Path:
+        """promtool unit tests of the alerts, on series as rkms exports them
+        (15 s scrapes). A region that is down shows as up while its breaker
+        lets a probe through (a moment every kms.breaker_open_ms): the region
+        alerts must fire through that. Counters start at zero (rkms shows them
+        at start), so a first burst is an increase."""
+        groups = [{**g, "rules": [{k: v for k, v in r.items() if k != "annotations"} for r in g["rules"]]}
+                  for g in rule["spec"]["groups"]]
+        plain = self.work / "rules-plain.yaml"
+        plain.write_text(yaml.safe_dump({"groups": groups}))
+        pod = f"{fullname}-5d8f7c9b4-x2bq4"
+        at = f'namespace="{NAMESPACE}",pod="{pod}"'
+        steps = 80  # 20 minutes of 15 s scrapes
+        # Up one scrape in four, each region at another moment: at every
+        # scrape some region shows up, while none stays up.
+        flapping = [" ".join("1" if (i + shift) % 4 == 0 else "0" for i in range(steps)) for shift in (1, 2, 3)]
+        open_mostly = " ".join("0" if i % 4 == 0 else "1" for i in range(steps))
+        burst = "0 0 0 0 5 5 5 5 5 5 5 5 5 5"  # from zero, then five refusals once
+        series = [
+            *({"series": f'rkms_region_up{{{at},region="r{n}"}}', "values": v} for n, v in enumerate(flapping)),
+            {"series": f'rkms_region_breaker{{{at},region="r0",state="open"}}', "values": open_mostly},
+            {"series": f'rkms_kms_requests_total{{{at},region="r0",op="decrypt",outcome="misconfigured"}}', "values": burst},
+            {"series": f'rkms_http_requests_total{{{at},route="/readyz",status="503"}}', "values": f"0+10x{steps}"},
+            {"series": f'rkms_store_requests_total{{{at},op="get",outcome="failed"}}', "values": burst},
+            {"series": f'rkms_http_requests_total{{{at},route="/key",status="200"}}', "values": f"0+10x{steps}"},
+        ]
+        ns = {"namespace": NAMESPACE}
+        tests = {
+            "rule_files": [str(plain)],
+            "evaluation_interval": "15s",
+            "tests": [{
+                "interval": "15s",
+                "input_series": series,
+                "alert_rule_test": [
+                    {"eval_time": "10m", "alertname": "RkmsNoRegionUp",
+                     "exp_alerts": [{"exp_labels": {**ns, "pod": pod, "severity": "critical"}}]},
+                    {"eval_time": "10m", "alertname": "RkmsRegionBreakerOpen",
+                     "exp_alerts": [{"exp_labels": {**ns, "region": "r0", "severity": "warning"}}]},
+                    {"eval_time": "2m", "alertname": "RkmsKmsMisconfigured",
+                     "exp_alerts": [{"exp_labels": {**ns, "region": "r0", "severity": "critical"}}]},
+                    {"eval_time": "15m", "alertname": "RkmsHighErrorRatio", "exp_alerts": []},
+                    {"eval_time": "2m", "alertname": "RkmsStoreMisconfigured",
+                     "exp_alerts": [{"exp_labels": {**ns, "op": "get", "severity": "critical"}}]},
+                ],
+            }],
+        }
+        path = self.work / "rules-test.yaml"
+        path.write_text(yaml.safe_dump(tests))
+        return path
 
     def prometheus_rule_selector(self) -> str:
         """The alerts' default series selector matches this release's server
@@ -627,7 +681,7 @@ class Checker:
                     for selector in re.findall(r"rkms_\w+\{([^}]*)\}", r.get("expr", "")):
                         matchers = [(n, op, json.loads(f'"{v}"')) for n, op, v in
                                     re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', selector)]
-                        release = [m for m in matchers if m[0] not in ("state", "status", "outcome")]
+                        release = [m for m in matchers if m[0] not in ("state", "status", "outcome", "route")]
                         checked += 1
                         if not release:
                             problems.append(f"{what}: {r.get('alert')} selects no release labels: {{{selector}}}")

@@ -201,6 +201,45 @@ impl Metrics {
         })
     }
 
+    /// Show the labelled counters an alert takes `increase()` of at zero
+    /// from the start: a series that first appears at its first event
+    /// shows no increase for it, and the alert misses the first burst.
+    /// Auth refusals and sheds by reason; store calls by operation and
+    /// outcome; KMS calls by region, operation and outcome.
+    pub fn start_at_zero(&self, regions: &[crate::domain::Region]) {
+        let reasons = [
+            "missing",
+            "malformed",
+            "unknown",
+            "expired",
+            "ambiguous",
+            "forbidden",
+            "create_denied",
+            "tls",
+        ];
+        for reason in reasons {
+            self.auth_failures.with_label_values(&[reason]);
+        }
+        for reason in ["overload", "rate_limit", "connections"] {
+            self.requests_shed.with_label_values(&[reason]);
+        }
+        for op in ["get", "put_if_absent"] {
+            for outcome in ["ok", "corrupt", "failed", "unavailable", "error", "timeout"] {
+                self.store_requests.with_label_values(&[op, outcome]);
+            }
+        }
+        let outcomes =
+            std::iter::once("ok").chain(crate::kms::KmsErrorKind::ALL.map(|k| k.as_str()));
+        for region in regions {
+            for op in ["generate_data_key", "decrypt", "encrypt"] {
+                for outcome in outcomes.clone() {
+                    self.kms_requests
+                        .with_label_values(&[region.as_str(), op, outcome]);
+                }
+            }
+        }
+    }
+
     /// The text exposition format (0.0.4).
     pub fn render(&self) -> Result<String, prometheus::Error> {
         // The log writer counts its drops itself (it must not depend on

@@ -49,6 +49,10 @@ impl Inner {
         let outcome = match &result {
             Ok(Ok(_)) => "ok",
             Ok(Err(StoreError::Corrupt { .. })) => "corrupt",
+            // Not an outage: the store is not where the settings say (a
+            // missing table, one with another key, no credentials, a file
+            // moved away or not writable), which an operator must mend.
+            Ok(Err(e @ StoreError::Unavailable { .. })) if !e.is_outage() => "failed",
             Ok(Err(StoreError::Unavailable { .. })) => "unavailable",
             Ok(Err(_)) => "error",
             Err(_) => "timeout",

@@ -62,6 +62,16 @@ pub enum KmsErrorKind {
 }
 
 impl KmsErrorKind {
+    /// Every kind, for metrics that start at zero.
+    pub const ALL: [Self; 6] = [
+        Self::Unavailable,
+        Self::Throttled,
+        Self::Integrity,
+        Self::Misconfigured,
+        Self::Saturated,
+        Self::Other,
+    ];
+
     /// Label for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -146,6 +146,8 @@ impl Application {
         let monitor = health.monitor(deps);
 
         let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+        let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
+        metrics.start_at_zero(&regions);
         let broker = KeyBroker::new(kms, store, broker_settings(&settings), Arc::clone(&metrics));
         let state = AppState::new(Shared {
             broker,

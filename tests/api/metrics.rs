@@ -130,3 +130,33 @@ fn promtool_check(text: &str) {
     assert_ne!(out.status.code(), Some(1), "promtool: {said}");
     assert!(!said.contains("error while linting"), "promtool: {said}");
 }
+
+/// The labelled counters alerts take `increase()` of are shown at zero
+/// from the start, for every reason and every region, operation and
+/// outcome: a series that first appears with its first event shows no
+/// increase for that event, so the first burst of refusals or of
+/// misconfigured KMS calls raised no alert.
+#[tokio::test]
+async fn alerting_counters_start_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::common::start(crate::process::command(dir.path()));
+    let text = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "rkms_auth_failures_total{reason=\"forbidden\"} 0",
+        "rkms_auth_failures_total{reason=\"unknown\"} 0",
+        "rkms_requests_shed_total{reason=\"overload\"} 0",
+        "rkms_requests_shed_total{reason=\"rate_limit\"} 0",
+        "rkms_store_requests_total{op=\"get\",outcome=\"failed\"} 0",
+        "rkms_kms_requests_total{op=\"decrypt\",outcome=\"misconfigured\",region=\"local-3\"} 0",
+        "rkms_kms_requests_total{op=\"generate_data_key\",outcome=\"integrity\",region=\"local-1\"} 0",
+        "rkms_kms_requests_total{op=\"encrypt\",outcome=\"ok\",region=\"local-2\"} 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line}: {text}");
+    }
+    assert!(crate::common::stop(server).0.success());
+}

@@ -449,4 +449,18 @@ async fn under_warn_a_table_with_another_key_is_503_on_key_never_500() {
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error_type"], "ServiceUnavailable", "{body}");
     }
+    // Counted as the store being misconfigured, which the chart alerts on,
+    // not as an outage.
+    let metrics = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "rkms_store_requests_total{op=\"get\",outcome=\"failed\"} 2"),
+        "{metrics}"
+    );
 }
