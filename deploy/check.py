@@ -613,8 +613,15 @@ class Checker:
             {"series": f'rkms_kms_requests_total{{{at},region="r0",op="decrypt",outcome="misconfigured"}}', "values": burst},
             {"series": f'rkms_http_requests_total{{{at},route="/readyz",status="503"}}', "values": f"0+10x{steps}"},
             {"series": f'rkms_store_requests_total{{{at},op="get",outcome="failed"}}', "values": burst},
+            {"series": f'rkms_dependency_check_failed{{{at},check="kms.r1"}}', "values": f"0 0 1x{steps}"},
             {"series": f'rkms_http_requests_total{{{at},route="/key",status="200"}}', "values": f"0+10x{steps}"},
         ]
+        # Another pod whose two regions each went down once, at other times:
+        # a region was up throughout, which is no page.
+        quiet = f'namespace="{NAMESPACE}",pod="{fullname}-5d8f7c9b4-q7kzm"'
+        blip = lambda at: " ".join("0" if at <= i < at + 4 else "1" for i in range(steps))  # noqa: E731
+        series += [{"series": f'rkms_region_up{{{quiet},region="a"}}', "values": blip(20)},
+                   {"series": f'rkms_region_up{{{quiet},region="b"}}', "values": blip(24)}]
         ns = {"namespace": NAMESPACE}
         tests = {
             "rule_files": [str(plain)],
@@ -625,11 +632,15 @@ class Checker:
                 "alert_rule_test": [
                     {"eval_time": "10m", "alertname": "RkmsNoRegionUp",
                      "exp_alerts": [{"exp_labels": {**ns, "pod": pod, "severity": "critical"}}]},
+                    {"eval_time": "7m", "alertname": "RkmsNoRegionUp",
+                     "exp_alerts": [{"exp_labels": {**ns, "pod": pod, "severity": "critical"}}]},
                     {"eval_time": "10m", "alertname": "RkmsRegionBreakerOpen",
                      "exp_alerts": [{"exp_labels": {**ns, "region": "r0", "severity": "warning"}}]},
                     {"eval_time": "2m", "alertname": "RkmsKmsMisconfigured",
                      "exp_alerts": [{"exp_labels": {**ns, "region": "r0", "severity": "critical"}}]},
                     {"eval_time": "15m", "alertname": "RkmsHighErrorRatio", "exp_alerts": []},
+                    {"eval_time": "8m", "alertname": "RkmsDependencyCheckFailed",
+                     "exp_alerts": [{"exp_labels": {**ns, "pod": pod, "check": "kms.r1", "severity": "critical"}}]},
                     {"eval_time": "2m", "alertname": "RkmsStoreMisconfigured",
                      "exp_alerts": [{"exp_labels": {**ns, "op": "get", "severity": "critical"}}]},
                 ],

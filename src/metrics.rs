@@ -7,10 +7,11 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-/// From a 100 µs cache hit through multi-second KMS timeouts.
+/// From a cache hit (tens of microseconds) through multi-second KMS
+/// timeouts.
 const BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 pub struct Metrics {
@@ -35,6 +36,7 @@ pub struct Metrics {
     pub log_dropped: IntCounter,
     pub auth_failures: IntCounterVec,
     pub requests_shed: IntCounterVec,
+    pub dependency_check_failed: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -99,6 +101,12 @@ impl Metrics {
                 "rkms_region_up",
                 "1 while the region's breaker is closed or half-open, 0 while open",
                 &["region"],
+            )?,
+            dependency_check_failed: gauge_vec(
+                &r,
+                "rkms_dependency_check_failed",
+                "1 while the dependency check (store, kms.<region>) last found a wrong configuration or resource, as /readyz says failed; 0 when it passed or could not reach it",
+                &["check"],
             )?,
             region_breaker: gauge_vec(
                 &r,
@@ -223,7 +231,7 @@ impl Metrics {
         for reason in ["overload", "rate_limit", "connections"] {
             self.requests_shed.with_label_values(&[reason]);
         }
-        for op in ["get", "put_if_absent"] {
+        for op in ["get", "put_if_absent", "add_missing_regions"] {
             for outcome in ["ok", "corrupt", "failed", "unavailable", "error", "timeout"] {
                 self.store_requests.with_label_values(&[op, outcome]);
             }

@@ -182,6 +182,8 @@ fn kms_problem(region: &Region, e: &KmsError) -> String {
 pub struct Health {
     checks: Mutex<BTreeMap<String, State>>,
     passed_once: AtomicBool,
+    /// `rkms_dependency_check_failed{check}`, once exported.
+    failed: std::sync::OnceLock<prometheus::IntGaugeVec>,
 }
 
 /// A check's last outcome, as `/readyz` names it.
@@ -211,10 +213,27 @@ impl Health {
         health
     }
 
+    /// Show each check's last outcome in `gauge` from now on (1 while it
+    /// is `failed`), so an alert sees what `/readyz` says.
+    pub fn export(&self, gauge: prometheus::IntGaugeVec) {
+        let gauge = self.failed.get_or_init(|| gauge);
+        let map = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, state) in map.iter() {
+            gauge
+                .with_label_values(&[name.as_str()])
+                .set(i64::from(*state == State::Failed));
+        }
+    }
+
     pub fn record(&self, checks: &[Check]) {
         let mut map = self.checks.lock().unwrap_or_else(|p| p.into_inner());
         for check in checks {
             map.insert(check.name.clone(), check.state());
+            if let Some(gauge) = self.failed.get() {
+                gauge
+                    .with_label_values(&[check.name.as_str()])
+                    .set(i64::from(check.state() == State::Failed));
+            }
         }
         if map.values().all(|s| *s != State::Failed) {
             self.passed_once.store(true, Ordering::Release);
@@ -341,6 +360,28 @@ mod tests {
             health.snapshot()[0],
             ("kms.r2".to_string(), State::Unreachable)
         );
+    }
+
+    /// What `/readyz` says failed is a gauge an alert can watch: 1 while
+    /// a check finds a wrong configuration, 0 once it passes, and 0 for
+    /// one that only cannot reach its dependency.
+    #[test]
+    fn failed_checks_are_exported_for_alerts() {
+        let gauge =
+            prometheus::IntGaugeVec::new(prometheus::Opts::new("f", "f"), &["check"]).unwrap();
+        let mut down = check("kms.r2", false);
+        down.transient = true;
+        let health = Health::new(&[check("store", true), check("kms.r1", false), down]);
+        health.export(gauge.clone());
+        let value = |name: &str| gauge.with_label_values(&[name]).get();
+        assert_eq!(
+            (value("store"), value("kms.r1"), value("kms.r2")),
+            (0, 1, 0)
+        );
+        health.record(&[check("kms.r1", true)]);
+        assert_eq!(value("kms.r1"), 0);
+        health.record(&[check("store", false)]);
+        assert_eq!(value("store"), 1);
     }
 
     #[test]

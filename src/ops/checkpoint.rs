@@ -57,9 +57,9 @@ impl Checkpoint {
         scope: &str,
         segments: u32,
     ) -> anyhow::Result<Self> {
-        // Files are written under `backfill+retry` (`copy+retry`): an rkms
-        // from before segments carried their unsettled records reads no
-        // `retry` and would drop them; it refuses another command's file.
+        // Files are written under `backfill+retry+unreadable` (`copy+…`):
+        // an rkms from before segments carried their records (by id, or
+        // also by name) would drop them; it refuses another command's file.
         let written_as = format!("{command}{CARRIES}");
         let fresh = Self {
             command: written_as.clone(),
@@ -79,6 +79,7 @@ impl Checkpoint {
                 let of = loaded
                     .command
                     .strip_suffix(CARRIES)
+                    .or_else(|| loaded.command.strip_suffix(CARRIED_BY_ID))
                     .unwrap_or(&loaded.command);
                 if of != command || loaded.segments.len() != segments as usize {
                     anyhow::bail!(
@@ -162,8 +163,13 @@ impl Checkpoint {
 }
 
 /// Appended to a checkpoint's `command` by an rkms whose segments carry
-/// their unsettled records.
-const CARRIES: &str = "+retry";
+/// their unsettled records, by id (`retry`) and by name (`unreadable`).
+/// An rkms that knows only `retry` refuses it, where it would drop the
+/// `unreadable` list.
+const CARRIES: &str = "+retry+unreadable";
+
+/// What an rkms that carried records by id only appended: resumed.
+const CARRIED_BY_ID: &str = "+retry";
 
 /// Unsettled records a segment carries in its checkpoint, at most. Past
 /// that (every record failing, as when a region's key is gone), the

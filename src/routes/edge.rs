@@ -343,22 +343,48 @@ fn bad_host(request: &Request) -> Option<ApiError> {
     }
 }
 
-/// `uri-host [ ":" port ]`: no user information, a port that fits 16
-/// bits. Empty is allowed (a request target without an authority).
+/// `uri-host [ ":" port ]` (RFC 9110, 7.2): a registered name or an IP
+/// literal in brackets, then a port of digits that fits 16 bits. Empty is
+/// allowed (a request target without an authority). Scanned in place: it
+/// runs on every request.
 fn host_and_port(value: &[u8]) -> bool {
     if value.is_empty() {
         return true;
     }
-    match axum::http::uri::Authority::try_from(value) {
-        Ok(a) => {
-            let port = a.as_str().get(a.host().len()..).unwrap_or_default();
-            let port = port.strip_prefix(':').unwrap_or(port);
-            !a.as_str().contains(['@', ','])
-                && !a.host().is_empty()
-                && (port.is_empty() || port.parse::<u16>().is_ok())
+    let (host_ok, rest) = match value.split_first() {
+        Some((b'[', inside)) => match inside.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &inside[..end];
+                let ok = !literal.is_empty()
+                    && literal
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+                (ok, &inside[end + 1..])
+            }
+            None => (false, &[][..]),
+        },
+        _ => {
+            let end = value.iter().position(|&b| b == b':').unwrap_or(value.len());
+            let name = &value[..end];
+            // unreserved, pct-encoded and sub-delims, but ',' (two Host
+            // lines joined read `a, b`).
+            let ok = !name.is_empty()
+                && name
+                    .iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+;=".contains(&b));
+            (ok, &value[end..])
         }
-        Err(_) => false,
-    }
+    };
+    let port_ok = match rest.split_first() {
+        None => true,
+        Some((b':', port)) => {
+            port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && port.iter().fold(0u32, |n, &d| n * 10 + u32::from(d - b'0')) <= 65535
+        }
+        Some(_) => false,
+    };
+    host_ok && port_ok
 }
 
 /// 414 for a request target over `server.max_uri_bytes`, 431 for headers

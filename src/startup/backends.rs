@@ -14,7 +14,7 @@ use crate::config::{KmsProvider, Settings, StoreBackend};
 use crate::domain::Region;
 use crate::kms::aws::AwsKms;
 use crate::kms::local::{KeyringError, LocalKms};
-use crate::kms::{Context, Kms, KmsErrorKind};
+use crate::kms::{Context, Kms};
 use crate::store::dynamodb::DynamoStore;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
@@ -130,7 +130,8 @@ pub async fn backends(
 /// A region that cannot be asked now passes (an outage, for readiness),
 /// as do an empty store and records without key ARNs (RKMS (Go)). Key
 /// ARNs that differ are confirmed with KMS: a ciphertext the key unwraps
-/// passes (its record's key ARNs were edited).
+/// passes (its record's key ARNs were edited); any other answer, or none,
+/// stops the start.
 async fn refuse_keys_other_than_the_stored_ones(
     kms: &AwsKms,
     regions: &[Region],
@@ -184,17 +185,8 @@ async fn refuse_keys_other_than_the_stored_ones(
                     );
                     continue;
                 }
-                Err(e)
-                    if matches!(
-                        e.kind,
-                        KmsErrorKind::Unavailable
-                            | KmsErrorKind::Throttled
-                            | KmsErrorKind::Saturated
-                    ) =>
-                {
-                    tracing::warn!(error = %crate::report::chain(&e), "cannot check that kms.aws.key_ids.{region} unwraps the stored records");
-                    continue;
-                }
+                // KMS could not say (busy, no answer) or refused: the key
+                // ARNs stand, and the start stops; a start again asks again.
                 Err(e) => {
                     why = format!(
                         " (unwrapping {}'s: {})",

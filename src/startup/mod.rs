@@ -148,6 +148,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
         let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
         metrics.start_at_zero(&regions);
+        health.export(metrics.dependency_check_failed.clone());
         let broker = KeyBroker::new(kms, store, broker_settings(&settings), Arc::clone(&metrics));
         let state = AppState::new(Shared {
             broker,

@@ -117,7 +117,10 @@ pub(super) struct LineWriter<'a>(&'a Buffer);
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        self.0.append(line);
+        match escaped(line) {
+            Some(line) => self.0.append(&line),
+            None => self.0.append(line),
+        }
         // Reported as written either way: the formatter must not retry.
         Ok(line.len())
     }
@@ -125,6 +128,32 @@ impl Write for LineWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// `line` with the characters that split a line for some readers or
+/// display it other than it reads (an id a client chose, in a log field)
+/// written as `\uXXXX`, as the audit lines write them; `None` when it
+/// holds none. Their UTF-8 starts with 0xE2 or 0xD8: lines without those
+/// bytes are not decoded.
+fn escaped(line: &[u8]) -> Option<Vec<u8>> {
+    let breaks = super::audit::breaks_a_line;
+    if !line.iter().any(|&b| b == 0xE2 || b == 0xD8) {
+        return None;
+    }
+    let text = std::str::from_utf8(line).ok()?;
+    if !text.contains(breaks) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(line.len() + 16);
+    for c in text.chars() {
+        if breaks(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+        }
+    }
+    Some(out)
 }
 
 impl<'a> MakeWriter<'a> for Buffer {
@@ -320,6 +349,29 @@ mod tests {
             done.recv_timeout(Duration::from_secs(30)).is_ok(),
             "the guard waited for a reader that takes nothing"
         );
+    }
+
+    /// Application lines carry ids a client chose: line and paragraph
+    /// separators and bidirectional controls in them are escaped, as in the
+    /// audit lines; other text is written as it is.
+    #[test]
+    fn log_lines_escape_what_would_split_them() {
+        let shared = Arc::new(Shared::new());
+        let buffer = Buffer {
+            shared: Arc::clone(&shared),
+            limit: 1 << 20,
+        };
+        let line = "{\"key_id\":\"a\u{2028}b\u{202e}c é\"}\n";
+        buffer.make_writer().write_all(line.as_bytes()).unwrap();
+        buffer
+            .make_writer()
+            .write_all("plain é\n".as_bytes())
+            .unwrap();
+        let pending = String::from_utf8(shared.pending.lock().unwrap().clone()).unwrap();
+        assert_eq!(pending, "{\"key_id\":\"a\\u2028b\\u202ec é\"}\nplain é\n");
+        let first: serde_json::Value =
+            serde_json::from_str(pending.lines().next().unwrap()).unwrap();
+        assert_eq!(first["key_id"], "a\u{2028}b\u{202e}c é");
     }
 
     /// A reader that takes the lines gets every one before the guard's drop

@@ -322,6 +322,11 @@ async fn a_missing_or_repeated_host_is_400() {
             "400",
         ),
         ("GET /healthz HTTP/1.1\r\nHost: :80\r\n", "400"),
+        ("GET /healthz HTTP/1.1\r\nHost: a:+80\r\n", "400"),
+        ("GET /healthz HTTP/1.1\r\nHost: [::1\r\n", "400"),
+        ("GET /healthz HTTP/1.1\r\nHost: [::1]x\r\n", "400"),
+        ("GET /healthz HTTP/1.1\r\nHost: rkms.example:\r\n", "200"),
+        ("GET /healthz HTTP/1.1\r\nHost: 10.0.0.1:65535\r\n", "200"),
     ] {
         let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let request = format!("{head}authorization: Bearer {WRITER}\r\nconnection: close\r\n\r\n");

@@ -152,6 +152,8 @@ async fn alerting_counters_start_at_zero() {
         "rkms_requests_shed_total{reason=\"overload\"} 0",
         "rkms_requests_shed_total{reason=\"rate_limit\"} 0",
         "rkms_store_requests_total{op=\"get\",outcome=\"failed\"} 0",
+        "rkms_dependency_check_failed{check=\"store\"} 0",
+        "rkms_dependency_check_failed{check=\"kms.local-1\"} 0",
         "rkms_kms_requests_total{op=\"decrypt\",outcome=\"misconfigured\",region=\"local-3\"} 0",
         "rkms_kms_requests_total{op=\"generate_data_key\",outcome=\"integrity\",region=\"local-1\"} 0",
         "rkms_kms_requests_total{op=\"encrypt\",outcome=\"ok\",region=\"local-2\"} 0",

@@ -47,15 +47,18 @@ fn digest(encoded: &str) -> [u8; 32] {
 }
 
 impl Held {
-    /// The keys of `file`, read from `path` just now.
-    pub(super) fn new(path: &Path, file: &KeyringFile) -> Self {
+    /// The keys of `file`, read from `path` just now, by this process
+    /// holding the keyring's lock (`locked`: the file is as it was read), or
+    /// without it (then the first check reads it again: it may have been
+    /// replaced since it was read).
+    pub(super) fn new(path: &Path, file: &KeyringFile, locked: bool) -> Self {
         Self {
             digests: file
                 .master_keys
                 .iter()
                 .map(|(region, encoded)| (region.clone(), digest(encoded)))
                 .collect(),
-            seen: Mutex::new(Version::of(path).ok()),
+            seen: Mutex::new(locked.then(|| Version::of(path).ok()).flatten()),
         }
     }
 

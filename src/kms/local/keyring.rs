@@ -298,6 +298,13 @@ pub(super) fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), Ke
         .mode(0o600)
         .open(&tmp)
         .map_err(err)?;
+    // The file it replaces keeps its owner: a tool run as root that adds a
+    // region must not leave the server's keyring readable by root alone.
+    // (Only root can give a file away; for anyone else this is a no-op.)
+    if let Ok(old) = fs::metadata(path) {
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::fchown(&out, Some(old.uid()), Some(old.gid()));
+    }
     // A write that fails (a full disk) leaves no file behind.
     if let Err(e) = out.write_all(&body).and_then(|()| out.sync_all()) {
         drop(out);

@@ -89,7 +89,7 @@ impl LocalKms {
         if added {
             write_atomically(path, &file)?;
         }
-        let held = held::Held::new(path, &file);
+        let held = held::Held::new(path, &file, true);
         tracing::warn!(
             keyring = %path.display(),
             "kms provider \"local\" keeps master keys in a local file: for development only, not for production"
@@ -111,7 +111,7 @@ impl LocalKms {
         Ok(Self {
             keys,
             path: path.to_path_buf(),
-            held: held::Held::new(path, &file),
+            held: held::Held::new(path, &file, false),
         })
     }
 
@@ -147,7 +147,8 @@ impl LocalKms {
                 op,
                 format!(
                     "the keyring {} {why} while rkms ran: its master keys are now only in this process; \
-                     restore the file from a backup (or copy it from another rkms), then restart",
+                     restore the file from a backup (or copy it from another rkms, readable by this one): \
+                     creates go on once it holds them again",
                     self.path.display()
                 ),
             )

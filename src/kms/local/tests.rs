@@ -96,6 +96,29 @@ mod unit {
         kms.check_key(&rs[0]).await.unwrap();
     }
 
+    /// A keyring written again (a region added) keeps its owner: a tool run
+    /// as root on the server's keyring must not leave it readable by root
+    /// alone, which the server would find removed. Needs root to give a
+    /// file away; skipped otherwise.
+    #[tokio::test]
+    async fn a_keyring_written_again_keeps_its_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        LocalKms::open(&path, &regions(&["a"])).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        LocalKms::open(&path, &regions(&["a", "b"])).unwrap();
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+        assert!(LocalKms::open_existing(&path)
+            .unwrap()
+            .has_master_key(&Region::new("b")));
+    }
+
     use crate::domain::KeyId;
 
     fn regions(names: &[&str]) -> Vec<Region> {

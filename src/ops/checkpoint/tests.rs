@@ -94,7 +94,15 @@ fn a_checkpoint_is_written_so_older_rkms_refuse_it() {
     assert_eq!(loaded.segments[0].cursor.as_deref(), Some("c/1"));
     loaded.save(&path).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(r#""command": "copy+retry""#), "{text}");
+    assert!(
+        text.contains(r#""command": "copy+retry+unreadable""#),
+        "{text}"
+    );
+    // One written by an rkms that carried records by id only is resumed.
+    let by_id = r#"{"command":"copy+retry","scope":"A to B","segments":[{"cursor":"c/2","done":false,"retry":["r/1"]}]}"#;
+    std::fs::write(&path, by_id).unwrap();
+    let loaded = Checkpoint::load_or_new(Some(&path), "copy", "A to B", 1).unwrap();
+    assert_eq!(loaded.segments[0].retry, ["r/1"]);
     let err = Checkpoint::load_or_new(Some(&path), "backfill", "A to B", 1)
         .unwrap_err()
         .to_string();

@@ -84,7 +84,13 @@ impl Reopen {
             return Ok(());
         }
         for path in [self.path.clone(), log_path(&self.path)] {
-            match rustix::fs::access(&path, rustix::fs::Access::WRITE_OK) {
+            // As the process's effective user, which is who writes.
+            match rustix::fs::accessat(
+                rustix::fs::CWD,
+                &path,
+                rustix::fs::Access::WRITE_OK,
+                rustix::fs::AtFlags::EACCESS,
+            ) {
                 Ok(()) => {}
                 // No log yet (nothing written): nothing to check.
                 Err(rustix::io::Errno::NOENT) if path != self.path => {}
