@@ -214,7 +214,9 @@ impl Metrics {
     /// shows no increase for it, and the alert misses the first burst.
     /// Auth refusals and sheds by reason; store calls by operation and
     /// outcome; KMS calls by region, operation and outcome.
-    pub fn start_at_zero(&self, regions: &[crate::domain::Region]) {
+    /// `kms_outcomes` are the outcome labels of a KMS call (`ok` and each
+    /// kind of failure).
+    pub fn start_at_zero(&self, regions: &[String], kms_outcomes: &[&str]) {
         let reasons = [
             "missing",
             "malformed",
@@ -236,11 +238,9 @@ impl Metrics {
                 self.store_requests.with_label_values(&[op, outcome]);
             }
         }
-        let outcomes =
-            std::iter::once("ok").chain(crate::kms::KmsErrorKind::ALL.map(|k| k.as_str()));
         for region in regions {
             for op in ["generate_data_key", "decrypt", "encrypt"] {
-                for outcome in outcomes.clone() {
+                for outcome in kms_outcomes {
                     self.kms_requests
                         .with_label_values(&[region.as_str(), op, outcome]);
                 }

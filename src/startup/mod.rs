@@ -146,8 +146,10 @@ impl Application {
         let monitor = health.monitor(deps);
 
         let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
-        let regions: Vec<Region> = settings.kms.regions.iter().map(Region::new).collect();
-        metrics.start_at_zero(&regions);
+        let kms_outcomes: Vec<&str> = std::iter::once("ok")
+            .chain(crate::kms::KmsErrorKind::ALL.map(|k| k.as_str()))
+            .collect();
+        metrics.start_at_zero(&settings.kms.regions, &kms_outcomes);
         health.export(metrics.dependency_check_failed.clone());
         let broker = KeyBroker::new(kms, store, broker_settings(&settings), Arc::clone(&metrics));
         let state = AppState::new(Shared {
