@@ -158,20 +158,25 @@ pub async fn dynamo_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
 
 /// The table rkms expects: hash key `id` of type S, on demand.
 pub async fn create_table(endpoint: &str, name: &str) {
+    create_table_keyed(endpoint, name, "id").await;
+}
+
+/// A table with the hash key `key` of type S, on demand.
+pub async fn create_table_keyed(endpoint: &str, name: &str, key: &str) {
     dynamo_client(endpoint)
         .await
         .create_table()
         .table_name(name)
         .attribute_definitions(
             AttributeDefinition::builder()
-                .attribute_name("id")
+                .attribute_name(key)
                 .attribute_type(ScalarAttributeType::S)
                 .build()
                 .unwrap(),
         )
         .key_schema(
             KeySchemaElement::builder()
-                .attribute_name("id")
+                .attribute_name(key)
                 .key_type(KeyType::Hash)
                 .build()
                 .unwrap(),

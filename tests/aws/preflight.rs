@@ -411,32 +411,8 @@ async fn under_warn_a_missing_table_is_503_on_key_never_500() {
 /// as for a missing table, and readiness fails. It was a 500.
 #[tokio::test]
 async fn under_warn_a_table_with_another_key_is_503_on_key_never_500() {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
     let cloud = Cloud::start(false).await;
-    crate::moto::dynamo_client(&cloud.dynamo.endpoint)
-        .await
-        .create_table()
-        .table_name("other_app")
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("key")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("key")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .unwrap();
+    crate::moto::create_table_keyed(&cloud.dynamo.endpoint, "other_app", "key").await;
     let mut settings = cloud.settings();
     settings.server.preflight = Preflight::Warn;
     settings.store.dynamodb.table = "other_app".into();

@@ -34,6 +34,22 @@ async fn store_of(
     store
 }
 
+/// A record for `id` with a ciphertext in region `a` only.
+async fn wrapped_in(kms: &LocalKms, a: &Region, id: &str) -> KeyRecord {
+    let id = KeyId::parse(id).unwrap();
+    let (_, wrapped) = kms
+        .generate_data_key(a, 32, Context::Bound(&id))
+        .await
+        .unwrap();
+    KeyRecord {
+        id,
+        keys: [(a.clone(), wrapped.ciphertext)].into(),
+        version: Some(2),
+        key_ids: [(a.clone(), wrapped.key_arn)].into(),
+        created_at: None,
+    }
+}
+
 /// One run of backfill over `store`, limited to `max` records, resumed
 /// from `checkpoint`, into `regions`.
 async fn limited<S: Store + 'static>(
@@ -160,18 +176,7 @@ async fn limited_runs_over_segments_each_do_their_share() {
         ids.extend((0..n).map(|i| format!("{prefix}{i:02}")));
     }
     for id in &ids {
-        let id = KeyId::parse(id).unwrap();
-        let (_, wrapped) = kms
-            .generate_data_key(&a, 32, Context::Bound(&id))
-            .await
-            .unwrap();
-        let record = KeyRecord {
-            id: id.clone(),
-            keys: [(a.clone(), wrapped.ciphertext)].into(),
-            version: Some(2),
-            key_ids: [(a.clone(), wrapped.key_arn)].into(),
-            created_at: None,
-        };
+        let record = wrapped_in(&kms, &a, id).await;
         store.put_if_absent(&record).await.unwrap();
     }
     let checkpoint = dir.path().join("cp.json");
@@ -216,18 +221,7 @@ async fn limited_runs_go_on_past_a_corrupt_record_with_an_unreadable_id() {
             )
             .unwrap();
         }
-        let id = KeyId::parse(id).unwrap();
-        let (_, wrapped) = kms
-            .generate_data_key(&a, 32, Context::Bound(&id))
-            .await
-            .unwrap();
-        let record = KeyRecord {
-            id: id.clone(),
-            keys: [(a.clone(), wrapped.ciphertext)].into(),
-            version: Some(2),
-            key_ids: [(a.clone(), wrapped.key_arn)].into(),
-            created_at: None,
-        };
+        let record = wrapped_in(&kms, &a, id).await;
         store.put_if_absent(&record).await.unwrap();
     }
     let checkpoint = dir.path().join("cp.json");
