@@ -12,14 +12,17 @@ use sha2::{Digest, Sha256};
 
 use super::keyring::{read_keyring, KeyringFile};
 
-/// What identifies one version of the file: a change to any of these
-/// (a rename over it, an edit in place) has the file read again.
+/// What identifies one version of the file, through symbolic links (a
+/// link pointed elsewhere is another file): a change to any of these (a
+/// rename over it, an edit in place, a new mode or owner, which change its
+/// ctime) has the file read again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Version {
     dev: u64,
     ino: u64,
     len: u64,
     mtime: (i64, i64),
+    ctime: (i64, i64),
 }
 
 impl Version {
@@ -30,6 +33,7 @@ impl Version {
             ino: m.ino(),
             len: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
         })
     }
 }

@@ -36,6 +36,7 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 pub struct LocalKms {
     keys: BTreeMap<Region, Aes256Gcm>,
+    /// As configured (not through its links).
     path: PathBuf,
     /// Whether the file still holds the master keys: checked before a key
     /// is wrapped and at readiness.
@@ -61,6 +62,9 @@ impl LocalKms {
     /// on `<keyring>.lock`, so a first start never writes over keys another
     /// process has just created and is already using.
     pub fn open(path: &Path, regions: &[Region]) -> Result<Self, KeyringError> {
+        // Checked later as configured: a link pointed at another file since
+        // (a Secret mount's update) is followed to it.
+        let configured = path.to_path_buf();
         // Through a symbolic link: the file it names is the keyring, and a
         // new master key must reach it, not replace the link.
         let path = &through_links(path);
@@ -96,7 +100,7 @@ impl LocalKms {
         );
         Ok(Self {
             keys,
-            path: path.to_path_buf(),
+            path: configured,
             held,
         })
     }

@@ -96,6 +96,59 @@ mod unit {
         kms.check_key(&rs[0]).await.unwrap();
     }
 
+    /// A keyring configured through a symbolic link is checked as
+    /// configured: the link pointed at a copy with the same keys (a Secret
+    /// mount's update) passes, pointed at another keyring fails; its mode
+    /// opened to others fails as a start would. It was watched at the file
+    /// the link named at start: a copy was taken for a removal, and another
+    /// keyring went unseen.
+    #[tokio::test]
+    async fn a_keyring_behind_a_link_is_checked_where_the_link_points_now() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let rs = regions(&["a"]);
+        let (v1, v2, v3) = (
+            dir.path().join("v1"),
+            dir.path().join("v2"),
+            dir.path().join("v3"),
+        );
+        for d in [&v1, &v2, &v3] {
+            fs::create_dir(d).unwrap();
+        }
+        LocalKms::open(&v1.join("keyring.json"), &rs).unwrap();
+        LocalKms::open(&v3.join("keyring.json"), &rs).unwrap();
+        let link = dir.path().join("keyring.json");
+        symlink(v1.join("keyring.json"), &link).unwrap();
+        let kms = LocalKms::open(&link, &rs).unwrap();
+        let id = KeyId::parse("k").unwrap();
+        let point = |to: &std::path::Path| {
+            let tmp = dir.path().join("next.lnk");
+            symlink(to.join("keyring.json"), &tmp).unwrap();
+            fs::rename(&tmp, &link).unwrap();
+        };
+
+        fs::copy(v1.join("keyring.json"), v2.join("keyring.json")).unwrap();
+        fs::set_permissions(v2.join("keyring.json"), fs::Permissions::from_mode(0o600)).unwrap();
+        point(&v2);
+        fs::remove_dir_all(&v1).unwrap();
+        kms.generate_data_key(&rs[0], 32, Context::Bound(&id))
+            .await
+            .unwrap();
+
+        point(&v3);
+        let why = crate::report::chain(&kms.check_key(&rs[0]).await.unwrap_err());
+        assert!(
+            why.contains("no longer holds the master key for a"),
+            "{why}"
+        );
+
+        point(&v2);
+        kms.check_key(&rs[0]).await.unwrap();
+        fs::set_permissions(v2.join("keyring.json"), fs::Permissions::from_mode(0o644)).unwrap();
+        let why = crate::report::chain(&kms.check_key(&rs[0]).await.unwrap_err());
+        assert!(why.contains("cannot be read"), "{why}");
+    }
+
     /// A keyring written again (a region added) keeps its owner: a tool run
     /// as root on the server's keyring must not leave it readable by root
     /// alone, which the server would find removed. Needs root to give a
