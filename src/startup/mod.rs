@@ -27,6 +27,7 @@ use crate::tls::Tls;
 mod backends;
 mod identity;
 mod serve;
+mod stored;
 mod watchdog;
 pub use backends::{backends, store, Access};
 pub use identity::{same_store, store_identity};
