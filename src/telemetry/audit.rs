@@ -119,13 +119,19 @@ pub(crate) fn json_string(out: &mut Vec<u8>, value: &str) {
     let _ = serde_json::to_writer(&mut *out, value);
     if value.contains(breaks_a_line) {
         let written = out.split_off(start);
-        for c in String::from_utf8_lossy(&written).chars() {
-            if breaks_a_line(c) {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            } else {
-                let mut utf8 = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-            }
+        escape_breaks(out, &String::from_utf8_lossy(&written));
+    }
+}
+
+/// `text` into `out`, with each character [`breaks_a_line`] names written
+/// as `\uXXXX` (a JSON escape, and plain to read in a text line).
+pub(crate) fn escape_breaks(out: &mut Vec<u8>, text: &str) {
+    for c in text.chars() {
+        if breaks_a_line(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            let mut utf8 = [0; 4];
+            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
         }
     }
 }

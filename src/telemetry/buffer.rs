@@ -136,23 +136,15 @@ impl Write for LineWriter<'_> {
 /// holds none. Their UTF-8 starts with 0xE2 or 0xD8: lines without those
 /// bytes are not decoded.
 fn escaped(line: &[u8]) -> Option<Vec<u8>> {
-    let breaks = super::audit::breaks_a_line;
     if !line.iter().any(|&b| b == 0xE2 || b == 0xD8) {
         return None;
     }
     let text = std::str::from_utf8(line).ok()?;
-    if !text.contains(breaks) {
+    if !text.contains(super::audit::breaks_a_line) {
         return None;
     }
     let mut out = Vec::with_capacity(line.len() + 16);
-    for c in text.chars() {
-        if breaks(c) {
-            let _ = write!(out, "\\u{:04x}", u32::from(c));
-        } else {
-            let mut utf8 = [0; 4];
-            out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-        }
-    }
+    super::audit::escape_breaks(&mut out, text);
     Some(out)
 }
 

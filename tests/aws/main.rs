@@ -385,12 +385,7 @@ async fn throttling_or_access_denied_in_one_region_falls_back_and_is_logged() {
         assert_eq!(res.status().as_u16(), 200);
         let body: Value = res.json().await.unwrap();
         assert_eq!(body["key"].as_str().unwrap(), key);
-        let metrics = reqwest::get(format!("{}/metrics", proc.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = crate::helpers::metrics_text(&proc.base).await;
         assert!(
             metrics.contains(&format!(
                 "rkms_kms_requests_total{{op=\"decrypt\",outcome=\"{kind}\",region=\"us-east-1\"}}"

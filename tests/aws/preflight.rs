@@ -427,12 +427,7 @@ async fn under_warn_a_table_with_another_key_is_503_on_key_never_500() {
     }
     // Counted as the store being misconfigured, which the chart alerts on,
     // not as an outage.
-    let metrics = reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_text(&server.base).await;
     assert!(
         metrics
             .lines()

@@ -39,8 +39,8 @@ impl Version {
 }
 
 /// The master keys a process holds, by a digest of each (never the key),
-/// and the version of the file it last found them in.
-#[derive(Debug)]
+/// and the version of the file it last found them in. No `Debug`: the
+/// digests are not for printing either.
 pub(super) struct Held {
     digests: BTreeMap<String, [u8; 32]>,
     seen: Mutex<Option<Version>>,
