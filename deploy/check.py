@@ -102,9 +102,21 @@ def plaintext_ok(values: dict) -> dict:
     return deep_merge(values, {"tls": {"allowPlaintext": True}})
 
 
+def with_key_ids(values: dict) -> dict:
+    """`values` with a key id for each region of config.kms.regions (the
+    chart's three by default) unless they give key_ids: the chart has no
+    default key ids, and most checks are about other things."""
+    kms = values.get("config", {}).get("kms", {})
+    if "key_ids" in kms.get("aws", {}):
+        return values
+    regions = kms.get("regions", DEFAULT_REGIONS)
+    return deep_merge(values, {"config": {"kms": {"aws": {"key_ids": {r: "alias/rkms" for r in regions}}}}})
+
+
 def render(values: dict, plaintext: bool = True) -> dict[str, str]:
     """The chart rendered as for `helm install`: template path -> text.
     `plaintext`: accept plain HTTP (see `plaintext_ok`)."""
+    values = with_key_ids(values)
     return Chart.load(str(CHART)).render(
         plaintext_ok(values) if plaintext else values, name=RELEASE, namespace=NAMESPACE, is_install=True)
 
@@ -131,7 +143,9 @@ def server_deployment(docs: list[dict]) -> dict:
     return find(docs, "Deployment")
 
 
-# Value sets the chart is checked with.
+DEFAULT_REGIONS = yaml.safe_load((CHART / "values.yaml").read_text())["config"]["kms"]["regions"]
+
+# Value sets the chart is checked with (with_key_ids adds key ids).
 VALUE_SETS = {
     "defaults": {},
     "all-on": load_values("values-all-on.yaml"),
@@ -139,11 +153,12 @@ VALUE_SETS = {
 }
 
 # Further value sets whose rendered config.toml must pass check-config: an
-# IPv6 listen address, and region sets other than the default three (Helm
-# merges key_ids into the default map; only kms.regions may reach the config).
+# IPv6 listen address, and region sets other than the default three (one
+# region: min_regions_on_create becomes 1).
 CONFIG_VALUE_SETS = {
     "listenAddress ::": {"listenAddress": "::"},
     "two of the default regions": {"config": {"kms": {"regions": ["us-east-1", "us-west-2"]}}},
+    "one region": {"config": {"kms": {"regions": ["us-east-1"]}}},
     "other regions": {"config": {
         "kms": {"regions": ["ap-southeast-2", "eu-central-1"],
                 "aws": {"key_ids": {"ap-southeast-2": "alias/rkms", "eu-central-1": "alias/rkms"}}},
@@ -329,8 +344,28 @@ class Checker:
             "a token-mode client name with '/'": {"auth": {"clients": [{"name": "team/app", "ids": ["*"]}]}},
             "a token-mode client name '..'": {"auth": {"clients": [{"name": "..", "ids": ["*"]}]}},
             "a token-mode spiffe:// client name": {"auth": {"clients": [{"name": "spiffe://example.org/app", "ids": ["*"]}]}},
-            # A region of kms.regions without a key id (the defaults no longer cover it).
-            "a region without a key id": {"config": {"kms": {"regions": ["us-east-1", "ap-southeast-2"]}}},
+            # A region of kms.regions without a key id: the chart has no default.
+            "a region without a key id": {"config": {"kms": {"regions": ["us-east-1", "ap-southeast-2"],
+                                                               "aws": {"key_ids": {"us-east-1": "alias/rkms"}}}}},
+            # A mistyped region in key_ids is not filled in from elsewhere.
+            "a mistyped region in key_ids": {"config": {"kms": {"aws": {"key_ids": {
+                "us-east-1": "alias/a", "us-west-2": "alias/a", "eu-west1": "alias/a"}}}}},
+            "an endpoint for a region not listed": {"config": {"kms": {"aws": {"endpoints": {"ap-south-1": "https://kms.example"}}}}},
+            "min_regions_on_create above the regions": {"config": {"kms": {"regions": ["us-east-1"], "min_regions_on_create": 2}}},
+            # Pairs rkms refuses at start.
+            "cache.max_entries 0 with a cache": {"config": {"cache": {"max_entries": 0}}},
+            "stale_if_error without a cache": {"config": {"cache": {"ttl_seconds": 0, "stale_if_error_seconds": 60}}},
+            "request_timeout_ms past a day": {"config": {"server": {"request_timeout_ms": 1000000000}}},
+            "an mtls client with token_sha256": {"tls": {"enabled": True, "secretName": "rkms-tls"}, "auth": {
+                "mode": "mtls", "clients": [{"name": "a.example", "ids": ["*"], "token_sha256": "ab" * 32}]}},
+            "one port for the API and metrics": {"containerPorts": {"http": 8080, "metrics": 8080}},
+            "one Service port for the API and metrics": {"service": {"port": 8080, "metricsPort": 8080}},
+            "a ServiceMonitor without metrics": {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
+            "a probe on the metrics port without metrics": {"metrics": {"enabled": False},
+                                                            "probes": {"liveness": {"httpGet": {"path": "/healthz", "port": "metrics"}}}},
+            # <fullname>-client (a label key) and <fullname>-preflight (a Job).
+            "a 57-character full name": {"fullnameOverride": "a" * 57},
+            "a 54-character full name with the preflight Job": {"fullnameOverride": "a" * 54, "preflightJob": {"enabled": True}},
         }
         accepted = []
         for what, values in bad.items():
@@ -449,6 +484,60 @@ class Checker:
         if problems:
             raise CheckFailed("\n".join(problems))
         return "probes, preStop and grace period, spread, checksum, metrics port, Service, NetworkPolicy and the helm test pod"
+
+    def probes_and_hook_pods(self) -> str:
+        """Probes reach a listener client connections cannot use up (the
+        metrics port, plain HTTP) and keep a scheme given; the API port is
+        probed over HTTPS under TLS. The preflight and test pods take the
+        pod annotations and their own (a mesh sidecar turned off there)."""
+        tls = {"tls": {"enabled": True, "secretName": "rkms-tls"}}
+        problems = []
+
+        def probes(values: dict) -> dict[str, dict]:
+            container = server_deployment(documents(render(values, plaintext="tls" not in values)))["spec"]["template"]["spec"]["containers"][0]
+            return {p: container[p]["httpGet"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+
+        cases = [
+            ("TLS and metrics (the default ports)", tls, "metrics", None),
+            ("plain HTTP and metrics", {}, "metrics", None),
+            ("TLS without metrics", {**tls, "metrics": {"enabled": False}}, "http", "HTTPS"),
+            ("plain HTTP without metrics", {"metrics": {"enabled": False}}, "http", None),
+        ]
+        for what, values, port, scheme in cases:
+            for name, got in probes(values).items():
+                if got.get("port") != port or got.get("scheme") != scheme:
+                    problems.append(f"{what}: {name} probes port {got.get('port')} scheme {got.get('scheme')}, "
+                                    f"expected {port} {scheme or '(HTTP)'}")
+        given = deep_merge(tls, {"probes": {"liveness": {"httpGet": {"path": "/healthz", "port": "metrics", "scheme": "HTTP"}},
+                                            "readiness": {"httpGet": {"path": "/healthz", "port": "http"}}}})
+        got = probes(given)
+        if got["livenessProbe"].get("scheme") != "HTTP":
+            problems.append(f"an explicit scheme HTTP on the metrics port became {got['livenessProbe'].get('scheme')}")
+        if got["readinessProbe"].get("scheme") != "HTTPS":
+            problems.append("a probe on the API port under TLS is not HTTPS")
+        svc = find(documents(render(tls, plaintext=False)), "Service")
+        if svc["spec"]["ports"][0].get("appProtocol") != "https":
+            problems.append("under TLS the Service's API port has no appProtocol https")
+        docs = documents(render({"podAnnotations": {"team": "keys"}, "podLabels": {"cost": "kms"},
+                                 "preflightJob": {"enabled": True, "podAnnotations": {"sidecar.istio.io/inject": "false"}},
+                                 "tests": {"podAnnotations": {"sidecar.istio.io/inject": "false"}}}))
+        server = server_deployment(docs)["spec"]["template"]["metadata"]
+        job = find(docs, "Job")["spec"]["template"]["metadata"]
+        test = [d for d in docs if d["kind"] == "Pod"][0]["metadata"]
+        if "sidecar.istio.io/inject" in server.get("annotations", {}):
+            problems.append("the preflight Job's annotations reached the server pods")
+        for name, meta in (("preflight Job pod", job), ("test pod", test)):
+            annotations, labels = meta.get("annotations", {}), meta.get("labels", {})
+            if annotations.get("team") != "keys" or annotations.get("sidecar.istio.io/inject") != "false":
+                problems.append(f"the {name} lacks podAnnotations or its own: {annotations}")
+            if labels.get("cost") != "kms":
+                problems.append(f"the {name} lacks podLabels: {labels}")
+            if labels.get("app.kubernetes.io/name") == server["labels"]["app.kubernetes.io/name"]:
+                problems.append(f"the {name} is selected as a server pod")
+        if problems:
+            raise CheckFailed("\n".join(problems))
+        return (f"{len(cases)} TLS and metrics combinations probe the right port and scheme; a scheme given is kept; "
+                "hook and test pods take pod annotations and their own")
 
     @staticmethod
     def test_pod_problems(docs: list[dict], values: dict) -> list[str]:
@@ -643,6 +732,17 @@ class Checker:
                      "exp_alerts": [{"exp_labels": {**ns, "pod": pod, "check": "kms.r1", "severity": "critical"}}]},
                     {"eval_time": "2m", "alertname": "RkmsStoreMisconfigured",
                      "exp_alerts": [{"exp_labels": {**ns, "op": "get", "severity": "critical"}}]},
+                    {"eval_time": "20m", "alertname": "RkmsNotScraped", "exp_alerts": []},
+                ],
+            }, {
+                # Only another release's pods are scraped: these are missing.
+                "interval": "15s",
+                "input_series": [{"series": f'rkms_region_up{{namespace="{NAMESPACE}",pod="{fullname}-canary-5d8f7c9b4-x2bq4",region="r0"}}',
+                                  "values": f"1x{steps}"}],
+                "alert_rule_test": [
+                    {"eval_time": "9m", "alertname": "RkmsNotScraped", "exp_alerts": []},
+                    {"eval_time": "11m", "alertname": "RkmsNotScraped",
+                     "exp_alerts": [{"exp_labels": {**ns, "severity": "warning"}}]},
                 ],
             }],
         }
@@ -663,6 +763,15 @@ class Checker:
                                               "prometheusRule": {"enabled": True}}}, "servicemonitor"),
             "release keys, pod annotations": ({"fullnameOverride": "keys", "metrics": {"prometheusRule": {"enabled": True}}},
                                               "annotations"),
+            # Kubernetes cuts <fullname>-<hash>- to 58 characters before the
+            # pod's 5-character suffix: the hash is cut short, or gone.
+            "a 49-character full name": ({"fullnameOverride": "payments-platform-key-broker-production-eu-west-1",
+                                          "metrics": {"prometheusRule": {"enabled": True}}}, "annotations"),
+            # Past about 50 characters another release whose name begins with
+            # this one's can have pods of the same shape (README says so).
+            "a 56-character full name (its own pods only)": (
+                {"fullnameOverride": "payments-platform-key-broker-production-eu-west-1-blue12",
+                 "metrics": {"prometheusRule": {"enabled": True}}}, "annotations"),
         }
         for what, (values, scrape) in cases.items():
             docs = documents(render(values))
@@ -670,7 +779,7 @@ class Checker:
             name = dep["metadata"]["name"]
             pod_labels = dep["spec"]["template"]["metadata"]["labels"]
             pod_annotations = dep["spec"]["template"]["metadata"].get("annotations", {})
-            pod = f"{name}-5d8f7c9b4-x2bq4"
+            pod = f"{name}-5d8f7c9b4-"[:58] + "x2bq4"
             if scrape == "annotations":
                 if pod_annotations.get("prometheus.io/scrape") != "true":
                     problems.append(f"{what}: the pods are not annotated for scraping")
@@ -684,12 +793,13 @@ class Checker:
                 labels = dict(namespace=NAMESPACE, pod=pod, service=svc["metadata"]["name"], job=svc["metadata"]["name"],
                               endpoint="metrics", container="rkms", instance="10.0.0.1:9090")
             # A pod of another release, <fullname>-canary, in the same namespace.
-            other = {k: (v.replace(name, f"{name}-canary") if k in ("pod", "service", "job") else v)
+            other = {k: (v.replace(name, f"{name}-canary") if k in ("service", "job") else v)
                      for k, v in labels.items()}
+            other["pod"] = f"{name}-canary-5d8f7c9b4-"[:58] + "x2bq4"
             rule = find(docs, "PrometheusRule")
             for group in rule["spec"]["groups"]:
                 for r in group["rules"]:
-                    for selector in re.findall(r"rkms_\w+\{([^}]*)\}", r.get("expr", "")):
+                    for selector in re.findall(r'rkms_\w+\{((?:[^}"]|"(?:[^"\\]|\\.)*")*)\}', r.get("expr", "")):
                         matchers = [(n, op, json.loads(f'"{v}"')) for n, op, v in
                                     re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"', selector)]
                         release = [m for m in matchers if m[0] not in ("state", "status", "outcome", "route")]
@@ -700,7 +810,7 @@ class Checker:
                             problems.append(f"{what}: {{{selector}}} does not match the server pods' series, labelled "
                                             + ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items())
                                                         if not k.startswith(("helm_", "app_kubernetes_io_version"))))
-                        elif all(matches(other, m) for m in release):
+                        elif "its own pods only" not in what and all(matches(other, m) for m in release):
                             problems.append(f"{what}: {r.get('alert')} {{{selector}}} also matches pod {other['pod']}")
         if problems:
             raise CheckFailed("\n".join(sorted(set(problems))))
@@ -853,14 +963,17 @@ class Checker:
         token.write_text("example-token-for-the-terraform-check\n")
         # Three regions, the chart's defaults among them, and two that are not:
         # the chart must render key_ids for exactly the module's regions.
+        # One served over TLS, one in plain HTTP on purpose (allow_plaintext).
+        make_tls_files(root)
+        tls = f'tls = {{ cert = "{root}/tls.crt", key = "{root}/tls.key" }}'
         sets = {
-            "three": (["us-east-1", "us-west-2", "eu-west-1"], "us-east-1"),
-            "two": (["ap-southeast-2", "eu-central-1"], "ap-southeast-2"),
+            "three": (["us-east-1", "us-west-2", "eu-west-1"], "us-east-1", tls),
+            "two": (["ap-southeast-2", "eu-central-1"], "ap-southeast-2", "allow_plaintext = true"),
         }
-        tf = []
-        for name, (regions, home) in sets.items():
+
+        def module(name: str, regions: list[str], home: str, serving: str) -> str:
             key_ids = ", ".join(f'"{r}" = "alias/rkms-{r}"' for r in regions)
-            tf.append(f'''
+            return f'''
 module "config_{name}" {{
   source       = "{TERRAFORM / 'modules' / 'config'}"
   regions      = {json.dumps(regions)}
@@ -868,17 +981,34 @@ module "config_{name}" {{
   table_name   = "rkms_keys"
   table_region = "{home}"
   clients      = [{{ name = "app", token_file = "{token}", ids = ["*"], create = true }}]
+  {serving}
 }}
 output "config_toml_{name}" {{ value = module.config_{name}.config_toml }}
 output "helm_values_{name}" {{ value = module.config_{name}.helm_values }}
-''')
-        (root / "main.tf").write_text("".join(tf))
+'''
+        (root / "main.tf").write_text("".join(module(n, *args) for n, args in sets.items()))
         env = self.terraform_env()
+        # Refused: plain HTTP on 0.0.0.0 unasked, and a region without a key.
+        for what, text, said in (
+            ("plain HTTP unasked", module("plain", ["us-east-1"], "us-east-1", ""), "allow_plaintext"),
+            ("a region without a key id", module("keyless", ["us-east-1"], "us-east-1", tls).replace(
+                'regions      = ["us-east-1"]', 'regions      = ["us-east-1", "eu-west-1"]'), "eu-west-1"),
+        ):
+            bad = self.work / f"tf-config-{what.replace(' ', '-')}"
+            shutil.rmtree(bad, ignore_errors=True)
+            bad.mkdir()
+            (bad / "main.tf").write_text(text)
+            run([terraform, "init", "-input=false", "-backend=false", "-no-color"], cwd=bad, env=env)
+            proc = subprocess.run([terraform, "apply", "-auto-approve", "-input=false", "-no-color", "-state=out.tfstate"],
+                                  cwd=bad, env=env, capture_output=True, text=True)
+            if proc.returncode == 0 or said not in proc.stdout + proc.stderr:
+                raise CheckFailed(f"modules/config with {what}: expected a refusal naming {said}, got exit "
+                                  f"{proc.returncode}:\n{(proc.stdout + proc.stderr)[-800:]}")
         run([terraform, "init", "-input=false", "-backend=false", "-no-color"], cwd=root, env=env)
         run([terraform, "validate", "-no-color"], cwd=root, env=env)
         run([terraform, "apply", "-auto-approve", "-input=false", "-no-color", "-state=out.tfstate"], cwd=root, env=env)
         clean = {k: v for k, v in os.environ.items() if not k.startswith("RKMS")}
-        for name, (regions, home) in sets.items():
+        for name, (regions, home, _) in sets.items():
             config = run([terraform, "output", "-state=out.tfstate", "-raw", f"config_toml_{name}"], cwd=root, env=env)
             values = yaml.safe_load(run([terraform, "output", "-state=out.tfstate", "-raw", f"helm_values_{name}"], cwd=root, env=env))
             (root / f"config-{name}.toml").write_text(config)
@@ -894,8 +1024,9 @@ output "helm_values_{name}" {{ value = module.config_{name}.helm_values }}
             if 'alias/rkms"' in got or 'table = "rkms_keys"' not in got:
                 raise CheckFailed(f"{name} regions: the chart kept a default key id or lost the table:\n{got}")
             self.check_rendered_config(docs, f"terraform-{name}")
-        return ("config.toml accepted by check-config; helm_values for three and for two other regions "
-                "render in the chart to configs check-config accepts")
+        return ("config.toml (TLS, and plain HTTP when allowed) accepted by check-config; plain HTTP unasked and a "
+                "region without a key refused; helm_values for three and for two other regions render in the chart "
+                "to configs check-config accepts")
 
     def provider_constraints(self) -> str:
         """Every required provider has a bounded version constraint, and the
@@ -974,6 +1105,7 @@ output "helm_values_{name}" {{ value = module.config_{name}.helm_values }}
         for value_set in ("defaults", "all-on"):
             self.check(f"chart[{value_set}]: checkov kubernetes", self.checkov_chart, value_set)
         self.check("chart: values.schema.json and template guards refuse bad values", self.schema_rejects)
+        self.check("chart: probes' port and scheme, hook and test pods' annotations", self.probes_and_hook_pods)
         self.check("chart: service account named the same both ways", self.service_account_both_ways)
         self.check("chart: PDB allows an eviction at replicas=1", self.pdb_allows_eviction)
         self.check("chart: client tokens Secret", self.secret_stable)

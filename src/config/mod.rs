@@ -92,6 +92,10 @@ pub struct ServerSettings {
     /// Most bytes of request headers accepted; more is 431.
     pub max_header_bytes: u32,
     pub tls: TlsSettings,
+    /// Serve plain HTTP (no `[server.tls]`) on a `listen` that is not a
+    /// loopback address: answers carry data keys and requests carry client
+    /// tokens, so only where something else encrypts the traffic.
+    pub allow_plaintext: bool,
 }
 
 /// `[server.tls]`: serve HTTPS with this certificate chain and key (PEM).
@@ -253,6 +257,7 @@ impl Default for ServerSettings {
             max_uri_bytes: 8 * 1024,
             max_header_bytes: 16 * 1024,
             tls: TlsSettings::default(),
+            allow_plaintext: false,
         }
     }
 }

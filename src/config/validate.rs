@@ -96,6 +96,17 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(metrics) = self.server.metrics_listen {
+            if overlap(self.server.listen, metrics) {
+                return Err(ConfigError::new(
+                    "server.metrics_listen",
+                    format!(
+                        "{metrics} takes the port of server.listen ({}); give /metrics a port of its own",
+                        self.server.listen
+                    ),
+                ));
+            }
+        }
         if self.server.max_header_bytes < 1024 {
             return Err(ConfigError::new(
                 "server.max_header_bytes",
@@ -176,7 +187,18 @@ impl Settings {
                 "must be 0 while cache.ttl_seconds = 0: stale keys are served from the cache, which is then off",
             ));
         }
-        self.validate_auth()
+        self.validate_auth()?;
+        let listen = self.server.listen;
+        if self.server.tls.cert.is_none()
+            && !listen.ip().is_loopback()
+            && !self.server.allow_plaintext
+        {
+            return Err(ConfigError::new(
+                "server.listen",
+                format!("{listen} is not a loopback address and [server.tls] is not set, so data keys and client tokens would cross the network in plain HTTP; set server.tls.cert and server.tls.key, or server.allow_plaintext = true where something else encrypts the traffic (a service mesh, a TLS proxy on this host)"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_kms(&self) -> Result<(), ConfigError> {
@@ -365,6 +387,15 @@ fn at_most(key: &str, value: u64, max: u64, unit: &str) -> Result<(), ConfigErro
         ));
     }
     Ok(())
+}
+
+/// Whether two listeners would ask for the same port: the same port, and
+/// the same address or either one every address of its family or both
+/// (0.0.0.0 and [::] share a port on Linux's default dual-stack sockets).
+fn overlap(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 pub(super) fn positive(key: &str, value: u64) -> Result<(), ConfigError> {

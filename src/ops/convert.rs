@@ -156,7 +156,8 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
     out.push_str("# Every key not written here takes its default (see rkms's config.toml).\n\n");
     out.push_str("[server]\n");
     let listen = format!("0.0.0.0:{}", port.unwrap_or(8080));
-    out.push_str(&format!("listen = {}\n\n", quoted(&listen)));
+    out.push_str(&format!("listen = {}\n", quoted(&listen)));
+    out.push_str("# RKMS (Go) served plain HTTP. Serve HTTPS ([server.tls] cert and key)\n# and remove this unless something else encrypts the traffic.\nallow_plaintext = true\n\n");
     if let Some(bytes) = data_key_bytes {
         out.push_str(&format!("[keys]\ndata_key_bytes = {bytes}\n\n"));
     }
@@ -193,6 +194,7 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
         "\n[auth]\n# RKMS (Go) had no authentication. This keeps that behaviour so the\n# move changes nothing for clients; switch to mode = \"token\" or \"mtls\"\n# with [[auth.clients]] as soon as the clients can send credentials.\nmode = \"none\"\nallow_unauthenticated = true\n",
     );
     notes.push("RKMS (Go) had no authentication: the converted config sets auth.allow_unauthenticated = true; plan the move to auth.mode = \"token\"".into());
+    notes.push("RKMS (Go) served plain HTTP: the converted config sets server.allow_plaintext = true; add [server.tls] (cert and key) unless something else encrypts the traffic".into());
     Settings::from_toml(&out)
         .map_err(|e| anyhow::anyhow!("the converted config is not valid: {e}"))?;
     Ok(Converted { toml: out, notes })

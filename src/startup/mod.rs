@@ -86,6 +86,18 @@ fn log_summary(settings: &Settings) {
             "auth.mode = \"none\" on a non-loopback address (auth.allow_unauthenticated = true): anyone who can reach rkms gets any key"
         );
     }
+    let plaintext = settings.server.tls.cert.is_none();
+    if plaintext && !settings.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %settings.server.listen,
+            "plain HTTP on a non-loopback address (server.allow_plaintext = true): data keys and client tokens cross the network unencrypted unless something else encrypts them"
+        );
+    }
+    if !plaintext && settings.server.allow_plaintext {
+        tracing::warn!(
+            "server.allow_plaintext = true has no effect with [server.tls]: rkms serves HTTPS; remove it"
+        );
+    }
     if auth.mode != AuthMode::None && auth.allow_unauthenticated {
         tracing::warn!(
             "auth.allow_unauthenticated = true has no effect unless auth.mode = \"none\": every caller must authenticate; remove it"

@@ -659,10 +659,24 @@ fn startup_refuses_no_auth_on_a_public_address() {
         "{stderr}"
     );
     assert!(!dir.path().join("keyring.json").exists());
+    // Allowed, it is still plain HTTP off loopback: that needs saying too.
     let out = command(dir.path())
         .arg("check-config")
         .env("RKMS__SERVER__LISTEN", "0.0.0.0:0")
         .env("RKMS__AUTH__ALLOW_UNAUTHENTICATED", "true")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("server.listen") && stderr.contains("server.allow_plaintext"),
+        "{stderr}"
+    );
+    let out = command(dir.path())
+        .arg("check-config")
+        .env("RKMS__SERVER__LISTEN", "0.0.0.0:0")
+        .env("RKMS__AUTH__ALLOW_UNAUTHENTICATED", "true")
+        .env("RKMS__SERVER__ALLOW_PLAINTEXT", "true")
         .output()
         .unwrap();
     assert!(

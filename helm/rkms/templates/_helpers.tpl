@@ -151,34 +151,62 @@ what depends on the pod: the listen addresses, the TLS file paths and [auth]
 {{- $_ := set $server "tls" $tls -}}
 {{- else if eq .Values.auth.mode "mtls" -}}
 {{- fail "auth.mode = \"mtls\" needs tls.enabled = true and tls.secretName (with ca.crt)" -}}
+{{- else -}}
+{{- /* tls.allowPlaintext, checked in deployment.yaml: rkms needs it said too. */ -}}
+{{- $_ := set $server "allow_plaintext" true -}}
 {{- end -}}
 {{- $_ := set $cfg "server" $server -}}
-{{- /* kms.aws.key_ids for the regions in kms.regions only: Helm merges a
-user's key_ids map into the default one, so entries of default regions a
-user did not list would otherwise stay, and rkms refuses a key id for a
-region that is not in kms.regions. */ -}}
+{{- /* kms.aws.key_ids and kms.aws.endpoints: every entry must name a
+region of kms.regions, and every region needs a key id. The chart has no
+default key ids, so a region name mistyped in key_ids is an error here
+rather than a region quietly given some default key. */ -}}
 {{- $kms := deepCopy (get $cfg "kms" | default dict) -}}
 {{- $kmsAws := deepCopy (get $kms "aws" | default dict) -}}
-{{- $allKeyIds := get $kmsAws "key_ids" | default dict -}}
-{{- $keyIds := dict -}}
-{{- $missing := list -}}
+{{- $regions := list -}}
 {{- range $region := get $kms "regions" | default list -}}
-{{- $id := get $allKeyIds (toString $region) -}}
-{{- if $id -}}
-{{- $_ := set $keyIds (toString $region) $id -}}
-{{- else -}}
-{{- $missing = append $missing (toString $region) -}}
+{{- $regions = append $regions (toString $region) -}}
+{{- end -}}
+{{- range $map := list "key_ids" "endpoints" -}}
+{{- range $region, $_ := get $kmsAws $map | default dict -}}
+{{- if not (has $region $regions) -}}
+{{- fail (printf "config.kms.aws.%s.%s: %s is not in config.kms.regions (%s); a region name mistyped here, or one removed from kms.regions, must be corrected or removed" $map $region $region (join ", " $regions)) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $keyIds := get $kmsAws "key_ids" | default dict -}}
+{{- $missing := list -}}
+{{- range $region := $regions -}}
+{{- if not (get $keyIds $region) -}}
+{{- $missing = append $missing $region -}}
 {{- end -}}
 {{- end -}}
 {{- if $missing -}}
 {{- fail (printf "config.kms.aws.key_ids has no KMS key for %s (in config.kms.regions): set config.kms.aws.key_ids.<region> to the key's id, ARN or alias for every region in config.kms.regions (Terraform's modules/config output helm_values does)" (join ", " $missing)) -}}
 {{- end -}}
-{{- $_ := set $kmsAws "key_ids" $keyIds -}}
+{{- /* min_regions_on_create: 2 (or 1 with one region) unless set. */ -}}
+{{- $minRegions := get $kms "min_regions_on_create" -}}
+{{- if or (not (hasKey $kms "min_regions_on_create")) (kindIs "invalid" $minRegions) -}}
+{{- $_ := set $kms "min_regions_on_create" (min 2 (len $regions)) -}}
+{{- else if gt (int64 $minRegions) (len $regions) -}}
+{{- fail (printf "config.kms.min_regions_on_create (%d) is more than the %d region(s) of config.kms.regions" (int64 $minRegions) (len $regions)) -}}
+{{- end -}}
 {{- $_ := set $kms "aws" $kmsAws -}}
 {{- $_ := set $cfg "kms" $kms -}}
+{{- /* Pairs of values rkms refuses at start: refused here, with the key. */ -}}
+{{- $cache := get $cfg "cache" | default dict -}}
+{{- $ttl := int64 (get $cache "ttl_seconds" | default 0) -}}
+{{- if and (gt $ttl 0) (hasKey $cache "max_entries") (eq (int64 (get $cache "max_entries")) 0) -}}
+{{- fail "config.cache.max_entries: must be at least 1 while config.cache.ttl_seconds > 0 (ttl_seconds: 0 turns the cache off)" -}}
+{{- end -}}
+{{- if and (eq $ttl 0) (gt (int64 (get $cache "stale_if_error_seconds" | default 0)) 0) -}}
+{{- fail "config.cache.stale_if_error_seconds: must be 0 while config.cache.ttl_seconds is 0 (no cache, nothing stale to serve)" -}}
+{{- end -}}
 {{- $clients := list -}}
 {{- range .Values.auth.clients -}}
 {{- $client := omit . "token" -}}
+{{- if and (eq $.Values.auth.mode "mtls") (or .token_sha256 .token_env .token_file) -}}
+{{- fail (printf "auth.clients %q: auth.mode \"mtls\" names clients by certificate; remove its token_sha256, token_env or token_file" .name) -}}
+{{- end -}}
 {{- if and (eq $.Values.auth.mode "token") (not (or .token_sha256 .token_env .token_file)) -}}
 {{- if or (not (regexMatch "^[-._a-zA-Z0-9]{1,253}$" .name)) (regexMatch "^[.][.]?$|^[.][.]" .name) -}}
 {{- fail (printf "auth.clients name %q: in token mode a client whose token is a file from the tokens Secret needs a name of letters, digits, '-', '_' and '.' (not starting with \"..\"): the name is the Secret key and the file name. Rename it, or give it token_sha256 or token_env" .name) -}}

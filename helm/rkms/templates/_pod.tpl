@@ -41,11 +41,28 @@ their mounts, so both see the same config, tokens and certificates.
   mountPath: /tmp
 {{- end -}}
 
-{{/* A probe from values, with the scheme of the API port. */}}
+{{/*
+A probe from values. An httpGet without a port probes the metrics listener
+when metrics.enabled: it has its own connection budget, so clients holding
+server.max_connections on the API port cannot fail the probes and have the
+kubelet restart every pod. The API port is probed over HTTPS under
+tls.enabled; the metrics listener is plain HTTP. A scheme given is kept.
+*/}}
 {{- define "rkms.probe" -}}
+{{- $root := .root -}}
 {{- $probe := deepCopy .probe -}}
-{{- if and $probe.httpGet .root.Values.tls.enabled -}}
-{{- $_ := set $probe.httpGet "scheme" "HTTPS" -}}
+{{- with $probe.httpGet -}}
+{{- if not .port -}}
+{{- $_ := set . "port" (ternary "metrics" "http" $root.Values.metrics.enabled) -}}
+{{- end -}}
+{{- $port := toString .port -}}
+{{- $api := or (eq $port "http") (eq $port (toString $root.Values.containerPorts.http)) -}}
+{{- if and $api $root.Values.tls.enabled (not .scheme) -}}
+{{- $_ := set . "scheme" "HTTPS" -}}
+{{- end -}}
+{{- if and (not $root.Values.metrics.enabled) (or (eq $port "metrics") (eq $port (toString $root.Values.containerPorts.metrics))) -}}
+{{- fail (printf "probes: a probe on the metrics port (%s) needs metrics.enabled: without it nothing listens there" $port) -}}
+{{- end -}}
 {{- end -}}
 {{- toYaml $probe -}}
 {{- end -}}

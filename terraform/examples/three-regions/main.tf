@@ -89,6 +89,12 @@ module "config" {
     ids        = ["*"]
     create     = true
   }]
+  # rendered/config.toml serves HTTPS with these files (the Helm chart
+  # sets its own TLS from tls.secretName).
+  tls = {
+    cert = "/etc/rkms/tls/tls.crt"
+    key  = "/etc/rkms/tls/tls.key"
+  }
 }
 
 resource "local_file" "config" {

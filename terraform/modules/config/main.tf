@@ -6,7 +6,7 @@ locals {
       provider              = "aws"
       regions               = var.regions
       min_regions_on_create = local.min_regions_on_create
-      aws                   = { key_ids = { for r in var.regions : r => var.key_ids[r] } }
+      aws                   = { key_ids = { for r in var.regions : r => lookup(var.key_ids, r, "") } }
     }
     store = {
       backend  = "dynamodb"

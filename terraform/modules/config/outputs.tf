@@ -3,6 +3,8 @@ output "config_toml" {
   value = templatefile("${path.module}/config.toml.tftpl", {
     listen                = var.listen
     metrics_listen        = var.metrics_listen
+    tls                   = var.tls
+    allow_plaintext       = var.allow_plaintext
     regions               = var.regions
     min_regions_on_create = local.min_regions_on_create
     key_ids               = var.key_ids
@@ -10,9 +12,25 @@ output "config_toml" {
     table_name            = var.table_name
     clients               = var.clients
   })
+  precondition {
+    condition     = var.tls != null || var.allow_plaintext || can(regex("^(127\\.|\\[::1\\]:)", var.listen))
+    error_message = "tls: set the server certificate and key, or allow_plaintext = true where something else encrypts the traffic: on ${var.listen} data keys and client tokens would cross the network in plain HTTP."
+  }
+  precondition {
+    condition     = length(setsubtract(var.regions, keys(var.key_ids))) == 0
+    error_message = "key_ids: no key for ${join(", ", setsubtract(var.regions, keys(var.key_ids)))}: every region needs one."
+  }
+  precondition {
+    condition     = local.min_regions_on_create <= length(var.regions)
+    error_message = "min_regions_on_create: more than the ${length(var.regions)} region(s) listed."
+  }
 }
 
 output "helm_values" {
   description = "The Helm chart's `config` value for these regions, keys and table (YAML)."
   value       = yamlencode({ config = local.chart_config })
+  precondition {
+    condition     = length(setsubtract(var.regions, keys(var.key_ids))) == 0
+    error_message = "key_ids: no key for ${join(", ", setsubtract(var.regions, keys(var.key_ids)))}: every region needs one."
+  }
 }

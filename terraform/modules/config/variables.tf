@@ -40,6 +40,26 @@ variable "metrics_listen" {
   default     = "0.0.0.0:9090"
 }
 
+variable "tls" {
+  description = "[server.tls]: paths, on the host that runs rkms, of the server certificate chain and key (PEM), and of the CA that signs client certificates (client_ca, optional). null = plain HTTP, which needs allow_plaintext unless listen is a loopback address."
+  type = object({
+    cert      = string
+    key       = string
+    client_ca = optional(string)
+  })
+  default = null
+  validation {
+    condition     = var.tls == null || (try(length(var.tls.cert), 0) > 0 && try(length(var.tls.key), 0) > 0)
+    error_message = "tls: cert and key are both required (paths of PEM files)."
+  }
+}
+
+variable "allow_plaintext" {
+  description = "server.allow_plaintext: serve plain HTTP on a non-loopback listen without tls. Answers carry data keys and requests carry client tokens: only where something else encrypts the traffic."
+  type        = bool
+  default     = false
+}
+
 variable "clients" {
   description = "[[auth.clients]] in token mode. Each token is read from token_file (a mounted secret holding the raw token)."
   type = list(object({

@@ -21,8 +21,8 @@ variable "rkms_principal_arns" {
   description = "IAM roles rkms runs as (the access module's principal_arns): they may wrap and unwrap data keys, bound to an rkms id."
   type        = list(string)
   validation {
-    condition     = length(var.rkms_principal_arns) > 0
-    error_message = "rkms_principal_arns: at least one role."
+    condition     = length(var.rkms_principal_arns) > 0 && alltrue([for a in var.rkms_principal_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:", a))])
+    error_message = "rkms_principal_arns: at least one role, each an IAM ARN (the access module's irsa_role_arn is empty without irsa: pass the role rkms runs as)."
   }
 }
 
