@@ -704,6 +704,8 @@ class Checker:
             {"series": f'rkms_store_requests_total{{{at},op="get",outcome="failed"}}', "values": burst},
             {"series": f'rkms_dependency_check_failed{{{at},check="kms.r1"}}', "values": f"0 0 1x{steps}"},
             {"series": f'rkms_http_requests_total{{{at},route="/key",status="200"}}', "values": f"0+10x{steps}"},
+            {"series": f'rkms_reload_failed{{{at},source="auth.token_files"}}', "values": f"0 0 0 0 1x{steps}"},
+            {"series": f'rkms_reload_failed{{{at},source="server.tls"}}', "values": f"0x{steps}"},
         ]
         # Another pod whose two regions each went down once, at other times:
         # a region was up throughout, which is no page.
@@ -733,6 +735,8 @@ class Checker:
                     {"eval_time": "2m", "alertname": "RkmsStoreMisconfigured",
                      "exp_alerts": [{"exp_labels": {**ns, "op": "get", "severity": "critical"}}]},
                     {"eval_time": "20m", "alertname": "RkmsNotScraped", "exp_alerts": []},
+                    {"eval_time": "8m", "alertname": "RkmsReloadFailed",
+                     "exp_alerts": [{"exp_labels": {**ns, "pod": pod, "source": "auth.token_files", "severity": "warning"}}]},
                 ],
             }, {
                 # Only another release's pods are scraped: these are missing.

@@ -37,6 +37,7 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub requests_shed: IntCounterVec,
     pub dependency_check_failed: IntGaugeVec,
+    pub reload_failed: IntGaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -107,6 +108,12 @@ impl Metrics {
                 "rkms_dependency_check_failed",
                 "1 while the dependency check (store, kms.<region>) last found a wrong configuration or resource, as /readyz says failed; 0 when it passed or could not reach it",
                 &["check"],
+            )?,
+            reload_failed: gauge_vec(
+                &r,
+                "rkms_reload_failed",
+                "Files re-read while rkms runs whose last change could not be taken, so what they held before is still in force: server.tls (certificate, key, client CA, revocation lists; 0 or 1) and auth.token_files (files)",
+                &["source"],
             )?,
             region_breaker: gauge_vec(
                 &r,
@@ -223,6 +230,7 @@ impl Metrics {
             "unknown",
             "expired",
             "ambiguous",
+            "untrusted",
             "forbidden",
             "create_denied",
             "tls",

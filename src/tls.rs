@@ -1,18 +1,22 @@
 //! HTTPS for the API listener: the rustls server config built from
-//! `[server.tls]` (certificate chain, key, optional client CA), rebuilt when
-//! any of those files changes so rotated certificates (cert-manager) are
-//! served without a restart, and the names a client certificate carries.
+//! `[server.tls]` (certificate chain, key, optional client CA and its
+//! revocation lists), rebuilt when any of those files changes so rotated
+//! certificates (cert-manager) are served without a restart, the names a
+//! client certificate carries, and whether a connection's certificate is
+//! still trusted after such a change.
 //!
 //! Must not: decide who may do what (`auth` maps names to clients); drop a
 //! working config for one that fails to load.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
@@ -25,9 +29,64 @@ const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// The current server config, swapped when the files change.
 #[derive(Clone)]
 pub struct Tls {
-    current: Arc<RwLock<Arc<ServerConfig>>>,
+    current: Arc<RwLock<Arc<Loaded>>>,
+    /// Counts the loads: a connection verified under an earlier one checks
+    /// its certificate again ([`Verified::still_trusted`]).
+    generation: Arc<AtomicU64>,
     files: Vec<PathBuf>,
     settings: TlsSettings,
+}
+
+/// What the files gave: the server config, and the verifier of client
+/// certificates in it (the client CA and its revocation lists).
+struct Loaded {
+    config: Arc<ServerConfig>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("verifies_clients", &self.clients.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client certificate as verified at its connection's handshake. After
+/// the files change (a client CA rotated away, a revocation list that now
+/// lists it), the connection's next request checks it again: a verified
+/// connection must not outlive the trust it was verified under.
+pub struct Verified {
+    tls: Tls,
+    chain: Vec<CertificateDer<'static>>,
+    /// The load it was last verified under.
+    at: AtomicU64,
+}
+
+impl Verified {
+    /// Whether the client CA and revocation lists of this moment still
+    /// verify the certificate (its validity period too).
+    pub fn still_trusted(&self) -> bool {
+        let now = self.tls.generation.load(Ordering::Acquire);
+        if self.at.load(Ordering::Acquire) == now {
+            return true;
+        }
+        let loaded = Arc::clone(&self.tls.current.read().unwrap_or_else(|p| p.into_inner()));
+        let Some((end_entity, intermediates)) = self.chain.split_first() else {
+            return false;
+        };
+        let trusted = loaded.clients.as_ref().is_some_and(|verifier| {
+            verifier
+                .verify_client_cert(end_entity, intermediates, UnixTime::now())
+                .is_ok()
+        });
+        if trusted {
+            // A later change is checked at the next request: `now` was
+            // read before the verifier.
+            self.at.store(now, Ordering::Release);
+        }
+        trusted
+    }
 }
 
 impl std::fmt::Debug for Tls {
@@ -42,32 +101,49 @@ impl Tls {
         if settings.cert.is_none() {
             return Ok(None);
         }
-        let config = build(settings)?;
-        let files = [&settings.cert, &settings.key, &settings.client_ca]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let loaded = build(settings)?;
+        let files = [
+            &settings.cert,
+            &settings.key,
+            &settings.client_ca,
+            &settings.client_crl,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
         Ok(Some(Self {
-            current: Arc::new(RwLock::new(config)),
+            current: Arc::new(RwLock::new(Arc::new(loaded))),
+            generation: Arc::new(AtomicU64::new(0)),
             files,
             settings: settings.clone(),
         }))
     }
 
-    /// An acceptor with the config of this moment.
-    pub fn acceptor(&self) -> TlsAcceptor {
-        let config = self
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        TlsAcceptor::from(config)
+    /// An acceptor with the config of this moment, and the load it is of.
+    pub fn acceptor(&self) -> (TlsAcceptor, u64) {
+        // Read before the config: a load in between makes the connection
+        // check its certificate again, never skip a check.
+        let generation = self.generation.load(Ordering::Acquire);
+        let loaded = Arc::clone(&self.current.read().unwrap_or_else(|p| p.into_inner()));
+        (TlsAcceptor::from(Arc::clone(&loaded.config)), generation)
+    }
+
+    /// The client certificate chain a connection accepted under load
+    /// `generation` presented, to check again after the files change.
+    pub fn verified(&self, chain: &[CertificateDer<'_>], generation: u64) -> Verified {
+        Verified {
+            tls: self.clone(),
+            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+            at: AtomicU64::new(generation),
+        }
     }
 
     /// Reload the config whenever a file's modification time changes. A
-    /// config that fails to load is logged and the previous one kept.
-    pub fn watch(&self) -> tokio::task::JoinHandle<()> {
+    /// config that fails to load is logged and the previous one kept;
+    /// `refused` is 1 until the files load again (a revocation that did not
+    /// take must be seen).
+    pub fn watch(&self, refused_gauge: prometheus::IntGauge) -> tokio::task::JoinHandle<()> {
         let tls = self.clone();
         tokio::spawn(async move {
             let mut seen = tls.stamps();
@@ -83,16 +159,19 @@ impl Tls {
                 }
                 let settings = tls.settings.clone();
                 match tokio::task::spawn_blocking(move || build(&settings)).await {
-                    Ok(Ok(config)) => {
-                        *tls.current.write().unwrap_or_else(|p| p.into_inner()) = config;
-                        tracing::info!("TLS certificate files changed; reloaded");
+                    Ok(Ok(loaded)) => {
+                        *tls.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(loaded);
+                        tls.generation.fetch_add(1, Ordering::AcqRel);
+                        refused_gauge.set(0);
+                        tracing::info!("TLS certificate files changed; reloaded (open connections' client certificates are checked again at their next request)");
                         seen = now;
                         refused = None;
                     }
                     Ok(Err(e)) if refused.as_ref() != Some(&now) => {
+                        refused_gauge.set(1);
                         tracing::error!(
                             error = %format!("{e:#}"),
-                            "TLS certificate files changed but cannot be loaded; still serving the previous ones, and trying again every 5 s"
+                            "TLS certificate files changed but cannot be loaded; still serving and trusting the previous ones (rkms_reload_failed, source server.tls), and trying again every 5 s"
                         );
                         refused = Some(now);
                     }
@@ -111,7 +190,7 @@ impl Tls {
     }
 }
 
-fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
+fn build(settings: &TlsSettings) -> anyhow::Result<Loaded> {
     let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
         anyhow::bail!("server.tls.cert and server.tls.key are both required");
     };
@@ -128,6 +207,7 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .context("server.tls: no TLS protocol version available")?;
+    let mut clients = None;
     let builder = match &settings.client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
@@ -141,11 +221,20 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
             }
             // A certificate is asked for, not required: /healthz and
             // /readyz serve probes without one, and /key answers 401. A
-            // certificate that is presented must verify (CA, expiry).
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
+            // certificate that is presented must verify (CA, expiry, and
+            // the revocation lists when given).
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .allow_unauthenticated();
+            if let Some(path) = &settings.client_crl {
+                verifier = verifier
+                    .with_crls(revocation_lists(path)?)
+                    .only_check_end_entity_revocation();
+            }
+            let verifier: Arc<dyn ClientCertVerifier> = verifier
                 .build()
                 .context("server.tls.client_ca: cannot build the client certificate verifier")?;
+            clients = Some(Arc::clone(&verifier));
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -161,7 +250,29 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Arc<ServerConfig>> {
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
     }
-    Ok(Arc::new(config))
+    Ok(Loaded {
+        config: Arc::new(config),
+        clients,
+    })
+}
+
+/// The revocation lists (PEM `X509 CRL` blocks) in `path`; at least one.
+fn revocation_lists(path: &Path) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    let bytes = read_pem_file(path, "server.tls.client_crl")?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| {
+            format!(
+                "server.tls.client_crl: {} is not PEM revocation lists",
+                path.display()
+            )
+        })?;
+    anyhow::ensure!(
+        !crls.is_empty(),
+        "server.tls.client_crl: {} holds no revocation list (-----BEGIN X509 CRL-----)",
+        path.display()
+    );
+    Ok(crls)
 }
 
 /// A TLS client config that trusts only the CA certificates (PEM) in
@@ -305,6 +416,7 @@ mod tests {
             cert: Some(cert_path),
             key: Some(key_path),
             client_ca: None,
+            client_crl: None,
         }
     }
 
@@ -362,6 +474,7 @@ mod tests {
             cert: Some(cert_path.clone()),
             key: Some(key_path),
             client_ca: None,
+            client_crl: None,
         }
     }
 
@@ -374,12 +487,12 @@ mod tests {
     fn sessions_are_not_resumed_when_client_certificates_are_verified() {
         let dir = tempfile::tempdir().unwrap();
         let mut settings = files(dir.path());
-        let plain = build(&settings).unwrap();
+        let plain = build(&settings).unwrap().config;
         assert!(plain.session_storage.put(b"id".to_vec(), b"state".to_vec()));
         assert!(plain.send_tls13_tickets > 0);
 
         settings.client_ca = settings.cert.clone();
-        let mtls = build(&settings).unwrap();
+        let mtls = build(&settings).unwrap().config;
         assert!(!mtls.session_storage.put(b"id".to_vec(), b"state".to_vec()));
         assert_eq!(mtls.session_storage.get(b"id"), None);
         assert_eq!(mtls.send_tls13_tickets, 0);

@@ -77,13 +77,27 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 
 /// The names a verified TLS client certificate carries (DNS and URI SANs),
 /// put in each request's extensions by the listener.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct PeerNames {
     /// Its DNS and URI subject alternative names ([`crate::tls::peer_names`]).
     pub names: Vec<String>,
     /// Its `notAfter` (Unix seconds): a connection kept open past it is
     /// refused, as a new handshake would be.
     pub not_after: Option<i64>,
+    /// Whether the TLS files of this moment still verify it (a client CA
+    /// rotated away or a revocation list listing it since the handshake
+    /// refuses the connection's next request, as a new handshake would).
+    /// `None`: verified at the handshake only.
+    pub still_trusted: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl std::fmt::Debug for PeerNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerNames")
+            .field("names", &self.names)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct Client {
@@ -138,6 +152,9 @@ pub enum AuthFailure {
     Expired,
     /// A client certificate whose names belong to more than one client.
     Ambiguous,
+    /// A client certificate that the client CA or revocation lists loaded
+    /// since its connection's handshake no longer verify.
+    Untrusted,
 }
 
 impl AuthFailure {
@@ -148,6 +165,7 @@ impl AuthFailure {
             Self::Unknown => "unknown",
             Self::Expired => "expired",
             Self::Ambiguous => "ambiguous",
+            Self::Untrusted => "untrusted",
         }
     }
 
@@ -157,6 +175,9 @@ impl AuthFailure {
             (Self::Unknown, AuthMode::Mtls) => "the client certificate names no known client",
             (Self::Expired, _) => "the client certificate has expired",
             (Self::Ambiguous, _) => "the client certificate names more than one client",
+            (Self::Untrusted, _) => {
+                "the client certificate is no longer trusted (its CA was replaced, or it was revoked)"
+            }
             (Self::Missing, _) => "missing bearer token (Authorization: Bearer <token>)",
             (Self::Malformed, _) => {
                 "the Authorization header is not \"Bearer <token>\", or is given more than once"
@@ -297,6 +318,9 @@ impl Authenticator {
                 let peer = peer.ok_or(AuthFailure::Missing)?;
                 if peer.not_after.is_some_and(|t| t < unix_now()) {
                     return Err(AuthFailure::Expired);
+                }
+                if peer.still_trusted.as_ref().is_some_and(|check| !check()) {
+                    return Err(AuthFailure::Untrusted);
                 }
                 let mut matched = peer.names.iter().filter_map(|n| self.by_name.get(n));
                 let first = *matched.next().ok_or(AuthFailure::Unknown)?;

@@ -160,6 +160,7 @@ fn mtls_matches_any_certificate_name() {
     let peer = |names: &[&str], not_after: Option<i64>| PeerNames {
         names: names.iter().map(|n| n.to_string()).collect(),
         not_after,
+        still_trusted: None,
     };
     let other = peer(&["web.example"], None);
     assert_eq!(
@@ -183,6 +184,15 @@ fn mtls_matches_any_certificate_name() {
     );
     let later = peer(&["spiffe://prod/ns/app/sa/web"], Some(i64::MAX));
     assert!(auth.authenticate(&headers, Some(&later)).is_ok());
+    // The TLS files changed since its handshake and no longer verify it.
+    let revoked = PeerNames {
+        still_trusted: Some(std::sync::Arc::new(|| false)),
+        ..peer(&["spiffe://prod/ns/app/sa/web"], None)
+    };
+    assert_eq!(
+        auth.authenticate(&headers, Some(&revoked)).unwrap_err(),
+        AuthFailure::Untrusted
+    );
 }
 
 /// A certificate naming two clients is refused, whatever the order of its
@@ -206,6 +216,7 @@ fn a_certificate_naming_two_clients_is_refused() {
         let peer = PeerNames {
             names: names.iter().map(|n| n.to_string()).collect(),
             not_after: None,
+            still_trusted: None,
         };
         assert_eq!(
             auth.authenticate(&headers, Some(&peer)).unwrap_err(),
@@ -216,6 +227,7 @@ fn a_certificate_naming_two_clients_is_refused() {
     let twice = PeerNames {
         names: vec!["alice".into(), "alice".into()],
         not_after: None,
+        still_trusted: None,
     };
     assert_eq!(
         auth.authenticate(&headers, Some(&twice)).unwrap().name(),

@@ -54,11 +54,13 @@ impl Authenticator {
     /// `token_sha256` among them), or new tokens that another client
     /// already has, is logged once and changes nothing for that client:
     /// its tokens in use stay. Blocking file reads: run off the async
-    /// workers.
-    pub fn reload_token_files(&self) {
+    /// workers. Returns how many files are held so (what they held before
+    /// is still in force).
+    pub fn reload_token_files(&self) -> usize {
         if self.files.is_empty() {
-            return;
+            return 0;
         }
+        let mut refused = 0;
         let current = self.current_tokens();
         let mut next = (*current).clone();
         let mut changed = Vec::new();
@@ -100,6 +102,7 @@ impl Authenticator {
                     }
                 }
             };
+            refused += usize::from(problem.is_some());
             if *said != problem {
                 if let Some(why) = &problem {
                     tracing::error!(
@@ -112,7 +115,7 @@ impl Authenticator {
             }
         }
         if changed.is_empty() {
-            return;
+            return refused;
         }
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         self.generation.fetch_add(1, Ordering::Release);
@@ -131,5 +134,6 @@ impl Authenticator {
                 );
             }
         }
+        refused
     }
 }

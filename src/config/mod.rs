@@ -110,6 +110,10 @@ pub struct TlsSettings {
     pub key: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) of `client_ca`: a listed client
+    /// certificate is refused, on open connections too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_crl: Option<PathBuf>,
 }
 
 /// `server.preflight`: the store and every region's KMS key are checked at

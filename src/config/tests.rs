@@ -116,6 +116,7 @@ fn bad_values_name_the_key() {
         ("[server.tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_ca = \"/ca\"\n[auth]\nmode = \"mtls\"\n[[auth.clients]]\nname = \"billing/web\"\nids = [\"*\"]", "auth.clients[0].name"),
         ("[server.tls]\ncert = \"/c.pem\"", "server.tls.key"),
         ("[server.tls]\nclient_ca = \"/ca.pem\"", "server.tls.cert"),
+        ("[server.tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_crl = \"/ca.crl\"", "server.tls.client_crl"),
         ("[server]\nmax_concurrent_requests = 0", "server.max_concurrent_requests"),
         ("[server]\nmax_connections = 0", "server.max_connections"),
         ("[store]\ncall_timeout_ms = 4000000000000", "store.call_timeout_ms"),

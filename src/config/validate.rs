@@ -25,6 +25,7 @@ impl Settings {
             ("server.tls.cert", &tls.cert),
             ("server.tls.key", &tls.key),
             ("server.tls.client_ca", &tls.client_ca),
+            ("server.tls.client_crl", &tls.client_crl),
         ] {
             if let Some(path) = path {
                 paths.push((key.into(), path));
@@ -121,6 +122,7 @@ impl Settings {
             ("server.tls.cert", &tls.cert),
             ("server.tls.key", &tls.key),
             ("server.tls.client_ca", &tls.client_ca),
+            ("server.tls.client_crl", &tls.client_crl),
         ] {
             if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 return Err(ConfigError::new(
@@ -149,6 +151,12 @@ impl Settings {
                 ))
             }
             _ => {}
+        }
+        if tls.client_crl.is_some() && tls.client_ca.is_none() {
+            return Err(ConfigError::new(
+                "server.tls.client_crl",
+                "needs server.tls.client_ca: revocation lists are of the CA that signs client certificates",
+            ));
         }
         if !matches!(
             self.log.level.to_ascii_lowercase().as_str(),

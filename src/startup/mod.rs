@@ -257,8 +257,15 @@ impl Application {
         let addr = self.listener.local_addr()?;
         tracing::info!(%addr, tls = self.tls.is_some(), "rkms serving");
         let app = routes::router(self.state.clone());
-        let reloader = self.tls.as_ref().map(Tls::watch);
-        let token_files = watch_token_files(&self.state.auth);
+        let reload_failed = &self.state.metrics.reload_failed;
+        let reloader = self
+            .tls
+            .as_ref()
+            .map(|tls| tls.watch(reload_failed.with_label_values(&["server.tls"])));
+        let token_files = watch_token_files(
+            &self.state.auth,
+            reload_failed.with_label_values(&["auth.token_files"]),
+        );
         let server = serve(
             self.listener,
             app,
@@ -312,7 +319,10 @@ const TOKEN_FILES_EVERY: Duration = Duration::from_secs(5);
 
 /// Re-read the clients' token files every few seconds, when some client
 /// has one, so a rotated token applies without a restart.
-fn watch_token_files(auth: &Arc<Authenticator>) -> Option<tokio::task::JoinHandle<()>> {
+fn watch_token_files(
+    auth: &Arc<Authenticator>,
+    refused: prometheus::IntGauge,
+) -> Option<tokio::task::JoinHandle<()>> {
     if !auth.has_token_files() {
         return None;
     }
@@ -326,7 +336,10 @@ fn watch_token_files(auth: &Arc<Authenticator>) -> Option<tokio::task::JoinHandl
             every.tick().await;
             let auth = Arc::clone(&auth);
             // A file on a stalled volume blocks its reader, not a worker.
-            let _ = tokio::task::spawn_blocking(move || auth.reload_token_files()).await;
+            if let Ok(files) = tokio::task::spawn_blocking(move || auth.reload_token_files()).await
+            {
+                refused.set(i64::try_from(files).unwrap_or(i64::MAX));
+            }
         }
     }))
 }

@@ -172,7 +172,8 @@ pub(super) async fn serve(
             });
             continue;
         };
-        let acceptor = tls.acceptor();
+        let (acceptor, loaded) = tls.acceptor();
+        let tls = tls.clone();
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let _permit = permit;
@@ -202,15 +203,15 @@ pub(super) async fn serve(
             };
             // Only a connection that presented a (verified) certificate
             // has peer names.
-            let peer = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .map(|cert| {
-                    let (names, not_after) = crate::tls::peer_names(cert);
-                    PeerNames { names, not_after }
-                });
+            let peer = stream.get_ref().1.peer_certificates().and_then(|chain| {
+                let (names, not_after) = crate::tls::peer_names(chain.first()?);
+                let verified = tls.verified(chain, loaded);
+                Some(PeerNames {
+                    names,
+                    not_after,
+                    still_trusted: Some(Arc::new(move || verified.still_trusted())),
+                })
+            });
             let service = tower::ServiceExt::map_request(
                 app,
                 move |mut request: axum::http::Request<hyper::body::Incoming>| {

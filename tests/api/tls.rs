@@ -483,3 +483,125 @@ async fn certificate_names_are_matched_by_kind_and_must_name_one_client() {
         "{metrics}"
     );
 }
+
+/// A revocation list of `ca` listing `serials` (PEM).
+fn revocation_list(ca: &Ca, number: u64, serials: &[u64]) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(1),
+        next_update: now + time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from(number),
+        issuing_distribution_point: None,
+        revoked_certs: serials
+            .iter()
+            .map(|&serial| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(serial),
+                revocation_time: now,
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&ca.cert, &ca.key)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+/// The billing client's certificate from `ca`, with serial number `serial`.
+fn billing_with_serial(ca: &Ca, serial: u64) -> (String, String) {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = vec![uri("spiffe://test/ns/billing/sa/app")];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.serial_number = Some(rcgen::SerialNumber::from(serial));
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// Poll `/metrics` until `line` appears (the TLS files are looked at every
+/// 5 s).
+async fn until_metrics_say(app: &TestApp, line: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = plain_metrics(app).await;
+        if metrics.contains(line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {line}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Revoking a client certificate (server.tls.client_crl) or replacing the
+/// client CA refuses it on connections opened before, at their next
+/// request, as on new ones; a revocation list that cannot be loaded keeps
+/// the previous one, and says so in rkms_reload_failed.
+#[tokio::test]
+async fn a_revoked_certificate_or_a_replaced_ca_ends_open_connections_access() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("rkms test ca");
+    let files = write_server_files(dir.path(), &ca);
+    let crl = dir.path().join("ca.crl");
+    std::fs::write(&crl, revocation_list(&ca, 1, &[])).unwrap();
+    let app = spawn_with(|s| {
+        mtls_settings(s, &files);
+        s.server.tls.client_crl = Some(crl.clone());
+        s.server.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let url = format!("{}/key?id=billing/revoked", https(&app));
+    let leaked = https_client(&ca, Some(&billing_with_serial(&ca, 7)));
+    let other = https_client(&ca, Some(&billing_with_serial(&ca, 8)));
+    assert_eq!(leaked.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
+    until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 0").await;
+
+    // A list that does not load keeps the previous one, and says so.
+    std::fs::write(&crl, "-----BEGIN X509 CRL-----\ngarbage\n").unwrap();
+    until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 1").await;
+    assert_eq!(leaked.get(&url).send().await.unwrap().status(), 200);
+
+    // Serial 7 revoked: its open connection is refused at its next request.
+    std::fs::write(&crl, revocation_list(&ca, 2, &[7])).unwrap();
+    until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 0").await;
+    let res = leaked.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(
+        body["error_message"],
+        "the client certificate is no longer trusted (its CA was replaced, or it was revoked)"
+    );
+    assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
+    // A new connection with it fails its handshake.
+    let fresh = https_client(&ca, Some(&billing_with_serial(&ca, 7)));
+    assert!(fresh.get(&url).send().await.is_err());
+    assert!(plain_metrics(&app)
+        .await
+        .contains("rkms_auth_failures_total{reason=\"untrusted\"} 1"));
+
+    // The client CA replaced by another: the open connection of serial 8
+    // is refused too.
+    let next = Ca::new("next ca");
+    std::fs::write(&crl, revocation_list(&next, 1, &[])).unwrap();
+    std::fs::write(&files.2, next.cert.pem()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = other.get(&url).send().await.unwrap().status();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the connection verified under the old CA is still served"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let moved = https_client(&ca, Some(&billing_with_serial(&next, 9)));
+    assert_eq!(moved.get(&url).send().await.unwrap().status(), 200);
+}
