@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::{
-    join_segments, list_lines, note, progress, read_again, retried, Checkpoint, KmsBudget, Walk,
-    PAGE,
+    join_segments, list_lines, note, progress, read_again, retried, Checkpoint, Down, KmsBudget,
+    Walk, PAGE,
 };
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms};
@@ -122,12 +122,16 @@ pub async fn run(
     let budget = KmsBudget::per_second(options.max_rps);
     let limit = options.max_records.map(|max| Arc::new(Limit::new(max)));
     let bar = progress("backfill");
+    let down = Arc::new(Down::new(
+        "backfill: KMS in this region cannot be asked; records that need it fail without a call (a resumed run retries them)",
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for segment in 0..segments {
         let (kms, store, regions) = (Arc::clone(&kms), Arc::clone(&store), regions.clone());
         let (checkpoint, summary) = (Arc::clone(&checkpoint), Arc::clone(&summary));
         let (budget, limit, bar, options) =
             (budget.clone(), limit.clone(), bar.clone(), options.clone());
+        let down = Arc::clone(&down);
         tasks.spawn(async move {
             let mut walk = Walk::resume(&checkpoint, segment, segments);
             let save = options.checkpoint.as_deref().filter(|_| !options.dry_run);
@@ -136,6 +140,7 @@ pub async fn run(
                 store: Arc::clone(&store),
                 regions,
                 budget,
+                down,
                 summary: Arc::clone(&summary),
                 dry_run: options.dry_run,
             };
@@ -247,6 +252,9 @@ struct Each {
     store: Arc<dyn Store>,
     regions: Vec<Region>,
     budget: KmsBudget,
+    /// Regions that did not answer, left alone for a while (shared by the
+    /// segments).
+    down: Arc<Down>,
     summary: Arc<Mutex<Summary>>,
     dry_run: bool,
 }
@@ -266,15 +274,7 @@ impl Each {
                 return;
             }
         };
-        let outcome = fill(
-            &self.kms,
-            &self.store,
-            &self.regions,
-            &self.budget,
-            &record,
-            self.dry_run,
-        )
-        .await;
+        let outcome = fill(self, &record).await;
         let mut s = lock(&self.summary);
         let s = &mut *s;
         s.scanned += 1;
@@ -344,14 +344,14 @@ impl Limit {
     }
 }
 
-async fn fill(
-    kms: &Arc<dyn Kms>,
-    store: &Arc<dyn Store>,
-    regions: &[Region],
-    budget: &KmsBudget,
-    record: &KeyRecord,
-    dry_run: bool,
-) -> Outcome {
+async fn fill(each: &Each, record: &KeyRecord) -> Outcome {
+    let (kms, store, regions, budget, down) = (
+        &each.kms,
+        &each.store,
+        &each.regions,
+        &each.budget,
+        &each.down,
+    );
     let missing: Vec<&Region> = regions
         .iter()
         .filter(|r| !record.keys.contains_key(*r))
@@ -362,20 +362,27 @@ async fn fill(
     if !record.bound_to_id() {
         return Outcome::Legacy;
     }
-    if dry_run {
+    if each.dry_run {
         return Outcome::Added(missing.len() as u64);
     }
     let context = Context::Bound(&record.id);
     let mut key = None;
     let mut last_error = String::from("no configured region holds a ciphertext");
     for region in regions.iter().filter(|r| record.keys.contains_key(*r)) {
+        if down.is_down(region) {
+            last_error = format!("{region} did not answer a moment ago and is left alone for now");
+            continue;
+        }
         budget.take().await;
         match kms.decrypt(region, &record.keys[region], context).await {
             Ok(k) => {
                 key = Some(k);
                 break;
             }
-            Err(e) => last_error = chain(&e),
+            Err(e) => {
+                down.mark_if_unreachable(region, &e);
+                last_error = chain(&e);
+            }
         }
     }
     let Some(key) = key else {
@@ -385,13 +392,22 @@ async fn fill(
     let mut key_ids = BTreeMap::new();
     let mut failures = Vec::new();
     for region in missing {
+        if down.is_down(region) {
+            failures.push(format!(
+                "{region} did not answer a moment ago and is left alone for now"
+            ));
+            continue;
+        }
         budget.take().await;
         match kms.encrypt(region, &key, context).await {
             Ok(wrapped) => {
                 keys.insert(region.clone(), wrapped.ciphertext);
                 key_ids.insert(region.clone(), wrapped.key_arn);
             }
-            Err(e) => failures.push(chain(&e)),
+            Err(e) => {
+                down.mark_if_unreachable(region, &e);
+                failures.push(chain(&e));
+            }
         }
     }
     // The update adds nothing to a record deleted, or written again with

@@ -15,15 +15,74 @@ pub mod verify;
 mod checkpoint;
 pub use checkpoint::{next_page, read_again, Checkpoint, SegmentState, Walk, MAX_RETRY};
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::domain::Region;
+use crate::kms::{KmsError, KmsErrorKind};
 use crate::store::StoreError;
 
 /// Records asked for per scan page.
 pub const PAGE: usize = 100;
+
+/// How long a region that could not be asked (a timeout, no credentials)
+/// is left alone before the next record tries it again.
+const DOWN_FOR: Duration = Duration::from_secs(10);
+
+/// Regions that could not be asked, and until when they are left alone.
+/// Without it a region that hangs costs every record a whole call timeout:
+/// a walk over a million records would take days to say what the first
+/// few calls had shown.
+pub struct Down {
+    until: Mutex<HashMap<Region, Instant>>,
+    /// Logged when a region is left alone: what the tool does meanwhile.
+    meanwhile: &'static str,
+}
+
+impl Down {
+    pub fn new(meanwhile: &'static str) -> Self {
+        Self {
+            until: Mutex::default(),
+            meanwhile,
+        }
+    }
+
+    pub fn is_down(&self, region: &Region) -> bool {
+        let mut down = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        match down.get(region) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                down.remove(region);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn mark(&self, region: &Region) {
+        let mut down = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if down
+            .insert(region.clone(), Instant::now() + DOWN_FOR)
+            .is_none()
+        {
+            tracing::warn!(%region, "{}, for the next {}s", self.meanwhile, DOWN_FOR.as_secs());
+        }
+    }
+
+    /// Leave `region` alone for a while when `error` says it cannot be
+    /// asked now (no answer, no credentials); whether it did.
+    pub fn mark_if_unreachable(&self, region: &Region, error: &KmsError) -> bool {
+        let unreachable = error.no_credentials() || error.kind == KmsErrorKind::Unavailable;
+        if unreachable {
+            self.mark(region);
+        }
+        unreachable
+    }
+}
 
 /// Wait for every segment. On the first that fails, stop the others and
 /// fail saying what had been done by then (`done`: the summary so far),

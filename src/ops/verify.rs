@@ -3,14 +3,15 @@
 //! region alone, and check that every region yields the same data key. A
 //! record is recoverable in a region only when that decrypt succeeds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::Serialize;
 
-use super::{failed_id, list_lines, next_page, note, progress, KmsBudget, SegmentState, PAGE};
+use super::{
+    failed_id, list_lines, next_page, note, progress, Down, KmsBudget, SegmentState, PAGE,
+};
 use crate::domain::{KeyRecord, Region};
 use crate::kms::{Context, Kms, KmsErrorKind};
 use crate::report::chain;
@@ -121,7 +122,9 @@ pub async fn run(
         ..Report::default()
     }));
     let budget = KmsBudget::per_second(options.max_rps);
-    let down = Arc::new(Down::default());
+    let down = Arc::new(Down::new(
+        "verify: KMS in this region cannot be asked; its ciphertexts count as unavailable, without a call",
+    ));
     let bar = progress("verify");
     // With a sample, the scan only collects (reservoir sampling, per
     // segment in proportion), then the sample is verified.
@@ -197,42 +200,6 @@ fn reservoir(sampled: &Mutex<(u64, Vec<KeyRecord>)>, n: usize, record: KeyRecord
     }
 }
 
-/// How long a region that could not be asked (a timeout, no credentials)
-/// is left alone before the next record tries it again.
-const DOWN_FOR: Duration = Duration::from_secs(10);
-
-/// Regions that could not be asked, and until when they are left alone.
-/// Without it a region that hangs costs every record a whole call timeout:
-/// a drill over a million records would take days to say what the first
-/// few calls had shown. Records meanwhile count as `unavailable` in that
-/// region, as a failed call would: not verified, so the drill fails.
-#[derive(Default)]
-struct Down(Mutex<HashMap<Region, Instant>>);
-
-impl Down {
-    fn is_down(&self, region: &Region) -> bool {
-        let mut down = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match down.get(region) {
-            Some(until) if Instant::now() < *until => true,
-            Some(_) => {
-                down.remove(region);
-                false
-            }
-            None => false,
-        }
-    }
-
-    fn mark(&self, region: &Region) {
-        let mut down = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if down
-            .insert(region.clone(), Instant::now() + DOWN_FOR)
-            .is_none()
-        {
-            tracing::warn!(%region, "verify: KMS in this region cannot be asked; its ciphertexts count as unavailable, without a call, for the next {}s", DOWN_FOR.as_secs());
-        }
-    }
-}
-
 async fn check(
     kms: &Arc<dyn Kms>,
     regions: &[Region],
@@ -264,14 +231,7 @@ async fn check(
                         match e.kind {
                             // Not verified, and the same for every record:
                             // never "undecryptable", which reads as a lost key.
-                            _ if e.no_credentials() => {
-                                down.mark(region);
-                                "unavailable"
-                            }
-                            KmsErrorKind::Unavailable => {
-                                down.mark(region);
-                                "unavailable"
-                            }
+                            _ if down.mark_if_unreachable(region, &e) => "unavailable",
                             KmsErrorKind::Throttled => "unavailable",
                             KmsErrorKind::Saturated => "unavailable",
                             _ => "undecryptable",

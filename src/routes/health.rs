@@ -22,7 +22,8 @@ pub async fn healthz() -> Json<Value> {
 }
 
 /// Ready when the store answers, a KMS region can serve, and every
-/// dependency check has passed since start. The body names each check
+/// dependency check has passed once since start (a region's key found
+/// wrong later is `failed` in the body, not unready: others serve). The body names each check
 /// (`store`, `kms`, `kms.<region>`) with `ok` or why not: `failed` (the
 /// configuration or resource is wrong; the log says why), `unreachable`
 /// (no answer, a timeout, every breaker open) or `breaker_open`. `kms` is

@@ -246,3 +246,60 @@ async fn limited_runs_go_on_past_a_corrupt_record_with_an_unreadable_id() {
     assert_eq!(saved.segments[0].unreadable, ["bad\u{1}id"]);
     assert!(saved.segments[0].retry.is_empty());
 }
+
+/// A region that does not answer is asked once and then left alone for a
+/// while, as verify does: each record that needs it fails without a call
+/// (a resumed run retries it), rather than paying a whole call timeout.
+/// Records it is not needed for are filled from the regions that answer.
+#[tokio::test]
+async fn a_region_that_cannot_be_asked_is_left_alone() {
+    use crate::kms::faulty::{Fault, FaultyKms};
+    use crate::kms::KmsErrorKind;
+    let (a, b, c) = (Region::new("a"), Region::new("b"), Region::new("c"));
+    let dir = tempfile::tempdir().unwrap();
+    let local = Arc::new(
+        LocalKms::open(
+            &dir.path().join("keyring.json"),
+            &[a.clone(), b.clone(), c.clone()],
+        )
+        .unwrap(),
+    );
+    let ids: Vec<String> = (0..20).map(|i| format!("b/{i:02}")).collect();
+    let store = store_of(&local, &a, &ids, |_| false).await;
+    let kms = Arc::new(FaultyKms::new(Arc::clone(&local) as Arc<dyn Kms>));
+    // The preferred region holding every ciphertext does not answer, nor
+    // does c, a region they lack.
+    kms.set_fault(&a, Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    let options = Options {
+        segments: 1,
+        max_rps: 0,
+        dry_run: false,
+        checkpoint: None,
+        max_records: None,
+        scope: "test".into(),
+    };
+    let run_once = || {
+        run(
+            Arc::clone(&kms) as Arc<dyn Kms>,
+            Arc::clone(&store) as Arc<dyn Store>,
+            vec![a.clone(), b.clone(), c.clone()],
+            options.clone(),
+        )
+    };
+    let summary = run_once().await.unwrap();
+    assert_eq!(summary.failed, 20, "{summary:?}");
+    assert_eq!(kms.calls(&a, "decrypt"), 1, "asked once, then left alone");
+
+    // a answers again, c does not: b is added to every record, c is asked
+    // once, and a later run (after the pause) would retry it.
+    kms.set_fault(&a, None);
+    kms.set_fault(&c, Some(Fault::Fail(KmsErrorKind::Unavailable)));
+    let summary = run_once().await.unwrap();
+    assert_eq!(summary.failed, 20, "c is still missing: {summary:?}");
+    assert_eq!(kms.calls(&c, "encrypt"), 1, "asked once, then left alone");
+    for id in &ids {
+        let id = KeyId::parse(id).unwrap();
+        let stored = store.get(&id).await.unwrap().unwrap();
+        assert!(stored.keys.contains_key(&b) && !stored.keys.contains_key(&c));
+    }
+}
