@@ -84,15 +84,34 @@ impl HedgeBudget {
 /// first choice. Regions that are all slow keep their order.
 #[derive(Default)]
 pub(super) struct SlowRegions {
-    until: Mutex<std::collections::HashMap<Region, Instant>>,
+    until: Mutex<std::collections::HashMap<Region, Held>>,
+}
+
+/// A slow region held back: until when, and whether its time was served
+/// and a probe (one caller's call) is out.
+#[derive(Clone, Copy)]
+struct Held {
+    until: Instant,
+    probing: bool,
 }
 
 impl SlowRegions {
+    /// A fast answer ends a region's hold only once its time is served (the
+    /// probe's): one fast answer in a moment of a region that keeps
+    /// freezing would put it first again for every request, and with the
+    /// hedge budget spent they would all wait out its next freeze.
     fn record(&self, region: &Region, took: Duration, limit: Duration, hold: Duration) {
         let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
         if took > limit && !hold.is_zero() {
-            until.insert(region.clone(), Instant::now() + hold);
-        } else {
+            let held = Held {
+                until: Instant::now() + hold,
+                probing: false,
+            };
+            until.insert(region.clone(), held);
+        } else if until
+            .get(region)
+            .is_some_and(|h| h.probing || h.until <= Instant::now())
+        {
             until.remove(region);
         }
     }
@@ -113,15 +132,18 @@ impl SlowRegions {
         let now = Instant::now();
         let mut probing = None;
         for r in order {
-            if let Some(t) = until.get_mut(r) {
-                if *t <= now && probing.is_none() {
-                    *t = now + probe_for;
+            if let Some(held) = until.get_mut(r) {
+                if held.until <= now && probing.is_none() {
+                    *held = Held {
+                        until: now + probe_for,
+                        probing: true,
+                    };
                     probing = Some(r.clone());
                 }
             }
         }
         let is_slow =
-            |r: &Region| probing.as_ref() != Some(r) && until.get(r).is_some_and(|t| *t > now);
+            |r: &Region| probing.as_ref() != Some(r) && until.get(r).is_some_and(|h| h.until > now);
         let (fast, slow): (Vec<Region>, Vec<Region>) =
             order.iter().cloned().partition(|r| !is_slow(r));
         if fast.is_empty() {
@@ -442,5 +464,35 @@ mod tests {
         let none = HedgeBudget::new(0, 0);
         none.deposit();
         assert!(!none.try_spend());
+    }
+
+    /// A region that keeps freezing answers fast now and then (a hedged
+    /// call that lands in a moment it runs): that must not put it first
+    /// again before its hold is served and a probe has answered fast.
+    #[test]
+    fn a_slow_region_is_held_back_until_its_probe_answers_fast() {
+        let (a, b) = (Region::new("a"), Region::new("b"));
+        let order = [a.clone(), b.clone()];
+        let (limit, hold, probe_for) = (
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+        );
+        let slow = SlowRegions::default();
+        slow.record(&a, Duration::from_millis(500), limit, hold);
+        assert_eq!(&*slow.reorder(&order, probe_for), [b.clone(), a.clone()]);
+        // A fast answer while held back changes nothing.
+        slow.record(&a, Duration::from_millis(1), limit, hold);
+        assert_eq!(&*slow.reorder(&order, probe_for), [b.clone(), a.clone()]);
+        std::thread::sleep(hold);
+        // Time served: one caller probes it first, the others still not.
+        assert_eq!(&*slow.reorder(&order, probe_for), [a.clone(), b.clone()]);
+        assert_eq!(&*slow.reorder(&order, probe_for), [b.clone(), a.clone()]);
+        // The probe answers slow: held back again; fast: first for all.
+        slow.record(&a, Duration::from_millis(500), limit, hold);
+        std::thread::sleep(hold);
+        assert_eq!(&*slow.reorder(&order, probe_for), [a.clone(), b.clone()]);
+        slow.record(&a, Duration::from_millis(1), limit, hold);
+        assert!(matches!(slow.reorder(&order, probe_for), Cow::Borrowed(_)));
     }
 }
