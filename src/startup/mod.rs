@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Authenticator;
 use crate::broker::{BrokerSettings, KeyBroker};
-use crate::config::{AuthMode, Preflight, Settings};
+use crate::config::{AuthMode, IdPattern, Preflight, Settings};
 use crate::domain::Region;
 use crate::kms::Kms;
 use crate::metrics::Metrics;
@@ -102,6 +102,20 @@ fn log_summary(settings: &Settings) {
         tracing::warn!(
             "auth.allow_unauthenticated = true has no effect unless auth.mode = \"none\": every caller must authenticate; remove it"
         );
+    }
+    // "tenant1*" also grants tenant10/...: likely meant as tenant1/*.
+    for (i, client) in auth.clients.iter().enumerate() {
+        for pattern in &client.ids {
+            if let IdPattern::Prefix(prefix) = pattern {
+                if prefix.chars().last().is_some_and(char::is_alphanumeric) {
+                    tracing::warn!(
+                        client = %client.name,
+                        pattern = %format!("{prefix}*"),
+                        "auth.clients[{i}].ids: this glob grants every id that starts with {prefix:?}, {prefix}0 and {prefix}-x among them; end the prefix with a separator ({prefix}/*) if only ids under it are meant"
+                    );
+                }
+            }
+        }
     }
     if auth.mode != AuthMode::Mtls && settings.server.tls.client_ca.is_some() {
         tracing::info!(
