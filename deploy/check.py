@@ -359,6 +359,8 @@ class Checker:
             "an mtls client with token_sha256": {"tls": {"enabled": True, "secretName": "rkms-tls"}, "auth": {
                 "mode": "mtls", "clients": [{"name": "a.example", "ids": ["*"], "token_sha256": "ab" * 32}]}},
             "one port for the API and metrics": {"containerPorts": {"http": 8080, "metrics": 8080}},
+            "revocation lists without client certificates": {"tls": {"enabled": True, "secretName": "rkms-tls",
+                                                                     "clientCrl": {"secretName": "crl"}}},
             "one Service port for the API and metrics": {"service": {"port": 8080, "metricsPort": 8080}},
             "a ServiceMonitor without metrics": {"metrics": {"enabled": False, "serviceMonitor": {"enabled": True}}},
             "a probe on the metrics port without metrics": {"metrics": {"enabled": False},
@@ -650,6 +652,9 @@ class Checker:
                 (root / "tokens" / key).write_bytes(base64.b64decode(value))
         if "/tls/" in config:
             make_tls_files(root / "tls")
+        if "/crl/" in config:
+            (root / "crl").mkdir()
+            make_crl(root / "tls", root / "crl" / "ca.crl")
         path = self.work / f"config-{label}.toml"
         path.write_text(config.replace(SECRETS_DIR, str(root)))
         env = {k: v for k, v in os.environ.items() if not k.startswith("RKMS")}
@@ -1247,6 +1252,19 @@ def make_tls_files(directory: Path) -> None:
          "-addext", "subjectAltName=DNS:rkms.rkms.svc"])
     run([openssl, "x509", "-req", "-in", f"{d}/tls.csr", "-CA", f"{d}/ca.crt", "-CAkey", f"{d}/ca.key",
          "-CAcreateserial", "-out", f"{d}/tls.crt", "-days", "1", "-copy_extensions", "copyall"])
+
+
+def make_crl(ca_dir: Path, out: Path) -> None:
+    """An empty revocation list signed by the CA of `make_tls_files`."""
+    openssl = shutil.which("openssl")
+    if not openssl:
+        raise Skipped("openssl not found: cannot make a test revocation list")
+    (ca_dir / "index.txt").write_text("")
+    (ca_dir / "crlnumber").write_text("01\n")
+    (ca_dir / "ca.cnf").write_text(f"[ca]\ndefault_ca = d\n[d]\ndatabase = {ca_dir}/index.txt\n"
+                                   f"crlnumber = {ca_dir}/crlnumber\ndefault_md = sha256\ndefault_crl_days = 1\n")
+    run([openssl, "ca", "-config", str(ca_dir / "ca.cnf"), "-gencrl", "-keyfile", str(ca_dir / "ca.key"),
+         "-cert", str(ca_dir / "ca.crt"), "-out", str(out)])
 
 
 def main() -> int:

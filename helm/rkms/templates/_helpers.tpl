@@ -68,6 +68,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "rkms.configDir" -}}/etc/rkms{{- end -}}
 {{- define "rkms.tokensDir" -}}/var/run/secrets/rkms/tokens{{- end -}}
 {{- define "rkms.tlsDir" -}}/var/run/secrets/rkms/tls{{- end -}}
+{{- define "rkms.crlDir" -}}/var/run/secrets/rkms/crl{{- end -}}
 
 {{/* The Secret holding client tokens: the user's, or the chart's. */}}
 {{- define "rkms.tokensSecretName" -}}
@@ -147,6 +148,11 @@ what depends on the pod: the listen addresses, the TLS file paths and [auth]
 {{- $tls := dict "cert" (printf "%s/tls.crt" (include "rkms.tlsDir" .)) "key" (printf "%s/tls.key" (include "rkms.tlsDir" .)) -}}
 {{- if or .Values.tls.verifyClients (eq .Values.auth.mode "mtls") -}}
 {{- $_ := set $tls "client_ca" (printf "%s/ca.crt" (include "rkms.tlsDir" .)) -}}
+{{- if .Values.tls.clientCrl.secretName -}}
+{{- $_ := set $tls "client_crl" (printf "%s/ca.crl" (include "rkms.crlDir" .)) -}}
+{{- end -}}
+{{- else if .Values.tls.clientCrl.secretName -}}
+{{- fail "tls.clientCrl.secretName: revocation lists apply to client certificates: needs auth.mode \"mtls\" or tls.verifyClients" -}}
 {{- end -}}
 {{- $_ := set $server "tls" $tls -}}
 {{- else if eq .Values.auth.mode "mtls" -}}

@@ -17,6 +17,15 @@ their mounts, so both see the same config, tokens and certificates.
   secret:
     secretName: {{ required "tls.secretName is required when tls.enabled is true" .Values.tls.secretName }}
     defaultMode: 0440
+{{- if .Values.tls.clientCrl.secretName }}
+- name: crl
+  secret:
+    secretName: {{ .Values.tls.clientCrl.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.tls.clientCrl.key | quote }}
+        path: ca.crl
+{{- end }}
 {{- end }}
 - name: tmp
   emptyDir:
@@ -36,6 +45,11 @@ their mounts, so both see the same config, tokens and certificates.
 - name: tls
   mountPath: {{ include "rkms.tlsDir" . }}
   readOnly: true
+{{- if .Values.tls.clientCrl.secretName }}
+- name: crl
+  mountPath: {{ include "rkms.crlDir" . }}
+  readOnly: true
+{{- end }}
 {{- end }}
 - name: tmp
   mountPath: /tmp
