@@ -158,6 +158,15 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    pub const ALL: [Self; 6] = [
+        Self::Missing,
+        Self::Malformed,
+        Self::Unknown,
+        Self::Expired,
+        Self::Ambiguous,
+        Self::Untrusted,
+    ];
+
     pub fn reason(self) -> &'static str {
         match self {
             Self::Missing => "missing",

@@ -160,5 +160,15 @@ async fn alerting_counters_start_at_zero() {
     ] {
         assert!(text.lines().any(|l| l == line), "no {line}: {text}");
     }
+    // Every reason a 401 can give, and the reload gauge.
+    for failure in rkms::auth::AuthFailure::ALL {
+        let line = format!(
+            "rkms_auth_failures_total{{reason=\"{}\"}} 0",
+            failure.reason()
+        );
+        assert!(text.lines().any(|l| l == line), "no {line}: {text}");
+    }
+    let line = "rkms_reload_failed{source=\"auth.token_files\"} 0";
+    assert!(text.lines().any(|l| l == line), "no {line}: {text}");
     assert!(crate::common::stop(server).0.success());
 }
