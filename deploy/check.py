@@ -359,6 +359,8 @@ class Checker:
             "an mtls client with token_sha256": {"tls": {"enabled": True, "secretName": "rkms-tls"}, "auth": {
                 "mode": "mtls", "clients": [{"name": "a.example", "ids": ["*"], "token_sha256": "ab" * 32}]}},
             "one port for the API and metrics": {"containerPorts": {"http": 8080, "metrics": 8080}},
+            "verifyClients without TLS": {"tls": {"verifyClients": True}},
+            "revocation lists without TLS": {"tls": {"clientCrl": {"secretName": "crl"}}},
             "revocation lists without client certificates": {"tls": {"enabled": True, "secretName": "rkms-tls",
                                                                      "clientCrl": {"secretName": "crl"}}},
             "one Service port for the API and metrics": {"service": {"port": 8080, "metricsPort": 8080}},
