@@ -501,24 +501,26 @@ class Checker:
             container = server_deployment(documents(render(values, plaintext="tls" not in values)))["spec"]["template"]["spec"]["containers"][0]
             return {p: container[p]["httpGet"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
 
+        # (startup and liveness, readiness): port and scheme.
         cases = [
-            ("TLS and metrics (the default ports)", tls, "metrics", None),
-            ("plain HTTP and metrics", {}, "metrics", None),
-            ("TLS without metrics", {**tls, "metrics": {"enabled": False}}, "http", "HTTPS"),
-            ("plain HTTP without metrics", {"metrics": {"enabled": False}}, "http", None),
+            ("TLS and metrics (the defaults)", tls, ("metrics", "HTTP"), ("http", "HTTPS")),
+            ("plain HTTP and metrics", {}, ("metrics", "HTTP"), ("http", "HTTP")),
+            ("TLS without metrics", {**tls, "metrics": {"enabled": False}}, ("http", "HTTPS"), ("http", "HTTPS")),
+            ("plain HTTP without metrics", {"metrics": {"enabled": False}}, ("http", "HTTP"), ("http", "HTTP")),
+            # Schemes given against what the port speaks are corrected: a
+            # pod spec copied from kubectl says scheme: HTTP.
+            ("TLS, schemes given wrong", deep_merge(tls, {"probes": {
+                "startup": {"httpGet": {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}},
+                "liveness": {"httpGet": {"path": "/healthz", "port": "metrics", "scheme": "HTTPS"}},
+                "readiness": {"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"}}}}),
+             ("metrics", "HTTP"), ("http", "HTTPS")),
         ]
-        for what, values, port, scheme in cases:
+        for what, values, alive, ready in cases:
             for name, got in probes(values).items():
-                if got.get("port") != port or got.get("scheme") != scheme:
+                want = ready if name == "readinessProbe" else alive
+                if (got.get("port"), got.get("scheme")) != want:
                     problems.append(f"{what}: {name} probes port {got.get('port')} scheme {got.get('scheme')}, "
-                                    f"expected {port} {scheme or '(HTTP)'}")
-        given = deep_merge(tls, {"probes": {"liveness": {"httpGet": {"path": "/healthz", "port": "metrics", "scheme": "HTTP"}},
-                                            "readiness": {"httpGet": {"path": "/healthz", "port": "http"}}}})
-        got = probes(given)
-        if got["livenessProbe"].get("scheme") != "HTTP":
-            problems.append(f"an explicit scheme HTTP on the metrics port became {got['livenessProbe'].get('scheme')}")
-        if got["readinessProbe"].get("scheme") != "HTTPS":
-            problems.append("a probe on the API port under TLS is not HTTPS")
+                                    f"expected {want[0]} {want[1]}")
         svc = find(documents(render(tls, plaintext=False)), "Service")
         if svc["spec"]["ports"][0].get("appProtocol") != "https":
             problems.append("under TLS the Service's API port has no appProtocol https")
@@ -540,7 +542,7 @@ class Checker:
                 problems.append(f"the {name} is selected as a server pod")
         if problems:
             raise CheckFailed("\n".join(problems))
-        return (f"{len(cases)} TLS and metrics combinations probe the right port and scheme; a scheme given is kept; "
+        return (f"{len(cases)} TLS, metrics and given-scheme combinations probe the right port and scheme; "
                 "hook and test pods take pod annotations and their own")
 
     @staticmethod
@@ -999,11 +1001,13 @@ output "helm_values_{name}" {{ value = module.config_{name}.helm_values }}
 '''
         (root / "main.tf").write_text("".join(module(n, *args) for n, args in sets.items()))
         env = self.terraform_env()
-        # Refused: plain HTTP on 0.0.0.0 unasked, and a region without a key.
-        for what, text, said in (
-            ("plain HTTP unasked", module("plain", ["us-east-1"], "us-east-1", ""), "allow_plaintext"),
+        # Plain HTTP on 0.0.0.0 unasked: a warning (helm_values users need
+        # no TLS here), and rkms refuses the config_toml. A region without a
+        # key: an error.
+        for what, text, said, fails in (
+            ("plain HTTP unasked", module("plain", ["us-east-1"], "us-east-1", ""), "allow_plaintext", False),
             ("a region without a key id", module("keyless", ["us-east-1"], "us-east-1", tls).replace(
-                'regions      = ["us-east-1"]', 'regions      = ["us-east-1", "eu-west-1"]'), "eu-west-1"),
+                'regions      = ["us-east-1"]', 'regions      = ["us-east-1", "eu-west-1"]'), "eu-west-1", True),
         ):
             bad = self.work / f"tf-config-{what.replace(' ', '-')}"
             shutil.rmtree(bad, ignore_errors=True)
@@ -1012,9 +1016,18 @@ output "helm_values_{name}" {{ value = module.config_{name}.helm_values }}
             run([terraform, "init", "-input=false", "-backend=false", "-no-color"], cwd=bad, env=env)
             proc = subprocess.run([terraform, "apply", "-auto-approve", "-input=false", "-no-color", "-state=out.tfstate"],
                                   cwd=bad, env=env, capture_output=True, text=True)
-            if proc.returncode == 0 or said not in proc.stdout + proc.stderr:
-                raise CheckFailed(f"modules/config with {what}: expected a refusal naming {said}, got exit "
-                                  f"{proc.returncode}:\n{(proc.stdout + proc.stderr)[-800:]}")
+            out = proc.stdout + proc.stderr
+            if (proc.returncode != 0) != fails or said not in out:
+                raise CheckFailed(f"modules/config with {what}: expected {'an error' if fails else 'a warning'} naming "
+                                  f"{said}, got exit {proc.returncode}:\n{out[-800:]}")
+            if not fails:
+                plain = run([terraform, "output", "-state=out.tfstate", "-raw", "config_toml_plain"], cwd=bad, env=env)
+                (bad / "config.toml").write_text(plain)
+                refused = subprocess.run([self.args.rkms, "check-config", "--config", str(bad / "config.toml")],
+                                         capture_output=True, text=True,
+                                         env={k: v for k, v in os.environ.items() if not k.startswith("RKMS")})
+                if refused.returncode == 0 or "server.allow_plaintext" not in refused.stderr:
+                    raise CheckFailed(f"rkms accepted modules/config's plain-HTTP config_toml: {refused.stderr[-400:]}")
         run([terraform, "init", "-input=false", "-backend=false", "-no-color"], cwd=root, env=env)
         run([terraform, "validate", "-no-color"], cwd=root, env=env)
         run([terraform, "apply", "-auto-approve", "-input=false", "-no-color", "-state=out.tfstate"], cwd=root, env=env)
@@ -1035,8 +1048,8 @@ output "helm_values_{name}" {{ value = module.config_{name}.helm_values }}
             if 'alias/rkms"' in got or 'table = "rkms_keys"' not in got:
                 raise CheckFailed(f"{name} regions: the chart kept a default key id or lost the table:\n{got}")
             self.check_rendered_config(docs, f"terraform-{name}")
-        return ("config.toml (TLS, and plain HTTP when allowed) accepted by check-config; plain HTTP unasked and a "
-                "region without a key refused; helm_values for three and for two other regions render in the chart "
+        return ("config.toml (TLS, and plain HTTP when allowed) accepted by check-config; plain HTTP unasked warned "
+                "of and refused by rkms; a region without a key refused; helm_values for three and for two other regions render in the chart "
                 "to configs check-config accepts")
 
     def provider_constraints(self) -> str:

@@ -136,7 +136,7 @@ impl Metrics {
             auth_failures: counter_vec(
                 &r,
                 "rkms_auth_failures_total",
-                "Requests refused 401 (missing, malformed, unknown, expired, ambiguous), 403 (forbidden, create_denied), or TLS handshakes refused (tls)",
+                "Requests refused 401 (missing, malformed, unknown, expired, ambiguous, untrusted), 403 (forbidden, create_denied), or TLS handshakes refused (tls)",
                 &["reason"],
             )?,
             requests_shed: counter_vec(

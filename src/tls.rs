@@ -61,7 +61,12 @@ pub struct Verified {
     chain: Vec<CertificateDer<'static>>,
     /// The load it was last verified under.
     at: AtomicU64,
+    /// The load it was refused under ([`NEVER`]: none): a connection
+    /// that goes on asking is refused without verifying again.
+    refused_at: AtomicU64,
 }
+
+const NEVER: u64 = u64::MAX;
 
 impl Verified {
     /// Whether the client CA and revocation lists of this moment still
@@ -71,21 +76,38 @@ impl Verified {
         if self.at.load(Ordering::Acquire) == now {
             return true;
         }
+        if self.refused_at.load(Ordering::Acquire) == now {
+            return false;
+        }
         let loaded = Arc::clone(&self.tls.current.read().unwrap_or_else(|p| p.into_inner()));
         let Some((end_entity, intermediates)) = self.chain.split_first() else {
             return false;
         };
-        let trusted = loaded.clients.as_ref().is_some_and(|verifier| {
-            verifier
+        let verdict = match &loaded.clients {
+            Some(verifier) => verifier
                 .verify_client_cert(end_entity, intermediates, UnixTime::now())
-                .is_ok()
-        });
-        if trusted {
-            // A later change is checked at the next request: `now` was
-            // read before the verifier.
-            self.at.store(now, Ordering::Release);
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err("server.tls.client_ca is no longer set".into()),
+        };
+        // A later change is checked at the next request: `now` was read
+        // before the verifier.
+        match verdict {
+            Ok(()) => {
+                self.at.store(now, Ordering::Release);
+                true
+            }
+            Err(why) => {
+                self.refused_at.store(now, Ordering::Release);
+                let (names, _) = peer_names(end_entity);
+                tracing::warn!(
+                    certificate = %names.join(","),
+                    error = %why,
+                    "a client certificate verified at its connection's handshake is no longer trusted by the TLS files loaded since; its requests are refused (401 untrusted)"
+                );
+                false
+            }
         }
-        trusted
     }
 }
 
@@ -136,6 +158,7 @@ impl Tls {
             tls: self.clone(),
             chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
             at: AtomicU64::new(generation),
+            refused_at: AtomicU64::new(NEVER),
         }
     }
 
@@ -155,6 +178,13 @@ impl Tls {
                 tokio::time::sleep(RELOAD_EVERY).await;
                 let now = tls.stamps();
                 if now == seen {
+                    // Files put back as they were when last loaded (a
+                    // backup moved back keeps its times): nothing refused
+                    // is pending any more.
+                    if refused.take().is_some() {
+                        refused_gauge.set(0);
+                        tracing::info!("TLS certificate files are back to the ones in force");
+                    }
                     continue;
                 }
                 let settings = tls.settings.clone();
@@ -211,7 +241,8 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Loaded> {
     let builder = match &settings.client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for c in certificates(ca, "server.tls.client_ca")? {
+            let cas = certificates(ca, "server.tls.client_ca")?;
+            for c in cas.iter().cloned() {
                 roots.add(c).with_context(|| {
                     format!(
                         "server.tls.client_ca: {} holds an unusable CA certificate",
@@ -227,9 +258,15 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Loaded> {
                 WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                     .allow_unauthenticated();
             if let Some(path) = &settings.client_crl {
+                let crls = revocation_lists(path)?;
+                covers_every_ca(path, &crls, &cas)?;
+                // A certificate from an intermediate CA with no list here
+                // is accepted: refusing it would lock out every client of
+                // that CA over a list left out, not over a revocation.
                 verifier = verifier
-                    .with_crls(revocation_lists(path)?)
-                    .only_check_end_entity_revocation();
+                    .with_crls(crls)
+                    .only_check_end_entity_revocation()
+                    .allow_unknown_revocation_status();
             }
             let verifier: Arc<dyn ClientCertVerifier> = verifier
                 .build()
@@ -273,6 +310,38 @@ fn revocation_lists(path: &Path) -> anyhow::Result<Vec<CertificateRevocationList
         path.display()
     );
     Ok(crls)
+}
+
+/// Every CA of `server.tls.client_ca` needs a list in `crls`: a file of
+/// another CA's lists would revoke nothing it issues, without a word.
+fn covers_every_ca(
+    path: &Path,
+    crls: &[CertificateRevocationListDer<'_>],
+    cas: &[CertificateDer<'_>],
+) -> anyhow::Result<()> {
+    let mut issuers = Vec::new();
+    for crl in crls {
+        let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| {
+            anyhow::anyhow!(
+                "server.tls.client_crl: {} holds a revocation list that cannot be read: {e}",
+                path.display()
+            )
+        })?;
+        issuers.push(parsed.tbs_cert_list.issuer.as_raw().to_vec());
+    }
+    for ca in cas {
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
+            continue;
+        };
+        let subject = parsed.subject();
+        if !issuers.iter().any(|i| i.as_slice() == subject.as_raw()) {
+            anyhow::bail!(
+                "server.tls.client_crl: {} holds no revocation list of {subject}, a CA of server.tls.client_ca: add that CA's list (a file of another CA's lists revokes nothing)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// A TLS client config that trusts only the CA certificates (PEM) in

@@ -376,6 +376,7 @@ async fn fill(each: &Each, record: &KeyRecord) -> Outcome {
         budget.take().await;
         match kms.decrypt(region, &record.keys[region], context).await {
             Ok(k) => {
+                down.answered(region);
                 key = Some(k);
                 break;
             }
@@ -401,6 +402,7 @@ async fn fill(each: &Each, record: &KeyRecord) -> Outcome {
         budget.take().await;
         match kms.encrypt(region, &key, context).await {
             Ok(wrapped) => {
+                down.answered(region);
                 keys.insert(region.clone(), wrapped.ciphertext);
                 key_ids.insert(region.clone(), wrapped.key_arn);
             }

@@ -33,54 +33,77 @@ pub const PAGE: usize = 100;
 /// is left alone before the next record tries it again.
 const DOWN_FOR: Duration = Duration::from_secs(10);
 
+/// Calls in a row a region must fail to answer before it is left alone:
+/// one reset connection or slow answer is not an outage.
+const DOWN_AFTER: u32 = 3;
+
 /// Regions that could not be asked, and until when they are left alone.
 /// Without it a region that hangs costs every record a whole call timeout:
 /// a walk over a million records would take days to say what the first
 /// few calls had shown.
 pub struct Down {
-    until: Mutex<HashMap<Region, Instant>>,
+    regions: Mutex<HashMap<Region, Unanswered>>,
     /// Logged when a region is left alone: what the tool does meanwhile.
     meanwhile: &'static str,
+}
+
+/// A region's calls that went unanswered in a row, and until when it is
+/// left alone.
+#[derive(Default)]
+struct Unanswered {
+    in_a_row: u32,
+    until: Option<Instant>,
 }
 
 impl Down {
     pub fn new(meanwhile: &'static str) -> Self {
         Self {
-            until: Mutex::default(),
+            regions: Mutex::default(),
             meanwhile,
         }
     }
 
     pub fn is_down(&self, region: &Region) -> bool {
-        let mut down = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        match down.get(region) {
-            Some(until) if Instant::now() < *until => true,
+        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = regions.get_mut(region) else {
+            return false;
+        };
+        match state.until {
+            Some(until) if Instant::now() < until => true,
             Some(_) => {
-                down.remove(region);
+                state.until = None;
                 false
             }
             None => false,
         }
     }
 
-    pub fn mark(&self, region: &Region) {
-        let mut down = self.until.lock().unwrap_or_else(|p| p.into_inner());
-        if down
-            .insert(region.clone(), Instant::now() + DOWN_FOR)
-            .is_none()
-        {
-            tracing::warn!(%region, "{}, for the next {}s", self.meanwhile, DOWN_FOR.as_secs());
-        }
+    /// A call answered (or was refused for the record alone): the region
+    /// can be asked.
+    pub fn answered(&self, region: &Region) {
+        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        regions.remove(region);
     }
 
-    /// Leave `region` alone for a while when `error` says it cannot be
-    /// asked now (no answer, no credentials); whether it did.
+    /// Count a call `error` says went unanswered (no answer, no
+    /// credentials); the [`DOWN_AFTER`]th in a row leaves the region alone
+    /// for [`DOWN_FOR`]. Whether the error was such.
     pub fn mark_if_unreachable(&self, region: &Region, error: &KmsError) -> bool {
         let unreachable = error.no_credentials() || error.kind == KmsErrorKind::Unavailable;
-        if unreachable {
-            self.mark(region);
+        if !unreachable {
+            self.answered(region);
+            return false;
         }
-        unreachable
+        let mut regions = self.regions.lock().unwrap_or_else(|p| p.into_inner());
+        let state = regions.entry(region.clone()).or_default();
+        state.in_a_row += 1;
+        if state.in_a_row >= DOWN_AFTER {
+            state.in_a_row = 0;
+            if state.until.replace(Instant::now() + DOWN_FOR).is_none() {
+                tracing::warn!(%region, "{}, for the next {}s", self.meanwhile, DOWN_FOR.as_secs());
+            }
+        }
+        true
     }
 }
 
@@ -186,5 +209,37 @@ pub fn list_lines(out: &mut String, prefix: &str, ids: &[String], count: u64) {
         out.push_str(&format!(
             "{prefix}{unlisted} more not listed (the first {MAX_LISTED} are; the log names each)\n"
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One reset connection or slow answer is not an outage: a region is
+    /// left alone only after calls in a row go unanswered, and an answer
+    /// starts the count again.
+    #[test]
+    fn a_region_is_left_alone_after_calls_in_a_row_go_unanswered() {
+        let region = Region::new("r");
+        let unanswered = KmsError::new(KmsErrorKind::Unavailable, &region, "decrypt", "timeout");
+        let refused = KmsError::new(KmsErrorKind::Other, &region, "decrypt", "bad ciphertext");
+        let down = Down::new("test");
+        for _ in 0..DOWN_AFTER - 1 {
+            assert!(down.mark_if_unreachable(&region, &unanswered));
+        }
+        assert!(!down.is_down(&region));
+        down.answered(&region);
+        for _ in 0..DOWN_AFTER - 1 {
+            down.mark_if_unreachable(&region, &unanswered);
+        }
+        // A refusal of one record is an answer.
+        assert!(!down.mark_if_unreachable(&region, &refused));
+        down.mark_if_unreachable(&region, &unanswered);
+        assert!(!down.is_down(&region));
+        for _ in 0..DOWN_AFTER - 1 {
+            down.mark_if_unreachable(&region, &unanswered);
+        }
+        assert!(down.is_down(&region));
     }
 }

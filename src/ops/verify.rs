@@ -223,6 +223,7 @@ async fn check(
                 budget.take().await;
                 match kms.decrypt(region, ciphertext, context).await {
                     Ok(key) => {
+                        down.answered(region);
                         keys.push(key);
                         "ok"
                     }
@@ -315,6 +316,10 @@ mod tests {
         assert_eq!(report.regions["b"].unavailable, 30);
         assert!(!report.recoverable);
         assert_eq!(kms.calls(&a, "decrypt"), 30);
-        assert_eq!(kms.calls(&b, "decrypt"), 1, "asked once, then left alone");
+        assert_eq!(
+            kms.calls(&b, "decrypt"),
+            3,
+            "asked three times in a row, then left alone"
+        );
     }
 }

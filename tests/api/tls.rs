@@ -561,10 +561,16 @@ async fn a_revoked_certificate_or_a_replaced_ca_ends_open_connections_access() {
     assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
     until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 0").await;
 
-    // A list that does not load keeps the previous one, and says so.
+    // A list that does not load keeps the previous one, and says so; so
+    // does a list of another CA, which would revoke nothing ours issues.
     std::fs::write(&crl, "-----BEGIN X509 CRL-----\ngarbage\n").unwrap();
     until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 1").await;
     assert_eq!(leaked.get(&url).send().await.unwrap().status(), 200);
+    std::fs::write(&crl, revocation_list(&Ca::new("another ca"), 1, &[])).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 1").await;
+    assert_eq!(leaked.get(&url).send().await.unwrap().status(), 200);
+    assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
 
     // Serial 7 revoked: its open connection is refused at its next request.
     std::fs::write(&crl, revocation_list(&ca, 2, &[7])).unwrap();

@@ -187,7 +187,7 @@ rather than a region quietly given some default key. */ -}}
 {{- end -}}
 {{- end -}}
 {{- if $missing -}}
-{{- fail (printf "config.kms.aws.key_ids has no KMS key for %s (in config.kms.regions): set config.kms.aws.key_ids.<region> to the key's id, ARN or alias for every region in config.kms.regions (Terraform's modules/config output helm_values does)" (join ", " $missing)) -}}
+{{- fail (printf "config.kms.aws.key_ids has no KMS key for %s (in config.kms.regions): set config.kms.aws.key_ids.<region> to the key's id, ARN or alias for every region in config.kms.regions (Terraform's modules/config output helm_values does). Since chart 0.3 there is no default; a release that used chart 0.2's sets alias/rkms for each region to keep its keys" (join ", " $missing)) -}}
 {{- end -}}
 {{- /* min_regions_on_create: 2 (or 1 with one region) unless set. */ -}}
 {{- $minRegions := get $kms "min_regions_on_create" -}}

@@ -58,9 +58,10 @@ their mounts, so both see the same config, tokens and certificates.
 {{/*
 A probe from values. An httpGet without a port probes the metrics listener
 when metrics.enabled: it has its own connection budget, so clients holding
-server.max_connections on the API port cannot fail the probes and have the
-kubelet restart every pod. The API port is probed over HTTPS under
-tls.enabled; the metrics listener is plain HTTP. A scheme given is kept.
+server.max_connections on the API port cannot fail liveness and have the
+kubelet restart every pod. The scheme follows the port: the API port speaks
+only HTTPS under tls.enabled, the metrics listener only HTTP; a probe on
+another port keeps the scheme given.
 */}}
 {{- define "rkms.probe" -}}
 {{- $root := .root -}}
@@ -71,10 +72,13 @@ tls.enabled; the metrics listener is plain HTTP. A scheme given is kept.
 {{- end -}}
 {{- $port := toString .port -}}
 {{- $api := or (eq $port "http") (eq $port (toString $root.Values.containerPorts.http)) -}}
-{{- if and $api $root.Values.tls.enabled (not .scheme) -}}
+{{- $metrics := or (eq $port "metrics") (eq $port (toString $root.Values.containerPorts.metrics)) -}}
+{{- if and $api $root.Values.tls.enabled -}}
 {{- $_ := set . "scheme" "HTTPS" -}}
+{{- else if or $api $metrics -}}
+{{- $_ := set . "scheme" "HTTP" -}}
 {{- end -}}
-{{- if and (not $root.Values.metrics.enabled) (or (eq $port "metrics") (eq $port (toString $root.Values.containerPorts.metrics))) -}}
+{{- if and (not $root.Values.metrics.enabled) $metrics -}}
 {{- fail (printf "probes: a probe on the metrics port (%s) needs metrics.enabled: without it nothing listens there" $port) -}}
 {{- end -}}
 {{- end -}}

@@ -13,10 +13,6 @@ output "config_toml" {
     clients               = var.clients
   })
   precondition {
-    condition     = var.tls != null || var.allow_plaintext || can(regex("^(127\\.|\\[::1\\]:)", var.listen))
-    error_message = "tls: set the server certificate and key, or allow_plaintext = true where something else encrypts the traffic: on ${var.listen} data keys and client tokens would cross the network in plain HTTP."
-  }
-  precondition {
     condition     = length(setsubtract(var.regions, keys(var.key_ids))) == 0
     error_message = "key_ids: no key for ${join(", ", setsubtract(var.regions, keys(var.key_ids)))}: every region needs one."
   }

@@ -41,16 +41,17 @@ variable "metrics_listen" {
 }
 
 variable "tls" {
-  description = "[server.tls]: paths, on the host that runs rkms, of the server certificate chain and key (PEM), and of the CA that signs client certificates (client_ca, optional). null = plain HTTP, which needs allow_plaintext unless listen is a loopback address."
+  description = "[server.tls]: paths, on the host that runs rkms, of the server certificate chain and key (PEM), and optionally of the CA that signs client certificates (client_ca) and its revocation lists (client_crl, needs client_ca). null = plain HTTP, which rkms refuses on a non-loopback listen unless allow_plaintext."
   type = object({
-    cert      = string
-    key       = string
-    client_ca = optional(string)
+    cert       = string
+    key        = string
+    client_ca  = optional(string)
+    client_crl = optional(string)
   })
   default = null
   validation {
-    condition     = var.tls == null || (try(length(var.tls.cert), 0) > 0 && try(length(var.tls.key), 0) > 0)
-    error_message = "tls: cert and key are both required (paths of PEM files)."
+    condition     = var.tls == null || (try(length(var.tls.cert), 0) > 0 && try(length(var.tls.key), 0) > 0 && (try(var.tls.client_crl, null) == null || try(var.tls.client_ca, null) != null))
+    error_message = "tls: cert and key are both required (paths of PEM files), and client_crl needs client_ca."
   }
 }
 
