@@ -72,6 +72,8 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// KMS calls per second, at most (0 = unlimited): leave quota for
+        /// production traffic.
         #[arg(long, default_value_t = 100)]
         max_rps: u32,
         /// Parallel scan segments, 1 to 1000 (each runs as its own task).
@@ -87,8 +89,10 @@ enum Command {
         /// Config naming the target store (environment overrides ignored).
         #[arg(long)]
         to: PathBuf,
+        /// Resume from, and save progress to, this file.
         #[arg(long)]
         checkpoint: Option<PathBuf>,
+        /// Count what would be copied; write nothing.
         #[arg(long)]
         dry_run: bool,
         /// Parallel scan segments, 1 to 1000 (each runs as its own task).

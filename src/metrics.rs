@@ -238,6 +238,9 @@ impl Metrics {
         for reason in reasons {
             self.auth_failures.with_label_values(&[reason]);
         }
+        for region in regions {
+            self.kms_hedges.with_label_values(&[region.as_str()]);
+        }
         for reason in ["overload", "rate_limit", "connections"] {
             self.requests_shed.with_label_values(&[reason]);
         }

@@ -168,6 +168,8 @@ async fn alerting_counters_start_at_zero() {
         );
         assert!(text.lines().any(|l| l == line), "no {line}: {text}");
     }
+    let line = "rkms_kms_hedges_total{region=\"local-2\"} 0";
+    assert!(text.lines().any(|l| l == line), "no {line}: {text}");
     let line = "rkms_reload_failed{source=\"auth.token_files\"} 0";
     assert!(text.lines().any(|l| l == line), "no {line}: {text}");
     assert!(crate::common::stop(server).0.success());
