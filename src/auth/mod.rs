@@ -167,6 +167,13 @@ impl AuthFailure {
         Self::Untrusted,
     ];
 
+    /// Whether the connection's credential can never do again (its
+    /// certificate expired or is no longer trusted): its connection is
+    /// closed after the 401.
+    pub fn ends_connection(self) -> bool {
+        matches!(self, Self::Expired | Self::Untrusted)
+    }
+
     pub fn reason(self) -> &'static str {
         match self {
             Self::Missing => "missing",

@@ -219,7 +219,7 @@ pub(super) async fn get_key(
                 key_id: query.as_ref().map_or("", |q| q.id.as_str()),
             }
             .emit("denied", "none", failure.reason());
-            return state.refuse(failure).into_response();
+            return state.refuse(failure);
         }
     };
     let query = match query {

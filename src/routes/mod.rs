@@ -74,7 +74,7 @@ pub struct Limits {
 
 impl AppState {
     /// The 401 for a caller that was not identified, counted by reason.
-    pub(crate) fn refuse(&self, failure: AuthFailure) -> ApiError {
+    pub(crate) fn refuse(&self, failure: AuthFailure) -> Response {
         self.metrics
             .auth_failures
             .with_label_values(&[failure.reason()])
@@ -84,7 +84,18 @@ impl AppState {
         } else {
             Challenge::Bearer
         };
-        ApiError::Unauthorized(failure.message(self.auth.mode()).into(), challenge)
+        let mut response =
+            ApiError::Unauthorized(failure.message(self.auth.mode()).into(), challenge)
+                .into_response();
+        // The connection's certificate will not do again: close it, so a
+        // client reconnects (and a revoked one is refused at the handshake).
+        if failure.ends_connection() {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 
@@ -148,7 +159,7 @@ async fn authenticated_metrics(
                 ApiError::TooManyRequests { retry_after: wait }.into_response()
             }
         },
-        Err(failure) => state.refuse(failure).into_response(),
+        Err(failure) => state.refuse(failure),
     }
 }
 

@@ -577,11 +577,15 @@ async fn a_revoked_certificate_or_a_replaced_ca_ends_open_connections_access() {
     until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 0").await;
     let res = leaked.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 401);
+    // Closed after the answer: the next request needs a new handshake,
+    // which the revoked certificate fails.
+    assert_eq!(res.headers()["connection"], "close");
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(
         body["error_message"],
         "the client certificate is no longer trusted (its CA was replaced, or it was revoked)"
     );
+    assert!(leaked.get(&url).send().await.is_err());
     assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
     // A new connection with it fails its handshake.
     let fresh = https_client(&ca, Some(&billing_with_serial(&ca, 7)));
