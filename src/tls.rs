@@ -312,14 +312,16 @@ fn revocation_lists(path: &Path) -> anyhow::Result<Vec<CertificateRevocationList
     Ok(crls)
 }
 
-/// Every CA of `server.tls.client_ca` needs a list in `crls`: a file of
-/// another CA's lists would revoke nothing it issues, without a word.
+/// Every CA of `server.tls.client_ca` needs a list in `crls`, signed by
+/// that CA's key: a file of another CA's lists, or of a CA re-keyed under
+/// the same name, would revoke nothing it issues (or, its signature
+/// failing at each handshake, refuse every client), without a word.
 fn covers_every_ca(
     path: &Path,
     crls: &[CertificateRevocationListDer<'_>],
     cas: &[CertificateDer<'_>],
 ) -> anyhow::Result<()> {
-    let mut issuers = Vec::new();
+    let mut lists = Vec::new();
     for crl in crls {
         let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| {
             anyhow::anyhow!(
@@ -327,17 +329,30 @@ fn covers_every_ca(
                 path.display()
             )
         })?;
-        issuers.push(parsed.tbs_cert_list.issuer.as_raw().to_vec());
+        lists.push(parsed);
     }
     for ca in cas {
         let Ok((_, parsed)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
             continue;
         };
         let subject = parsed.subject();
-        if !issuers.iter().any(|i| i.as_slice() == subject.as_raw()) {
+        let named: Vec<_> = lists
+            .iter()
+            .filter(|l| l.tbs_cert_list.issuer.as_raw() == subject.as_raw())
+            .collect();
+        anyhow::ensure!(
+            !named.is_empty(),
+            "server.tls.client_crl: {} holds no revocation list of {subject}, a CA of server.tls.client_ca: add that CA's list (a file of another CA's lists revokes nothing)",
+            path.display()
+        );
+        if let Some(list) = named
+            .iter()
+            .find(|l| l.verify_signature(parsed.public_key()).is_err())
+        {
             anyhow::bail!(
-                "server.tls.client_crl: {} holds no revocation list of {subject}, a CA of server.tls.client_ca: add that CA's list (a file of another CA's lists revokes nothing)",
-                path.display()
+                "server.tls.client_crl: {} holds a revocation list of {subject} (number {}) that its key in server.tls.client_ca did not sign (a list of an earlier key of that CA?): every client certificate it issued would be refused; replace it with the list the CA signs now",
+                path.display(),
+                list.crl_number().map_or_else(|| "none".to_string(), |n| n.to_string())
             );
         }
     }

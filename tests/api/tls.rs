@@ -571,6 +571,14 @@ async fn a_revoked_certificate_or_a_replaced_ca_ends_open_connections_access() {
     until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 1").await;
     assert_eq!(leaked.get(&url).send().await.unwrap().status(), 200);
     assert_eq!(other.get(&url).send().await.unwrap().status(), 200);
+    // Nor a list under our CA's name signed by another key (a CA re-keyed
+    // under the same name): its signature would fail every handshake.
+    std::fs::write(&crl, revocation_list(&ca, 1, &[])).unwrap();
+    until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 0").await;
+    let same_name = Ca::new("rkms test ca");
+    std::fs::write(&crl, revocation_list(&same_name, 1, &[])).unwrap();
+    until_metrics_say(&app, "rkms_reload_failed{source=\"server.tls\"} 1").await;
+    assert_eq!(leaked.get(&url).send().await.unwrap().status(), 200);
 
     // Serial 7 revoked: its open connection is refused at its next request.
     std::fs::write(&crl, revocation_list(&ca, 2, &[7])).unwrap();
