@@ -18,6 +18,7 @@ mod flight;
 mod hedge;
 mod read;
 mod repair;
+mod slow;
 mod unanswered;
 
 use std::collections::HashMap;
@@ -30,8 +31,9 @@ use tokio_util::task::TaskTracker;
 use self::breaker::{BreakerGauges, Breakers};
 pub use self::error::BrokerError;
 use self::flight::{Flight, FlightKey};
-use self::hedge::{HedgeBudget, InFlight, SlowRegions};
+use self::hedge::{HedgeBudget, InFlight};
 use self::repair::Repairs;
+use self::slow::SlowRegions;
 pub use self::unanswered::{Unanswered, Unwaited};
 use crate::domain::{DataKey, KeyId, Region};
 use crate::kms::Kms;

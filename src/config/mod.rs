@@ -10,6 +10,7 @@
 mod auth;
 mod env;
 mod load;
+mod server;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,7 @@
 //! Config mistakes that stop a start in one line naming the key: spellings
 //! of environment overrides, values that would be ignored unseen, names
-//! and paths that could never work.
+//! and paths that could never work, and plain HTTP or no authentication
+//! off loopback unless said so.
 
 use super::*;
 
@@ -189,4 +190,41 @@ fn toml_syntax_errors_never_echo_a_pasted_token() {
         assert!(message.contains(shown), "{message}");
         assert!(!message.contains("Secret"), "a token echoed: {message}");
     }
+}
+
+#[test]
+fn unauthenticated_is_allowed_off_loopback_only_when_said_so() {
+    let text = "[server]\nlisten = \"0.0.0.0:8080\"\nallow_plaintext = true\n[auth]\nallow_unauthenticated = true\n";
+    let s = Settings::from_toml(text).unwrap();
+    assert_eq!(s.auth.mode, AuthMode::None);
+    assert!(Settings::from_toml("[server]\nlisten = \"[::1]:8080\"\n").is_ok());
+    let err = Settings::from_toml("[server]\nlisten = \"[::]:8080\"\n").unwrap_err();
+    assert_eq!(err.key, "auth.mode");
+}
+
+#[test]
+fn plain_http_is_allowed_off_loopback_only_when_said_so() {
+    let token = "[auth]\nmode = \"token\"\n[[auth.clients]]\nname = \"app\"\ntoken_sha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\nids = [\"*\"]\n";
+    // Tokens and data keys in the clear on the network: refused, naming the key.
+    for listen in [
+        "0.0.0.0:8080",
+        "[::]:8080",
+        "10.0.0.7:8080",
+        "[::ffff:127.0.0.1]:8080",
+    ] {
+        let err =
+            Settings::from_toml(&format!("[server]\nlisten = \"{listen}\"\n{token}")).unwrap_err();
+        assert_eq!(err.key, "server.listen", "{listen}: {err}");
+        assert!(err.to_string().contains("server.allow_plaintext"), "{err}");
+    }
+    // On loopback, or said so, it is accepted.
+    assert!(
+        Settings::from_toml(&format!("[server]\nlisten = \"127.0.0.1:8080\"\n{token}")).is_ok()
+    );
+    assert!(Settings::from_toml(&format!("[server]\nlisten = \"[::1]:8080\"\n{token}")).is_ok());
+    let s = Settings::from_toml(&format!(
+        "[server]\nlisten = \"0.0.0.0:8080\"\nallow_plaintext = true\n{token}"
+    ))
+    .unwrap();
+    assert!(s.server.allow_plaintext);
 }

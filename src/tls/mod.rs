@@ -15,13 +15,17 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{read_small_file, TlsSettings};
+
+mod trust;
+pub use trust::Verified;
+use trust::{covers_every_ca, revocation_lists, NEVER};
 
 /// How often the certificate files are looked at for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(5);
@@ -49,65 +53,6 @@ impl std::fmt::Debug for Loaded {
         f.debug_struct("Loaded")
             .field("verifies_clients", &self.clients.is_some())
             .finish_non_exhaustive()
-    }
-}
-
-/// A client certificate as verified at its connection's handshake. After
-/// the files change (a client CA rotated away, a revocation list that now
-/// lists it), the connection's next request checks it again: a verified
-/// connection must not outlive the trust it was verified under.
-pub struct Verified {
-    tls: Tls,
-    chain: Vec<CertificateDer<'static>>,
-    /// The load it was last verified under.
-    at: AtomicU64,
-    /// The load it was refused under ([`NEVER`]: none): a connection
-    /// that goes on asking is refused without verifying again.
-    refused_at: AtomicU64,
-}
-
-const NEVER: u64 = u64::MAX;
-
-impl Verified {
-    /// Whether the client CA and revocation lists of this moment still
-    /// verify the certificate (its validity period too).
-    pub fn still_trusted(&self) -> bool {
-        let now = self.tls.generation.load(Ordering::Acquire);
-        if self.at.load(Ordering::Acquire) == now {
-            return true;
-        }
-        if self.refused_at.load(Ordering::Acquire) == now {
-            return false;
-        }
-        let loaded = Arc::clone(&self.tls.current.read().unwrap_or_else(|p| p.into_inner()));
-        let Some((end_entity, intermediates)) = self.chain.split_first() else {
-            return false;
-        };
-        let verdict = match &loaded.clients {
-            Some(verifier) => verifier
-                .verify_client_cert(end_entity, intermediates, UnixTime::now())
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            None => Err("server.tls.client_ca is no longer set".into()),
-        };
-        // A later change is checked at the next request: `now` was read
-        // before the verifier.
-        match verdict {
-            Ok(()) => {
-                self.at.store(now, Ordering::Release);
-                true
-            }
-            Err(why) => {
-                self.refused_at.store(now, Ordering::Release);
-                let (names, _) = peer_names(end_entity);
-                tracing::warn!(
-                    certificate = %names.join(","),
-                    error = %why,
-                    "a client certificate verified at its connection's handshake is no longer trusted by the TLS files loaded since; its requests are refused (401 untrusted)"
-                );
-                false
-            }
-        }
     }
 }
 
@@ -293,72 +238,6 @@ fn build(settings: &TlsSettings) -> anyhow::Result<Loaded> {
     })
 }
 
-/// The revocation lists (PEM `X509 CRL` blocks) in `path`; at least one.
-fn revocation_lists(path: &Path) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
-    let bytes = read_pem_file(path, "server.tls.client_crl")?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| {
-            format!(
-                "server.tls.client_crl: {} is not PEM revocation lists",
-                path.display()
-            )
-        })?;
-    anyhow::ensure!(
-        !crls.is_empty(),
-        "server.tls.client_crl: {} holds no revocation list (-----BEGIN X509 CRL-----)",
-        path.display()
-    );
-    Ok(crls)
-}
-
-/// Every CA of `server.tls.client_ca` needs a list in `crls`, signed by
-/// that CA's key: a file of another CA's lists, or of a CA re-keyed under
-/// the same name, would revoke nothing it issues (or, its signature
-/// failing at each handshake, refuse every client), without a word.
-fn covers_every_ca(
-    path: &Path,
-    crls: &[CertificateRevocationListDer<'_>],
-    cas: &[CertificateDer<'_>],
-) -> anyhow::Result<()> {
-    let mut lists = Vec::new();
-    for crl in crls {
-        let (_, parsed) = x509_parser::parse_x509_crl(crl.as_ref()).map_err(|e| {
-            anyhow::anyhow!(
-                "server.tls.client_crl: {} holds a revocation list that cannot be read: {e}",
-                path.display()
-            )
-        })?;
-        lists.push(parsed);
-    }
-    for ca in cas {
-        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(ca.as_ref()) else {
-            continue;
-        };
-        let subject = parsed.subject();
-        let named: Vec<_> = lists
-            .iter()
-            .filter(|l| l.tbs_cert_list.issuer.as_raw() == subject.as_raw())
-            .collect();
-        anyhow::ensure!(
-            !named.is_empty(),
-            "server.tls.client_crl: {} holds no revocation list of {subject}, a CA of server.tls.client_ca: add that CA's list (a file of another CA's lists revokes nothing)",
-            path.display()
-        );
-        if let Some(list) = named
-            .iter()
-            .find(|l| l.verify_signature(parsed.public_key()).is_err())
-        {
-            anyhow::bail!(
-                "server.tls.client_crl: {} holds a revocation list of {subject} (number {}) that its key in server.tls.client_ca did not sign (a list of an earlier key of that CA?): every client certificate it issued would be refused; replace it with the list the CA signs now",
-                path.display(),
-                list.crl_number().map_or_else(|| "none".to_string(), |n| n.to_string())
-            );
-        }
-    }
-    Ok(())
-}
-
 /// A TLS client config that trusts only the CA certificates (PEM) in
 /// `ca`: for `rkms healthcheck` against an HTTPS listener, which must
 /// prove it holds a certificate for the name in the URL.
@@ -476,147 +355,4 @@ pub fn peer_names(cert: &CertificateDer<'_>) -> (Vec<String>, Option<i64>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Server files for `dir`: a self-signed certificate (which is also
-    /// the client CA).
-    /// Server files in `dir` (`name`.crt, `name`.key): a self-signed
-    /// certificate whose validity `valid` sets.
-    fn valid_between(
-        dir: &Path,
-        name: &str,
-        valid: impl FnOnce(&mut rcgen::CertificateParams),
-    ) -> TlsSettings {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["rkms.test".into()]).unwrap();
-        valid(&mut params);
-        let cert = params.self_signed(&key).unwrap();
-        let cert_path = dir.join(format!("{name}.crt"));
-        let key_path = dir.join(format!("{name}.key"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        TlsSettings {
-            cert: Some(cert_path),
-            key: Some(key_path),
-            client_ca: None,
-            client_crl: None,
-        }
-    }
-
-    /// A server certificate past its notAfter (or before its notBefore)
-    /// is refused naming server.tls.cert; it was served, and every client
-    /// that checks it failed its handshake.
-    #[test]
-    fn a_server_certificate_out_of_its_validity_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, from, to, says) in [
-            ("expired", (2019, 1, 1), (2020, 1, 2), "expired on"),
-            ("future", (2999, 1, 1), (3000, 1, 1), "is not valid before"),
-        ] {
-            let settings = valid_between(dir.path(), name, |p| {
-                p.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
-                p.not_after = rcgen::date_time_ymd(to.0, to.1, to.2);
-            });
-            let err = format!("{:#}", Tls::from_settings(&settings).unwrap_err());
-            assert!(
-                err.starts_with("server.tls.cert: ") && err.contains(says),
-                "{err}"
-            );
-        }
-        // One within its validity loads.
-        assert!(Tls::from_settings(&files(dir.path())).unwrap().is_some());
-        // One issued a minute ahead of this clock (clocks differ) loads; one
-        // an hour ahead does not.
-        let since_epoch = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap();
-        for (ahead, loads) in [(60, true), (3600, false)] {
-            let settings = valid_between(dir.path(), "soon", |p| {
-                p.not_before =
-                    rcgen::date_time_ymd(1970, 1, 1) + since_epoch + Duration::from_secs(ahead);
-                p.not_after = rcgen::date_time_ymd(2999, 1, 1);
-            });
-            assert_eq!(
-                Tls::from_settings(&settings).is_ok(),
-                loads,
-                "{ahead} s ahead"
-            );
-        }
-    }
-
-    fn files(dir: &Path) -> TlsSettings {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["rkms.test".to_string()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
-        TlsSettings {
-            cert: Some(cert_path.clone()),
-            key: Some(key_path),
-            client_ca: None,
-            client_crl: None,
-        }
-    }
-
-    /// With client certificates verified, no session is kept or ticketed
-    /// for resumption: a resumed session skips the certificate checks, so a
-    /// certificate a rotated CA no longer signs would keep working on new
-    /// connections. Without them, resumption stays on (it saves a
-    /// handshake's work).
-    #[test]
-    fn sessions_are_not_resumed_when_client_certificates_are_verified() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut settings = files(dir.path());
-        let plain = build(&settings).unwrap().config;
-        assert!(plain.session_storage.put(b"id".to_vec(), b"state".to_vec()));
-        assert!(plain.send_tls13_tickets > 0);
-
-        settings.client_ca = settings.cert.clone();
-        let mtls = build(&settings).unwrap().config;
-        assert!(!mtls.session_storage.put(b"id".to_vec(), b"state".to_vec()));
-        assert_eq!(mtls.session_storage.get(b"id"), None);
-        assert_eq!(mtls.send_tls13_tickets, 0);
-        assert!(!mtls.ticketer.enabled());
-    }
-
-    /// A certificate or key path naming a device (or anything but a small
-    /// regular file) is an error naming the key, never read without end.
-    #[test]
-    fn pem_paths_must_name_small_regular_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = files(dir.path());
-        for (key, settings) in [
-            (
-                "server.tls.cert",
-                TlsSettings {
-                    cert: Some("/dev/zero".into()),
-                    ..good.clone()
-                },
-            ),
-            (
-                "server.tls.key",
-                TlsSettings {
-                    key: Some("/dev/zero".into()),
-                    ..good.clone()
-                },
-            ),
-            (
-                "server.tls.client_ca",
-                TlsSettings {
-                    client_ca: Some(dir.path().to_path_buf()),
-                    ..good.clone()
-                },
-            ),
-        ] {
-            let err = format!("{:#}", build(&settings).unwrap_err());
-            assert!(
-                err.contains(key) && err.contains("not a regular file"),
-                "{err}"
-            );
-        }
-    }
-}
+mod tests;
