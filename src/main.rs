@@ -36,7 +36,8 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API (the default).
     Serve,
-    /// Load and validate the config, print the effective settings (secrets redacted).
+    /// Load and validate the config and the TLS files it names, print the
+    /// effective settings (secrets redacted).
     CheckConfig {
         /// Also check every dependency (the store, each region's KMS key)
         /// as the server does at start; exit non-zero if one fails.
@@ -194,6 +195,12 @@ fn main() -> ExitCode {
             }
             if connect {
                 return check_connect(settings);
+            }
+            // The TLS files are local: a certificate, key, CA or revocation
+            // list that `serve` would stop on is a config mistake here too.
+            if let Err(e) = rkms::tls::Tls::from_settings(&settings.server.tls) {
+                eprintln!("rkms: {e:#}");
+                return ExitCode::from(2);
             }
             ExitCode::SUCCESS
         }

@@ -731,9 +731,10 @@ async fn regions_that_no_stored_record_is_in_stop_the_start() {
     assert!(stop(server).0.success());
 }
 
-/// `check-config --connect` reads the TLS files as `serve` does: files
-/// that `serve` cannot load fail the check (it passed them and `serve`
-/// then stopped), and an empty path is a config error naming its key.
+/// `check-config`, with or without `--connect`, reads the TLS files as
+/// `serve` does: files that `serve` cannot load fail the check (it passed
+/// them and `serve` then stopped), and an empty path is a config error
+/// naming its key.
 #[test]
 fn check_config_connect_reads_the_tls_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -747,6 +748,21 @@ fn check_config_connect_reads_the_tls_files() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("tls: failed:"), "{stdout}");
+
+    // Without --connect too: the files are local, and a file `serve`
+    // cannot load is a config mistake, one line naming its key.
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__SERVER__TLS__CERT", &missing)
+        .env("RKMS__SERVER__TLS__KEY", &missing)
+        .arg("check-config");
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("server.tls.cert") && stderr.contains("nonexistent.pem"),
+        "{stderr}"
+    );
 
     let mut cmd = command(dir.path());
     cmd.env("RKMS__SERVER__TLS__CERT", "")
