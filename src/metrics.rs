@@ -14,6 +14,90 @@ const BUCKETS: &[f64] = &[
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// A closed set of label values: an enum, every value in `ALL` (shown at
+/// zero from the start), and each value's label.
+macro_rules! label_values {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $label),+
+                }
+            }
+        }
+    };
+}
+
+label_values! {
+    /// The `op` label of `rkms_kms_requests_total` and
+    /// `rkms_kms_request_duration_seconds`.
+    KmsOp {
+        GenerateDataKey => "generate_data_key",
+        Decrypt => "decrypt",
+        Encrypt => "encrypt",
+    }
+}
+
+label_values! {
+    /// The `op` label of `rkms_store_requests_total` and
+    /// `rkms_store_request_duration_seconds`.
+    StoreOp {
+        Get => "get",
+        PutIfAbsent => "put_if_absent",
+        AddMissingRegions => "add_missing_regions",
+    }
+}
+
+label_values! {
+    /// The `outcome` label of `rkms_store_requests_total`.
+    StoreOutcome {
+        Ok => "ok",
+        /// A record that does not parse.
+        Corrupt => "corrupt",
+        /// The store is not where the settings say (a missing table, no
+        /// credentials, a file not writable): an operator must mend it.
+        Failed => "failed",
+        /// An outage: unreachable, throttled, busy.
+        Unavailable => "unavailable",
+        Error => "error",
+        /// No answer within `store.call_timeout_ms`.
+        Timeout => "timeout",
+    }
+}
+
+label_values! {
+    /// The `reason` label of `rkms_requests_shed_total`.
+    Shed {
+        /// `server.max_concurrent_requests` in flight (503).
+        Overload => "overload",
+        /// The client's rate limit (429).
+        RateLimit => "rate_limit",
+        /// A connection closed as accepted, past `server.max_connections`.
+        Connections => "connections",
+    }
+}
+
+label_values! {
+    /// The `reason` labels of `rkms_auth_failures_total` other than a
+    /// caller not identified (those are `auth::AuthFailure`'s).
+    Refusal {
+        /// 403: the client may not use this id.
+        Forbidden => "forbidden",
+        /// 403: the client may read this id but not create it.
+        CreateDenied => "create_denied",
+        /// A TLS handshake refused.
+        Tls => "tls",
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
@@ -222,41 +306,47 @@ impl Metrics {
     /// Auth refusals and sheds by reason; store calls by operation and
     /// outcome; KMS calls by region, operation and outcome.
     /// `kms_outcomes` are the outcome labels of a KMS call (`ok` and each
-    /// kind of failure).
-    pub fn start_at_zero(&self, regions: &[String], kms_outcomes: &[&str]) {
-        let reasons = [
-            "missing",
-            "malformed",
-            "unknown",
-            "expired",
-            "ambiguous",
-            "untrusted",
-            "forbidden",
-            "create_denied",
-            "tls",
-        ];
-        for reason in reasons {
+    /// kind of failure), `unidentified` the reasons a caller is not
+    /// identified (401).
+    pub fn start_at_zero(&self, regions: &[String], kms_outcomes: &[&str], unidentified: &[&str]) {
+        let refusals = Refusal::ALL.iter().map(|r| r.as_str());
+        for reason in unidentified.iter().copied().chain(refusals) {
             self.auth_failures.with_label_values(&[reason]);
         }
         for region in regions {
             self.kms_hedges.with_label_values(&[region.as_str()]);
         }
-        for reason in ["overload", "rate_limit", "connections"] {
-            self.requests_shed.with_label_values(&[reason]);
+        for reason in Shed::ALL {
+            self.requests_shed.with_label_values(&[reason.as_str()]);
         }
-        for op in ["get", "put_if_absent", "add_missing_regions"] {
-            for outcome in ["ok", "corrupt", "failed", "unavailable", "error", "timeout"] {
-                self.store_requests.with_label_values(&[op, outcome]);
+        for op in StoreOp::ALL {
+            for outcome in StoreOutcome::ALL {
+                self.store_requests
+                    .with_label_values(&[op.as_str(), outcome.as_str()]);
             }
         }
         for region in regions {
-            for op in ["generate_data_key", "decrypt", "encrypt"] {
+            for op in KmsOp::ALL {
                 for outcome in kms_outcomes {
                     self.kms_requests
-                        .with_label_values(&[region.as_str(), op, outcome]);
+                        .with_label_values(&[region.as_str(), op.as_str(), outcome]);
                 }
             }
         }
+    }
+
+    /// A request turned away before its work.
+    pub fn shed(&self, reason: Shed) {
+        self.requests_shed
+            .with_label_values(&[reason.as_str()])
+            .inc();
+    }
+
+    /// A request or handshake refused for a reason of [`Refusal`].
+    pub fn refused(&self, reason: Refusal) {
+        self.auth_failures
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     /// The text exposition format (0.0.4).

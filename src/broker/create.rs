@@ -17,13 +17,14 @@ use super::hedge::Calls;
 use super::{Inner, KeySource, Resolved};
 use crate::domain::{now_rfc3339, DataKey, KeyId, KeyRecord, Region, RECORD_VERSION};
 use crate::kms::{Context, KmsError, Wrapped};
+use crate::metrics::{KmsOp, StoreOp};
 use crate::store::PutOutcome;
 
 impl Inner {
     pub(super) async fn create(self: &Arc<Self>, id: &KeyId) -> Result<Resolved, BrokerError> {
         let bytes = self.settings.data_key_bytes;
         let (first, (key, wrapped)) = self
-            .hedged("generate_data_key", &self.settings.regions, |region| {
+            .hedged(KmsOp::GenerateDataKey, &self.settings.regions, |region| {
                 let kms = Arc::clone(&self.kms);
                 let (region, id) = (region.clone(), id.clone());
                 async move {
@@ -59,7 +60,7 @@ impl Inner {
 
         let record = assemble(id, wrapped_by_region);
         match self
-            .timed_store("put_if_absent", self.store.put_if_absent(&record))
+            .timed_store(StoreOp::PutIfAbsent, self.store.put_if_absent(&record))
             .await?
         {
             PutOutcome::Created => {
@@ -71,7 +72,9 @@ impl Inner {
                 // stored record is the truth; an unreadable answer leaves
                 // ours, as the put said.
                 if !self.store.put_is_atomic() {
-                    if let Ok(Some(stored)) = self.timed_store("get", self.store.get(id)).await {
+                    if let Ok(Some(stored)) =
+                        self.timed_store(StoreOp::Get, self.store.get(id)).await
+                    {
                         if stored.keys != record.keys {
                             self.metrics.create_conflicts.inc();
                             drop(key);
@@ -126,7 +129,7 @@ impl Inner {
             let kms = Arc::clone(&self.kms);
             let (r, id, key) = (region.clone(), id.clone(), Arc::clone(key));
             let call = async move { kms.encrypt(&r, &key, Context::Bound(&id)).await }.boxed();
-            calls.start(region.clone(), "encrypt", permit, call);
+            calls.start(region.clone(), KmsOp::Encrypt, permit, call);
         }
         let mut out = BTreeMap::new();
         let mut last_error = None;

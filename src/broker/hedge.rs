@@ -25,6 +25,7 @@ use super::error::{panic_message, NoAnswer};
 use super::Inner;
 use crate::domain::Region;
 use crate::kms::{KmsError, KmsErrorKind};
+use crate::metrics::KmsOp;
 
 /// A call ready to start in one region.
 pub(super) type Call<T> = BoxFuture<'static, Result<T, KmsError>>;
@@ -110,7 +111,7 @@ impl<T: Send + 'static> Calls<T> {
     }
 
     /// Start `call` in `region` under `permit`.
-    pub fn start(&mut self, region: Region, op: &'static str, permit: Permit, call: Call<T>) {
+    pub fn start(&mut self, region: Region, op: KmsOp, permit: Permit, call: Call<T>) {
         let inner = Arc::clone(&self.inner);
         self.pending.push(Box::pin(async move {
             let result = inner.run_call(&region, op, permit, call).await;
@@ -158,7 +159,7 @@ impl Inner {
     async fn run_call<T>(
         &self,
         region: &Region,
-        op: &'static str,
+        op: KmsOp,
         permit: Permit,
         call: Call<T>,
     ) -> Result<T, KmsError> {
@@ -181,7 +182,7 @@ impl Inner {
             Err(KmsError::new(
                 KmsErrorKind::Saturated,
                 region,
-                op,
+                op.as_str(),
                 format!(
                     "{} calls already in flight to this region for {timeout:?}",
                     self.settings.max_in_flight_per_region
@@ -195,13 +196,13 @@ impl Inner {
                 Ok(Err(panic)) => Err(KmsError::new(
                     KmsErrorKind::Other,
                     region,
-                    op,
+                    op.as_str(),
                     panic_message(panic.as_ref()),
                 )),
                 Err(_) => Err(KmsError::new(
                     KmsErrorKind::Unavailable,
                     region,
-                    op,
+                    op.as_str(),
                     format!("no answer within {timeout:?}"),
                 )),
             }
@@ -239,16 +240,10 @@ impl Inner {
         result
     }
 
-    fn observe<T>(
-        &self,
-        region: &Region,
-        op: &'static str,
-        took: Duration,
-        result: &Result<T, KmsError>,
-    ) {
+    fn observe<T>(&self, region: &Region, op: KmsOp, took: Duration, result: &Result<T, KmsError>) {
         self.metrics
             .kms_duration
-            .with_label_values(&[region.as_str(), op])
+            .with_label_values(&[region.as_str(), op.as_str()])
             .observe(took.as_secs_f64());
         let outcome = match result {
             Ok(_) => "ok",
@@ -256,20 +251,20 @@ impl Inner {
         };
         self.metrics
             .kms_requests
-            .with_label_values(&[region.as_str(), op, outcome])
+            .with_label_values(&[region.as_str(), op.as_str(), outcome])
             .inc();
         let Err(e) = result else { return };
         let chain = crate::report::chain(e);
         match e.kind {
             KmsErrorKind::Misconfigured => {
-                tracing::error!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS refused for this key or region (access denied, key missing or disabled); trying the next region")
+                tracing::error!(region = %region, op = op.as_str(), kind = e.kind.as_str(), error = %chain, "KMS refused for this key or region (access denied, key missing or disabled); trying the next region")
             }
             KmsErrorKind::Integrity => {
                 self.metrics.integrity_failures.inc();
-                tracing::error!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS refused a stored ciphertext: invalid, bound to another id, or wrapped by a foreign key")
+                tracing::error!(region = %region, op = op.as_str(), kind = e.kind.as_str(), error = %chain, "KMS refused a stored ciphertext: invalid, bound to another id, or wrapped by a foreign key")
             }
             _ => {
-                tracing::warn!(region = %region, op, kind = e.kind.as_str(), error = %chain, "KMS call failed")
+                tracing::warn!(region = %region, op = op.as_str(), kind = e.kind.as_str(), error = %chain, "KMS call failed")
             }
         }
     }
@@ -281,7 +276,7 @@ impl Inner {
     /// The first success wins.
     pub(super) async fn hedged<T, F>(
         self: &Arc<Self>,
-        op: &'static str,
+        op: KmsOp,
         order: &[Region],
         call: F,
     ) -> Result<(Region, T), NoAnswer>
@@ -352,7 +347,7 @@ impl Inner {
                     } else {
                         // Out of budget: wait for the primary to answer or fail.
                         may_hedge = false;
-                        tracing::debug!(op, "hedge budget spent; waiting on the slow region");
+                        tracing::debug!(op = op.as_str(), "hedge budget spent; waiting on the slow region");
                     }
                 }
             }

@@ -15,6 +15,7 @@ use super::error::BrokerError;
 use super::{Inner, KeySource, Resolved};
 use crate::domain::{KeyId, KeyRecord, Region};
 use crate::kms::Context;
+use crate::metrics::{KmsOp, StoreOp, StoreOutcome};
 use crate::store::StoreError;
 
 impl Inner {
@@ -24,7 +25,7 @@ impl Inner {
         allow_create: bool,
         creating: &AtomicBool,
     ) -> Result<Resolved, BrokerError> {
-        match self.timed_store("get", self.store.get(id)).await? {
+        match self.timed_store(StoreOp::Get, self.store.get(id)).await? {
             Some(record) => self.decrypt_record(Arc::new(record)).await,
             None if !allow_create => Err(BrokerError::NotFound),
             None => {
@@ -37,29 +38,29 @@ impl Inner {
     /// A store call bounded by `store.call_timeout_ms`, with its metrics.
     pub(super) async fn timed_store<T>(
         &self,
-        op: &'static str,
+        op: StoreOp,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, BrokerError> {
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.settings.store_timeout, call).await;
         self.metrics
             .store_duration
-            .with_label_values(&[op])
+            .with_label_values(&[op.as_str()])
             .observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(StoreError::Corrupt { .. })) => "corrupt",
+            Ok(Ok(_)) => StoreOutcome::Ok,
+            Ok(Err(StoreError::Corrupt { .. })) => StoreOutcome::Corrupt,
             // Not an outage: the store is not where the settings say (a
             // missing table, one with another key, no credentials, a file
             // moved away or not writable), which an operator must mend.
-            Ok(Err(e @ StoreError::Unavailable { .. })) if !e.is_outage() => "failed",
-            Ok(Err(StoreError::Unavailable { .. })) => "unavailable",
-            Ok(Err(_)) => "error",
-            Err(_) => "timeout",
+            Ok(Err(e @ StoreError::Unavailable { .. })) if !e.is_outage() => StoreOutcome::Failed,
+            Ok(Err(StoreError::Unavailable { .. })) => StoreOutcome::Unavailable,
+            Ok(Err(_)) => StoreOutcome::Error,
+            Err(_) => StoreOutcome::Timeout,
         };
         self.metrics
             .store_requests
-            .with_label_values(&[op, outcome])
+            .with_label_values(&[op.as_str(), outcome.as_str()])
             .inc();
         match result {
             Ok(Ok(v)) => Ok(v),
@@ -93,7 +94,7 @@ impl Inner {
         }
         let bound = record.bound_to_id();
         let (region, key) = self
-            .hedged("decrypt", &order, |region| {
+            .hedged(KmsOp::Decrypt, &order, |region| {
                 let kms = Arc::clone(&self.kms);
                 let record = Arc::clone(&record);
                 let region = region.clone();

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 use crate::domain::{DataKey, KeyId, KeyRecord, Region};
+use crate::metrics::StoreOp;
 
 /// Records waiting for repair, at most. Past it a short record is left for
 /// its next read; the warning says so.
@@ -310,7 +311,7 @@ impl std::fmt::Display for Failed {
 /// The stored record, if it is still the one the job read.
 async fn still_read(inner: &Arc<Inner>, job: &Job) -> Result<Option<KeyRecord>, Failed> {
     let stored = inner
-        .timed_store("get", inner.store.get(&job.id))
+        .timed_store(StoreOp::Get, inner.store.get(&job.id))
         .await
         .map_err(Failed::Store)?;
     Ok(stored.filter(|s| job.read.same_key_as(s)))
@@ -342,7 +343,7 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<Step, Failed> {
     }
     let added = inner
         .timed_store(
-            "add_missing_regions",
+            StoreOp::AddMissingRegions,
             inner.store.add_missing_regions(&job.read, &keys, &arns),
         )
         .await

@@ -32,6 +32,7 @@ use super::request_id::RequestIds;
 use super::{key, AppState, REQUEST_ID};
 use crate::auth::Remembered;
 use crate::error::ApiError;
+use crate::metrics::Shed;
 
 mod refused;
 use refused::{bad_host, oversized};
@@ -311,11 +312,7 @@ impl EdgeInner {
     /// `server.max_concurrent_requests` are in flight: queueing it would
     /// only make every caller time out.
     fn shed(&self) -> Response {
-        self.state
-            .metrics
-            .requests_shed
-            .with_label_values(&["overload"])
-            .inc();
+        self.state.metrics.shed(Shed::Overload);
         tracing::warn!("overloaded: request shed");
         ApiError::ServiceUnavailable {
             retry_after: SHED_RETRY_AFTER,

@@ -17,6 +17,7 @@ use crate::auth::{PeerNames, Remembered};
 use crate::broker::{BrokerError, Resolved, Unanswered, Unwaited};
 use crate::domain::{DataKey, KeyId};
 use crate::error::ApiError;
+use crate::metrics::{Refusal, Shed};
 use crate::telemetry::audit;
 
 /// Query parameters, parsed strictly: unknown names, repeats and unknown
@@ -242,21 +243,13 @@ pub(super) async fn get_key(
     };
     if let Err(wait) = identity.check_rate() {
         audit.emit("denied", "none", "rate_limited");
-        state
-            .metrics
-            .requests_shed
-            .with_label_values(&["rate_limit"])
-            .inc();
+        state.metrics.shed(Shed::RateLimit);
         return ApiError::TooManyRequests { retry_after: wait }.into_response();
     }
     // Whether the id exists is never revealed to a client that may not read it.
     if !identity.may_read(&query.id) {
         audit.emit("denied", "none", "forbidden");
-        state
-            .metrics
-            .auth_failures
-            .with_label_values(&["forbidden"])
-            .inc();
+        state.metrics.refused(Refusal::Forbidden);
         return ApiError::Forbidden("this client may not use this id".into()).into_response();
     }
     let may_create = query.create && identity.may_create();
@@ -291,11 +284,7 @@ pub(super) async fn get_key(
         // without create=false: it asked to create.
         Err(BrokerError::NotFound) if query.create => {
             audit.emit("create", "none", "forbidden");
-            state
-                .metrics
-                .auth_failures
-                .with_label_values(&["create_denied"])
-                .inc();
+            state.metrics.refused(Refusal::CreateDenied);
             ApiError::Forbidden("this client may not create new ids".into()).into_response()
         }
         Err(BrokerError::NotFound) => {

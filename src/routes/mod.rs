@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use crate::auth::{AuthFailure, Authenticator, PeerNames};
 use crate::broker::KeyBroker;
 use crate::error::{ApiError, Challenge};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Shed};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -151,11 +151,7 @@ async fn authenticated_metrics(
         Ok(identity) => match identity.check_rate() {
             Ok(()) => metrics_text(State(state)).await,
             Err(wait) => {
-                state
-                    .metrics
-                    .requests_shed
-                    .with_label_values(&["rate_limit"])
-                    .inc();
+                state.metrics.shed(Shed::RateLimit);
                 ApiError::TooManyRequests { retry_after: wait }.into_response()
             }
         },

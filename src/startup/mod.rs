@@ -176,7 +176,8 @@ impl Application {
         let kms_outcomes: Vec<&str> = std::iter::once("ok")
             .chain(crate::kms::KmsErrorKind::ALL.map(|k| k.as_str()))
             .collect();
-        metrics.start_at_zero(&settings.kms.regions, &kms_outcomes);
+        let unidentified = crate::auth::AuthFailure::ALL.map(|f| f.reason());
+        metrics.start_at_zero(&settings.kms.regions, &kms_outcomes, &unidentified);
         health.export(metrics.dependency_check_failed.clone());
         let broker = KeyBroker::new(kms, store, broker_settings(&settings), Arc::clone(&metrics));
         let state = AppState::new(Shared {

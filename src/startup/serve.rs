@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::watchdog;
 use crate::auth::PeerNames;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Refusal, Shed};
 use crate::routes;
 use crate::tls::Tls;
 
@@ -102,10 +102,7 @@ struct Full {
 
 impl Full {
     fn turn_away(&mut self, peer: SocketAddr, metrics: &Metrics) {
-        metrics
-            .requests_shed
-            .with_label_values(&["connections"])
-            .inc();
+        metrics.shed(Shed::Connections);
         self.since += 1;
         if self.said.is_none_or(|t| t.elapsed() >= FULL_WARN_EVERY) {
             tracing::warn!(
@@ -187,7 +184,7 @@ pub(super) async fn serve(
                         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                     {
                         Some(refused) => {
-                            metrics.auth_failures.with_label_values(&["tls"]).inc();
+                            metrics.refused(Refusal::Tls);
                             tracing::info!(peer = %peer_addr, error = %refused, "TLS handshake failed");
                         }
                         None => {

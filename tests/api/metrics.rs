@@ -168,6 +168,34 @@ async fn alerting_counters_start_at_zero() {
         );
         assert!(text.lines().any(|l| l == line), "no {line}: {text}");
     }
+    // Every other refusal and shed reason, and every store operation and
+    // outcome, from the lists the code counts them by.
+    use rkms::metrics::{Refusal, Shed, StoreOp, StoreOutcome};
+    let mut lines = Vec::new();
+    for r in Refusal::ALL {
+        lines.push(format!(
+            "rkms_auth_failures_total{{reason=\"{}\"}} 0",
+            r.as_str()
+        ));
+    }
+    for r in Shed::ALL {
+        lines.push(format!(
+            "rkms_requests_shed_total{{reason=\"{}\"}} 0",
+            r.as_str()
+        ));
+    }
+    for op in StoreOp::ALL {
+        for outcome in StoreOutcome::ALL {
+            lines.push(format!(
+                "rkms_store_requests_total{{op=\"{}\",outcome=\"{}\"}} 0",
+                op.as_str(),
+                outcome.as_str()
+            ));
+        }
+    }
+    for line in lines {
+        assert!(text.lines().any(|l| l == line), "no {line}: {text}");
+    }
     let line = "rkms_kms_hedges_total{region=\"local-2\"} 0";
     assert!(text.lines().any(|l| l == line), "no {line}: {text}");
     let line = "rkms_reload_failed{source=\"auth.token_files\"} 0";
