@@ -240,9 +240,11 @@ impl Health {
         }
     }
 
-    /// Whether no check has been found broken since the last time they
-    /// all passed (an unreachable dependency does not count: the breakers
-    /// and the store's own readiness deal with outages).
+    /// Whether every check has passed at least once since start (an
+    /// unreachable dependency does not count against it: the breakers and
+    /// the store's own readiness deal with outages). Once set, it stays:
+    /// a check found broken later shows in `/readyz`'s body and in
+    /// `rkms_dependency_check_failed`.
     pub fn passed_once(&self) -> bool {
         self.passed_once.load(Ordering::Acquire)
     }

@@ -345,7 +345,10 @@ impl Authenticator {
                 if matched.any(|&i| i != first) {
                     return Err(AuthFailure::Ambiguous);
                 }
-                Ok(Identity::Client(&self.clients[first]))
+                self.clients
+                    .get(first)
+                    .map(Identity::Client)
+                    .ok_or(AuthFailure::Unknown)
             }
         }
     }

@@ -270,8 +270,9 @@ impl Inner {
     }
 
     /// Race `call` across `order` (regions slow of late moved to the back,
-    /// see [`super::slow::SlowRegions`]): start the first region whose breaker allows it; when it fails, start the next at once; when it has not
-    /// answered within `hedge_after` and the hedge budget allows, start the
+    /// see [`super::slow::SlowRegions`]): start the first region whose
+    /// breaker allows it; when it fails, start the next at once; when it
+    /// has not answered within `hedge_after` and the hedge budget allows, start the
     /// next as well. With `hedge_after` zero every region starts at once.
     /// The first success wins.
     pub(super) async fn hedged<T, F>(

@@ -17,6 +17,7 @@ pub mod error;
 mod flight;
 mod hedge;
 mod read;
+mod ready;
 mod repair;
 mod slow;
 mod unanswered;
@@ -32,6 +33,8 @@ use self::breaker::{BreakerGauges, Breakers};
 pub use self::error::BrokerError;
 use self::flight::{Flight, FlightKey};
 use self::hedge::{HedgeBudget, InFlight};
+use self::ready::StorePing;
+pub use self::ready::{NotReady, PING_EVERY};
 use self::repair::Repairs;
 use self::slow::SlowRegions;
 pub use self::unanswered::{Unanswered, Unwaited};
@@ -146,6 +149,7 @@ struct Inner {
     cache: Option<KeyCache>,
     flights: Mutex<HashMap<FlightKey, Flight>>,
     repairs: Repairs,
+    ping: StorePing,
     /// Every task the broker starts: resolutions and KMS calls whose
     /// caller stopped waiting, repairs. Shutdown waits for them; a
     /// resolution its caller still polls is not one of them.
@@ -184,6 +188,7 @@ impl KeyBroker {
             breakers,
             cache,
             flights: Mutex::new(HashMap::new()),
+            ping: StorePing::default(),
             tasks: TaskTracker::new(),
         });
         Repairs::start_worker(&inner);
@@ -283,44 +288,6 @@ impl KeyBroker {
         (result, action)
     }
 
-    /// Readiness: the store answers within `timeout`, and at least one region's
-    /// breaker lets calls through. Returns the failing checks by name.
-    pub async fn readiness(&self, timeout: Duration) -> Result<(), Vec<NotReady>> {
-        let mut failed = Vec::new();
-        match tokio::time::timeout(timeout, self.inner.store.ping()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => failed.push(NotReady {
-                check: "store",
-                unreachable: e.is_outage(),
-                detail: crate::report::chain(&e),
-            }),
-            Err(_) => failed.push(NotReady {
-                check: "store",
-                unreachable: true,
-                detail: format!("no answer within {timeout:?}"),
-            }),
-        }
-        if !self.inner.breakers.any_usable() {
-            let open: Vec<String> = self
-                .inner
-                .breakers
-                .open_regions()
-                .iter()
-                .map(Region::to_string)
-                .collect();
-            failed.push(NotReady {
-                check: "kms",
-                unreachable: true,
-                detail: format!("every region's breaker is open: {}", open.join(", ")),
-            });
-        }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(failed)
-        }
-    }
-
     /// Regions whose breaker is open now.
     pub fn open_regions(&self) -> Vec<Region> {
         self.inner.breakers.open_regions()
@@ -384,8 +351,8 @@ impl KeyBroker {
 
     /// Stop: repairs still waiting on a region give up (they are logged by
     /// id), and every task the broker started finishes (so stop serving
-    /// first: a resolution a request still polls is not a task). KMS and store calls
-    /// are bounded by their timeouts, so this is too.
+    /// first: a resolution a request still polls is not a task). KMS and
+    /// store calls are bounded by their timeouts, so this is too.
     pub async fn shutdown(&self) {
         self.inner.repairs.cancel.cancel();
         self.inner.tasks.close();
@@ -395,15 +362,3 @@ impl KeyBroker {
 
 #[cfg(test)]
 mod tests;
-
-/// A readiness check that did not pass.
-#[derive(Debug)]
-pub struct NotReady {
-    /// `store` or `kms`.
-    pub check: &'static str,
-    /// An outage (no answer, a timeout, every breaker open), not a wrong
-    /// configuration.
-    pub unreachable: bool,
-    /// Why, for the log.
-    pub detail: String,
-}

@@ -23,9 +23,6 @@ pub enum Source {
     Defaults,
 }
 
-/// The hashes of the tokens in a `token_file`: one per non-empty line
-/// (one token, or several while a rotation overlaps). The error says what
-/// is wrong without any token in it.
 /// A small secret or certificate file, read whole: a regular file (checked
 /// before the open, as opening some devices has effects, and on the file
 /// opened) of at most `max` bytes, opened without blocking (a FIFO put
@@ -45,10 +42,15 @@ pub fn read_small_file(path: &Path, max: u64) -> Result<zeroize::Zeroizing<Vec<u
         .custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32)
         .open(path)
         .map_err(cannot)?;
-    if !file.metadata().map_err(cannot)?.is_file() {
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
         return Err(not_regular());
     }
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
+    // Room for the whole file from the start: a buffer outgrown as it
+    // fills is freed unwiped, with the secret's first bytes in it. The
+    // margin keeps the reader's first probe out of a stack buffer too.
+    let room = usize::try_from(meta.len().min(max)).unwrap_or(0) + 64;
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(room));
     file.take(max + 1).read_to_end(&mut bytes).map_err(cannot)?;
     if bytes.len() as u64 > max {
         return Err(format!("{} is larger than {max} bytes", path.display()));

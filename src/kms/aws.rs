@@ -140,11 +140,11 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| map_err(e, region, OP))?;
+        // Into a wiping buffer first: an answer refused below must not
+        // leave its plaintext behind.
+        let plaintext = out.plaintext.map(|b| Zeroizing::new(b.into_inner()));
         wrapped_by(expected, out.key_id.as_deref(), region, OP)?;
-        let plaintext = out
-            .plaintext
-            .map(|b| Zeroizing::new(b.into_inner()))
-            .ok_or_else(|| incomplete(region, OP, "plaintext"))?;
+        let plaintext = plaintext.ok_or_else(|| incomplete(region, OP, "plaintext"))?;
         let ciphertext = out
             .ciphertext_blob
             .map(Blob::into_inner)

@@ -23,8 +23,9 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready when the store answers, a KMS region can serve, and every
 /// dependency check has passed once since start (a region's key found
-/// wrong later is `failed` in the body, not unready: others serve). The body names each check
-/// (`store`, `kms`, `kms.<region>`) with `ok` or why not: `failed` (the
+/// wrong later is `failed` in the body, not unready: others serve). The
+/// body names each check (`store`, `kms`, `kms.<region>`) with `ok` or
+/// why not: `failed` (the
 /// configuration or resource is wrong; the log says why), `unreachable`
 /// (no answer, a timeout, every breaker open) or `breaker_open`. `kms` is
 /// `ok` while any region's key checks ok. Nothing secret.
@@ -61,7 +62,10 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         Err(failed) => {
             ready = false;
             for not in &failed {
-                tracing::warn!(check = not.check, detail = %not.detail, "readiness check failed");
+                // A shared answer was logged by the probe that found it.
+                if not.fresh {
+                    tracing::warn!(check = not.check, detail = %not.detail, "readiness check failed");
+                }
                 // A check that found a wrong configuration keeps saying so
                 // (a missing table also fails to answer).
                 let outcome = if not.unreachable {

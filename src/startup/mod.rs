@@ -328,7 +328,6 @@ impl Application {
     }
 }
 
-/// The broker's typed tuning, from the config file's fields.
 /// How often token files are read again.
 const TOKEN_FILES_EVERY: Duration = Duration::from_secs(5);
 
@@ -359,6 +358,7 @@ fn watch_token_files(
     }))
 }
 
+/// The broker's typed tuning, from the config file's fields.
 fn broker_settings(s: &Settings) -> BrokerSettings {
     BrokerSettings {
         regions: s.kms.regions.iter().map(Region::new).collect(),

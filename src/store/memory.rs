@@ -54,14 +54,31 @@ mod probe {
     pub(super) struct Probe {
         down: AtomicBool,
         panicking: AtomicBool,
+        hanging: AtomicBool,
         gets: AtomicUsize,
         puts: AtomicUsize,
+        pings: AtomicUsize,
     }
 
     impl MemoryStore {
         /// While `true`, every call fails with `Unavailable`.
         pub fn set_unavailable(&self, down: bool) {
             self.probe.down.store(down, Ordering::SeqCst);
+        }
+
+        /// While `true`, a ping never answers (a store that hangs).
+        pub fn set_hang(&self, hanging: bool) {
+            self.probe.hanging.store(hanging, Ordering::SeqCst);
+        }
+
+        /// Pings started.
+        pub fn pings(&self) -> usize {
+            self.probe.pings.load(Ordering::SeqCst)
+        }
+
+        /// Whether a ping is to hang.
+        pub(super) fn hanging(&self) -> bool {
+            self.probe.hanging.load(Ordering::SeqCst)
         }
 
         /// While `true`, every call panics (a bug in an adapter).
@@ -96,6 +113,7 @@ mod probe {
             match op {
                 "get" => self.probe.gets.fetch_add(1, Ordering::SeqCst),
                 "put_if_absent" => self.probe.puts.fetch_add(1, Ordering::SeqCst),
+                "ping" => self.probe.pings.fetch_add(1, Ordering::SeqCst),
                 _ => 0,
             };
             assert!(
@@ -151,7 +169,12 @@ impl Store for MemoryStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.enter("ping")
+        self.enter("ping")?;
+        #[cfg(any(test, feature = "testing"))]
+        if self.hanging() {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
     }
 
     /// In id order; the cursor is the last id returned. Segment `n` holds

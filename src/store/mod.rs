@@ -246,7 +246,6 @@ pub fn merge_missing(
     added
 }
 
-/// Parse a stored `key_ids` map (region -> key ARN).
 /// Region -> text (the stored `key_ids`), from its entries in the order
 /// stored: a region named twice keeps its last entry.
 pub fn decode_region_map<'a>(

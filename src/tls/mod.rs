@@ -291,7 +291,8 @@ const CLOCK_SKEW: i64 = 5 * 60;
 /// served: at start that stops rkms in one line; at a reload the previous
 /// certificate is kept, and the files are tried again. A `notBefore` up to
 /// five minutes ahead of this clock is accepted (clocks differ). One that
-/// expires within a week is loaded, with a warning. (`with_single_cert` judges a certificate that cannot be parsed.)
+/// expires within a week is loaded, with a warning. A certificate that
+/// cannot be parsed is left to `with_single_cert` to judge.
 fn within_validity(leaf: &CertificateDer<'_>, path: &Path) -> anyhow::Result<()> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
         return Ok(());

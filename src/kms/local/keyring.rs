@@ -274,14 +274,28 @@ pub(super) fn read_keyring(path: &Path) -> Result<Option<Keyring>, KeyringError>
         })
 }
 
+/// More than the pretty JSON of `file` takes: every string six times over
+/// (the longest escape, `\u0001`, is six bytes for one) and a line of
+/// indentation and punctuation each.
+pub(super) fn room_for(file: &KeyringFile) -> usize {
+    let strings: usize = file
+        .master_keys
+        .iter()
+        .map(|(region, key)| region.len() + key.len() + 64)
+        .sum();
+    6 * (strings + file.note.len()) + 256
+}
+
 pub(super) fn write_atomically(path: &Path, file: &KeyringFile) -> Result<(), KeyringError> {
     let err = |source| KeyringError::Write {
         path: path.to_path_buf(),
         source,
     };
     let dir = keyring_dir(path)?;
-    let body =
-        Zeroizing::new(serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?);
+    // Written into a buffer with room for it all: one outgrown as it fills
+    // would be freed unwiped, with master keys in it.
+    let mut body = Zeroizing::new(Vec::with_capacity(room_for(file)));
+    serde_json::to_writer_pretty(&mut *body, file).map_err(|e| err(std::io::Error::other(e)))?;
     // A name of its own each time: a process id repeats (a container's
     // server is often process 1 at every start), and a file left by a
     // write that was killed would then block every later one.

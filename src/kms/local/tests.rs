@@ -5,6 +5,29 @@ mod unit {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The keyring is written into a buffer sized before writing, so no
+    /// outgrown copy of the master keys is freed unwiped: the size holds
+    /// for any note and regions, escapes included.
+    #[test]
+    fn the_keyring_buffer_is_never_outgrown() {
+        for note in [
+            "",
+            "plain note",
+            "\u{1}\u{2}\"\\\n\t",
+            &"\u{1f}".repeat(500),
+        ] {
+            let file = keyring::KeyringFile {
+                format: keyring::KEYRING_FORMAT,
+                note: note.to_owned(),
+                master_keys: (0..20)
+                    .map(|i| (format!("region-\u{1}{i}"), "A".repeat(44)))
+                    .collect(),
+            };
+            let pretty = serde_json::to_vec_pretty(&file).unwrap();
+            assert!(keyring::room_for(&file) >= pretty.len(), "{note:?}");
+        }
+    }
+
     /// Many first starts at once on one keyring path (two rkms processes
     /// sharing a data directory): every one ends up with the same master
     /// keys, so a key wrapped by one unwraps in all the others.

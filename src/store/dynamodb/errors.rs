@@ -63,14 +63,9 @@ where
             source: Box::new(crate::aws::NoCredentials::new(why, Box::new(err))),
         };
     }
-    // A missing table is an outage of the store, not a bug in the request:
-    // answer 503 and say which table in the log.
     let transient = f.transport
         || is_throttling(f.code, f.status)
-        || matches!(
-            f.code,
-            Some("InternalServerError" | "ServiceUnavailable" | "ResourceNotFoundException")
-        )
+        || matches!(f.code, Some("InternalServerError" | "ServiceUnavailable"))
         || f.status.is_some_and(|s| s >= 500);
     if let Some(why) = refused_why(f.code, err.message()) {
         let table = table.to_string();
