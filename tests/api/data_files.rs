@@ -211,7 +211,9 @@ async fn a_full_disk_refuses_creates_with_503_and_loses_nothing() {
     assert!(status.success(), "exit {status:?}");
 }
 
+/// `/readyz`, past the interval in which it shares the store's last answer.
 async fn readiness(client: &reqwest::Client, base: &str) -> (u16, Value) {
+    tokio::time::sleep(rkms::broker::PING_EVERY).await;
     let res = client.get(format!("{base}/readyz")).send().await.unwrap();
     (res.status().as_u16(), res.json().await.unwrap())
 }

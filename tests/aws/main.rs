@@ -446,7 +446,9 @@ async fn an_alias_moved_while_running_does_not_split_the_keys_used() {
 async fn readiness_follows_the_store() {
     let cloud = Cloud::start(true).await;
     let server = serve(cloud.settings()).await;
+    // Each past the interval in which /readyz shares the store's answer.
     let ready = || async {
+        tokio::time::sleep(rkms::broker::PING_EVERY).await;
         let res = server
             .client
             .get(format!("{}/readyz", server.base))
