@@ -41,6 +41,7 @@ pub use self::unanswered::{Unanswered, Unwaited};
 use crate::domain::{DataKey, KeyId, Region};
 use crate::kms::Kms;
 use crate::metrics::Metrics;
+use crate::store::exact::ExactIds;
 use crate::store::Store;
 
 /// Broker tuning: typed values, built by the caller from its config.
@@ -178,7 +179,7 @@ impl KeyBroker {
         });
         let inner = Arc::new(Inner {
             kms,
-            store,
+            store: Arc::new(ExactIds(store)),
             budget: HedgeBudget::new(settings.hedge_budget_percent, settings.hedge_budget_burst),
             in_flight: InFlight::new(&settings.regions, settings.max_in_flight_per_region),
             slow: SlowRegions::default(),

@@ -5,6 +5,7 @@
 //! Must not: import `kms` (shared needs live in `aws` and `report`).
 
 pub mod dynamodb;
+pub mod exact;
 pub mod memory;
 pub mod sqlite;
 
@@ -54,6 +55,9 @@ impl StoreError {
             e.is::<sqlite::FileChanged>()
                 || e.is::<sqlite::LogChanged>()
                 || e.is::<sqlite::NotWritable>()
+                || e.is::<sqlite::SaidDamaged>()
+                || e.is::<sqlite::Damaged>()
+                || e.is::<sqlite::Reshaped>()
                 || e.is::<dynamodb::NoSuchTable>()
                 || e.is::<dynamodb::TableRefused>()
                 || e.downcast_ref::<crate::aws::NoCredentials>()

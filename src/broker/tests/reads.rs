@@ -460,3 +460,78 @@ async fn a_panicking_resolution_fails_its_callers_and_the_next_miss_starts_afres
     let read = rig.broker.get_or_create(&p, true).await.unwrap();
     assert_eq!(read.key.expose(), created.key.expose());
 }
+
+/// A store that matches ids without case (a table altered so): it answers
+/// `ALPHA` with `alpha`'s record. The id binding cannot tell, as that
+/// ciphertext is bound to `alpha`: the broker refuses the answer, serves
+/// nothing and creates nothing (found by a review, where `alpha`, `ALPHA`
+/// and `Alpha` were served one key).
+#[tokio::test]
+async fn a_store_that_answers_another_ids_record_is_refused() {
+    struct Loose(Arc<MemoryStore>);
+    #[async_trait::async_trait]
+    impl Store for Loose {
+        async fn get(
+            &self,
+            id: &KeyId,
+        ) -> Result<Option<crate::domain::KeyRecord>, crate::store::StoreError> {
+            self.0
+                .get(&KeyId::parse(&id.as_str().to_lowercase()).unwrap())
+                .await
+        }
+        async fn put_if_absent(
+            &self,
+            record: &crate::domain::KeyRecord,
+        ) -> Result<crate::store::PutOutcome, crate::store::StoreError> {
+            let lower = KeyId::parse(&record.id.as_str().to_lowercase()).unwrap();
+            match self.0.get(&lower).await? {
+                Some(stored) => Ok(crate::store::PutOutcome::Exists(stored)),
+                None => self.0.put_if_absent(record).await,
+            }
+        }
+        async fn add_missing_regions(
+            &self,
+            read: &crate::domain::KeyRecord,
+            keys: &std::collections::BTreeMap<Region, Vec<u8>>,
+            key_ids: &std::collections::BTreeMap<Region, String>,
+        ) -> Result<usize, crate::store::StoreError> {
+            self.0.add_missing_regions(read, keys, key_ids).await
+        }
+        async fn ping(&self) -> Result<(), crate::store::StoreError> {
+            Ok(())
+        }
+        async fn scan(
+            &self,
+            segment: u32,
+            segments: u32,
+            cursor: Option<&str>,
+            limit: usize,
+        ) -> Result<crate::store::ScanPage, crate::store::StoreError> {
+            self.0.scan(segment, segments, cursor, limit).await
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let settings = no_cache();
+    let local = LocalKms::open(&dir.path().join("keyring.json"), &settings.regions).unwrap();
+    let kms = Arc::new(FaultyKms::new(Arc::new(local)));
+    let inner = Arc::new(MemoryStore::new());
+    let broker = KeyBroker::new(
+        kms.clone(),
+        Arc::new(Loose(inner.clone())),
+        settings,
+        Arc::new(Metrics::new().unwrap()),
+    );
+    let alpha = broker.get_or_create(&id("alpha"), true).await.unwrap();
+    assert!(alpha.created);
+    for asked in ["ALPHA", "Alpha"] {
+        for create in [false, true] {
+            let err = broker.get_or_create(&id(asked), create).await.unwrap_err();
+            assert!(
+                matches!(&err, BrokerError::Store { source } if matches!(**source, crate::store::StoreError::Corrupt { .. })),
+                "{asked}: {err:?}"
+            );
+        }
+    }
+    assert_eq!(kms.total_calls("generate_data_key"), 1);
+    assert_eq!(inner.len(), 1);
+}

@@ -38,7 +38,9 @@ use reopen::{log_path, Reopen};
 use rows::{read, refuse_blob_id, scan_rows, to_json};
 use writer::{Done, Write, Writer};
 
+mod check;
 mod file;
+pub(crate) use check::{Damaged, Reshaped};
 pub use file::holds_a_store;
 pub(crate) use file::FileChanged;
 pub(crate) use reopen::LogChanged;
@@ -111,12 +113,23 @@ fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
                 source: Box::new(e),
             }
         }
+        // Found damaged while running: `Reopen::note` stops writes.
+        ref e if check::says_damaged(e) => StoreError::Unavailable {
+            op,
+            source: Box::new(SaidDamaged(e.to_string())),
+        },
         e => StoreError::Other {
             op,
             source: Box::new(e),
         },
     }
 }
+
+/// SQLite answered a call that the file is damaged (`SQLITE_CORRUPT`,
+/// `SQLITE_NOTADB`); the path is added where the store notes it.
+#[derive(Debug, thiserror::Error)]
+#[error("SQLite: {0}")]
+pub(crate) struct SaidDamaged(String);
 
 /// SQLite refused a write to the database or its log.
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +227,9 @@ impl SqliteStore {
                 first.execute_batch(SCHEMA)
             })?;
         }
+        if let Some(first) = idle.first() {
+            check::trustworthy(first, path)?;
+        }
         // The log exists once a connection has written (the schema): one
         // that cannot be found is not checked.
         let log = match mode {
@@ -227,6 +243,7 @@ impl SqliteStore {
             log,
             busy_timeout,
             mode,
+            damaged: std::sync::OnceLock::new(),
         });
         Ok(Self {
             reader: Reader::new(Arc::clone(&idle), Arc::clone(&reopen)),
@@ -266,6 +283,7 @@ impl SqliteStore {
             };
             let result = f(&mut conn);
             lock(&idle).push(conn);
+            reopen.note(&result);
             result
         })
         .await
@@ -361,13 +379,16 @@ impl Store for SqliteStore {
         self.with_conn("ping", move |conn| {
             reopen.still_there("ping", Some(conn))?;
             reopen.writable("ping")?;
+            reopen.intact("ping")?;
+            // The query first: it brings the connection's view of the
+            // table up to date, which the statements are then held to.
             conn.query_row(
                 "SELECT count(*) FROM (SELECT 1 FROM rkms_keys LIMIT 1)",
                 [],
                 |r| r.get::<_, i64>(0),
             )
-            .map(|_| ())
-            .map_err(other("ping"))
+            .map_err(other("ping"))?;
+            rows::fit(conn).map_err(other("ping"))
         })
         .await
     }

@@ -285,7 +285,9 @@ fn drain(queue: &Mutex<Queue>, idle: &Mutex<Vec<Connection>>, reopen: &Reopen) {
             };
         }
         if let Some(c) = &conn {
-            let _ = job.reply.send(read(c, job.id.as_str(), OP));
+            let answer = read(c, job.id.as_str(), OP);
+            reopen.note(&answer);
+            let _ = job.reply.send(answer);
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 
 use super::file::{connect, FileId, Mode};
+use super::Damaged;
 use crate::store::StoreError;
 
 /// What an open store needs to open another connection (for one lost to a
@@ -26,6 +27,8 @@ pub(super) struct Reopen {
     pub(super) log: Option<FileId>,
     pub(super) busy_timeout: Duration,
     pub(super) mode: Mode,
+    /// What SQLite said when it first answered that the file is damaged.
+    pub(super) damaged: std::sync::OnceLock<String>,
 }
 
 impl Reopen {
@@ -76,6 +79,45 @@ impl Reopen {
 }
 
 impl Reopen {
+    /// Note an answer of SQLite's that the file is damaged: from then on,
+    /// writes and pings are refused (see [`Damaged`]). Logged once.
+    pub(super) fn note<T>(&self, answer: &Result<T, StoreError>) {
+        if let Err(e) = answer {
+            self.note_error(e);
+        }
+    }
+
+    /// As [`Reopen::note`], for an error.
+    pub(super) fn note_error(&self, e: &StoreError) {
+        let StoreError::Unavailable { source, .. } = e else {
+            return;
+        };
+        let Some(said) = source.downcast_ref::<super::SaidDamaged>() else {
+            return;
+        };
+        if self.damaged.set(said.to_string()).is_ok() {
+            tracing::error!(
+                path = %self.path.display(),
+                said = %said,
+                "the database file is damaged: creates and repairs are refused from now on; /readyz fails its store check"
+            );
+        }
+    }
+
+    /// `Unavailable` once the file was found damaged.
+    pub(super) fn intact(&self, op: &'static str) -> Result<(), StoreError> {
+        match self.damaged.get() {
+            None => Ok(()),
+            Some(said) => Err(StoreError::Unavailable {
+                op,
+                source: Box::new(Damaged {
+                    path: self.path.clone(),
+                    problem: said.clone(),
+                }),
+            }),
+        }
+    }
+
     /// For a store that writes: `Unavailable` when the database or its log
     /// can no longer be written by this process (its owner or mode
     /// changed), which readiness then reports before a create fails.

@@ -27,6 +27,16 @@ const SCAN: &str = "SELECT rowid, id, keys, v, key_ids, created_at FROM rkms_key
 /// index lets a text row with the same id in beside it.
 const BLOB_ID: &str = "SELECT 1 FROM rkms_keys WHERE id = CAST(?1 AS BLOB) LIMIT 1";
 
+/// Whether the statements that read records still fit the table (a
+/// column dropped or renamed while rkms runs fails every read).
+/// Not from the statement cache: a cached statement is checked against
+/// the table only when it next runs.
+pub(super) fn fit(conn: &Connection) -> rusqlite::Result<()> {
+    conn.prepare(READ)?;
+    conn.prepare(SCAN)?;
+    Ok(())
+}
+
 pub(super) fn read(
     conn: &Connection,
     id: &str,

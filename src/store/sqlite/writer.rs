@@ -237,6 +237,7 @@ fn drain(queue: &Mutex<Queue>, reopen: &Reopen, batches: &AtomicU64) {
         if let Err(e) = reopen
             .still_there(op, conn.as_ref())
             .and_then(|()| reopen.writable(op))
+            .and_then(|()| reopen.intact(op))
         {
             lock(queue).conn = conn;
             answer_all(batch, e);
@@ -250,7 +251,7 @@ fn drain(queue: &Mutex<Queue>, reopen: &Reopen, batches: &AtomicU64) {
             }
         };
         batches.fetch_add(1, Ordering::Relaxed);
-        commit(&mut conn, batch);
+        commit(&mut conn, batch, reopen);
         // A transaction left open (its rollback failed, the file went
         // away) would fail every later BEGIN: open a new connection next.
         if conn.is_autocommit() {
@@ -264,10 +265,10 @@ fn drain(queue: &Mutex<Queue>, reopen: &Reopen, batches: &AtomicU64) {
 }
 
 /// Commit `batch` in one transaction, or each write alone if one fails.
-fn commit(conn: &mut Connection, batch: Vec<Job>) {
+fn commit(conn: &mut Connection, batch: Vec<Job>, reopen: &Reopen) {
     if let [_] = batch.as_slice() {
         for job in batch {
-            alone(conn, job);
+            alone(conn, job, reopen);
         }
         return;
     }
@@ -275,7 +276,9 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
         Ok(tx) => tx,
         Err(e) => {
             let op = batch.first().map_or("write", |job| job.write.op());
-            answer_all(batch, other(op)(e));
+            let e = other(op)(e);
+            reopen.note_error(&e);
+            answer_all(batch, e);
             return;
         }
     };
@@ -306,12 +309,12 @@ fn commit(conn: &mut Connection, batch: Vec<Job>) {
         return;
     }
     for job in batch.into_iter().filter(|job| !job.reply.is_closed()) {
-        alone(conn, job);
+        alone(conn, job, reopen);
     }
 }
 
 /// Run one write in a transaction of its own and answer it.
-fn alone(conn: &mut Connection, job: Job) {
+fn alone(conn: &mut Connection, job: Job, reopen: &Reopen) {
     let _entered = job.span.enter();
     let op = job.write.op();
     let result = conn
@@ -322,6 +325,7 @@ fn alone(conn: &mut Connection, job: Job) {
             tx.commit().map_err(other(op))?;
             Ok(done)
         });
+    reopen.note(&result);
     let _ = job.reply.send(result);
 }
 

@@ -396,3 +396,4 @@ mod unit {
 mod busy;
 
 mod group_commit;
+mod trust;

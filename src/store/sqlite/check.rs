@@ -1,0 +1,163 @@
+//! Whether the database can be trusted with keys: its `rkms_keys` table
+//! has the shape rkms made (ids compared byte for byte, one row per id),
+//! and SQLite finds the file intact. A damaged file can hide a stored id
+//! from a lookup (an index entry changed on disk, a backup restored beside
+//! another file's `-wal`), and a create would then give that id a second
+//! key. Both are checked when the store opens; a damaged file found while
+//! rkms runs stops creates and repairs (see [`Damaged`]).
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use crate::store::StoreError;
+
+/// The columns rkms made, as `PRAGMA table_info` shows them: name,
+/// declared type, NOT NULL, position in the primary key.
+const COLUMNS: [(&str, &str, bool, i64); 5] = [
+    ("id", "TEXT", true, 1),
+    ("keys", "TEXT", true, 0),
+    ("v", "INTEGER", false, 0),
+    ("key_ids", "TEXT", true, 0),
+    ("created_at", "TEXT", false, 0),
+];
+
+/// SQLite found the database file damaged. Reads go on (each record is
+/// still checked against its id); creates and repairs are refused, as an
+/// id whose record a damaged file hides would get a second key.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{} is damaged ({problem}); keys are not created or repaired in it. \
+     Stop every rkms using it, keep a copy of it with its -wal and -shm files, \
+     and restore the latest good copy (README: a damaged database file)",
+    path.display()
+)]
+pub(crate) struct Damaged {
+    pub(super) path: PathBuf,
+    pub(super) problem: String,
+}
+
+/// The `rkms_keys` table is not the one rkms made.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: the rkms_keys table is not the shape rkms made ({what}); \
+     rkms will not use it, as ids could be matched loosely or records lost. \
+     Restore the table as rkms made it (README: the SQLite store)"
+)]
+pub(crate) struct Reshaped {
+    path: PathBuf,
+    what: String,
+}
+
+/// Whether `e` is SQLite saying the file is damaged or not a database.
+pub(super) fn says_damaged(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+/// Check the table's shape, then the whole file (`PRAGMA integrity_check`:
+/// every page, every index entry against its row, and that no id is
+/// stored twice). Takes about a second per million records.
+pub(super) fn trustworthy(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    const OP: &str = "open";
+    let refuse = |source: crate::report::BoxError| StoreError::Other { op: OP, source };
+    let damaged = |problem: String| {
+        refuse(Box::new(Damaged {
+            path: path.to_path_buf(),
+            problem,
+        }))
+    };
+    let sql_error = |e: rusqlite::Error| {
+        if says_damaged(&e) {
+            damaged(e.to_string())
+        } else {
+            refuse(Box::new(e))
+        }
+    };
+    if let Some(what) = shape(conn).map_err(sql_error)? {
+        return Err(refuse(Box::new(Reshaped {
+            path: path.to_path_buf(),
+            what,
+        })));
+    }
+    let started = std::time::Instant::now();
+    let first: String = conn
+        .query_row("PRAGMA integrity_check(1)", [], |row| row.get(0))
+        .map_err(sql_error)?;
+    if first != "ok" {
+        return Err(damaged(format!("SQLite's integrity check: {first}")));
+    }
+    tracing::debug!(
+        took_ms = started.elapsed().as_millis(),
+        "database integrity checked"
+    );
+    Ok(())
+}
+
+/// What differs from the table rkms made, if anything.
+fn shape(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    let mut stmt = conn.prepare("PRAGMA table_info(rkms_keys)")?;
+    let columns: Vec<(String, String, bool, i64)> = stmt
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, bool>(3)?,
+                row.get::<_, i64>(5)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let want: Vec<(String, String, bool, i64)> = COLUMNS
+        .iter()
+        .map(|(n, t, nn, pk)| ((*n).to_owned(), (*t).to_owned(), *nn, *pk))
+        .collect();
+    if columns != want {
+        let shown = |cols: &[(String, String, bool, i64)]| {
+            cols.iter()
+                .map(|(n, t, nn, pk)| {
+                    let mut c = format!("{n} {t}");
+                    if *pk > 0 {
+                        c.push_str(" PRIMARY KEY");
+                    }
+                    if *nn {
+                        c.push_str(" NOT NULL");
+                    }
+                    c
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        return Ok(Some(format!(
+            "columns {:?}, where rkms made {:?}",
+            shown(&columns),
+            shown(&want)
+        )));
+    }
+    // The primary key's index must compare ids byte for byte: under
+    // another collation (NOCASE, say) `a` and `A` would be one id.
+    let mut stmt = conn.prepare("PRAGMA index_list(rkms_keys)")?;
+    let indexes: Vec<(String, bool, String)> = stmt
+        .query_map([], |row| Ok((row.get(1)?, row.get(2)?, row.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let Some((pk, _, _)) = indexes
+        .iter()
+        .find(|(_, unique, origin)| *unique && origin == "pk")
+    else {
+        return Ok(Some("no unique index on its primary key".into()));
+    };
+    let mut stmt = conn.prepare("SELECT name, coll FROM pragma_index_xinfo(?1) WHERE key = 1")?;
+    let keyed: Vec<(Option<String>, Option<String>)> = stmt
+        .query_map([pk], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    match keyed.as_slice() {
+        [(Some(name), Some(coll))] if name == "id" && coll.eq_ignore_ascii_case("BINARY") => {
+            Ok(None)
+        }
+        [(_, Some(coll))] => Ok(Some(format!(
+            "ids are compared with the collation {coll}, where rkms compares them byte for byte (BINARY)"
+        ))),
+        _ => Ok(Some("its primary key is not the id alone".into())),
+    }
+}
