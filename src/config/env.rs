@@ -42,7 +42,9 @@ pub(super) fn env_value(raw: &str) -> Result<figment::value::Value, String> {
 /// The part of `name` after [`ENV_PREFIX`] when it is an override, `None`
 /// for other variables, and an error for a near miss that would otherwise
 /// be ignored unseen: the prefix in other letter cases (`rkms__…`), or
-/// one underscore where two belong (`RKMS_SERVER_LISTEN`).
+/// one underscore where two belong, anywhere (`RKMS_SERVER_LISTEN`,
+/// `RKMS_STORE_SQLITE_PATH`, `RKMS_CACHE__TTL_SECONDS`): a store path so
+/// ignored would start an empty store, and every id a new key.
 pub(super) fn override_name(name: &str) -> Result<Option<&str>, ConfigError> {
     if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
         // `RKMS__SERVER__LISTEN__` or `RKMS__SERVER____LISTEN`: a key with
@@ -59,15 +61,10 @@ pub(super) fn override_name(name: &str) -> Result<Option<&str>, ConfigError> {
     let key = if let Some(rest) = upper.strip_prefix(ENV_PREFIX) {
         env_key(rest)
     } else {
-        // One underscore where two belong: only a name that spells a
+        // Underscores where others belong: only a name that spells a
         // setting, so that a token's variable (`RKMS_AUTH_TOKEN`) is left
         // alone.
-        let Some(key) = upper
-            .strip_prefix("RKMS_")
-            .and_then(|rest| rest.split_once('_'))
-            .map(|(table, key)| format!("{}.{}", table, key).to_ascii_lowercase())
-            .filter(|key| a_setting(key))
-        else {
+        let Some(key) = upper.strip_prefix("RKMS_").and_then(spelt_setting) else {
             return Ok(None);
         };
         key
@@ -80,15 +77,55 @@ pub(super) fn override_name(name: &str) -> Result<Option<&str>, ConfigError> {
     ))
 }
 
-/// Whether `key` (`table.key`) names a setting of a top-level table.
-fn a_setting(key: &str) -> bool {
-    let Some((table, key)) = key.split_once('.') else {
-        return false;
+/// The setting (`store.sqlite.path`) that `spelt` names with its
+/// separators written any way (`STORE_SQLITE_PATH`, `STORE_SQLITE__PATH`),
+/// if one does.
+fn spelt_setting(spelt: &str) -> Option<String> {
+    let squashed = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !matches!(c, '_' | '.'))
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
     };
-    toml::Value::try_from(Settings::default())
-        .ok()
-        .and_then(|all| all.get(table)?.get(key).map(|_| ()))
-        .is_some()
+    let wanted = squashed(spelt);
+    setting_keys()
+        .into_iter()
+        .find(|key| squashed(key) == wanted)
+}
+
+/// Every setting's key and every table's (`server`, `server.tls`,
+/// `server.tls.cert`): the defaults, with the settings that have none
+/// given, as a file may give them.
+pub(super) fn setting_keys() -> Vec<String> {
+    let mut all = Settings::default();
+    all.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let tls = &mut all.server.tls;
+    for file in [
+        &mut tls.cert,
+        &mut tls.key,
+        &mut tls.client_ca,
+        &mut tls.client_crl,
+    ] {
+        *file = Some(std::path::PathBuf::new());
+    }
+    fn walk(prefix: &str, table: &toml::Table, keys: &mut Vec<String>) {
+        for (name, value) in table {
+            let key = if prefix.is_empty() {
+                name.clone()
+            } else {
+                format!("{prefix}.{name}")
+            };
+            if let toml::Value::Table(inner) = value {
+                walk(&key, inner, keys);
+            }
+            keys.push(key);
+        }
+    }
+    let mut keys = Vec::new();
+    if let Ok(toml::Value::Table(table)) = toml::Value::try_from(all) {
+        walk("", &table, &mut keys);
+    }
+    keys
 }
 
 /// Any JSON value, refused when an object names a field twice.

@@ -156,7 +156,8 @@ impl Settings {
                 (Ok(name), Ok(value)) => env.push((name, value)),
                 (name, _) => {
                     let name = name.unwrap_or_else(|n| n.to_string_lossy().into_owned());
-                    if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+                    // A near miss of an override says so first.
+                    if let Some(rest) = override_name(&name)? {
                         return Err(ConfigError::new(
                             env_key(rest),
                             format!("the environment variable {name} is not valid UTF-8"),

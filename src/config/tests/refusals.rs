@@ -34,6 +34,15 @@ fn misspelt_and_doubled_overrides_are_refused() {
         "Rkms__SERVER__LISTEN",
         "RKMS_SERVER_LISTEN",
         "RKMS_CACHE_TTL_SECONDS",
+        // Found by a review: ignored, so a mistyped store and keyring path
+        // started an empty store, and an existing id got a new key.
+        "RKMS_STORE_SQLITE_PATH",
+        "RKMS_KMS_LOCAL_KEYRING",
+        "RKMS_CACHE__TTL_SECONDS",
+        "RKMS_CACHE_TTL__SECONDS",
+        "RKMS_SERVER_TLS__CERT",
+        "RKMS_SERVER_TLS_CLIENT_CRL",
+        "RKMS_SERVER_METRICS_LISTEN",
     ] {
         let err = Settings::load_with_env(&Source::Defaults, &env(&[(name, "1")])).unwrap_err();
         let text = err.to_string();
@@ -42,6 +51,12 @@ fn misspelt_and_doubled_overrides_are_refused() {
             "{name}: {text}"
         );
     }
+    let err = Settings::load_with_env(
+        &Source::Defaults,
+        &env(&[("RKMS_STORE_SQLITE__PATH", "elsewhere.sqlite3")]),
+    )
+    .unwrap_err();
+    assert_eq!(err.key, "store.sqlite.path", "{err}");
     // A variable of the app's own that only starts like one is left alone.
     for name in ["RKMS_AUTH_TOKEN", "RKMS_TOKEN", "RKMS_CONFIG"] {
         Settings::load_with_env(&Source::Defaults, &env(&[(name, "x")])).unwrap();
