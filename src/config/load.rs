@@ -9,7 +9,7 @@ use figment::providers::{Format, Serialized, Toml};
 use figment::Figment;
 use sha2::Digest as _;
 
-use super::env::{check_rust_log, env_key, env_value, override_name, ENV_PREFIX, WHOLE_MAPS};
+use super::env::{check_rust_log, env_key, env_value, override_name, WHOLE_MAPS};
 use super::{ConfigError, Settings};
 
 /// What an error names when the config file itself cannot be read (it

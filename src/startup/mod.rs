@@ -124,17 +124,61 @@ fn log_summary(settings: &Settings) {
     }
 }
 
+/// What clients meet: the TLS files and the listeners. Connections that
+/// arrive before the server is built wait in the listen queue.
+struct Front {
+    tls: Option<Tls>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+}
+
+impl Front {
+    async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let tls = Tls::from_settings(&settings.server.tls)?;
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on server.listen {}", settings.server.listen)
+            })?;
+        let metrics_listener = match settings.server.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on server.metrics_listen {addr}"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            tls,
+            listener,
+            metrics_listener,
+        })
+    }
+}
+
 impl Application {
-    /// Build every backend named in `settings`, check them, and bind the
-    /// listeners.
+    /// Read the TLS files and bind the listeners, then build every backend
+    /// named in `settings` and check them. In that order: a start refused
+    /// for a TLS file or a port taken leaves no new store or keyring behind.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let front = Front::open(&settings).await?;
         let (kms, store) = backends(&settings, Access::SERVE).await?;
-        Self::build_with(settings, kms, store).await
+        Self::assemble(settings, front, kms, store).await
     }
 
     /// Build around given backends (tests inject fault wrappers here).
     pub async fn build_with(
         settings: Settings,
+        kms: Arc<dyn Kms>,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
+        let front = Front::open(&settings).await?;
+        Self::assemble(settings, front, kms, store).await
+    }
+
+    async fn assemble(
+        settings: Settings,
+        front: Front,
         kms: Arc<dyn Kms>,
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Self> {
@@ -168,7 +212,6 @@ impl Application {
                 "starting with failed preflight checks (server.preflight = \"warn\"); /readyz fails until they pass"
             );
         }
-        let tls = Tls::from_settings(&settings.server.tls)?;
         let health = Arc::new(Health::new(&checks));
         let monitor = health.monitor(deps);
 
@@ -195,27 +238,14 @@ impl Application {
                 max_header_bytes: settings.server.max_header_bytes,
             },
         });
-        let listener = TcpListener::bind(settings.server.listen)
-            .await
-            .with_context(|| {
-                format!("cannot listen on server.listen {}", settings.server.listen)
-            })?;
-        let metrics_listener = match settings.server.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on server.metrics_listen {addr}"))?,
-            ),
-            None => None,
-        };
         Ok(Self {
             connections: serve::connection_limits(settings.server.max_connections),
-            listener,
-            metrics_listener,
+            listener: front.listener,
+            metrics_listener: front.metrics_listener,
             state,
             settings,
             monitor,
-            tls,
+            tls: front.tls,
         })
     }
 

@@ -944,3 +944,37 @@ async fn a_store_file_made_read_only_while_running_refuses_creates() {
     assert_eq!(res.status().as_u16(), 200);
     assert!(stop(server).0.success());
 }
+
+/// A start refused for a TLS file, or for a port already taken, leaves no
+/// new store or keyring behind: they were made first, and a later start
+/// with the mistake fixed (or a start elsewhere) found files it took for
+/// someone's store.
+#[test]
+fn a_start_refused_before_serving_makes_no_store_or_keyring() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = |dir: &Path| {
+        ["keyring.json", "rkms.sqlite3"]
+            .iter()
+            .filter(|f| dir.join(f).exists())
+            .count()
+    };
+    let missing = dir.path().join("nonexistent.pem");
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__SERVER__TLS__CERT", &missing)
+        .env("RKMS__SERVER__TLS__KEY", &missing);
+    let (code, stderr) = crate::process::run_to_exit(cmd);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("server.tls.cert"), "{stderr}");
+    assert_eq!(made(dir.path()), 0, "{stderr}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env(
+        "RKMS__SERVER__LISTEN",
+        taken.local_addr().unwrap().to_string(),
+    );
+    let (code, stderr) = crate::process::run_to_exit(cmd);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen on server.listen"), "{stderr}");
+    assert_eq!(made(dir.path()), 0, "{stderr}");
+}
