@@ -6,20 +6,33 @@ use std::process::ExitCode;
 
 use super::print;
 
+/// The most stdin may hold: a token file's limit.
+const MAX_INPUT: u64 = 64 * 1024;
+
 pub fn hash_token() -> ExitCode {
     use std::io::{IsTerminal, Read};
     let stdin = std::io::stdin();
-    let mut input = zeroize::Zeroizing::new(Vec::new());
+    // Room for it all from the start: an outgrown buffer is freed unwiped.
+    let mut input = zeroize::Zeroizing::new(Vec::with_capacity(MAX_INPUT as usize + 64));
     let read = if stdin.is_terminal() {
         // Typed by hand: ask, and keep the token off the screen (and out of
         // the terminal's scrollback) while it is typed.
         read_typed_line(&stdin).map(|typed| input = typed)
     } else {
-        stdin.lock().read_to_end(&mut input).map(|_| ())
+        // Bounded: `< /dev/zero` must not fill memory.
+        stdin
+            .lock()
+            .take(MAX_INPUT + 1)
+            .read_to_end(&mut input)
+            .map(|_| ())
     };
     if let Err(e) = read {
         eprintln!("rkms: hash-token: cannot read stdin: {e}");
         return ExitCode::FAILURE;
+    }
+    if input.len() as u64 > MAX_INPUT {
+        eprintln!("rkms: hash-token: stdin holds more than {MAX_INPUT} bytes: give one token");
+        return ExitCode::from(2);
     }
     let token = input
         .strip_suffix(b"\r\n")
@@ -29,6 +42,9 @@ pub fn hash_token() -> ExitCode {
         eprintln!("rkms: hash-token: the token is not UTF-8 text");
         return ExitCode::from(2);
     };
+    // A byte-order mark some editors write is no part of the token (a
+    // token file drops it too): its digest would match no token sent.
+    let token = token.strip_prefix('\u{feff}').unwrap_or(token);
     if !rkms::config::sendable_token(token) {
         eprintln!(
             "rkms: hash-token: give one token with no whitespace or control characters on stdin"

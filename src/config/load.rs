@@ -263,22 +263,29 @@ impl Settings {
                 // None is a revoked client: refused, not a config error,
                 // so that a restart keeps the revocation and serves the
                 // others ([`crate::auth::Authenticator::new`] warns).
-                client.resolved = token_file_hashes(path, &configured)
-                    .map_err(|why| ConfigError::new(format!("{key}.token_file"), why))?;
+                // A file that is not there is not named: the value may be
+                // a token pasted in place of its path.
+                client.resolved = token_file_hashes(path, &configured).map_err(|why| {
+                    let why = if std::fs::symlink_metadata(path).is_err() {
+                        "names no file that can be read (the name is not shown: it may be a token pasted in place of a path)".to_string()
+                    } else {
+                        why
+                    };
+                    ConfigError::new(format!("{key}.token_file"), why)
+                })?;
             } else if let Some(var) = &client.token_env {
                 let token = match env.iter().rev().find(|(k, _)| k == var) {
                     Some((_, v)) => zeroize::Zeroizing::new(v.trim_end().to_string()),
                     None => {
                         // Left out of `env` because it is not UTF-8, or unset.
+                        // An unset one is not named: the value may be a
+                        // token pasted in place of the variable's name.
                         let why = if std::env::var_os(var).is_some() {
-                            "is not valid UTF-8"
+                            format!("the environment variable {var} is not valid UTF-8")
                         } else {
-                            "is not set"
+                            "names an environment variable that is not set (the name is not shown: it may be a token pasted in place of a name)".to_string()
                         };
-                        return Err(ConfigError::new(
-                            format!("{key}.token_env"),
-                            format!("the environment variable {var} {why}"),
-                        ));
+                        return Err(ConfigError::new(format!("{key}.token_env"), why));
                     }
                 };
                 client.resolved = vec![token_hash(&token, &configured)
@@ -322,7 +329,20 @@ fn check_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
     let source_line = text[line_start..].lines().next().unwrap_or("");
     let gutter = line.to_string();
     let message = e.message().trim_end().replace('\n', "; ");
-    let (shown, redacted) = shown_line(&text[..line_start], source_line);
+    let message = super::printable(&message);
+    // A line of another kind of file (`--config` given an env file, or
+    // /proc/self/environ) is not shown whole: it may hold anything.
+    let (shown, redacted) = if source_line.chars().count() > MAX_SHOWN_LINE {
+        (
+            format!("[not shown: {} bytes long]", source_line.len()),
+            true,
+        )
+    } else if source_line.contains(|c: char| c.is_control() && c != '\t') {
+        ("[not shown: it holds control characters]".to_string(), true)
+    } else {
+        shown_line(&text[..line_start], source_line)
+    };
+    let shown = super::printable(&shown);
     // The caret points into the line as written; with a hash taken out it
     // would point elsewhere, so the line and column say where instead.
     let caret = if redacted {
@@ -330,11 +350,16 @@ fn check_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
     } else {
         format!("\n {} | {:>column$}", " ".repeat(gutter.len()), "^")
     };
-    Err(ConfigError::new(
-        format!("{file}:{line}:{column}"),
-        format!("TOML syntax error: {message}\n {gutter} | {shown}{caret}"),
-    ))
+    // Not through `ConfigError::new`: the line and its caret go on lines
+    // of their own, each part already escaped.
+    Err(ConfigError {
+        key: super::printable(&format!("{file}:{line}:{column}")).into_owned(),
+        problem: format!("TOML syntax error: {message}\n {gutter} | {shown}{caret}"),
+    })
 }
+
+/// The longest line a syntax error shows, in characters.
+const MAX_SHOWN_LINE: usize = 200;
 
 /// The line a syntax error shows, and whether anything was taken out of
 /// it. Its value is taken out where it may be a secret: any line of an
@@ -359,7 +384,16 @@ fn shown_line(before: &str, line: &str) -> (String, bool) {
     let named = key.trim_start().to_ascii_lowercase();
     let secret = table.starts_with("auth")
         || named.starts_with("auth")
-        || named.contains("token")
+        || [
+            "token",
+            "secret",
+            "password",
+            "passwd",
+            "credential",
+            "private",
+        ]
+        .iter()
+        .any(|word| named.contains(word))
         || (!value && !bare.is_empty() && !bare.starts_with(['[', '#']));
     match (secret, value) {
         (false, _) => without_hashes(line),
@@ -425,7 +459,11 @@ fn figment_error(error: figment::Error) -> ConfigError {
         {
             format!("invalid value: expected {expected}")
         }
+        // A variant name given where a secret goes (`mode = "<token>"`).
+        figment::error::Kind::UnknownVariant(_, expected) if secret => {
+            format!("unknown variant, expected one of {}", expected.join(", "))
+        }
         other => other.to_string().replace('\n', " "),
     };
-    ConfigError { key, problem }
+    ConfigError::new(key, problem)
 }

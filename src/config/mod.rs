@@ -11,6 +11,7 @@ mod auth;
 mod env;
 mod load;
 mod server;
+mod shown;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub use self::auth::{
 };
 pub use self::env::ENV_PREFIX;
 pub use self::load::{read_small_file, token_file_hashes, Source, CONFIG_FILE};
+pub use self::shown::{breaks_a_line, printable};
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("config error: {key}: {problem}")]
@@ -45,15 +47,19 @@ impl ConfigError {
                 || path.starts_with(&format!("{key}."))
         });
         if let Some((_, var)) = origin {
+            let var = printable(var);
             self.problem = format!("{} (set by the environment variable {var})", self.problem);
         }
         self
     }
 
+    /// Both escaped with [`printable`]: a key or value from the file or
+    /// the environment may hold a newline or a terminal's escape codes,
+    /// and the error must stay one line.
     pub(crate) fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
         Self {
-            key: key.into(),
-            problem: problem.into(),
+            key: printable(&key.into()).into_owned(),
+            problem: printable(&problem.into()).into_owned(),
         }
     }
 }

@@ -435,4 +435,5 @@ fn redacted_output_hides_token_hashes() {
     assert_eq!(reloaded, s);
 }
 
+mod echo;
 mod refusals;

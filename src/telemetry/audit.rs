@@ -11,6 +11,7 @@
 //!
 //! Must not: be handed key material; every field is an id, a name or a word.
 
+use crate::config::breaks_a_line;
 use std::cell::RefCell;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -134,23 +135,6 @@ pub(crate) fn escape_breaks(out: &mut Vec<u8>, text: &str) {
             out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
         }
     }
-}
-
-/// Characters JSON allows raw that split a log line for some readers
-/// (line and paragraph separators: JavaScript, Python's `splitlines`) or
-/// make it display other than it reads (bidirectional controls). A client
-/// chooses the ids these lines carry.
-pub(crate) fn breaks_a_line(c: char) -> bool {
-    matches!(
-        c,
-        '\u{2028}'
-            | '\u{2029}'
-            | '\u{061C}'
-            | '\u{200E}'
-            | '\u{200F}'
-            | '\u{202A}'..='\u{202E}'
-            | '\u{2066}'..='\u{2069}'
-    )
 }
 
 fn fields<'a>(event: &Event<'a>) -> [(&'static str, &'a str); 6] {

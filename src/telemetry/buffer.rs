@@ -140,7 +140,7 @@ fn escaped(line: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let text = std::str::from_utf8(line).ok()?;
-    if !text.contains(super::audit::breaks_a_line) {
+    if !text.contains(crate::config::breaks_a_line) {
         return None;
     }
     let mut out = Vec::with_capacity(line.len() + 16);

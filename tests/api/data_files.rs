@@ -975,6 +975,9 @@ fn a_start_refused_before_serving_makes_no_store_or_keyring() {
     );
     let (code, stderr) = crate::process::run_to_exit(cmd);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("cannot listen on server.listen"), "{stderr}");
+    assert!(
+        stderr.contains("cannot listen on server.listen"),
+        "{stderr}"
+    );
     assert_eq!(made(dir.path()), 0, "{stderr}");
 }

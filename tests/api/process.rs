@@ -690,24 +690,34 @@ fn startup_refuses_no_auth_on_a_public_address() {
 fn hash_token_prints_the_digest_the_config_expects() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = command(dir.path())
+    // With a byte-order mark, as a token file some editors wrote holds
+    // (a token file drops it): the digest of the token alone.
+    for input in [
+        &b"a-long-enough-token-123\n"[..],
+        b"\xef\xbb\xbfa-long-enough-token-123\n",
+    ] {
+        let mut child = command(dir.path())
+            .arg("hash-token")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{}\n", rkms::auth::token_digest("a-long-enough-token-123"))
+        );
+    }
+    // Endless input is refused, not read until memory runs out.
+    let out = command(dir.path())
         .arg("hash-token")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
+        .stdin(std::fs::File::open("/dev/zero").unwrap())
+        .output()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"a-long-enough-token-123\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap(),
-        format!("{}\n", rkms::auth::token_digest("a-long-enough-token-123"))
-    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("more than"));
 }
 
 /// A token that no Authorization header can carry (a control character in
