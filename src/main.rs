@@ -32,6 +32,34 @@ struct Cli {
     command: Option<Command>,
 }
 
+/// A `--checkpoint` path the command can read and write, checked before
+/// anything opens: a run refused only when it first saved progress had
+/// already made its target store or added a region to the keyring.
+fn checkpoint_path(given: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(given);
+    if let Ok(meta) = std::fs::metadata(&path) {
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    // As the process's effective user, which is who writes it.
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        dir,
+        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        rustix::fs::AtFlags::EACCESS,
+    )
+    .map_err(|e| format!("its directory {} cannot be written: {e}", dir.display()))?;
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    Ok(path)
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API (the default).
@@ -48,7 +76,7 @@ enum Command {
     /// (after adding a region, or creates made during an outage).
     Backfill {
         /// Resume from, and save progress to, this file.
-        #[arg(long)]
+        #[arg(long, value_parser = checkpoint_path)]
         checkpoint: Option<PathBuf>,
         /// KMS calls per second, at most (0 = unlimited): leave quota for
         /// production traffic.
@@ -91,7 +119,7 @@ enum Command {
         #[arg(long)]
         to: PathBuf,
         /// Resume from, and save progress to, this file.
-        #[arg(long)]
+        #[arg(long, value_parser = checkpoint_path)]
         checkpoint: Option<PathBuf>,
         /// Count what would be copied; write nothing.
         #[arg(long)]

@@ -371,3 +371,45 @@ async fn a_copy_onto_its_own_store_is_refused() {
         "{stderr}"
     );
 }
+
+/// A `--checkpoint` that cannot be written is refused before anything
+/// opens: `backfill` with a new region had already added it to the
+/// keyring, and `copy` had already made its target store, when the first
+/// save failed (found by a review).
+#[tokio::test]
+async fn a_checkpoint_that_cannot_be_written_is_refused_before_anything_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    create_keys(dir.path(), 2).await;
+    let keyring = std::fs::read(dir.path().join("keyring.json")).unwrap();
+    for bad in ["/proc/no-such/dir/cp.json", "/tmp"] {
+        let out = with_four_regions(dir.path())
+            .args(["backfill", "--checkpoint", bad])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains("--checkpoint"), "{bad}: {stderr}");
+        assert_eq!(
+            std::fs::read(dir.path().join("keyring.json")).unwrap(),
+            keyring,
+            "the keyring gained no region"
+        );
+
+        let to = dir.path().join("to.toml");
+        let target = dir.path().join("target.sqlite3");
+        std::fs::write(&to, format!("[store.sqlite]\npath = {target:?}\n")).unwrap();
+        let from = dir.path().join("from.toml");
+        let db = dir.path().join("rkms.sqlite3");
+        std::fs::write(&from, format!("[store.sqlite]\npath = {db:?}\n")).unwrap();
+        let out = rkms(dir.path())
+            .args(["copy", "--checkpoint", bad, "--from"])
+            .arg(&from)
+            .arg("--to")
+            .arg(&to)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(!target.exists(), "no target made: {stderr}");
+    }
+}
