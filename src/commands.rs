@@ -151,10 +151,19 @@ pub fn copy(
 }
 
 pub fn convert_config(path: &std::path::Path) -> ExitCode {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("rkms: cannot read {}: {e}", path.display());
+    // A regular file of a config's size: a FIFO or /dev/zero given by
+    // mistake must not hang the command or fill memory.
+    const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+    let text = match rkms::config::read_small_file(path, MAX_CONFIG_BYTES) {
+        Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
+            Ok(text) => text,
+            Err(_) => {
+                eprintln!("rkms: {} is not UTF-8 text", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        Err(why) => {
+            eprintln!("rkms: {why}");
             return ExitCode::from(2);
         }
     };

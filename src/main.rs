@@ -191,7 +191,19 @@ fn main() -> ExitCode {
         }
     };
     if cli.dev {
-        env.push(("RKMS__STORE__MEMORY__EPHEMERAL_OK".into(), "true".into()));
+        const ALLOW: &str = "RKMS__STORE__MEMORY__EPHEMERAL_OK";
+        match env.iter().find(|(name, _)| name == ALLOW) {
+            // Already allowed: --dev says the same.
+            Some((_, value)) if value.trim() == "true" => {}
+            Some((_, value)) => {
+                eprintln!(
+                    "rkms: config error: store.memory.ephemeral_ok: --dev sets it to true and the environment variable {ALLOW} sets it to {}: keep one",
+                    rkms::config::printable(value)
+                );
+                return ExitCode::from(2);
+            }
+            None => env.push((ALLOW.into(), "true".into())),
+        }
     }
     let loaded = Settings::locate(cli.config.as_deref()).and_then(|source| {
         Settings::load_with_env(&source, &env).map(|settings| (source, settings))

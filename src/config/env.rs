@@ -25,18 +25,31 @@ pub(super) fn env_key(rest: &str) -> String {
 /// `[a, b]`); else the text as it is.
 pub(super) fn env_value(raw: &str) -> Result<figment::value::Value, String> {
     let trimmed = raw.trim_start();
+    let mut json_error = None;
     if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        if let Ok(json) = serde_json::from_str::<serde_json::Value>(raw) {
-            // A JSON object keeps the last of two entries with one name, so
-            // `{"ids": ["billing/*"], "ids": ["*"]}` would widen a client
-            // unseen; the same in the file is an error.
-            serde_json::from_str::<EachNameOnce>(raw).map_err(|e| e.to_string())?;
-            if let Ok(value) = figment::value::Value::serialize(json) {
-                return Ok(value);
+        match serde_json::from_str::<serde_json::Value>(raw) {
+            Ok(json) => {
+                // A JSON object keeps the last of two entries with one name,
+                // so `{"ids": ["billing/*"], "ids": ["*"]}` would widen a
+                // client unseen; the same in the file is an error.
+                serde_json::from_str::<EachNameOnce>(raw).map_err(|e| e.to_string())?;
+                if let Ok(value) = figment::value::Value::serialize(json) {
+                    return Ok(value);
+                }
             }
+            Err(e) => json_error = Some(e),
         }
     }
-    Ok(raw.parse().unwrap_or_else(|_| raw.to_string().into()))
+    match raw.parse::<figment::value::Value>() {
+        // Neither JSON nor the scalar syntax's list or table: say what is
+        // wrong with it as JSON (a trailing comma, single quotes), not
+        // that a string is no list.
+        Ok(figment::value::Value::String(..)) | Err(_) if json_error.is_some() => {
+            Err(json_error.map_or_else(String::new, |e| e.to_string()))
+        }
+        Ok(value) => Ok(value),
+        Err(_) => Ok(raw.to_string().into()),
+    }
 }
 
 /// The part of `name` after [`ENV_PREFIX`] when it is an override, `None`

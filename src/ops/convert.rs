@@ -57,6 +57,17 @@ pub fn convert(source_name: &str, text: &str) -> anyhow::Result<Converted> {
         .ok_or_else(|| {
             anyhow::anyhow!("{source_name}: kms.regions is not a list of region names")
         })?;
+    // Said here, of the file given: a region name rkms would refuse comes
+    // back otherwise as a fault in the converted text, which no one sees.
+    if let Some(odd) = regions
+        .iter()
+        .find(|r| r.is_empty() || r.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        anyhow::bail!(
+            "{source_name}: kms.regions holds \"{}\", which is not a region name (empty, or with whitespace or control characters)",
+            crate::config::printable(odd)
+        );
+    }
     let key_ids: BTreeMap<String, String> = match get("kms", "key_ids", &mut used) {
         Some(toml::Value::Array(ids)) => {
             if ids.len() != regions.len() {

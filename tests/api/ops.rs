@@ -278,6 +278,29 @@ fn convert_config_prints_a_config_rkms_accepts() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("table = \"keys\""), "{text}");
     assert!(text.contains("listen = \"0.0.0.0:8000\""), "{text}");
+
+    // Not a config file: refused in one line, not read without end.
+    let newline = dir.path().join("newline.toml");
+    std::fs::write(
+        &newline,
+        "[kms]\nregions = [\"us-east-1\\n\"]\nkey_ids = [\"alias/a\"]\n[dynamodb]\ntable_name = \"keys\"\n",
+    )
+    .unwrap();
+    for (given, says) in [
+        (Path::new("/dev/zero"), "not a regular file"),
+        (dir.path(), "not a regular file"),
+        (&newline, "kms.regions holds"),
+    ] {
+        let out = rkms(dir.path())
+            .arg("convert-config")
+            .arg(given)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
 
 /// `copy` reads each config as `serve` would, clients and their tokens

@@ -1018,6 +1018,22 @@ fn the_memory_store_needs_dev_or_an_explicit_flag() {
         .env("RKMS__STORE__MEMORY__EPHEMERAL_OK", "true")
         .arg("check-config");
     assert_eq!(run_to_exit(cmd).0, Some(0));
+    // Both, agreeing, are fine (it said the variable was set twice); both
+    // disagreeing name --dev and the variable.
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__STORE__BACKEND", "memory")
+        .env("RKMS__STORE__MEMORY__EPHEMERAL_OK", "true")
+        .args(["--dev", "check-config"]);
+    assert_eq!(run_to_exit(cmd).0, Some(0));
+    let mut cmd = command(dir.path());
+    cmd.env("RKMS__STORE__MEMORY__EPHEMERAL_OK", "false")
+        .args(["--dev", "check-config"]);
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--dev") && stderr.contains("keep one"),
+        "{stderr}"
+    );
 }
 
 /// `rkms healthcheck` (the image has no curl) passes against a serving

@@ -76,3 +76,37 @@ fn a_syntax_error_in_a_file_that_is_not_a_config_shows_no_line() {
         assert!(shown.len() < 1_000, "{} bytes", shown.len());
     }
 }
+
+/// A structured override that is not JSON (a trailing comma, single
+/// quotes) says so, naming the variable, where it said a sequence was
+/// expected of what was one.
+#[test]
+fn a_json_mistake_in_an_override_is_named() {
+    let hash = "ab".repeat(32);
+    for (name, raw) in [
+        (
+            "RKMS__AUTH__CLIENTS",
+            format!(r#"[{{"name":"a","ids":["*"],"token_sha256":"{hash}",}}]"#),
+        ),
+        (
+            "RKMS__KMS__AWS__KEY_IDS",
+            r#"{"local-1":"alias/x",}"#.to_string(),
+        ),
+    ] {
+        let env = env(&[("RKMS__AUTH__MODE", "token"), (name, &raw)]);
+        let err = Settings::load_with_env(&Source::Defaults, &env).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(name) && text.contains("not usable JSON"),
+            "{text}"
+        );
+        assert!(!text.contains(&hash[..16]), "{text}");
+    }
+    // The scalar syntax's lists still read.
+    let env = env(&[
+        ("RKMS__KMS__REGIONS", "[local-1, local-2]"),
+        ("RKMS__KMS__MIN_REGIONS_ON_CREATE", "1"),
+    ]);
+    let settings = Settings::load_with_env(&Source::Defaults, &env).unwrap();
+    assert_eq!(settings.kms.regions, ["local-1", "local-2"]);
+}
