@@ -156,6 +156,13 @@ impl Settings {
                 (Ok(name), Ok(value)) => env.push((name, value)),
                 (name, _) => {
                     let name = name.unwrap_or_else(|n| n.to_string_lossy().into_owned());
+                    // Dropped, it would log at log.level unseen.
+                    if name == "RUST_LOG" {
+                        return Err(ConfigError::new(
+                            "RUST_LOG",
+                            "is not valid UTF-8; unset it to log at log.level",
+                        ));
+                    }
                     // A near miss of an override says so first.
                     if let Some(rest) = override_name(&name)? {
                         return Err(ConfigError::new(

@@ -42,6 +42,34 @@ impl Settings {
                 ));
             }
         }
+        // The two files rkms makes: a directory there is a path cut short
+        // (`.`), and one file for both would hold neither.
+        let (keyring, db) = (&self.kms.local.keyring, &self.store.sqlite.path);
+        for (key, path) in [("kms.local.keyring", keyring), ("store.sqlite.path", db)] {
+            if path.is_dir() {
+                return Err(ConfigError::new(
+                    key,
+                    format!("{} is a directory: give the path of a file", path.display()),
+                ));
+            }
+        }
+        let same_file = keyring == db
+            || matches!(
+                (std::fs::canonicalize(keyring), std::fs::canonicalize(db)),
+                (Ok(a), Ok(b)) if a == b
+            );
+        if self.kms.provider == KmsProvider::Local
+            && self.store.backend == StoreBackend::Sqlite
+            && same_file
+        {
+            return Err(ConfigError::new(
+                "kms.local.keyring",
+                format!(
+                    "{} is also store.sqlite.path: the keyring and the store need a file each",
+                    keyring.display()
+                ),
+            ));
+        }
         Ok(())
     }
 

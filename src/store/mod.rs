@@ -58,6 +58,7 @@ impl StoreError {
                 || e.is::<sqlite::SaidDamaged>()
                 || e.is::<sqlite::Damaged>()
                 || e.is::<sqlite::Reshaped>()
+                || e.is::<sqlite::TableChanged>()
                 || e.is::<dynamodb::NoSuchTable>()
                 || e.is::<dynamodb::TableRefused>()
                 || e.downcast_ref::<crate::aws::NoCredentials>()

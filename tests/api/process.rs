@@ -826,6 +826,20 @@ fn hash_token_interrupted_at_a_terminal_turns_echo_back_on() {
     assert!(!rest.contains("half-typed"), "echoed: {rest}");
 }
 
+/// A RUST_LOG that is not UTF-8 stops the start naming it, as a bad filter
+/// does: it was dropped, and rkms logged at log.level unseen.
+#[test]
+fn a_rust_log_that_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(dir.path());
+    cmd.env("RUST_LOG", std::ffi::OsStr::from_bytes(b"debug\xff"))
+        .arg("check-config");
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("RUST_LOG"), "{stderr}");
+}
+
 /// RUST_LOG can silence the application log, never the audit trail.
 #[tokio::test]
 async fn rust_log_off_does_not_silence_audit_events() {

@@ -243,3 +243,28 @@ fn plain_http_is_allowed_off_loopback_only_when_said_so() {
     .unwrap();
     assert!(s.server.allow_plaintext);
 }
+
+/// The files rkms makes: a directory named for one (`.`, a path cut
+/// short), or one file for both, is refused naming the key (`serve` then
+/// advised `chmod 600` on the directory, or left an empty database where
+/// the keyring belongs).
+#[test]
+fn a_keyring_or_store_path_that_cannot_be_its_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let file = dir.path().join("both").to_str().unwrap().to_owned();
+    for (pairs, key) in [
+        (vec![("RKMS__KMS__LOCAL__KEYRING", d)], "kms.local.keyring"),
+        (vec![("RKMS__STORE__SQLITE__PATH", d)], "store.sqlite.path"),
+        (
+            vec![
+                ("RKMS__KMS__LOCAL__KEYRING", file.as_str()),
+                ("RKMS__STORE__SQLITE__PATH", file.as_str()),
+            ],
+            "kms.local.keyring",
+        ),
+    ] {
+        let err = Settings::load_with_env(&Source::Defaults, &env(&pairs)).unwrap_err();
+        assert_eq!(err.key, key, "{err}");
+    }
+}

@@ -113,6 +113,17 @@ fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
                 source: Box::new(e),
             }
         }
+        // The table dropped or altered while rkms runs: an operator's to
+        // mend, not a fault of the request (it was a 500).
+        rusqlite::Error::SqliteFailure(_, Some(ref m))
+        | rusqlite::Error::SqlInputError { msg: ref m, .. }
+            if m.starts_with("no such table") || m.starts_with("no such column") =>
+        {
+            StoreError::Unavailable {
+                op,
+                source: Box::new(TableChanged(m.clone())),
+            }
+        }
         // Found damaged while running: `Reopen::note` stops writes.
         ref e if check::says_damaged(e) => StoreError::Unavailable {
             op,
@@ -124,6 +135,11 @@ fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
         },
     }
 }
+
+/// The `rkms_keys` table is gone or lost a column since rkms opened it.
+#[derive(Debug, thiserror::Error)]
+#[error("the rkms_keys table was dropped or altered while rkms ran (SQLite: {0}); restore it as rkms made it")]
+pub(crate) struct TableChanged(String);
 
 /// SQLite answered a call that the file is damaged (`SQLITE_CORRUPT`,
 /// `SQLITE_NOTADB`); the path is added where the store notes it.

@@ -80,6 +80,13 @@ async fn a_column_dropped_is_refused_and_fails_the_ping() {
         .unwrap();
     let err = store.ping().await.unwrap_err();
     assert!(!err.is_outage(), "{err:?}");
+    // A read is refused as the store not being as set up (503), not as a
+    // fault of the request (500).
+    let err = store.get(&KeyId::parse("k").unwrap()).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unavailable { .. }) && !err.is_outage(),
+        "{err:?}"
+    );
     drop((store, conn));
     let said = refusal(&path);
     assert!(
