@@ -49,6 +49,14 @@ where
     ) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<(String, bool)>>,
 {
+    // A store that lives only in a serving process: a tool would read an
+    // empty one, report success, and make a keyring on the way.
+    if settings.store.backend == rkms::config::StoreBackend::Memory {
+        eprintln!(
+            "rkms: config error: store.backend: \"memory\" holds no records outside a serving process: there is nothing for this command to read"
+        );
+        return ExitCode::from(2);
+    }
     let _log_guard = rkms::telemetry::init(&settings.log);
     let runtime = match runtime() {
         Ok(rt) => rt,

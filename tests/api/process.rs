@@ -1048,6 +1048,17 @@ fn the_memory_store_needs_dev_or_an_explicit_flag() {
         stderr.contains("--dev") && stderr.contains("keep one"),
         "{stderr}"
     );
+    // The tools have nothing to read in it: refused, and no keyring made
+    // (a backfill reported success on 0 records, and wrote a keyring).
+    for tool in ["backfill", "verify"] {
+        let mut cmd = command(dir.path());
+        cmd.env("RKMS__STORE__BACKEND", "memory")
+            .args(["--dev", tool]);
+        let (code, stderr) = run_to_exit(cmd);
+        assert_eq!(code, Some(2), "{tool}: {stderr}");
+        assert!(stderr.contains("store.backend"), "{tool}: {stderr}");
+    }
+    assert!(!dir.path().join("keyring.json").exists());
 }
 
 /// `rkms healthcheck` (the image has no curl) passes against a serving
