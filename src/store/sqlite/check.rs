@@ -89,10 +89,16 @@ pub(super) fn trustworthy(conn: &Connection, path: &Path) -> Result<(), StoreErr
     if first != "ok" {
         return Err(damaged(format!("SQLite's integrity check: {first}")));
     }
-    tracing::debug!(
-        took_ms = started.elapsed().as_millis(),
-        "database integrity checked"
-    );
+    let took = started.elapsed();
+    if took >= std::time::Duration::from_secs(1) {
+        // A start that waited on it says so.
+        tracing::info!(path = %path.display(), took_ms = took.as_millis(), "checked the database file's integrity");
+    } else {
+        tracing::debug!(
+            took_ms = took.as_millis(),
+            "checked the database file's integrity"
+        );
+    }
     Ok(())
 }
 
