@@ -32,32 +32,58 @@ struct Cli {
     command: Option<Command>,
 }
 
-/// A `--checkpoint` path the command can read and write, checked before
-/// anything opens: a run refused only when it first saved progress had
-/// already made its target store or added a region to the keyring.
+/// A `--checkpoint` path that can name a file: checked before anything
+/// opens, as a run refused only when it first saved progress had already
+/// made its target store or added a region to the keyring.
 fn checkpoint_path(given: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(given);
-    if let Ok(meta) = std::fs::metadata(&path) {
-        if !meta.is_file() {
-            return Err("not a regular file".into());
-        }
+    if given.ends_with('/') {
+        return Err("ends in '/': give the path of a file".into());
     }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => std::path::Path::new("."),
-    };
-    // As the process's effective user, which is who writes it.
-    rustix::fs::accessat(
-        rustix::fs::CWD,
-        dir,
-        rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
-        rustix::fs::AtFlags::EACCESS,
-    )
-    .map_err(|e| format!("its directory {} cannot be written: {e}", dir.display()))?;
+    let path = PathBuf::from(given);
+    if std::fs::metadata(&path).is_ok_and(|meta| !meta.is_file()) {
+        return Err("not a regular file".into());
+    }
+    let dir = checkpoint_dir(&path);
     if !dir.is_dir() {
         return Err(format!("{} is not a directory", dir.display()));
     }
     Ok(path)
+}
+
+/// The directory a checkpoint is saved in.
+fn checkpoint_dir(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    }
+}
+
+/// For a run that saves its checkpoint (not a dry run): a file can be
+/// made beside it, tried by making and removing one.
+fn checkpoint_writable(path: Option<&std::path::Path>) -> Result<(), ExitCode> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    let dir = checkpoint_dir(path);
+    let probe = dir.join(format!(".rkms-checkpoint-probe-{}", std::process::id()));
+    let made = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe);
+    match made {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!(
+                "rkms: --checkpoint {}: no file can be written in {}: {e}",
+                path.display(),
+                dir.display()
+            );
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -167,6 +193,9 @@ fn main() -> ExitCode {
             dry_run,
             segments,
         }) => {
+            if let Err(code) = checkpoint_writable(checkpoint.as_deref().filter(|_| !*dry_run)) {
+                return code;
+            }
             if let Some(config) = &cli.config {
                 eprintln!(
                     "rkms: copy: warning: --config (or RKMS_CONFIG) {} is not used: copy reads its stores from --from and --to",
@@ -252,6 +281,9 @@ fn main() -> ExitCode {
             segments,
             max_records,
         } => {
+            if let Err(code) = checkpoint_writable(checkpoint.as_deref().filter(|_| !dry_run)) {
+                return code;
+            }
             let options = rkms::ops::backfill::Options {
                 segments,
                 max_rps,

@@ -106,9 +106,10 @@ fn spelt_setting(spelt: &str) -> Option<String> {
         .find(|key| squashed(key) == wanted)
 }
 
-/// Every setting's key and every table's (`server`, `server.tls`,
-/// `server.tls.cert`): the defaults, with the settings that have none
-/// given, as a file may give them.
+/// Every setting's key (`server.tls.cert`), and the maps set whole
+/// ([`WHOLE_MAPS`]); not the tables that hold them (`RKMS_LOG` spells no
+/// setting): the defaults, with the settings that have none given, as a
+/// file may give them.
 pub(super) fn setting_keys() -> Vec<String> {
     let mut all = Settings::default();
     all.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
@@ -128,10 +129,12 @@ pub(super) fn setting_keys() -> Vec<String> {
             } else {
                 format!("{prefix}.{name}")
             };
-            if let toml::Value::Table(inner) = value {
-                walk(&key, inner, keys);
+            match value {
+                toml::Value::Table(inner) if !WHOLE_MAPS.contains(&key.as_str()) => {
+                    walk(&key, inner, keys)
+                }
+                _ => keys.push(key),
             }
-            keys.push(key);
         }
     }
     let mut keys = Vec::new();

@@ -273,8 +273,10 @@ impl Settings {
                 // A file that is not there is not named: the value may be
                 // a token pasted in place of its path.
                 client.resolved = token_file_hashes(path, &configured).map_err(|why| {
-                    let why = if std::fs::symlink_metadata(path).is_err() {
-                        "names no file that can be read (the name is not shown: it may be a token pasted in place of a path)".to_string()
+                    let missing = std::fs::symlink_metadata(path)
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+                    let why = if missing {
+                        "names no file (the name is not shown: it may be a token pasted in place of a path)".to_string()
                     } else {
                         why
                     };

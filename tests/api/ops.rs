@@ -404,7 +404,12 @@ async fn a_checkpoint_that_cannot_be_written_is_refused_before_anything_changes(
     let dir = tempfile::tempdir().unwrap();
     create_keys(dir.path(), 2).await;
     let keyring = std::fs::read(dir.path().join("keyring.json")).unwrap();
-    for bad in ["/proc/no-such/dir/cp.json", "/tmp"] {
+    for bad in [
+        "/proc/no-such/dir/cp.json",
+        "/tmp",
+        "cp.json/",
+        "/proc/self/cp.json",
+    ] {
         let out = with_four_regions(dir.path())
             .args(["backfill", "--checkpoint", bad])
             .output()
@@ -435,4 +440,19 @@ async fn a_checkpoint_that_cannot_be_written_is_refused_before_anything_changes(
         assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
         assert!(!target.exists(), "no target made: {stderr}");
     }
+    // A dry run saves nothing: a checkpoint it could not write is fine.
+    let out = with_four_regions(dir.path())
+        .args([
+            "backfill",
+            "--dry-run",
+            "--checkpoint",
+            "/proc/self/cp.json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() || out.status.code() == Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -57,8 +57,19 @@ fn misspelt_and_doubled_overrides_are_refused() {
     )
     .unwrap_err();
     assert_eq!(err.key, "store.sqlite.path", "{err}");
-    // A variable of the app's own that only starts like one is left alone.
-    for name in ["RKMS_AUTH_TOKEN", "RKMS_TOKEN", "RKMS_CONFIG"] {
+    // A variable of the app's own that only starts like one is left alone,
+    // and so is one that spells a table, not a setting.
+    for name in [
+        "RKMS_AUTH_TOKEN",
+        "RKMS_TOKEN",
+        "RKMS_CONFIG",
+        "RKMS_LOG",
+        "RKMS_SERVER",
+        "rkms_store",
+        "RKMS_SERVER_TLS",
+        "RKMS_SERVICE_HOST",
+        "RKMS_PORT_8080_TCP",
+    ] {
         Settings::load_with_env(&Source::Defaults, &env(&[(name, "x")])).unwrap();
     }
     let err = Settings::load_with_env(

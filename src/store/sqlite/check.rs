@@ -102,44 +102,70 @@ pub(super) fn trustworthy(conn: &Connection, path: &Path) -> Result<(), StoreErr
     Ok(())
 }
 
-/// What differs from the table rkms made, if anything.
+/// What differs from the table rkms made, if anything. Columns are found
+/// by name (every statement names them), so another order is fine, and so
+/// is a column added that a write may leave out (nullable, or with a
+/// default).
 fn shape(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let mut stmt = conn.prepare("PRAGMA table_info(rkms_keys)")?;
-    let columns: Vec<(String, String, bool, i64)> = stmt
+    // name, declared type, NOT NULL, has a default, position in the key
+    let columns: Vec<(String, String, bool, bool, i64)> = stmt
         .query_map([], |row| {
             Ok((
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, bool>(3)?,
+                row.get::<_, Option<String>>(4)?.is_some(),
                 row.get::<_, i64>(5)?,
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
-    let want: Vec<(String, String, bool, i64)> = COLUMNS
-        .iter()
-        .map(|(n, t, nn, pk)| ((*n).to_owned(), (*t).to_owned(), *nn, *pk))
-        .collect();
-    if columns != want {
-        let shown = |cols: &[(String, String, bool, i64)]| {
-            cols.iter()
-                .map(|(n, t, nn, pk)| {
-                    let mut c = format!("{n} {t}");
-                    if *pk > 0 {
-                        c.push_str(" PRIMARY KEY");
-                    }
-                    if *nn {
-                        c.push_str(" NOT NULL");
-                    }
-                    c
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Ok(Some(format!(
-            "columns {:?}, where rkms made {:?}",
-            shown(&columns),
-            shown(&want)
-        )));
+    let described = |(name, kind, not_null, pk): (&str, &str, bool, i64)| {
+        let mut c = format!("{name} {kind}");
+        if pk > 0 {
+            c.push_str(" PRIMARY KEY");
+        }
+        if not_null {
+            c.push_str(" NOT NULL");
+        }
+        c
+    };
+    for want @ (name, kind, not_null, pk) in COLUMNS {
+        let found = columns.iter().find(|c| c.0 == name);
+        match found {
+            Some((_, k, nn, _, p))
+                if k.eq_ignore_ascii_case(kind) && *nn == not_null && *p == pk => {}
+            Some((n, k, nn, _, p)) => {
+                return Ok(Some(format!(
+                    "column {:?} where rkms made {:?}",
+                    described((n, k, *nn, *p)),
+                    described(want)
+                )))
+            }
+            None => {
+                return Ok(Some(format!(
+                    "no column {name}, where rkms made {:?}",
+                    described(want)
+                )))
+            }
+        }
+    }
+    let known = |name: &str| COLUMNS.iter().any(|c| c.0 == name);
+    for (name, kind, not_null, default, pk) in &columns {
+        if known(name) {
+            continue;
+        }
+        if *pk > 0 {
+            return Ok(Some(format!(
+                "column {name} is part of the primary key, which is the id alone"
+            )));
+        }
+        if *not_null && !default {
+            return Ok(Some(format!(
+                "column {:?} has no default, so no record could be written",
+                described((name, kind, *not_null, *pk))
+            )));
+        }
     }
     // The primary key's index must compare ids byte for byte: under
     // another collation (NOCASE, say) `a` and `A` would be one id.

@@ -317,9 +317,14 @@ fn commit(conn: &mut Connection, batch: Vec<Job>, reopen: &Reopen) {
 fn alone(conn: &mut Connection, job: Job, reopen: &Reopen) {
     let _entered = job.span.enter();
     let op = job.write.op();
-    let result = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(other(op))
+    // Checked again for each: the write before it, in the same group, may
+    // have found the file damaged.
+    let result = reopen
+        .intact(op)
+        .and_then(|()| {
+            conn.transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(other(op))
+        })
         .and_then(|tx| {
             let done = job.write.apply(&tx)?;
             tx.commit().map_err(other(op))?;
