@@ -159,19 +159,32 @@ pub fn copy(
 }
 
 pub fn convert_config(path: &std::path::Path) -> ExitCode {
-    // A regular file of a config's size: a FIFO or /dev/zero given by
-    // mistake must not hang the command or fill memory.
+    // At most a config's size: /dev/zero given by mistake must not fill
+    // memory. A pipe is read (`/dev/stdin`), as a person gave it.
     const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
-    let text = match rkms::config::read_small_file(path, MAX_CONFIG_BYTES) {
-        Ok(bytes) => match String::from_utf8(bytes.to_vec()) {
-            Ok(text) => text,
-            Err(_) => {
-                eprintln!("rkms: {} is not UTF-8 text", path.display());
-                return ExitCode::from(2);
-            }
-        },
-        Err(why) => {
-            eprintln!("rkms: {why}");
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let file = std::fs::File::open(path)?;
+        if file.metadata()?.is_dir() {
+            return Err(std::io::Error::other("it is a directory"));
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(std::io::Error::other(format!(
+                "it holds more than {MAX_CONFIG_BYTES} bytes, more than a config"
+            )));
+        }
+        Ok(bytes)
+    };
+    let text = match read().map(String::from_utf8) {
+        Ok(Ok(text)) => text,
+        Ok(Err(_)) => {
+            eprintln!("rkms: {} is not UTF-8 text", path.display());
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("rkms: cannot read {}: {e}", path.display());
             return ExitCode::from(2);
         }
     };

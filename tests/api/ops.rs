@@ -287,8 +287,8 @@ fn convert_config_prints_a_config_rkms_accepts() {
     )
     .unwrap();
     for (given, says) in [
-        (Path::new("/dev/zero"), "not a regular file"),
-        (dir.path(), "not a regular file"),
+        (Path::new("/dev/zero"), "more than a config"),
+        (dir.path(), "a directory"),
         (&newline, "kms.regions holds"),
     ] {
         let out = rkms(dir.path())
@@ -301,6 +301,25 @@ fn convert_config_prints_a_config_rkms_accepts() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(says), "{stderr}");
     }
+    // Given through a pipe, as `/dev/stdin`.
+    let mut child = rkms(dir.path())
+        .args(["convert-config", "/dev/stdin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&std::fs::read(&go).unwrap()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `copy` reads each config as `serve` would, clients and their tokens
