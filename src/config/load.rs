@@ -287,12 +287,15 @@ impl Settings {
                     Some((_, v)) => zeroize::Zeroizing::new(v.trim_end().to_string()),
                     None => {
                         // Left out of `env` because it is not UTF-8, or unset.
-                        // An unset one is not named: the value may be a
+                        // An unset one is named only when it is spelt as
+                        // variables are (`RKMS_TOKEN`): the value may be a
                         // token pasted in place of the variable's name.
                         let why = if std::env::var_os(var).is_some() {
                             format!("the environment variable {var} is not valid UTF-8")
+                        } else if spelt_as_a_variable(var) {
+                            format!("the environment variable {var} is not set")
                         } else {
-                            "names an environment variable that is not set (the name is not shown: it may be a token pasted in place of a name)".to_string()
+                            "names an environment variable that is not set (the name is not shown, as it is not spelt as variables are, A_NAME_LIKE_THIS: it may be a token pasted in place of a name)".to_string()
                         };
                         return Err(ConfigError::new(format!("{key}.token_env"), why));
                     }
@@ -365,6 +368,17 @@ fn check_syntax(file: &str, text: &str) -> Result<(), ConfigError> {
         key: super::printable(&format!("{file}:{line}:{column}")).into_owned(),
         problem: format!("TOML syntax error: {message}\n {gutter} | {shown}{caret}"),
     })
+}
+
+/// Capitals, digits and underscores, with at least one underscore, as
+/// environment variables are named (`RKMS_TOKEN`); tokens are seldom so.
+fn spelt_as_a_variable(name: &str) -> bool {
+    name.len() <= 64
+        && name.contains('_')
+        && name.starts_with(|c: char| c.is_ascii_uppercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// The longest line a syntax error shows, in characters.

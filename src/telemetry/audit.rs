@@ -11,7 +11,7 @@
 //!
 //! Must not: be handed key material; every field is an id, a name or a word.
 
-use crate::config::breaks_a_line;
+pub(crate) use crate::config::breaks_a_line;
 use std::cell::RefCell;
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};

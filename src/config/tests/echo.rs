@@ -20,6 +20,18 @@ fn a_token_pasted_in_place_of_a_name_is_not_echoed() {
         assert_eq!(err.key, format!("auth.clients[0].{field}"), "{text}");
         assert!(!text.contains(token), "{field}: {text}");
     }
+    // A name spelt as variables are is named: the operator must know which
+    // to set.
+    let clients = r#"[{"name":"a","token_env":"RKMS_APP_TOKEN_UNSET","ids":["*"]}]"#;
+    let unset = env(&[
+        ("RKMS__AUTH__MODE", "token"),
+        ("RKMS__AUTH__CLIENTS", clients),
+    ]);
+    let err = Settings::load_with_env(&Source::Defaults, &unset).unwrap_err();
+    assert!(
+        err.to_string().contains("RKMS_APP_TOKEN_UNSET is not set"),
+        "{err}"
+    );
     let err = Settings::load_with_env(&Source::Defaults, &env(&[("RKMS__AUTH__MODE", token)]))
         .unwrap_err();
     assert!(!err.to_string().contains(token), "{err}");

@@ -27,7 +27,7 @@ proptest! {
         prop_assert_eq!(v["id"].as_str(), Some(id.as_str()));
         prop_assert_eq!(v["key"].as_str().map(str::to_owned), Some(base64::engine::general_purpose::STANDARD.encode(&key)));
         let serde = serde_json::to_vec(&serde_json::json!({"id": id, "key": v["key"]})).unwrap();
-        let breaks = crate::config::breaks_a_line;
+        let breaks = crate::telemetry::audit::breaks_a_line;
         if id.contains(breaks) {
             let text = String::from_utf8_lossy(&body).into_owned();
             prop_assert!(!text.contains(breaks), "{}", text);
