@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::domain::Region;
-use crate::kms::{Kms, KmsError, KmsErrorKind};
+use crate::kms::{KeyRefusal, Kms, KmsError, KmsErrorKind};
 use crate::report::chain;
 use crate::store::{Store, StoreError};
 
@@ -68,6 +68,9 @@ pub struct Dependencies {
     pub regions: Vec<Region>,
     /// Description of the store for messages ("DynamoDB table t in r").
     pub store_name: String,
+    /// The settings to look at when the store refuses for a reason that
+    /// does not say (`check store.sqlite.path`).
+    pub store_settings: &'static str,
     pub kms_timeout: Duration,
     pub store_timeout: Duration,
 }
@@ -75,21 +78,22 @@ pub struct Dependencies {
 /// Run every check at once; each is bounded by its call timeout.
 pub async fn run(deps: &Dependencies) -> Vec<Check> {
     let store = async {
-        let (result, transient) =
-            match tokio::time::timeout(deps.store_timeout, deps.store.check()).await {
-                Ok(Ok(found)) => (Ok(found), false),
-                Ok(Err(e)) => {
-                    let (problem, transient) = store_problem(&deps.store_name, &e);
-                    (Err(problem), transient)
-                }
-                Err(_) => (
-                    Err(format!(
-                        "{} did not answer within {:?} (store.call_timeout_ms)",
-                        deps.store_name, deps.store_timeout
-                    )),
-                    true,
-                ),
-            };
+        let (result, transient) = match tokio::time::timeout(deps.store_timeout, deps.store.check())
+            .await
+        {
+            Ok(Ok(found)) => (Ok(found), false),
+            Ok(Err(e)) => {
+                let (problem, transient) = store_problem(&deps.store_name, deps.store_settings, &e);
+                (Err(problem), transient)
+            }
+            Err(_) => (
+                Err(format!(
+                    "{} did not answer within {:?} (store.call_timeout_ms)",
+                    deps.store_name, deps.store_timeout
+                )),
+                true,
+            ),
+        };
         Check {
             name: "store".into(),
             result,
@@ -127,42 +131,40 @@ pub async fn run(deps: &Dependencies) -> Vec<Check> {
     std::iter::once(store).chain(keys).collect()
 }
 
-/// The message, and whether the failure is transient.
-fn store_problem(store: &str, e: &StoreError) -> (String, bool) {
+/// The message, and whether the failure is transient. Told apart by the
+/// errors' types, never their text: `settings` are what to look at when
+/// the error does not say.
+fn store_problem(store: &str, settings: &str, e: &StoreError) -> (String, bool) {
     let detail = chain(e);
-    let (fix, transient) = if detail.contains("no AWS credentials found") {
+    let (fix, transient) = if e.no_credentials() {
         ("the AWS SDK found no credentials to sign with", false)
-    } else if detail.contains("ResourceNotFoundException") {
-        ("the table does not exist: create it (hash key id, type S) or fix store.dynamodb.table and store.dynamodb.region", false)
-    } else if detail.contains("AccessDenied") {
-        ("access denied: the role needs dynamodb:DescribeTable, GetItem, PutItem and UpdateItem on the table", false)
     } else if e.is_outage() {
         ("the store is unreachable or failing", true)
-    } else if store.starts_with("DynamoDB") {
-        (
-            "check store.dynamodb.table, store.dynamodb.region and store.dynamodb.endpoint",
-            false,
-        )
+    } else if matches!(e, StoreError::Unavailable { .. }) {
+        // Not where the settings say (a missing table, access denied, a
+        // file moved away or damaged): the error says what to do.
+        return (format!("{store}: {detail}"), false);
     } else {
-        ("check store.sqlite.path", false)
+        (settings, false)
     };
     (format!("{store}: {fix} ({detail})"), transient)
 }
 
 fn kms_problem(region: &Region, e: &KmsError) -> String {
     let detail = chain(e);
-    let fix = match e.kind {
-        _ if detail.contains("no AWS credentials found") => {
+    let fix = match (e.kind, e.refusal()) {
+        // Not a metadata service that did not answer: an outage.
+        (KmsErrorKind::Misconfigured, _) if e.no_credentials() => {
             format!("the AWS SDK found no credentials to sign with in {region}")
         }
-        _ if detail.contains("NotFoundException") => format!(
+        (_, Some(KeyRefusal::NotFound)) => format!(
             "the key does not exist in {region}: fix kms.aws.key_ids.{region} (id, ARN or alias/...)"
         ),
-        KmsErrorKind::Misconfigured if detail.contains("AccessDenied") => format!(
+        (_, Some(KeyRefusal::AccessDenied)) => format!(
             "access denied in {region}: the role needs kms:DescribeKey, GenerateDataKey, Encrypt and Decrypt on the key"
         ),
-        KmsErrorKind::Misconfigured => format!("the key in {region} cannot be used"),
-        KmsErrorKind::Unavailable | KmsErrorKind::Throttled | KmsErrorKind::Saturated => {
+        (KmsErrorKind::Misconfigured, None) => format!("the key in {region} cannot be used"),
+        (KmsErrorKind::Unavailable | KmsErrorKind::Throttled | KmsErrorKind::Saturated, None) => {
             format!("KMS in {region} is unreachable or failing")
         }
         _ => format!(
@@ -311,7 +313,10 @@ mod tests {
             op: "describe_table",
             source: why.to_string().into(),
         };
-        let (dynamo, transient) = store_problem("DynamoDB table t in r at x", &other("odd"));
+        let dynamo_settings =
+            "check store.dynamodb.table, store.dynamodb.region and store.dynamodb.endpoint";
+        let (dynamo, transient) =
+            store_problem("DynamoDB table t in r at x", dynamo_settings, &other("odd"));
         assert!(!transient);
         assert!(
             dynamo.contains(
@@ -319,13 +324,14 @@ mod tests {
             ),
             "{dynamo}"
         );
-        let (sqlite, _) = store_problem("SQLite /tmp/x", &other("odd"));
+        let (sqlite, _) = store_problem("SQLite /tmp/x", "check store.sqlite.path", &other("odd"));
         assert!(sqlite.contains("check store.sqlite.path"), "{sqlite}");
         let outage = StoreError::Unavailable {
             op: "ping",
             source: "timed out".into(),
         };
-        let (down, transient) = store_problem("DynamoDB table t in r at x", &outage);
+        let (down, transient) =
+            store_problem("DynamoDB table t in r at x", dynamo_settings, &outage);
         assert!(
             transient && down.contains("unreachable or failing"),
             "{down}"

@@ -18,8 +18,8 @@ use super::{Context, Kms, KmsError, KmsErrorKind, Wrapped};
 use crate::aws::sdk_timeouts;
 use crate::config::KmsSettings;
 use crate::domain::{DataKey, Region, CONTEXT_KEY};
-pub use errors::LookupFailed;
 use errors::{incomplete, map_err, wrapped_by};
+pub use errors::{KeyRefused, LookupFailed};
 
 struct RegionClient {
     client: Client,

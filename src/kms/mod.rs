@@ -85,6 +85,15 @@ impl KmsErrorKind {
     }
 }
 
+/// What KMS refused a call for, when the answer said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRefusal {
+    /// The key, alias or ARN names nothing in the region.
+    NotFound,
+    /// The credentials may not use the key.
+    AccessDenied,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("KMS {op} in region {region} failed ({})", kind.as_str())]
 pub struct KmsError {
@@ -100,6 +109,13 @@ impl KmsError {
     /// for every call, not a verdict on the ciphertext or the key.
     pub fn no_credentials(&self) -> bool {
         crate::aws::no_credentials_in(self.source.as_ref()).is_some()
+    }
+
+    /// What KMS said is wrong with the key or the permissions, when it said
+    /// (`NotFoundException`, `AccessDeniedException`): preflight's advice.
+    pub fn refusal(&self) -> Option<KeyRefusal> {
+        crate::aws::sources(self.source.as_ref())
+            .find_map(|e| e.downcast_ref::<aws::KeyRefused>().map(|r| r.why))
     }
 
     /// The failure of another call's lookup of the key, which this call

@@ -57,6 +57,13 @@ pub fn dependencies(
         store,
         regions: settings.kms.regions.iter().map(Region::new).collect(),
         store_name: store_identity(settings),
+        store_settings: match settings.store.backend {
+            crate::config::StoreBackend::Dynamodb => {
+                "check store.dynamodb.table, store.dynamodb.region and store.dynamodb.endpoint"
+            }
+            crate::config::StoreBackend::Sqlite => "check store.sqlite.path",
+            crate::config::StoreBackend::Memory => "check store.backend",
+        },
         kms_timeout: Duration::from_millis(settings.kms.call_timeout_ms),
         store_timeout: Duration::from_millis(settings.store.call_timeout_ms),
     }

@@ -42,6 +42,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The call found no AWS credentials to sign with, and none will come
+    /// by themselves (not a metadata service that did not answer): a
+    /// setting.
+    pub fn no_credentials(&self) -> bool {
+        match self {
+            StoreError::Unavailable { source, .. } | StoreError::Other { source, .. } => {
+                crate::aws::no_credentials_in(source.as_ref())
+                    .is_some_and(crate::aws::NoCredentials::is_setting)
+            }
+            StoreError::Corrupt { .. } => false,
+        }
+    }
+
     /// An outage that may pass by itself (no answer, throttling), as
     /// against a store that is not where the settings say: a missing
     /// table, one with another key or refusing access, a database file

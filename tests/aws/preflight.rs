@@ -85,6 +85,13 @@ async fn a_strict_start_refuses_a_missing_table_or_a_wrong_alias_in_one_line() {
             last.contains(&format!("{check}: ")) && last.contains(&named),
             "{check}: {last}"
         );
+        // What to do, told from the error's kind (KMS's NotFoundException,
+        // the missing table), not from its text.
+        let advice = match check {
+            "store" => "does not exist in this region: create it",
+            _ => "the key does not exist in us-west-2: fix kms.aws.key_ids.us-west-2",
+        };
+        assert!(last.contains(advice), "{check}: {last}");
         let failing = stderr
             .lines()
             .filter_map(|l| serde_json::from_str::<Value>(l).ok())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 
-use super::super::{KmsError, KmsErrorKind};
+use super::super::{KeyRefusal, KmsError, KmsErrorKind};
 use crate::aws::{inspect, is_throttling};
 use crate::domain::Region;
 
@@ -66,7 +66,44 @@ where
         } => classify_code(code, status),
         _ => KmsErrorKind::Other,
     };
-    KmsError::new(kind, region, op, err)
+    let why = match failure.code {
+        Some("NotFoundException") => Some(KeyRefusal::NotFound),
+        Some("AccessDeniedException") => Some(KeyRefusal::AccessDenied),
+        _ => None,
+    };
+    match why {
+        Some(why) => KmsError::new(
+            kind,
+            region,
+            op,
+            KeyRefused {
+                why,
+                source: err.into(),
+            },
+        ),
+        None => KmsError::new(kind, region, op, err),
+    }
+}
+
+/// KMS's answer said what it refused the call for: shown as the answer
+/// itself (whose text a report of the chain then does not repeat), told
+/// apart by [`KmsError::refusal`](crate::kms::KmsError::refusal).
+#[derive(Debug)]
+pub struct KeyRefused {
+    pub why: KeyRefusal,
+    source: crate::report::BoxError,
+}
+
+impl std::fmt::Display for KeyRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for KeyRefused {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.source)
+    }
 }
 
 /// KMS answered 200 without a field it must send.
