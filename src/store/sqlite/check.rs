@@ -102,20 +102,80 @@ pub(super) fn trustworthy(conn: &Connection, path: &Path) -> Result<(), StoreErr
     Ok(())
 }
 
-/// What differs from the table rkms made, if anything. Columns are found
-/// by name (every statement names them), so another order is fine, and so
-/// is a column added that a write may leave out (nullable, or with a
-/// default).
+/// `sql` with comments, letter case and spacing taken out, and without
+/// `IF NOT EXISTS`: two definitions of one table compare equal.
+fn normalized(sql: &str) -> String {
+    let text: String = sql
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase()
+        .replace("if not exists", "")
+        // Quoted names (a table renamed is written back as "rkms_keys").
+        .replace(['"', '`', '[', ']'], "");
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        let glued = out.ends_with(['(', ',']) || word.starts_with([')', ',', ';']);
+        if !out.is_empty() && !glued {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out.trim_end_matches(';').to_string()
+}
+
+/// What differs from the table rkms made, if anything: its columns (named
+/// first, for the message), then its whole definition (a collation, a
+/// constraint, a column added: anything else may match ids loosely or
+/// drop records), no trigger on it, no unique index but the id's, and
+/// text stored as UTF-8 (what the blob-id check assumes).
 fn shape(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    if let Some(what) = columns(conn)? {
+        return Ok(Some(what));
+    }
+    let sql: String = conn.query_row(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'rkms_keys'",
+        [],
+        |row| row.get(0),
+    )?;
+    if normalized(&sql) != normalized(super::SCHEMA) {
+        return Ok(Some(format!(
+            "its definition is not the one rkms made: {:?}",
+            crate::config::printable(&normalized(&sql))
+        )));
+    }
+    let triggers: Vec<String> = conn
+        .prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'rkms_keys'",
+        )?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if let Some(name) = triggers.first() {
+        return Ok(Some(format!(
+            "a trigger, {:?}, changes what is written",
+            crate::config::printable(name)
+        )));
+    }
+    let encoding: String = conn.query_row("PRAGMA encoding", [], |row| row.get(0))?;
+    if encoding != "UTF-8" {
+        return Ok(Some(format!(
+            "the database stores text as {encoding}, not UTF-8"
+        )));
+    }
+    keyed_by_id(conn)
+}
+
+/// Rkms's columns, found by name: which one differs, said plainly.
+fn columns(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let mut stmt = conn.prepare("PRAGMA table_info(rkms_keys)")?;
-    // name, declared type, NOT NULL, has a default, position in the key
-    let columns: Vec<(String, String, bool, bool, i64)> = stmt
+    // name, declared type, NOT NULL, position in the key
+    let columns: Vec<(String, String, bool, i64)> = stmt
         .query_map([], |row| {
             Ok((
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, bool>(3)?,
-                row.get::<_, Option<String>>(4)?.is_some(),
                 row.get::<_, i64>(5)?,
             ))
         })?
@@ -133,9 +193,8 @@ fn shape(conn: &Connection) -> rusqlite::Result<Option<String>> {
     for want @ (name, kind, not_null, pk) in COLUMNS {
         let found = columns.iter().find(|c| c.0 == name);
         match found {
-            Some((_, k, nn, _, p))
-                if k.eq_ignore_ascii_case(kind) && *nn == not_null && *p == pk => {}
-            Some((n, k, nn, _, p)) => {
+            Some((_, k, nn, p)) if k.eq_ignore_ascii_case(kind) && *nn == not_null && *p == pk => {}
+            Some((n, k, nn, p)) => {
                 return Ok(Some(format!(
                     "column {:?} where rkms made {:?}",
                     described((n, k, *nn, *p)),
@@ -150,29 +209,27 @@ fn shape(conn: &Connection) -> rusqlite::Result<Option<String>> {
             }
         }
     }
-    let known = |name: &str| COLUMNS.iter().any(|c| c.0 == name);
-    for (name, kind, not_null, default, pk) in &columns {
-        if known(name) {
-            continue;
-        }
-        if *pk > 0 {
-            return Ok(Some(format!(
-                "column {name} is part of the primary key, which is the id alone"
-            )));
-        }
-        if *not_null && !default {
-            return Ok(Some(format!(
-                "column {:?} has no default, so no record could be written",
-                described((name, kind, *not_null, *pk))
-            )));
-        }
-    }
-    // The primary key's index must compare ids byte for byte: under
-    // another collation (NOCASE, say) `a` and `A` would be one id.
+    Ok(None)
+}
+
+/// The id alone is unique, compared byte for byte: under another
+/// collation (NOCASE, say) `a` and `A` would be one id, and another unique
+/// index (`ON CONFLICT REPLACE`) could delete a record as another is
+/// written.
+fn keyed_by_id(conn: &Connection) -> rusqlite::Result<Option<String>> {
     let mut stmt = conn.prepare("PRAGMA index_list(rkms_keys)")?;
     let indexes: Vec<(String, bool, String)> = stmt
         .query_map([], |row| Ok((row.get(1)?, row.get(2)?, row.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    if let Some((name, _, _)) = indexes
+        .iter()
+        .find(|(_, unique, origin)| *unique && origin != "pk")
+    {
+        return Ok(Some(format!(
+            "a unique index, {:?}, besides the id's",
+            crate::config::printable(name)
+        )));
+    }
     let Some((pk, _, _)) = indexes
         .iter()
         .find(|(_, unique, origin)| *unique && origin == "pk")

@@ -252,7 +252,6 @@ impl SqliteStore {
             Mode::ReadWrite => FileId::of(&log_path(path)).ok(),
             Mode::ReadOnly => None,
         };
-        let idle = Arc::new(Mutex::new(idle));
         let reopen = Arc::new(Reopen {
             path: path.to_path_buf(),
             opened,
@@ -260,7 +259,12 @@ impl SqliteStore {
             busy_timeout,
             mode,
             damaged: std::sync::OnceLock::new(),
+            high_water: std::sync::atomic::AtomicI64::new(0),
         });
+        if let Some(first) = idle.first() {
+            reopen.not_gone_back(first, OP)?;
+        }
+        let idle = Arc::new(Mutex::new(idle));
         Ok(Self {
             reader: Reader::new(Arc::clone(&idle), Arc::clone(&reopen)),
             idle,
@@ -404,7 +408,8 @@ impl Store for SqliteStore {
                 |r| r.get::<_, i64>(0),
             )
             .map_err(other("ping"))?;
-            rows::fit(conn).map_err(other("ping"))
+            rows::fit(conn).map_err(other("ping"))?;
+            reopen.not_gone_back(conn, "ping")
         })
         .await
     }

@@ -29,6 +29,11 @@ pub(super) struct Reopen {
     pub(super) mode: Mode,
     /// What SQLite said when it first answered that the file is damaged.
     pub(super) damaged: std::sync::OnceLock<String>,
+    /// The highest rowid of `rkms_keys` seen: rkms never deletes a row, so
+    /// a lower one means the file's rows went back (an older copy written
+    /// over it in place, rows deleted by hand), and the ids written since
+    /// would be given second keys.
+    pub(super) high_water: std::sync::atomic::AtomicI64,
 }
 
 impl Reopen {
@@ -102,6 +107,33 @@ impl Reopen {
                 "the database file is damaged: creates and repairs are refused from now on; /readyz fails its store check"
             );
         }
+    }
+
+    /// Check, on `conn` (inside a write's transaction, or for a ping), that
+    /// the table's rows have not gone back since last seen, and note how
+    /// far they go. Rows gone back are damage: writes stop for good.
+    pub(super) fn not_gone_back(
+        &self,
+        conn: &Connection,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let now: i64 = conn
+            .query_row("SELECT coalesce(max(rowid), 0) FROM rkms_keys", [], |r| {
+                r.get(0)
+            })
+            .map_err(super::other(op))?;
+        let seen = self.high_water.fetch_max(now, Ordering::AcqRel);
+        if now >= seen {
+            return Ok(());
+        }
+        let problem = format!(
+            "its rows went back: the highest row is {now}, where rkms saw {seen} (an older copy written over the file in place, or rows deleted)"
+        );
+        if self.damaged.set(problem.clone()).is_ok() {
+            tracing::error!(path = %self.path.display(), %problem, "the database file is damaged: creates and repairs are refused from now on; /readyz fails its store check");
+        }
+        self.intact(op)
     }
 
     /// `Unavailable` once the file was found damaged.

@@ -81,7 +81,20 @@ impl Write {
                     })
                     .map_err(other(op))?;
                 if inserted == 1 {
-                    return Ok(Done::Put(PutOutcome::Created));
+                    // Read back in the same transaction: a table that
+                    // changes what is written (a trigger, say) would
+                    // otherwise have its key served and then lost.
+                    return match read(conn, record.id.as_str(), op)? {
+                        Some(stored) if stored.keys == record.keys => {
+                            Ok(Done::Put(PutOutcome::Created))
+                        }
+                        _ => Err(StoreError::Unavailable {
+                            op,
+                            source: Box::new(super::TableChanged(
+                                "the record just written reads back otherwise (a trigger or constraint on the table changes what is written)".into(),
+                            )),
+                        }),
+                    };
                 }
                 match read(conn, record.id.as_str(), op)? {
                     Some(existing) => Ok(Done::Put(PutOutcome::Exists(existing))),
@@ -282,6 +295,11 @@ fn commit(conn: &mut Connection, batch: Vec<Job>, reopen: &Reopen) {
             return;
         }
     };
+    if let Err(e) = reopen.not_gone_back(&tx, "write") {
+        drop(tx);
+        answer_all(batch, e);
+        return;
+    }
     let mut done = Vec::with_capacity(batch.len());
     for job in &batch {
         let _entered = job.span.enter();
@@ -303,6 +321,8 @@ fn commit(conn: &mut Connection, batch: Vec<Job>, reopen: &Reopen) {
         false
     };
     if committed {
+        // What this group wrote counts as seen.
+        let _ = reopen.not_gone_back(conn, "write");
         for (job, d) in batch.into_iter().zip(done) {
             let _ = job.reply.send(Ok(d));
         }
@@ -326,10 +346,15 @@ fn alone(conn: &mut Connection, job: Job, reopen: &Reopen) {
                 .map_err(other(op))
         })
         .and_then(|tx| {
+            reopen.not_gone_back(&tx, op)?;
             let done = job.write.apply(&tx)?;
             tx.commit().map_err(other(op))?;
             Ok(done)
         });
+    if result.is_ok() {
+        // What it wrote counts as seen.
+        let _ = reopen.not_gone_back(conn, op);
+    }
     reopen.note(&result);
     let _ = job.reply.send(result);
 }
