@@ -19,6 +19,7 @@ async fn a_create_overwritten_behind_the_stores_back_serves_the_stored_key() {
         inner: Arc::new(MemoryStore::new()),
         rival: std::sync::Mutex::new(Some(rival.clone())),
         updates_apply: true,
+        loose_ids: false,
     });
     let broker = KeyBroker::new(
         kms,

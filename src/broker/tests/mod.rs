@@ -27,13 +27,26 @@ struct Rig {
 /// meet: a conditional put that is not atomic (`rival` lands on top of the
 /// first accepted put before anyone reads it), a record written again by
 /// someone else just as an update comes (`rival` lands right before the
-/// first update), and an in-place update that applies to nothing while
+/// first update), an in-place update that applies to nothing while
 /// reporting no error (`updates_apply: false`, as DynamoDB's does for an
-/// item without `key_ids`).
+/// item without `key_ids`), and ids matched without case (`loose_ids`, a
+/// table altered so).
 struct OddStore {
     inner: Arc<MemoryStore>,
     rival: std::sync::Mutex<Option<crate::domain::KeyRecord>>,
     updates_apply: bool,
+    loose_ids: bool,
+}
+
+impl OddStore {
+    /// The id this store looks `id` up by.
+    fn key(&self, id: &KeyId) -> KeyId {
+        if self.loose_ids {
+            KeyId::parse(&id.as_str().to_lowercase()).unwrap()
+        } else {
+            id.clone()
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -42,13 +55,16 @@ impl Store for OddStore {
         &self,
         id: &KeyId,
     ) -> Result<Option<crate::domain::KeyRecord>, crate::store::StoreError> {
-        self.inner.get(id).await
+        self.inner.get(&self.key(id)).await
     }
 
     async fn put_if_absent(
         &self,
         record: &crate::domain::KeyRecord,
     ) -> Result<crate::store::PutOutcome, crate::store::StoreError> {
+        if let Some(stored) = self.inner.get(&self.key(&record.id)).await? {
+            return Ok(crate::store::PutOutcome::Exists(stored));
+        }
         let outcome = self.inner.put_if_absent(record).await;
         if let Some(rival) = self.rival.lock().unwrap().take() {
             self.inner.insert_raw(rival);

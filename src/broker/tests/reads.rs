@@ -468,48 +468,6 @@ async fn a_panicking_resolution_fails_its_callers_and_the_next_miss_starts_afres
 /// and `Alpha` were served one key).
 #[tokio::test]
 async fn a_store_that_answers_another_ids_record_is_refused() {
-    struct Loose(Arc<MemoryStore>);
-    #[async_trait::async_trait]
-    impl Store for Loose {
-        async fn get(
-            &self,
-            id: &KeyId,
-        ) -> Result<Option<crate::domain::KeyRecord>, crate::store::StoreError> {
-            self.0
-                .get(&KeyId::parse(&id.as_str().to_lowercase()).unwrap())
-                .await
-        }
-        async fn put_if_absent(
-            &self,
-            record: &crate::domain::KeyRecord,
-        ) -> Result<crate::store::PutOutcome, crate::store::StoreError> {
-            let lower = KeyId::parse(&record.id.as_str().to_lowercase()).unwrap();
-            match self.0.get(&lower).await? {
-                Some(stored) => Ok(crate::store::PutOutcome::Exists(stored)),
-                None => self.0.put_if_absent(record).await,
-            }
-        }
-        async fn add_missing_regions(
-            &self,
-            read: &crate::domain::KeyRecord,
-            keys: &std::collections::BTreeMap<Region, Vec<u8>>,
-            key_ids: &std::collections::BTreeMap<Region, String>,
-        ) -> Result<usize, crate::store::StoreError> {
-            self.0.add_missing_regions(read, keys, key_ids).await
-        }
-        async fn ping(&self) -> Result<(), crate::store::StoreError> {
-            Ok(())
-        }
-        async fn scan(
-            &self,
-            segment: u32,
-            segments: u32,
-            cursor: Option<&str>,
-            limit: usize,
-        ) -> Result<crate::store::ScanPage, crate::store::StoreError> {
-            self.0.scan(segment, segments, cursor, limit).await
-        }
-    }
     let dir = tempfile::tempdir().unwrap();
     let settings = no_cache();
     let local = LocalKms::open(&dir.path().join("keyring.json"), &settings.regions).unwrap();
@@ -517,7 +475,12 @@ async fn a_store_that_answers_another_ids_record_is_refused() {
     let inner = Arc::new(MemoryStore::new());
     let broker = KeyBroker::new(
         kms.clone(),
-        Arc::new(Loose(inner.clone())),
+        Arc::new(OddStore {
+            inner: inner.clone(),
+            rival: std::sync::Mutex::new(None),
+            updates_apply: true,
+            loose_ids: true,
+        }),
         settings,
         Arc::new(Metrics::new().unwrap()),
     );

@@ -174,6 +174,7 @@ async fn an_update_the_store_does_not_apply_is_not_a_repair() {
             inner: memory.clone(),
             rival: std::sync::Mutex::new(None),
             updates_apply: false,
+            loose_ids: false,
         }),
         settings(),
         Arc::new(Metrics::new().unwrap()),
@@ -239,6 +240,7 @@ async fn a_record_replaced_as_its_repair_updates_gains_nothing() {
         inner: memory.clone(),
         rival: std::sync::Mutex::new(None),
         updates_apply: true,
+        loose_ids: false,
     });
     let broker = KeyBroker::new(
         kms.clone(),
