@@ -136,6 +136,12 @@ impl Reopen {
         self.intact(op)
     }
 
+    /// A committed write's row: it counts as seen.
+    pub(super) fn saw(&self, rowid: i64) {
+        self.high_water
+            .fetch_max(rowid, std::sync::atomic::Ordering::AcqRel);
+    }
+
     /// `Unavailable` once the file was found damaged.
     pub(super) fn intact(&self, op: &'static str) -> Result<(), StoreError> {
         match self.damaged.get() {

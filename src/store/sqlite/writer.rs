@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::{lock, other, read, refuse_blob_id, spawn_queue_task, to_json, Reopen};
@@ -84,10 +84,15 @@ impl Write {
                     // Read back in the same transaction: a table that
                     // changes what is written (a trigger, say) would
                     // otherwise have its key served and then lost.
-                    return match read(conn, record.id.as_str(), op)? {
-                        Some(stored) if stored.keys == record.keys => {
-                            Ok(Done::Put(PutOutcome::Created))
-                        }
+                    let stored: Option<String> = conn
+                        .prepare_cached("SELECT keys FROM rkms_keys WHERE id = ?1")
+                        .and_then(|mut stmt| {
+                            stmt.query_row(params![record.id.as_str()], |r| r.get(0))
+                                .optional()
+                        })
+                        .map_err(other(op))?;
+                    return match stored {
+                        Some(stored) if stored == keys => Ok(Done::Put(PutOutcome::Created)),
                         _ => Err(StoreError::Unavailable {
                             op,
                             source: Box::new(super::TableChanged(
@@ -322,7 +327,7 @@ fn commit(conn: &mut Connection, batch: Vec<Job>, reopen: &Reopen) {
     };
     if committed {
         // What this group wrote counts as seen.
-        let _ = reopen.not_gone_back(conn, "write");
+        reopen.saw(conn.last_insert_rowid());
         for (job, d) in batch.into_iter().zip(done) {
             let _ = job.reply.send(Ok(d));
         }
@@ -353,7 +358,7 @@ fn alone(conn: &mut Connection, job: Job, reopen: &Reopen) {
         });
     if result.is_ok() {
         // What it wrote counts as seen.
-        let _ = reopen.not_gone_back(conn, op);
+        reopen.saw(conn.last_insert_rowid());
     }
     reopen.note(&result);
     let _ = job.reply.send(result);
