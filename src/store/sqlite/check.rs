@@ -42,7 +42,7 @@ pub(crate) struct Damaged {
 #[error(
     "{path}: the rkms_keys table is not the shape rkms made ({what}); \
      rkms will not use it, as ids could be matched loosely or records lost. \
-     Restore the table as rkms made it (README: the SQLite store)"
+     Restore the table as rkms made it (README: a table that is not the one rkms made)"
 )]
 pub(crate) struct Reshaped {
     path: PathBuf,
@@ -87,6 +87,8 @@ pub(super) fn trustworthy(conn: &Connection, path: &Path) -> Result<(), StoreErr
         .query_row("PRAGMA integrity_check(1)", [], |row| row.get(0))
         .map_err(sql_error)?;
     if first != "ok" {
+        // Its report spans lines: kept to the error's one.
+        let first = first.split_whitespace().collect::<Vec<_>>().join(" ");
         return Err(damaged(format!("SQLite's integrity check: {first}")));
     }
     let took = started.elapsed();

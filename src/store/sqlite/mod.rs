@@ -243,8 +243,17 @@ impl SqliteStore {
                 first.execute_batch(SCHEMA)
             })?;
         }
-        if let Some(first) = idle.first() {
-            check::trustworthy(first, path)?;
+        if let Some(Err(e)) = idle.first().map(|first| check::trustworthy(first, path)) {
+            // Leave the file as it was found: the last connection to close
+            // would copy its -wal into it (a foreign one, beside a backup
+            // restored), before anyone could keep a copy of the two.
+            for conn in &idle {
+                let _ = conn.set_db_config(
+                    rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                    true,
+                );
+            }
+            return Err(e);
         }
         // The log exists once a connection has written (the schema): one
         // that cannot be found is not checked.

@@ -230,12 +230,32 @@ fn an_index_that_hides_a_stored_id_is_refused_at_open() {
         .expect("the index entry");
     page[at + 2] = b'Z';
     std::fs::write(&path, &bytes).unwrap();
+    // Writes of another table left in the -wal, as a crash leaves them.
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA wal_autocheckpoint = 0; CREATE TABLE other (x); INSERT INTO other VALUES (1);",
+    )
+    .unwrap();
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .unwrap();
+    drop(conn);
+    let wal = log_path(&path);
+    let (db_before, wal_before) = (std::fs::read(&path).unwrap(), std::fs::read(&wal).unwrap());
+    assert!(!wal_before.is_empty());
 
     let said = refusal(&path);
     assert!(
         said.contains("is damaged") && said.contains("integrity"),
         "{said}"
     );
+    assert_eq!(said.lines().count(), 1, "{said}");
+    // Refused, the file and its -wal are left as found, for the operator
+    // to keep a copy of (a refused start copied a foreign -wal into it).
+    assert_eq!(std::fs::read(&path).unwrap(), db_before);
+    assert_eq!(std::fs::read(&wal).unwrap(), wal_before);
 }
 
 /// SQLite answering that the file is damaged, while rkms runs: creates and
