@@ -274,6 +274,11 @@ impl SqliteStore {
             reopen.not_gone_back(first, OP)?;
         }
         let idle = Arc::new(Mutex::new(idle));
+        if mode == Mode::ReadWrite {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(watch_log(Arc::downgrade(&reopen), Arc::downgrade(&idle)));
+            }
+        }
         Ok(Self {
             reader: Reader::new(Arc::clone(&idle), Arc::clone(&reopen)),
             idle,
@@ -320,6 +325,42 @@ impl SqliteStore {
             op,
             source: Box::new(e),
         })?
+    }
+}
+
+/// How often a store that writes checks, by itself, that its file and
+/// -wal are still the ones it opened.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
+
+/// Check every [`WATCH_EVERY`] that the database and its -wal are the files
+/// opened, so that a -wal removed while rkms runs has its writes copied
+/// into the database within that time, not at the next write or probe: a
+/// crash in between lost every key it held (found by a runbook
+/// walkthrough). Ends with the store.
+async fn watch_log(reopen: std::sync::Weak<Reopen>, idle: std::sync::Weak<Mutex<Vec<Connection>>>) {
+    let mut said = false;
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let (Some(reopen), Some(idle)) = (reopen.upgrade(), idle.upgrade()) else {
+            return;
+        };
+        let checked = tokio::task::spawn_blocking(move || {
+            let conn = lock(&idle).pop();
+            let result = reopen.still_there("watch", conn.as_ref());
+            if let Some(conn) = conn {
+                lock(&idle).push(conn);
+            }
+            result
+        })
+        .await;
+        match checked {
+            Ok(Ok(())) => said = false,
+            Ok(Err(e)) if !said => {
+                said = true;
+                tracing::error!(error = %crate::report::chain(&e), "the store's files changed while rkms ran; creates and repairs are refused");
+            }
+            _ => {}
+        }
     }
 }
 
