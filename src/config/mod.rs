@@ -12,6 +12,7 @@ mod env;
 mod load;
 mod server;
 mod shown;
+mod syntax;
 mod validate;
 
 use std::collections::BTreeMap;

@@ -60,6 +60,13 @@ async fn create_keys(dir: &Path, n: usize) -> Vec<String> {
     keys
 }
 
+/// A config in `dir` whose store is the SQLite file `db`.
+fn sqlite_config(dir: &Path, name: &str, db: &Path) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("[store.sqlite]\npath = {db:?}\n")).unwrap();
+    path
+}
+
 /// Every record's `keys` JSON, by id, straight from the file.
 fn stored(dir: &Path) -> std::collections::BTreeMap<String, Value> {
     let conn = rusqlite::Connection::open(dir.join("rkms.sqlite3")).unwrap();
@@ -377,11 +384,7 @@ async fn a_copy_onto_its_own_store_is_refused() {
         dir.path().join("linked.sqlite3"),
     )
     .unwrap();
-    let config = |name: &str, db: &Path| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, format!("[store.sqlite]\npath = {db:?}\n")).unwrap();
-        path
-    };
+    let config = |name: &str, db: &Path| sqlite_config(dir.path(), name, db);
     let from = config("from.toml", &dir.path().join("rkms.sqlite3"));
     for (name, db) in [
         ("same.toml", dir.path().join("sub/../rkms.sqlite3")),
@@ -442,12 +445,9 @@ async fn a_checkpoint_that_cannot_be_written_is_refused_before_anything_changes(
             "the keyring gained no region"
         );
 
-        let to = dir.path().join("to.toml");
         let target = dir.path().join("target.sqlite3");
-        std::fs::write(&to, format!("[store.sqlite]\npath = {target:?}\n")).unwrap();
-        let from = dir.path().join("from.toml");
-        let db = dir.path().join("rkms.sqlite3");
-        std::fs::write(&from, format!("[store.sqlite]\npath = {db:?}\n")).unwrap();
+        let to = sqlite_config(dir.path(), "to.toml", &target);
+        let from = sqlite_config(dir.path(), "from.toml", &dir.path().join("rkms.sqlite3"));
         let out = rkms(dir.path())
             .args(["copy", "--checkpoint", bad, "--from"])
             .arg(&from)

@@ -215,4 +215,5 @@ mod creates;
 mod hedging;
 mod reads;
 mod repair;
+mod store;
 mod unanswered;

@@ -170,15 +170,10 @@ fn describe_json_error(e: &serde_json::Error) -> String {
             );
         }
     }
-    let mut one_line = String::with_capacity(message.len());
-    for c in message.chars() {
-        if c.is_control() {
-            one_line.extend(c.escape_default());
-        } else {
-            one_line.push(c);
-        }
-    }
-    format!("not a keyring document ({one_line})")
+    format!(
+        "not a keyring document ({})",
+        crate::config::printable(&message)
+    )
 }
 
 /// The keyring's directory, created owner-only when missing.

@@ -29,16 +29,21 @@ use rusqlite::Connection;
 
 use super::{PutOutcome, ScanPage, Store, StoreError};
 use crate::domain::{KeyId, KeyRecord, Region};
+use errors::other;
+pub(crate) use errors::{NotWritable, SaidDamaged, TableChanged};
 use file::{
     an_existing_store, connect, low_space_hint, refuse_foreign, until_not_busy, CreateDir, FileId,
     Mode, OPEN_PATIENCE,
 };
 use reader::Reader;
-use reopen::{log_path, Reopen};
+#[cfg(test)]
+use reopen::WATCH_EVERY;
+use reopen::{log_path, watch_log, Reopen};
 use rows::{read, refuse_blob_id, scan_rows, to_json};
 use writer::{Done, Write, Writer};
 
 mod check;
+mod errors;
 mod file;
 pub(crate) use check::{Damaged, Reshaped};
 pub use file::holds_a_store;
@@ -85,72 +90,6 @@ impl std::fmt::Debug for SqliteStore {
             .finish()
     }
 }
-
-/// Map a SQLite error to the store's. Another process's lock, and a full
-/// disk, pass once someone acts (the other writer ends, an operator frees
-/// space): `Unavailable`, so the client is told to retry and nothing is
-/// written in the meantime (a failed write leaves the file as it was).
-fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
-    move |e| match e {
-        // Permissions changed, or a read-only mount: an operator's to
-        // mend, and no fault of the request (it was a 500).
-        rusqlite::Error::SqliteFailure(ref f, _) if f.code == rusqlite::ErrorCode::ReadOnly => {
-            StoreError::Unavailable {
-                op,
-                source: Box::new(NotWritable(Box::new(e))),
-            }
-        }
-        rusqlite::Error::SqliteFailure(ref f, _)
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::DatabaseBusy
-                    | rusqlite::ErrorCode::DatabaseLocked
-                    | rusqlite::ErrorCode::DiskFull
-            ) =>
-        {
-            StoreError::Unavailable {
-                op,
-                source: Box::new(e),
-            }
-        }
-        // The table dropped or altered while rkms runs: an operator's to
-        // mend, not a fault of the request (it was a 500).
-        rusqlite::Error::SqliteFailure(_, Some(ref m))
-        | rusqlite::Error::SqlInputError { msg: ref m, .. }
-            if m.starts_with("no such table") || m.starts_with("no such column") =>
-        {
-            StoreError::Unavailable {
-                op,
-                source: Box::new(TableChanged(m.clone())),
-            }
-        }
-        // Found damaged while running: `Reopen::note` stops writes.
-        ref e if check::says_damaged(e) => StoreError::Unavailable {
-            op,
-            source: Box::new(SaidDamaged(e.to_string())),
-        },
-        e => StoreError::Other {
-            op,
-            source: Box::new(e),
-        },
-    }
-}
-
-/// The `rkms_keys` table is gone or lost a column since rkms opened it.
-#[derive(Debug, thiserror::Error)]
-#[error("the rkms_keys table was dropped or altered while rkms ran (SQLite: {0}); restore it as rkms made it")]
-pub(crate) struct TableChanged(String);
-
-/// SQLite answered a call that the file is damaged (`SQLITE_CORRUPT`,
-/// `SQLITE_NOTADB`); the path is added where the store notes it.
-#[derive(Debug, thiserror::Error)]
-#[error("SQLite: {0}")]
-pub(crate) struct SaidDamaged(String);
-
-/// SQLite refused a write to the database or its log.
-#[derive(Debug, thiserror::Error)]
-#[error("the database file or its -wal cannot be written (its owner or mode changed, or the file system is mounted read-only); keys are not created or repaired until it can be")]
-pub(crate) struct NotWritable(#[source] pub(super) crate::report::BoxError);
 
 impl SqliteStore {
     /// Open (creating if needed) the database at `path` and its directory.
@@ -325,42 +264,6 @@ impl SqliteStore {
             op,
             source: Box::new(e),
         })?
-    }
-}
-
-/// How often a store that writes checks, by itself, that its file and
-/// -wal are still the ones it opened.
-const WATCH_EVERY: Duration = Duration::from_secs(1);
-
-/// Check every [`WATCH_EVERY`] that the database and its -wal are the files
-/// opened, so that a -wal removed while rkms runs has its writes copied
-/// into the database within that time, not at the next write or probe: a
-/// crash in between lost every key it held (found by a runbook
-/// walkthrough). Ends with the store.
-async fn watch_log(reopen: std::sync::Weak<Reopen>, idle: std::sync::Weak<Mutex<Vec<Connection>>>) {
-    let mut said = false;
-    loop {
-        tokio::time::sleep(WATCH_EVERY).await;
-        let (Some(reopen), Some(idle)) = (reopen.upgrade(), idle.upgrade()) else {
-            return;
-        };
-        let checked = tokio::task::spawn_blocking(move || {
-            let conn = lock(&idle).pop();
-            let result = reopen.still_there("watch", conn.as_ref());
-            if let Some(conn) = conn {
-                lock(&idle).push(conn);
-            }
-            result
-        })
-        .await;
-        match checked {
-            Ok(Ok(())) => said = false,
-            Ok(Err(e)) if !said => {
-                said = true;
-                tracing::error!(error = %crate::report::chain(&e), "the store's files changed while rkms ran; creates and repairs are refused");
-            }
-            _ => {}
-        }
     }
 }
 
