@@ -22,8 +22,9 @@ use rkms::startup::{shutdown_signal, Access, Application};
     about = "Multi-region key broker: GET /key?id=ID"
 )]
 struct Cli {
-    /// Config file (default: ./config.toml if present, else built-in defaults).
-    #[arg(long, global = true, env = "RKMS_CONFIG")]
+    /// Config file (default: $RKMS_CONFIG, else ./config.toml if present,
+    /// else built-in defaults).
+    #[arg(long, global = true)]
     config: Option<PathBuf>,
     /// Development mode: allows store.backend = "memory" (keys are lost on exit).
     #[arg(long, global = true)]
@@ -180,8 +181,27 @@ enum Command {
     },
 }
 
+/// The variable that names the config file when `--config` is not given.
+const CONFIG_ENV: &str = "RKMS_CONFIG";
+
+/// The config file named by `--config`, else by `RKMS_CONFIG`. A variable
+/// that is set but empty (a manifest's value left blank) is refused: read
+/// as unset, it would open `./config.toml` or the defaults, and with them
+/// another store and keyring.
+fn config_file(given: Option<PathBuf>) -> Result<Option<PathBuf>, String> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    match std::env::var_os(CONFIG_ENV) {
+        Some(value) if value.is_empty() => Err(format!(
+            "config error: {CONFIG_ENV}: set but empty; set it to the config file's path, or unset it"
+        )),
+        value => Ok(value.map(PathBuf::from)),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
     match &cli.command {
         Some(Command::Healthcheck { url, ca }) => return healthcheck(url, ca.as_deref()),
         Some(Command::HashToken) => return hash_token(),
@@ -196,7 +216,7 @@ fn main() -> ExitCode {
             if let Err(code) = checkpoint_writable(checkpoint.as_deref().filter(|_| !*dry_run)) {
                 return code;
             }
-            if let Some(config) = &cli.config {
+            if let Ok(Some(config)) = config_file(cli.config.clone()) {
                 eprintln!(
                     "rkms: copy: warning: --config (or RKMS_CONFIG) {} is not used: copy reads its stores from --from and --to",
                     config.display()
@@ -212,6 +232,13 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    cli.config = match config_file(cli.config.take()) {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("rkms: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut env = match Settings::environment() {
         Ok(env) => env,
         Err(e) => {

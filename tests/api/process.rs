@@ -1379,3 +1379,36 @@ fn a_setting_without_effect_in_its_mode_is_warned_of() {
         "{logs:#?}"
     );
 }
+
+/// `RKMS_CONFIG` set but empty (a manifest's value left blank) is one line
+/// naming it, not the defaults: they would open another store and keyring.
+/// `--config` still wins over it.
+#[test]
+fn an_empty_rkms_config_stops_startup_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["serve"][..], &["check-config"], &["verify"]] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+        cmd.current_dir(dir.path())
+            .env("RKMS_CONFIG", "")
+            .args(args);
+        let (code, stderr) = run_to_exit(cmd);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with("rkms: config error: RKMS_CONFIG:"),
+            "{stderr}"
+        );
+        assert!(!dir.path().join("data").exists(), "{args:?}: nothing made");
+    }
+    let config = dir.path().join("given.toml");
+    std::fs::write(&config, "[server]\nlisten = \"127.0.0.1:0\"\n").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rkms"));
+    cmd.current_dir(dir.path())
+        .env("RKMS_CONFIG", "")
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config");
+    let (code, stderr) = run_to_exit(cmd);
+    assert_eq!(code, Some(0), "{stderr}");
+}
