@@ -162,6 +162,22 @@ fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> Option<NoCreden
 /// not answer.
 const IMDS_UNREACHABLE: &str = "could not communicate with IMDS";
 
+/// Codes every AWS service uses for credentials it refuses: unknown,
+/// expired or wrongly signed. A setting to fix, never an outage.
+pub fn refuses_credentials(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "UnrecognizedClientException"
+                | "InvalidClientTokenId"
+                | "InvalidSignatureException"
+                | "ExpiredTokenException"
+                | "IncompleteSignature"
+                | "MissingAuthenticationToken"
+        )
+    )
+}
+
 /// Codes every AWS service uses for "too many requests".
 pub fn is_throttling(code: Option<&str>, status: Option<u16>) -> bool {
     matches!(

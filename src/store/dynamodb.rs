@@ -22,12 +22,15 @@ use crate::config::{DynamoSettings, StoreSettings};
 use crate::domain::{KeyId, KeyRecord, Region};
 
 mod errors;
+mod table;
 use errors::map_err;
 pub(crate) use errors::{NoSuchTable, TableRefused};
+pub(crate) use table::{TableReplaced, TableUnusable};
 
 pub struct DynamoStore {
     client: Client,
     table: String,
+    watch: table::TableWatch,
 }
 
 impl std::fmt::Debug for DynamoStore {
@@ -55,7 +58,50 @@ impl DynamoStore {
         Self {
             client: Client::from_conf(conf.build()),
             table: settings.table.clone(),
+            watch: table::TableWatch::new(&settings.table),
         }
+    }
+
+    /// A failed call, classified; one that found no table tells the watch.
+    fn failed<E>(
+        &self,
+        err: aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+        op: &'static str,
+    ) -> StoreError
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata
+            + std::error::Error
+            + Send
+            + Sync
+            + 'static,
+    {
+        let err = map_err(err, op, &self.table);
+        if let StoreError::Unavailable { source, .. } = &err {
+            if source.is::<NoSuchTable>() {
+                self.watch.missing();
+            }
+        }
+        err
+    }
+
+    /// `DescribeTable`, its answer checked against the table first seen.
+    async fn describe(
+        &self,
+        op: &'static str,
+    ) -> Result<aws_sdk_dynamodb::types::TableDescription, StoreError> {
+        let out = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|e| self.failed(e, op))?;
+        let table = out.table.ok_or_else(|| StoreError::Other {
+            op,
+            source: format!("table {} is not described in the answer", self.table).into(),
+        })?;
+        self.watch.described(&table, op)?;
+        Ok(table)
     }
 
     async fn read(&self, id: &str, op: &'static str) -> Result<Option<KeyRecord>, StoreError> {
@@ -67,7 +113,12 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| map_err(e, op, &self.table))?;
+            .map_err(|e| self.failed(e, op))?;
+        if out.item.is_none() {
+            // No record in a table that is not the one first seen says
+            // nothing of whether the id has a key.
+            self.watch.refuse(op)?;
+        }
         out.item.map(|item| decode_item(id, item)).transpose()
     }
 }
@@ -154,6 +205,7 @@ impl Store for DynamoStore {
     #[tracing::instrument(level = "debug", skip(self, record), fields(id = %record.id))]
     async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError> {
         const OP: &str = "put_if_absent";
+        self.watch.refuse(OP)?;
         let mut put = self
             .client
             .put_item()
@@ -182,7 +234,7 @@ impl Store for DynamoStore {
                     }),
                 }
             }
-            Err(e) => Err(map_err(e, OP, &self.table)),
+            Err(e) => Err(self.failed(e, OP)),
         }
     }
 
@@ -197,6 +249,7 @@ impl Store for DynamoStore {
         key_ids: &BTreeMap<Region, String>,
     ) -> Result<usize, StoreError> {
         const OP: &str = "add_missing_regions";
+        self.watch.refuse(OP)?;
         let id = &read.id;
         if keys.is_empty() || read.keys.is_empty() {
             return Ok(0);
@@ -265,18 +318,12 @@ impl Store for DynamoStore {
             {
                 Ok(0)
             }
-            Err(e) => Err(map_err(e, OP, &self.table)),
+            Err(e) => Err(self.failed(e, OP)),
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err(e, "ping", &self.table))
+        self.describe("ping").await.map(|_| ())
     }
 
     async fn scan(
@@ -302,10 +349,7 @@ impl Store for DynamoStore {
         if let Some(after) = cursor {
             request = request.exclusive_start_key("id", AttributeValue::S(after.to_owned()));
         }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| map_err(e, OP, &self.table))?;
+        let out = request.send().await.map_err(|e| self.failed(e, OP))?;
         let next = out
             .last_evaluated_key
             .as_ref()
@@ -329,20 +373,11 @@ impl Store for DynamoStore {
 
     async fn check(&self) -> Result<String, StoreError> {
         const OP: &str = "describe_table";
-        let out = self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map_err(|e| map_err(e, OP, &self.table))?;
+        let table = self.describe(OP).await?;
         let wrong = |why: String| StoreError::Other {
             op: OP,
             source: format!("table {} {why}", self.table).into(),
         };
-        let table = out
-            .table
-            .ok_or_else(|| wrong("is not described in the answer".into()))?;
         let hash = table
             .key_schema()
             .iter()
@@ -370,10 +405,7 @@ impl Store for DynamoStore {
                 id_type.unwrap_or_default()
             )));
         }
-        let status = table
-            .table_status()
-            .map_or("UNKNOWN", |s| s.as_str())
-            .to_string();
+        let status = table.table_status().map_or("UNKNOWN", |s| s.as_str());
         Ok(format!("table {} ({status}), hash key id (S)", self.table))
     }
 }

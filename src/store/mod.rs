@@ -74,6 +74,8 @@ impl StoreError {
                 || e.is::<sqlite::TableChanged>()
                 || e.is::<dynamodb::NoSuchTable>()
                 || e.is::<dynamodb::TableRefused>()
+                || e.is::<dynamodb::TableReplaced>()
+                || e.is::<dynamodb::TableUnusable>()
                 || e.downcast_ref::<crate::aws::NoCredentials>()
                     .is_some_and(crate::aws::NoCredentials::is_setting)
         })

@@ -9,6 +9,7 @@ mod helpers;
 mod moto;
 mod ops;
 mod preflight;
+mod table;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

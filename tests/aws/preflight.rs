@@ -339,7 +339,7 @@ async fn check_config_connect_names_the_failing_dependency_and_exits_non_zero() 
     }
 }
 
-async fn readyz(base: &str) -> (u16, Value) {
+pub(crate) async fn readyz(base: &str) -> (u16, Value) {
     let res = reqwest::get(format!("{base}/readyz")).await.unwrap();
     (res.status().as_u16(), res.json().await.unwrap())
 }

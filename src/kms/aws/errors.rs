@@ -7,25 +7,20 @@ use std::sync::Arc;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 
 use super::super::{KeyRefusal, KmsError, KmsErrorKind};
-use crate::aws::{inspect, is_throttling};
+use crate::aws::{inspect, is_throttling, refuses_credentials};
 use crate::domain::Region;
 
 pub(super) fn classify_code(code: Option<&str>, status: u16) -> KmsErrorKind {
     match code {
         _ if is_throttling(code, Some(status)) => KmsErrorKind::Throttled,
         Some("InvalidCiphertextException" | "IncorrectKeyException") => KmsErrorKind::Integrity,
+        _ if refuses_credentials(code) => KmsErrorKind::Misconfigured,
         Some(
             "AccessDeniedException"
             | "NotFoundException"
             | "DisabledException"
             | "KMSInvalidStateException"
-            | "InvalidKeyUsageException"
-            | "UnrecognizedClientException"
-            | "InvalidClientTokenId"
-            | "InvalidSignatureException"
-            | "ExpiredTokenException"
-            | "IncompleteSignature"
-            | "MissingAuthenticationToken",
+            | "InvalidKeyUsageException",
         ) => KmsErrorKind::Misconfigured,
         Some(
             "KMSInternalException"

@@ -28,9 +28,18 @@ pub(crate) struct TableRefused {
     source: crate::report::BoxError,
 }
 
-/// What makes the table refuse every call: its key is not rkms's, or
-/// access is denied. Other validation errors are the call's own.
-fn refused_why(code: Option<&str>, message: Option<&str>) -> Option<&'static str> {
+/// What makes the table refuse every call: its key is not rkms's, access
+/// is denied, or the credentials are refused (expired, unknown, wrongly
+/// signed). Other validation errors are the call's own.
+fn refused_why(
+    code: Option<&str>,
+    status: Option<u16>,
+    message: Option<&str>,
+) -> Option<&'static str> {
+    const CREDENTIALS: &str = "refused rkms's AWS credentials (expired, unknown or wrongly signed): give the process valid credentials";
+    if crate::aws::refuses_credentials(code) || (code.is_none() && status == Some(401)) {
+        return Some(CREDENTIALS);
+    }
     let message = message.unwrap_or_default().to_ascii_lowercase();
     match code? {
         "AccessDeniedException" => Some(
@@ -67,7 +76,7 @@ where
         || is_throttling(f.code, f.status)
         || matches!(f.code, Some("InternalServerError" | "ServiceUnavailable"))
         || f.status.is_some_and(|s| s >= 500);
-    if let Some(why) = refused_why(f.code, err.message()) {
+    if let Some(why) = refused_why(f.code, f.status, err.message()) {
         let table = table.to_string();
         return StoreError::Unavailable {
             op,
@@ -107,11 +116,24 @@ mod tests {
     #[test]
     fn calls_a_table_refuses_are_told_from_the_calls_own_errors() {
         use super::refused_why;
-        assert!(refused_why(Some("AccessDeniedException"), None).is_some());
+        let denied = refused_why(Some("AccessDeniedException"), Some(400), None);
+        assert!(denied.is_some_and(|why| why.contains("access denied")));
         let schema = Some("The provided key element does not match the schema");
-        assert!(refused_why(Some("ValidationException"), schema).is_some());
+        assert!(refused_why(Some("ValidationException"), Some(400), schema).is_some());
         let size = Some("Item size has exceeded the maximum allowed size");
-        assert!(refused_why(Some("ValidationException"), size).is_none());
-        assert!(refused_why(None, schema).is_none());
+        assert!(refused_why(Some("ValidationException"), Some(400), size).is_none());
+        assert!(refused_why(None, Some(400), schema).is_none());
+        // Credentials the service refuses are named as such: they were a
+        // 500 saying nothing of them.
+        for code in [
+            "ExpiredTokenException",
+            "UnrecognizedClientException",
+            "InvalidSignatureException",
+        ] {
+            let why = refused_why(Some(code), Some(400), None);
+            assert!(why.is_some_and(|why| why.contains("credentials")), "{code}");
+        }
+        assert!(refused_why(None, Some(401), None).is_some_and(|why| why.contains("credentials")));
+        assert!(refused_why(None, Some(500), None).is_none());
     }
 }
