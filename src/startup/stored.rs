@@ -18,7 +18,7 @@ use crate::store::{ScanPage, Store};
 use super::identity::store_identity;
 
 /// Each region's configured key must be one the stored records were
-/// wrapped under: of the first stored records (up to 10) with a key ARN in
+/// wrapped under: of the records sampled ([`first_records`]) with a key ARN in
 /// a region, one must name the key its configured id (an alias, usually)
 /// names now. An alias moved to another key, or a key id changed in the
 /// config, would unwrap none of the region's ciphertexts (calls name the
@@ -104,13 +104,27 @@ pub(super) async fn refuse_keys_other_than_the_stored_ones(
     Ok(())
 }
 
-/// The first stored records (up to 10), which the checks at start hold
-/// against the settings. A store that does not answer now is an outage,
-/// which never stops a start (readiness says so): `None`, and the checks
-/// wait for the next start.
+/// Segments of the key space sampled at start, and records read from each.
+const SAMPLE_SEGMENTS: u32 = 4;
+const SAMPLE_PER_SEGMENT: usize = 10;
+
+/// The first stored records of each of [`SAMPLE_SEGMENTS`] segments of the
+/// key space (up to 40 in all), which the checks at start hold against the
+/// settings: spread over the key space, so that a few stray records
+/// (written by hand, or by something else) do not make the sample. A store
+/// that does not answer now is an outage, which never stops a start
+/// (readiness says so): `None`, and the checks wait for the next start.
 pub(super) async fn first_records(store: &dyn Store, local_kms: bool) -> Option<ScanPage> {
-    match store.scan(0, 1, None, 10).await {
-        Ok(page) => Some(page),
+    let pages = futures::future::try_join_all(
+        (0..SAMPLE_SEGMENTS)
+            .map(|segment| store.scan(segment, SAMPLE_SEGMENTS, None, SAMPLE_PER_SEGMENT)),
+    )
+    .await;
+    match pages {
+        Ok(pages) => Some(ScanPage {
+            records: pages.into_iter().flat_map(|page| page.records).collect(),
+            next: None,
+        }),
         Err(e) => {
             let what = if local_kms {
                 "cannot check that kms.local.keyring belongs to the store, nor that kms.regions does: reading its first records failed"
@@ -126,8 +140,8 @@ pub(super) async fn first_records(store: &dyn Store, local_kms: bool) -> Option<
     }
 }
 
-/// `kms.regions` must share a region with the stored records: of the first
-/// stored records (up to 10), one must hold a ciphertext in a configured
+/// `kms.regions` must share a region with the stored records: of the
+/// records sampled ([`first_records`]), one must hold a ciphertext in a configured
 /// region. A list replaced rather than extended (`RKMS__KMS__REGIONS` set
 /// to new regions only) would serve a 500 for every stored id, and with
 /// the local KMS add master keys for the new regions to the keyring for
@@ -153,13 +167,20 @@ pub(super) fn refuse_regions_no_record_is_in(
         .flat_map(|r| r.keys.keys().map(Region::as_str))
         .collect();
     let configured: Vec<&str> = regions.iter().map(Region::as_str).collect();
+    let shown: Vec<String> = records
+        .iter()
+        .take(3)
+        .map(|r| format!("{:?}", crate::config::printable(r.id.as_str())))
+        .collect();
     anyhow::bail!(
-        "kms.regions {configured:?} holds none of the regions the stored records are wrapped in ({stored:?}): every stored id would fail to read. Keep at least one of those regions listed (add new regions beside them and run `rkms backfill`, rather than replacing them)"
+        "kms.regions {configured:?} holds none of the regions the stored records are wrapped in ({stored:?}; {} records sampled across the store, e.g. {}): every stored id would fail to read. Keep at least one of those regions listed (add new regions beside them and run `rkms backfill`, rather than replacing them); if those records were written by something else, remove them",
+        records.len(),
+        shown.join(", ")
     )
 }
 
-/// The keyring and the store must belong together: of the first stored
-/// records (up to 10), one with a ciphertext under a region the keyring
+/// The keyring and the store must belong together: of the records
+/// sampled ([`first_records`]), one with a ciphertext under a region the keyring
 /// has must decrypt there. A keyring or a store from another deployment
 /// (a link or a path pointing at the wrong one, a file copied over) would
 /// serve errors for every stored id and wrap new keys that the right

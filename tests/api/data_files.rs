@@ -689,6 +689,55 @@ async fn one_bad_record_among_good_ones_does_not_stop_a_start() {
     assert!(stop(server).0.success());
 }
 
+/// A few stray records in regions rkms does not know (written by hand, or
+/// by something else), first in the store's order, do not stop a start:
+/// the records sampled are spread over the store. Once every record
+/// sampled is a stray, the refusal names some of them.
+#[tokio::test]
+async fn a_few_stray_records_first_in_the_store_do_not_stop_a_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(command(dir.path()));
+    let client = reqwest::Client::new();
+    for i in 0..40 {
+        let res = client
+            .get(format!("{}/key?id=good%2F{i}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+    }
+    assert!(stop(server).0.success());
+    let conn = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
+    // The good records move after twelve strays, which take the first rows.
+    conn.execute("UPDATE rkms_keys SET rowid = rowid + 1000", [])
+        .unwrap();
+    for i in 0..12 {
+        conn.execute(
+            "INSERT INTO rkms_keys (rowid, id, v, keys, key_ids, created_at) VALUES (?1, ?2, 2, ?3, '{}', NULL)",
+            rusqlite::params![i + 1, format!("stray/{i}"), r#"{"x-9":"AAAA"}"#],
+        )
+        .unwrap();
+    }
+    drop(conn);
+    let server = start(command(dir.path()));
+    let res = client
+        .get(format!("{}/key?id=good%2F7&create=false", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert!(stop(server).0.success());
+
+    let conn = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
+    conn.execute("DELETE FROM rkms_keys WHERE id LIKE 'good/%'", [])
+        .unwrap();
+    drop(conn);
+    let (code, stderr) = crate::process::run_to_exit(command(dir.path()));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("12 records sampled"), "{stderr}");
+    assert!(stderr.contains("e.g. \"stray/"), "{stderr}");
+}
+
 /// `kms.regions` replaced rather than extended (the stored records hold
 /// none of the listed regions): no start, with one line naming the key,
 /// and the keyring gains no master key for the new regions. It used to
