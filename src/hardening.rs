@@ -25,6 +25,26 @@ pub fn disable_core_dumps() -> Vec<String> {
     failed
 }
 
+/// Set when a write went past the file size limit (RLIMIT_FSIZE).
+static FILE_SIZE_LIMIT_HIT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Keep SIGXFSZ from killing the process: a write past the file size limit
+/// (`ulimit -f`) then fails with EFBIG, which the store answers as it
+/// answers a full disk (503, stored keys still served), rather than end
+/// every request in flight with the process. Returns what could not be
+/// set, for the log.
+pub fn survive_file_size_limit() -> Option<String> {
+    signal_hook::flag::register(signal_hook::consts::SIGXFSZ, &FILE_SIZE_LIMIT_HIT)
+        .err()
+        .map(|e| format!("SIGXFSZ: {e}"))
+}
+
+/// Whether a write went past the file size limit since start.
+pub fn file_size_limit_hit() -> bool {
+    FILE_SIZE_LIMIT_HIT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -202,6 +202,9 @@ fn config_file(given: Option<PathBuf>) -> Result<Option<PathBuf>, String> {
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
+    if let Some(failed) = rkms::hardening::survive_file_size_limit() {
+        eprintln!("rkms: warning: a write past the file size limit will end the process: {failed}");
+    }
     match &cli.command {
         Some(Command::Healthcheck { url, ca }) => return healthcheck(url, ca.as_deref()),
         Some(Command::HashToken) => return hash_token(),

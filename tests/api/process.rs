@@ -15,6 +15,16 @@ pub(crate) fn command(dir: &Path) -> Command {
     with_test_env(Command::new(env!("CARGO_BIN_EXE_rkms")), dir)
 }
 
+/// `rkms` started by `sh` with files limited to `blocks` of 512 bytes
+/// (`ulimit -f`, as dash counts them).
+fn command_with_file_size_limit(dir: &Path, blocks: u32) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -f {blocks} && exec \"$0\""))
+        .arg(env!("CARGO_BIN_EXE_rkms"));
+    with_test_env(cmd, dir)
+}
+
 /// `rkms` started by `sh` with at most `limit` open file descriptors.
 fn command_with_fd_limit(dir: &Path, limit: u32) -> Command {
     let mut cmd = Command::new("sh");
@@ -1411,4 +1421,34 @@ fn an_empty_rkms_config_stops_startup_with_one_line() {
         .arg("check-config");
     let (code, stderr) = run_to_exit(cmd);
     assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// A file size limit (`ulimit -f`) reached by the store's write-ahead log
+/// is answered as a full disk: creates 503, stored keys still served, the
+/// process up. SIGXFSZ used to end it, and every request in flight.
+#[tokio::test]
+async fn a_file_size_limit_is_a_full_disk_not_the_end_of_the_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc = start(command_with_file_size_limit(dir.path(), 512));
+    let client = reqwest::Client::new();
+    let (status, first) = fetch(&client, &proc.base, "fsize/first", None).await;
+    assert_eq!(status, 200, "{first}");
+    let mut refused = None;
+    for i in 0..5000 {
+        let (status, body) = fetch(&client, &proc.base, &format!("fsize/{i}"), None).await;
+        if status != 200 {
+            refused = Some((status, body));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("creates past 256 KiB of log were all stored");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error_type"], "ServiceUnavailable", "{body}");
+    let url = format!("{}/key?id=fsize%2Ffirst&create=false", proc.base);
+    let res = client.get(&url).send().await.unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let served: Value = res.json().await.unwrap();
+    assert_eq!(served["key"], first["key"], "the stored key changed");
+    let (status, _) = stop(proc);
+    assert!(status.success(), "{status:?}");
 }

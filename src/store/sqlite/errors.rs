@@ -31,6 +31,16 @@ pub(super) fn other(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreEr
                 source: Box::new(e),
             }
         }
+        // The disk failed a read or write, or a write passed the process's
+        // file size limit: no fault of the request (it was a 500).
+        rusqlite::Error::SqliteFailure(ref f, _)
+            if f.code == rusqlite::ErrorCode::SystemIoFailure =>
+        {
+            StoreError::Unavailable {
+                op,
+                source: Box::new(IoFailed::new(Box::new(e))),
+            }
+        }
         // The table dropped or altered while rkms runs: an operator's to
         // mend, not a fault of the request (it was a 500).
         rusqlite::Error::SqliteFailure(_, Some(ref m))
@@ -69,3 +79,23 @@ pub(crate) struct SaidDamaged(pub(super) String);
 #[derive(Debug, thiserror::Error)]
 #[error("the database file or its -wal cannot be written (its owner or mode changed, or the file system is mounted read-only); keys are not created or repaired until it can be")]
 pub(crate) struct NotWritable(#[source] pub(crate) crate::report::BoxError);
+
+/// SQLite's read or write of the file failed: a disk fault, or a write
+/// past the process's file size limit (`ulimit -f`), named when one is set.
+#[derive(Debug, thiserror::Error)]
+#[error("reading or writing the database file or its -wal failed (a disk fault{limit})")]
+pub(crate) struct IoFailed {
+    limit: String,
+    #[source]
+    source: crate::report::BoxError,
+}
+
+impl IoFailed {
+    fn new(source: crate::report::BoxError) -> Self {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Fsize)
+            .current
+            .map(|bytes| format!(", or a write past the process's file size limit of {bytes} bytes (RLIMIT_FSIZE, `ulimit -f`)"))
+            .unwrap_or_default();
+        Self { limit, source }
+    }
+}
