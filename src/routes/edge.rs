@@ -246,6 +246,19 @@ impl EdgeInner {
             response
         };
         response.headers_mut().insert(REQUEST_ID, request_id);
+        // Draining: each connection is closed after its next answer, so a
+        // client that sent a request gets its answer, then reconnects
+        // elsewhere, rather than find its connection closed unanswered.
+        if self
+            .state
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
         if let Some(metrics) = self.metrics.get(route as usize) {
             match &metrics.ok {
                 Some(ok) if response.status() == axum::http::StatusCode::OK => ok.inc(),

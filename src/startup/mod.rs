@@ -303,6 +303,7 @@ impl Application {
                 self.connections.metrics,
                 metrics,
                 stopped(rx),
+                serve::last_call(grace),
             ))
         });
 
@@ -325,6 +326,7 @@ impl Application {
             self.connections.api,
             Arc::clone(&self.state.metrics),
             stopped(stop_rx.clone()),
+            serve::last_call(grace),
         );
         let deadline = {
             let rx = stop_rx.clone();

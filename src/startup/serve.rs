@@ -130,6 +130,7 @@ pub(super) async fn serve(
     max_connections: usize,
     metrics: Arc<Metrics>,
     stop: impl Future<Output = ()> + Send,
+    last_call: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let open = Arc::new(Semaphore::new(max_connections));
@@ -222,8 +223,26 @@ pub(super) async fn serve(
         });
     }
     drop(listener);
+    // Last call: for a moment, connections stay open and each is closed
+    // after its next answer (`Connection: close` while draining). A request
+    // a client had already sent on a keep-alive connection is answered,
+    // rather than lost with a connection closed at once; only connections
+    // idle all along are closed after it.
+    let last_call = tokio::time::Instant::now() + last_call;
+    while open.available_permits() < max_connections && tokio::time::Instant::now() < last_call {
+        tokio::time::sleep(LAST_CALL_POLL).await;
+    }
     graceful.shutdown().await;
 }
+
+/// How long open connections may still send a request once shutdown
+/// starts, before the idle ones are closed: at most half the grace period,
+/// which bounds the whole shutdown.
+pub(super) fn last_call(grace: Duration) -> Duration {
+    Duration::from_secs(1).min(grace / 2)
+}
+
+const LAST_CALL_POLL: Duration = Duration::from_millis(10);
 
 /// HTTP/1.1 on one accepted connection until the client or the server
 /// ends it, or one of its phases outlives its timeout.
@@ -288,6 +307,18 @@ mod tests {
 
     use super::watchdog::{HEAD_TIMEOUT, IDLE_TIMEOUT};
     use super::*;
+
+    /// The last call for requests at shutdown never takes more than half
+    /// the grace period, so in-flight work keeps the rest.
+    #[test]
+    fn the_last_call_fits_in_the_grace_period() {
+        assert_eq!(last_call(Duration::from_secs(10)), Duration::from_secs(1));
+        assert_eq!(
+            last_call(Duration::from_millis(600)),
+            Duration::from_millis(300)
+        );
+        assert_eq!(last_call(Duration::ZERO), Duration::ZERO);
+    }
 
     /// The soft open-file limit is raised to the hard one.
     #[test]
