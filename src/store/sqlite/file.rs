@@ -44,6 +44,19 @@ impl FileId {
         if matches!(now, Ok(id) if id == self) {
             return Ok(());
         }
+        // The path cannot be looked at (a directory's mode or owner
+        // changed): nothing says the file moved, and a restart would be
+        // refused the same way, not start an empty store.
+        if let Err(e) = &now {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(StoreError::Unavailable {
+                    op,
+                    source: Box::new(super::NotWritable(
+                        format!("{} cannot be looked at: {e}", path.display()).into(),
+                    )),
+                });
+            }
+        }
         Err(StoreError::Unavailable {
             op,
             source: Box::new(FileChanged {
