@@ -101,7 +101,7 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// it (the SDK says only that a provider "was not enabled").
 #[derive(Debug, thiserror::Error)]
 pub enum NoCredentials {
-    #[error("no AWS credentials found: give the process AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity token (IRSA) or an instance role")]
+    #[error("no AWS credentials found: give the process AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, a web identity token (IRSA) or an instance role (an instance metadata service that answers 403 is turned off)")]
     Missing(#[source] Source),
     #[error("no AWS credentials yet: the instance metadata service did not answer (on EC2 this passes once it answers; elsewhere give the process credentials, or set AWS_EC2_METADATA_DISABLED=true so that missing credentials are reported as such)")]
     MetadataUnreachable(#[source] Source),
@@ -142,10 +142,15 @@ pub fn no_credentials_in<'a>(
 fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> Option<NoCredentialsWhy> {
     use aws_credential_types::provider::error::CredentialsError;
     let c = sources(err).find_map(|e| e.downcast_ref::<CredentialsError>())?;
-    let not_loaded = matches!(
-        c,
-        CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_)
-    );
+    // An instance metadata service that answers 403 is turned off: no
+    // credentials will come from it, which is a setting, not an outage.
+    let forbidden = matches!(c, CredentialsError::ProviderError(_))
+        && sources(c).any(|e| e.to_string().contains(IMDS_FORBIDDEN));
+    let not_loaded = forbidden
+        || matches!(
+            c,
+            CredentialsError::CredentialsNotLoaded(_) | CredentialsError::InvalidConfiguration(_)
+        );
     // The chain also says "not loaded" when the instance metadata service
     // could not be reached (a node at boot, a network blip): an outage,
     // which must never stop a start. The SDK names it only in text; the
@@ -161,6 +166,9 @@ fn lacks_credentials(err: &(dyn std::error::Error + 'static)) -> Option<NoCreden
 /// How the SDK's credential chain says the instance metadata service did
 /// not answer.
 const IMDS_UNREACHABLE: &str = "could not communicate with IMDS";
+
+/// How the SDK says the instance metadata service answered 403.
+const IMDS_FORBIDDEN: &str = "IMDS is disabled or the caller has insufficient permissions";
 
 /// Codes every AWS service uses for credentials it refuses: unknown,
 /// expired or wrongly signed. A setting to fix, never an outage.
@@ -215,6 +223,11 @@ mod tests {
         assert_eq!(
             lacks_credentials(&CredentialsError::provider_error("IMDS 500")),
             None
+        );
+        let forbidden = std::io::Error::other(format!("request forbidden: {IMDS_FORBIDDEN}."));
+        assert_eq!(
+            lacks_credentials(&CredentialsError::provider_error(forbidden)),
+            Some(Missing)
         );
         assert_eq!(lacks_credentials(&std::io::Error::other("refused")), None);
     }
