@@ -89,6 +89,9 @@ impl Summary {
                 (true, false) => "; stopped at --max-records, and without --checkpoint another run starts from the beginning",
             },
         );
+        if self.dry_run && self.repaired > 0 {
+            out.push_str("a dry run decrypts and writes nothing: a record counted as would gain can still fail in a real run (one no region decrypts, or the store cannot update)\n");
+        }
         list_lines(&mut out, "failed: ", &self.failed_ids, self.failed);
         list_lines(&mut out, "corrupt: ", &self.corrupt_ids, self.corrupt);
         out

@@ -96,6 +96,7 @@ async fn a_new_region_is_backfilled_verified_and_a_second_backfill_changes_nothi
     let (code, out) = run(with_four_regions(dir.path()), &["backfill", "--dry-run"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("30 would gain 30"), "{out}");
+    assert!(out.contains("can still fail in a real run"), "{out}");
     assert!(stored(dir.path())
         .values()
         .all(|k| k.get("local-4").is_none()));
