@@ -698,14 +698,7 @@ async fn a_few_stray_records_first_in_the_store_do_not_stop_a_start() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(command(dir.path()));
     let client = reqwest::Client::new();
-    for i in 0..40 {
-        let res = client
-            .get(format!("{}/key?id=good%2F{i}", server.base))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status().as_u16(), 200);
-    }
+    let served = create(&client, &server.base, "good", 40).await;
     assert!(stop(server).0.success());
     let conn = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
     // The good records move after twelve strays, which take the first rows.
@@ -720,16 +713,12 @@ async fn a_few_stray_records_first_in_the_store_do_not_stop_a_start() {
     }
     drop(conn);
     let server = start(command(dir.path()));
-    let res = client
-        .get(format!("{}/key?id=good%2F7&create=false", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
+    let (id, key) = &served[7];
+    assert_eq!(stored(&client, &server.base, id).await.as_ref(), Some(key));
     assert!(stop(server).0.success());
 
     let conn = rusqlite::Connection::open(dir.path().join("rkms.sqlite3")).unwrap();
-    conn.execute("DELETE FROM rkms_keys WHERE id LIKE 'good/%'", [])
+    conn.execute("DELETE FROM rkms_keys WHERE id LIKE 'good-%'", [])
         .unwrap();
     drop(conn);
     let (code, stderr) = crate::process::run_to_exit(command(dir.path()));
