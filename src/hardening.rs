@@ -25,7 +25,8 @@ pub fn disable_core_dumps() -> Vec<String> {
     failed
 }
 
-/// Set when a write went past the file size limit (RLIMIT_FSIZE).
+/// Set when a write went past the file size limit (RLIMIT_FSIZE); the
+/// handler only has to exist for SIGXFSZ not to end the process.
 static FILE_SIZE_LIMIT_HIT: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -38,11 +39,6 @@ pub fn survive_file_size_limit() -> Option<String> {
     signal_hook::flag::register(signal_hook::consts::SIGXFSZ, &FILE_SIZE_LIMIT_HIT)
         .err()
         .map(|e| format!("SIGXFSZ: {e}"))
-}
-
-/// Whether a write went past the file size limit since start.
-pub fn file_size_limit_hit() -> bool {
-    FILE_SIZE_LIMIT_HIT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

@@ -108,12 +108,13 @@ pub(super) async fn refuse_keys_other_than_the_stored_ones(
 const SAMPLE_SEGMENTS: u32 = 4;
 const SAMPLE_PER_SEGMENT: usize = 10;
 
-/// The first stored records of each of [`SAMPLE_SEGMENTS`] segments of the
-/// key space (up to 40 in all), which the checks at start hold against the
-/// settings: spread over the key space, so that a few stray records
-/// (written by hand, or by something else) do not make the sample. A store
-/// that does not answer now is an outage, which never stops a start
-/// (readiness says so): `None`, and the checks wait for the next start.
+/// The first stored records of each of [`SAMPLE_SEGMENTS`] scan segments
+/// (up to 40 in all), which the checks at start hold against the
+/// settings. DynamoDB's segments split its key space, so a few stray
+/// records (written by hand, or by something else) do not make the
+/// sample; SQLite's are its first rows. A store that does not answer now
+/// is an outage, which never stops a start (readiness says so): `None`,
+/// and the checks wait for the next start.
 pub(super) async fn first_records(store: &dyn Store, local_kms: bool) -> Option<ScanPage> {
     let pages = futures::future::try_join_all(
         (0..SAMPLE_SEGMENTS)
@@ -173,7 +174,7 @@ pub(super) fn refuse_regions_no_record_is_in(
         .map(|r| format!("{:?}", crate::config::printable(r.id.as_str())))
         .collect();
     anyhow::bail!(
-        "kms.regions {configured:?} holds none of the regions the stored records are wrapped in ({stored:?}; {} records sampled across the store, e.g. {}): every stored id would fail to read. Keep at least one of those regions listed (add new regions beside them and run `rkms backfill`, rather than replacing them); if those records were written by something else, remove them",
+        "kms.regions {configured:?} holds none of the regions the stored records are wrapped in ({stored:?}; {} records sampled, e.g. {}): every stored id would fail to read. Keep at least one of those regions listed (add new regions beside them and run `rkms backfill`, rather than replacing them); if those records were written by something else, remove them",
         records.len(),
         shown.join(", ")
     )

@@ -78,7 +78,7 @@ impl DynamoStore {
         let err = map_err(err, op, &self.table);
         if let StoreError::Unavailable { source, .. } = &err {
             if source.is::<NoSuchTable>() {
-                self.watch.missing();
+                self.watch.missing(op);
             }
         }
         err

@@ -68,6 +68,7 @@ impl StoreError {
             e.is::<sqlite::FileChanged>()
                 || e.is::<sqlite::LogChanged>()
                 || e.is::<sqlite::NotWritable>()
+                || e.is::<sqlite::IoFailed>()
                 || e.is::<sqlite::SaidDamaged>()
                 || e.is::<sqlite::Damaged>()
                 || e.is::<sqlite::Reshaped>()

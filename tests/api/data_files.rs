@@ -691,7 +691,7 @@ async fn one_bad_record_among_good_ones_does_not_stop_a_start() {
 
 /// A few stray records in regions rkms does not know (written by hand, or
 /// by something else), first in the store's order, do not stop a start:
-/// the records sampled are spread over the store. Once every record
+/// the sample (40 rows of SQLite) reaches past them. Once every record
 /// sampled is a stray, the refusal names some of them.
 #[tokio::test]
 async fn a_few_stray_records_first_in_the_store_do_not_stop_a_start() {

@@ -54,13 +54,29 @@ impl TableWatch {
         }
     }
 
-    /// A `DescribeTable` answer: recorded the first time, compared after.
-    /// Returns the table's status for the startup log.
+    /// A `DescribeTable` answer: noted the first time the table is in use
+    /// (`ACTIVE` or `UPDATING`), compared with every answer after. Returns
+    /// the table's status for the startup log.
     pub(super) fn described(
         &self,
         table: &TableDescription,
         op: &'static str,
     ) -> Result<String, StoreError> {
+        let status = table.table_status().map_or("UNKNOWN", |s| s.as_str());
+        let in_use = matches!(status, "ACTIVE" | "UPDATING");
+        // A table being made answers "no such table" to reads and writes
+        // until it is ACTIVE: not yet the table to note, and those answers
+        // not a deletion. It passes by itself: an outage, not a refusal.
+        if status == "CREATING" && self.first.get().is_none() {
+            return Err(StoreError::Unavailable {
+                op,
+                source: format!(
+                    "table {:?} is CREATING: keys are served once it is ACTIVE",
+                    self.table
+                )
+                .into(),
+            });
+        }
         let identity = table
             .table_id()
             .map(|id| format!("table id {id}"))
@@ -70,16 +86,20 @@ impl TableWatch {
                     .map(|t| format!("created at {}", t.as_nanos()))
             });
         if let Some(identity) = identity {
-            let first = self.first.get_or_init(|| identity.clone());
-            if *first != identity {
-                self.lose(format!(
-                    "was replaced by another table of the same name ({first} when first seen, {identity} now)"
-                ));
+            if in_use {
+                let _ = self.first.set(identity.clone());
+            }
+            if let Some(first) = self.first.get().filter(|first| **first != identity) {
+                self.lose(
+                    format!(
+                        "was replaced by another table of the same name ({first} when first seen, {identity} now)"
+                    ),
+                    op,
+                );
             }
         }
-        let status = table.table_status().map_or("UNKNOWN", |s| s.as_str());
         if status == "DELETING" {
-            self.lose("is being deleted".into());
+            self.lose("is being deleted".into(), op);
         }
         self.refuse(op)?;
         let fix = match status {
@@ -99,10 +119,11 @@ impl TableWatch {
         })
     }
 
-    /// A call found no table: if this process had seen it, it was deleted.
-    pub(super) fn missing(&self) {
+    /// A call found no table: if this process had seen it in use, it was
+    /// deleted.
+    pub(super) fn missing(&self, op: &'static str) {
         if self.first.get().is_some() {
-            self.lose("was deleted".into());
+            self.lose("was deleted".into(), op);
         }
     }
 
@@ -120,9 +141,9 @@ impl TableWatch {
         }
     }
 
-    fn lose(&self, why: String) {
+    fn lose(&self, why: String, op: &'static str) {
         if self.lost.set(why).is_ok() {
-            if let Err(e) = self.refuse("describe_table") {
+            if let Err(e) = self.refuse(op) {
                 tracing::error!(error = %crate::report::chain(&e), "the store's table is not the one rkms started with");
             }
         }
@@ -186,12 +207,20 @@ mod tests {
     #[test]
     fn a_table_missing_before_it_was_seen_is_not_a_deletion() {
         let watch = TableWatch::new("t");
-        watch.missing();
+        watch.missing("get");
+        assert!(watch.refuse("put_if_absent").is_ok());
+        // Being made: not ready, and its "no such table" answers are not a
+        // deletion (a review had such a start refuse creates for good).
+        let creating = watch
+            .described(&table(Some("a"), 1, TableStatus::Creating), "ping")
+            .unwrap_err();
+        assert!(creating.is_outage(), "it passes by itself");
+        watch.missing("get");
         assert!(watch.refuse("put_if_absent").is_ok());
         assert!(watch
             .described(&table(Some("a"), 1, TableStatus::Active), "ping")
             .is_ok());
-        watch.missing();
+        watch.missing("get");
         assert!(watch.refuse("put_if_absent").is_err());
     }
 

@@ -99,3 +99,26 @@ impl IoFailed {
         Self { limit, source }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A failed read or write of the file is 503 for an operator to look
+    /// at, not a 500 for the request, nor an outage that passes by itself.
+    #[test]
+    fn an_io_error_is_unavailable_and_needs_an_operator() {
+        let io = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR_WRITE),
+            None,
+        );
+        let e = super::other("put_if_absent")(io);
+        assert!(
+            matches!(e, crate::store::StoreError::Unavailable { .. }),
+            "{e:?}"
+        );
+        assert!(!e.is_outage());
+        assert!(
+            crate::report::chain(&e).contains("failed (a disk fault"),
+            "{e:?}"
+        );
+    }
+}

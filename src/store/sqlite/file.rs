@@ -40,31 +40,40 @@ impl FileId {
 
     /// `Unavailable` (503) unless `path` still names this file.
     pub(super) fn still_at(self, path: &Path, op: &'static str) -> Result<(), StoreError> {
-        let now = FileId::of(path);
-        if matches!(now, Ok(id) if id == self) {
-            return Ok(());
-        }
-        // The path cannot be looked at (a directory's mode or owner
-        // changed): nothing says the file moved, and a restart would be
-        // refused the same way, not start an empty store.
-        if let Err(e) = &now {
-            if e.kind() == std::io::ErrorKind::PermissionDenied {
+        let now = match FileId::of(path) {
+            Ok(id) if id == self => return Ok(()),
+            Ok(_) => None,
+            // The path cannot be looked at (a directory's mode or owner
+            // changed): nothing says the file moved, and a restart would be
+            // refused the same way, not start an empty store.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
                 return Err(StoreError::Unavailable {
                     op,
-                    source: Box::new(super::NotWritable(
-                        format!("{} cannot be looked at: {e}", path.display()).into(),
-                    )),
+                    source: Box::new(super::NotWritable(Box::new(CannotLook {
+                        path: path.to_path_buf(),
+                        source: e,
+                    }))),
                 });
             }
-        }
+            Err(e) => Some(e),
+        };
         Err(StoreError::Unavailable {
             op,
             source: Box::new(FileChanged {
                 path: path.to_path_buf(),
-                now: now.err(),
+                now,
             }),
         })
     }
+}
+
+/// The database path could not be looked at (permission denied).
+#[derive(Debug, thiserror::Error)]
+#[error("{} cannot be looked at", path.display())]
+struct CannotLook {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -30,7 +30,7 @@ use rusqlite::Connection;
 use super::{PutOutcome, ScanPage, Store, StoreError};
 use crate::domain::{KeyId, KeyRecord, Region};
 use errors::other;
-pub(crate) use errors::{NotWritable, SaidDamaged, TableChanged};
+pub(crate) use errors::{IoFailed, NotWritable, SaidDamaged, TableChanged};
 use file::{
     an_existing_store, connect, low_space_hint, refuse_foreign, until_not_busy, CreateDir, FileId,
     Mode, OPEN_PATIENCE,
