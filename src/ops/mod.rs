@@ -170,11 +170,19 @@ impl KmsBudget {
     }
 }
 
-/// A progress bar on a terminal (stderr), nothing otherwise.
+/// How often a tool whose stderr is no terminal (a job's log) says how
+/// far it got.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A progress bar on a terminal (stderr); otherwise a line on stderr every
+/// [`PROGRESS_EVERY`] saying how far the run got, so that a long run in a
+/// job's log is seen to move.
 pub fn progress(what: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
+        let bar = indicatif::ProgressBar::hidden();
+        say_progress(what, &bar, PROGRESS_EVERY, std::io::stderr());
+        return bar;
     }
     let bar = indicatif::ProgressBar::new_spinner();
     if let Ok(style) = indicatif::ProgressStyle::with_template(
@@ -185,6 +193,41 @@ pub fn progress(what: &str) -> indicatif::ProgressBar {
     bar.set_message(what.to_string());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     bar
+}
+
+/// Write `rkms: WHAT: N records so far (S s)` to `out` every `every`
+/// until `bar` is finished or dropped, from a thread of its own.
+fn say_progress(
+    what: &str,
+    bar: &indicatif::ProgressBar,
+    every: std::time::Duration,
+    mut out: impl std::io::Write + Send + 'static,
+) {
+    let bar = bar.downgrade();
+    let what = what.to_owned();
+    let started = std::time::Instant::now();
+    let tick = every.min(std::time::Duration::from_millis(200));
+    let _ = std::thread::Builder::new()
+        .name("rkms-progress".into())
+        .spawn(move || {
+            let mut next = started + every;
+            loop {
+                std::thread::sleep(tick);
+                let Some(bar) = bar.upgrade() else { return };
+                if bar.is_finished() {
+                    return;
+                }
+                if std::time::Instant::now() >= next {
+                    next += every;
+                    let _ = writeln!(
+                        out,
+                        "rkms: {what}: {} records so far ({} s)",
+                        bar.position(),
+                        started.elapsed().as_secs()
+                    );
+                }
+            }
+        });
 }
 
 /// Ids listed in a report, at most.
@@ -241,5 +284,48 @@ mod tests {
             down.mark_if_unreachable(&region, &unanswered);
         }
         assert!(down.is_down(&region));
+    }
+
+    /// A run in a job's log says how far it got while it runs, and stops
+    /// saying it once finished.
+    #[test]
+    fn a_run_without_a_terminal_says_how_far_it_got() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let bar = indicatif::ProgressBar::hidden();
+        say_progress(
+            "verify",
+            &bar,
+            std::time::Duration::from_millis(50),
+            lines.clone(),
+        );
+        bar.inc(7);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        bar.finish_and_clear();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let said = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(said.lines().count() >= 2, "{said}");
+        assert!(
+            said.lines()
+                .all(|l| l.starts_with("rkms: verify: 7 records so far (")),
+            "{said}"
+        );
+        let after = said.len();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert_eq!(
+            lines.0.lock().unwrap().len(),
+            after,
+            "nothing after the end"
+        );
     }
 }
