@@ -39,7 +39,7 @@ pub(crate) struct TableUnusable {
 pub(super) struct TableWatch {
     table: String,
     /// The table's id (`TableId`), else its creation time, when first
-    /// described.
+    /// described in use (`ACTIVE` or `UPDATING`).
     first: OnceLock<String>,
     /// Why the table is no longer the one first described; never cleared.
     lost: OnceLock<String>,
