@@ -97,7 +97,7 @@ pub(super) async fn refuse_keys_other_than_the_stored_ones(
              their ciphertexts there cannot be unwrapped with it{why} (an alias moved to another key, or another key configured). \
              Point the alias (or the setting) back at that key; rotate keys with KMS's own rotation, which keeps the key. \
              If that key is gone for good, {region}'s ciphertexts are lost: remove {region} from kms.regions, check with `rkms verify` that every record reads in the regions left, \
-             then add a region with a new key and run `rkms backfill` (README, runbook: a region whose key is lost)",
+             then add another region with a new key (not {region}: its records keep the lost key's ciphertexts, which rkms never replaces) and run `rkms backfill` (README, runbook: a region whose key is lost)",
             stored.into_iter().collect::<Vec<_>>().join(", ")
         );
     }

@@ -79,9 +79,33 @@ impl DynamoStore {
         if let StoreError::Unavailable { source, .. } = &err {
             if source.is::<NoSuchTable>() {
                 self.watch.missing(op);
+                // Once the table rkms used is gone, "create it" is the
+                // wrong advice: a new empty table gives ids new keys.
+                if let Err(fenced) = self.watch.refuse(op) {
+                    return fenced;
+                }
             }
         }
         err
+    }
+
+    /// Before a create: the table described again when the last look is
+    /// over [`table::RECHECK_EVERY`] old, so that a table made again since
+    /// is seen before a key goes into it. Only the watch's verdict stops
+    /// the create: a description that fails for another reason (throttled,
+    /// not permitted) leaves it to the put.
+    async fn recheck_table(&self, op: &'static str) -> Result<(), StoreError> {
+        let mut last = self.watch.last_look.lock().await;
+        if last.is_some_and(|at| at.elapsed() < table::RECHECK_EVERY) {
+            return Ok(());
+        }
+        let described = self.describe(op).await;
+        *last = Some(std::time::Instant::now());
+        drop(last);
+        match described {
+            Ok(_) => Ok(()),
+            Err(e) => self.watch.refuse(op).map_err(|_| e),
+        }
     }
 
     /// `DescribeTable`, its answer checked against the table first seen.
@@ -206,6 +230,7 @@ impl Store for DynamoStore {
     async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError> {
         const OP: &str = "put_if_absent";
         self.watch.refuse(OP)?;
+        self.recheck_table(OP).await?;
         let mut put = self
             .client
             .put_item()

@@ -73,3 +73,24 @@ async fn a_table_made_again_under_running_servers_gets_no_second_keys() {
     let (status, body) = readyz(&restarted.base).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// The table deleted and made again with no call in between and no
+/// readiness probe since: the next create looks at the table first (its
+/// last look being over a second old), finds another one, and refuses. A
+/// review had an existing id given a second key in that gap.
+#[tokio::test]
+async fn a_create_looks_at_the_table_before_writing_into_it() {
+    let cloud = Cloud::start(false).await;
+    let server = serve(no_cache(&cloud)).await;
+    let key = server.key("gap/1").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    delete_table(&cloud).await;
+    create_table(&cloud.dynamo.endpoint, TABLE).await;
+    let (status, body) = server.get("gap/1", true).await;
+    assert_eq!(status, 503, "a new key for an id that had {key}: {body}");
+    assert!(
+        item(&cloud, "gap/1").await.is_none(),
+        "written to the new table"
+    );
+    refuses_the_table(&server, &["gap/2"]).await;
+}

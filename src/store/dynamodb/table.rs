@@ -43,7 +43,12 @@ pub(super) struct TableWatch {
     first: OnceLock<String>,
     /// Why the table is no longer the one first described; never cleared.
     lost: OnceLock<String>,
+    /// When a create last had the table described (one at a time).
+    pub(super) last_look: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How old the last look at the table may be when a create goes ahead.
+pub(super) const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl TableWatch {
     pub(super) fn new(table: &str) -> Self {
@@ -51,6 +56,7 @@ impl TableWatch {
             table: table.to_owned(),
             first: OnceLock::new(),
             lost: OnceLock::new(),
+            last_look: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -81,9 +87,12 @@ impl TableWatch {
             .table_id()
             .map(|id| format!("table id {id}"))
             .or_else(|| {
-                table
-                    .creation_date_time()
-                    .map(|t| format!("created at {}", t.as_nanos()))
+                table.creation_date_time().map(|t| {
+                    let at = t
+                        .fmt(aws_sdk_dynamodb::primitives::DateTimeFormat::DateTimeWithOffset)
+                        .unwrap_or_else(|_| t.as_nanos().to_string());
+                    format!("created at {at}")
+                })
             });
         if let Some(identity) = identity {
             if in_use {
@@ -186,6 +195,17 @@ mod tests {
             .described(&table(Some("a"), 1, TableStatus::Active), "ping")
             .is_err());
         assert!(replaced.refuse("put_if_absent").is_err());
+
+        // Made again within a second: the creation times still differ.
+        let quick = TableWatch::new("t");
+        let at = |nanos| {
+            TableDescription::builder()
+                .creation_date_time(DateTime::from_secs_and_nanos(1, nanos))
+                .table_status(TableStatus::Active)
+                .build()
+        };
+        assert!(quick.described(&at(1_000), "ping").is_ok());
+        assert!(quick.described(&at(2_000_000), "ping").is_err());
 
         let no_id = TableWatch::new("t");
         assert!(no_id
