@@ -15,23 +15,23 @@ pub(crate) fn command(dir: &Path) -> Command {
     with_test_env(Command::new(env!("CARGO_BIN_EXE_rkms")), dir)
 }
 
-/// `rkms` started by `sh` with files limited to `blocks` of 512 bytes
-/// (`ulimit -f`, as dash counts them).
-fn command_with_file_size_limit(dir: &Path, blocks: u32) -> Command {
+/// `rkms` started by `sh` under `ulimit -{flag} {limit}`.
+fn command_with_ulimit(dir: &Path, flag: char, limit: u32) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!("ulimit -f {blocks} && exec \"$0\""))
+        .arg(format!("ulimit -{flag} {limit} && exec \"$0\""))
         .arg(env!("CARGO_BIN_EXE_rkms"));
     with_test_env(cmd, dir)
 }
 
-/// `rkms` started by `sh` with at most `limit` open file descriptors.
+/// `rkms` with files limited to `blocks` of 512 bytes (as dash counts).
+fn command_with_file_size_limit(dir: &Path, blocks: u32) -> Command {
+    command_with_ulimit(dir, 'f', blocks)
+}
+
+/// `rkms` with at most `limit` open file descriptors.
 fn command_with_fd_limit(dir: &Path, limit: u32) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(format!("ulimit -n {limit} && exec \"$0\""))
-        .arg(env!("CARGO_BIN_EXE_rkms"));
-    with_test_env(cmd, dir)
+    command_with_ulimit(dir, 'n', limit)
 }
 
 fn with_test_env(mut cmd: Command, dir: &Path) -> Command {
