@@ -119,6 +119,7 @@ pub async fn run(
         &options.scope,
         segments,
     )?;
+    checkpoint.warn_if_finished(options.checkpoint.as_deref());
     let checkpoint = Arc::new(Mutex::new(checkpoint));
     let summary = Arc::new(Mutex::new(Summary {
         dry_run: options.dry_run,

@@ -111,12 +111,6 @@ impl Checkpoint {
                         },
                     );
                 }
-                if loaded.finished() {
-                    tracing::warn!(
-                        checkpoint = %path.display(),
-                        "the checkpoint records a finished run: nothing is scanned; remove it to run again"
-                    );
-                }
                 Ok(loaded)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(fresh),
@@ -143,6 +137,17 @@ impl Checkpoint {
     /// Every segment read to its end, with nothing left to read again.
     pub fn finished(&self) -> bool {
         self.segments.iter().all(|s| s.done && s.retry.is_empty())
+    }
+
+    /// Say that a resumed checkpoint records a finished run, once the run
+    /// has checked that it may go on from it (a refusal says more).
+    pub fn warn_if_finished(&self, path: Option<&Path>) {
+        if let (true, Some(path)) = (self.finished(), path) {
+            tracing::warn!(
+                checkpoint = %path.display(),
+                "the checkpoint records a finished run: nothing is scanned; remove it to run again"
+            );
+        }
     }
 
     /// Record where `segment` is, and save to `path` when given.

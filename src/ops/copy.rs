@@ -116,6 +116,7 @@ pub async fn run(
                 .map_or_else(String::new, |p| p.display().to_string())
         );
     }
+    checkpoint.warn_if_finished(options.checkpoint.as_deref());
     let checkpoint = Arc::new(Mutex::new(checkpoint));
     let summary = Arc::new(Mutex::new(Summary {
         dry_run: options.dry_run,
