@@ -328,6 +328,12 @@ async fn attempt(inner: &Arc<Inner>, job: &mut Job) -> Result<Step, Failed> {
         .filter(|r| !job.present.contains(*r))
         .cloned()
         .collect();
+    // No KMS call for a write the store refuses until rkms restarts.
+    if let Err(e) = inner.store.refuses_writes("add_missing_regions") {
+        return Err(Failed::Store(super::BrokerError::Store {
+            source: std::sync::Arc::new(e),
+        }));
+    }
     // No I/O while every missing region's breaker is open.
     let (wrapped, error) = inner
         .encrypt_under(&job.id, &missing, &job.key, missing.len())

@@ -351,6 +351,10 @@ impl Store for DynamoStore {
         self.describe("ping").await.map(|_| ())
     }
 
+    fn refuses_writes(&self, op: &'static str) -> Result<(), StoreError> {
+        self.watch.refuse(op)
+    }
+
     async fn scan(
         &self,
         segment: u32,

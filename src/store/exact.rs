@@ -64,6 +64,10 @@ impl Store for ExactIds {
         self.0.ping().await
     }
 
+    fn refuses_writes(&self, op: &'static str) -> Result<(), StoreError> {
+        self.0.refuses_writes(op)
+    }
+
     async fn scan(
         &self,
         segment: u32,

@@ -53,6 +53,7 @@ mod probe {
     #[derive(Default)]
     pub(super) struct Probe {
         down: AtomicBool,
+        fenced: AtomicBool,
         panicking: AtomicBool,
         hanging: AtomicBool,
         gets: AtomicUsize,
@@ -64,6 +65,16 @@ mod probe {
         /// While `true`, every call fails with `Unavailable`.
         pub fn set_unavailable(&self, down: bool) {
             self.probe.down.store(down, Ordering::SeqCst);
+        }
+
+        /// From now on, writes are refused until restart (as a damaged
+        /// file or a replaced table makes a real store refuse them).
+        pub fn fence_writes(&self) {
+            self.probe.fenced.store(true, Ordering::SeqCst);
+        }
+
+        pub(super) fn fenced(&self) -> bool {
+            self.probe.fenced.load(Ordering::SeqCst)
         }
 
         /// While `true`, a ping never answers (a store that hangs).
@@ -166,6 +177,18 @@ impl Store for MemoryStore {
             .get_mut(&read.id)
             .filter(|stored| read.same_key_as(stored))
             .map_or(0, |stored| merge_missing(stored, keys, key_ids)))
+    }
+
+    fn refuses_writes(&self, op: &'static str) -> Result<(), StoreError> {
+        #[cfg(any(test, feature = "testing"))]
+        if self.fenced() {
+            return Err(StoreError::Unavailable {
+                op,
+                source: "memory store's writes fenced".into(),
+            });
+        }
+        let _ = op;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -138,6 +138,14 @@ pub trait Store: Send + Sync {
     /// A cheap call proving the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Err once the store refuses every write until rkms restarts (a
+    /// damaged SQLite file, a DynamoDB table deleted or replaced), known
+    /// without a call: a repair asks before it spends KMS calls on a
+    /// write that would be refused.
+    fn refuses_writes(&self, _op: &'static str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Up to `limit` records of segment `segment` of `segments` (which
     /// together cover every record once), after the opaque `cursor` a
     /// previous page returned. For maintenance tools (backfill, verify,

@@ -266,3 +266,33 @@ async fn a_record_replaced_as_its_repair_updates_gains_nothing() {
     assert_eq!(broker.inner.metrics.records_repaired.get(), 0);
     assert!(broker.get_or_create(&id("late"), false).await.is_err());
 }
+
+/// A store that refuses writes until restart (a damaged SQLite file, a
+/// replaced DynamoDB table) gets no repair's KMS calls: each retry asks
+/// the store first. A review saw repairs wrap keys every few seconds for
+/// writes the store then refused.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_refuses_writes_gets_no_repair_kms_calls() {
+    let rig = rig_with(no_cache());
+    rig.broker.get_or_create(&id("fenced"), true).await.unwrap();
+    let mut short = rig.store.snapshot(&id("fenced")).unwrap();
+    short.keys.remove(&r("r3"));
+    short.key_ids.remove(&r("r3"));
+    rig.store.insert_raw(short);
+    rig.store.fence_writes();
+    let before = rig.kms.calls(&r("r3"), "encrypt");
+    rig.broker.get_or_create(&id("fenced"), true).await.unwrap();
+    assert_eq!(rig.broker.repairs_pending(), 1);
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    assert_eq!(
+        rig.kms.calls(&r("r3"), "encrypt"),
+        before,
+        "no wrap for a refused write"
+    );
+    assert_eq!(rig.store.snapshot(&id("fenced")).unwrap().keys.len(), 2);
+    assert_eq!(
+        rig.broker.repairs_pending(),
+        1,
+        "still waiting, for a restart"
+    );
+}

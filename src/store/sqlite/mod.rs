@@ -347,6 +347,10 @@ impl Store for SqliteStore {
         }
     }
 
+    fn refuses_writes(&self, op: &'static str) -> Result<(), StoreError> {
+        self.reopen.intact(op)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let reopen = Arc::clone(&self.reopen);
         self.with_conn("ping", move |conn| {
