@@ -229,7 +229,7 @@ impl Store for DynamoStore {
     #[tracing::instrument(level = "debug", skip(self, record), fields(id = %record.id))]
     async fn put_if_absent(&self, record: &KeyRecord) -> Result<PutOutcome, StoreError> {
         const OP: &str = "put_if_absent";
-        self.watch.refuse(OP)?;
+        self.refuses_writes(OP)?;
         self.recheck_table(OP).await?;
         let mut put = self
             .client
@@ -274,7 +274,7 @@ impl Store for DynamoStore {
         key_ids: &BTreeMap<Region, String>,
     ) -> Result<usize, StoreError> {
         const OP: &str = "add_missing_regions";
-        self.watch.refuse(OP)?;
+        self.refuses_writes(OP)?;
         let id = &read.id;
         if keys.is_empty() || read.keys.is_empty() {
             return Ok(0);

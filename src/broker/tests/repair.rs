@@ -2,15 +2,21 @@
 
 use super::*;
 
+/// The stored record of `key` without its r3 ciphertext, as if r3 were
+/// added to the config after it was written.
+fn lose_r3(rig: &Rig, key: &str) {
+    let mut short = rig.store.snapshot(&id(key)).unwrap();
+    short.keys.remove(&r("r3"));
+    short.key_ids.remove(&r("r3"));
+    rig.store.insert_raw(short);
+}
+
 #[tokio::test]
 async fn a_record_read_while_missing_a_region_is_repaired() {
     let rig = rig_with(no_cache());
     let made = rig.broker.get_or_create(&id("rep"), true).await.unwrap();
     // A region added to the config after the record was written.
-    let mut short = rig.store.snapshot(&id("rep")).unwrap();
-    short.keys.remove(&r("r3"));
-    short.key_ids.remove(&r("r3"));
-    rig.store.insert_raw(short);
+    lose_r3(&rig, "rep");
     rig.broker.get_or_create(&id("rep"), true).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), rig.broker.repairs_idle())
         .await
@@ -275,10 +281,7 @@ async fn a_record_replaced_as_its_repair_updates_gains_nothing() {
 async fn a_store_that_refuses_writes_gets_no_repair_kms_calls() {
     let rig = rig_with(no_cache());
     rig.broker.get_or_create(&id("fenced"), true).await.unwrap();
-    let mut short = rig.store.snapshot(&id("fenced")).unwrap();
-    short.keys.remove(&r("r3"));
-    short.key_ids.remove(&r("r3"));
-    rig.store.insert_raw(short);
+    lose_r3(&rig, "fenced");
     rig.store.fence_writes();
     let before = rig.kms.calls(&r("r3"), "encrypt");
     rig.broker.get_or_create(&id("fenced"), true).await.unwrap();
